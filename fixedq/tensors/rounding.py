@@ -1,0 +1,146 @@
+"""Integer rounding, shifting, saturation and requantization: the NumPy reference.
+
+Every function here implements one numbered equation of ``docs/numerics.md``. The Keras
+executor (:mod:`fixedq.tensors.kops`) implements the same equations with ``keras.ops``; the
+integer engine uses these NumPy functions directly. All integer results are ``int64``.
+
+Example:
+    >>> import numpy as np
+    >>> from fixedq.tensors.rounding import quantize_float, shift_round
+    >>> int(quantize_float(np.pi, frac_bits=6, value_bits=8, signed=False)[0])
+    201
+    >>> shift_round(np.array([5, -5, 6]), 1).tolist()   # 2.5 -> 3, -2.5 -> -2, 3 -> 3
+    [3, -2, 3]
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+MAX_VALUE_BITS = 31
+MAX_SCALE_BITS = 24
+
+
+def check_value_bits(value_bits: int, name: str = "value_bits") -> int:
+    """Validate a magnitude bit count (1..31) and return it as ``int``.
+
+    Example:
+        >>> check_value_bits(7)
+        7
+    """
+    if isinstance(value_bits, bool) or not isinstance(value_bits, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer in [1, {MAX_VALUE_BITS}], got {value_bits!r}")
+    if not 1 <= int(value_bits) <= MAX_VALUE_BITS:
+        raise ValueError(f"{name} must be in [1, {MAX_VALUE_BITS}], got {value_bits}")
+    return int(value_bits)
+
+
+def int_range(value_bits: int, signed: bool = True) -> tuple[int, int]:
+    """Integer range of a quantity with ``value_bits`` magnitude bits (eq. 1).
+
+    Signed: ``[-2^b, 2^b - 1]``; unsigned: ``[0, 2^b - 1]``.
+
+    Example:
+        >>> int_range(7), int_range(8, signed=False)
+        ((-128, 127), (0, 255))
+    """
+    b = check_value_bits(value_bits)
+    hi = (1 << b) - 1
+    return (-(1 << b) if signed else 0), hi
+
+
+def round_half_up(x: np.ndarray) -> np.ndarray:
+    """Round a float64 array to the nearest integer, ties toward +inf (eq. 2): ``floor(x + 1/2)``.
+
+    Example:
+        >>> round_half_up(np.array([0.5, -0.5, 1.49, -1.5])).tolist()
+        [1, 0, 1, -1]
+    """
+    return np.floor(np.asarray(x, dtype=np.float64) + 0.5).astype(np.int64)
+
+
+def saturate(v: np.ndarray, lo, hi) -> tuple[np.ndarray, int]:
+    """Clip integers into ``[lo, hi]`` (eq. 3); returns the result and how many values clipped.
+
+    Example:
+        >>> saturate(np.array([-300, 5, 300]), -128, 127)[1]
+        2
+    """
+    v = np.asarray(v, dtype=np.int64)
+    out = np.clip(v, lo, hi)
+    return out, int(np.count_nonzero(out != v))
+
+
+def quantize_float(x, frac_bits, value_bits: int, signed: bool = True) -> tuple[np.ndarray, int]:
+    """Float to integer ``v = sat(round_half_up(x * 2^f))`` (eq. 4); returns ``(v, n_clipped)``.
+
+    ``x`` is converted to float64 first; multiplying by a power of two is exact, so the only
+    rounding is the documented one. Non-finite inputs raise ``ValueError``.
+
+    Example:
+        >>> quantize_float(np.array([3.14159]), 3, 8, signed=False)[0].tolist()
+        [25]
+    """
+    x = np.asarray(x, dtype=np.float64)
+    if not np.all(np.isfinite(x)):
+        bad = x[~np.isfinite(x)].ravel()[0]
+        raise ValueError(f"cannot quantize non-finite value {bad}; inputs must be finite floats")
+    scaled = np.ldexp(x, np.asarray(frac_bits, dtype=np.int64))
+    lo, hi = int_range(value_bits, signed)
+    return saturate(round_half_up(scaled), lo, hi)
+
+
+def shift_round(v, shift) -> np.ndarray:
+    """Arithmetic shift with rounding (eq. 5): ``s > 0`` divides by ``2^s`` rounding half up,
+    ``s < 0`` multiplies by ``2^-s`` (exact), ``s == 0`` is the identity.
+
+    ``shift`` broadcasts against ``v`` (per-axis shifts over the last axis).
+
+    Example:
+        >>> shift_round(np.array([7, 7, 7]), np.array([2, 0, -2])).tolist()
+        [2, 7, 28]
+    """
+    v = np.asarray(v, dtype=np.int64)
+    s = np.asarray(shift, dtype=np.int64)
+    right = np.maximum(s, 0)
+    left = np.maximum(-s, 0)
+    half = np.where(right > 0, np.left_shift(np.int64(1), np.maximum(right - 1, 0)), 0)
+    return np.right_shift(np.left_shift(v, left) + half, right)
+
+
+def to_multiplier_shift(scale, scale_bits: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Fold positive float scales into integers ``M`` and shifts ``S``: ``scale ~ M * 2^-S`` (eq. 6).
+
+    ``M`` has exactly ``scale_bits`` bits (``2^(n-1) <= M < 2^n``) for every positive scale, so
+    the relative error is at most ``2^-n``; a zero scale gives ``M = 0, S = 0``. ``S`` may be
+    negative for scales larger than ``2^n``.
+
+    Example:
+        >>> m, s = to_multiplier_shift(np.array([0.75, 3.0]), scale_bits=8)
+        >>> m.tolist(), s.tolist()
+        ([192, 192], [8, 6])
+    """
+    if isinstance(scale_bits, bool) or not 1 <= int(scale_bits) <= MAX_SCALE_BITS:
+        raise ValueError(f"scale_bits must be in [1, {MAX_SCALE_BITS}], got {scale_bits!r}")
+    scale = np.asarray(scale, dtype=np.float64)
+    if not np.all(np.isfinite(scale)) or np.any(scale < 0):
+        raise ValueError(f"scales must be finite and >= 0, got {scale[~(scale >= 0)][:3]}")
+    _, e = np.frexp(scale)  # scale = m * 2^e with m in [0.5, 1)
+    shift = scale_bits - e.astype(np.int64)
+    mult = round_half_up(np.ldexp(scale, shift))
+    overflow = mult >= (1 << scale_bits)  # rounding up to 2^n: renormalize
+    mult = np.where(overflow, mult >> 1, mult)
+    shift = np.where(overflow, shift - 1, shift)
+    zero = scale == 0
+    return np.where(zero, 0, mult).astype(np.int64), np.where(zero, 0, shift).astype(np.int64)
+
+
+def requantize(acc, multiplier, shift, lo, hi) -> np.ndarray:
+    """Requantize an accumulator (eq. 7): ``sat(shift_round(acc * M, S), lo, hi)`` in int64.
+
+    Example:
+        >>> requantize(np.array([1000]), 192, 8, -128, 127).tolist()   # 1000 * 0.75 = 750
+        [127]
+    """
+    prod = np.asarray(acc, dtype=np.int64) * np.asarray(multiplier, dtype=np.int64)
+    return np.clip(shift_round(prod, shift), lo, hi)

@@ -1,0 +1,1 @@
+"""The ``fixedq`` command line (thin: parse, call the public API, print)."""

@@ -1,0 +1,6 @@
+"""One module per subcommand; each defines ``HELP``, ``add_arguments(parser)`` and ``run(args)``.
+
+Modules are imported only to build the parser; TensorFlow is imported inside ``run``.
+"""
+
+COMMANDS = []
