@@ -109,7 +109,7 @@ def shift_round(v, shift) -> np.ndarray:
 
 
 def to_multiplier_shift(scale, scale_bits: int = 8) -> tuple[np.ndarray, np.ndarray]:
-    """Fold positive float scales into integers ``M`` and shifts ``S``: ``scale ~ M * 2^-S`` (eq. 6).
+    """Fold positive float scales into integers ``M`` and shifts ``S``: ``scale ~ M·2^-S`` (eq. 6).
 
     ``M`` has exactly ``scale_bits`` bits (``2^(n-1) <= M < 2^n``) for every positive scale, so
     the relative error is at most ``2^-n``; a zero scale gives ``M = 0, S = 0``. ``S`` may be
