@@ -1,0 +1,104 @@
+"""Rewrite 1: replace ``Activation``/``Lambda`` layers by the equivalent standard layer.
+
+- ``Activation("relu")`` → ``ReLU()``; ``Activation("relu6")`` → ``ReLU(max_value=6)``.
+- ``Lambda`` layers are identified by probing (:mod:`fixedq.transforms.lambda_probe`) and become
+  ``ReLU``, ``ReLU(max_value=6)``, ``Permute``, ``Reshape`` or ``Add`` only when the probe
+  matches exactly; anything else is left in place (quantization will stop before it).
+
+The replacement keeps the layer's name, so the rest of the graph is untouched.
+
+Example:
+    >>> import keras
+    >>> from fixedq.transforms.graph import read_graph
+    >>> x = keras.Input((4,))
+    >>> model = keras.Model(x, keras.layers.Activation("relu6", name="act")(x))
+    >>> graph = read_graph(model)
+    >>> [str(c) for c in canonicalize_layers(graph)]
+    ['[canonicalize_layers] act: Activation(relu6) -> ReLU(max_value=6.0)']
+"""
+
+from __future__ import annotations
+
+import keras
+
+from fixedq.transforms.graph import Graph, GraphNode, Ref, new_node
+from fixedq.transforms.lambda_probe import identify_lambda
+from fixedq.transforms.report import Change
+
+__all__ = ["canonicalize_layers", "relu_for_activation"]
+
+NAME = "canonicalize_layers"
+
+
+def relu_for_activation(activation, name: str, dtype=None) -> keras.layers.ReLU | None:
+    """A ``ReLU`` layer equal to the activation ``activation`` (name or config), else ``None``."""
+    try:
+        fn = keras.activations.get(activation)
+    except (ValueError, TypeError):
+        return None
+    if fn is keras.activations.relu:
+        return keras.layers.ReLU(name=name, dtype=dtype)
+    if fn is keras.activations.relu6:
+        return keras.layers.ReLU(max_value=6.0, name=name, dtype=dtype)
+    return None
+
+
+def _describe(layer: keras.layers.Layer) -> str:
+    if isinstance(layer, keras.layers.ReLU):
+        return "ReLU(max_value=6.0)" if layer.max_value is not None else "ReLU()"
+    if isinstance(layer, keras.layers.Permute):
+        return f"Permute({tuple(layer.dims)})"
+    if isinstance(layer, keras.layers.Reshape):
+        return f"Reshape({tuple(layer.target_shape)})"
+    return f"{type(layer).__name__}()"
+
+
+def _lambda_replacement(graph: Graph, node: GraphNode) -> keras.layers.Layer | None:
+    if node.template is None or node.kwargs or len(node.args) != 1 or len(node.output_shapes) != 1:
+        return None
+    arg = node.args[0]
+    if isinstance(arg, Ref):
+        refs, as_list = [arg], False
+    elif isinstance(arg, list | tuple) and len(arg) >= 2 and all(isinstance(r, Ref) for r in arg):
+        refs, as_list = list(arg), True
+    else:
+        return None
+    if any(graph.node(r.name).dtype != "float32" for r in refs) or node.dtype != "float32":
+        return None
+    shapes = [graph.node(r.name).output_shapes[r.index] for r in refs]
+    return identify_lambda(
+        node.template,
+        shapes,
+        name=node.name,
+        as_list=as_list,
+        output_shape=node.output_shapes[0],
+        dtype=node.config.get("dtype"),
+    )
+
+
+def canonicalize_layers(graph: Graph) -> list[Change]:
+    """Replace recognizable ``Activation``/``Lambda`` layers in ``graph`` (in place).
+
+    Returns:
+        one :class:`Change` per replaced layer.
+    """
+    changes = []
+    for index, node in enumerate(list(graph.nodes)):
+        if node.cls is keras.layers.Activation:
+            activation = node.config.get("activation")
+            new = relu_for_activation(activation, node.name, node.config.get("dtype"))
+            before = f"Activation({activation})"
+        elif node.cls is keras.layers.Lambda:
+            new = _lambda_replacement(graph, node)
+            before = "Lambda"
+        else:
+            continue
+        if new is None:
+            continue
+        args = node.args
+        if isinstance(new, keras.layers.Add):
+            args = (list(node.args[0]),)
+        replacement = new_node(new, args, node.output_shapes, node.dtype)
+        graph.nodes[index] = replacement
+        changes.append(Change(NAME, (node.name,), f"{before} -> {_describe(new)}"))
+    return changes

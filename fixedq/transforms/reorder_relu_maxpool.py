@@ -1,0 +1,58 @@
+"""Rewrite 5: swap ``ReLU → MaxPooling2D`` into ``MaxPooling2D → ReLU``.
+
+A ReLU (also with ``max_value``, a threshold or a non-negative slope) is a non-decreasing
+function applied element-wise, and max pooling takes maxima of windows (padding never wins a
+maximum in TensorFlow's ``"same"`` pooling), so ``maxpool(relu(x)) == relu(maxpool(x))``
+exactly. Pooling first lets the ReLU run on fewer values and leaves the pool on the signed
+values of the layer before (which quantization then sees as a plain conv → pool → ReLU chain).
+
+Only done when the ReLU's single reader is the pool. Both layers keep their names; readers of
+the pool (and model outputs) now read the ReLU.
+
+Example:
+    >>> import keras
+    >>> from fixedq.transforms.graph import read_graph
+    >>> x = keras.Input((4, 4, 2))
+    >>> y = keras.layers.MaxPooling2D(name="pool")(keras.layers.ReLU(name="relu")(x))
+    >>> graph = read_graph(keras.Model(x, y))
+    >>> [str(c) for c in reorder_relu_maxpool(graph)]
+    ['[reorder_relu_maxpool] relu, pool: relu moved after pool']
+"""
+
+from __future__ import annotations
+
+import keras
+
+from fixedq.transforms.graph import Graph, Ref
+from fixedq.transforms.report import Change
+
+__all__ = ["reorder_relu_maxpool"]
+
+NAME = "reorder_relu_maxpool"
+
+
+def _monotonic_relu(node) -> bool:
+    if node.cls is not keras.layers.ReLU or node.kwargs or len(node.refs) != 1:
+        return False
+    slope = node.config.get("negative_slope") or 0.0
+    return float(slope) >= 0.0
+
+
+def reorder_relu_maxpool(graph: Graph) -> list[Change]:
+    """Swap each ``ReLU → MaxPooling2D`` pair of ``graph`` (in place), one pass."""
+    changes = []
+    for relu in graph:
+        if not _monotonic_relu(relu):
+            continue
+        pool = graph.sole_consumer(relu.name)
+        if pool is None or pool.cls is not keras.layers.MaxPooling2D or pool.kwargs:
+            continue
+        source = relu.refs[0]
+        graph.redirect(pool.name, relu.name)
+        pool.args = (Ref(source.name, source.index),)
+        relu.args = (Ref(pool.name),)
+        relu.output_shapes = list(pool.output_shapes)
+        graph.remove(relu.name)
+        graph.insert_after(pool.name, relu)
+        changes.append(Change(NAME, (relu.name, pool.name), f"{relu.name} moved after {pool.name}"))
+    return changes

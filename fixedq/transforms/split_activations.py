@@ -1,0 +1,87 @@
+"""Rewrite 2: split a fused ``activation=...`` off weighted layers into its own layer.
+
+``Conv2D(activation="relu")`` (also ``Dense``, ``DepthwiseConv2D``, ``SeparableConv2D``,
+``Conv2DTranspose`` and fixedq's ``DepthwiseConv2DTranspose``) becomes the same layer with
+``activation=None`` followed by a new layer named ``<layer>_relu`` (``ReLU``, with
+``max_value=6`` for relu6) or ``<layer>_activation`` (an ``Activation`` layer for anything else,
+which quantization treats as unsupported). Readers of the old layer now read the new one.
+
+Example:
+    >>> import keras
+    >>> from fixedq.transforms.graph import read_graph
+    >>> x = keras.Input((4,))
+    >>> model = keras.Model(x, keras.layers.Dense(2, activation="relu", name="fc")(x))
+    >>> graph = read_graph(model)
+    >>> [str(c) for c in split_activations(graph)]
+    ['[split_activations] fc, fc_relu: activation relu moved to ReLU layer fc_relu']
+"""
+
+from __future__ import annotations
+
+import keras
+
+from fixedq.transforms.canonicalize import relu_for_activation
+from fixedq.transforms.graph import Graph, Ref, new_node
+from fixedq.transforms.report import Change
+
+__all__ = ["split_activations", "weighted_layer_classes"]
+
+NAME = "split_activations"
+
+
+def weighted_layer_classes() -> tuple[type, ...]:
+    """Layer classes whose fused activation is split (and into which BN can be folded)."""
+    classes: list[type] = [
+        keras.layers.Conv2D,
+        keras.layers.Dense,
+        keras.layers.DepthwiseConv2D,
+        keras.layers.SeparableConv2D,
+        keras.layers.Conv2DTranspose,
+    ]
+    try:
+        from fixedq.layers import DepthwiseConv2DTranspose
+    except ImportError:  # pragma: no cover - layer not available in this build
+        pass
+    else:
+        classes.append(DepthwiseConv2DTranspose)
+    return tuple(classes)
+
+
+def _is_linear(activation) -> bool:
+    if activation is None:
+        return True
+    try:
+        return keras.activations.get(activation) is keras.activations.linear
+    except (ValueError, TypeError):
+        return False
+
+
+def split_activations(graph: Graph) -> list[Change]:
+    """Split fused activations in ``graph`` (in place); one :class:`Change` per split layer."""
+    classes = weighted_layer_classes()
+    changes = []
+    for node in graph:
+        if node.cls not in classes or _is_linear(node.config.get("activation")):
+            continue
+        activation = node.config["activation"]
+        dtype = node.config.get("dtype")
+        layer = relu_for_activation(activation, graph.unique_name(f"{node.name}_relu"), dtype)
+        if layer is None:
+            layer = keras.layers.Activation(
+                activation, name=graph.unique_name(f"{node.name}_activation"), dtype=dtype
+            )
+        kind = "ReLU" if isinstance(layer, keras.layers.ReLU) else "Activation"
+        node.config = {**node.config, "activation": "linear"}
+        graph.redirect(node.name, layer.name)
+        graph.insert_after(
+            node.name, new_node(layer, (Ref(node.name),), node.output_shapes, node.dtype)
+        )
+        label = activation if isinstance(activation, str) else type(activation).__name__
+        changes.append(
+            Change(
+                NAME,
+                (node.name, layer.name),
+                f"activation {label} moved to {kind} layer {layer.name}",
+            )
+        )
+    return changes
