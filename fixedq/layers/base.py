@@ -1,0 +1,115 @@
+"""Machinery shared by every quantized layer: specs in the config, grid <-> integer conversion.
+
+A quantized layer receives on-grid floats described by ``input_specs`` (one :class:`QSpec` per
+input) and produces on-grid floats described by ``output_spec``. Both live in the layer config,
+so ``get_config``/``from_config`` and ``.keras`` files keep everything needed to run it and to
+convert it to the integer engine.
+
+Example:
+    >>> from fixedq.layers.base import output_bounds
+    >>> from fixedq.layers.spec import QSpec
+    >>> lo, hi = output_bounds(QSpec(3, False, (2,), hi=(6,)), channels=2)
+    >>> lo.tolist(), hi.tolist()
+    ([0, 0], [6, 6])
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+from keras import ops
+
+from fixedq.layers.spec import QSpec
+from fixedq.tensors import kops
+
+#: Largest accumulator magnitude a float32 op computes exactly / a float64 op computes exactly.
+FLOAT32_EXACT = 2**24
+FLOAT64_EXACT = 2**53
+
+
+def exact_dtype(bound: int, what: str) -> str:
+    """Float dtype whose integer arithmetic is exact up to ``bound`` (eq. 12).
+
+    Example:
+        >>> exact_dtype(1_200_000, "conv"), exact_dtype(2**30, "conv")
+        ('float32', 'float64')
+    """
+    if bound < FLOAT32_EXACT:
+        return "float32"
+    if bound < FLOAT64_EXACT:
+        return "float64"
+    raise ValueError(f"{what}: accumulator bound {bound} >= 2^53 cannot be computed exactly; "
+                     "use fewer weight or activation bits")
+
+
+def output_bounds(spec: QSpec, channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel integer clip bounds ``(lo, hi)`` of an output spec (int64 arrays)."""
+    lo, _ = spec.int_bounds()
+    hi = spec.hi_array()
+    if hi.size == 1:
+        hi = np.full(channels, int(hi[0]), dtype=np.int64)
+    return np.full(channels, lo, dtype=np.int64), hi
+
+
+def to_integers(x, spec: QSpec, dtype: str = "float64"):
+    """Recover aligned integers ``v = x * 2^F`` from an on-grid float (eq. 8), in ``dtype``.
+
+    The result holds integer values exactly (a power-of-two scaling of an on-grid float).
+    """
+    return ops.cast(x, dtype) * float(2.0**spec.max_frac)
+
+
+def from_integers(v, frac_bits, dtype: str = "float32"):
+    """On-grid float ``v * 2^-f`` from int64 values and static per-channel ``frac_bits``."""
+    scale = np.ldexp(1.0, -np.asarray(frac_bits, dtype=np.int64)).astype(dtype)
+    return ops.cast(v, dtype) * scale
+
+
+def straight_through(float_path, exact_path):
+    """Forward value of ``exact_path`` with the gradient of ``float_path`` (QAT, eq. 16)."""
+    return float_path + ops.stop_gradient(exact_path - float_path)
+
+
+class QuantizedLayer(keras.layers.Layer):
+    """Base class: stores ``input_specs`` and ``output_spec`` and serializes them.
+
+    Subclasses implement ``call``; they may be built without specs only by ``from_config``.
+    """
+
+    def __init__(self, input_specs=None, output_spec=None, **kwargs):
+        super().__init__(**kwargs)
+        specs = input_specs or []
+        self.input_specs = [s if isinstance(s, QSpec) else QSpec.from_config(s) for s in specs]
+        if output_spec is not None and not isinstance(output_spec, QSpec):
+            output_spec = QSpec.from_config(output_spec)
+        self.output_spec = output_spec
+
+    @property
+    def input_spec0(self) -> QSpec:
+        if not self.input_specs:
+            raise ValueError(f"layer {self.name!r} has no input spec: build it with quantize()")
+        return self.input_specs[0]
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "input_specs": [s.to_config() for s in self.input_specs],
+            "output_spec": None if self.output_spec is None else self.output_spec.to_config(),
+        })
+        return config
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+def to_channel_integers(x, spec: QSpec, dtype: str = "float64"):
+    """Per-channel integers ``v_c = x_c * 2^f_c`` (no alignment) from an on-grid float."""
+    scale = np.ldexp(1.0, spec.frac_array())
+    return ops.cast(x, dtype) * scale.astype(dtype)
+
+
+def shift_requantize(v, shift, spec: QSpec, channels: int):
+    """``sat(shift_round(v, shift))`` into ``spec`` and back to an on-grid float (eqs. 5, 3, 13)."""
+    lo, hi = output_bounds(spec, channels)
+    y = kops.saturate(kops.shift_round(v, shift), lo, hi)
+    return from_integers(y, spec.frac_array(channels))

@@ -1,0 +1,263 @@
+"""Quantized neural layers: integer weights, integer accumulator, requantized output.
+
+All five layers share one computation (docs/numerics.md eqs. 8-14)::
+
+    s_o  = max|w_o| / (2^b - 1)                 per output channel (eq. 9)
+    w_q  = round_half_up(w / s_o)               (eq. 9)
+    v    = x * 2^F                              aligned integer input (eq. 8)
+    acc  = sat_buffer(linear(v, w_q) + b_q)     b_q = round_half_up(b * 2^F / s_o) (eqs. 10-11)
+    y    = sat(shift_round(acc * M_o, S_o))     (M_o, S_o) = to_multiplier_shift(s_o 2^(f-F))
+    out  = y * 2^-f                             on-grid output (eq. 13)
+
+The linear op runs in float32 or float64, whichever is exact for the static accumulator bound
+(eq. 12). A fused ReLU is part of the output clip bounds. In training mode the forward value is
+the exact one and the gradient is that of the float computation (straight-through, eq. 16).
+
+Example:
+    >>> layer = QuantizedDense.from_float(keras.layers.Dense(4), ...)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+from keras import ops
+
+from fixedq.layers.base import (
+    QuantizedLayer,
+    exact_dtype,
+    from_integers,
+    output_bounds,
+    straight_through,
+    to_integers,
+)
+from fixedq.tensors import kops
+
+_SERIALIZE = keras.saving.register_keras_serializable(package="fixedq")
+
+
+class QuantizedNeuralLayer(QuantizedLayer):
+    """Base of the layers with a kernel: weight quantization, accumulator, requantization.
+
+    Subclasses define ``_kernel_shape(input_shape)``, ``_scale_axes`` (kernel axes reduced for the
+    per-output-channel scale), ``_linear(x, kernel)`` and ``fan_in()`` (the number of products
+    summed into one accumulator, an upper bound).
+    """
+
+    def __init__(self, weight_bits=8, buffer_bits=32, scale_bits=8, use_bias=True, **kwargs):
+        super().__init__(**kwargs)
+        self.weight_bits = int(weight_bits)
+        self.buffer_bits = int(buffer_bits)
+        self.scale_bits = int(scale_bits)
+        self.use_bias = bool(use_bias)
+
+    _scale_axes: tuple[int, ...] = ()
+
+    def build(self, input_shape):
+        self._in_channels = int(input_shape[-1])
+        shape = self._kernel_shape(input_shape)
+        self.kernel = self.add_weight(name="kernel", shape=shape, initializer="glorot_uniform")
+        self.channels = int(np.prod([shape[a] for a in range(len(shape))
+                                     if a not in self._scale_axes]))
+        if self.use_bias:
+            self.bias = self.add_weight(name="bias", shape=(self.channels,), initializer="zeros")
+        spec = self.input_spec0
+        self._qmax = 2 ** (self.weight_bits - 1) - 1
+        self._acc_lo, self._acc_hi = -(2 ** (self.buffer_bits - 1)), 2 ** (self.buffer_bits - 1) - 1
+        self.accumulator_bound = self.fan_in() * self._qmax * spec.aligned_max_abs()
+        self._dtype_exact = exact_dtype(self.accumulator_bound, f"layer {self.name!r}")
+        f_out = self.output_spec.frac_array(self.channels)
+        self._f_out = f_out
+        self._out_lo, self._out_hi = output_bounds(self.output_spec, self.channels)
+        super().build(input_shape)
+
+    def quantized_weights(self):
+        """In-graph integer weights: ``(w_q, scale, b_q, M, S)`` (eqs. 9-11, 13)."""
+        k = ops.cast(self.kernel, "float64")
+        maxabs = ops.max(ops.abs(k), axis=self._scale_axes, keepdims=True)
+        scale = ops.where(maxabs > 0, maxabs, 1.0) / float(self._qmax)
+        w_q = ops.clip(kops.round_half_up(k / scale), -self._qmax, self._qmax)
+        s_flat = ops.reshape(scale, (-1,))
+        big_f = self.input_spec0.max_frac
+        if self.use_bias:
+            b = ops.cast(self.bias, "float64") * float(2.0**big_f) / s_flat
+            b_q = ops.clip(kops.round_half_up(b), self._acc_lo, self._acc_hi)
+        else:
+            b_q = ops.zeros((self.channels,), dtype="int64")
+        factor = s_flat * np.ldexp(1.0, self._f_out - big_f)
+        mult, shift = kops.to_multiplier_shift(factor, self.scale_bits)
+        return w_q, scale, b_q, mult, shift
+
+    def integer_params(self) -> dict:
+        """NumPy integer parameters for the engine (computed by the same code as ``call``)."""
+        w_q, _, b_q, mult, shift = self.quantized_weights()
+        return {
+            "kernel": ops.convert_to_numpy(w_q).astype(np.int64),
+            "bias": ops.convert_to_numpy(b_q).astype(np.int64),
+            "multiplier": ops.convert_to_numpy(mult).astype(np.int64),
+            "shift": ops.convert_to_numpy(shift).astype(np.int64),
+            "out_lo": self._out_lo, "out_hi": self._out_hi,
+            "acc_lo": self._acc_lo, "acc_hi": self._acc_hi,
+            "in_frac": self.input_spec0.max_frac, "out_frac": self._f_out,
+        }
+
+    def call(self, inputs, training=None):
+        w_q, scale, b_q, mult, shift = self.quantized_weights()
+        dt = self._dtype_exact
+        v = to_integers(inputs, self.input_spec0, dt)
+        acc = ops.cast(self._linear(v, ops.cast(w_q, dt)), "int64") + b_q
+        acc = ops.clip(acc, self._acc_lo, self._acc_hi)
+        y = kops.requantize_dynamic(acc, mult, shift, self._out_lo, self._out_hi)
+        out = from_integers(y, self._f_out, self.compute_dtype)
+        if not training:
+            return out
+        k = self.kernel
+        w_deq = k + ops.stop_gradient(ops.cast(ops.cast(w_q, "float64") * scale, k.dtype) - k)
+        z = self._linear(inputs, w_deq)
+        if self.use_bias:
+            z = z + self.bias
+        lo = from_integers(self._out_lo, self._f_out, self.compute_dtype)
+        hi = from_integers(self._out_hi, self._f_out, self.compute_dtype)
+        return straight_through(ops.clip(z, lo, hi), out)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"weight_bits": self.weight_bits, "buffer_bits": self.buffer_bits,
+                       "scale_bits": self.scale_bits, "use_bias": self.use_bias})
+        return config
+
+
+class _ConvMixin:
+    """Convolution arguments shared by the conv layers."""
+
+    def _init_conv(self, kernel_size, strides, padding, dilation_rate):
+        self.kernel_size = tuple(int(k) for k in np.broadcast_to(kernel_size, (2,)))
+        self.strides = tuple(int(s) for s in np.broadcast_to(strides, (2,)))
+        self.padding = str(padding).lower()
+        self.dilation_rate = tuple(int(d) for d in np.broadcast_to(dilation_rate, (2,)))
+        if self.padding not in ("valid", "same"):
+            raise ValueError(f"padding must be 'valid' or 'same', got {padding!r}")
+
+    def _conv_config(self):
+        return {"kernel_size": self.kernel_size, "strides": self.strides,
+                "padding": self.padding, "dilation_rate": self.dilation_rate}
+
+
+@_SERIALIZE
+class QuantizedConv2D(_ConvMixin, QuantizedNeuralLayer):
+    """Integer Conv2D (kernel ``(kh, kw, in, filters)``, scale per filter)."""
+
+    _scale_axes = (0, 1, 2)
+
+    def __init__(self, filters, kernel_size, strides=(1, 1), padding="valid",
+                 dilation_rate=(1, 1), **kwargs):
+        super().__init__(**kwargs)
+        self.filters = int(filters)
+        self._init_conv(kernel_size, strides, padding, dilation_rate)
+
+    def _kernel_shape(self, input_shape):
+        return (*self.kernel_size, int(input_shape[-1]), self.filters)
+
+    def fan_in(self):
+        return self.kernel_size[0] * self.kernel_size[1] * self._in_channels
+
+    def _linear(self, x, kernel):
+        return ops.conv(x, kernel, strides=self.strides, padding=self.padding,
+                        dilation_rate=self.dilation_rate)
+
+    def compute_output_shape(self, input_shape):
+        return keras.layers.Conv2D(self.filters, self.kernel_size, self.strides, self.padding,
+                                   dilation_rate=self.dilation_rate).compute_output_shape(
+                                       input_shape)
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters, **self._conv_config()}
+
+
+@_SERIALIZE
+class QuantizedDepthwiseConv2D(_ConvMixin, QuantizedNeuralLayer):
+    """Integer DepthwiseConv2D (kernel ``(kh, kw, in, multiplier)``; output ``c*mult + m``)."""
+
+    _scale_axes = (0, 1)
+
+    def __init__(self, kernel_size, strides=(1, 1), padding="valid", depth_multiplier=1,
+                 dilation_rate=(1, 1), **kwargs):
+        super().__init__(**kwargs)
+        self.depth_multiplier = int(depth_multiplier)
+        self._init_conv(kernel_size, strides, padding, dilation_rate)
+
+    def _kernel_shape(self, input_shape):
+        return (*self.kernel_size, int(input_shape[-1]), self.depth_multiplier)
+
+    def fan_in(self):
+        return self.kernel_size[0] * self.kernel_size[1]
+
+    def _linear(self, x, kernel):
+        return ops.depthwise_conv(x, kernel, strides=self.strides, padding=self.padding,
+                                  dilation_rate=self.dilation_rate)
+
+    def compute_output_shape(self, input_shape):
+        return keras.layers.DepthwiseConv2D(
+            self.kernel_size, self.strides, self.padding, self.depth_multiplier,
+            dilation_rate=self.dilation_rate).compute_output_shape(input_shape)
+
+    def get_config(self):
+        return {**super().get_config(), "depth_multiplier": self.depth_multiplier,
+                **self._conv_config()}
+
+
+@_SERIALIZE
+class QuantizedConv2DTranspose(_ConvMixin, QuantizedNeuralLayer):
+    """Integer Conv2DTranspose (kernel ``(kh, kw, filters, in)``, scale per filter)."""
+
+    _scale_axes = (0, 1, 3)
+
+    def __init__(self, filters, kernel_size, strides=(1, 1), padding="valid",
+                 dilation_rate=(1, 1), **kwargs):
+        super().__init__(**kwargs)
+        self.filters = int(filters)
+        self._init_conv(kernel_size, strides, padding, dilation_rate)
+
+    def _kernel_shape(self, input_shape):
+        return (*self.kernel_size, self.filters, int(input_shape[-1]))
+
+    def fan_in(self):
+        return self.kernel_size[0] * self.kernel_size[1] * self._in_channels
+
+    def _linear(self, x, kernel):
+        return ops.conv_transpose(x, kernel, strides=self.strides, padding=self.padding,
+                                  dilation_rate=self.dilation_rate)
+
+    def compute_output_shape(self, input_shape):
+        return keras.layers.Conv2DTranspose(
+            self.filters, self.kernel_size, self.strides, self.padding,
+            dilation_rate=self.dilation_rate).compute_output_shape(input_shape)
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters, **self._conv_config()}
+
+
+@_SERIALIZE
+class QuantizedDense(QuantizedNeuralLayer):
+    """Integer Dense on the last axis (2-D or token-shaped 3-D inputs)."""
+
+    _scale_axes = (0,)
+
+    def __init__(self, units, **kwargs):
+        super().__init__(**kwargs)
+        self.units = int(units)
+
+    def _kernel_shape(self, input_shape):
+        return (int(input_shape[-1]), self.units)
+
+    def fan_in(self):
+        return self._in_channels
+
+    def _linear(self, x, kernel):
+        return ops.matmul(x, kernel)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], self.units)
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
