@@ -19,8 +19,8 @@ import numpy as np
 from fixedq.tensors import rounding
 from fixedq.tensors.backend import KERAS, NUMPY, backend_of, get_backend
 
-#: Widest magnitude an intermediate result (product, accumulator) may reach: int64 headroom.
-MAX_WIDE_BITS = 62
+#: Widest magnitude an intermediate result (product, accumulator) may reach: int64.
+MAX_WIDE_BITS = 63
 #: Largest allowed ``|frac_bits|`` (shifts must stay inside int64).
 MAX_FRAC_BITS = 62
 
@@ -215,8 +215,13 @@ class FixedPoint:
     # ------------------------------------------------------------------ precision changes
     def _shifted(self, shift: np.ndarray, new_frac: np.ndarray) -> FixedPoint:
         """Eq. 5 per axis; width per eq. 12 (left shift grows, rounding right shift shrinks)."""
-        v = self.backend.shift_round(self.values, shift)
         shift = np.asarray(shift, dtype=np.int64)
+        if self.value_bits >= MAX_WIDE_BITS and np.any(shift > 0):
+            raise ValueError(
+                f"cannot round a {self.value_bits}-bit FixedPoint: the half-LSB of eq. 5 could "
+                "overflow int64; saturate it to at most 62 value bits first"
+            )
+        v = self.backend.shift_round(self.values, shift)
         widths = self.value_bits - shift + (shift > 0)  # rounding can reach 2^(b-s)
         bits = int(np.max(widths)) if widths.size else self.value_bits
         return FixedPoint._wide(self.backend, v, new_frac, max(bits, 1), self.signed)
@@ -431,7 +436,7 @@ class FixedPoint:
         k = sb[0]
         a = self.upscale(np.max(self.frac_bits)) if self.per_axis else self
         v = self.backend.matmul(a.values, other.values)
-        f = a.frac_bits + other.frac_bits
+        f = np.max(a.frac_bits) + other.frac_bits  # a is aligned: one frac_bits over K
         bits = (
             a.value_bits
             + other.value_bits
