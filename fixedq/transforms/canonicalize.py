@@ -54,7 +54,9 @@ def _describe(layer: keras.layers.Layer) -> str:
 
 
 def _lambda_replacement(graph: Graph, node: GraphNode) -> keras.layers.Layer | None:
-    if node.template is None or node.kwargs or len(node.args) != 1 or len(node.output_shapes) != 1:
+    if node.template is None or not node.plain_call:
+        return None
+    if len(node.args) != 1 or len(node.output_shapes) != 1:
         return None
     arg = node.args[0]
     if isinstance(arg, Ref):

@@ -82,7 +82,7 @@ def _bn_affine(bn) -> tuple[np.ndarray, np.ndarray] | None:
 
 def _foldable(graph: Graph, bn) -> bool:
     config = bn.config
-    if config.get("renorm") or len(bn.refs) != 1 or bn.kwargs:
+    if config.get("renorm") or len(bn.refs) != 1 or not bn.plain_call:
         return False
     axis = config.get("axis", -1)
     if isinstance(axis, list | tuple):

@@ -64,6 +64,11 @@ class GraphNode:
         return [x for x in tree.flatten((self.args, self.kwargs)) if isinstance(x, Ref)]
 
     @property
+    def plain_call(self) -> bool:
+        """Called without tensor keyword arguments and without ``training=True``-like flags."""
+        return all(value is None or value is False for value in self.kwargs.values())
+
+    @property
     def is_input(self) -> bool:
         return self.cls is keras.layers.InputLayer
 

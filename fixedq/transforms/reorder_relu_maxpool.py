@@ -32,7 +32,7 @@ NAME = "reorder_relu_maxpool"
 
 
 def _monotonic_relu(node) -> bool:
-    if node.cls is not keras.layers.ReLU or node.kwargs or len(node.refs) != 1:
+    if node.cls is not keras.layers.ReLU or not node.plain_call or len(node.refs) != 1:
         return False
     slope = node.config.get("negative_slope") or 0.0
     return float(slope) >= 0.0
@@ -45,7 +45,7 @@ def reorder_relu_maxpool(graph: Graph) -> list[Change]:
         if not _monotonic_relu(relu):
             continue
         pool = graph.sole_consumer(relu.name)
-        if pool is None or pool.cls is not keras.layers.MaxPooling2D or pool.kwargs:
+        if pool is None or pool.cls is not keras.layers.MaxPooling2D or not pool.plain_call:
             continue
         source = relu.refs[0]
         graph.redirect(pool.name, relu.name)

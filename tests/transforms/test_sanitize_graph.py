@@ -1,0 +1,105 @@
+"""Graph reading/rebuilding: structure, inputs, errors for unsupported models."""
+
+import keras
+import numpy as np
+import pytest
+
+from fixedq.transforms import sanitize
+from fixedq.transforms.graph import build_model, read_graph
+
+
+def _two_input_model():
+    a = keras.Input((6,), name="a")
+    b = keras.Input((6,), name="b")
+    x = keras.layers.Dense(4, name="da")(a)
+    y = keras.layers.Dense(4, name="db")(b)
+    c = keras.layers.Concatenate(name="cat")([x, y])
+    out1 = keras.layers.Dense(3, name="head1")(c)
+    out2 = keras.layers.Dense(2, name="head2")(c)
+    return keras.Model([a, b], [out1, out2], name="two")
+
+
+def test_roundtrip_multi_input_output(helpers):
+    model = _two_input_model()
+    graph = read_graph(model)
+    names = [n.name for n in graph.nodes]
+    assert names.index("cat") > names.index("da") and names.index("cat") > names.index("db")
+    rebuilt = build_model(graph)
+    assert [t.name for t in rebuilt.inputs] == [t.name for t in model.inputs]
+    assert rebuilt.name == "two"
+    helpers.assert_same_function(model, rebuilt)
+    for layer in rebuilt.layers:
+        assert layer is not model.get_layer(layer.name)
+
+
+def test_sequential_becomes_functional_with_same_input(helpers):
+    model = keras.Sequential(
+        [keras.Input((8, 8, 3), name="img"), keras.layers.Conv2D(2, 3), keras.layers.Flatten()]
+    )
+    new_model, report = sanitize(model)
+    assert not isinstance(new_model, keras.Sequential)
+    assert len(report) == 0
+    assert new_model.inputs[0].shape == (None, 8, 8, 3)
+    assert new_model.layers[0].name == model.inputs[0]._keras_history.operation.name
+    helpers.assert_same_function(model, new_model)
+
+
+def test_sequential_built_without_input(helpers):
+    model = keras.Sequential([keras.layers.Dense(3, activation="relu")])
+    model.build((None, 5))
+    new_model, report = sanitize(model)
+    assert len(report.by_rewrite("split_activations")) == 1
+    helpers.assert_same_function(model, new_model)
+
+
+def test_unbuilt_sequential_rejected():
+    with pytest.raises(ValueError, match="not built"):
+        sanitize(keras.Sequential([keras.layers.Dense(3)]))
+
+
+def test_subclassed_model_rejected():
+    class Mine(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = keras.layers.Dense(2)
+
+        def call(self, x):
+            return self.dense(x)
+
+    model = Mine()
+    model(np.zeros((1, 3), "float32"))
+    with pytest.raises(TypeError, match="'Mine'"):
+        sanitize(model)
+
+
+def test_non_model_rejected():
+    with pytest.raises(TypeError, match="Dense"):
+        sanitize(keras.layers.Dense(3))
+
+
+def test_shared_layer_rejected():
+    x = keras.Input((4,))
+    shared = keras.layers.Dense(4, name="shared")
+    model = keras.Model(x, shared(shared(x)))
+    with pytest.raises(ValueError, match="'shared'.*shared layers are not supported"):
+        sanitize(model)
+
+
+def test_layer_reused_in_another_model_is_fine(helpers):
+    dense = keras.layers.Dense(3, name="reused")
+    x1, x2 = keras.Input((4,)), keras.Input((4,))
+    keras.Model(x1, dense(x1))
+    model = keras.Model(x2, dense(x2))
+    new_model, _ = sanitize(model)
+    helpers.assert_same_function(model, new_model)
+
+
+def test_nested_model_kept_as_one_layer(helpers):
+    inner_in = keras.Input((4,))
+    inner = keras.Model(inner_in, keras.layers.Dense(3, activation="relu")(inner_in), name="inner")
+    x = keras.Input((4,))
+    model = keras.Model(x, keras.layers.Dense(2, name="out")(inner(x)))
+    new_model, report = sanitize(model)
+    assert len(report) == 0
+    assert new_model.get_layer("inner") is not inner
+    helpers.assert_same_function(model, new_model)
