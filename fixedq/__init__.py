@@ -15,12 +15,21 @@ import importlib
 
 __version__ = "0.1.0"
 
-_LAZY = {}
+_LAZY = {
+    "QuantizationParams": "fixedq.layers.params",
+    "quantize": "fixedq.models.quantize",
+    "dump_config": "fixedq.models.quantize",
+    "calibrate": "fixedq.models.calibrate",
+    "load_model": "fixedq.models.loading",
+    "save_model": "fixedq.models.loading",
+    "sanitize": "fixedq.transforms",
+}
 
 __all__ = ["__version__"] + sorted(_LAZY)
 
 
 def __getattr__(name: str):
+    """Import public names on first use (``fixedq.quantize`` loads TensorFlow then)."""
     if name in _LAZY:
         module = importlib.import_module(_LAZY[name])
         return getattr(module, name)

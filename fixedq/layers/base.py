@@ -76,8 +76,11 @@ class QuantizedLayer(keras.layers.Layer):
     Subclasses implement ``call``; they may be built without specs only by ``from_config``.
     """
 
-    def __init__(self, input_specs=None, output_spec=None, **kwargs):
+    def __init__(self, input_specs=None, output_spec=None, qconfig=None, **kwargs):
         super().__init__(**kwargs)
+        #: The q-config entry this layer was built from (bits, calibration ranges), for
+        #: ``dump_config``; ``None`` for layers without their own quantization choices.
+        self.qconfig = qconfig
         specs = input_specs or []
         self.input_specs = [s if isinstance(s, QSpec) else QSpec.from_config(s) for s in specs]
         if output_spec is not None and not isinstance(output_spec, QSpec):
@@ -95,6 +98,7 @@ class QuantizedLayer(keras.layers.Layer):
         config.update({
             "input_specs": [s.to_config() for s in self.input_specs],
             "output_spec": None if self.output_spec is None else self.output_spec.to_config(),
+            "qconfig": self.qconfig,
         })
         return config
 

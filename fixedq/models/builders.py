@@ -1,0 +1,289 @@
+"""From a float graph node to its quantized layer and output spec (used by ``quantize``).
+
+Example:
+    >>> import keras
+    >>> from fixedq.transforms.graph import read_graph
+    >>> x = keras.Input((4,), name="x")
+    >>> g = read_graph(keras.Model(x, keras.layers.ReLU(name="r")(x)))
+    >>> kind_of(g.node("r"))
+    'relu'
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+
+from fixedq.layers import activation, affine, merge, neural, pooling, reshaping
+from fixedq.layers.params import QuantizationParams
+from fixedq.layers.quantizers import Dequantizer, InputQuantizer, OutputQuantizer
+from fixedq.layers.spec import QSpec
+from fixedq.models.calibrate import RangeStats
+from fixedq.models.split_separable import DW_SUFFIX
+from fixedq.transforms.graph import Graph, GraphNode
+
+#: Kinds of layers that requantize their output with calibrated frac_bits.
+REQUANTIZING = {"neural", "affine", "gap", "add"}
+
+L = keras.layers
+_PASS_KINDS = {L.Flatten: "reshape", L.Reshape: "reshape", L.Permute: "reshape",
+               L.Dropout: "dropout", L.MaxPooling2D: "maxpool", L.Add: "add",
+               L.Concatenate: "concat", L.GlobalAveragePooling2D: "gap", L.ReLU: "relu",
+               L.BatchNormalization: "affine", L.Rescaling: "affine", L.InputLayer: "input"}
+_NEURAL = (L.Conv2D, L.DepthwiseConv2D, L.Conv2DTranspose, L.Dense)
+
+
+def kind_of(node: GraphNode) -> str:
+    """What ``quantize`` does with a node: a kind name, or ``"unsupported"``."""
+    cfg, cls = node.config, node.cls
+    if cfg.get("data_format", "channels_last") != "channels_last":
+        return "unsupported"
+    if cls in _NEURAL and cls not in (L.SeparableConv2D,):
+        if cfg.get("activation", "linear") not in ("linear", None):
+            return "unsupported"
+        if cfg.get("groups", 1) != 1 or cfg.get("padding", "valid") not in ("valid", "same"):
+            return "unsupported"
+        if cfg.get("output_padding") is not None:
+            return "unsupported"
+        return "neural"
+    kind = _PASS_KINDS.get(cls, "unsupported")
+    if kind == "relu" and (cfg.get("negative_slope") or cfg.get("threshold")):
+        return "unsupported"
+    if kind == "gap" and cfg.get("keepdims"):
+        return "unsupported"
+    if cls is L.BatchNormalization and cfg.get("axis") not in (-1, [-1], 3, [3], 1, [1]):
+        return "unsupported"
+    return kind
+
+
+@dataclass
+class BuildContext:
+    """Everything the builders need besides the node itself."""
+
+    qparams: QuantizationParams
+    stats: dict[str, RangeStats]
+    layer_cfg: dict
+    first_neural: set[str]
+    outputs: set[str]
+    fused: dict[str, str]  # producer -> fused ReLU name
+    graph: Graph | None = None
+
+    def override(self, name: str, key: str, default):
+        value = self.layer_cfg.get(name, {}).get(key, default)
+        if key.endswith("_bits") and (isinstance(value, bool) or not isinstance(value, int)
+                                      or not 1 <= value <= 24):
+            raise ValueError(f"q_config: layer {name!r} {key} must be an integer in [1, 24], "
+                             f"got {value!r}")
+        return value
+
+
+def _range_spec(name: str, ctx: BuildContext, signed: bool, bits: int, max_value=None) -> QSpec:
+    st = ctx.stats.get(name)
+    if st is None:
+        raise KeyError(f"no calibration range for layer {name!r}")
+    if signed:
+        rng = np.maximum(np.abs(st.minimum), np.abs(st.maximum))
+        vb = bits - 1
+    else:
+        top = np.maximum(st.maximum, 0.0)
+        rng = top if max_value is None else np.minimum(top, float(max_value))
+        vb = bits
+    if vb < 1:
+        raise ValueError(f"layer {name!r}: {bits} signed bits leave no magnitude bit")
+    per_tensor = ctx.override(name, "per_tensor", ctx.qparams.per_tensor_activations)
+    if per_tensor:
+        rng = np.array([rng.max()])
+    spec = QSpec.from_range(rng, vb, signed)
+    if not signed:
+        spec = activation.relu_output_spec(spec, max_value)
+    return spec
+
+
+def _entry(name: str, ctx: BuildContext, **extra) -> dict:
+    per_tensor = ctx.override(name, "per_tensor", ctx.qparams.per_tensor_activations)
+    return {"layer": name, **extra, "per_tensor": bool(per_tensor),
+            "calibration": ctx.stats[name].to_config()}
+
+
+def input_quantizer(node: GraphNode, ctx: BuildContext):
+    """The InputQuantizer of the model input ``node`` and its output spec."""
+    st = ctx.stats[node.name]
+    signed = bool(np.any(st.minimum < 0))
+    bits = ctx.override(node.name, "activation_bits", ctx.qparams.input_bits)
+    spec = _range_spec(node.name, ctx, signed, bits)
+    entry = _entry(node.name, ctx, activation_bits=bits, qparams=ctx.qparams.to_dict())
+    return InputQuantizer(output_spec=spec, qconfig=entry, name=f"{node.name}_quantizer"), spec
+
+
+def dequantizer(producer: str) -> Dequantizer:
+    return Dequantizer(name=f"{producer}_dequantizer")
+
+
+def _output_spec(node: GraphNode, ctx: BuildContext, signed: bool):
+    name = node.name
+    if name in ctx.outputs:
+        default = ctx.qparams.output_bits
+    elif name.endswith(DW_SUFFIX) and node.cls is L.DepthwiseConv2D:
+        default = max(8, ctx.qparams.activation_bits)  # inside a split SeparableConv2D
+    else:
+        default = ctx.qparams.activation_bits
+    bits = ctx.override(name, "activation_bits", default)
+    relu = ctx.fused.get(name)
+    max_value = None
+    if relu is not None and ctx.graph is not None:
+        max_value = ctx.graph.node(relu).config.get("max_value")
+        signed = False
+    elif relu is not None:
+        signed = False
+    return _range_spec(name, ctx, signed, bits, max_value), bits
+
+
+def _neural(node: GraphNode, in_spec: QSpec, ctx: BuildContext):
+    cfg, name = node.config, node.name
+    default_wb = (ctx.qparams.input_weight_bits if name in ctx.first_neural
+                  else ctx.qparams.weight_bits)
+    wb = ctx.override(name, "weight_bits", default_wb)
+    if wb < 2:
+        raise ValueError(f"q_config: layer {name!r} weight_bits must be >= 2, got {wb}")
+    out_spec, bits = _output_spec(node, ctx, signed=True)
+    common = dict(weight_bits=wb, buffer_bits=ctx.qparams.buffer_bits,
+                  scale_bits=ctx.qparams.scale_bits, use_bias=cfg.get("use_bias", True),
+                  input_specs=[in_spec], output_spec=out_spec, name=name,
+                  qconfig=_entry(name, ctx, weight_bits=wb, activation_bits=bits))
+    conv = {k: cfg[k] for k in ("kernel_size", "strides", "padding", "dilation_rate") if k in cfg}
+    if node.cls is L.Conv2D:
+        layer = neural.QuantizedConv2D(cfg["filters"], **conv, **common)
+    elif node.cls is L.DepthwiseConv2D:
+        layer = neural.QuantizedDepthwiseConv2D(depth_multiplier=cfg["depth_multiplier"],
+                                                **conv, **common)
+    elif node.cls is L.Conv2DTranspose:
+        layer = neural.QuantizedConv2DTranspose(cfg["filters"], **conv, **common)
+    else:
+        layer = neural.QuantizedDense(cfg["units"], **common)
+    return layer, out_spec
+
+
+def quantized_layer(node: GraphNode, kind: str, in_specs: list[QSpec], ctx: BuildContext):
+    """``(layer, output_spec, pre)``; ``pre`` holds an optional OutputQuantizer per input.
+
+    Raises ``ValueError``/``KeyError`` when the node cannot be quantized (``quantize`` then
+    stops before it).
+    """
+    name, cfg = node.name, node.config
+    pre = [None] * len(in_specs)
+    spec0 = in_specs[0]
+    if kind == "neural":
+        layer, spec = _neural(node, spec0, ctx)
+    elif kind == "affine":
+        if node.cls is L.Rescaling:
+            signed = bool(np.any(ctx.stats[name].minimum < 0))
+            spec, bits = _output_spec(node, ctx, signed)
+            layer = affine.QuantizedRescaling(
+                scale=cfg["scale"], offset=cfg["offset"], scale_bits=ctx.qparams.scale_bits,
+                input_specs=[spec0], output_spec=spec, name=name,
+                qconfig=_entry(name, ctx, activation_bits=bits))
+        else:
+            spec, bits = _output_spec(node, ctx, signed=True)
+            layer = affine.QuantizedBatchNormalization(
+                epsilon=cfg["epsilon"], scale_bits=ctx.qparams.scale_bits, input_specs=[spec0],
+                output_spec=spec, name=name, qconfig=_entry(name, ctx, activation_bits=bits))
+    elif kind == "gap":
+        spec, bits = _output_spec(node, ctx, signed=spec0.signed)
+        layer = pooling.QuantizedGlobalAveragePooling2D(
+            scale_bits=ctx.qparams.scale_bits, input_specs=[spec0], output_spec=spec, name=name,
+            qconfig=_entry(name, ctx, activation_bits=bits))
+    elif kind == "add":
+        if len(in_specs) < 2:
+            raise ValueError("Add needs at least two inputs")
+        spec, bits = _output_spec(node, ctx, signed=any(s.signed for s in in_specs))
+        layer = merge.QuantizedAdd(input_specs=in_specs, output_spec=spec, name=name,
+                                   qconfig=_entry(name, ctx, activation_bits=bits))
+    elif kind == "relu":
+        spec = activation.relu_output_spec(spec0, cfg.get("max_value"))
+        layer = activation.QuantizedReLU(input_specs=[spec0], output_spec=spec, name=name)
+    elif kind == "maxpool":
+        spec = spec0
+        layer = pooling.QuantizedMaxPool2D(cfg["pool_size"], cfg["strides"], cfg["padding"],
+                                           input_specs=[spec0], output_spec=spec, name=name)
+    elif kind == "dropout":
+        spec = spec0
+        layer = reshaping.QuantizedDropout(cfg.get("rate", 0.0), input_specs=[spec0],
+                                           output_spec=spec, name=name)
+    elif kind == "reshape":
+        layer, spec = _reshape(node, spec0, ctx)
+    elif kind == "concat":
+        layer, spec, pre = _concat(node, in_specs, ctx)
+    else:
+        raise ValueError(f"{node.cls.__name__} is not supported")
+    return layer, spec, pre
+
+
+def _reshape(node: GraphNode, spec: QSpec, ctx: BuildContext):
+    in_shape = ctx.graph.input_shape(node)[1:]
+    cfg, name = node.config, node.name
+    if node.cls is L.Flatten:
+        out = reshaping.remap_spec(spec, in_shape, lambda a: a.reshape(-1))
+        return reshaping.QuantizedFlatten(input_specs=[spec], output_spec=out, name=name), out
+    if node.cls is L.Reshape:
+        target = tuple(cfg["target_shape"])
+        out = reshaping.remap_spec(spec, in_shape, lambda a: a.reshape(target))
+        return reshaping.QuantizedReshape(target, input_specs=[spec], output_spec=out,
+                                          name=name), out
+    dims = tuple(cfg["dims"])
+    out = reshaping.remap_spec(spec, in_shape, lambda a: a.transpose([d - 1 for d in dims]))
+    return reshaping.QuantizedPermute(dims, input_specs=[spec], output_spec=out, name=name), out
+
+
+def _concat(node: GraphNode, specs: list[QSpec], ctx: BuildContext):
+    name, axis = node.name, node.config.get("axis", -1)
+    shapes = [ctx.graph.input_shape(node, i) for i in range(len(specs))]
+    rank = len(shapes[0])
+    vb = max(s.value_bits for s in specs)
+    signed = any(s.signed for s in specs)
+    pre = [None] * len(specs)
+    if axis in (-1, rank - 1):
+        per_tensor = ctx.qparams.per_tensor_activations
+        if per_tensor:
+            f = min(s.max_frac for s in specs)
+            for i, s in enumerate(specs):
+                if any(fi != f for fi in s.frac_bits):
+                    target = QSpec(s.value_bits, s.signed, (f,))
+                    pre[i] = OutputQuantizer(input_specs=[s], output_spec=target,
+                                             name=f"{name}_in{i}_quantizer")
+                    specs[i] = target
+        fracs, his = [], []
+        for s, shape in zip(specs, shapes, strict=True):
+            fracs.extend(s.frac_array(int(shape[-1])).tolist())
+            his.extend(np.broadcast_to(s.hi_array(), (int(shape[-1]),)).tolist())
+        if len(set(fracs)) == 1:
+            fracs = fracs[:1]
+        top = (1 << vb) - 1
+        hi = None if all(h >= top for h in his) else tuple(int(h) for h in his)
+        if hi is not None and len(fracs) == 1 and len(set(hi)) == 1:
+            hi = hi[:1]
+        out = QSpec(vb, signed, tuple(int(f) for f in fracs), hi)
+    else:
+        channels = int(shapes[0][-1])
+        f = np.min([s.frac_array(channels) for s in specs], axis=0)
+        out = QSpec(vb, signed, tuple(int(v) for v in (f[:1] if len(set(f)) == 1 else f)))
+    layer = merge.QuantizedConcatenate(axis=axis, input_specs=specs, output_spec=out, name=name)
+    return layer, out, pre
+
+
+def set_weights(layer, node: GraphNode) -> None:
+    """Copy the float weights of ``node`` into its freshly built quantized ``layer``."""
+    if isinstance(layer, neural.QuantizedNeuralLayer):
+        kernel = node.weight("kernel")
+        weights = [kernel] if not layer.use_bias else [kernel, node.weight("bias")]
+        layer.set_weights(weights)
+    elif isinstance(layer, affine.QuantizedBatchNormalization):
+        c = layer.channels
+        layer.set_weights([
+            _or(node.weight("gamma"), np.ones(c)), _or(node.weight("beta"), np.zeros(c)),
+            node.weight("moving_mean"), node.weight("moving_variance")])
+
+
+def _or(value, default):
+    return default if value is None else value

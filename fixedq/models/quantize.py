@@ -1,0 +1,249 @@
+"""``quantize(model, qparams, samples)``: float Keras model -> FixedPoint Keras model.
+
+Steps: sanitize -> split SeparableConv2D -> plan (what is quantized, which ReLUs fuse into the
+layer before them) -> calibrate (per-channel ranges, streamed) -> build a new functional model of
+quantized layers, with a Dequantizer wherever quantized values meet float layers.
+
+Example:
+    >>> import keras, numpy as np
+    >>> from fixedq.models.quantize import quantize
+    >>> x = keras.Input((4,), name="x")
+    >>> model = keras.Model(x, keras.layers.Dense(3, name="fc")(x))
+    >>> qmodel = quantize(model, samples=np.random.rand(16, 4).astype("float32"), verbose=False)
+    >>> [type(layer).__name__ for layer in qmodel.layers]
+    ['InputLayer', 'InputQuantizer', 'QuantizedDense', 'Dequantizer']
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import keras
+
+from fixedq.layers.params import QuantizationParams
+from fixedq.models import builders
+from fixedq.models.calibrate import RangeStats, calibrate
+from fixedq.models.samples import DEFAULT_NUM_SAMPLES, random_samples
+from fixedq.models.split_separable import split_separable
+from fixedq.transforms import sanitize
+from fixedq.transforms.graph import Graph, build_model, make_layer, read_graph
+
+QCONFIG_FORMAT = "fixedq-qconfig"
+QCONFIG_VERSION = 1
+
+
+def _as_keras3(model):
+    if isinstance(model, keras.Model):
+        return model
+    module = type(model).__module__
+    if module.startswith("tf_keras") or module.startswith("keras.src.engine"):
+        from fixedq.models.loading import from_tf_keras
+
+        return from_tf_keras(model)
+    raise TypeError(f"quantize expects a keras.Model (Keras 3) or a tf_keras.Model, got "
+                    f"{module}.{type(model).__name__}")
+
+
+def _check_not_quantized(model: keras.Model) -> None:
+    for layer in model.layers:
+        if type(layer).__module__.startswith("fixedq.layers") and (
+                type(layer).__name__.startswith("Quantized")
+                or type(layer).__name__ in ("InputQuantizer", "OutputQuantizer", "Dequantizer")):
+            raise ValueError(f"model {model.name!r} is already quantized (layer {layer.name!r} is "
+                             f"a {type(layer).__name__}); quantize the float model instead")
+
+
+def _fused_relus(graph: Graph) -> dict[str, str]:
+    """``{producer: relu}`` for ReLUs that fold into the requantizing layer before them."""
+    fused = {}
+    for node in graph.nodes:
+        if builders.kind_of(node) not in builders.REQUANTIZING:
+            continue
+        nxt = graph.sole_consumer(node.name)
+        if nxt is not None and builders.kind_of(nxt) == "maxpool":
+            after = graph.sole_consumer(nxt.name)
+            if after is not None and builders.kind_of(after) == "relu":
+                fused[node.name] = after.name
+                continue
+        if nxt is not None and builders.kind_of(nxt) == "relu":
+            fused[node.name] = nxt.name
+    return fused
+
+
+def _check_config(q_config, graph: Graph) -> dict:
+    if q_config is None:
+        return {}
+    if not isinstance(q_config, dict) or q_config.get("format") != QCONFIG_FORMAT:
+        raise ValueError(f"q_config must be a dict made by dump_config (format "
+                         f"{QCONFIG_FORMAT!r}), got {str(q_config)[:80]!r}")
+    layers = q_config.get("layers", {})
+    known = {n.name for n in graph.nodes}
+    unknown = sorted(set(layers) - known)
+    if unknown:
+        raise ValueError(f"q_config names layers that are not in the model: {unknown}")
+    return layers
+
+
+def _stats_from_config(layers: dict) -> dict[str, RangeStats]:
+    return {name: RangeStats.from_config(cfg["calibration"])
+            for name, cfg in layers.items() if "calibration" in cfg}
+
+
+def quantize(model, qparams: QuantizationParams | None = None, samples=None,
+             num_samples: int = DEFAULT_NUM_SAMPLES, batch_size: int | None = None,
+             epochs: int = 1, q_config: dict | None = None, verbose: bool = True) -> keras.Model:
+    """Quantize a float Keras model; the input model is never changed.
+
+    Args:
+        model: Keras 3 functional/Sequential model, or a live ``tf_keras.Model``.
+        qparams: bit widths (default: 8-bit everything).
+        samples: calibration data (NumPy array, ``tf.data.Dataset`` or generator). Without
+            samples and without a q_config, 1024 random samples are used with a warning.
+        num_samples, batch_size, epochs: how much calibration data to stream.
+        q_config: a dict from :func:`fixedq.dump_config`; its per-layer bit widths and
+            calibration ranges are used (so no samples are needed), reproducing the model bit
+            for bit; edit a layer's ``weight_bits``/``activation_bits`` to change only it.
+        verbose: progress on stderr.
+
+    Returns:
+        A new Keras model made of fixedq quantized layers.
+    """
+    if qparams is None:
+        qparams = QuantizationParams()
+    if q_config is not None and isinstance(q_config, dict) and "qparams" in q_config:
+        qparams = QuantizationParams.from_dict(q_config["qparams"])
+    if not isinstance(qparams, QuantizationParams):
+        raise TypeError(f"qparams must be a QuantizationParams, got {type(qparams).__name__}")
+    model = _as_keras3(model)
+    _check_not_quantized(model)
+    sanitized, _ = sanitize(model)
+    graph = read_graph(sanitized)
+    if len(graph.inputs) != 1:
+        raise ValueError(f"quantize supports models with one input; {model.name!r} has "
+                         f"{len(graph.inputs)}")
+    split_separable(graph)
+    layer_cfg = _check_config(q_config, graph)
+    fused = _fused_relus(graph)
+    points = [n.name for n in graph.nodes if builders.kind_of(n) in builders.REQUANTIZING]
+    stats = _stats_from_config(layer_cfg)
+    needed = [p for p in points + [graph.inputs[0].name] if p not in stats]
+    if needed:
+        float_model = build_model(graph)
+        if samples is None:
+            first = graph.nodes[1] if len(graph.nodes) > 1 else None
+            uint8_like = first is not None and first.cls is keras.layers.Rescaling
+            warnings.warn("quantize: no calibration samples given; calibrating on "
+                          f"{num_samples} random samples. Accuracy will suffer: pass real "
+                          "samples.", stacklevel=2)
+            samples = random_samples(float_model.inputs[0].shape, num_samples, uint8_like)
+        stats.update(calibrate(float_model, samples, [p for p in needed if p in points],
+                               num_samples, batch_size, epochs, verbose))
+    return _build(graph, qparams, stats, fused, layer_cfg, model.name)
+
+
+def _first_neural(graph: Graph) -> set[str]:
+    """Neural layers with no neural layer before them (they get ``input_weight_bits``)."""
+    has_neural_before: dict[str, bool] = {}
+    first = set()
+    for node in graph.nodes:
+        before = any(has_neural_before.get(r.name, False) for r in node.refs)
+        is_neural = builders.kind_of(node) == "neural"
+        if is_neural and not before:
+            first.add(node.name)
+        has_neural_before[node.name] = before or is_neural
+    return first
+
+
+def _build(graph: Graph, qp: QuantizationParams, stats, fused, layer_cfg, name) -> keras.Model:
+    values: dict[str, tuple] = {}  # node name -> (tensor, QSpec or None for float)
+    dequantized: dict[str, object] = {}
+    relu_of = {relu: prod for prod, relu in fused.items()}
+    firsts = _first_neural(graph)
+    outputs = {r.name for r in graph.outputs}
+    for relu, prod in relu_of.items():
+        if relu in outputs:
+            outputs.add(prod)
+    ctx = builders.BuildContext(qp, stats, layer_cfg, firsts, outputs, fused, graph)
+
+    def as_float(ref_name):
+        tensor, spec = values[ref_name]
+        if spec is None:
+            return tensor
+        if ref_name not in dequantized:
+            dq = builders.dequantizer(ref_name)
+            dequantized[ref_name] = dq(tensor)
+        return dequantized[ref_name]
+
+    for node in graph.nodes:
+        if node.is_input:
+            x = keras.Input(batch_shape=node.output_shapes[0], dtype=node.dtype, name=node.name)
+            layer, spec = builders.input_quantizer(node, ctx)
+            values[node.name] = (layer(x), spec)
+            values["__input__"] = (x, None)
+            continue
+        if node.name in relu_of:  # fused into its producer (or the max-pool after it)
+            values[node.name] = values[node.refs[0].name]
+            continue
+        refs = node.refs
+        in_specs = [values[r.name][1] for r in refs]
+        kind = builders.kind_of(node)
+        reason = None
+        if kind == "unsupported":
+            reason = f"{node.cls.__name__} is not supported"
+        elif any(s is None for s in in_specs):
+            reason = None  # already float upstream: stay float silently
+        else:
+            try:
+                layer, spec, pre = builders.quantized_layer(node, kind, in_specs, ctx)
+            except (ValueError, KeyError) as err:
+                reason = str(err)
+            else:
+                ins = [values[r.name][0] for r in refs]
+                ins = [q(t) if q is not None else t for q, t in zip(pre, ins, strict=True)]
+                out = layer(ins if len(ins) > 1 or kind == "add" else ins[0])
+                builders.set_weights(layer, node)
+                values[node.name] = (out, spec)
+                continue
+        if reason is not None and all(s is not None for s in in_specs):
+            warnings.warn(f"quantize: quantization stops before layer {node.name!r} "
+                          f"({node.cls.__name__}): {reason}; a Dequantizer is inserted and the "
+                          "layer runs in float", stacklevel=3)
+        layer = make_layer(node)
+        ins = [as_float(r.name) for r in refs]
+        out = layer(ins if len(ins) > 1 or node.cls in (keras.layers.Add,
+                                                       keras.layers.Concatenate) else ins[0])
+        if node.weights:
+            layer.set_weights([w for _, w in node.weights])
+        values[node.name] = (out, None)
+
+    outs = [as_float(r.name) for r in graph.outputs]
+    inp = values["__input__"][0]
+    return keras.Model(inp, outs[0] if graph.single_output else outs, name=f"{name}_quantized")
+
+
+def dump_config(qmodel: keras.Model) -> dict:
+    """JSON-able q-config of a quantized model: qparams, per-layer bits and calibration ranges.
+
+    ``quantize(float_model, q_config=dump_config(qmodel))`` rebuilds ``qmodel`` bit for bit;
+    editing one layer's ``weight_bits``/``activation_bits`` changes only that layer (its
+    frac_bits are derived again from the stored ranges).
+
+    Example:
+        >>> cfg = dump_config(qmodel)  # doctest: +SKIP
+        >>> cfg["layers"]["conv1"]["weight_bits"] = 4  # doctest: +SKIP
+    """
+    if not isinstance(qmodel, keras.Model):
+        raise TypeError(f"dump_config expects a quantized keras.Model, got {type(qmodel).__name__}")
+    qparams, layers = None, {}
+    for layer in qmodel.layers:
+        entry = getattr(layer, "qconfig", None)
+        if not entry:
+            continue
+        entry = dict(entry)
+        qparams = entry.pop("qparams", qparams)
+        layers[entry.pop("layer")] = entry
+    if not layers or qparams is None:
+        raise ValueError(f"model {qmodel.name!r} is not a fixedq quantized model (no q-config "
+                         "in its layers)")
+    return {"format": QCONFIG_FORMAT, "version": QCONFIG_VERSION, "qparams": qparams,
+            "layers": layers}
