@@ -41,14 +41,15 @@ __all__ = ["fold_batchnorm", "scale_output_channels"]
 
 NAME = "fold_batchnorm"
 
-# class name -> name of the kernel that carries the output channels
+# class name -> possible names of the kernel that carries the output channels (Keras versions
+# differ: DepthwiseConv2D's variable is "kernel" in recent Keras 3, "depthwise_kernel" before)
 _KERNEL = {
-    "Dense": "kernel",
-    "Conv2D": "kernel",
-    "Conv2DTranspose": "kernel",
-    "DepthwiseConv2D": "depthwise_kernel",
-    "SeparableConv2D": "pointwise_kernel",
-    "DepthwiseConv2DTranspose": "kernel",
+    "Dense": ("kernel",),
+    "Conv2D": ("kernel",),
+    "Conv2DTranspose": ("kernel",),
+    "DepthwiseConv2D": ("kernel", "depthwise_kernel"),
+    "SeparableConv2D": ("pointwise_kernel",),
+    "DepthwiseConv2DTranspose": ("kernel",),
 }
 
 
@@ -116,7 +117,9 @@ def fold_batchnorm(graph: Graph) -> list[Change]:
             continue
         scale, shift = affine
         weights = dict(layer.weights)
-        kernel_name = _KERNEL[kind]
+        kernel_name = next((k for k in _KERNEL[kind] if k in weights), None)
+        if kernel_name is None:
+            continue
         kernel = weights[kernel_name]
         folded = scale_output_channels(kernel, scale, kind)
         bias = weights.get("bias")

@@ -1,6 +1,6 @@
 """Rewrite 5: swap ``ReLU → MaxPooling2D`` into ``MaxPooling2D → ReLU``.
 
-A ReLU (also with ``max_value``, a threshold or a non-negative slope) is a non-decreasing
+A ReLU (also with ``max_value``, a threshold >= 0 or a slope >= 0) is a non-decreasing
 function applied element-wise, and max pooling takes maxima of windows (padding never wins a
 maximum in TensorFlow's ``"same"`` pooling), so ``maxpool(relu(x)) == relu(maxpool(x))``
 exactly. Pooling first lets the ReLU run on fewer values and leaves the pool on the signed
@@ -34,8 +34,11 @@ NAME = "reorder_relu_maxpool"
 def _monotonic_relu(node) -> bool:
     if node.cls is not keras.layers.ReLU or not node.plain_call or len(node.refs) != 1:
         return False
+    # x >= threshold ? x : slope * (x - threshold) is non-decreasing iff slope >= 0 and the
+    # value jumps up (not down) at the threshold, i.e. threshold >= 0.
     slope = node.config.get("negative_slope") or 0.0
-    return float(slope) >= 0.0
+    threshold = node.config.get("threshold") or 0.0
+    return float(slope) >= 0.0 and float(threshold) >= 0.0
 
 
 def reorder_relu_maxpool(graph: Graph) -> list[Change]:
