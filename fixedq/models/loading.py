@@ -191,6 +191,50 @@ def _unwrap_single_io(model_config: dict) -> bool:
     return changed
 
 
+_MODEL_CLASSES = ("Sequential", "Functional", "Model")
+
+
+def _history_refs(model_config: dict):
+    """Yield the mutable ``[layer_name, node_index, tensor_index, ...]`` lists of a functional
+    config in the legacy (tf-keras) format: inbound nodes and output layers."""
+    for layer in model_config.get("layers", []):
+        for node in layer.get("inbound_nodes", []) or []:
+            if isinstance(node, list):
+                for ref in node:
+                    if isinstance(ref, list) and len(ref) >= 3 and isinstance(ref[0], str):
+                        yield ref
+    outputs = model_config.get("output_layers")
+    if isinstance(outputs, list) and outputs and isinstance(outputs[0], str):
+        outputs = [outputs]
+    for ref in outputs or []:
+        if isinstance(ref, list) and len(ref) >= 3 and isinstance(ref[0], str):
+            yield ref
+
+
+def _renumber_nested_model_nodes(model_config: dict) -> bool:
+    """tf-keras gives a nested model an internal node 0, so its first call is node 1; Keras 3
+    numbers calls from 0. Shift references to nested models whose first used node is 1."""
+    if "input_layers" not in model_config or not isinstance(model_config.get("layers"), list):
+        return False
+    nested = {
+        layer.get("name", layer.get("config", {}).get("name"))
+        for layer in model_config["layers"]
+        if layer.get("class_name") in _MODEL_CLASSES
+    }
+    if not nested:
+        return False
+    refs = [ref for ref in _history_refs(model_config) if ref[0] in nested]
+    first_used: dict[str, int] = {}
+    for ref in refs:
+        first_used[ref[0]] = min(first_used.get(ref[0], ref[1]), ref[1])
+    changed = False
+    for ref in refs:
+        if first_used[ref[0]] == 1:
+            ref[1] -= 1
+            changed = True
+    return changed
+
+
 def _clean_legacy_config(config: dict) -> bool:
     """Adapt, in place, a tf-keras model config for Keras 3. Return True if changed.
 
@@ -201,6 +245,7 @@ def _clean_legacy_config(config: dict) -> bool:
     """
     changed = False
     for layer in _walk_layers(config):
+        changed |= _renumber_nested_model_nodes(layer["config"])
         changed |= _unwrap_single_io(layer["config"])
         rejected = _REJECTED_KEYS.get(layer["class_name"])
         if not rejected:

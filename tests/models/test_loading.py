@@ -306,3 +306,25 @@ def test_single_input_output_not_wrapped_in_lists(tmp_path):
     loaded = load_model(path)
     assert not isinstance(loaded.output, list | tuple)
     assert not isinstance(loaded.input, list | tuple)
+
+
+def test_tf_keras_nested_models(tmp_path):
+    """Sequential and functional sub-models (tf-keras numbers their first call node 1)."""
+    L = tf_keras.layers
+    inner = tf_keras.Sequential(
+        [tf_keras.Input((8, 8, 4)), L.DepthwiseConv2D(3, padding="same"), L.BatchNormalization()],
+        name="inner_seq",
+    )
+    sub_in = tf_keras.Input((8, 8, 4))
+    inner2 = tf_keras.Model(sub_in, L.SeparableConv2D(4, 3, padding="same")(sub_in), name="sub")
+    inputs = tf_keras.Input((8, 8, 3))
+    x = inner2(inner2(inner(L.Conv2D(4, 1, name="conv")(inputs))))  # shared sub-model
+    tk_model = tf_keras.Model(inputs, L.Dense(2, name="dense")(L.Flatten(name="flat")(x)))
+    _randomize(tk_model)
+    for sub in (inner, inner2):
+        _randomize(sub)
+    path = tmp_path / "nested.h5"
+    _tk_save(tk_model, path)
+    expected = tk_model(X).numpy()
+    for loaded in (load_model(path), from_tf_keras(tk_model)):
+        np.testing.assert_allclose(np.asarray(loaded(X)), expected, rtol=0, atol=1e-5)
