@@ -35,7 +35,7 @@ import numpy as np
 
 from fixedq.transforms.graph import Graph
 from fixedq.transforms.report import Change
-from fixedq.transforms.split_activations import _is_linear, weighted_layer_classes
+from fixedq.transforms.split_activations import is_linear_activation, weighted_layer_classes
 
 __all__ = ["fold_batchnorm", "scale_output_channels"]
 
@@ -108,7 +108,7 @@ def fold_batchnorm(graph: Graph) -> list[Change]:
             layer.cls not in classes
             or kind not in _KERNEL
             or graph.sole_consumer(layer.name) is not bn
-            or not _is_linear(layer.config.get("activation"))
+            or not is_linear_activation(layer.config.get("activation"))
             or (layer.config.get("data_format") or "channels_last") != "channels_last"
         ):
             continue

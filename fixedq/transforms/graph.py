@@ -88,8 +88,8 @@ class Graph:
     inputs: list[Ref]
     outputs: list[Ref]
     name: str = "model"
-    single_input: bool = True
-    single_output: bool = True
+    input_structure: Any = None  # nesting of the model's inputs (list/dict), None = flat
+    output_structure: Any = None
 
     def __iter__(self) -> Iterator[GraphNode]:
         return iter(list(self.nodes))
@@ -185,6 +185,24 @@ def _shape(tensor) -> tuple:
     return tuple(None if d is None else int(d) for d in tensor.shape)
 
 
+def _structure(model: keras.Model, attribute: str, count: int) -> Any:
+    """The nesting (single tensor, list, dict) of a model's inputs or outputs, with ``0``s."""
+    struct = getattr(model, attribute, None)  # functional models keep it; Sequential does not
+    if struct is not None:
+        try:
+            if len(tree.flatten(struct)) == count:
+                return tree.map_structure(lambda _: 0, struct)
+        except (TypeError, ValueError):
+            pass
+    return 0 if count == 1 else [0] * count
+
+
+def _pack(structure: Any, tensors: list) -> Any:
+    if structure is None:
+        return tensors[0] if len(tensors) == 1 else tensors
+    return tree.pack_sequence_as(structure, tensors)
+
+
 def read_graph(model: keras.Model) -> Graph:
     """Read ``model`` (functional or built Sequential) into a :class:`Graph` without changing it.
 
@@ -273,8 +291,8 @@ def read_graph(model: keras.Model) -> Graph:
         inputs=inputs,
         outputs=outputs,
         name=model.name,
-        single_input=len(model.inputs) == 1,
-        single_output=len(model.outputs) == 1,
+        input_structure=_structure(model, "_inputs_struct", len(inputs)),
+        output_structure=_structure(model, "_outputs_struct", len(outputs)),
     )
 
 
@@ -333,8 +351,8 @@ def build_model(graph: Graph) -> keras.Model:
     ins = [values[r.name][r.index] for r in graph.inputs]
     outs = [values[r.name][r.index] for r in graph.outputs]
     return keras.Model(
-        ins[0] if graph.single_input else ins,
-        outs[0] if graph.single_output else outs,
+        _pack(graph.input_structure, ins),
+        _pack(graph.output_structure, outs),
         name=graph.name,
     )
 

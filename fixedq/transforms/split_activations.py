@@ -24,7 +24,7 @@ from fixedq.transforms.canonicalize import relu_for_activation
 from fixedq.transforms.graph import Graph, Ref, new_node
 from fixedq.transforms.report import Change
 
-__all__ = ["split_activations", "weighted_layer_classes"]
+__all__ = ["is_linear_activation", "split_activations", "weighted_layer_classes"]
 
 NAME = "split_activations"
 
@@ -47,7 +47,8 @@ def weighted_layer_classes() -> tuple[type, ...]:
     return tuple(classes)
 
 
-def _is_linear(activation) -> bool:
+def is_linear_activation(activation) -> bool:
+    """True for ``None``/``"linear"`` (or its config); unknown activations count as non-linear."""
     if activation is None:
         return True
     try:
@@ -61,7 +62,7 @@ def split_activations(graph: Graph) -> list[Change]:
     classes = weighted_layer_classes()
     changes = []
     for node in graph:
-        if node.cls not in classes or _is_linear(node.config.get("activation")):
+        if node.cls not in classes or is_linear_activation(node.config.get("activation")):
             continue
         activation = node.config["activation"]
         dtype = node.config.get("dtype")

@@ -103,3 +103,18 @@ def test_nested_model_kept_as_one_layer(helpers):
     assert len(report) == 0
     assert new_model.get_layer("inner") is not inner
     helpers.assert_same_function(model, new_model)
+
+
+def test_dict_inputs_and_outputs_keep_their_structure(helpers):
+    a = keras.Input((3,), name="a")
+    b = keras.Input((3,), name="b")
+    s = keras.layers.Add(name="s")([a, b])
+    outputs = {"y": keras.layers.Dense(2, activation="relu", name="y")(s), "z": s}
+    model = keras.Model({"a": a, "b": b}, outputs)
+    new_model, report = sanitize(model)
+    assert len(report) == 1
+    feed = {"a": np.ones((2, 3), "float32"), "b": np.full((2, 3), -2.0, "float32")}
+    expected, actual = model(feed), new_model(feed)
+    assert set(actual) == {"y", "z"}
+    for key in ("y", "z"):
+        np.testing.assert_allclose(np.asarray(actual[key]), np.asarray(expected[key]), rtol=1e-6)
