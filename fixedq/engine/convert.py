@@ -1,0 +1,255 @@
+"""``convert(qmodel)``: a quantized Keras model -> an integer engine :class:`Model`.
+
+Every quantized layer becomes one op whose integer parameters come from the layer's own
+``integer_params()`` (computed by the TF code the layer runs, so nothing is recomputed here).
+A MaxPool2D that is the only consumer of a neural layer is fused into it (the neural layer
+already carries its fused ReLU as clip bounds). This module imports Keras; the rest of
+:mod:`fixedq.engine` does not.
+
+Example:
+    >>> import fixedq, fixedq.engine                                  # doctest: +SKIP
+    >>> qmodel = fixedq.quantize(model, samples=x, verbose=False)     # doctest: +SKIP
+    >>> engine = fixedq.engine.convert(qmodel, target="akida-2.0")    # doctest: +SKIP
+    >>> np.array_equal(engine.predict(x), qmodel.predict(x))          # doctest: +SKIP
+    True
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+from fixedq.engine import kernels
+from fixedq.engine.model import Model
+from fixedq.engine.ops import Op
+from fixedq.layers import activation, affine, merge, neural, pooling, reshaping
+from fixedq.layers.base import output_bounds
+from fixedq.layers.quantizers import Dequantizer, InputQuantizer, OutputQuantizer
+from fixedq.transforms.graph import read_graph
+
+_NEURAL_TYPES = {neural.QuantizedConv2D: "conv2d", neural.QuantizedDepthwiseConv2D: "depthwise",
+                 neural.QuantizedConv2DTranspose: "transpose", neural.QuantizedDense: "dense"}
+_PASSTHROUGH = (reshaping.QuantizedFlatten, reshaping.QuantizedReshape,
+                reshaping.QuantizedPermute, reshaping.QuantizedDropout)
+SUPPORTED = (*_NEURAL_TYPES, affine.QuantizedBatchNormalization, affine.QuantizedRescaling,
+             pooling.QuantizedMaxPool2D, pooling.QuantizedGlobalAveragePooling2D,
+             merge.QuantizedAdd, merge.QuantizedConcatenate, activation.QuantizedReLU,
+             OutputQuantizer, InputQuantizer, Dequantizer, *_PASSTHROUGH)
+
+
+def _i64(a) -> np.ndarray:
+    return np.asarray(a, dtype=np.int64)
+
+
+def _spec_attrs(spec, channels: int) -> dict:
+    return {"value_bits": int(spec.value_bits), "signed": bool(spec.signed),
+            "out_frac": spec.frac_array(channels).tolist()}
+
+
+def _check_structure(qmodel, graph) -> None:
+    """Reject float, partly quantized and unsupported models with one precise error."""
+    layers = {n.name: n for n in graph.nodes}
+    if not any(n.cls is InputQuantizer for n in graph.nodes):
+        raise ValueError(f"model {qmodel.name!r} is not quantized (no InputQuantizer); run "
+                         "fixedq.quantize(model, qparams, samples) first and convert its result")
+    problems = []
+    consumers: dict[str, list[str]] = {}
+    for node in graph.nodes:
+        for ref in node.refs:
+            consumers.setdefault(ref.name, []).append(node.name)
+    for node in graph.nodes:
+        if node.is_input:
+            bad = [c for c in consumers.get(node.name, []) if layers[c].cls is not InputQuantizer]
+            if bad:
+                problems.append(f"input {node.name!r} feeds non-quantized layers {bad}")
+            continue
+        if node.cls is Dequantizer:
+            after = consumers.get(node.name, [])
+            if after:
+                problems.append(f"Dequantizer {node.name!r} is followed by float layers {after} "
+                                "(the model is only partly quantized)")
+            continue
+        if node.cls not in SUPPORTED:
+            problems.append(f"layer {node.name!r} ({node.cls.__name__}) is not a fixedq "
+                            "quantized layer")
+    outputs = [r.name for r in graph.outputs]
+    for name in outputs:
+        if layers[name].cls is not Dequantizer:
+            problems.append(f"model output {name!r} ({layers[name].cls.__name__}) does not end "
+                            "with a Dequantizer")
+    if problems:
+        raise ValueError(f"cannot convert model {qmodel.name!r} to the integer engine:\n  - "
+                         + "\n  - ".join(problems))
+
+
+def _neural_op(layer, node, in_name: str, spec_in, channels: int) -> Op:
+    p = layer.integer_params()
+    kind = _NEURAL_TYPES[type(layer)]
+    cin = int(layer._in_channels)
+    f_in = spec_in.frac_array(cin)
+    align = int(p["in_frac"]) - f_in
+    kernel = _i64(p["kernel"])
+    bound = kernels.linear_bound(kernel, kind, spec_in.aligned_max_abs())
+    attrs = {"type": kind, "weight_bits": int(layer.weight_bits),
+             "buffer_bits": int(layer.buffer_bits), "acc_lo": int(p["acc_lo"]),
+             "acc_hi": int(p["acc_hi"]), "accum_bound": int(bound),
+             "accum_dtype": kernels.exact_dtype(bound), "in_frac": int(p["in_frac"]),
+             **_spec_attrs(layer.output_spec, channels)}
+    if kind != "dense":
+        attrs.update(strides=list(layer.strides), padding=layer.padding,
+                     dilation_rate=list(layer.dilation_rate),
+                     kernel_size=list(layer.kernel_size))
+    arrays = {"kernel": kernel, "bias": _i64(p["bias"]), "multiplier": _i64(p["multiplier"]),
+              "shift": _i64(p["shift"]), "out_lo": _i64(p["out_lo"]),
+              "out_hi": _i64(p["out_hi"])}
+    if np.any(align):
+        arrays["in_align"] = _i64(align)
+    return Op(node.name, "neural", [in_name], attrs, arrays)
+
+
+def _layer_op(layer, node, ins: list[str], specs: dict, channels: int) -> Op:
+    """The op of one (non-input, non-Dequantizer) quantized layer."""
+    name = node.name
+    out_spec = layer.output_spec
+    attrs = _spec_attrs(out_spec, channels) if out_spec is not None else {}
+    if type(layer) in _NEURAL_TYPES:
+        return _neural_op(layer, node, ins[0], specs[ins[0]], channels)
+    if isinstance(layer, affine._QuantizedAffine):
+        p = layer.integer_params()
+        arrays = {k: _i64(p[k]) for k in ("multiplier", "shift", "offset", "out_lo", "out_hi")}
+        return Op(name, "affine", ins, {**attrs, "type": type(layer).__name__}, arrays)
+    if isinstance(layer, pooling.QuantizedGlobalAveragePooling2D):
+        p = layer.integer_params()
+        arrays = {k: _i64(p[k]) for k in ("multiplier", "shift", "out_lo", "out_hi")}
+        return Op(name, "gap", ins, attrs, arrays)
+    if isinstance(layer, merge.QuantizedAdd):
+        p = layer.integer_params()
+        lo, hi = output_bounds(out_spec, channels)
+        arrays = {"shift": _i64(np.broadcast_to(p["shift"], (channels,))), "out_lo": lo,
+                  "out_hi": hi}
+        for i, s in enumerate(layer.input_specs):
+            arrays[f"align{i}"] = _i64(int(p["in_frac"]) - s.frac_array(channels))
+        return Op(name, "add", ins, attrs, arrays)
+    if isinstance(layer, OutputQuantizer):
+        lo, hi = output_bounds(out_spec, channels)
+        shift = _i64(np.broadcast_to(layer.integer_params()["shift"], (channels,)))
+        return Op(name, "shift", ins, attrs, {"shift": shift, "out_lo": lo, "out_hi": hi})
+    if isinstance(layer, merge.QuantizedConcatenate):
+        rank = len(node.output_shapes[0])
+        axis = layer.axis % rank
+        arrays = {}
+        if axis != rank - 1:
+            f_out = out_spec.frac_array(channels)
+            arrays["out_lo"], arrays["out_hi"] = output_bounds(out_spec, channels)
+            for i, s in enumerate(layer.input_specs):
+                arrays[f"shift{i}"] = _i64(s.frac_array(channels) - f_out)
+        return Op(name, "concat", ins, {**attrs, "axis": axis}, arrays)
+    if isinstance(layer, activation.QuantizedReLU):
+        p = layer.integer_params()
+        return Op(name, "clip", ins, attrs, {"lo": _i64(p["lo"]), "hi": _i64(p["hi"])})
+    if isinstance(layer, pooling.QuantizedMaxPool2D):
+        return Op(name, "maxpool", ins, {**attrs, "pool_size": list(layer.pool_size),
+                                         "strides": list(layer.strides),
+                                         "padding": layer.padding})
+    if isinstance(layer, (reshaping.QuantizedFlatten, reshaping.QuantizedReshape)):
+        shape = [int(d) for d in node.output_shapes[0][1:]]
+        return Op(name, "reshape", ins, {**attrs, "target_shape": shape})
+    if isinstance(layer, reshaping.QuantizedPermute):
+        return Op(name, "permute", ins, {**attrs, "dims": list(layer.dims)})
+    if isinstance(layer, reshaping.QuantizedDropout):
+        return Op(name, "identity", ins, attrs)
+    raise ValueError(f"layer {name!r} ({type(layer).__name__}) has no engine op")
+
+
+def _fuse_pools(ops: list[Op], outputs: list[dict]) -> list[Op]:
+    """Fold a MaxPool2D into the neural op before it when it is that op's only consumer."""
+    consumers: dict[str, int] = {}
+    for op in ops:
+        for t in op.inputs:
+            consumers[t] = consumers.get(t, 0) + 1
+    out_tensors = {o["tensor"] for o in outputs}
+    result: list[Op] = []
+    where: dict[str, int] = {}
+    for op in ops:
+        prev = result[where[op.inputs[0]]] if op.kind == "maxpool" else None
+        if (prev is not None and prev.kind == "neural" and prev.attrs["type"] != "dense"
+                and not prev.attrs.get("pool") and consumers[prev.name] == 1
+                and prev.name not in out_tensors):
+            attrs = dict(prev.attrs)
+            attrs["layers"] = prev.layers + [op.name]
+            attrs["pool"] = {k: op.attrs[k] for k in ("pool_size", "strides", "padding")}
+            merged = Op(op.name, "neural", prev.inputs, attrs, prev.arrays)
+            index = where.pop(prev.name)
+            result[index] = merged
+            where[op.name] = index
+            continue
+        where[op.name] = len(result)
+        result.append(op)
+    return result
+
+
+def convert(qmodel, target=None, fuse: bool = True) -> Model:
+    """Convert a fixedq-quantized Keras model into an integer engine :class:`Model`.
+
+    Args:
+        qmodel: a model returned by :func:`fixedq.quantize` (or loaded from its ``.keras``).
+        target: ``None``, a profile name (see :data:`fixedq.engine.targets.TARGETS`) or a
+            :class:`~fixedq.engine.targets.Target`; the model is checked against it.
+        fuse: fold max-pooling into the neural op before it.
+
+    Raises:
+        TypeError: ``qmodel`` is not a Keras model.
+        ValueError: float or partly quantized model, unsupported layer, or target violations
+            (one error listing every offending layer).
+
+    Example:
+        >>> engine = convert(qmodel)                # doctest: +SKIP
+    """
+    if not isinstance(qmodel, keras.Model):
+        raise TypeError(f"convert expects a quantized keras.Model, got "
+                        f"{type(qmodel).__module__}.{type(qmodel).__name__}")
+    graph = read_graph(qmodel)
+    _check_structure(qmodel, graph)
+    if len(graph.inputs) != 1:
+        raise ValueError(f"the engine supports one model input; {qmodel.name!r} has "
+                         f"{len(graph.inputs)}")
+    specs: dict = {}
+    alias: dict[str, str] = {}  # Dequantizer / InputLayer name -> tensor it exposes
+    ops: list[Op] = []
+    input_node = None
+    for node in graph.nodes:
+        layer = qmodel.get_layer(node.name)
+        if node.is_input:
+            input_node = node
+            continue
+        ins = [alias.get(r.name, r.name) for r in node.refs]
+        if isinstance(layer, Dequantizer):
+            alias[node.name] = ins[0]
+            continue
+        channels = int(node.output_shapes[0][-1])
+        if isinstance(layer, InputQuantizer):
+            p = layer.integer_params()
+            op = Op(node.name, "input", [], {**_spec_attrs(layer.output_spec, channels)},
+                    {"frac": _i64(p["frac"]), "lo": _i64(p["lo"]), "hi": _i64(p["hi"])})
+        else:
+            op = _layer_op(layer, node, ins, specs, channels)
+        if op.kind == "neural":
+            op.attrs["linear_shape"] = [int(d) for d in node.output_shapes[0][1:]]
+            op.attrs["in_shape"] = [int(d) for d in graph.input_shape(node)[1:]]
+        specs[node.name] = layer.output_spec
+        ops.append(op)
+    outputs = []
+    for ref in graph.outputs:
+        tensor = alias[ref.name]
+        frac = specs[tensor].frac_array(int(graph.node(ref.name).output_shapes[0][-1]))
+        outputs.append({"tensor": tensor, "frac": frac.tolist(), "name": ref.name})
+    if fuse:
+        ops = _fuse_pools(ops, outputs)
+    input_shape = tuple(input_node.output_shapes[0])
+    model = Model(ops, outputs, input_shape, input_node.dtype, qmodel.name,
+                  meta={"keras_version": keras.__version__})
+    if target is not None:
+        from fixedq.engine.targets import check_target
+
+        model.target = check_target(model, target).name
+    return model

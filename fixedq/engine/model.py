@@ -1,0 +1,229 @@
+"""The engine :class:`Model`: an ordered list of integer ops with float-in / float-out helpers.
+
+``Model.predict`` quantizes float (or integer-valued) inputs with the input quantizer's integer
+path, runs every op on ``int64`` tensors and dequantizes the outputs (``v * 2^-f`` in float32),
+giving exactly what the quantized Keras model's ``predict`` returns. Nothing here imports
+TensorFlow or Keras.
+
+Example:
+    >>> import fixedq.engine as fe                                     # doctest: +SKIP
+    >>> model = fe.load("model.fqe")                                   # doctest: +SKIP
+    >>> probs = model.predict(x, batch_size=100)                       # doctest: +SKIP
+    >>> ints = model.predict(x, output="int")                          # doctest: +SKIP
+    >>> print(model.summary())                                         # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import numpy as np
+
+from fixedq.engine.ops import KINDS, Op, run_op
+
+MODES = ("dense", "event")
+OUTPUTS = ("float", "int")
+
+
+class Model:
+    """An integer-only program made by :func:`fixedq.engine.convert` or :func:`fixedq.engine.load`.
+
+    Attributes:
+        ops: ops in execution order; ``ops[0]`` is the input quantizer.
+        outputs: one dict per model output: ``tensor`` (op name), ``frac`` (per-channel
+            frac_bits list), ``name`` (the Keras output name).
+        input_shape: input shape with ``None`` for the batch axis (and any free axis).
+        input_dtype: dtype the Keras model casts its input to (``float32`` usually).
+        name: model name; ``target``: hardware profile name the model was checked against.
+    """
+
+    def __init__(self, ops: list[Op], outputs: list[dict], input_shape, input_dtype="float32",
+                 name="model", target=None, meta=None):
+        if not ops or ops[0].kind != "input":
+            raise ValueError("an engine model starts with an 'input' op")
+        self.ops = list(ops)
+        self.outputs = [dict(o) for o in outputs]
+        self.input_shape = tuple(None if d is None else int(d) for d in input_shape)
+        self.input_dtype = str(input_dtype)
+        self.name = str(name)
+        self.target = target
+        self.meta = dict(meta or {})
+        known = {op.name for op in self.ops}
+        for op in self.ops:
+            missing = [t for t in op.inputs if t not in known]
+            if missing:
+                raise ValueError(f"op {op.name!r} reads unknown tensors {missing}")
+        for out in self.outputs:
+            if out["tensor"] not in known:
+                raise ValueError(f"output {out['name']!r} reads unknown tensor {out['tensor']!r}")
+        self._last_use = self._compute_last_use()
+
+    def _compute_last_use(self) -> dict[str, int]:
+        last = {}
+        for i, op in enumerate(self.ops):
+            for t in op.inputs:
+                last[t] = i
+        for out in self.outputs:
+            last[out["tensor"]] = len(self.ops)
+        return last
+
+    # ------------------------------------------------------------------ inputs
+    def check_input(self, x) -> np.ndarray:
+        """Validate ``x`` (shape and dtype) and return it as an array of the model's input dtype.
+
+        Raises:
+            TypeError: non-numeric data (bool, complex, strings, objects).
+            ValueError: wrong rank/shape, or an empty batch.
+        """
+        arr = np.asarray(x)
+        if arr.dtype.kind not in "iuf":
+            raise TypeError(f"model {self.name!r} expects a numeric array (float or integer), "
+                            f"got dtype {arr.dtype}")
+        want = self.input_shape
+        if arr.ndim != len(want) or any(w is not None and w != g
+                                        for w, g in zip(want[1:], arr.shape[1:], strict=True)):
+            raise ValueError(f"model {self.name!r} expects inputs of shape "
+                             f"{_shape_str(want)}, got {arr.shape}")
+        return arr.astype(self.input_dtype, copy=False)
+
+    def quantize_inputs(self, x) -> np.ndarray:
+        """Integers the input quantizer produces for float inputs ``x`` (int64)."""
+        return run_op(self.ops[0], [self.check_input(x)])
+
+    # ------------------------------------------------------------------ execution
+    def run_batch(self, x, mode: str = "dense", stats: dict | None = None) -> list[np.ndarray]:
+        """Integer outputs of one batch (no batching, no dequantization)."""
+        from fixedq.engine import events
+
+        tensors = {self.ops[0].name: run_op(self.ops[0], [x])}
+        for i, op in enumerate(self.ops[1:], start=1):
+            xs = [tensors[t] for t in op.inputs]
+            if stats is not None:
+                events.record(stats, op, xs, mode == "event")
+            if mode == "event" and events.supports(op):
+                y = events.run_neural_events(op, xs[0], stats)
+            else:
+                y = run_op(op, xs)
+            tensors[op.name] = y
+            for t in op.inputs:
+                if self._last_use.get(t) == i:
+                    del tensors[t]
+        return [tensors[o["tensor"]] for o in self.outputs]
+
+    def predict(self, x, batch_size: int = 32, output: str = "float", mode: str = "dense",
+                verbose: bool = False):
+        """Run the model; equals the quantized Keras model's ``predict`` bit for bit.
+
+        Args:
+            x: float or integer inputs, shape ``(N, *input_shape[1:])``.
+            batch_size: samples per batch (memory grows with it, not with ``N``).
+            output: ``"float"`` (dequantized float32, like Keras) or ``"int"`` (raw int64
+                output integers; multiply by ``2^-frac`` of :attr:`outputs` to dequantize).
+            mode: ``"dense"`` (BLAS-backed) or ``"event"`` (event-driven conv/dense; same
+                outputs).
+            verbose: print batch progress to stderr.
+
+        Returns:
+            One array, or a list for multi-output models.
+        """
+        if output not in OUTPUTS:
+            raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        results = self._execute(x, batch_size, mode, None, verbose)
+        if output == "float":
+            results = [dequantize(r, o["frac"]) for r, o in zip(results, self.outputs,
+                                                                  strict=True)]
+        return results[0] if len(results) == 1 else results
+
+    def event_stats(self, x, batch_size: int = 32, mode: str = "event") -> list[dict]:
+        """Per-op event statistics over ``x`` (see :mod:`fixedq.engine.events`)."""
+        stats: dict = {}
+        self._execute(x, batch_size, mode, stats, False)
+        return [dict(name=op.name, kind=op.kind, **stats[op.name])
+                for op in self.ops[1:] if op.name in stats]
+
+    def _execute(self, x, batch_size, mode, stats, verbose) -> list[np.ndarray]:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+                or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        arr = self.check_input(x)
+        n = arr.shape[0]
+        if n == 0:
+            raise ValueError("predict got an empty batch (0 samples)")
+        results = None
+        start_time = time.perf_counter()
+        for start in range(0, n, batch_size):
+            outs = self.run_batch(arr[start:start + batch_size], mode, stats)
+            if results is None:
+                results = [np.empty((n, *o.shape[1:]), dtype=np.int64) for o in outs]
+            for r, o in zip(results, outs, strict=True):
+                r[start:start + o.shape[0]] = o
+            if verbose:
+                done = min(n, start + batch_size)
+                print(f"\r{self.name}: {done}/{n} samples "
+                      f"({time.perf_counter() - start_time:.1f}s)", end="", file=sys.stderr)
+        if verbose:
+            print(file=sys.stderr)
+        return results
+
+    # ------------------------------------------------------------------ reporting
+    def summary(self, print_fn=None) -> str:
+        """A table of ops: kind, fused Keras layers, output bits/frac, weight bits, params."""
+        rows = [("op", "kind", "layers", "output", "weights", "params")]
+        total = 0
+        for op in self.ops:
+            params = sum(int(a.size) for k, a in op.arrays.items() if k in ("kernel", "bias"))
+            total += params
+            a = op.attrs
+            out = ""
+            if "value_bits" in a:
+                sign = "s" if a.get("signed") else "u"
+                bits = a["value_bits"] + (1 if a.get("signed") else 0)
+                fr = a.get("out_frac", [])
+                fr_s = str(fr[0]) if len(set(fr)) == 1 else f"{min(fr)}..{max(fr)}"
+                out = f"{sign}{bits} f={fr_s}"
+            detail = a.get("type", "")
+            if a.get("pool"):
+                detail += "+maxpool"
+            wb = f"{a['weight_bits']}b {a['accum_dtype']}" if "weight_bits" in a else ""
+            rows.append((op.name, f"{op.kind}{'/' + detail if detail else ''}",
+                         ",".join(op.layers), out, wb, str(params) if params else ""))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        lines = [f"Engine model {self.name!r}  input {_shape_str(self.input_shape)} "
+                 f"{self.input_dtype}" + (f"  target {self.target}" if self.target else "")]
+        for j, r in enumerate(rows):
+            lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+            if j == 0:
+                lines.append("-" * (sum(widths) + 2 * (len(widths) - 1)))
+        lines.append(f"{len(self.ops)} ops, {total} integer parameters, outputs: "
+                     + ", ".join(o["name"] for o in self.outputs))
+        text = "\n".join(lines)
+        if print_fn is not None:
+            print_fn(text)
+        return text
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the single-file engine format (see :mod:`fixedq.engine.fileformat`)."""
+        from fixedq.engine.fileformat import save
+
+        save(self, path)
+
+    def __repr__(self) -> str:
+        return f"<fixedq.engine.Model {self.name!r}: {len(self.ops)} ops>"
+
+
+def dequantize(v: np.ndarray, frac) -> np.ndarray:
+    """``v * 2^-f`` in float32 (per last-axis channel ``f``), as the Keras layers compute it."""
+    scale = np.ldexp(1.0, -np.asarray(frac, dtype=np.int64)).astype(np.float32)
+    return v.astype(np.float32) * scale
+
+
+def _shape_str(shape) -> str:
+    return "(" + ", ".join("N" if i == 0 else ("?" if d is None else str(d))
+                           for i, d in enumerate(shape)) + ")"
+
+
+__all__ = ["Model", "dequantize", "KINDS"]

@@ -1,0 +1,191 @@
+"""Engine operations: one integer op per (fused) quantized layer, and how each one runs.
+
+An :class:`Op` is plain data: a ``kind``, the names of its input tensors, JSON-able ``attrs``
+and integer NumPy ``arrays``. :func:`run_op` executes it on ``int64`` tensors. The equations
+are those of ``docs/numerics.md`` and :mod:`fixedq.tensors.rounding` (the shared NumPy
+reference); every tensor between ops holds the raw integers ``v`` (frac_bits in ``attrs``).
+
+Example:
+    >>> import numpy as np
+    >>> op = Op("relu", "clip", ["x"], {}, {"lo": np.array([0]), "hi": np.array([6])})
+    >>> run_op(op, [np.array([[-3, 2, 9]])]).tolist()
+    [[0, 2, 6]]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fixedq.engine import kernels
+from fixedq.tensors.rounding import requantize, round_half_up, shift_round
+
+#: Op kinds and a short description (``Model.summary`` and docs/engine.md).
+KINDS = {
+    "input": "float -> integer input quantizer (eq. 4)",
+    "neural": "conv2d / depthwise / transpose / dense + bias + requantize (+ fused max-pool)",
+    "affine": "per-channel integer affine (BatchNormalization / Rescaling)",
+    "gap": "global average pooling: exact sum + requantize",
+    "add": "aligned exact sum + rounding shift",
+    "shift": "rounding shift + clip (OutputQuantizer)",
+    "concat": "concatenation (optionally re-gridded inputs)",
+    "clip": "ReLU as an integer clip",
+    "maxpool": "max pooling",
+    "reshape": "reshape / flatten",
+    "permute": "axis permutation",
+    "identity": "no-op (Dropout at inference)",
+}
+
+NEURAL_TYPES = ("conv2d", "depthwise", "transpose", "dense")
+
+
+@dataclass
+class Op:
+    """One engine op. Its output tensor is called ``name``.
+
+    Attributes:
+        name: output tensor name (the last fused Keras layer's name).
+        kind: one of :data:`KINDS`.
+        inputs: input tensor names.
+        attrs: JSON-able settings (strides, padding, output spec, fused layer names, ...).
+        arrays: integer parameters (int64 in memory).
+    """
+
+    name: str
+    kind: str
+    inputs: list[str]
+    attrs: dict = field(default_factory=dict)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def layers(self) -> list[str]:
+        """Keras layer names fused into this op."""
+        return list(self.attrs.get("layers", [self.name]))
+
+    @property
+    def out_frac(self) -> np.ndarray:
+        return np.asarray(self.attrs.get("out_frac", [0]), dtype=np.int64)
+
+
+def _linear(op: Op, x: np.ndarray) -> np.ndarray:
+    a = op.attrs
+    kernel = op.arrays["kernel"]
+    kind, dtype = a["type"], a["accum_dtype"]
+    if kind == "dense":
+        return kernels.dense(x, kernel, dtype)
+    args = (tuple(a["strides"]), a["padding"], tuple(a["dilation_rate"]), dtype)
+    if kind == "conv2d":
+        return kernels.conv2d(x, kernel, *args)
+    if kind == "depthwise":
+        return kernels.depthwise_conv2d(x, kernel, *args)
+    return kernels.conv2d_transpose(x, kernel, *args)
+
+
+def aligned_input(op: Op, x: np.ndarray) -> np.ndarray:
+    """``x * 2^(F - f_c)``: input integers aligned to the common frac_bits (eq. 8)."""
+    align = op.arrays.get("in_align")
+    if align is None or not np.any(align):
+        return x
+    return np.left_shift(x, align)
+
+
+def neural_output(op: Op, acc_linear: np.ndarray) -> np.ndarray:
+    """Bias, accumulator saturation, requantization and fused pooling (eqs. 10-14)."""
+    a = op.attrs
+    acc = np.clip(acc_linear + op.arrays["bias"], a["acc_lo"], a["acc_hi"])
+    y = requantize(acc, op.arrays["multiplier"], op.arrays["shift"], op.arrays["out_lo"],
+                   op.arrays["out_hi"])
+    pool = a.get("pool")
+    if pool:
+        y = kernels.max_pool2d(y, tuple(pool["pool_size"]), tuple(pool["strides"]),
+                               pool["padding"])
+    return y
+
+
+def _run_neural(op: Op, xs):
+    return neural_output(op, _linear(op, aligned_input(op, xs[0])))
+
+
+def _run_input(op: Op, xs):
+    x = np.asarray(xs[0], dtype=np.float64)
+    if not np.all(np.isfinite(x)):
+        raise ValueError("inputs must be finite; got NaN or inf")
+    v = round_half_up(np.ldexp(x, op.arrays["frac"]))
+    return np.clip(v, op.arrays["lo"], op.arrays["hi"])
+
+
+def _run_affine(op: Op, xs):
+    r = op.arrays
+    v = xs[0] * r["multiplier"] + r["offset"]
+    return np.clip(shift_round(v, r["shift"]), r["out_lo"], r["out_hi"])
+
+
+def _run_gap(op: Op, xs):
+    r = op.arrays
+    acc = xs[0].sum(axis=(1, 2))
+    return requantize(acc, r["multiplier"], r["shift"], r["out_lo"], r["out_hi"])
+
+
+def _run_add(op: Op, xs):
+    r = op.arrays
+    acc = None
+    for i, x in enumerate(xs):
+        v = np.left_shift(x, r[f"align{i}"])
+        acc = v if acc is None else acc + v
+    return np.clip(shift_round(acc, r["shift"]), r["out_lo"], r["out_hi"])
+
+
+def _run_shift(op: Op, xs):
+    r = op.arrays
+    return np.clip(shift_round(xs[0], r["shift"]), r["out_lo"], r["out_hi"])
+
+
+def _run_concat(op: Op, xs):
+    r = op.arrays
+    parts = []
+    for i, x in enumerate(xs):
+        if f"shift{i}" in r:
+            x = np.clip(shift_round(x, r[f"shift{i}"]), r["out_lo"], r["out_hi"])
+        parts.append(x)
+    return np.concatenate(parts, axis=op.attrs["axis"])
+
+
+def _run_clip(op: Op, xs):
+    return np.clip(xs[0], op.arrays["lo"], op.arrays["hi"])
+
+
+def _run_maxpool(op: Op, xs):
+    a = op.attrs
+    return kernels.max_pool2d(xs[0], tuple(a["pool_size"]), tuple(a["strides"]), a["padding"])
+
+
+def _run_reshape(op: Op, xs):
+    return xs[0].reshape((xs[0].shape[0], *op.attrs["target_shape"]))
+
+
+def _run_permute(op: Op, xs):
+    return np.transpose(xs[0], (0, *op.attrs["dims"]))
+
+
+def _run_identity(op: Op, xs):
+    return xs[0]
+
+
+_RUNNERS = {
+    "input": _run_input, "neural": _run_neural, "affine": _run_affine, "gap": _run_gap,
+    "add": _run_add, "shift": _run_shift, "concat": _run_concat, "clip": _run_clip,
+    "maxpool": _run_maxpool, "reshape": _run_reshape, "permute": _run_permute,
+    "identity": _run_identity,
+}
+
+
+def run_op(op: Op, xs: list[np.ndarray]) -> np.ndarray:
+    """Execute ``op`` on its input tensors (int64; floats for the ``input`` op)."""
+    try:
+        runner = _RUNNERS[op.kind]
+    except KeyError:
+        raise ValueError(f"unknown engine op kind {op.kind!r} (op {op.name!r}); "
+                         f"known: {sorted(_RUNNERS)}") from None
+    return runner(op, xs)
+
