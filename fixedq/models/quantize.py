@@ -27,6 +27,7 @@ from fixedq.models.samples import DEFAULT_NUM_SAMPLES, random_samples
 from fixedq.models.split_separable import split_separable
 from fixedq.transforms import sanitize
 from fixedq.transforms.graph import Graph, build_model, make_layer, read_graph
+from fixedq.transforms.graph import _pack as pack_structure
 
 QCONFIG_FORMAT = "fixedq-qconfig"
 QCONFIG_VERSION = 1
@@ -218,7 +219,7 @@ def _build(graph: Graph, qp: QuantizationParams, stats, fused, layer_cfg, name) 
 
     outs = [as_float(r.name) for r in graph.outputs]
     inp = values["__input__"][0]
-    return keras.Model(inp, outs[0] if graph.single_output else outs, name=f"{name}_quantized")
+    return keras.Model(inp, pack_structure(graph.output_structure, outs), name=f"{name}_quantized")
 
 
 def dump_config(qmodel: keras.Model) -> dict:
