@@ -22,6 +22,9 @@ import numpy as np
 
 from fixedq.tensors import rounding
 
+#: Largest requantization shift (eq. 13b): keeps ``2^(S-1)`` and ``acc·M`` inside int64.
+MAX_SHIFT = 62
+
 
 def _is_numpy_like(values) -> bool:
     return isinstance(values, (np.ndarray, np.generic, numbers.Number, list, tuple))
@@ -86,6 +89,12 @@ class _NumpyBackend:
         """Eq. 6."""
         return rounding.to_multiplier_shift(scale, scale_bits)
 
+    def clamp_shift(self, m, s, scale_bits: int, max_shift: int = MAX_SHIFT):
+        """Eq. 13b: shifts above ``max_shift`` are folded into ``M`` (rounded half up, eq. 5), so
+        every shift stays inside int64; such tiny scales give ``M = 0``."""
+        extra = np.minimum(np.maximum(s - max_shift, 0), scale_bits + 1)
+        return rounding.shift_round(m, extra), np.minimum(s, max_shift)
+
     def requantize(self, acc, multiplier, shift, lo: int, hi: int):
         """Eq. 7, also returning how many values clipped."""
         prod = np.asarray(acc, dtype=np.int64) * np.asarray(multiplier, dtype=np.int64)
@@ -110,7 +119,8 @@ class _NumpyBackend:
     def sum(self, v, axis, keepdims: bool):
         return np.sum(v, axis=axis, keepdims=keepdims, dtype=np.int64)
 
-    def matmul(self, a, b):
+    def matmul(self, a, b, value_bits: int):
+        """Exact int64 matmul (NumPy integer matmul never rounds)."""
         return np.matmul(a, b)
 
     def max_abs(self, x, axis):
@@ -201,6 +211,12 @@ class _KerasBackend:
         """Eq. 6 (in-graph)."""
         return self.kops.to_multiplier_shift(scale, scale_bits)
 
+    def clamp_shift(self, m, s, scale_bits: int, max_shift: int = MAX_SHIFT):
+        """Eq. 13b in-graph (see the NumPy twin)."""
+        ops = self.ops
+        extra = ops.minimum(ops.maximum(s - max_shift, 0), scale_bits + 1)
+        return self.kops.shift_round_dynamic(m, extra), ops.minimum(s, max_shift)
+
     def requantize(self, acc, multiplier, shift, lo: int, hi: int):
         """Eq. 7 with (possibly in-graph) ``M`` and ``S``, also returning the clip count."""
         prod = self.ops.cast(acc, "int64") * self.ops.cast(multiplier, "int64")
@@ -224,8 +240,17 @@ class _KerasBackend:
     def sum(self, v, axis, keepdims: bool):
         return self.ops.sum(v, axis=axis, keepdims=keepdims)
 
-    def matmul(self, a, b):
-        return self.ops.matmul(a, b)
+    def matmul(self, a, b, value_bits: int):
+        """Exact int64 matmul. ``keras.ops.matmul`` computes integer inputs in float32 (inexact
+        past 2^24), so pick the exact path from the static bound ``value_bits`` (eq. 19):
+        float32 BLAS if the result fits 24 bits, float64 BLAS if it fits 53, else an int64
+        broadcast multiply-and-sum."""
+        ops = self.ops
+        if value_bits <= 53:
+            dtype = "float32" if value_bits <= 24 else "float64"
+            out = ops.matmul(ops.cast(a, dtype), ops.cast(b, dtype))
+            return ops.cast(out, "int64")
+        return ops.sum(ops.multiply(ops.expand_dims(a, -1), b), axis=-2)
 
     def max_abs(self, x, axis):
         return self.ops.max(self.ops.abs(x), axis=axis)

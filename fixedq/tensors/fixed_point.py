@@ -434,17 +434,19 @@ class FixedPoint:
         if len(sa) < 1 or len(sb) != 2:
             raise ValueError(f"matmul needs shapes (..., K) @ (K, N), got {sa} @ {sb}")
         k = sb[0]
+        if k is None:
+            raise ValueError(f"matmul needs a static contraction size K, got shape {sb}")
         a = self.upscale(np.max(self.frac_bits)) if self.per_axis else self
-        v = self.backend.matmul(a.values, other.values)
         f = np.max(a.frac_bits) + other.frac_bits  # a is aligned: one frac_bits over K
         bits = (
             a.value_bits
             + other.value_bits
             + int(a.signed and other.signed)
-            + _bits_for_count(int(k) if k is not None else 1)
+            + _bits_for_count(int(k))
         )
-        if k is None:
-            raise ValueError(f"matmul needs a static contraction size K, got shape {sb}")
+        if bits > MAX_WIDE_BITS:  # fail before computing (eq. 11 bound)
+            FixedPoint._wide(self.backend, a.values, 0, bits, True)
+        v = self.backend.matmul(a.values, other.values, bits)
         return FixedPoint._wide(self.backend, v, f, bits, a.signed or other.signed)
 
 

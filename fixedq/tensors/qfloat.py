@@ -21,6 +21,8 @@ from fixedq.tensors.backend import KERAS, NUMPY, backend_of, get_backend
 from fixedq.tensors.fixed_point import FixedPoint, normalize_frac_bits
 
 DEFAULT_SCALE_BITS = 8
+#: Effective scales below this fold to ``M = 0`` (eq. 13b).
+TINY_SCALE = 2.0**-100
 
 
 def _check_scales(scales, shape: tuple, be):
@@ -97,9 +99,14 @@ class QFloat:
         be.check_finite(xf)
         ndim = len(be.shape(xf))
         axes = tuple(range(ndim - 1)) if per_axis and ndim else None
-        s = be.max_abs(xf, axes) / float((1 << b) - 1)
+        m = be.max_abs(xf, axes)
+        # Channels with max|x| < 2^-100 count as all-zero (s = 0): keeps subnormals, which
+        # TensorFlow flushes to zero, out of the arithmetic so both backends agree.
         if be is NUMPY:
-            s = np.asarray(s, dtype=np.float64)
+            s = np.where(np.asarray(m) < TINY_SCALE, 0.0, np.asarray(m) / float((1 << b) - 1))
+        else:
+            ops = KERAS.ops
+            s = ops.where(m < TINY_SCALE, ops.zeros_like(m), m / float((1 << b) - 1))
         v = be.round_half_up(be.divide_or_zero(xf, s))
         lo, hi = rounding.int_range(b, signed)
         v, _ = be.saturate(v, lo, hi)
@@ -119,7 +126,7 @@ class QFloat:
         return float(result) if result.ndim == 0 else result
 
     def multiplier_shift(self, frac_bits, scale_bits: int = DEFAULT_SCALE_BITS):
-        """Integer ``(M, S)`` with ``M·2^-S ≈ s·2^(f_out - f)`` (eqs. 6, 13).
+        """Integer ``(M, S)`` with ``M·2^-S ≈ s·2^(f_out - f)`` (eqs. 6, 13, 13b: ``S <= 62``).
 
         Example:
             >>> q = QFloat(FixedPoint([1], 2, 7), [0.75])
@@ -128,11 +135,17 @@ class QFloat:
         """
         f_out = normalize_frac_bits(frac_bits, self.fp.shape)
         exponent = np.asarray(f_out - self.fp.frac_bits, dtype=np.int64)
+        # Scales below 2^-100 would give S > 62 + scale_bits + 1, i.e. M = 0 after eq. 13b:
+        # flush them to 0 first so no subnormal float reaches eq. 6 (identical on both backends).
         if self.backend is NUMPY:
             effective = np.ldexp(self.scales, exponent)
+            effective = np.where(effective < TINY_SCALE, 0.0, effective)
         else:
-            effective = KERAS.ops.cast(self.scales, "float64") * np.ldexp(1.0, exponent)
-        return self.backend.to_multiplier_shift(effective, scale_bits)
+            ops = KERAS.ops
+            effective = ops.cast(self.scales, "float64") * np.ldexp(1.0, exponent)
+            effective = ops.where(effective < TINY_SCALE, ops.zeros_like(effective), effective)
+        m, s = self.backend.to_multiplier_shift(effective, scale_bits)
+        return self.backend.clamp_shift(m, s, scale_bits)
 
     def to_fixed_point(
         self,
