@@ -27,7 +27,16 @@ import keras
 import numpy as np
 from keras import tree
 
-__all__ = ["Ref", "GraphNode", "Graph", "read_graph", "build_model"]
+__all__ = [
+    "Ref",
+    "GraphNode",
+    "Graph",
+    "read_graph",
+    "build_model",
+    "make_layer",
+    "new_node",
+    "pack_structure",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,10 +206,19 @@ def _structure(model: keras.Model, attribute: str, count: int) -> Any:
     return 0 if count == 1 else [0] * count
 
 
-def _pack(structure: Any, tensors: list) -> Any:
+def pack_structure(structure: Any, tensors: list) -> Any:
+    """Nest ``tensors`` like ``Graph.input_structure``/``output_structure`` (``None`` = flat).
+
+    Example:
+        >>> pack_structure({"a": 0, "b": 0}, ["x", "y"])
+        {'a': 'x', 'b': 'y'}
+    """
     if structure is None:
         return tensors[0] if len(tensors) == 1 else tensors
     return tree.pack_sequence_as(structure, tensors)
+
+
+_pack = pack_structure  # older name, used by other modules
 
 
 def read_graph(model: keras.Model) -> Graph:
@@ -351,8 +369,8 @@ def build_model(graph: Graph) -> keras.Model:
     ins = [values[r.name][r.index] for r in graph.inputs]
     outs = [values[r.name][r.index] for r in graph.outputs]
     return keras.Model(
-        _pack(graph.input_structure, ins),
-        _pack(graph.output_structure, outs),
+        pack_structure(graph.input_structure, ins),
+        pack_structure(graph.output_structure, outs),
         name=graph.name,
     )
 
