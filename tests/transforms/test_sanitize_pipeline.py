@@ -110,3 +110,17 @@ def test_keras_save_load(helpers, tmp_path):
     loaded = keras.saving.load_model(path)
     x = helpers.random_inputs(model)[0]
     np.testing.assert_array_equal(np.asarray(loaded(x)), np.asarray(new_model(x)))
+
+
+def test_keras_mobilenet_v2(helpers):
+    model = keras.applications.MobileNetV2(
+        input_shape=(32, 32, 3), alpha=0.35, weights=None, classes=10, classifier_activation=None
+    )
+    helpers.randomize_batchnorm(model)
+    new_model, report = sanitize(model)
+    assert len(report.by_rewrite("fold_batchnorm")) == 52
+    assert len(report.by_rewrite("fold_padding")) == 4
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in new_model.layers)
+    assert not any(isinstance(layer, keras.layers.ZeroPadding2D) for layer in new_model.layers)
+    helpers.assert_same_function(model, new_model)
+    assert len(sanitize(new_model)[1]) == 0
