@@ -1,5 +1,9 @@
 """Entry point of the ``fixedq`` command: ``fixedq <command> [options]``.
 
+Each command module in :mod:`fixedq_cli.commands` parses its options, checks its files cheaply,
+imports TensorFlow only then, calls the public API and prints. User errors are one line on
+stderr and exit code 2 (``-v`` shows the traceback and TensorFlow's logs instead).
+
 Example:
     $ fixedq --version
     fixedq 0.1.0
@@ -11,35 +15,52 @@ import argparse
 import importlib
 import os
 import sys
+import warnings
 
 from fixedq import __version__
+from fixedq_cli._io import CLIError
 from fixedq_cli.commands import COMMANDS
 
+__all__ = ["CLIError", "build_parser", "main"]
 
-class CLIError(Exception):
-    """A user error: printed as one line on stderr, exit code 2."""
+_VERBOSE_HELP = "show TensorFlow logs, all warnings and full tracebacks"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``fixedq quantize: error: ...`` and exit code 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    """The ``fixedq`` parser with one subparser per module listed in ``COMMANDS``."""
+    parser = _Parser(
         prog="fixedq",
         description="Quantize Keras models to FixedPoint and run them on an integer engine.",
+        epilog="Run 'fixedq COMMAND --help' for the options of a command.",
     )
     parser.add_argument("--version", action="version", version=f"fixedq {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true",
-                        help="show TensorFlow logs and full tracebacks")
+    parser.add_argument("-v", "--verbose", action="store_true", help=_VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         module = importlib.import_module(f"fixedq_cli.commands.{name}")
-        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        p = sub.add_parser(name, help=module.HELP,
+                           description=getattr(module, "DESCRIPTION", module.HELP),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
-                       help="show TensorFlow logs and full tracebacks")
+                       help=_VERBOSE_HELP)
         module.add_arguments(p)
         p.set_defaults(_run=module.run)
     return parser
 
 
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run ``fixedq`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
@@ -47,16 +68,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not args.verbose:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-        os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    from fixedq_cli._runtime import install_warning_display
+
     try:
-        return int(args._run(args) or 0)
+        with warnings.catch_warnings():
+            install_warning_display(args.command, args.verbose)
+            return int(args._run(args) or 0)
     except KeyboardInterrupt:
         print("fixedq: interrupted", file=sys.stderr)
         return 130
-    except (CLIError, ValueError, TypeError, FileNotFoundError, OSError) as exc:
+    except (CLIError, ValueError, TypeError, OSError) as exc:
         if args.verbose:
             raise
-        print(f"fixedq {args.command}: error: {exc}", file=sys.stderr)
+        print(f"fixedq {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
 
 

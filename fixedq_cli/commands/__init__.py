@@ -3,4 +3,9 @@
 Modules are imported only to build the parser; TensorFlow is imported inside ``run``.
 """
 
-COMMANDS = []
+COMMANDS = [
+    "quantize",
+    "config",
+    "check",
+    "insert_rescaling",
+]

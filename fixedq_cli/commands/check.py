@@ -1,0 +1,61 @@
+"""``fixedq check``: report quantization problems of a quantized model.
+
+Exit code 0: no problem found; 1: problems found; 2: bad input.
+
+Example:
+    $ fixedq check -m digits_i8_w8_a8.keras -sa samples.npz
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from fixedq_cli import _args
+from fixedq_cli._io import check_samples_shape, load_samples, model_file
+
+HELP = "check a quantized model for weight-scale errors, saturation and per-tensor ranges"
+DESCRIPTION = """\
+Check a quantized model and report, per layer:
+  - weights whose quantization error is large (relative RMS error of the worst channel);
+  - integer accumulators that can saturate (static bound sum|w_q| x max|v| + |b_q| against
+    the accumulator range) and, with -sa, accumulators and outputs that did saturate on the
+    samples (count and rate);
+  - per-tensor activations whose channel ranges differ by more than 2^4 (use per-axis).
+Exit code: 0 no problem, 1 problems found, 2 bad input.
+
+examples:
+  fixedq check -m model_i8_w8_a8.keras
+  fixedq check -m model_i8_w8_a8.keras -sa samples.npz --json"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-m", "--model", required=True, help="quantized model file")
+    parser.add_argument("-sa", "--samples", metavar="SAMPLES.npz",
+                        help="samples to measure saturation on (.npz, arrays concatenated)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--weight_error", type=_args.fraction, default=0.05, metavar="R",
+                        help="largest acceptable relative weight error (default 0.05)")
+    parser.add_argument("--saturation_rate", type=_args.fraction, default=0.01, metavar="R",
+                        help="largest acceptable rate of saturated outputs (default 0.01)")
+
+
+def run(args) -> int:
+    model_path = model_file(args.model)
+    samples = load_samples(args.samples) if args.samples else None
+
+    from fixedq_cli._runtime import import_keras, load_model
+
+    import_keras(args.verbose)
+    from fixedq.analysis import check
+
+    qmodel = load_model(model_path, args.verbose)
+    if samples is not None and len(qmodel.inputs) == 1:
+        check_samples_shape(samples, qmodel.inputs[0].shape, args.samples)
+    report = check(qmodel, samples, weight_error_threshold=args.weight_error,
+                   saturation_rate_threshold=args.saturation_rate)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(report.format_table())
+    return 0 if report.ok else 1
