@@ -22,11 +22,11 @@ __all__ = ["FORMAT", "Model", "TARGETS", "Target", "VERSION", "check_target", "c
 
 
 def convert(qmodel, target=None, fuse: bool = True) -> Model:
-    """Convert a quantized Keras model (imports Keras); see :func:`fixedq.engine.convert.convert`.
+    """Convert a quantized Keras model (imports Keras); see :func:`fixedq.engine.converter.convert`.
 
     Example:
         >>> engine = convert(qmodel)   # doctest: +SKIP
     """
-    from fixedq.engine.convert import convert as _convert
+    from fixedq.engine.converter import convert as _convert
 
     return _convert(qmodel, target=target, fuse=fuse)

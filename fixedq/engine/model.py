@@ -107,7 +107,7 @@ class Model:
             else:
                 y = run_op(op, xs)
             tensors[op.name] = y
-            for t in op.inputs:
+            for t in set(op.inputs):
                 if self._last_use.get(t) == i:
                     del tensors[t]
         return [tensors[o["tensor"]] for o in self.outputs]
