@@ -61,6 +61,29 @@ def _pads(kernel: int, stride: int, padding: str) -> tuple[int, int]:
     return kernel - 1 - crop, after
 
 
+def depthwise_conv2d_transpose(x, kernel, strides, padding: str):
+    """Per-channel transposed convolution of ``x`` (NHWC) with ``kernel`` ``(kh, kw, C, 1)``.
+
+    Zero insertion by the stride, padding, then a depthwise conv with the flipped kernel: the
+    output has the shape and alignment of ``Conv2DTranspose`` (``output_padding=None``). Shared
+    by the float layer and its quantized twin, so both run the same op.
+    """
+    sh, sw = strides
+    kh, kw = int(kernel.shape[0]), int(kernel.shape[1])
+    if sh > 1 or sw > 1:
+        # Zero insertion: (N, H, W, C) -> (N, H*sh, W*sw, C) with x at multiples of the stride.
+        shape = ops.shape(x)
+        h, w, c = shape[1], shape[2], shape[3]
+        x = ops.expand_dims(ops.expand_dims(x, 2), 4)  # (N, H, 1, W, 1, C)
+        x = ops.pad(x, [[0, 0], [0, 0], [0, sh - 1], [0, 0], [0, sw - 1], [0, 0]])
+        x = ops.reshape(x, (-1, h * sh, w * sw, c))
+    top, bottom = _pads(kh, sh, padding)
+    left, right = _pads(kw, sw, padding)
+    x = ops.pad(x, [[0, 0], [top, bottom], [left, right], [0, 0]])
+    kernel = ops.flip(ops.flip(kernel, axis=0), axis=1)
+    return ops.depthwise_conv(x, kernel, strides=1, padding="valid")
+
+
 @keras.saving.register_keras_serializable(package="fixedq")
 class DepthwiseConv2DTranspose(keras.layers.Layer):
     """Depthwise transposed 2D convolution: each channel with its own kernel.
@@ -150,21 +173,7 @@ class DepthwiseConv2DTranspose(keras.layers.Layer):
             self.bias = None
 
     def call(self, inputs):
-        sh, sw = self.strides
-        kh, kw = self.kernel_size
-        x = inputs
-        if sh > 1 or sw > 1:
-            # Zero insertion: (N, H, W, C) -> (N, H*sh, W*sw, C) with x at multiples of the stride.
-            shape = ops.shape(x)
-            h, w, c = shape[1], shape[2], shape[3]
-            x = ops.expand_dims(ops.expand_dims(x, 2), 4)  # (N, H, 1, W, 1, C)
-            x = ops.pad(x, [[0, 0], [0, 0], [0, sh - 1], [0, 0], [0, sw - 1], [0, 0]])
-            x = ops.reshape(x, (-1, h * sh, w * sw, c))
-        top, bottom = _pads(kh, sh, self.padding)
-        left, right = _pads(kw, sw, self.padding)
-        x = ops.pad(x, [[0, 0], [top, bottom], [left, right], [0, 0]])
-        kernel = ops.flip(ops.flip(self.kernel, axis=0), axis=1)
-        outputs = ops.depthwise_conv(x, kernel, strides=1, padding="valid")
+        outputs = depthwise_conv2d_transpose(inputs, self.kernel, self.strides, self.padding)
         if self.use_bias:
             outputs = ops.add(outputs, self.bias)
         if self.activation is not None:

@@ -31,6 +31,10 @@ from fixedq.layers.base import (
     straight_through,
     to_integers,
 )
+from fixedq.layers.depthwise_conv2d_transpose import (
+    DepthwiseConv2DTranspose,
+    depthwise_conv2d_transpose,
+)
 from fixedq.tensors import kops
 
 _SERIALIZE = keras.saving.register_keras_serializable(package="fixedq")
@@ -261,3 +265,33 @@ class QuantizedDense(QuantizedNeuralLayer):
 
     def get_config(self):
         return {**super().get_config(), "units": self.units}
+
+
+@_SERIALIZE
+class QuantizedDepthwiseConv2DTranspose(_ConvMixin, QuantizedNeuralLayer):
+    """Integer version of fixedq's ``DepthwiseConv2DTranspose`` (kernel ``(kh, kw, C, 1)``)."""
+
+    _scale_axes = (0, 1)
+
+    def __init__(self, kernel_size, strides=(1, 1), padding="valid", **kwargs):
+        kwargs.pop("dilation_rate", None)
+        super().__init__(**kwargs)
+        self._init_conv(kernel_size, strides, padding, (1, 1))
+
+    def _kernel_shape(self, input_shape):
+        return (*self.kernel_size, int(input_shape[-1]), 1)
+
+    def fan_in(self):
+        return self.kernel_size[0] * self.kernel_size[1]
+
+    def _linear(self, x, kernel):
+        return depthwise_conv2d_transpose(x, kernel, self.strides, self.padding)
+
+    def compute_output_shape(self, input_shape):
+        return DepthwiseConv2DTranspose(self.kernel_size, self.strides,
+                                        self.padding).compute_output_shape(input_shape)
+
+    def get_config(self):
+        config = {**super().get_config(), **self._conv_config()}
+        config.pop("dilation_rate")
+        return config

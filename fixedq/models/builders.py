@@ -17,6 +17,7 @@ import keras
 import numpy as np
 
 from fixedq.layers import activation, affine, merge, neural, pooling, reshaping
+from fixedq.layers.depthwise_conv2d_transpose import DepthwiseConv2DTranspose
 from fixedq.layers.params import QuantizationParams
 from fixedq.layers.quantizers import Dequantizer, InputQuantizer, OutputQuantizer
 from fixedq.layers.spec import QSpec
@@ -32,7 +33,7 @@ _PASS_KINDS = {L.Flatten: "reshape", L.Reshape: "reshape", L.Permute: "reshape",
                L.Dropout: "dropout", L.MaxPooling2D: "maxpool", L.Add: "add",
                L.Concatenate: "concat", L.GlobalAveragePooling2D: "gap", L.ReLU: "relu",
                L.BatchNormalization: "affine", L.Rescaling: "affine", L.InputLayer: "input"}
-_NEURAL = (L.Conv2D, L.DepthwiseConv2D, L.Conv2DTranspose, L.Dense)
+_NEURAL = (L.Conv2D, L.DepthwiseConv2D, L.Conv2DTranspose, L.Dense, DepthwiseConv2DTranspose)
 
 
 def kind_of(node: GraphNode) -> str:
@@ -160,6 +161,9 @@ def _neural(node: GraphNode, in_spec: QSpec, ctx: BuildContext):
                                                 **conv, **common)
     elif node.cls is L.Conv2DTranspose:
         layer = neural.QuantizedConv2DTranspose(cfg["filters"], **conv, **common)
+    elif node.cls is DepthwiseConv2DTranspose:
+        layer = neural.QuantizedDepthwiseConv2DTranspose(
+            cfg["kernel_size"], cfg["strides"], cfg["padding"], **common)
     else:
         layer = neural.QuantizedDense(cfg["units"], **common)
     return layer, out_spec

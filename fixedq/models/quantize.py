@@ -26,8 +26,13 @@ from fixedq.models.calibrate import RangeStats, calibrate
 from fixedq.models.samples import DEFAULT_NUM_SAMPLES, random_samples
 from fixedq.models.split_separable import split_separable
 from fixedq.transforms import sanitize
-from fixedq.transforms.graph import Graph, build_model, make_layer, read_graph
-from fixedq.transforms.graph import _pack as pack_structure
+from fixedq.transforms.graph import (
+    Graph,
+    build_model,
+    make_layer,
+    pack_structure,
+    read_graph,
+)
 
 QCONFIG_FORMAT = "fixedq-qconfig"
 QCONFIG_VERSION = 1

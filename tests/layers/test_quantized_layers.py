@@ -1,0 +1,108 @@
+"""Quantized layers: config round trip, on-grid outputs, and an independent int64 reference."""
+
+import keras
+import numpy as np
+import pytest
+
+from fixedq import QuantizationParams, quantize
+from fixedq.layers import DepthwiseConv2DTranspose
+from fixedq.layers.base import QuantizedLayer
+from fixedq.layers.neural import QuantizedConv2D
+from fixedq.layers.spec import QSpec
+from fixedq.tensors.rounding import requantize
+
+L = keras.layers
+RNG = np.random.default_rng(1)
+
+
+def _models():
+    def make(build, shape=(6, 6, 3)):
+        x = keras.Input(shape, name="x")
+        return keras.Model(x, build(x))
+
+    return {
+        "conv_transpose": make(lambda x: L.ReLU()(L.Conv2DTranspose(4, 3, strides=2,
+                                                                    padding="same")(x))),
+        "dw_transpose": make(lambda x: DepthwiseConv2DTranspose(3, strides=2)(x)),
+        "dw_mult2_strided": make(lambda x: L.DepthwiseConv2D(3, 2, depth_multiplier=2)(x)),
+        "conv_dilated": make(lambda x: L.Conv2D(5, 3, dilation_rate=2, padding="same")(x)),
+        "concat_reshape": make(lambda x: L.Reshape((36, 8))(L.Permute((2, 1, 3))(
+            L.Concatenate()([L.Conv2D(5, 1)(x), L.ReLU()(L.Conv2D(3, 1)(x))])))),
+        "concat_axis1": make(lambda x: L.Flatten()(L.Concatenate(axis=1)(
+            [L.Conv2D(4, 1)(x), L.Conv2D(4, 1)(x)]))),
+        "bn_rescale": make(lambda x: L.BatchNormalization()(L.Rescaling(2.0, offset=-1.0)(x))),
+        "dense_tokens": make(lambda x: L.Dense(6)(L.Reshape((36, 3))(x))),
+        "maxpool_gap": make(lambda x: L.GlobalAveragePooling2D()(L.MaxPooling2D()(
+            L.ReLU(max_value=1.5)(L.Conv2D(4, 3)(x))))),
+    }
+
+
+def _randomize_bn(model):
+    for layer in model.layers:
+        if isinstance(layer, L.BatchNormalization):
+            c = layer.gamma.shape[0]
+            layer.set_weights([RNG.uniform(0.5, 2, c), RNG.normal(0, 1, c), RNG.normal(0, 1, c),
+                               RNG.uniform(0.5, 2, c)])
+
+
+@pytest.mark.parametrize("per_tensor", [False, True])
+@pytest.mark.parametrize("name", sorted(_models()))
+def test_layer_roundtrip_and_accuracy(name, per_tensor, tmp_path):
+    model = _models()[name]
+    _randomize_bn(model)
+    x = RNG.uniform(0, 1, (64, 6, 6, 3)).astype("float32")
+    q = quantize(model, QuantizationParams(per_tensor_activations=per_tensor), samples=x,
+                 verbose=False)
+    qlayers = [ly for ly in q.layers if isinstance(ly, QuantizedLayer)]
+    assert len(qlayers) >= 2, [type(ly).__name__ for ly in q.layers]
+    y = q.predict(x, verbose=0)
+    ref = model.predict(x, verbose=0)
+    scale = np.abs(ref).max()
+    assert np.abs(y - ref).max() <= 0.08 * scale + 1e-6
+    for layer in qlayers:  # config round trip: a fresh layer computes the same
+        clone = type(layer).from_config(layer.get_config())
+        probe = keras.Model(q.inputs, layer.input)
+        inp = probe.predict(x[:8], verbose=0)
+        out = np.asarray(layer(inp))
+        clone(inp)
+        clone.set_weights(layer.get_weights())
+        assert np.array_equal(np.asarray(clone(inp)), out), layer.name
+    path = tmp_path / "m.keras"
+    q.save(path)
+    assert np.array_equal(keras.saving.load_model(path).predict(x, verbose=0), y)
+
+
+def _im2col_int(v, kh, kw):
+    n, h, w, c = v.shape
+    cols = np.empty((n, h - kh + 1, w - kw + 1, kh, kw, c), dtype=object)
+    for i in range(kh):
+        for j in range(kw):
+            cols[:, :, :, i, j, :] = v[:, i:i + h - kh + 1, j:j + w - kw + 1, :]
+    return cols.reshape(n, h - kh + 1, w - kw + 1, -1)
+
+
+@pytest.mark.parametrize("in_bits, w_bits", [(8, 8), (16, 16)])
+def test_worst_case_conv_is_exact(in_bits, w_bits):
+    """3x3x512 conv, inputs at the top of the range, weights at +-max: exact Python ints."""
+    ins = QSpec(in_bits, False, (0,))
+    frac = -6 if in_bits == 8 else -14  # keeps the largest accumulator just inside 16 bits
+    out = QSpec(15, True, (frac,) * 4)
+    layer = QuantizedConv2D(4, 3, weight_bits=w_bits, input_specs=[ins], output_spec=out,
+                            buffer_bits=48)
+    top = 2**in_bits - 1
+    x = np.where(RNG.random((2, 4, 4, 512)) < 0.9, top, 0).astype("float32")
+    layer(x)
+    kernel = np.where(RNG.random((3, 3, 512, 4)) < 0.5, 1.0, -1.0)
+    kernel[..., 0] = 1.0  # one channel with every product at its maximum
+    layer.set_weights([kernel.astype("float32"), np.full(4, 3.0, "float32")])
+    assert layer.accumulator_bound >= 2**24 and layer._dtype_exact == "float64"
+    got = np.asarray(layer(x)).astype(np.float64) * 2.0**frac  # back to integers y
+    p = layer.integer_params()
+    cols = _im2col_int(x.astype(np.int64).astype(object), 3, 3)
+    acc = np.einsum("nhwk,ko->nhwo", cols, p["kernel"].reshape(-1, 4).astype(object))
+    acc = acc + p["bias"].astype(object)
+    acc = np.clip(acc, p["acc_lo"], p["acc_hi"]).astype(np.int64)
+    want = requantize(acc, p["multiplier"], p["shift"], p["out_lo"], p["out_hi"])
+    assert np.array_equal(got, want)
+    assert np.abs(want).max() > 2**13  # the test is not trivially saturated or zero
+    assert int(np.abs(acc).max()) > 2**27  # far past float32's exact range
