@@ -63,7 +63,7 @@ def _seq(input_shape, layers, name="m"):
     return keras.Model(x, y, name=name)
 
 
-@pytest.mark.parametrize("qp", ["q8", "q4", "q4t", "q8t"])
+@pytest.mark.parametrize("qp", ["q8", "q4", "q4t"])
 def test_conv_variants(qp, tmp_path):
     model = _seq((14, 14, 3), [
         L.Conv2D(8, 3, padding="same"), L.ReLU(),
@@ -139,7 +139,7 @@ def test_batchnorm_unfoldable_and_rescaling_with_offset():
     assert np.array_equal(engine.predict(xs.astype(np.uint8)), qmodel.predict(xs, verbose=0))
 
 
-@pytest.mark.parametrize("qp", ["q8", "q8t", "q4t"])
+@pytest.mark.parametrize("qp", ["q8", "q4t"])
 def test_residual_add_and_concatenate(qp):
     x = keras.Input((8, 8, 3))
     y = L.Conv2D(6, 3, padding="same")(x)
