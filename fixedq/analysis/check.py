@@ -12,7 +12,8 @@ Three families of checks, each reported per layer:
   With ``samples`` the accumulators are also computed on real data (``accumulator_saturated``)
   and every quantized output is compared with its integer range (``output_saturated``: values
   exactly at the top of the representable range, or at the bottom for signed outputs; a value
-  sitting on the bound without being clipped is counted too, so the rate is an upper bound).
+  sitting on the bound without being clipped is counted too, so the rate is an upper bound;
+  for the InputQuantizer the float inputs are known and the count is exact).
 - **per-tensor activations** (``per_tensor_range``): an activation quantized with one
   frac_bits for all channels although its calibrated channel ranges differ by more than
   ``2^per_tensor_spread_bits``: the small channels lose that many bits; per-axis helps.
@@ -36,6 +37,7 @@ from keras import ops
 
 from fixedq.layers.base import QuantizedLayer, to_integers
 from fixedq.layers.neural import QuantizedNeuralLayer
+from fixedq.layers.quantizers import InputQuantizer
 from fixedq.models.samples import iter_batches
 
 __all__ = ["CheckReport", "LayerCheck", "Problem", "check"]
@@ -222,12 +224,17 @@ def _sample_checks(qmodel, layers, lcs, samples, batch_size: int) -> int:
         for layer, y in zip(layers, results[:len(layers)], strict=True):
             lc = by_name[layer.name]
             spec = layer.output_spec
-            y = np.asarray(y, np.float64)
-            channels = y.shape[-1]
-            v = np.round(y * np.ldexp(1.0, spec.frac_array(channels)))
             lo_rng, top = spec.int_bounds()
-            at_top = (v >= top) & (spec.hi_array() >= top) if spec.hi is not None else v >= top
-            hit = at_top | (v <= lo_rng) if spec.signed else at_top
+            if isinstance(layer, InputQuantizer):  # exact: the float input is known
+                x = np.asarray(batch, np.float64)
+                v = np.floor(x * np.ldexp(1.0, spec.frac_array(x.shape[-1])) + 0.5)
+                hit = (v > spec.hi_array()) | (v < lo_rng)
+            else:  # values on the clip bound (clipped or not): an upper bound
+                y = np.asarray(y, np.float64)
+                v = np.round(y * np.ldexp(1.0, spec.frac_array(y.shape[-1])))
+                hit = (v >= top) & (spec.hi_array() >= top)
+                if spec.signed:
+                    hit |= v <= lo_rng
             lc.output_saturations += int(np.count_nonzero(hit))
             lc.output_values += int(v.size)
         for layer, x in zip(neural, results[len(layers):], strict=True):
@@ -327,7 +334,9 @@ def _problems(lcs: list[LayerCheck], th: dict) -> list[Problem]:
             found.append(Problem(
                 lc.name, "output_saturated",
                 f"{lc.output_saturations} of {lc.output_values} output values "
-                f"({100 * rate:.2f}%) are at the clip bound on the samples: calibrate on "
+                f"({100 * rate:.2f}%) "
+                + ("are clipped" if lc.type == "InputQuantizer" else "are at the clip bound")
+                + " on the samples: calibrate on "
                 "representative samples or use more activation bits", rate,
                 th["saturation_rate"]))
         ratio = lc.channel_range_ratio
