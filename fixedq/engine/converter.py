@@ -89,7 +89,9 @@ def _neural_op(layer, node, in_name: str, spec_in, channels: int) -> Op:
     f_in = spec_in.frac_array(cin)
     align = int(p["in_frac"]) - f_in
     kernel = _i64(p["kernel"])
-    bound = kernels.linear_bound(kernel, kind, spec_in.aligned_max_abs())
+    lo, _ = spec_in.int_bounds()
+    mags = np.maximum(np.broadcast_to(spec_in.hi_array(), (cin,)), -lo)
+    bound = kernels.linear_bound(kernel, kind, np.left_shift(mags, align))
     attrs = {"type": kind, "weight_bits": int(layer.weight_bits),
              "buffer_bits": int(layer.buffer_bits), "acc_lo": int(p["acc_lo"]),
              "acc_hi": int(p["acc_hi"]), "accum_bound": int(bound),

@@ -174,24 +174,27 @@ def max_pool2d(x, pool, strides, padding) -> np.ndarray:
     return out
 
 
-def linear_bound(kernel: np.ndarray, kind: str, in_max_abs: int) -> int:
-    """Static bound on every partial sum of the linear op: ``max_o sum|w_o| * max|x|``.
+def linear_bound(kernel: np.ndarray, kind: str, in_max_abs) -> int:
+    """Static bound on every partial sum of the linear op: ``max_o sum |w_o,c| * max|x_c|``.
+
+    ``in_max_abs`` is one bound for every input or a per-input-channel array (aligned
+    magnitudes of per-axis inputs).
 
     Example:
         >>> linear_bound(np.full((3, 3, 512, 1), 127), "conv2d", 255)
-        149248512
+        149230080
     """
     k = np.abs(kernel.astype(np.int64))
-    if kind == "depthwise":
-        per_out = k.sum(axis=(0, 1))
-    elif kind == "transpose":
-        per_out = k.sum(axis=(0, 1, 3))
-    elif kind == "conv2d":
-        per_out = k.sum(axis=(0, 1, 2))
-    else:
-        per_out = k.sum(axis=0)
-    top = int(np.max(per_out)) if per_out.size else 0
-    return int(top * int(in_max_abs))
+    m = np.asarray(in_max_abs, dtype=np.int64)
+    if kind == "depthwise":  # (kh, kw, c, mult): each output reads one channel
+        per_out = k.sum(axis=(0, 1)) * np.broadcast_to(m, (k.shape[2],))[:, None]
+    elif kind == "transpose":  # (kh, kw, out, in)
+        per_out = (k * m).sum(axis=(0, 1, 3))
+    elif kind == "conv2d":  # (kh, kw, in, out)
+        per_out = (k * m[:, None] if m.ndim else k * m).sum(axis=(0, 1, 2))
+    else:  # dense (in, out)
+        per_out = (k * m[:, None] if m.ndim else k * m).sum(axis=0)
+    return int(np.max(per_out)) if per_out.size else 0
 
 
 def ceil_log2(value: int) -> int:
