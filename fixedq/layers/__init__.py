@@ -1,10 +1,51 @@
 """Keras 3 layers of fixedq: quantized layers and float building blocks users train with.
 
-Importing this package registers every layer with Keras serialization (package ``"fixedq"``).
+Importing this package registers every layer with Keras serialization (package ``"fixedq"``),
+so quantized models load in a fresh process with ``fixedq.load_model`` or
+``keras.saving.load_model`` after ``import fixedq.layers``.
 """
 
+from fixedq.layers.activation import QuantizedReLU
+from fixedq.layers.affine import QuantizedBatchNormalization, QuantizedRescaling
 from fixedq.layers.depthwise_conv2d_transpose import DepthwiseConv2DTranspose
+from fixedq.layers.merge import QuantizedAdd, QuantizedConcatenate
+from fixedq.layers.neural import (
+    QuantizedConv2D,
+    QuantizedConv2DTranspose,
+    QuantizedDense,
+    QuantizedDepthwiseConv2D,
+    QuantizedDepthwiseConv2DTranspose,
+)
+from fixedq.layers.params import QuantizationParams
+from fixedq.layers.pooling import QuantizedGlobalAveragePooling2D, QuantizedMaxPool2D
+from fixedq.layers.quantizers import Dequantizer, InputQuantizer, OutputQuantizer
+from fixedq.layers.reshaping import (
+    QuantizedDropout,
+    QuantizedFlatten,
+    QuantizedPermute,
+    QuantizedReshape,
+)
 
 __all__ = [
     "DepthwiseConv2DTranspose",
+    "Dequantizer",
+    "InputQuantizer",
+    "OutputQuantizer",
+    "QuantizationParams",
+    "QuantizedAdd",
+    "QuantizedBatchNormalization",
+    "QuantizedConcatenate",
+    "QuantizedConv2D",
+    "QuantizedConv2DTranspose",
+    "QuantizedDense",
+    "QuantizedDepthwiseConv2D",
+    "QuantizedDepthwiseConv2DTranspose",
+    "QuantizedDropout",
+    "QuantizedFlatten",
+    "QuantizedGlobalAveragePooling2D",
+    "QuantizedMaxPool2D",
+    "QuantizedPermute",
+    "QuantizedReLU",
+    "QuantizedReshape",
+    "QuantizedRescaling",
 ]

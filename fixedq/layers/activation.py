@@ -42,7 +42,7 @@ class QuantizedReLU(QuantizedLayer):
 
 
 def relu_output_spec(spec, max_value):
-    """Spec after a ReLU with optional ``max_value``: unsigned, same frac_bits (eq. 17)."""
+    """Spec after a ReLU with optional ``max_value``: unsigned, same frac_bits (eq. 25)."""
     import math
 
     from fixedq.layers.spec import QSpec

@@ -1,6 +1,6 @@
 """Per-channel affine layers: BatchNormalization (when it cannot be folded) and Rescaling.
 
-Both compute ``y_c = a_c * x_c + c_c`` per channel. In integers (eq. 20)::
+Both compute ``y_c = a_c * x_c + c_c`` per channel. In integers (eq. 28)::
 
     (M_c, S_c) = to_multiplier_shift(|a_c| * 2^(f_out_c - f_in_c))
     O_c        = round_half_up(c_c * 2^(f_out_c + S_c))

@@ -28,7 +28,7 @@ FLOAT64_EXACT = 2**53
 
 
 def exact_dtype(bound: int, what: str) -> str:
-    """Float dtype whose integer arithmetic is exact up to ``bound`` (eq. 12).
+    """Float dtype whose integer arithmetic is exact up to ``bound`` (eq. 19).
 
     Example:
         >>> exact_dtype(1_200_000, "conv"), exact_dtype(2**30, "conv")
@@ -52,7 +52,7 @@ def output_bounds(spec: QSpec, channels: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def to_integers(x, spec: QSpec, dtype: str = "float64"):
-    """Recover aligned integers ``v = x * 2^F`` from an on-grid float (eq. 8), in ``dtype``.
+    """Recover aligned integers ``v = x * 2^F`` from an on-grid float (eq. 15), in ``dtype``.
 
     The result holds integer values exactly (a power-of-two scaling of an on-grid float).
     """
@@ -66,7 +66,7 @@ def from_integers(v, frac_bits, dtype: str = "float32"):
 
 
 def straight_through(float_path, exact_path):
-    """Forward value of ``exact_path`` with the gradient of ``float_path`` (QAT, eq. 16)."""
+    """Forward value of ``exact_path`` with the gradient of ``float_path`` (QAT, eq. 24)."""
     return float_path + ops.stop_gradient(exact_path - float_path)
 
 
@@ -113,7 +113,7 @@ def to_channel_integers(x, spec: QSpec, dtype: str = "float64"):
 
 
 def shift_requantize(v, shift, spec: QSpec, channels: int):
-    """``sat(shift_round(v, shift))`` into ``spec`` and back to an on-grid float (eqs. 5, 3, 13)."""
+    """``sat(shift_round(v, shift))`` into ``spec``, back to an on-grid float (eqs. 5, 3, 12)."""
     lo, hi = output_bounds(spec, channels)
     y = kops.saturate(kops.shift_round(v, shift), lo, hi)
     return from_integers(y, spec.frac_array(channels))

@@ -1,7 +1,7 @@
 """Quantized skip connections: Add (exact aligned sum, then a shift) and Concatenate.
 
 Add: every input is aligned to the common ``F`` (exact left shifts), summed exactly, and the sum
-is requantized to the output spec by a rounding shift ``F - f_out`` (eq. 19).
+is requantized to the output spec by a rounding shift ``F - f_out`` (eq. 27).
 Concatenate on the last axis keeps values and concatenates per-channel frac_bits; on another axis
 every input is shifted to the common per-channel frac_bits of the output spec.
 
@@ -23,13 +23,14 @@ from fixedq.layers.base import (
     QuantizedLayer,
     exact_dtype,
     shift_requantize,
+    straight_through,
     to_channel_integers,
 )
 
 
 @keras.saving.register_keras_serializable(package="fixedq")
 class QuantizedAdd(QuantizedLayer):
-    """Sum of on-grid inputs, requantized to ``output_spec`` (eq. 19)."""
+    """Sum of on-grid inputs, requantized to ``output_spec`` (eq. 27)."""
 
     def build(self, input_shape):
         self.channels = int(input_shape[0][-1])
@@ -39,13 +40,19 @@ class QuantizedAdd(QuantizedLayer):
         self._shift = self._big_f - self.output_spec.frac_array(self.channels)
         super().build(input_shape)
 
-    def call(self, inputs):
+    def call(self, inputs, training=None):
         acc = None
         for x in inputs:
             v = ops.cast(x, self._dtype_exact) * float(2.0**self._big_f)
             acc = v if acc is None else acc + v
-        return shift_requantize(ops.cast(acc, "int64"), self._shift, self.output_spec,
-                                self.channels)
+        out = shift_requantize(ops.cast(acc, "int64"), self._shift, self.output_spec,
+                               self.channels)
+        if not training:
+            return out
+        total = inputs[0]
+        for x in inputs[1:]:
+            total = total + x
+        return straight_through(total, out)
 
     def compute_output_shape(self, input_shape):
         return input_shape[0]
@@ -69,9 +76,12 @@ class QuantizedConcatenate(QuantizedLayer):
             else int(input_shape[0][-1])
         super().build(input_shape)
 
-    def call(self, inputs):
+    def call(self, inputs, training=None):
         if self._last:
             return ops.concatenate(inputs, axis=self.axis)
+        if training:
+            exact = self.call(inputs, training=False)
+            return straight_through(ops.concatenate(inputs, axis=self.axis), exact)
         parts = []
         f_out = self.output_spec.frac_array(self.channels)
         for x, spec in zip(inputs, self.input_specs, strict=True):

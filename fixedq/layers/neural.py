@@ -1,17 +1,17 @@
 """Quantized neural layers: integer weights, integer accumulator, requantized output.
 
-All five layers share one computation (docs/numerics.md eqs. 8-14)::
+All five layers share one computation (docs/numerics.md eqs. 14-21)::
 
-    s_o  = max|w_o| / (2^b - 1)                 per output channel (eq. 9)
-    w_q  = round_half_up(w / s_o)               (eq. 9)
-    v    = x * 2^F                              aligned integer input (eq. 8)
-    acc  = sat_buffer(linear(v, w_q) + b_q)     b_q = round_half_up(b * 2^F / s_o) (eqs. 10-11)
+    s_o  = max|w_o| / (2^b - 1)                 per output channel (eq. 14)
+    w_q  = round_half_up(w / s_o)               (eq. 14)
+    v    = x * 2^F                              aligned integer input (eq. 15)
+    acc  = sat_buffer(linear(v, w_q) + b_q)     b_q = round_half_up(b * 2^F / s_o) (eqs. 16-17, 20)
     y    = sat(shift_round(acc * M_o, S_o))     (M_o, S_o) = to_multiplier_shift(s_o 2^(f-F))
-    out  = y * 2^-f                             on-grid output (eq. 13)
+    out  = y * 2^-f                             requantized output (eq. 21)
 
 The linear op runs in float32 or float64, whichever is exact for the static accumulator bound
-(eq. 12). A fused ReLU is part of the output clip bounds. In training mode the forward value is
-the exact one and the gradient is that of the float computation (straight-through, eq. 16).
+(eq. 19). A fused ReLU is part of the output clip bounds. In training mode the forward value is
+the exact one and the gradient is that of the float computation (straight-through, eq. 24).
 
 Example:
     >>> layer = QuantizedDense.from_float(keras.layers.Dense(4), ...)  # doctest: +SKIP
@@ -76,7 +76,7 @@ class QuantizedNeuralLayer(QuantizedLayer):
         super().build(input_shape)
 
     def quantized_weights(self):
-        """In-graph integer weights: ``(w_q, scale, b_q, M, S)`` (eqs. 9-11, 13)."""
+        """In-graph integer weights: ``(w_q, scale, b_q, M, S)`` (eqs. 14, 16, 21)."""
         k = ops.cast(self.kernel, "float64")
         maxabs = ops.max(ops.abs(k), axis=self._scale_axes, keepdims=True)
         scale = ops.where(maxabs > 0, maxabs, 1.0) / float(self._qmax)

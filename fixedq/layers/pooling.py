@@ -1,4 +1,4 @@
-"""Quantized pooling: MaxPool2D (exact on the grid) and GlobalAveragePooling2D (eq. 18).
+"""Quantized pooling: MaxPool2D (exact on the grid) and GlobalAveragePooling2D (eq. 26).
 
 GlobalAveragePooling2D sums the per-channel integers exactly, then requantizes the sum with
 one multiplier + shift for ``2^(f_out - f_in) / (H * W)``.
@@ -23,6 +23,7 @@ from fixedq.layers.base import (
     exact_dtype,
     from_integers,
     output_bounds,
+    straight_through,
     to_channel_integers,
 )
 from fixedq.tensors import kops
@@ -54,7 +55,7 @@ class QuantizedMaxPool2D(QuantizedLayer):
 
 @keras.saving.register_keras_serializable(package="fixedq")
 class QuantizedGlobalAveragePooling2D(QuantizedLayer):
-    """Exact per-channel integer sum, then requantization by ``(M, S)`` (eq. 18)."""
+    """Exact per-channel integer sum, then requantization by ``(M, S)`` (eq. 26)."""
 
     def __init__(self, scale_bits=8, **kwargs):
         super().__init__(**kwargs)
@@ -74,11 +75,16 @@ class QuantizedGlobalAveragePooling2D(QuantizedLayer):
         self._lo, self._hi = output_bounds(self.output_spec, c)
         super().build(input_shape)
 
-    def call(self, inputs):
+    def call(self, inputs, training=None):
         v = to_channel_integers(inputs, self.input_spec0, self._dtype_exact)
         acc = ops.cast(ops.sum(v, axis=(1, 2)), "int64")
         y = kops.requantize(acc, self._mult, self._shift, self._lo, self._hi)
-        return from_integers(y, self._f_out, self.compute_dtype)
+        out = from_integers(y, self._f_out, self.compute_dtype)
+        if not training:
+            return out
+        lo = from_integers(self._lo, self._f_out, self.compute_dtype)
+        hi = from_integers(self._hi, self._f_out, self.compute_dtype)
+        return straight_through(ops.clip(ops.mean(inputs, axis=(1, 2)), lo, hi), out)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], input_shape[-1])

@@ -21,19 +21,23 @@ import numpy as np
 from fixedq.tensors.rounding import int_range
 
 # A dead or near-constant channel would get a huge frac_bits; keep every channel within this
-# many bits of the widest one so that per-axis alignment stays cheap (docs/numerics.md eq. 15).
+# many bits of the widest one so that per-axis alignment stays cheap (docs/numerics.md eq. 23).
 MAX_FRAC_SPREAD = 8
 
 
 def frac_bits_for_range(rng, value_bits: int, spread: int = MAX_FRAC_SPREAD) -> tuple[int, ...]:
-    """Largest frac_bits with ``range * 2^f`` inside ``value_bits`` (eq. 15).
+    """Largest frac_bits whose grid holds ``range`` without clipping (eq. 22).
 
-    ``f = value_bits - ceil(log2(range))``; ranges below ``max(range) * 2^-spread`` (and zero)
+    ``f = value_bits - ceil(log2(range))``, minus one more when ``range * 2^f`` would round to
+    ``2^value_bits`` (a range that is an exact power of two, e.g. 1.0 in 8 unsigned bits, gets
+    f = 7 so that 1.0 is representable). Ranges below ``max(range) * 2^-spread`` (and zero)
     are raised to that floor first.
 
     Example:
         >>> frac_bits_for_range([3.14, 0.5, 0.0], value_bits=7)
-        (5, 8, 13)
+        (5, 7, 13)
+        >>> frac_bits_for_range([1.0, 0.99], value_bits=8)
+        (7, 8)
     """
     r = np.atleast_1d(np.asarray(rng, dtype=np.float64))
     if r.size == 0 or not np.all(np.isfinite(r)) or np.any(r < 0):
@@ -42,7 +46,14 @@ def frac_bits_for_range(rng, value_bits: int, spread: int = MAX_FRAC_SPREAD) -> 
     if top == 0.0:
         top = 1.0
     r = np.maximum(r, top * 2.0**-spread)
-    return tuple(int(value_bits - math.ceil(math.log2(x))) for x in r.tolist())
+    top_int = 2.0**value_bits - 0.5  # round_half_up(r * 2^f) <= 2^b - 1
+    out = []
+    for x in r.tolist():
+        f = int(value_bits - math.ceil(math.log2(x)))
+        if x * 2.0**f >= top_int:
+            f -= 1
+        out.append(f)
+    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -71,7 +82,7 @@ class QSpec:
 
     @property
     def max_frac(self) -> int:
-        """``F``: the common frac_bits all channels align to (eq. 8)."""
+        """``F``: the common frac_bits all channels align to (eq. 15)."""
         return max(self.frac_bits)
 
     def int_bounds(self) -> tuple[int, int]:
