@@ -8,4 +8,6 @@ COMMANDS = [
     "config",
     "check",
     "insert_rescaling",
+    "convert",
+    "run",
 ]
