@@ -147,11 +147,10 @@ class _ConvMixin:
                 "padding": self.padding, "dilation_rate": self.dilation_rate}
 
 
-@_SERIALIZE
-class QuantizedConv2D(_ConvMixin, QuantizedNeuralLayer):
-    """Integer Conv2D (kernel ``(kh, kw, in, filters)``, scale per filter)."""
+class _FiltersConv(_ConvMixin, QuantizedNeuralLayer):
+    """Conv layers with ``filters`` outputs that read every input channel."""
 
-    _scale_axes = (0, 1, 2)
+    _float_layer = keras.layers.Conv2D
 
     def __init__(self, filters, kernel_size, strides=(1, 1), padding="valid",
                  dilation_rate=(1, 1), **kwargs):
@@ -159,23 +158,30 @@ class QuantizedConv2D(_ConvMixin, QuantizedNeuralLayer):
         self.filters = int(filters)
         self._init_conv(kernel_size, strides, padding, dilation_rate)
 
-    def _kernel_shape(self, input_shape):
-        return (*self.kernel_size, int(input_shape[-1]), self.filters)
-
     def fan_in(self):
         return self.kernel_size[0] * self.kernel_size[1] * self._in_channels
+
+    def compute_output_shape(self, input_shape):
+        return self._float_layer(self.filters, self.kernel_size, self.strides, self.padding,
+                                 dilation_rate=self.dilation_rate).compute_output_shape(
+                                     input_shape)
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters, **self._conv_config()}
+
+
+@_SERIALIZE
+class QuantizedConv2D(_FiltersConv):
+    """Integer Conv2D (kernel ``(kh, kw, in, filters)``, scale per filter)."""
+
+    _scale_axes = (0, 1, 2)
+
+    def _kernel_shape(self, input_shape):
+        return (*self.kernel_size, int(input_shape[-1]), self.filters)
 
     def _linear(self, x, kernel):
         return ops.conv(x, kernel, strides=self.strides, padding=self.padding,
                         dilation_rate=self.dilation_rate)
-
-    def compute_output_shape(self, input_shape):
-        return keras.layers.Conv2D(self.filters, self.kernel_size, self.strides, self.padding,
-                                   dilation_rate=self.dilation_rate).compute_output_shape(
-                                       input_shape)
-
-    def get_config(self):
-        return {**super().get_config(), "filters": self.filters, **self._conv_config()}
 
 
 @_SERIALIZE
@@ -211,34 +217,18 @@ class QuantizedDepthwiseConv2D(_ConvMixin, QuantizedNeuralLayer):
 
 
 @_SERIALIZE
-class QuantizedConv2DTranspose(_ConvMixin, QuantizedNeuralLayer):
+class QuantizedConv2DTranspose(_FiltersConv):
     """Integer Conv2DTranspose (kernel ``(kh, kw, filters, in)``, scale per filter)."""
 
     _scale_axes = (0, 1, 3)
-
-    def __init__(self, filters, kernel_size, strides=(1, 1), padding="valid",
-                 dilation_rate=(1, 1), **kwargs):
-        super().__init__(**kwargs)
-        self.filters = int(filters)
-        self._init_conv(kernel_size, strides, padding, dilation_rate)
+    _float_layer = keras.layers.Conv2DTranspose
 
     def _kernel_shape(self, input_shape):
         return (*self.kernel_size, self.filters, int(input_shape[-1]))
 
-    def fan_in(self):
-        return self.kernel_size[0] * self.kernel_size[1] * self._in_channels
-
     def _linear(self, x, kernel):
         return ops.conv_transpose(x, kernel, strides=self.strides, padding=self.padding,
                                   dilation_rate=self.dilation_rate)
-
-    def compute_output_shape(self, input_shape):
-        return keras.layers.Conv2DTranspose(
-            self.filters, self.kernel_size, self.strides, self.padding,
-            dilation_rate=self.dilation_rate).compute_output_shape(input_shape)
-
-    def get_config(self):
-        return {**super().get_config(), "filters": self.filters, **self._conv_config()}
 
 
 @_SERIALIZE

@@ -8,6 +8,7 @@ COMMANDS = [
     "config",
     "check",
     "insert_rescaling",
+    "demo",
     "convert",
     "run",
 ]
