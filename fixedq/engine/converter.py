@@ -25,6 +25,7 @@ from fixedq.engine.ops import Op
 from fixedq.layers import activation, affine, merge, neural, pooling, reshaping
 from fixedq.layers.base import output_bounds
 from fixedq.layers.quantizers import Dequantizer, InputQuantizer, OutputQuantizer
+from fixedq.layers.transformers import quantized as transformers
 from fixedq.transforms.graph import read_graph
 
 _NEURAL_TYPES = {neural.QuantizedConv2D: "conv2d", neural.QuantizedDepthwiseConv2D: "depthwise",
@@ -35,6 +36,9 @@ SUPPORTED = (*_NEURAL_TYPES, affine.QuantizedBatchNormalization, affine.Quantize
              pooling.QuantizedMaxPool2D, pooling.QuantizedGlobalAveragePooling2D,
              merge.QuantizedAdd, merge.QuantizedConcatenate, activation.QuantizedReLU,
              OutputQuantizer, InputQuantizer, Dequantizer, *_PASSTHROUGH)
+SUPPORTED = (*SUPPORTED, transformers.QuantizedShiftmax, transformers.QuantizedAttention,
+             transformers.QuantizedLayerMadNormalization, transformers.QuantizedClassToken,
+             transformers.QuantizedAddPositionEmbs, transformers.QuantizedExtractToken)
 
 
 def _i64(a) -> np.ndarray:
@@ -160,6 +164,9 @@ def _layer_op(layer, node, ins: list[str], specs: dict, channels: int) -> Op:
         return Op(name, "permute", ins, {**attrs, "dims": list(layer.dims)})
     if isinstance(layer, reshaping.QuantizedDropout):
         return Op(name, "identity", ins, attrs)
+    if isinstance(layer, transformers._TransformerLayer):
+        kind, extra, arrays = layer.engine_op()
+        return Op(name, kind, ins, {**attrs, **extra}, arrays)
     raise ValueError(f"layer {name!r} ({type(layer).__name__}) has no engine op")
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fixedq.engine import kernels
+from fixedq.engine import kernels, transformer_ops
 from fixedq.tensors.rounding import requantize, round_half_up, shift_round
 
 #: Op kinds and a short description (``Model.summary`` and docs/engine.md).
@@ -36,6 +36,8 @@ KINDS = {
     "permute": "axis permutation",
     "identity": "no-op (Dropout at inference)",
 }
+
+KINDS.update(transformer_ops.KINDS)
 
 NEURAL_TYPES = ("conv2d", "depthwise", "transpose", "dense")
 
@@ -195,6 +197,7 @@ _RUNNERS = {
     "maxpool": _run_maxpool, "reshape": _run_reshape, "permute": _run_permute,
     "identity": _run_identity,
 }
+_RUNNERS.update(transformer_ops.RUNNERS)
 
 
 def run_op(op: Op, xs: list[np.ndarray]) -> np.ndarray:

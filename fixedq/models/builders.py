@@ -21,12 +21,14 @@ from fixedq.layers.depthwise_conv2d_transpose import DepthwiseConv2DTranspose
 from fixedq.layers.params import QuantizationParams
 from fixedq.layers.quantizers import Dequantizer, InputQuantizer, OutputQuantizer
 from fixedq.layers.spec import QSpec
+from fixedq.layers.transformers import build as transformer_build
 from fixedq.models.calibrate import RangeStats
 from fixedq.models.split_separable import DW_SUFFIX
 from fixedq.transforms.graph import Graph, GraphNode
 
 #: Kinds of layers that requantize their output with calibrated frac_bits.
 REQUANTIZING = {"neural", "affine", "gap", "add"}
+REQUANTIZING |= transformer_build.REQUANTIZING
 
 L = keras.layers
 _PASS_KINDS = {L.Flatten: "reshape", L.Reshape: "reshape", L.Permute: "reshape",
@@ -49,6 +51,8 @@ def kind_of(node: GraphNode) -> str:
         if cfg.get("output_padding") is not None:
             return "unsupported"
         return "neural"
+    if cls in transformer_build.KINDS:
+        return transformer_build.KINDS[cls]
     kind = _PASS_KINDS.get(cls, "unsupported")
     if kind == "relu" and (cfg.get("negative_slope") or cfg.get("threshold")):
         return "unsupported"
@@ -219,6 +223,8 @@ def quantized_layer(node: GraphNode, kind: str, in_specs: list[QSpec], ctx: Buil
         layer, spec = _reshape(node, spec0, ctx)
     elif kind == "concat":
         layer, spec, pre = _concat(node, in_specs, ctx)
+    elif kind in transformer_build.KINDS.values():
+        layer, spec = transformer_build.build_quantized(node, kind, in_specs, ctx)
     else:
         raise ValueError(f"{node.cls.__name__} is not supported")
     return layer, spec, pre
@@ -287,6 +293,8 @@ def set_weights(layer, node: GraphNode) -> None:
         layer.set_weights([
             _or(node.weight("gamma"), np.ones(c)), _or(node.weight("beta"), np.zeros(c)),
             node.weight("moving_mean"), node.weight("moving_variance")])
+    elif hasattr(layer, "set_float_weights"):
+        layer.set_float_weights(node)
 
 
 def _or(value, default):

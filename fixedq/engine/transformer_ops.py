@@ -1,0 +1,123 @@
+"""Engine ops of the transformer layers (NumPy only): shiftmax, attention, MAD normalization,
+class token, position embeddings, token extraction.
+
+Each function is the NumPy twin of the integer path of a quantized layer in
+:mod:`fixedq.layers.transformers` and implements the equation of ``docs/numerics.md`` cited in
+its docstring (eqs. 29-34); ``tests/parity/test_transformer_parity.py`` proves them bit-exact.
+
+Example:
+    >>> import numpy as np
+    >>> ilog2_round(np.array([1, 3, 5, 6, 1024]), 12).tolist()   # round(log2 E)
+    [0, 2, 2, 3, 10]
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fixedq.engine.kernels import exact_dtype
+from fixedq.tensors.rounding import shift_round
+
+KINDS = {
+    "shiftmax": "integer shiftmax: exp2 table + shifts, power-of-two normalization (eq. 29)",
+    "attention": "multi-head attention: exact QK^T, requantized scores, shiftmax, PV (eq. 30)",
+    "madnorm": "layer MAD normalization: integer mean, MAD, rounded division (eq. 31)",
+    "class_token": "prepend an integer class token, re-gridded input (eq. 32)",
+    "add_pos": "add integer position embeddings + rounding shift (eq. 33)",
+    "extract_token": "select one token (eq. 34)",
+}
+
+
+def ilog2_round(total: np.ndarray, k_max: int) -> np.ndarray:
+    """``round(log2 E)`` of integers ``1 <= E < 2^k_max`` (eq. 29d), integers only:
+    ``k = #{i in 1..k_max : E >= 2^i}``, plus one when ``E^2 >= 2^(2k+1)``."""
+    e = np.asarray(total, dtype=np.int64)
+    k = np.zeros_like(e)
+    for i in range(1, k_max + 1):
+        k += e >= (np.int64(1) << i)
+    return k + (e * e >= np.left_shift(np.int64(1), 2 * k + 1))
+
+
+def shiftmax_int(d: np.ndarray, score_frac: int, table: np.ndarray, exp_bits: int, k_max: int,
+                 out_frac: int, out_hi: int) -> np.ndarray:
+    """Eq. 29 on integers ``d`` with frac_bits ``score_frac`` (the last axis is normalized)."""
+    d = d - d.max(axis=-1, keepdims=True)
+    q = np.floor_divide(d, np.int64(1) << score_frac)
+    r = d - np.left_shift(q, score_frac)
+    e = shift_round(table[r], np.minimum(-q, exp_bits + 2))
+    k = ilog2_round(e.sum(axis=-1, keepdims=True), k_max)
+    return np.clip(shift_round(e, k - out_frac), 0, out_hi)
+
+
+def _align(x: np.ndarray, align) -> np.ndarray:
+    align = np.asarray(align, dtype=np.int64)
+    return np.left_shift(x, align) if np.any(align) else x
+
+
+def exact_matmul(a: np.ndarray, b: np.ndarray, bound: int) -> np.ndarray:
+    """``a @ b`` of integer arrays, exact: float BLAS when ``bound`` allows (eq. 19)."""
+    dtype = exact_dtype(bound)
+    if dtype == "int64":
+        return np.matmul(a.astype(np.int64), b.astype(np.int64))
+    return np.matmul(a.astype(dtype), b.astype(dtype)).astype(np.int64)
+
+
+def _heads(x: np.ndarray, h: int) -> np.ndarray:
+    b, n, c = x.shape
+    return x.reshape(b, n, h, c // h).transpose(0, 2, 1, 3)
+
+
+def _run_shiftmax(op, xs):
+    a, r = op.attrs, op.arrays
+    d = shift_round(_align(xs[0], r["in_align"]), int(a["in_shift"]))
+    return shiftmax_int(d, int(a["score_frac"]), r["exp_table"], int(a["exp_bits"]),
+                        int(a["k_max"]), int(a["prob_frac"]), int(a["prob_hi"]))
+
+
+def _run_attention(op, xs):
+    a, r = op.attrs, op.arrays
+    h = int(a["num_heads"])
+    q, k, v = (_heads(_align(x, r[f"align{i}"]), h) for i, x in enumerate(xs))
+    scores = exact_matmul(q, k.transpose(0, 1, 3, 2), int(a["score_bound"]))
+    s = shift_round(scores * np.int64(a["score_multiplier"]), int(a["score_shift"]))
+    s = np.clip(s, a["acc_lo"], a["acc_hi"])
+    p = shiftmax_int(s, int(a["score_frac"]), r["exp_table"], int(a["exp_bits"]),
+                     int(a["k_max"]), int(a["prob_frac"]), int(a["prob_hi"]))
+    o = exact_matmul(p, v, int(a["out_bound"]))
+    b, _, n, _ = o.shape
+    o = o.transpose(0, 2, 1, 3).reshape(b, n, -1)
+    return np.clip(shift_round(o, r["out_shift"]), r["out_lo"], r["out_hi"])
+
+
+def _run_madnorm(op, xs):
+    a, r = op.attrs, op.arrays
+    v = _align(xs[0], r["in_align"])
+    dim = v.shape[-1]
+    c = dim * v - v.sum(axis=-1, keepdims=True)
+    den = np.abs(c).sum(axis=-1, keepdims=True) + np.int64(a["eps_int"])
+    den = np.maximum(den, 1)
+    z = np.floor_divide(c * np.int64(2 * dim << int(a["norm_frac"])) + den, 2 * den)
+    y = shift_round(z * r["multiplier"] + r["offset"], r["shift"])
+    return np.clip(y, r["out_lo"], r["out_hi"])
+
+
+def _run_class_token(op, xs):
+    r = op.arrays
+    x = np.clip(shift_round(xs[0], r["shift"]), r["out_lo"], r["out_hi"])
+    tok = np.broadcast_to(r["token"], (x.shape[0], 1, x.shape[-1]))
+    return np.concatenate([tok, x], axis=1)
+
+
+def _run_add_pos(op, xs):
+    r = op.arrays
+    acc = np.left_shift(xs[0], r["in_align"]) + r["pos"]
+    return np.clip(shift_round(acc, r["shift"]), r["out_lo"], r["out_hi"])
+
+
+def _run_extract_token(op, xs):
+    return xs[0][:, int(op.attrs["token"]), :]
+
+
+RUNNERS = {"shiftmax": _run_shiftmax, "attention": _run_attention, "madnorm": _run_madnorm,
+           "class_token": _run_class_token, "add_pos": _run_add_pos,
+           "extract_token": _run_extract_token}
