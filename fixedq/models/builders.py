@@ -11,7 +11,7 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import keras
 import numpy as np
@@ -22,7 +22,9 @@ from fixedq.layers.params import QuantizationParams
 from fixedq.layers.quantizers import Dequantizer, InputQuantizer, OutputQuantizer
 from fixedq.layers.spec import QSpec
 from fixedq.layers.transformers import build as transformer_build
+from fixedq.models.bias_correction import apply_recorded
 from fixedq.models.calibrate import RangeStats
+from fixedq.models.calibration_methods import CalibrationMethod, select_range
 from fixedq.models.split_separable import DW_SUFFIX
 from fixedq.transforms.graph import Graph, GraphNode
 
@@ -74,6 +76,16 @@ class BuildContext:
     outputs: set[str]
     fused: dict[str, str]  # producer -> fused ReLU name
     graph: Graph | None = None
+    methods: dict | None = None  # layer name (or "default") -> CalibrationMethod
+    chosen: dict = field(default_factory=dict)  # ranges picked by non-default methods
+
+    def method_for(self, name: str) -> CalibrationMethod:
+        """The calibration method of layer ``name`` (q-config entry, then argument, then max)."""
+        cfg = self.layer_cfg.get(name, {})
+        if "calibration_method" in cfg:
+            return CalibrationMethod.get(cfg["calibration_method"])
+        methods = self.methods or {}
+        return methods.get(name, methods.get("default", CalibrationMethod()))
 
     def override(self, name: str, key: str, default):
         value = self.layer_cfg.get(name, {}).get(key, default)
@@ -85,22 +97,38 @@ class BuildContext:
 
 
 def _range_spec(name: str, ctx: BuildContext, signed: bool, bits: int, max_value=None) -> QSpec:
+    """Output spec of tensor ``name`` from its calibration statistics and the layer's q-config
+    entry (``frac_bits`` and ``range`` overrides win over the calibration method)."""
     st = ctx.stats.get(name)
     if st is None:
         raise KeyError(f"no calibration range for layer {name!r}")
-    if signed:
-        rng = np.maximum(np.abs(st.minimum), np.abs(st.maximum))
-        vb = bits - 1
-    else:
-        top = np.maximum(st.maximum, 0.0)
-        rng = top if max_value is None else np.minimum(top, float(max_value))
-        vb = bits
+    vb = bits if not signed else bits - 1
     if vb < 1:
         raise ValueError(f"layer {name!r}: {bits} signed bits leave no magnitude bit")
+    cfg = ctx.layer_cfg.get(name, {})
     per_tensor = ctx.override(name, "per_tensor", ctx.qparams.per_tensor_activations)
-    if per_tensor:
-        rng = np.array([rng.max()])
-    spec = QSpec.from_range(rng, vb, signed)
+    if "frac_bits" in cfg:
+        frac = tuple(int(f) for f in np.atleast_1d(cfg["frac_bits"]))
+        if len(frac) not in (1, len(st.maximum)) or (per_tensor and len(frac) != 1):
+            raise ValueError(f"q_config: layer {name!r} frac_bits must be one integer or one "
+                             f"per channel ({len(st.maximum)}), got {cfg['frac_bits']!r}")
+        spec = QSpec(vb, signed, frac)
+    else:
+        method = ctx.method_for(name)
+        if "range" in cfg:
+            rng = np.atleast_1d(np.asarray(cfg["range"], dtype=np.float64))
+            if rng.shape not in ((1,), st.maximum.shape) or not np.all(np.isfinite(rng)) \
+                    or np.any(rng < 0):
+                raise ValueError(f"q_config: layer {name!r} range must be finite, >= 0, one "
+                                 f"value or one per channel, got {cfg['range']!r}")
+        else:
+            rng = select_range(st, method, signed, bits if not signed else bits - 1, max_value)
+            if method.name != "max":
+                ctx.chosen[name] = {"range": rng.astype(float).tolist(),
+                                    "calibration_method": method.to_config()}
+        if per_tensor:
+            rng = np.array([rng.max()])
+        spec = QSpec.from_range(rng, vb, signed)
     if not signed:
         spec = activation.relu_output_spec(spec, max_value)
     return spec
@@ -108,8 +136,14 @@ def _range_spec(name: str, ctx: BuildContext, signed: bool, bits: int, max_value
 
 def _entry(name: str, ctx: BuildContext, **extra) -> dict:
     per_tensor = ctx.override(name, "per_tensor", ctx.qparams.per_tensor_activations)
-    return {"layer": name, **extra, "per_tensor": bool(per_tensor),
-            "calibration": ctx.stats[name].to_config()}
+    entry = {"layer": name, **extra, "per_tensor": bool(per_tensor),
+             "calibration": ctx.stats[name].to_config()}
+    cfg = ctx.layer_cfg.get(name, {})
+    for key in ("frac_bits", "range", "calibration_method", "bias_delta", "weight_clip_std"):
+        if key in cfg:
+            entry[key] = cfg[key]
+    entry.update(ctx.chosen.get(name, {}))
+    return entry
 
 
 def input_quantizer(node: GraphNode, ctx: BuildContext):
@@ -288,6 +322,8 @@ def set_weights(layer, node: GraphNode) -> None:
         kernel = node.weight("kernel")
         weights = [kernel] if not layer.use_bias else [kernel, node.weight("bias")]
         layer.set_weights(weights)
+        if layer.qconfig:
+            apply_recorded(layer, layer.qconfig)
     elif isinstance(layer, affine.QuantizedBatchNormalization):
         c = layer.channels
         layer.set_weights([

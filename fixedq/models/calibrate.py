@@ -12,7 +12,7 @@ Example:
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import keras
 import numpy as np
@@ -22,15 +22,65 @@ from fixedq.models.samples import DEFAULT_NUM_SAMPLES, iter_batches
 
 @dataclass
 class RangeStats:
-    """Per-channel running minimum and maximum of one tensor (last axis = channels)."""
+    """Per-channel statistics of one tensor (last axis = channels).
+
+    ``minimum``/``maximum`` are running extremes; ``batch_pos``/``batch_neg`` list the
+    per-batch maxima of ``x`` and ``-x`` (for ``moving_average`` and ``mean_std``);
+    ``hist_pos``/``hist_neg`` are histograms of ``max(x, 0)`` and ``max(-x, 0)`` over
+    ``[0, top]`` filled by a second pass when a histogram method is used.
+    """
 
     minimum: np.ndarray
     maximum: np.ndarray
+    batch_pos: list = field(default_factory=list)
+    batch_neg: list = field(default_factory=list)
+    hist_pos: np.ndarray | None = None
+    hist_neg: np.ndarray | None = None
 
     def update(self, batch: np.ndarray) -> None:
         axes = tuple(range(batch.ndim - 1))
-        self.minimum = np.minimum(self.minimum, batch.min(axis=axes))
-        self.maximum = np.maximum(self.maximum, batch.max(axis=axes))
+        lo, hi = batch.min(axis=axes), batch.max(axis=axes)
+        self.minimum = np.minimum(self.minimum, lo)
+        self.maximum = np.maximum(self.maximum, hi)
+        self.batch_pos.append(hi)
+        self.batch_neg.append(-lo)
+
+    @property
+    def top(self) -> np.ndarray:
+        """Upper edge of the histograms: the largest magnitude seen per channel."""
+        return np.maximum(np.maximum(np.abs(self.minimum), np.abs(self.maximum)), 1e-30)
+
+    def add_histogram(self, batch: np.ndarray, bins: int) -> None:
+        flat = batch.reshape(-1, batch.shape[-1]).astype(np.float64)
+        channels = flat.shape[1]
+        if self.hist_pos is None:
+            self.hist_pos = np.zeros((channels, bins), dtype=np.int64)
+            self.hist_neg = np.zeros((channels, bins), dtype=np.int64)
+        scale = bins / self.top
+        offsets = np.arange(channels) * bins
+        for part, hist in ((np.maximum(flat, 0.0), self.hist_pos),
+                           (np.maximum(-flat, 0.0), self.hist_neg)):
+            idx = np.minimum((part * scale).astype(np.int64), bins - 1) + offsets
+            nonzero = part > 0
+            counts = np.bincount(idx[nonzero], minlength=channels * bins)
+            hist += counts.reshape(channels, bins)
+            hist[:, 0] += np.count_nonzero(~nonzero, axis=0)
+
+    def _mean_std(self, values: list) -> tuple[np.ndarray, np.ndarray]:
+        arr = np.asarray(values if values else [self.maximum], dtype=np.float64)
+        return arr.mean(axis=0), arr.std(axis=0)
+
+    def mean_std_pos(self):
+        return self._mean_std(self.batch_pos)
+
+    def mean_std_neg(self):
+        return self._mean_std(self.batch_neg)
+
+    def ema(self, values: list, momentum: float) -> np.ndarray:
+        acc = None
+        for v in values or [self.maximum]:
+            acc = np.asarray(v, np.float64) if acc is None else momentum * acc + (1 - momentum) * v
+        return acc
 
     def to_config(self) -> dict:
         return {"min": self.minimum.astype(float).tolist(),
@@ -55,7 +105,8 @@ def _progress(done: int, total: int, width: int = 30) -> None:
 
 def calibrate(model: keras.Model, samples, layer_names=None, num_samples: int = DEFAULT_NUM_SAMPLES,
               batch_size: int | None = None, epochs: int = 1,
-              verbose: bool = True) -> dict[str, RangeStats]:
+              verbose: bool = True, histograms: bool = False,
+              bins: int = 1024) -> dict[str, RangeStats]:
     """Run ``model`` on ``samples`` and record per-channel min/max of each named layer's output.
 
     Args:
@@ -65,6 +116,9 @@ def calibrate(model: keras.Model, samples, layer_names=None, num_samples: int = 
             name is always recorded.
         num_samples, batch_size, epochs: how much data to read (streamed, batch by batch).
         verbose: show a progress line on stderr.
+        histograms: also fill per-channel histograms (a second pass over the samples; needed
+            by the ``percentile``, ``histogram`` and ``mse`` calibration methods).
+        bins: histogram bins.
 
     Returns:
         ``{name: RangeStats}``.
@@ -81,22 +135,32 @@ def calibrate(model: keras.Model, samples, layer_names=None, num_samples: int = 
     probe = keras.Model(model.inputs, [model.get_layer(n).output for n in names]) if names \
         else None
     stats: dict[str, RangeStats] = {}
-    total = num_samples * epochs
+    total = num_samples * epochs * (2 if histograms else 1)
     done = 0
-    for batch in iter_batches(samples, model.inputs[0].shape, num_samples, batch_size, epochs):
-        outputs = probe.predict_on_batch(batch) if probe is not None else []
-        if len(names) == 1:
-            outputs = [outputs]
-        for name, out in zip([input_name, *names], [batch, *outputs], strict=True):
-            out = np.asarray(out, dtype=np.float64)
-            if name not in stats:
-                axes = tuple(range(out.ndim - 1))
-                stats[name] = RangeStats(out.min(axis=axes), out.max(axis=axes))
-            else:
-                stats[name].update(out)
-        done += len(batch)
-        if verbose:
-            _progress(done, total)
+    passes = ("ranges", "histograms") if histograms else ("ranges",)
+    for which in passes:
+        if which == "histograms" and not (isinstance(samples, np.ndarray)
+                                          or hasattr(samples, "as_numpy_iterator")):
+            raise ValueError("histogram calibration methods read the samples twice: pass a "
+                             "NumPy array or a tf.data.Dataset, not a generator")
+        for batch in iter_batches(samples, model.inputs[0].shape, num_samples, batch_size,
+                                  epochs):
+            outputs = probe.predict_on_batch(batch) if probe is not None else []
+            if len(names) == 1:
+                outputs = [outputs]
+            for name, out in zip([input_name, *names], [batch, *outputs], strict=True):
+                out = np.asarray(out, dtype=np.float64)
+                if which == "histograms":
+                    stats[name].add_histogram(out, bins)
+                elif name not in stats:
+                    axes = tuple(range(out.ndim - 1))
+                    lo, hi = out.min(axis=axes), out.max(axis=axes)
+                    stats[name] = RangeStats(lo, hi, [hi], [-lo])
+                else:
+                    stats[name].update(out)
+            done += len(batch)
+            if verbose:
+                _progress(done, total)
     if verbose:
         sys.stderr.write("\n")
     return stats

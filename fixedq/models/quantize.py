@@ -16,14 +16,18 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import warnings
 
 import keras
+import numpy as np
 
 from fixedq.layers.params import QuantizationParams
 from fixedq.models import builders
+from fixedq.models.bias_correction import BiasCorrection, correct_biases
 from fixedq.models.calibrate import RangeStats, calibrate
-from fixedq.models.samples import DEFAULT_NUM_SAMPLES, random_samples
+from fixedq.models.calibration_methods import CalibrationMethod
+from fixedq.models.samples import DEFAULT_NUM_SAMPLES, iter_batches, random_samples
 from fixedq.models.split_separable import split_separable
 from fixedq.transforms import sanitize
 from fixedq.transforms.graph import (
@@ -36,6 +40,7 @@ from fixedq.transforms.graph import (
 
 QCONFIG_FORMAT = "fixedq-qconfig"
 QCONFIG_VERSION = 1
+_METHOD_KEYS = set(CalibrationMethod.__dataclass_fields__)
 
 
 def _as_keras3(model):
@@ -90,6 +95,43 @@ def _check_config(q_config, graph: Graph) -> dict:
     return layers
 
 
+_OVERRIDE_KEYS = {"weight_bits", "activation_bits", "per_tensor", "frac_bits", "range",
+                  "calibration_method"}
+
+
+def _merge_overrides(layer_cfg: dict, overrides, graph: Graph) -> dict:
+    if overrides is None:
+        return layer_cfg
+    if not isinstance(overrides, dict):
+        raise TypeError(f"overrides must be a dict {{layer_name: {{key: value}}}}, got "
+                        f"{type(overrides).__name__}")
+    known = {n.name for n in graph.nodes}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"overrides name layers that are not in the model: {unknown}")
+    merged = {name: dict(cfg) for name, cfg in layer_cfg.items()}
+    for name, cfg in overrides.items():
+        bad = sorted(set(cfg) - _OVERRIDE_KEYS)
+        if bad:
+            raise ValueError(f"overrides for layer {name!r}: unknown keys {bad}; allowed "
+                             f"{sorted(_OVERRIDE_KEYS)}")
+        merged.setdefault(name, {}).update(cfg)
+    return merged
+
+
+def _methods(calibration, graph: Graph) -> dict:
+    """``{layer or "default": CalibrationMethod}`` from the ``calibration`` argument."""
+    if calibration is None:
+        return {}
+    if isinstance(calibration, dict) and not (set(calibration) <= _METHOD_KEYS):
+        known = {n.name for n in graph.nodes} | {"default"}
+        unknown = sorted(set(calibration) - known)
+        if unknown:
+            raise ValueError(f"calibration names layers that are not in the model: {unknown}")
+        return {name: CalibrationMethod.get(m) for name, m in calibration.items()}
+    return {"default": CalibrationMethod.get(calibration)}
+
+
 def _stats_from_config(layers: dict) -> dict[str, RangeStats]:
     return {name: RangeStats.from_config(cfg["calibration"])
             for name, cfg in layers.items() if "calibration" in cfg}
@@ -97,7 +139,9 @@ def _stats_from_config(layers: dict) -> dict[str, RangeStats]:
 
 def quantize(model, qparams: QuantizationParams | None = None, samples=None,
              num_samples: int = DEFAULT_NUM_SAMPLES, batch_size: int | None = None,
-             epochs: int = 1, q_config: dict | None = None, verbose: bool = True) -> keras.Model:
+             epochs: int = 1, q_config: dict | None = None, verbose: bool = True,
+             calibration=None, overrides: dict | None = None,
+             bias_correction=None) -> keras.Model:
     """Quantize a float Keras model; the input model is never changed.
 
     Args:
@@ -110,6 +154,16 @@ def quantize(model, qparams: QuantizationParams | None = None, samples=None,
             calibration ranges are used (so no samples are needed), reproducing the model bit
             for bit; edit a layer's ``weight_bits``/``activation_bits`` to change only it.
         verbose: progress on stderr.
+        calibration: the calibration method for every layer (a name such as ``"mse"``, a
+            :class:`~fixedq.models.calibration_methods.CalibrationMethod` or its dict), or a
+            dict ``{layer_name: method, "default": method}`` for per-layer methods.
+        overrides: manual mixed precision and tensor overrides, ``{layer_name: {key: value}}``
+            with keys ``weight_bits``, ``activation_bits``, ``per_tensor``, ``frac_bits``,
+            ``range`` and ``calibration_method``; they win over ``q_config`` entries. See
+            :func:`fixedq.models.overrides.mixed_precision` for TIDL-style name lists.
+        bias_correction: ``True``, a dict or a
+            :class:`~fixedq.models.bias_correction.BiasCorrection` to compensate the mean
+            output shift of quantization on calibration frames (needs samples).
 
     Returns:
         A new Keras model made of fixedq quantized layers.
@@ -128,11 +182,23 @@ def quantize(model, qparams: QuantizationParams | None = None, samples=None,
         raise ValueError(f"quantize supports models with one input; {model.name!r} has "
                          f"{len(graph.inputs)}")
     split_separable(graph)
-    layer_cfg = _check_config(q_config, graph)
+    layer_cfg = _merge_overrides(_check_config(q_config, graph), overrides, graph)
+    methods = _methods(calibration, graph)
     fused = _fused_relus(graph)
     points = [n.name for n in graph.nodes if builders.kind_of(n) in builders.REQUANTIZING]
+    input_name = graph.inputs[0].name
     stats = _stats_from_config(layer_cfg)
-    needed = [p for p in points + [graph.inputs[0].name] if p not in stats]
+    probe_ctx = builders.BuildContext(qparams, stats, layer_cfg, set(), set(), fused, graph,
+                                      methods)
+
+    def needs_hist(name):
+        cfg = layer_cfg.get(name, {})
+        return (probe_ctx.method_for(name).needs_histogram and "range" not in cfg
+                and "frac_bits" not in cfg)
+
+    histograms = any(needs_hist(p) for p in points + [input_name])
+    needed = [p for p in points + [input_name]
+              if p not in stats or (needs_hist(p) and stats[p].hist_pos is None)]
     if needed:
         float_model = build_model(graph)
         if samples is None:
@@ -142,9 +208,19 @@ def quantize(model, qparams: QuantizationParams | None = None, samples=None,
                           f"{num_samples} random samples. Accuracy will suffer: pass real "
                           "samples.", stacklevel=2)
             samples = random_samples(float_model.inputs[0].shape, num_samples, uint8_like)
+        bins = max(m.bins for m in methods.values()) if methods else 1024
         stats.update(calibrate(float_model, samples, [p for p in needed if p in points],
-                               num_samples, batch_size, epochs, verbose))
-    return _build(graph, qparams, stats, fused, layer_cfg, model.name)
+                               num_samples, batch_size, epochs, verbose, histograms, bins))
+    correction = BiasCorrection.get(bias_correction)
+    qmodel = _build(graph, qparams, stats, fused, layer_cfg, model.name, methods)
+    if correction is not None:
+        if samples is None:
+            raise ValueError("bias_correction needs calibration samples (samples=...)")
+        frames = np.concatenate(list(itertools.islice(
+            iter_batches(samples, qmodel.inputs[0].shape, correction.frames, batch_size),
+            correction.frames)))[:correction.frames]
+        correct_biases(build_model(graph), qmodel, frames, correction, verbose)
+    return qmodel
 
 
 def _first_neural(graph: Graph) -> set[str]:
@@ -160,7 +236,8 @@ def _first_neural(graph: Graph) -> set[str]:
     return first
 
 
-def _build(graph: Graph, qp: QuantizationParams, stats, fused, layer_cfg, name) -> keras.Model:
+def _build(graph: Graph, qp: QuantizationParams, stats, fused, layer_cfg, name,
+           methods=None) -> keras.Model:
     values: dict[str, tuple] = {}  # node name -> (tensor, QSpec or None for float)
     dequantized: dict[str, object] = {}
     relu_of = {relu: prod for prod, relu in fused.items()}
@@ -169,7 +246,7 @@ def _build(graph: Graph, qp: QuantizationParams, stats, fused, layer_cfg, name) 
     for relu, prod in relu_of.items():
         if relu in outputs:
             outputs.add(prod)
-    ctx = builders.BuildContext(qp, stats, layer_cfg, firsts, outputs, fused, graph)
+    ctx = builders.BuildContext(qp, stats, layer_cfg, firsts, outputs, fused, graph, methods)
 
     def as_float(ref_name):
         tensor, spec = values[ref_name]

@@ -1,0 +1,135 @@
+"""Bias correction (TIDL's "advanced bias calibration"): remove the mean output shift.
+
+Quantizing weights (and the activations before a layer) shifts the mean of each output
+channel. For every quantized layer with weights, in execution order, the correction measures on
+``frames`` calibration samples
+
+    delta_o = mean(float layer output_o) - mean(linear(x_q, w_deq)_o + b_o)
+
+where ``x_q`` is what the *quantized* model feeds the layer, ``w_deq`` the dequantized integer
+weights and the float output is the pre-activation output of the same layer in the float model.
+``b_o += delta_o``; later layers then see the corrected inputs. ``iterations`` repeats the pass.
+Optionally each output channel's weights are first clipped to ``weight_clip_std`` standard
+deviations (outlier weights widen the scale; the bias correction then absorbs the shift).
+
+Corrections are stored in each layer's q-config entry (``bias_delta``, ``weight_clip_std``), so
+``quantize(model, q_config=dump_config(qmodel))`` reproduces the corrected model bit for bit.
+
+Example:
+    >>> qmodel = quantize(model, qp, samples=x, bias_correction=BiasCorrection(frames=64))
+    ... # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict, dataclass
+
+import keras
+import numpy as np
+from keras import ops
+
+from fixedq.layers.neural import QuantizedNeuralLayer
+
+
+@dataclass(frozen=True)
+class BiasCorrection:
+    """Options: ``frames`` samples used, ``iterations`` passes, optional weight clipping."""
+
+    frames: int = 64
+    iterations: int = 1
+    weight_clip_std: float | None = None
+
+    def __post_init__(self):
+        for name in ("frames", "iterations"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.weight_clip_std is not None and not float(self.weight_clip_std) > 0:
+            raise ValueError(f"weight_clip_std must be > 0 or None, got {self.weight_clip_std!r}")
+
+    @classmethod
+    def get(cls, value) -> BiasCorrection | None:
+        if value is None or value is False:
+            return None
+        if value is True:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, dict):
+            return cls(**value)
+        raise TypeError(f"bias_correction must be a bool, a dict or a BiasCorrection, got "
+                        f"{type(value).__name__}")
+
+    def to_config(self) -> dict:
+        return asdict(self)
+
+
+def clip_kernel(kernel: np.ndarray, scale_axes, n_std: float) -> np.ndarray:
+    """Clip each output channel's weights to ``n_std`` standard deviations (around zero)."""
+    std = np.sqrt(np.mean(np.square(kernel), axis=tuple(scale_axes), keepdims=True))
+    limit = n_std * std
+    return np.clip(kernel, -limit, limit).astype(kernel.dtype)
+
+
+def apply_recorded(layer: QuantizedNeuralLayer, entry: dict) -> None:
+    """Re-apply the weight clipping and bias deltas recorded in a q-config ``entry``."""
+    if entry.get("weight_clip_std") is not None:
+        kernel = layer.kernel.numpy()
+        layer.kernel.assign(clip_kernel(kernel, layer._scale_axes, entry["weight_clip_std"]))
+    if entry.get("bias_delta") is not None:
+        delta = np.asarray(entry["bias_delta"], dtype=np.float32)
+        if not layer.use_bias or delta.shape != tuple(layer.bias.shape):
+            raise ValueError(f"q_config: layer {layer.name!r} bias_delta must have "
+                             f"{layer.channels} values and the layer a bias")
+        layer.bias.assign(layer.bias.numpy() + delta)
+
+
+def _channel_mean(x) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    return x.reshape(-1, x.shape[-1]).mean(axis=0)
+
+
+def correct_biases(float_model: keras.Model, qmodel: keras.Model, frames: np.ndarray,
+                   options: BiasCorrection, verbose: bool = True) -> list[str]:
+    """Correct the biases of ``qmodel``'s neural layers in place; returns the layer names."""
+    layers = [ly for ly in qmodel.layers if isinstance(ly, QuantizedNeuralLayer)
+              and ly.use_bias and ly.name in {f.name for f in float_model.layers}]
+    if not layers:
+        return []
+    done = [ly.name for ly in layers if ly.qconfig.get("bias_delta") is not None]
+    if done:
+        raise ValueError(f"layers {done} already carry bias corrections from the q_config; "
+                         "remove their 'bias_delta' entries to compute new ones")
+    if options.weight_clip_std is not None:
+        for layer in layers:
+            layer.kernel.assign(clip_kernel(layer.kernel.numpy(), layer._scale_axes,
+                                            options.weight_clip_std))
+            layer.qconfig["weight_clip_std"] = float(options.weight_clip_std)
+    probe = keras.Model(float_model.inputs,
+                        [float_model.get_layer(ly.name).output for ly in layers])
+    outs = probe.predict(frames, verbose=0, batch_size=64)
+    targets = [_channel_mean(o) for o in (outs if len(layers) > 1 else [outs])]
+    deltas = {ly.name: np.zeros(ly.channels) for ly in layers}
+    originals = {ly.name: ly.bias.numpy() for ly in layers}
+    for it in range(options.iterations):
+        for i, layer in enumerate(layers):
+            x_in = keras.Model(qmodel.inputs, layer.input).predict(frames, verbose=0,
+                                                                    batch_size=64)
+            w_q, scale, *_ = layer.quantized_weights()
+            w_deq = ops.cast(ops.cast(w_q, "float64") * scale, "float32")
+            z = layer._linear(ops.convert_to_tensor(x_in), w_deq) + layer.bias
+            delta = targets[i] - _channel_mean(ops.convert_to_numpy(z))
+            layer.bias.assign(layer.bias.numpy() + delta.astype(np.float32))
+            deltas[layer.name] += delta
+            if verbose:
+                sys.stderr.write(f"\rbias correction: pass {it + 1}/{options.iterations}, "
+                                 f"layer {i + 1}/{len(layers)}")
+                sys.stderr.flush()
+    if verbose:
+        sys.stderr.write("\n")
+    for layer in layers:  # one float32 add of the total: exactly what apply_recorded does
+        total = deltas[layer.name].astype(np.float32)
+        layer.bias.assign(originals[layer.name] + total)
+        layer.qconfig["bias_delta"] = total.astype(float).tolist()
+    return [ly.name for ly in layers]
