@@ -284,7 +284,8 @@ def check(qmodel: keras.Model, samples=None, weight_error_threshold: float = 0.0
     layers = _quantized_layers(qmodel)
     if not layers:
         raise ValueError(f"model {qmodel.name!r} is not a fixedq quantized model (no quantized "
-                         "layers); quantize it first")
+                         "layers); quantize it first, or lint the float model with "
+                         "fixedq.analysis.lint")
     lcs = []
     for layer in layers:
         lc = LayerCheck(layer.name, type(layer).__name__)

@@ -14,7 +14,8 @@ import json
 from fixedq_cli import _args
 from fixedq_cli._io import check_samples_shape, load_samples, model_file
 
-HELP = "check a quantized model for weight-scale errors, saturation and per-tensor ranges"
+HELP = ("check a quantized model for weight-scale errors, saturation and per-tensor ranges, "
+        "or lint a float model")
 DESCRIPTION = """\
 Check a quantized model and report, per layer:
   - weights whose quantization error is large (relative RMS error of the worst channel);
@@ -22,11 +23,15 @@ Check a quantized model and report, per layer:
     the accumulator range) and, with -sa, accumulators and outputs that did saturate on the
     samples (count and rate);
   - per-tensor activations whose channel ranges differ by more than 2^4 (use per-axis).
+Given a float model, lint it instead (before quantizing, seed 001 guidelines): depthwise
+convolutions without BatchNormalization after them, other convolutions without it (except the
+last ones), and kernels without weight decay or with an L2 factor below --min_weight_decay.
 Exit code: 0 no problem, 1 problems found, 2 bad input.
 
 examples:
   fixedq check -m model_i8_w8_a8.keras
-  fixedq check -m model_i8_w8_a8.keras -sa samples.npz --json"""
+  fixedq check -m model_i8_w8_a8.keras -sa samples.npz --json
+  fixedq check -m float_model.keras"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,6 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="largest acceptable relative weight error (default 0.05)")
     parser.add_argument("--saturation_rate", type=_args.fraction, default=0.01, metavar="R",
                         help="largest acceptable rate of saturated outputs (default 0.01)")
+    parser.add_argument("--min_weight_decay", type=_args.finite_float, default=1e-5,
+                        metavar="F", help="float models: smallest acceptable L2 factor of a "
+                        "kernel regularizer (default 1e-5)")
 
 
 def run(args) -> int:
@@ -47,9 +55,14 @@ def run(args) -> int:
     from fixedq_cli._runtime import import_keras, load_model
 
     import_keras(args.verbose)
-    from fixedq.analysis import check
+    from fixedq.analysis import check, lint
+    from fixedq.analysis.lint import is_quantized
 
     qmodel = load_model(model_path, args.verbose)
+    if not is_quantized(qmodel):  # a float model: lint it (samples are not needed)
+        report = lint(qmodel, min_weight_decay=args.min_weight_decay)
+        print(json.dumps(report.to_dict(), indent=2) if args.json else report.format_table())
+        return 0 if report.ok else 1
     if samples is not None and len(qmodel.inputs) == 1:
         check_samples_shape(samples, qmodel.inputs[0].shape, args.samples)
     report = check(qmodel, samples, weight_error_threshold=args.weight_error,

@@ -254,7 +254,6 @@ def batch(cli_files, tmp_path_factory):
         "wrong_shape": ("quantize", "-m", m, "-sa", wrong, "-s", d / "wrong_q.keras"),
         "unknown_layers": ("quantize", "-m", m, "-c", unknown),
         "config_of_float_model": ("config", "-m", m, "-o", d / "float.json"),
-        "check_float_model": ("check", "-m", m),
     }
     results, _ = run_batch(list(cases.values()))
     return d, dict(zip(cases, results, strict=True))
@@ -308,7 +307,6 @@ def test_check_json_reports_saturation(batch, cli_files):
     ("wrong_shape", ("have shape (4, 8, 8)", "expects (N, 8, 8, 1)")),
     ("unknown_layers", ("no_such_layer",)),
     ("config_of_float_model", ("is not a fixedq quantized model",)),
-    ("check_float_model", ("is not a fixedq quantized model",)),
 ])
 def test_bad_input_after_loading(batch, cli_files, name, fragments):
     _assert_one_line_error(batch[1][name], *fragments)
