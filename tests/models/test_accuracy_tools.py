@@ -1,0 +1,126 @@
+"""Calibration methods, manual mixed precision overrides and bias correction."""
+
+import json
+
+import numpy as np
+import pytest
+
+from fixedq import QuantizationParams, dump_config, quantize
+from fixedq.models.bias_correction import BiasCorrection
+from fixedq.models.calibrate import RangeStats
+from fixedq.models.calibration_methods import CalibrationMethod, select_range
+from fixedq.models.overrides import mixed_precision
+
+QP4 = QuantizationParams(weight_bits=4, activation_bits=4)
+
+
+def _stats(values: np.ndarray, batch: int = 100) -> RangeStats:
+    """RangeStats of a (N, C) tensor fed in batches, with histograms."""
+    stats = None
+    for start in range(0, len(values), batch):
+        b = values[start:start + batch]
+        if stats is None:
+            stats = RangeStats(b.min(0), b.max(0), [b.max(0)], [-b.min(0)])
+        else:
+            stats.update(b)
+    for start in range(0, len(values), batch):
+        stats.add_histogram(values[start:start + batch], 1024)
+    return stats
+
+
+def test_methods_on_known_distribution():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (10000, 2))
+    x[17, 0] = 50.0  # one outlier in channel 0
+    st = _stats(x)
+    get = lambda name, **kw: select_range(st, CalibrationMethod(name, **kw), True, 7)  # noqa: E731
+    assert get("max")[0] == 50.0 and get("max")[1] == pytest.approx(1.0, abs=1e-3)
+    assert get("percentile", percentile=99.0)[0] == pytest.approx(0.99, abs=0.06)
+    assert get("histogram", outlier_fraction=1e-3)[0] < 1.1  # the sparse outlier bin is dropped
+    assert 0.9 < get("mean_std", n_std=0.0)[1] <= 1.0
+    assert get("moving_average", momentum=0.5)[0] < 50.0
+    assert get("mse")[0] == 50.0  # at 8 bits one outlier's clip error outweighs the noise
+    mse4 = select_range(st, CalibrationMethod("mse"), True, 3)  # 4-bit signed: clip it
+    assert mse4[0] < 2.0 and mse4[1] <= 1.0
+    # unsigned (after a ReLU with max_value): positive side only, capped
+    capped = select_range(st, CalibrationMethod("max"), False, 8, max_value=0.5)
+    assert capped.tolist() == [0.5, 0.5]
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"name": "kl"}, "unknown calibration method"),
+    ({"name": "percentile", "percentile": 0}, "percentile"),
+    ({"name": "percentile", "percentile": 100.5}, "percentile"),
+    ({"bins": 4}, "bins"),
+    ({"momentum": 1.0}, "momentum"),
+])
+def test_bad_methods(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        CalibrationMethod(**kwargs)
+
+
+def test_histogram_method_needs_two_passes():
+    with pytest.raises(ValueError, match="needs histograms"):
+        select_range(RangeStats(np.zeros(1), np.ones(1)), CalibrationMethod("mse"), True, 7)
+
+
+def test_quantize_with_methods_records_and_reproduces(trained_cnn, digits):
+    x = digits[0][:256]
+    q = quantize(trained_cnn, QP4, samples=x, verbose=False,
+                 calibration={"default": "percentile", "logits": "max", "pw": "mse"})
+    cfg = json.loads(json.dumps(dump_config(q)))
+    assert cfg["layers"]["conv1"]["calibration_method"]["name"] == "percentile"
+    assert "range" in cfg["layers"]["conv1"] and "range" not in cfg["layers"]["logits"]
+    assert cfg["layers"]["pw"]["calibration_method"]["name"] == "mse"
+    again = quantize(trained_cnn, q_config=cfg, verbose=False)
+    assert np.array_equal(q.predict(x, verbose=0), again.predict(x, verbose=0))
+    with pytest.raises(ValueError, match="nope"):
+        quantize(trained_cnn, QP4, samples=x, calibration={"nope": "max"}, verbose=False)
+    with pytest.raises(ValueError, match="generator"):
+        quantize(trained_cnn, QP4, samples=(x[i:i + 32] for i in range(0, 256, 32)),
+                 calibration="percentile", verbose=False)
+
+
+def test_manual_mixed_precision_and_tensor_overrides(trained_cnn, digits):
+    x = digits[0][:128]
+    lists = mixed_precision(params_16bit_names=["pw"], features_16bit_names=["pw", "add"])
+    q = quantize(trained_cnn, QP4, samples=x, verbose=False,
+                 overrides={**lists, "conv1": {"frac_bits": 3}, "dw": {"range": 2.0}})
+    assert q.get_layer("pw").weight_bits == 16
+    assert q.get_layer("pw").output_spec.value_bits == 15  # signed 16-bit
+    assert q.get_layer("add").output_spec.value_bits == 16  # unsigned (ReLU fused) 16-bit
+    assert q.get_layer("sep").weight_bits == 4
+    assert q.get_layer("conv1").output_spec.frac_bits == (3,)
+    assert set(q.get_layer("dw").output_spec.frac_bits) == {2}  # 2.0 in 4 unsigned bits
+    cfg = dump_config(q)
+    assert cfg["layers"]["conv1"]["frac_bits"] == 3
+    again = quantize(trained_cnn, q_config=json.loads(json.dumps(cfg)), verbose=False)
+    assert np.array_equal(q.predict(x, verbose=0), again.predict(x, verbose=0))
+    with pytest.raises(ValueError, match="unknown keys"):
+        quantize(trained_cnn, QP4, samples=x, overrides={"pw": {"bits": 8}}, verbose=False)
+    with pytest.raises(ValueError, match="not in the model"):
+        quantize(trained_cnn, QP4, samples=x, overrides={"ghost": {"weight_bits": 8}},
+                 verbose=False)
+    with pytest.raises(ValueError, match="both"):
+        mixed_precision(params_16bit_names=["a"], params_4bit_names=["a"])
+
+
+def test_bias_correction_reduces_mean_shift_and_reproduces(trained_cnn, digits):
+    xtr, _, xte, _ = digits
+    plain = quantize(trained_cnn, QP4, samples=xtr[:512], verbose=False)
+    corrected = quantize(trained_cnn, QP4, samples=xtr[:512], verbose=False,
+                         bias_correction=BiasCorrection(frames=128, iterations=2,
+                                                        weight_clip_std=3.0))
+    ref = trained_cnn.predict(xte, verbose=0)
+    shift = lambda q: np.abs((q.predict(xte, verbose=0) - ref).mean(axis=0)).mean()  # noqa: E731
+    assert shift(corrected) < shift(plain)
+    cfg = json.loads(json.dumps(dump_config(corrected)))
+    assert len(cfg["layers"]["pw"]["bias_delta"]) == 24
+    assert cfg["layers"]["pw"]["weight_clip_std"] == 3.0
+    again = quantize(trained_cnn, q_config=cfg, verbose=False)
+    assert np.array_equal(corrected.predict(xte, verbose=0), again.predict(xte, verbose=0))
+    with pytest.raises(ValueError, match="already carry bias corrections"):
+        quantize(trained_cnn, q_config=cfg, samples=xtr[:64], bias_correction=True,
+                 verbose=False)
+    with pytest.raises(ValueError, match="frames"):
+        BiasCorrection(frames=0)
