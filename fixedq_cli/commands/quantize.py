@@ -39,6 +39,9 @@ examples:
 _BITS = ("input_weight_bits", "weight_bits", "activation_bits")
 
 
+METHODS = ("max", "moving_average", "mean_std", "percentile", "histogram", "mse")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-m", "--model", required=True, help="float model file (.keras or .h5)")
     parser.add_argument("-i", "--input_weight_bits", type=_args.weight_bits, default=None,
@@ -63,6 +66,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "and ranges per layer); cannot be combined with -i/-w/-a")
     parser.add_argument("-s", "--save_name", metavar="PATH",
                         help="output file (.keras or .h5; default: next to the input)")
+    acc = parser.add_argument_group("accuracy options (docs/accuracy.md)")
+    acc.add_argument("--calibration", choices=METHODS, default=None,
+                     help="how ranges are chosen from the calibration samples (default max)")
+    acc.add_argument("--percentile", type=float, default=None,
+                     help="percentile for --calibration percentile (default 99.99)")
+    acc.add_argument("--bias_correction", action="store_true",
+                     help="compensate the mean output shift of quantization on "
+                          "calibration frames (needs -sa)")
+    acc.add_argument("--calibration_frames", type=_args.positive_int, default=64, metavar="N",
+                     help="frames used by --bias_correction (default 64)")
+    acc.add_argument("--calibration_iterations", type=_args.positive_int, default=1,
+                     metavar="N", help="passes of --bias_correction (default 1)")
+    acc.add_argument("--weight_clip_std", type=float, default=None, metavar="K",
+                     help="with --bias_correction, clip weights to K standard deviations")
+    acc.add_argument("--params_16bit", default="", metavar="NAMES",
+                     help="comma-separated layers whose weights stay 16-bit")
+    acc.add_argument("--features_16bit", default="", metavar="NAMES",
+                     help="comma-separated layers whose outputs are 16-bit")
 
 
 def _output_path(args, model_path: Path) -> Path:
@@ -88,12 +109,17 @@ def run(args) -> int:
                            f"{', '.join(given)} (edit the config instead)")
         q_config = read_qconfig(args.config)
     samples = load_samples(args.samples) if args.samples else None
+    if args.bias_correction and samples is None:
+        raise CLIError("--bias_correction needs calibration samples (-sa SAMPLES.npz)")
+    if args.percentile is not None and not 0 < args.percentile <= 100:
+        raise CLIError(f"--percentile must be in (0, 100], got {args.percentile}")
     out = output_file(_output_path(args, model_path), [model_path])
 
     from fixedq_cli._runtime import import_keras, load_model
 
     import_keras(args.verbose)
     import fixedq
+    from fixedq.models.overrides import mixed_precision
 
     model = load_model(model_path, args.verbose)
     if samples is not None:
@@ -110,9 +136,23 @@ def run(args) -> int:
             input_weight_bits=args.input_weight_bits or 8, weight_bits=args.weight_bits or 8,
             activation_bits=args.activation_bits or 8,
             per_tensor_activations=bool(args.per_tensor_activations))
+    calibration = None
+    if args.calibration or args.percentile is not None:
+        calibration = {"name": args.calibration or "percentile"}
+        if args.percentile is not None:
+            calibration["percentile"] = args.percentile
+    bias = None
+    if args.bias_correction:
+        bias = {"frames": args.calibration_frames, "iterations": args.calibration_iterations,
+                "weight_clip_std": args.weight_clip_std}
+    names = [[n.strip() for n in text.split(",") if n.strip()]
+             for text in (args.params_16bit, args.features_16bit)]
+    overrides = mixed_precision(*names) if any(names) else None
     qmodel = fixedq.quantize(model, qparams=qparams, samples=samples,
                              num_samples=num_samples, batch_size=args.batch_size,
-                             epochs=args.epochs, q_config=q_config, verbose=True)
+                             epochs=args.epochs, q_config=q_config, verbose=True,
+                             calibration=calibration, overrides=overrides,
+                             bias_correction=bias)
     fixedq.save_model(qmodel, out)
     print(f"saved quantized model to {out}")
     sys.stdout.flush()
