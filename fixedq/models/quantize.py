@@ -37,6 +37,7 @@ from fixedq.transforms.graph import (
     pack_structure,
     read_graph,
 )
+from fixedq.transforms.smooth_quant import smooth_quant as smooth_quant_transform
 
 QCONFIG_FORMAT = "fixedq-qconfig"
 QCONFIG_VERSION = 1
@@ -141,7 +142,7 @@ def quantize(model, qparams: QuantizationParams | None = None, samples=None,
              num_samples: int = DEFAULT_NUM_SAMPLES, batch_size: int | None = None,
              epochs: int = 1, q_config: dict | None = None, verbose: bool = True,
              calibration=None, overrides: dict | None = None,
-             bias_correction=None) -> keras.Model:
+             bias_correction=None, smooth_quant=None) -> keras.Model:
     """Quantize a float Keras model; the input model is never changed.
 
     Args:
@@ -164,6 +165,9 @@ def quantize(model, qparams: QuantizationParams | None = None, samples=None,
         bias_correction: ``True``, a dict or a
             :class:`~fixedq.models.bias_correction.BiasCorrection` to compensate the mean
             output shift of quantization on calibration frames (needs samples).
+        smooth_quant: ``alpha`` (0..1) or ``{"alpha": a, "layers": [...]}``: apply
+            :func:`fixedq.transforms.smooth_quant.smooth_quant` to the float model first
+            (needs samples).
 
     Returns:
         A new Keras model made of fixedq quantized layers.
@@ -176,6 +180,11 @@ def quantize(model, qparams: QuantizationParams | None = None, samples=None,
         raise TypeError(f"qparams must be a QuantizationParams, got {type(qparams).__name__}")
     model = _as_keras3(model)
     _check_not_quantized(model)
+    if smooth_quant is not None:
+        if samples is None:
+            raise ValueError("smooth_quant needs calibration samples (samples=...)")
+        options = smooth_quant if isinstance(smooth_quant, dict) else {"alpha": smooth_quant}
+        model, _ = smooth_quant_transform(model, samples, batch_size=batch_size, **options)
     sanitized, _ = sanitize(model)
     graph = read_graph(sanitized)
     if len(graph.inputs) != 1:

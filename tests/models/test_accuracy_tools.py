@@ -124,3 +124,52 @@ def test_bias_correction_reduces_mean_shift_and_reproduces(trained_cnn, digits):
                  verbose=False)
     with pytest.raises(ValueError, match="frames"):
         BiasCorrection(frames=0)
+
+
+def _outlier_dense_model():
+    import keras
+
+    keras.utils.set_random_seed(3)
+    x = keras.Input((8, 8, 1), name="img")
+    h = keras.layers.Conv2D(12, 3, name="conv")(x)
+    h = keras.layers.ReLU(name="relu")(h)
+    h = keras.layers.GlobalAveragePooling2D(name="gap")(h)
+    h = keras.layers.Dense(8, name="fc1")(h)
+    h = keras.layers.LayerNormalization(name="ln")(h)
+    model = keras.Model(x, keras.layers.Dense(10, name="fc2")(h))
+    w = model.get_layer("conv").get_weights()
+    w[0][..., 0] *= 40.0  # one outlier channel feeding fc1
+    model.get_layer("conv").set_weights(w)
+    return model
+
+
+def test_smooth_quant_preserves_function_and_evens_ranges(digits):
+    from fixedq.models.calibrate import calibrate
+    from fixedq.transforms.smooth_quant import smooth_quant
+
+    model = _outlier_dense_model()
+    x = digits[0][:256]
+    new, report = smooth_quant(model, x, alpha=0.5)
+    ref = model.predict(x, verbose=0)
+    np.testing.assert_allclose(new.predict(x, verbose=0), ref, rtol=1e-5,
+                               atol=1e-5 * np.abs(ref).max())
+    assert any(r.startswith("fc1: input channels rescaled in 'conv'") for r in report)
+    assert any(r.startswith("fc2: input channels rescaled in 'ln'") for r in report)
+
+    def spread(m):
+        st = calibrate(m, x, ["gap"], verbose=False)["gap"]
+        r = np.maximum(np.abs(st.minimum), np.abs(st.maximum))
+        return r.max() / r[r > 0].min()
+
+    assert spread(new) < spread(model) / 3
+    per_tensor = QuantizationParams(per_tensor_activations=True)
+    plain = quantize(model, per_tensor, samples=x, verbose=False)
+    smoothed = quantize(model, per_tensor, samples=x, smooth_quant=0.5, verbose=False)
+    err = lambda q: np.abs(q.predict(x, verbose=0) - ref).mean()  # noqa: E731
+    assert err(smoothed) < err(plain)
+    with pytest.raises(ValueError, match="alpha"):
+        smooth_quant(model, x, alpha=1.5)
+    with pytest.raises(ValueError, match="ghost"):
+        smooth_quant(model, x, layers=["ghost"])
+    with pytest.raises(ValueError, match="samples"):
+        quantize(model, smooth_quant=0.5, verbose=False)
