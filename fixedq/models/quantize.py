@@ -27,6 +27,7 @@ from fixedq.models import builders
 from fixedq.models.bias_correction import BiasCorrection, correct_biases
 from fixedq.models.calibrate import RangeStats, calibrate
 from fixedq.models.calibration_methods import CalibrationMethod
+from fixedq.models.fold_rescaling import fold_rescaling
 from fixedq.models.samples import DEFAULT_NUM_SAMPLES, iter_batches, random_samples
 from fixedq.models.split_separable import split_separable
 from fixedq.transforms import sanitize
@@ -191,6 +192,7 @@ def quantize(model, qparams: QuantizationParams | None = None, samples=None,
         raise ValueError(f"quantize supports models with one input; {model.name!r} has "
                          f"{len(graph.inputs)}")
     split_separable(graph)
+    fold_rescaling(graph)
     layer_cfg = _merge_overrides(_check_config(q_config, graph), overrides, graph)
     methods = _methods(calibration, graph)
     fused = _fused_relus(graph)
