@@ -340,7 +340,7 @@ def inspect(float_model, qmodel: keras.Model, samples, split: float = 1.0,
         rows.append(row)
         probes_q.append((row, layer))
         probes_f.append(ref)
-    if not probes_q:
+    if not any(ref is not None for ref in probes_f):
         raise ValueError(f"no layer of {qmodel.name!r} matches a layer of the float model "
                          f"{reference.name!r}: is it the model that was quantized?")
     q_probe = keras.Model(qmodel.inputs, [layer.output for _, layer in probes_q])

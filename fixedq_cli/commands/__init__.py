@@ -11,4 +11,6 @@ COMMANDS = [
     "demo",
     "convert",
     "run",
+    "inspect",
+    "mixed_precision",
 ]
