@@ -151,7 +151,9 @@ def run(args) -> int:
     if x_eval is not None:
         def accuracy(qmodel) -> float:
             """Top-1 accuracy (%) on the --eval data."""
-            pred = qmodel.predict(x_eval, batch_size=256, verbose=0)
+            # direct calls: predict() would trace a new function for every trial's model
+            pred = np.concatenate([np.asarray(qmodel(x_eval[i:i + 256], training=False))
+                                   for i in range(0, len(x_eval), 256)])
             return 100.0 * float(np.mean(np.argmax(pred.reshape(len(pred), -1), -1) == y_eval))
 
         metric = accuracy
