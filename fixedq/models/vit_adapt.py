@@ -25,6 +25,7 @@ from fixedq.layers.transformers import (
     ClassToken,
     ExtractToken,
     LayerMadNormalization,
+    Shiftmax,
 )
 
 L = keras.layers
@@ -96,3 +97,121 @@ def build_vit(input_shape=(28, 28, 1), patch: int = 7, dim: int = 32, heads: int
     t = norm("ln_final")(t)
     t = ExtractToken(0, name="cls_out")(t)
     return keras.Model(x, L.Dense(num_classes, name="logits")(t), name=name)
+
+
+def _mha_config(layer) -> dict:
+    cfg = layer.get_config()
+    heads, key_dim = int(cfg["num_heads"]), int(cfg["key_dim"])
+    value_dim = cfg.get("value_dim") or key_dim
+    if int(value_dim) != key_dim:
+        raise ValueError(f"adapt_vit: MultiHeadAttention {layer.name!r} has value_dim="
+                         f"{value_dim} != key_dim={key_dim}; fixedq's Attention needs them equal")
+    if cfg.get("output_shape") not in (None, [], ()):
+        raise ValueError(f"adapt_vit: MultiHeadAttention {layer.name!r} output_shape="
+                         f"{cfg['output_shape']!r} is not supported (leave it None)")
+    axes = cfg.get("attention_axes")
+    if axes not in (None, [1], (1,), 1):
+        raise ValueError(f"adapt_vit: MultiHeadAttention {layer.name!r} attention_axes="
+                         f"{axes!r} is not supported (only the sequence axis)")
+    return {"heads": heads, "key_dim": key_dim, "use_bias": bool(cfg.get("use_bias", True))}
+
+
+def adapt_vit(model: keras.Model, softmax: str = "shiftmax", norm: str = "mad") -> keras.Model:
+    """Rewrite a standard Keras ViT into fixedq's quantizable transformer layers.
+
+    * ``MultiHeadAttention(q, v[, k])`` -> ``Dense`` q/k/v (``<name>_q``/``_k``/``_v``),
+      ``Attention(num_heads, softmax)`` (``<name>``) and ``Dense`` output (``<name>_out``),
+      with the kernels reshaped from ``(D, H, d)`` to ``(D, H*d)`` (same head layout);
+    * ``LayerNormalization`` (last axis) -> ``LayerMadNormalization`` with
+      ``gamma * sqrt(2/pi)`` (exact for Gaussian activations) when ``norm="mad"``;
+    * ``Softmax`` (last axis) -> ``Shiftmax`` when ``softmax="shiftmax"``.
+
+    Every other layer is cloned with its weights. The result computes (almost) the same
+    function; a short fine-tune (1-3 epochs) recovers the accuracy before ``quantize``.
+    With ``softmax="softmax", norm="keep"`` the output equals the original up to float rounding.
+
+    Raises:
+        ValueError: a non-functional model, masks or unsupported MultiHeadAttention settings,
+            or a bad ``softmax``/``norm`` value (named in the message).
+
+    Example:
+        >>> adapted = adapt_vit(build_vit(standard=True))  # doctest: +SKIP
+    """
+    if softmax not in ("shiftmax", "softmax"):
+        raise ValueError(f"adapt_vit: softmax must be 'shiftmax' or 'softmax', got {softmax!r}")
+    if norm not in ("mad", "keep"):
+        raise ValueError(f"adapt_vit: norm must be 'mad' or 'keep', got {norm!r}")
+    if not isinstance(model, keras.Model) or not hasattr(model, "_nodes_by_depth"):
+        raise ValueError(f"adapt_vit expects a functional keras.Model, got {type(model)!r}")
+    copies: list[tuple] = []  # (new layer, weights to set after the model is built)
+
+    def clone(layer):
+        cfg = layer.get_config()
+        if isinstance(layer, L.LayerNormalization) and norm == "mad":
+            axis = cfg.get("axis", -1)
+            if axis not in (-1, [-1]) and not (isinstance(axis, list) and len(axis) == 1):
+                raise ValueError(f"adapt_vit: LayerNormalization {layer.name!r} over axis "
+                                 f"{axis!r} is not supported (last axis only)")
+            new = LayerMadNormalization(epsilon=cfg.get("epsilon", 1e-3), name=layer.name)
+            c = int(layer.input.shape[-1])
+            gamma = layer.gamma.numpy() if layer.scale else np.ones(c)
+            beta = layer.beta.numpy() if layer.center else np.zeros(c)
+            copies.append((new, [gamma * MAD_PER_STD, beta]))
+            return new
+        if isinstance(layer, L.Softmax) and softmax == "shiftmax":
+            if cfg.get("axis", -1) not in (-1, [-1]):
+                raise ValueError(f"adapt_vit: Softmax {layer.name!r} axis {cfg['axis']!r} is "
+                                 "not supported")
+            return Shiftmax(name=layer.name)
+        if isinstance(layer, L.MultiHeadAttention):
+            return layer  # replaced in call()
+        new = layer.__class__.from_config(cfg)
+        if layer.weights:
+            copies.append((new, layer.get_weights()))
+        return new
+
+    def call(layer, *args, **kwargs):
+        if not isinstance(layer, L.MultiHeadAttention):
+            return layer(*args, **kwargs)
+        return _attention_block(layer, args, kwargs, softmax, copies)
+
+    adapted = keras.models.clone_model(model, clone_function=clone, call_function=call)
+    for layer, weights in copies:
+        layer.set_weights(weights)
+    return adapted
+
+
+def _attention_block(mha, args, kwargs, softmax, copies):
+    cfg = _mha_config(mha)
+    names = ("query", "value", "key")
+    values = dict(zip(names, args, strict=False))
+    for key in names:
+        if key in kwargs:
+            values[key] = kwargs.pop(key)
+    extra = {k: v for k, v in kwargs.items() if v is not None and v is not False}
+    extra.pop("training", None)
+    if extra:
+        raise ValueError(f"adapt_vit: MultiHeadAttention {mha.name!r} is called with "
+                         f"{sorted(extra)}; masks and attention scores are not supported")
+    query, value = values["query"], values["value"]
+    key = values.get("key", value)
+    width = cfg["heads"] * cfg["key_dim"]
+    out_dim = int(query.shape[-1])
+    dense = {}
+    for part, src, tensor in (("q", "query", query), ("k", "key", key), ("v", "value", value)):
+        sub = getattr(mha, f"_{src}_dense")
+        layer = L.Dense(width, use_bias=cfg["use_bias"], name=f"{mha.name}_{part}")
+        dense[part] = layer(tensor)
+        weights = [sub.kernel.numpy().reshape(-1, width)]
+        if cfg["use_bias"]:
+            weights.append(sub.bias.numpy().reshape(width))
+        copies.append((layer, weights))
+    att = Attention(cfg["heads"], softmax=softmax, name=mha.name)(
+        [dense["q"], dense["k"], dense["v"]])
+    sub = mha._output_dense
+    out = L.Dense(out_dim, use_bias=cfg["use_bias"], name=f"{mha.name}_out")
+    weights = [sub.kernel.numpy().reshape(width, out_dim)]
+    if cfg["use_bias"]:
+        weights.append(sub.bias.numpy().reshape(out_dim))
+    copies.append((out, weights))
+    return out(att)

@@ -55,7 +55,9 @@ class Shiftmax(keras.layers.Layer):
         super().__init__(**kwargs)
         self.axis = int(axis)
 
-    def call(self, inputs):
+    def call(self, inputs, mask=None):
+        if mask is not None:
+            raise ValueError(f"layer {self.name!r}: Shiftmax does not support masks")
         return shiftmax(inputs, self.axis)
 
     def compute_output_shape(self, input_shape):
