@@ -72,7 +72,7 @@ print(lint(model).format_table(), end="\n\n")
 keras.utils.set_random_seed(0)
 model.compile(optimizer=keras.optimizers.Adam(3e-3),
               loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-model.fit(x_train, y_train, epochs=5 if FAST else 8, batch_size=32, verbose=0)
+model.fit(x_train, y_train, epochs=4 if FAST else 8, batch_size=32, verbose=0)
 acc_float = accuracy(model, x_test, y_test)
 print(f"float accuracy:              {acc_float:6.2f}%")
 
@@ -86,7 +86,7 @@ print(f"8-bit PTQ accuracy:          {acc8:6.2f}%")
 print(f"4-bit weights PTQ accuracy:  {accuracy(q4, x_test, y_test):6.2f}%")
 
 # 3. Inspect the 4-bit model on held-out images (not used for calibration).
-report = inspect(model, q4, x_test, verbose=False)
+report = inspect(model, q4, x_test[:100] if FAST else x_test, verbose=False)
 print(report.format_table(), end="\n\n")
 report.plot(os.path.join(out_dir, "inspect_w4.png"))
 
@@ -109,7 +109,7 @@ print(amp.format_table(), end="\n\n")
 
 # 6. Cost budget: 16-bit layers where the noise is added, within 1.2x the bit-operations.
 cost = search_cost_budget(model, calibration, cost_ratio=1.2, metric=test_accuracy,
-                          q_config=config8, inspect_samples=x_test[:200])
+                          q_config=config8, inspect_samples=x_test[:100 if FAST else 500])
 print(cost.format_table(), end="\n\n")
 
 # 7. The result is a q-config: save it, re-apply it later without samples (bit-exact).

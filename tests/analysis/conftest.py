@@ -42,7 +42,7 @@ def trained_bn_cnn(digits_data):
     return model
 
 
-def accuracy_on(x, y):
+def _accuracy_on(x, y):
     """A metric(qmodel) -> top-1 accuracy in % on (x, y)."""
 
     def accuracy(qmodel) -> float:
@@ -50,3 +50,9 @@ def accuracy_on(x, y):
         return 100.0 * float(np.mean(np.argmax(pred, -1) == y))
 
     return accuracy
+
+
+@pytest.fixture(scope="session")
+def accuracy_on():
+    """``accuracy_on(x, y)`` -> a metric(qmodel) -> top-1 accuracy in %."""
+    return _accuracy_on

@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-from conftest import accuracy_on
 
 import fixedq
 from fixedq.analysis.mixed_precision import (
@@ -78,7 +77,8 @@ def test_all_low_bits_within_tolerance_stops_early(trained_bn_cnn, base):
     assert result.low_bit_weight_fraction == 1.0
 
 
-def test_real_accuracy_metric_meets_the_tolerance(trained_bn_cnn, digits_data, capsys):
+def test_real_accuracy_metric_meets_the_tolerance(trained_bn_cnn, digits_data, accuracy_on,
+                                                  capsys):
     _, _, xte, yte = digits_data
     accuracy = accuracy_on(xte[:200], yte[:200])
     result = search_accuracy_budget(trained_bn_cnn, accuracy, samples=digits_data[0][:256],
@@ -135,9 +135,6 @@ def test_bit_operations_cost_model(base):
 
 
 def test_cost_budget(trained_bn_cnn, base, digits_data):
-    none = search_cost_budget(trained_bn_cnn, digits_data[0][:64], q_config=base[1],
-                              cost_ratio=1.0, verbose=False)
-    assert set(none.weight_bits.values()) == {8} and none.cost_ratio == 1.0
     some = search_cost_budget(trained_bn_cnn, digits_data[0][:64], q_config=base[1],
                               cost_ratio=1.5, verbose=False)
     promoted = [n for n, b in some.weight_bits.items() if b == 16]
