@@ -49,7 +49,13 @@ class BiasCorrection:
             raise ValueError(f"weight_clip_std must be > 0 or None, got {self.weight_clip_std!r}")
 
     @classmethod
-    def get(cls, value) -> BiasCorrection | None:
+    def get(cls, value, qparams=None) -> BiasCorrection | None:
+        """``None``/``False`` (off), ``True``, a dict, an instance, or ``"auto"``: on with the
+        defaults when any bit width of ``qparams`` is 4 or less (where PTQ loses most)."""
+        if isinstance(value, str) and value == "auto":
+            low = qparams is not None and min(qparams.weight_bits, qparams.activation_bits,
+                                              qparams.input_weight_bits) <= 4
+            return cls() if low else None
         if value is None or value is False:
             return None
         if value is True:
@@ -112,13 +118,14 @@ def correct_biases(float_model: keras.Model, qmodel: keras.Model, frames: np.nda
     targets = [_channel_mean(o) for o in (outs if len(layers) > 1 else [outs])]
     deltas = {ly.name: np.zeros(ly.channels) for ly in layers}
     originals = {ly.name: ly.bias.numpy() for ly in layers}
+    feeds = [keras.Model(qmodel.inputs, layer.input) for layer in layers]
+    frames_t = ops.convert_to_tensor(frames)
     for it in range(options.iterations):
-        for i, layer in enumerate(layers):
-            x_in = keras.Model(qmodel.inputs, layer.input).predict(frames, verbose=0,
-                                                                    batch_size=64)
+        for i, (layer, feed) in enumerate(zip(layers, feeds, strict=True)):
+            x_in = feed(frames_t, training=False)
             w_q, scale, *_ = layer.quantized_weights()
             w_deq = ops.cast(ops.cast(w_q, "float64") * scale, "float32")
-            z = layer._linear(ops.convert_to_tensor(x_in), w_deq) + layer.bias
+            z = layer._linear(x_in, w_deq) + layer.bias
             delta = targets[i] - _channel_mean(ops.convert_to_numpy(z))
             layer.bias.assign(layer.bias.numpy() + delta.astype(np.float32))
             deltas[layer.name] += delta

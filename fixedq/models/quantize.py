@@ -143,7 +143,7 @@ def quantize(model, qparams: QuantizationParams | None = None, samples=None,
              num_samples: int = DEFAULT_NUM_SAMPLES, batch_size: int | None = None,
              epochs: int = 1, q_config: dict | None = None, verbose: bool = True,
              calibration=None, overrides: dict | None = None,
-             bias_correction=None, smooth_quant=None) -> keras.Model:
+             bias_correction="auto", smooth_quant=None) -> keras.Model:
     """Quantize a float Keras model; the input model is never changed.
 
     Args:
@@ -165,7 +165,10 @@ def quantize(model, qparams: QuantizationParams | None = None, samples=None,
             :func:`fixedq.models.overrides.mixed_precision` for TIDL-style name lists.
         bias_correction: ``True``, a dict or a
             :class:`~fixedq.models.bias_correction.BiasCorrection` to compensate the mean
-            output shift of quantization on calibration frames (needs samples).
+            output shift of quantization on calibration frames (needs samples); ``False`` or
+            ``None`` for none. The default ``"auto"`` corrects when any weight or activation
+            width is 4 bits or less and real samples were given (not with a q_config that
+            already carries corrections).
         smooth_quant: ``alpha`` (0..1) or ``{"alpha": a, "layers": [...]}``: apply
             :func:`fixedq.transforms.smooth_quant.smooth_quant` to the float model first
             (needs samples).
@@ -181,6 +184,7 @@ def quantize(model, qparams: QuantizationParams | None = None, samples=None,
         raise TypeError(f"qparams must be a QuantizationParams, got {type(qparams).__name__}")
     model = _as_keras3(model)
     _check_not_quantized(model)
+    samples_given = samples
     if smooth_quant is not None:
         if samples is None:
             raise ValueError("smooth_quant needs calibration samples (samples=...)")
@@ -222,7 +226,10 @@ def quantize(model, qparams: QuantizationParams | None = None, samples=None,
         bins = max(m.bins for m in methods.values()) if methods else 1024
         stats.update(calibrate(float_model, samples, [p for p in needed if p in points],
                                num_samples, batch_size, epochs, verbose, histograms, bins))
-    correction = BiasCorrection.get(bias_correction)
+    auto = isinstance(bias_correction, str) and bias_correction == "auto"
+    correction = BiasCorrection.get(bias_correction, qparams)
+    if auto and (samples_given is None or any("bias_delta" in c for c in layer_cfg.values())):
+        correction = None
     qmodel = _build(graph, qparams, stats, fused, layer_cfg, model.name, methods)
     if correction is not None:
         if samples is None:

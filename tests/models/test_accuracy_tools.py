@@ -107,7 +107,7 @@ def test_manual_mixed_precision_and_tensor_overrides(trained_cnn, digits):
 
 def test_bias_correction_reduces_mean_shift_and_reproduces(trained_cnn, digits):
     xtr, _, xte, _ = digits
-    plain = quantize(trained_cnn, QP4, samples=xtr[:512], verbose=False)
+    plain = quantize(trained_cnn, QP4, samples=xtr[:512], verbose=False, bias_correction=False)
     corrected = quantize(trained_cnn, QP4, samples=xtr[:512], verbose=False,
                          bias_correction=BiasCorrection(frames=128, iterations=2,
                                                         weight_clip_std=3.0))
@@ -124,6 +124,18 @@ def test_bias_correction_reduces_mean_shift_and_reproduces(trained_cnn, digits):
                  verbose=False)
     with pytest.raises(ValueError, match="frames"):
         BiasCorrection(frames=0)
+
+
+def test_bias_correction_auto_only_for_low_bits(trained_cnn, digits):
+    x = digits[0][:128]
+    has = lambda q: "bias_delta" in dump_config(q)["layers"]["pw"]  # noqa: E731
+    assert has(quantize(trained_cnn, QP4, samples=x, verbose=False))
+    assert not has(quantize(trained_cnn, samples=x, verbose=False))  # 8-bit: off
+    with pytest.warns(UserWarning, match="random samples"):
+        assert not has(quantize(trained_cnn, QP4, num_samples=32, verbose=False))
+    assert not has(quantize(trained_cnn, QP4, samples=x, bias_correction=False, verbose=False))
+    with pytest.raises(TypeError, match="bias_correction"):
+        quantize(trained_cnn, QP4, samples=x, bias_correction="yes", verbose=False)
 
 
 def _outlier_dense_model():
