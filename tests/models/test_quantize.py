@@ -205,3 +205,22 @@ def test_qat_fit_improves_4bit_and_reloads(trained_cnn, digits, tmp_path):
     path = tmp_path / "qat.keras"
     save_model(q, path)
     assert np.array_equal(load_model(path).predict(xte, verbose=0), q.predict(xte, verbose=0))
+
+
+def test_quantize_accepts_live_tf_keras_model(digits):
+    import tf_keras
+
+    x = digits[0][:128]
+    inp = tf_keras.Input((8, 8, 1))
+    h = tf_keras.layers.DepthwiseConv2D(3, padding="same")(inp)
+    h = tf_keras.layers.BatchNormalization()(h)
+    h = tf_keras.layers.ReLU()(h)
+    h = tf_keras.layers.SeparableConv2D(6, 3)(h)
+    out = tf_keras.layers.Dense(4)(tf_keras.layers.GlobalAveragePooling2D()(h))
+    legacy = tf_keras.Model(inp, out)
+    q = quantize(legacy, samples=x, verbose=False)
+    assert isinstance(q, keras.Model)
+    assert {"QuantizedDepthwiseConv2D", "QuantizedConv2D", "QuantizedDense"} <= {
+        type(ly).__name__ for ly in q.layers}
+    np.testing.assert_allclose(q.predict(x, verbose=0), legacy.predict(x, verbose=0),
+                               atol=0.05 * np.abs(legacy.predict(x, verbose=0)).max())
