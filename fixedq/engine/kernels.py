@@ -163,11 +163,24 @@ def dense(x, kernel, dtype) -> np.ndarray:
 
 
 def max_pool2d(x, pool, strides, padding) -> np.ndarray:
-    """Max pooling on integers; ``same`` padding never wins (pads with the int64 minimum)."""
+    """Max pooling; ``same`` padding never wins (pads with the dtype minimum or ``-inf``)."""
     n, h, w, c = x.shape
     ho, *ph = conv_geometry(h, pool[0], strides[0], padding)
     wo, *pw = conv_geometry(w, pool[1], strides[1], padding)
-    xp = _pad(x, tuple(ph), tuple(pw), np.iinfo(np.int64).min)
+    if pool == strides and (padding == "valid" or (h % pool[0] == 0 and w % pool[1] == 0)):
+        # non-overlapping windows: pairwise maxima of strided views (no padding needed)
+        v = x[:, :ho * pool[0], :wo * pool[1], :]
+        v = v.reshape(n, ho, pool[0], wo * pool[1], c)
+        out = v[:, :, 0].copy()
+        for i in range(1, pool[0]):
+            np.maximum(out, v[:, :, i], out=out)
+        out = out.reshape(n, ho, wo, pool[1], c)
+        res = out[:, :, :, 0].copy()
+        for j in range(1, pool[1]):
+            np.maximum(res, out[:, :, :, j], out=res)
+        return res
+    low = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
+    xp = _pad(x, tuple(ph), tuple(pw), low)
     out = None
     for _, view in _taps(xp, pool, strides, (1, 1), (ho, wo)):
         out = view.copy() if out is None else np.maximum(out, view, out=out)
@@ -200,3 +213,266 @@ def linear_bound(kernel: np.ndarray, kind: str, in_max_abs) -> int:
 def ceil_log2(value: int) -> int:
     """Bits needed for ``value`` (``ceil(log2(value + 1))``)."""
     return int(math.ceil(math.log2(int(value) + 1))) if value > 0 else 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Fast exact execution of a whole neural op (linear + bias + requantize + fused max-pool)
+# ---------------------------------------------------------------------------------------------
+
+def float_requant_ok(amax, multiplier, shift) -> bool:
+    """Whether :func:`requantize_float` is exact for accumulators ``|acc| <= amax``.
+
+    ``shift_round(acc*M, S)`` is ``floor(acc*M*2^-S + 1/2)`` (S > 0: adding ``2^(S-1)`` and
+    shifting right is flooring; S <= 0: an exact left shift, and ``floor(v + 1/2) = v`` for an
+    integer ``v``). In float64, ``M*2^-S`` is exact (``M < 2^53``; a power of two only moves
+    the exponent), so ``t = acc * (M*2^-S)`` is exactly ``P*2^-S`` with ``P = acc*M`` whenever
+    that value has at most 53 significant bits, and ``floor`` is exact. The one rounding left
+    is ``t + 1/2 = Q*2^-max(S,1)`` with the integer ``Q = P + 2^(S-1)`` (S > 0) or
+    ``Q = 2*P*2^-S + 1`` (S <= 0): it is exact when ``|Q| <= 2^53``, which is the test made
+    here per output channel (it also covers ``t`` itself). Past it the identity fails
+    (``tests/engine/test_kernels.py`` checks both sides of the boundary).
+
+    Example:
+        >>> float_requant_ok(2**30, 2**8, 16), float_requant_ok(2**45, 2**8, 16)
+        (True, False)
+    """
+    amax = np.asarray(amax, dtype=object)
+    m = np.asarray(multiplier, dtype=np.int64).astype(object)
+    s = np.asarray(shift, dtype=np.int64)
+    amax, m, s = np.broadcast_arrays(amax, m, s)
+    for a, mm, ss in zip(amax.ravel(), m.ravel(), s.ravel(), strict=True):
+        p = int(a) * int(mm)
+        need = p + (1 << (int(ss) - 1)) if ss > 0 else (p << int(1 - ss)) + 1
+        if need > FLOAT64_EXACT:
+            return False
+    return True
+
+
+def requantize_float(acc, scale, lo, hi) -> np.ndarray:
+    """``clip(floor(acc * scale + 1/2), lo, hi)`` in float64, in place when ``acc`` is float64.
+
+    ``scale = M * 2^-S`` (float64); exact under :func:`float_requant_ok`. Returns int64.
+    """
+    acc = acc if acc.dtype == np.float64 else acc.astype(np.float64)
+    np.multiply(acc, scale, out=acc)
+    acc += 0.5
+    np.floor(acc, out=acc)
+    np.clip(acc, lo, hi, out=acc)
+    return acc.astype(np.int64)
+
+
+def _windows(xp: np.ndarray, k, s, d, out) -> np.ndarray:
+    """im2col of a padded NHWC array: ``(n*ho*wo, c*kh*kw)`` with columns ordered (c, a, b)."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    n, c = xp.shape[0], xp.shape[3]
+    if k == (1, 1):
+        v = xp[:, :(out[0] - 1) * s[0] + 1:s[0], :(out[1] - 1) * s[1] + 1:s[1], :]
+        return np.ascontiguousarray(v).reshape(n * out[0] * out[1], c)
+    eff = ((k[0] - 1) * d[0] + 1, (k[1] - 1) * d[1] + 1)
+    v = sliding_window_view(xp, eff, axis=(1, 2))  # (n, H', W', c, effh, effw)
+    v = v[:, :(out[0] - 1) * s[0] + 1:s[0], :(out[1] - 1) * s[1] + 1:s[1], :, ::d[0], ::d[1]]
+    return np.ascontiguousarray(v).reshape(n * out[0] * out[1], c * k[0] * k[1])
+
+
+class NeuralPlan:
+    """Precomputed fast execution of one ``neural`` op; outputs identical to
+    :func:`fixedq.engine.ops.neural_output` of the exact linear result.
+
+    - **Linear part** (conv2d, dense): one im2col (``sliding_window_view``) and float32 BLAS
+      GEMMs. Input channels are sorted by their alignment shift ``a_c`` and split into as few
+      contiguous groups as possible such that, with the *batch's* per-channel maxima ``m_c``,
+      ``max_o sum_{c in g} sum_taps |w| * m_c * 2^(a_c - base_g) < 2^24``: each group's GEMM is
+      exact in float32, and the groups are combined as ``sum_g 2^base_g * P_g`` in float64
+      (exact while the whole bound is ``< 2^53``); beyond that, int64. Depthwise: per-tap
+      broadcast multiply-add per channel (channels never mix, so alignment is a per-channel
+      power-of-two scale, exact in float). Transposed conv: the :func:`conv2d_transpose` kernel.
+    - **Fused max-pool first**: ``+bias``, the accumulator clip and ``floor(acc*M*2^-S + 1/2)``
+      followed by a clip are each non-decreasing per channel (``M >= 0``), so max-pooling the
+      accumulators before them gives the same result on 4x fewer values.
+    - **Requantization in float64** when :func:`float_requant_ok` proves it exact, else int64.
+    """
+
+    def __init__(self, op):
+        a, r = op.attrs, op.arrays
+        self.op = op
+        self.type = a["type"]
+        self.kernel = np.asarray(r["kernel"], dtype=np.int64)
+        align = r.get("in_align")
+        cin = self.kernel.shape[0] if self.type == "dense" else (
+            self.kernel.shape[3] if self.type == "transpose" else self.kernel.shape[2])
+        self.align = (np.zeros(cin, np.int64) if align is None
+                      else np.broadcast_to(np.asarray(align, np.int64), (cin,)).copy())
+        self.bias = np.asarray(r["bias"], dtype=np.int64)
+        mult = np.asarray(r["multiplier"], dtype=np.int64)
+        shift = np.asarray(r["shift"], dtype=np.int64)
+        self.out_lo = np.asarray(r["out_lo"], dtype=np.int64).astype(np.float64)
+        self.out_hi = np.asarray(r["out_hi"], dtype=np.int64).astype(np.float64)
+        bound = int(a.get("accum_bound", 1 << 62))
+        top = bound + int(np.abs(self.bias).max(initial=0))
+        self.acc_clip = top > a["acc_hi"] or -top < a["acc_lo"]
+        self.acc_lo, self.acc_hi = float(a["acc_lo"]), float(a["acc_hi"])
+        amax = min(top, max(abs(int(a["acc_lo"])), abs(int(a["acc_hi"])))) if self.acc_clip \
+            else top
+        self.float_requant = bool(np.all(mult >= 0)) and float_requant_ok(amax, mult, shift) \
+            and top < FLOAT64_EXACT and max(abs(a["acc_lo"]), abs(a["acc_hi"])) < FLOAT64_EXACT
+        self.scale = mult.astype(np.float64) * np.ldexp(1.0, -shift)
+        self.pool = a.get("pool")
+        self.pool_first = bool(self.pool) and bool(np.all(mult >= 0))
+        if self.type in ("conv2d", "dense"):
+            k = self.kernel if self.type == "dense" else self.kernel.transpose(2, 0, 1, 3)
+            cout = k.shape[-1]
+            self.abs_w = np.abs(k).reshape(cin, -1, cout).sum(axis=1).astype(np.float64)
+            self.perm = np.argsort(self.align, kind="stable")
+            self.sorted_align = self.align[self.perm]
+            taps = k.shape[1] * k.shape[2] if self.type == "conv2d" else 1
+            km = k[self.perm].reshape(cin * taps, cout)
+            self.taps = taps
+            self.kmat32 = km.astype(np.float32)
+            self.kmat64 = km.astype(np.float64)
+            # column ranges of the distinct alignment values (in sorted channel order)
+            edges = np.flatnonzero(np.diff(self.sorted_align)) + 1
+            self.ranges = list(zip(np.r_[0, edges].tolist(), np.r_[edges, cin].tolist(),
+                                   strict=True))
+
+    # -------------------------------------------------------------- linear part
+    def _groups(self, m: np.ndarray):
+        """Merge the alignment ranges into float32-exact groups for channel maxima ``m``
+        (sorted order). Returns ``([(c0, c1, base, dtype)], total_bound)``."""
+        a = self.sorted_align
+        w = self.abs_w[self.perm] * m[:, None]  # (cin, cout), float64 (exact: < 2^53)
+        total = float(np.max((w * np.ldexp(1.0, a)[:, None]).sum(axis=0), initial=0.0))
+        groups = []
+        c0, base = self.ranges[0][0], int(a[self.ranges[0][0]]) if a.size else 0
+        c1 = c0
+        for r0, r1 in self.ranges:
+            cand = (w[c0:r1] * np.ldexp(1.0, a[c0:r1] - base)[:, None]).sum(axis=0).max()
+            if c1 == c0 or cand < FLOAT32_EXACT:
+                c1 = r1
+                continue
+            groups.append((c0, c1, base))
+            c0, c1, base = r0, r1, int(a[r0])
+        groups.append((c0, c1, base))
+        out = []
+        for g0, g1, b in groups:
+            gb = (w[g0:g1] * np.ldexp(1.0, a[g0:g1] - b)[:, None]).sum(axis=0).max()
+            out.append((g0, g1, b, "float32" if gb < FLOAT32_EXACT else "float64"))
+        return out, total
+
+    def linear(self, x: np.ndarray) -> np.ndarray:
+        """Exact linear part (before bias) of the op on int64 input ``x`` (not yet aligned):
+        float32/float64 holding exact integers, or int64."""
+        t = self.type
+        if t == "depthwise":
+            return self._depthwise(x)
+        if t == "transpose":
+            xa = np.left_shift(x, self.align) if np.any(self.align) else x
+            return conv2d_transpose(xa, self.kernel, *self._conv_args(),
+                                    self.op.attrs["accum_dtype"])
+        c = x.shape[-1]
+        m = np.abs(x.reshape(-1, c)).max(axis=0) if x.size else np.zeros(c, np.int64)
+        groups, total = self._groups(m[self.perm].astype(np.float64))
+        if total >= FLOAT64_EXACT:  # exact only in integers
+            xa = np.left_shift(x, self.align) if np.any(self.align) else x
+            if t == "dense":
+                return dense(xa, self.kernel, "int64")
+            return conv2d(xa, self.kernel, *self._conv_args(), "int64")
+        one32 = len(groups) == 1 and groups[0][3] == "float32"
+        rel = np.zeros(c, np.int64)
+        for g0, g1, b, _ in groups:
+            rel[g0:g1] = self.sorted_align[g0:g1] - b
+        dt = np.float32 if all(g[3] == "float32" for g in groups) else np.float64
+        xf = x.astype(dt)
+        if np.any(self.perm != np.arange(c)):
+            xf = xf[..., self.perm]
+        if np.any(rel):
+            xf *= np.ldexp(1.0, rel).astype(dt)
+        if t == "dense":
+            lead = xf.shape[:-1]
+            cols, shape = xf.reshape(-1, c), (*lead, self.kmat32.shape[1])
+        else:
+            a = self.op.attrs
+            n, h, w_, _ = x.shape
+            kh, kw = self.kernel.shape[:2]
+            s, d = tuple(a["strides"]), tuple(a["dilation_rate"])
+            ho, *ph = conv_geometry(h, kh, s[0], a["padding"], d[0])
+            wo, *pw = conv_geometry(w_, kw, s[1], a["padding"], d[1])
+            shape = (n, ho, wo, self.kmat32.shape[1])
+            per = max(1, IM2COL_ELEMENTS // max(1, ho * wo * kh * kw * c))
+            if n > per:  # chunk the batch: im2col memory stays bounded
+                return np.concatenate([self.linear(x[i:i + per]) for i in range(0, n, per)])
+            xp = _pad(xf, tuple(ph), tuple(pw))
+
+            def cols_of(g0, g1):
+                return _windows(xp[..., g0:g1], (kh, kw), s, d, (ho, wo))
+        if one32:
+            cols = cols_of(0, c) if t != "dense" else cols
+            y = cols @ self.kmat32
+            if groups[0][2]:
+                y *= np.float32(2.0 ** groups[0][2])
+            return y.reshape(shape)
+        acc = None
+        for g0, g1, b, gdt in groups:
+            sl = slice(g0 * self.taps, g1 * self.taps)
+            km = self.kmat32 if gdt == "float32" else self.kmat64
+            gc = cols[:, sl] if t == "dense" else cols_of(g0, g1)
+            part = gc.astype(gdt, copy=False) @ km[sl]
+            part = part.astype(np.float64, copy=False)
+            if b:
+                part *= 2.0 ** b
+            if acc is None:
+                acc = part
+            else:
+                acc += part
+        return acc.reshape(shape)
+
+    def _conv_args(self):
+        a = self.op.attrs
+        return tuple(a["strides"]), a["padding"], tuple(a["dilation_rate"])
+
+    def _depthwise(self, x):
+        a = self.op.attrs
+        n, h, w, c = x.shape
+        kh, kw, _, mult = self.kernel.shape
+        s, d = tuple(a["strides"]), tuple(a["dilation_rate"])
+        ho, *ph = conv_geometry(h, kh, s[0], a["padding"], d[0])
+        wo, *pw = conv_geometry(w, kw, s[1], a["padding"], d[1])
+        m = np.abs(x.reshape(-1, c)).max(axis=0) if x.size else np.zeros(c, np.int64)
+        per_ch = (np.abs(self.kernel).sum(axis=(0, 1)) * m[:, None]).max(initial=0)
+        if per_ch >= FLOAT64_EXACT:
+            xa = np.left_shift(x, self.align) if np.any(self.align) else x
+            return depthwise_conv2d(xa, self.kernel, s, a["padding"], d, "int64")
+        dt = np.float32 if per_ch < FLOAT32_EXACT else np.float64
+        xp = _pad(x.astype(dt), tuple(ph), tuple(pw))
+        k = self.kernel.astype(dt)
+        acc = np.zeros((n, ho, wo, c, mult), dtype=dt)
+        for (ta, tb), view in _taps(xp, (kh, kw), s, d, (ho, wo)):
+            acc += view[..., None] * k[ta, tb]
+        if np.any(self.align):  # per-channel power of two: exact in float
+            acc *= np.ldexp(1.0, self.align).astype(dt)[:, None]
+        return acc.reshape(n, ho, wo, c * mult)
+
+    # -------------------------------------------------------------- bias, requantize, pool
+    def requant(self, acc: np.ndarray) -> np.ndarray:
+        """Bias, accumulator clip and float64 requantization (needs ``float_requant``);
+        channels on the last axis. Returns int64."""
+        acc = acc.astype(np.float64)  # a copy: safe to work in place
+        acc += self.bias
+        if self.acc_clip:
+            np.clip(acc, self.acc_lo, self.acc_hi, out=acc)
+        return requantize_float(acc, self.scale, self.out_lo, self.out_hi)
+
+    def finish(self, acc: np.ndarray, fallback) -> np.ndarray:
+        """Bias, accumulator clip, requantization and fused pooling of exact accumulators
+        ``acc`` (float holding integers, or int64). ``fallback(acc_int64)`` is the reference
+        tail (:func:`fixedq.engine.ops.neural_output`) used when float64 is not provably exact.
+        """
+        if not self.float_requant:
+            return fallback(acc if acc.dtype == np.int64 else acc.astype(np.int64))
+        p = self.pool
+        if self.pool_first:
+            acc = max_pool2d(acc, tuple(p["pool_size"]), tuple(p["strides"]), p["padding"])
+        y = self.requant(acc)
+        if p and not self.pool_first:
+            y = max_pool2d(y, tuple(p["pool_size"]), tuple(p["strides"]), p["padding"])
+        return y

@@ -18,10 +18,12 @@ from __future__ import annotations
 import os
 import sys
 import time
+from functools import partial
 
 import numpy as np
 
-from fixedq.engine.ops import KINDS, Op, run_op
+from fixedq.engine.kernels import NeuralPlan
+from fixedq.engine.ops import KINDS, Op, neural_output, run_op
 
 MODES = ("dense", "event")
 OUTPUTS = ("float", "int")
@@ -59,6 +61,7 @@ class Model:
             if out["tensor"] not in known:
                 raise ValueError(f"output {out['name']!r} reads unknown tensor {out['tensor']!r}")
         self._last_use = self._compute_last_use()
+        self._plans: dict[str, NeuralPlan] = {}
 
     def _compute_last_use(self) -> dict[str, int]:
         last = {}
@@ -93,6 +96,13 @@ class Model:
         return run_op(self.ops[0], [self.check_input(x)])
 
     # ------------------------------------------------------------------ execution
+    def _plan(self, op: Op):
+        """The cached :class:`fixedq.engine.kernels.NeuralPlan` of a neural op."""
+        plan = self._plans.get(op.name)
+        if plan is None or plan.op is not op:
+            plan = self._plans[op.name] = NeuralPlan(op)
+        return plan
+
     def run_batch(self, x, mode: str = "dense", stats: dict | None = None) -> list[np.ndarray]:
         """Integer outputs of one batch (no batching, no dequantization)."""
         from fixedq.engine import events
@@ -102,8 +112,12 @@ class Model:
             xs = [tensors[t] for t in op.inputs]
             if stats is not None:
                 events.record(stats, op, xs, mode == "event")
-            if mode == "event" and events.supports(op):
-                y = events.run_neural_events(op, xs[0], stats)
+            if op.kind == "neural":
+                plan = self._plan(op)
+                if mode == "event" and events.supports(op):
+                    y = events.run_neural_events(op, xs[0], stats, plan)
+                else:
+                    y = plan.finish(plan.linear(xs[0]), partial(neural_output, op))
             else:
                 y = run_op(op, xs)
             tensors[op.name] = y
