@@ -75,7 +75,10 @@ def _train_or_load(xtr, ytr, epochs: int, cache: Path | None, log):
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"])
     log(f"training the float CNN on 4,000 MNIST images for {epochs} epochs")
-    model.fit(xtr, ytr, epochs=epochs, batch_size=64, verbose=2)
+    progress = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: log(
+        f"  epoch {epoch + 1}/{epochs}: loss {logs['loss']:.3f}, "
+        f"accuracy {100 * logs['accuracy']:.1f}%"))
+    model.fit(xtr, ytr, epochs=epochs, batch_size=64, verbose=0, callbacks=[progress])
     if cache is not None:
         from fixedq.models.loading import save_model
 
