@@ -1,12 +1,13 @@
 """Event-based (SNN-style) execution: non-zero activations are events.
 
 An *event* is a non-zero integer input activation of an op. For a neural op, each event
-triggers synaptic operations: it is multiplied by the weights it connects to and scattered into
-the accumulators of the outputs it reaches. :func:`run_neural_events` computes conv2d and dense
-layers that way (work proportional to the number of events); its accumulators are integer sums
-of the same terms as the dense path, computed exactly (same static bound, same dtype rule), so
-the outputs are identical. Other neural types (depthwise, transpose) fall back to the dense
-kernel and are still counted.
+triggers synaptic operations: it is multiplied by the weights it connects to and added into the
+accumulators of the outputs it reaches. :func:`run_neural_events` computes conv2d layers that
+way per active pixel (:func:`pixel_conv_events`, :func:`event_finish`) and dense layers on the
+active features only, when few enough inputs carry events (:data:`EVENT_MAX_ACTIVE`); otherwise,
+and for depthwise/transpose, it runs the dense kernel. Its accumulators are integer sums of the
+same terms as the dense path, computed exactly (float only under a proven bound), so the
+outputs are identical. :func:`event_linear` is the element-level scatter reference.
 
 Statistics per op (:func:`record`, ``Model.event_stats``):
 
@@ -104,8 +105,9 @@ def event_linear(op, x: np.ndarray) -> tuple[np.ndarray, int]:
 #: Auto-selection: a layer runs event-driven when at most this fraction of its input positions
 #: (conv: pixels with any non-zero channel; dense: features non-zero in any sample of the
 #: batch) carry events; denser layers run the dense BLAS kernel (same outputs either way).
-#: Measured crossover on 2 cores (bench/engine_bench.py): the pixel-event conv matches the dense
-#: conv near 40-50 % active pixels.
+#: Chosen conservatively: in bench/engine_bench.py the pixel-event conv still beats the dense
+#: conv at 21-29 % active pixels, and iid sparsity (10 % active pixels reaching ~60 % of the
+#: outputs of a 3x3 conv) gains nothing.
 EVENT_MAX_ACTIVE = 0.3
 
 
