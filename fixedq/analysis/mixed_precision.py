@@ -373,7 +373,8 @@ def _check_metric(metric) -> None:
 def search_accuracy_budget(model, metric: Callable[[keras.Model], float], samples=None,
                            accuracy_tolerance: float = 1.0, low_bits: int = 4,
                            high_bits: int = 8, q_config: dict | None = None, qparams=None,
-                           log_path=None, verbose: bool = True) -> MixedPrecisionResult:
+                           log_path=None, verbose: bool = True,
+                           refine: bool = True) -> MixedPrecisionResult:
     """Fewest layers with ``high_bits`` weights (others ``low_bits``) within a metric tolerance.
 
     Args:
@@ -388,6 +389,9 @@ def search_accuracy_budget(model, metric: Callable[[keras.Model], float], sample
         qparams: ``QuantizationParams`` for the calibration (default 8-bit).
         log_path: JSON file rewritten after every trial (and on Ctrl-C).
         verbose: one progress line per trial on stderr.
+        refine: after the bisection, try moving each layer it kept at ``high_bits`` back to
+            ``low_bits`` on its own, largest first, keeping every move that stays within the
+            tolerance (one trial per kept layer; the static ranking is only a heuristic).
 
     Returns:
         A :class:`MixedPrecisionResult` (``q_config``, ``weight_bits``, ``trials``, ...).
@@ -433,6 +437,7 @@ def search_accuracy_budget(model, metric: Callable[[keras.Model], float], sample
         return bool(ok)
 
     def choose(high: list[str], value: float) -> None:
+        state["high"] = list(high)
         result.weight_bits = {n: (high_bits if n in high else low_bits) for n in names}
         result.q_config = search.config(result.weight_bits)
         result.metric = value
@@ -458,6 +463,11 @@ def search_accuracy_budget(model, metric: Callable[[keras.Model], float], sample
                     hi = mid
                 else:
                     lo = mid
+            if refine:
+                sizes = {info.name: info.weights for info in ranking}
+                for name in sorted(state["high"], key=lambda n: -sizes.get(n, 0)):
+                    trial = [n for n in state["high"] if n != name]
+                    run(f"refine: {name} -> {low_bits}-bit", trial)
     except KeyboardInterrupt as exc:
         raise search.interrupted(exc) from exc
     search.save_log()

@@ -53,7 +53,7 @@ def test_bisection_finds_the_smallest_prefix(trained_bn_cnn, base, sensitive, ke
     log = tmp_path / "trials.json"
     result = search_accuracy_budget(trained_bn_cnn, _penalty_metric(penalties),
                                     q_config=base[1], accuracy_tolerance=1.0, log_path=log,
-                                    verbose=False)
+                                    verbose=False, refine=False)
     assert sorted(n for n, b in result.weight_bits.items() if b == 8) == sorted(kept)
     assert result.reference_metric == 100.0 and result.metric >= 99.0
     labels = [t.label for t in result.trials]
@@ -68,6 +68,18 @@ def test_bisection_finds_the_smallest_prefix(trained_bn_cnn, base, sensitive, ke
     assert {layer.name: layer.weight_bits for layer in qmodel.layers
             if isinstance(layer, QuantizedNeuralLayer)} == result.weight_bits
     assert "% of weights in 4 bits" in result.format_table()
+
+
+@pytest.mark.parametrize("sensitive", ["dw", "logits"])
+def test_refinement_returns_layers_the_ranking_put_too_high(trained_bn_cnn, base, sensitive):
+    penalties = dict.fromkeys(SIZES, 0.1)
+    penalties[sensitive] = 3.0
+    result = search_accuracy_budget(trained_bn_cnn, _penalty_metric(penalties),
+                                    q_config=base[1], accuracy_tolerance=1.0, verbose=False)
+    assert [n for n, b in result.weight_bits.items() if b == 8] == [sensitive]
+    refine = [t for t in result.trials if t.label.startswith("refine:")]
+    assert refine and all(t.ok == (sensitive not in t.label) for t in refine)
+    assert result.metric >= 99.0
 
 
 def test_all_low_bits_within_tolerance_stops_early(trained_bn_cnn, base):
