@@ -48,8 +48,16 @@ class QuantizedNeuralLayer(QuantizedLayer):
     summed into one accumulator, an upper bound).
     """
 
-    def __init__(self, weight_bits=8, buffer_bits=32, scale_bits=8, use_bias=True, **kwargs):
+    def __init__(self, weight_bits=8, buffer_bits=32, scale_bits=8, use_bias=True,
+                 kernel_unit=None, **kwargs):
         super().__init__(**kwargs)
+        #: Per-input-channel factor of a Rescaling folded into this layer (``None``: none). The
+        #: ``kernel`` variable then holds the kernel in the original (unfolded) units and the
+        #: layer uses ``float32(float64(kernel) * kernel_unit)``, the folded kernel bit for bit.
+        #: Training the folded kernel itself (~1/255 of the original for a ``1/255`` rescale)
+        #: makes each Adam step (~lr per element, whatever the gradient scale) ~255x too large
+        #: relative to the weights: QAT of a ViT's patch embedding then diverged within steps.
+        self.kernel_unit = None if kernel_unit is None else [float(u) for u in kernel_unit]
         self.weight_bits = int(weight_bits)
         self.buffer_bits = int(buffer_bits)
         self.scale_bits = int(scale_bits)
@@ -75,9 +83,23 @@ class QuantizedNeuralLayer(QuantizedLayer):
         self._out_lo, self._out_hi = output_bounds(self.output_spec, self.channels)
         super().build(input_shape)
 
+    def _unit(self) -> np.ndarray:
+        """``kernel_unit`` shaped to broadcast on the kernel's input-channel axis (``ndim - 2``
+        for Dense, Conv2D and DepthwiseConv2D, the layers ``fold_rescaling`` folds into)."""
+        shape = [1] * len(self.kernel.shape)
+        shape[-2] = len(self.kernel_unit)
+        return np.asarray(self.kernel_unit, np.float64).reshape(shape)
+
+    def effective_kernel(self):
+        """The kernel the layer quantizes: ``kernel``, or ``kernel * kernel_unit`` (float32,
+        the product rounded once from float64 like ``fold_rescaling``; differentiable)."""
+        if self.kernel_unit is None:
+            return self.kernel
+        return ops.cast(ops.cast(self.kernel, "float64") * self._unit(), self.kernel.dtype)
+
     def quantized_weights(self):
         """In-graph integer weights: ``(w_q, scale, b_q, M, S)`` (eqs. 14, 16, 21)."""
-        k = ops.cast(self.kernel, "float64")
+        k = ops.cast(self.effective_kernel(), "float64")
         maxabs = ops.max(ops.abs(k), axis=self._scale_axes, keepdims=True)
         scale = ops.where(maxabs > 0, maxabs, 1.0) / float(self._qmax)
         w_q = ops.clip(kops.round_half_up(k / scale), -self._qmax, self._qmax)
@@ -115,7 +137,7 @@ class QuantizedNeuralLayer(QuantizedLayer):
         out = from_integers(y, self._f_out, self.compute_dtype)
         if not training:
             return out
-        k = self.kernel
+        k = self.effective_kernel()  # gradient reaches ``kernel`` through kernel_unit
         w_deq = k + ops.stop_gradient(ops.cast(ops.cast(w_q, "float64") * scale, k.dtype) - k)
         z = self._linear(inputs, w_deq)
         if self.use_bias:
@@ -128,6 +150,8 @@ class QuantizedNeuralLayer(QuantizedLayer):
         config = super().get_config()
         config.update({"weight_bits": self.weight_bits, "buffer_bits": self.buffer_bits,
                        "scale_bits": self.scale_bits, "use_bias": self.use_bias})
+        if self.kernel_unit is not None:
+            config["kernel_unit"] = list(self.kernel_unit)
         return config
 
 

@@ -78,11 +78,24 @@ def clip_kernel(kernel: np.ndarray, scale_axes, n_std: float) -> np.ndarray:
     return np.clip(kernel, -limit, limit).astype(kernel.dtype)
 
 
+def clip_layer_kernel(layer: QuantizedNeuralLayer, n_std: float) -> None:
+    """:func:`clip_kernel` on the layer's effective kernel; with a folded Rescaling
+    (``kernel_unit``) the limits are mapped back to the original units the variable holds."""
+    if layer.kernel_unit is None:
+        layer.kernel.assign(clip_kernel(layer.kernel.numpy(), layer._scale_axes, n_std))
+        return
+    unit = layer._unit()
+    eff = np.asarray(layer.effective_kernel(), np.float64)
+    std = np.sqrt(np.mean(np.square(eff), axis=tuple(layer._scale_axes), keepdims=True))
+    limit = n_std * std / np.abs(unit)
+    kernel = layer.kernel.numpy()
+    layer.kernel.assign(np.clip(kernel, -limit, limit).astype(kernel.dtype))
+
+
 def apply_recorded(layer: QuantizedNeuralLayer, entry: dict) -> None:
     """Re-apply the weight clipping and bias deltas recorded in a q-config ``entry``."""
     if entry.get("weight_clip_std") is not None:
-        kernel = layer.kernel.numpy()
-        layer.kernel.assign(clip_kernel(kernel, layer._scale_axes, entry["weight_clip_std"]))
+        clip_layer_kernel(layer, entry["weight_clip_std"])
     if entry.get("bias_delta") is not None:
         delta = np.asarray(entry["bias_delta"], dtype=np.float32)
         if not layer.use_bias or delta.shape != tuple(layer.bias.shape):
@@ -109,8 +122,7 @@ def correct_biases(float_model: keras.Model, qmodel: keras.Model, frames: np.nda
                          "remove their 'bias_delta' entries to compute new ones")
     if options.weight_clip_std is not None:
         for layer in layers:
-            layer.kernel.assign(clip_kernel(layer.kernel.numpy(), layer._scale_axes,
-                                            options.weight_clip_std))
+            clip_layer_kernel(layer, options.weight_clip_std)
             layer.qconfig["weight_clip_std"] = float(options.weight_clip_std)
     probe = keras.Model(float_model.inputs,
                         [float_model.get_layer(ly.name).output for ly in layers])

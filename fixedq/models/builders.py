@@ -191,6 +191,8 @@ def _neural(node: GraphNode, in_spec: QSpec, ctx: BuildContext):
                   scale_bits=ctx.qparams.scale_bits, use_bias=cfg.get("use_bias", True),
                   input_specs=[in_spec], output_spec=out_spec, name=name,
                   qconfig=_entry(name, ctx, weight_bits=wb, activation_bits=bits))
+    if node.folded_input is not None:  # a Rescaling folded in: train in the original units
+        common["kernel_unit"] = [float(u) for u in node.folded_input[0]]
     conv = {k: cfg[k] for k in ("kernel_size", "strides", "padding", "dilation_rate") if k in cfg}
     if node.cls is L.Conv2D:
         layer = neural.QuantizedConv2D(cfg["filters"], **conv, **common)
@@ -319,7 +321,7 @@ def _concat(node: GraphNode, specs: list[QSpec], ctx: BuildContext):
 def set_weights(layer, node: GraphNode) -> None:
     """Copy the float weights of ``node`` into its freshly built quantized ``layer``."""
     if isinstance(layer, neural.QuantizedNeuralLayer):
-        kernel = node.weight("kernel")
+        kernel = node.weight("kernel") if layer.kernel_unit is None else node.folded_input[1]
         weights = [kernel] if not layer.use_bias else [kernel, node.weight("bias")]
         layer.set_weights(weights)
         if layer.qconfig:

@@ -40,6 +40,10 @@ def _fold(node, scale: np.ndarray, offset: np.ndarray) -> None:
     moved = np.sum(kernel * offset.reshape(shape), axis=reduce).reshape(-1)
     bias = node.weight("bias")
     new_bias = moved if bias is None else bias.astype(np.float64) + moved
+    # The quantized layer keeps the kernel in the original units (kernel_unit = scale) so that
+    # QAT's optimizer steps are not ~1/scale (255x for 1/255) too large relative to the kernel;
+    # its effective kernel float32(float64(kernel) * scale) is this folded kernel bit for bit.
+    node.folded_input = (scale.astype(np.float64), node.weight("kernel"))
     node.weights = [("kernel", (kernel * scale.reshape(shape)).astype(np.float32)),
                     ("bias", new_bias.astype(np.float32))]
     node.config = {**node.config, "use_bias": True}

@@ -66,6 +66,10 @@ class GraphNode:
     output_shapes: list[tuple] = dataclasses.field(default_factory=list)
     dtype: str = "float32"
     template: keras.layers.Layer | None = None  # original layer, read-only (for Lambda)
+    #: Set by ``fold_rescaling``: ``(unit, kernel)``, the folded Rescaling's per-input-channel
+    #: scale and the kernel before the fold (``weights`` holds the folded one); the quantized
+    #: layer trains the kernel in these original units (see ``QuantizedNeuralLayer``).
+    folded_input: tuple | None = None
 
     @property
     def refs(self) -> list[Ref]:

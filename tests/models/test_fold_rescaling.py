@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import pytest
 
+import fixedq
 from fixedq import quantize
 from fixedq.models.fold_rescaling import fold_rescaling
 from fixedq.transforms.graph import build_model, read_graph
@@ -42,3 +43,28 @@ def test_quantize_keeps_uint8_pixels_exact():
     assert iq.output_spec.frac_bits == (0,) and not iq.output_spec.signed
     probe = keras.Model(q.inputs, iq.output)
     assert np.array_equal(probe.predict(xs, verbose=0), xs)  # 0..255 pass unchanged
+
+
+def test_qat_trains_a_folded_kernel_in_its_original_units():
+    """Regression (issue 5, ViT QAT got worse): the folded patch kernel is ~1/255 of the
+    original, so Adam's ~lr-per-element steps were 255x too large for it and 4-bit QAT of a
+    ViT diverged in a few steps. The variable now keeps the original units (``kernel_unit``);
+    the kernel the layer quantizes is still the folded one, bit for bit."""
+    from fixedq.models.vit_adapt import build_vit
+
+    keras.utils.set_random_seed(0)
+    model = build_vit((8, 8, 1), patch=4, dim=8, heads=2, blocks=1, mlp_dim=8, num_classes=3)
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(32, 8, 8, 1)).astype("float32")
+    y = rng.integers(0, 3, size=32)
+    q = fixedq.quantize(model, fixedq.QuantizationParams(weight_bits=4), samples=x,
+                        verbose=False)
+    layer, kernel = q.get_layer("patches"), model.get_layer("patches").get_weights()[0]
+    np.testing.assert_array_equal(layer.kernel.numpy(), kernel)
+    folded = (kernel.astype(np.float64) / 255).astype(np.float32)
+    np.testing.assert_array_equal(np.asarray(layer.effective_kernel()), folded)
+    lr = 1e-3
+    q.compile(keras.optimizers.Adam(lr), keras.losses.SparseCategoricalCrossentropy(True))
+    q.train_on_batch(x, y)
+    step = np.abs(np.asarray(layer.effective_kernel()) - folded).max()
+    assert 0 < step <= 1.5 * lr / 255  # before the fix: ~lr, 255x the float model's step
