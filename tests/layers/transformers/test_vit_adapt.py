@@ -57,3 +57,27 @@ def test_adapt_rejects_value_dim_mismatch():
     y = keras.layers.MultiHeadAttention(2, 4, value_dim=3, name="mha")(x, x)
     with pytest.raises(ValueError, match="value_dim=3 != key_dim=4"):
         adapt_vit(keras.Model(x, y))
+
+
+def test_short_finetune_recovers_accuracy_after_adapt():
+    """Train a standard Keras ViT on real digits, adapt it (Shiftmax + MAD norm), fine-tune one
+    epoch: the adapted model gets back to within 3 points of the original."""
+    from sklearn.datasets import load_digits
+
+    keras.utils.set_random_seed(0)
+    d = load_digits()
+    x = (d.images / 16.0).astype("float32")[..., None]
+    y = d.target
+    xtr, ytr, xte, yte = x[:1400], y[:1400], x[1400:], y[1400:]
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model = build_vit((8, 8, 1), patch=2, dim=16, heads=2, blocks=1, mlp_dim=32,
+                      num_classes=10, standard=True, rescale=None)
+    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss=loss)
+    model.fit(xtr, ytr, epochs=15, batch_size=32, verbose=0)
+    acc = lambda m: float(np.mean(np.argmax(m.predict(xte, verbose=0), 1) == yte))  # noqa: E731
+    base = acc(model)
+    assert base > 0.8
+    adapted = adapt_vit(model)
+    adapted.compile(optimizer=keras.optimizers.Adam(1e-3), loss=loss)
+    adapted.fit(xtr, ytr, epochs=1, batch_size=32, verbose=0)
+    assert acc(adapted) >= base - 0.03
