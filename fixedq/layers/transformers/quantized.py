@@ -54,12 +54,13 @@ def _align(spec, channels: int) -> np.ndarray:
 
 
 class _TransformerLayer(QuantizedLayer):
-    """Base: ``engine_op(ins)`` -> ``(kind, attrs, arrays)`` for the converter."""
+    """Base of the quantized transformer layers.
+
+    Every subclass sets ``engine_kind`` and defines ``engine_op()`` returning
+    ``(kind, attrs, arrays)``, what the engine converter stores for the layer.
+    """
 
     engine_kind = ""
-
-    def engine_op(self):  # pragma: no cover - overridden
-        raise NotImplementedError
 
     def set_float_weights(self, node) -> None:
         """Copy the float layer's variables (by name) from a graph node."""
