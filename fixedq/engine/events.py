@@ -67,6 +67,21 @@ def _dense_events(op, x):
     return acc.astype(np.int64).reshape(*x.shape[:-1], kernel.shape[1]), synops
 
 
+def _tap_hits(bn, bi, bj, kernel_hw, s, d, pads, out_hw):
+    """For each kernel tap ``(ta, tb)``: which input events reach an output through it (``ok``)
+    and the flat ``(n, i, j)`` index of that output (``rows``); taps reaching nothing are
+    skipped. Shared by the element-level and the pixel-level event convs."""
+    (kh, kw), (pb, pl), (ho, wo) = kernel_hw, pads, out_hw
+    for ta in range(kh):
+        ri = bi + pb - ta * d[0]
+        ok_r = (ri >= 0) & (ri % s[0] == 0) & (ri // s[0] < ho)
+        for tb in range(kw):
+            rj = bj + pl - tb * d[1]
+            ok = ok_r & (rj >= 0) & (rj % s[1] == 0) & (rj // s[1] < wo)
+            if np.any(ok):
+                yield ta, tb, ok, (bn[ok] * ho + ri[ok] // s[0]) * wo + rj[ok] // s[1]
+
+
 def _conv_events(op, x):
     a = op.attrs
     kernel = op.arrays["kernel"]
@@ -81,17 +96,9 @@ def _conv_events(op, x):
     k = kernel.astype(dt)
     acc = np.zeros((n * ho * wo, cout), dtype=dt)
     synops = 0
-    for ta in range(kh):
-        ri = bi + pb - ta * d[0]
-        ok_r = (ri >= 0) & (ri % s[0] == 0) & (ri // s[0] < ho)
-        for tb in range(kw):
-            rj = bj + pl - tb * d[1]
-            ok = ok_r & (rj >= 0) & (rj % s[1] == 0) & (rj // s[1] < wo)
-            if not np.any(ok):
-                continue
-            rows = (bn[ok] * ho + ri[ok] // s[0]) * wo + rj[ok] // s[1]
-            _scatter_rows(acc, rows, vals[ok, None] * k[ta, tb][bc[ok]])
-            synops += int(rows.size) * cout
+    for ta, tb, ok, rows in _tap_hits(bn, bi, bj, (kh, kw), s, d, (pb, pl), (ho, wo)):
+        _scatter_rows(acc, rows, vals[ok, None] * k[ta, tb][bc[ok]])
+        synops += int(rows.size) * cout
     return acc.astype(np.int64).reshape(n, ho, wo, cout), synops
 
 
@@ -185,14 +192,8 @@ def pixel_conv_events(plan, x: np.ndarray, idx: np.ndarray, dt):
     cmap = np.full(n * ho * wo, rid.size, dtype=np.int64)
     cmap[rid] = np.arange(rid.size)
     acc = np.zeros((rid.size + 1, cout), dtype=dt)
-    for ta in range(kh):
-        ri = bi + pb - ta * d[0]
-        ok_r = (ri >= 0) & (ri % s[0] == 0) & (ri // s[0] < ho)
-        for tb in range(kw):
-            rj = bj + pl - tb * d[1]
-            ok = ok_r & (rj >= 0) & (rj % s[1] == 0) & (rj // s[1] < wo)
-            rows = cmap[(bn[ok] * ho + ri[ok] // s[0]) * wo + rj[ok] // s[1]]
-            acc[rows] += z[ta * kw + tb][ok]
+    for ta, tb, ok, rows in _tap_hits(bn, bi, bj, (kh, kw), s, d, (pb, pl), (ho, wo)):
+        acc[cmap[rows]] += z[ta * kw + tb][ok]
     return CompactAcc(acc, cmap, reached, (n, ho, wo, cout))
 
 
