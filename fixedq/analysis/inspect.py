@@ -234,16 +234,16 @@ def weight_errors(layer: QuantizedNeuralLayer) -> tuple[TensorError, TensorError
 
 def _float_reference(float_model):
     """The float model as ``quantize`` sees it, and ``{layer: relu_layer_name}`` fusions."""
-    from fixedq.models.quantize import _as_keras3, _fused_relus
+    from fixedq.models.quantize import as_keras3, fused_relus
     from fixedq.models.split_separable import split_separable
     from fixedq.transforms import sanitize
     from fixedq.transforms.graph import build_model, read_graph
 
-    model = _as_keras3(float_model)
+    model = as_keras3(float_model)
     sanitized, _ = sanitize(model)
     graph = read_graph(sanitized)
     split_separable(graph)
-    fused = dict(_fused_relus(graph))
+    fused = dict(fused_relus(graph))
     for producer, relu in list(fused.items()):  # producer -> MaxPool -> ReLU: the pool too
         nxt = graph.sole_consumer(producer)
         if nxt is not None and nxt.name != relu:

@@ -118,7 +118,7 @@ def lint(model, min_weight_decay: float = 1e-5) -> LintReport:
     Example:
         >>> print(lint(model).format_table())  # doctest: +SKIP
     """
-    from fixedq.models.quantize import _as_keras3
+    from fixedq.models.quantize import as_keras3
     from fixedq.transforms.graph import read_graph
     from fixedq.transforms.split_activations import is_linear_activation
 
@@ -126,7 +126,7 @@ def lint(model, min_weight_decay: float = 1e-5) -> LintReport:
             or not 0 <= min_weight_decay < float("inf"):
         raise ValueError(f"min_weight_decay must be a finite number >= 0, got "
                          f"{min_weight_decay!r}")
-    model = _as_keras3(model)
+    model = as_keras3(model)
     graph = read_graph(model)
     kind = {n.name: n.cls.__name__ for n in graph.nodes}
     convs = [n.name for n in graph.nodes if kind[n.name] in _DEPTHWISE + _SEPARABLE + _CONV]

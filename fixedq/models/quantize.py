@@ -45,7 +45,8 @@ QCONFIG_VERSION = 1
 _METHOD_KEYS = set(CalibrationMethod.__dataclass_fields__)
 
 
-def _as_keras3(model):
+def as_keras3(model):
+    """``model`` as a Keras 3 model: live ``tf_keras`` models are converted, others rejected."""
     if isinstance(model, keras.Model):
         return model
     module = type(model).__module__
@@ -66,7 +67,7 @@ def _check_not_quantized(model: keras.Model) -> None:
                              f"a {type(layer).__name__}); quantize the float model instead")
 
 
-def _fused_relus(graph: Graph) -> dict[str, str]:
+def fused_relus(graph: Graph) -> dict[str, str]:
     """``{producer: relu}`` for ReLUs that fold into the requantizing layer before them."""
     fused = {}
     for node in graph.nodes:
@@ -182,7 +183,7 @@ def quantize(model, qparams: QuantizationParams | None = None, samples=None,
         qparams = QuantizationParams.from_dict(q_config["qparams"])
     if not isinstance(qparams, QuantizationParams):
         raise TypeError(f"qparams must be a QuantizationParams, got {type(qparams).__name__}")
-    model = _as_keras3(model)
+    model = as_keras3(model)
     _check_not_quantized(model)
     samples_given = samples
     if smooth_quant is not None:
@@ -199,7 +200,7 @@ def quantize(model, qparams: QuantizationParams | None = None, samples=None,
     fold_rescaling(graph)
     layer_cfg = _merge_overrides(_check_config(q_config, graph), overrides, graph)
     methods = _methods(calibration, graph)
-    fused = _fused_relus(graph)
+    fused = fused_relus(graph)
     points = [n.name for n in graph.nodes if builders.kind_of(n) in builders.REQUANTIZING]
     input_name = graph.inputs[0].name
     stats = _stats_from_config(layer_cfg)

@@ -222,7 +222,6 @@ def pack_structure(structure: Any, tensors: list) -> Any:
     return tree.pack_sequence_as(structure, tensors)
 
 
-_pack = pack_structure  # older name, used by other modules
 
 
 def read_graph(model: keras.Model) -> Graph:
