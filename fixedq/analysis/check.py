@@ -228,7 +228,11 @@ def _sample_checks(qmodel, layers, lcs, samples, batch_size: int) -> int:
             if isinstance(layer, InputQuantizer):  # exact: the float input is known
                 x = np.asarray(batch, np.float64)
                 v = np.floor(x * np.ldexp(1.0, spec.frac_array(x.shape[-1])) + 0.5)
-                hit = (v > spec.hi_array()) | (v < lo_rng)
+                hit = (v > spec.hi_array()) | (v < spec.lo_array())
+            elif spec.lo is not None:  # asymmetric windows: both per-channel edges
+                y = np.asarray(y, np.float64)
+                v = np.round(y * np.ldexp(1.0, spec.frac_array(y.shape[-1])))
+                hit = (v >= spec.hi_array()) | (v <= spec.lo_array())
             else:  # values on the clip bound (clipped or not): an upper bound
                 y = np.asarray(y, np.float64)
                 v = np.round(y * np.ldexp(1.0, spec.frac_array(y.shape[-1])))

@@ -255,6 +255,8 @@ def _saturation_hits(y: np.ndarray, spec) -> int:
     """Output values at the top (and, when signed, bottom) of the integer range."""
     lo, top = spec.int_bounds()
     v = np.round(y * np.ldexp(1.0, spec.frac_array(y.shape[-1])))
+    if spec.lo is not None:  # asymmetric windows: per-channel edges
+        lo, top = spec.lo_array(), spec.hi_array()
     hit = v >= top
     if spec.signed:
         hit |= v <= lo

@@ -46,8 +46,18 @@ def _i64(a) -> np.ndarray:
 
 
 def _spec_attrs(spec, channels: int) -> dict:
+    if spec.lo is not None:  # stored as u = v - lo: unsigned, all n bits (eq. 37)
+        return {"value_bits": int(spec.value_bits) + 1, "signed": False,
+                "out_frac": spec.frac_array(channels).tolist()}
     return {"value_bits": int(spec.value_bits), "signed": bool(spec.signed),
             "out_frac": spec.frac_array(channels).tolist()}
+
+
+def _offset(spec, channels: int) -> np.ndarray | None:
+    """Per-channel window start ``lo`` of an asymmetric tensor, else ``None``."""
+    if spec is None or spec.lo is None:
+        return None
+    return _i64(np.broadcast_to(spec.lo_array(), (channels,)))
 
 
 def _check_structure(qmodel, graph) -> None:
@@ -93,8 +103,10 @@ def _neural_op(layer, node, in_name: str, spec_in, channels: int) -> Op:
     f_in = spec_in.frac_array(cin)
     align = int(p["in_frac"]) - f_in
     kernel = _i64(p["kernel"])
-    lo, _ = spec_in.int_bounds()
-    mags = np.maximum(np.broadcast_to(spec_in.hi_array(), (cin,)), -lo)
+    if spec_in.lo is not None:  # the engine feeds u = v - lo in [0, hi - lo] (eq. 37)
+        mags = np.broadcast_to(spec_in.hi_array() - spec_in.lo_array(), (cin,))
+    else:
+        mags = np.broadcast_to(spec_in.max_abs_array(), (cin,))
     bound = kernels.linear_bound(kernel, kind, np.left_shift(mags, align))
     attrs = {"type": kind, "weight_bits": int(layer.weight_bits),
              "buffer_bits": int(layer.buffer_bits), "acc_lo": int(p["acc_lo"]),
@@ -170,6 +182,39 @@ def _layer_op(layer, node, ins: list[str], specs: dict, channels: int) -> Op:
     raise ValueError(f"layer {name!r} ({type(layer).__name__}) has no engine op")
 
 
+def _fold_offsets(ops: list[Op], offsets: dict[str, np.ndarray], outputs: list[dict]) -> None:
+    """Asymmetric tensors travel as ``u = v - lo`` (eq. 37). A neural op reading one folds
+    ``sum w * lo`` into its bias: computed exactly with the reference linear op on a constant
+    ``lo`` image, it is a per-channel vector, or a (Ho, Wo, Cout) bias map where zero padding
+    makes border outputs see fewer taps. Other ops get ``in_offset<i>`` (``v = u + lo`` before
+    they run); producers get ``out_offset``; model outputs get ``offset``."""
+    from fixedq.engine.ops import _linear, aligned_input
+
+    for op in ops:
+        if op.name in offsets:
+            op.arrays["out_offset"] = offsets[op.name]
+        for i, t in enumerate(op.inputs):
+            lo = offsets.get(t)
+            if lo is None:
+                continue
+            if op.kind == "neural" and i == 0:
+                shape = (1, *op.attrs["in_shape"])
+                x_lo = np.broadcast_to(lo, shape).astype(np.int64)
+                fold = _linear(op, aligned_input(op, x_lo))[0]
+                flat = fold.reshape(-1, fold.shape[-1])
+                bias = op.arrays["bias"]
+                if np.all(flat == flat[0]):
+                    op.arrays["bias"] = _i64(bias + flat[0])
+                else:
+                    op.arrays["bias"] = _i64(bias + fold)
+                op.attrs["in_offset_folded"] = True
+            else:
+                op.arrays[f"in_offset{i}"] = lo
+    for out in outputs:
+        if out["tensor"] in offsets:
+            out["offset"] = offsets[out["tensor"]].tolist()
+
+
 def _fuse_pools(ops: list[Op], outputs: list[dict]) -> list[Op]:
     """Fold a MaxPool2D into the neural op before it when it is that op's only consumer."""
     consumers: dict[str, int] = {}
@@ -225,6 +270,7 @@ def convert(qmodel, target=None, fuse: bool = True) -> Model:
     specs: dict = {}
     alias: dict[str, str] = {}  # Dequantizer / InputLayer name -> tensor it exposes
     ops: list[Op] = []
+    offsets: dict[str, np.ndarray] = {}  # asymmetric tensors -> per-channel lo
     input_node = None
     for node in graph.nodes:
         layer = qmodel.get_layer(node.name)
@@ -246,12 +292,16 @@ def convert(qmodel, target=None, fuse: bool = True) -> Model:
             op.attrs["linear_shape"] = [int(d) for d in node.output_shapes[0][1:]]
             op.attrs["in_shape"] = [int(d) for d in graph.input_shape(node)[1:]]
         specs[node.name] = layer.output_spec
+        lo = _offset(layer.output_spec, channels)
+        if lo is not None:
+            offsets[node.name] = lo
         ops.append(op)
     outputs = []
     for ref in graph.outputs:
         tensor = alias[ref.name]
         frac = specs[tensor].frac_array(int(graph.node(ref.name).output_shapes[0][-1]))
         outputs.append({"tensor": tensor, "frac": frac.tolist(), "name": ref.name})
+    _fold_offsets(ops, offsets, outputs)
     if fuse:
         ops = _fuse_pools(ops, outputs)
     input_shape = tuple(input_node.output_shapes[0])

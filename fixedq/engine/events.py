@@ -39,7 +39,8 @@ EVENT_TYPES = ("conv2d", "dense")
 
 def supports(op) -> bool:
     """Whether ``op`` has an event-driven kernel."""
-    return op.kind == "neural" and op.attrs["type"] in EVENT_TYPES
+    return (op.kind == "neural" and op.attrs["type"] in EVENT_TYPES
+            and np.ndim(op.arrays["bias"]) == 1)  # a bias map (eq. 37) runs dense
 
 
 def _scatter_rows(acc: np.ndarray, rows: np.ndarray, contrib: np.ndarray) -> None:

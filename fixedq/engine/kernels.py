@@ -318,7 +318,8 @@ class NeuralPlan:
             and top < FLOAT64_EXACT and max(abs(a["acc_lo"]), abs(a["acc_hi"])) < FLOAT64_EXACT
         self.scale = mult.astype(np.float64) * np.ldexp(1.0, -shift)
         self.pool = a.get("pool")
-        self.pool_first = bool(self.pool) and bool(np.all(mult >= 0))
+        # a bias map (asymmetric input, eq. 37) varies over positions: pool after requantizing
+        self.pool_first = bool(self.pool) and bool(np.all(mult >= 0)) and self.bias.ndim == 1
         if self.type in ("conv2d", "dense"):
             k = self.kernel if self.type == "dense" else self.kernel.transpose(2, 0, 1, 3)
             cout = k.shape[-1]

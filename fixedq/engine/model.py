@@ -110,6 +110,10 @@ class Model:
         tensors = {self.ops[0].name: run_op(self.ops[0], [x])}
         for i, op in enumerate(self.ops[1:], start=1):
             xs = [tensors[t] for t in op.inputs]
+            for j in range(len(xs)):  # asymmetric input not folded into a bias: v = u + lo
+                off = op.arrays.get(f"in_offset{j}")
+                if off is not None:
+                    xs[j] = xs[j] + off
             if stats is not None:
                 events.record(stats, op, xs, mode == "event")
             if op.kind == "neural":
@@ -120,11 +124,15 @@ class Model:
                     y = plan.finish(plan.linear(xs[0]), partial(neural_output, op))
             else:
                 y = run_op(op, xs)
+            off = op.arrays.get("out_offset")
+            if off is not None:  # asymmetric output stored as u = v - lo (eq. 37)
+                y = y - off
             tensors[op.name] = y
             for t in set(op.inputs):
                 if self._last_use.get(t) == i:
                     del tensors[t]
-        return [tensors[o["tensor"]] for o in self.outputs]
+        return [tensors[o["tensor"]] + np.asarray(o["offset"], np.int64) if o.get("offset")
+                else tensors[o["tensor"]] for o in self.outputs]
 
     def predict(self, x, batch_size: int = 32, output: str = "float", mode: str = "dense",
                 verbose: bool = False):

@@ -47,11 +47,11 @@ def relu_output_spec(spec, max_value):
 
     from fixedq.layers.spec import QSpec
 
-    hi = None
+    hi = spec.hi
+    value_bits = spec.value_bits
+    if spec.lo is not None:  # asymmetric window: keep its non-negative part (all n bits)
+        hi, value_bits = tuple(int(h) for h in spec.hi_array()), spec.value_bits + 1
     if max_value is not None:
-        hi = tuple(int(math.floor(float(max_value) * 2.0**f)) for f in spec.frac_bits)
-        if spec.hi is not None:
-            hi = tuple(min(a, b) for a, b in zip(hi, spec.hi, strict=True))
-    elif spec.hi is not None:
-        hi = spec.hi
-    return QSpec(spec.value_bits, False, spec.frac_bits, hi)
+        top = tuple(int(math.floor(float(max_value) * 2.0**f)) for f in spec.frac_bits)
+        hi = top if hi is None else tuple(min(a, b) for a, b in zip(top, hi, strict=True))
+    return QSpec(value_bits, False, spec.frac_bits, hi)

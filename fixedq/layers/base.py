@@ -44,11 +44,9 @@ def exact_dtype(bound: int, what: str) -> str:
 
 def output_bounds(spec: QSpec, channels: int) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel integer clip bounds ``(lo, hi)`` of an output spec (int64 arrays)."""
-    lo, _ = spec.int_bounds()
-    hi = spec.hi_array()
-    if hi.size == 1:
-        hi = np.full(channels, int(hi[0]), dtype=np.int64)
-    return np.full(channels, lo, dtype=np.int64), hi
+    lo, hi = spec.lo_array(), spec.hi_array()
+    return (np.broadcast_to(lo, (channels,)).astype(np.int64),
+            np.broadcast_to(hi, (channels,)).astype(np.int64))
 
 
 def to_integers(x, spec: QSpec, dtype: str = "float64"):

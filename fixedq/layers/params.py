@@ -36,6 +36,10 @@ class QuantizationParams:
         buffer_bits: accumulator bits (signed); accumulators saturate to this range.
         input_bits: bits of the InputQuantizer that turns the float inputs into integers.
         scale_bits: bits of the integer multipliers that replace float scales.
+        asymmetric_activations: give signed activations (those not followed by a ReLU) a
+            calibrated per-channel integer window ``[lo, lo + 2^n - 1]`` instead of the
+            symmetric ``[-2^(n-1), 2^(n-1) - 1]`` (docs/accuracy.md); the engine stores them as
+            unsigned n-bit integers and folds ``lo`` into the next layer's bias.
 
     Example:
         >>> q = QuantizationParams(input_weight_bits=8, weight_bits=4, activation_bits=4)
@@ -51,6 +55,7 @@ class QuantizationParams:
     buffer_bits: int = 32
     input_bits: int = 8
     scale_bits: int = 8
+    asymmetric_activations: bool = False
 
     def __post_init__(self) -> None:
         for name in ("input_weight_bits", "weight_bits", "activation_bits", "input_bits"):
@@ -62,9 +67,9 @@ class QuantizationParams:
         _check_bits("output_bits", self.output_bits, hi=MAX_OUTPUT_BITS)
         _check_bits("buffer_bits", self.buffer_bits, lo=8, hi=48)
         _check_bits("scale_bits", self.scale_bits, lo=1, hi=16)
-        if not isinstance(self.per_tensor_activations, bool):
-            raise TypeError("per_tensor_activations must be a bool, "
-                            f"got {self.per_tensor_activations!r}")
+        for name in ("per_tensor_activations", "asymmetric_activations"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
 
     def to_dict(self) -> dict:
         """A JSON-able dict of the fields."""

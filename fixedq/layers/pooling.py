@@ -69,8 +69,7 @@ class QuantizedGlobalAveragePooling2D(QuantizedLayer):
         self._f_out = self.output_spec.frac_array(c)
         factor = np.ldexp(1.0, self._f_out - f_in) / self.pool_area
         self._mult, self._shift = to_multiplier_shift(factor, self.scale_bits)
-        lo, _ = spec.int_bounds()
-        bound = self.pool_area * int(max(spec.hi_array().max(), -lo))
+        bound = self.pool_area * int(spec.max_abs_array().max())
         self._dtype_exact = exact_dtype(bound, f"layer {self.name!r}")
         self._lo, self._hi = output_bounds(self.output_spec, c)
         super().build(input_shape)

@@ -27,8 +27,9 @@ def remap_spec(spec: QSpec, in_shape, transform) -> QSpec:
         return spec
     f = np.broadcast_to(np.asarray(spec.frac_bits), tuple(in_shape))
     hi = None if spec.hi is None else np.broadcast_to(np.asarray(spec.hi), tuple(in_shape))
+    lo = None if spec.lo is None else np.broadcast_to(np.asarray(spec.lo), tuple(in_shape))
     out = []
-    for arr in (f, hi):
+    for arr in (f, hi, lo):
         if arr is None:
             out.append(None)
             continue
@@ -38,7 +39,7 @@ def remap_spec(spec: QSpec, in_shape, transform) -> QSpec:
             raise ValueError("per-axis frac_bits do not follow the last axis after this reshape; "
                              "use per_tensor_activations=True")
         out.append(tuple(int(v) for v in flat[0]))
-    return QSpec(spec.value_bits, spec.signed, out[0], out[1])
+    return QSpec(spec.value_bits, spec.signed, out[0], out[1], out[2])
 
 
 class _Passthrough(QuantizedLayer):

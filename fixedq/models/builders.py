@@ -20,8 +20,9 @@ from fixedq.layers import activation, affine, merge, neural, pooling, reshaping
 from fixedq.layers.depthwise_conv2d_transpose import DepthwiseConv2DTranspose
 from fixedq.layers.params import QuantizationParams
 from fixedq.layers.quantizers import Dequantizer, InputQuantizer, OutputQuantizer
-from fixedq.layers.spec import QSpec
+from fixedq.layers.spec import QSpec, window_starts
 from fixedq.layers.transformers import build as transformer_build
+from fixedq.models import asymmetric
 from fixedq.models.bias_correction import apply_recorded
 from fixedq.models.calibrate import RangeStats
 from fixedq.models.calibration_methods import CalibrationMethod, select_range
@@ -96,9 +97,11 @@ class BuildContext:
         return value
 
 
-def _range_spec(name: str, ctx: BuildContext, signed: bool, bits: int, max_value=None) -> QSpec:
+def _range_spec(name: str, ctx: BuildContext, signed: bool, bits: int, max_value=None,
+                asymmetric: bool = False) -> QSpec:
     """Output spec of tensor ``name`` from its calibration statistics and the layer's q-config
-    entry (``frac_bits`` and ``range`` overrides win over the calibration method)."""
+    entry (``frac_bits`` and ``range`` overrides win over the calibration method).
+    ``asymmetric`` (signed tensors only) fits a per-channel window instead (eqs. 35-36)."""
     st = ctx.stats.get(name)
     if st is None:
         raise KeyError(f"no calibration range for layer {name!r}")
@@ -107,6 +110,8 @@ def _range_spec(name: str, ctx: BuildContext, signed: bool, bits: int, max_value
         raise ValueError(f"layer {name!r}: {bits} signed bits leave no magnitude bit")
     cfg = ctx.layer_cfg.get(name, {})
     per_tensor = ctx.override(name, "per_tensor", ctx.qparams.per_tensor_activations)
+    if signed and asymmetric:
+        return _window_spec(name, ctx, st, cfg, bits, per_tensor)
     if "frac_bits" in cfg:
         frac = tuple(int(f) for f in np.atleast_1d(cfg["frac_bits"]))
         if len(frac) not in (1, len(st.maximum)) or (per_tensor and len(frac) != 1):
@@ -134,12 +139,43 @@ def _range_spec(name: str, ctx: BuildContext, signed: bool, bits: int, max_value
     return spec
 
 
+def _window_spec(name: str, ctx: BuildContext, st: RangeStats, cfg: dict, bits: int,
+                 per_tensor: bool) -> QSpec:
+    """Asymmetric spec of a signed tensor: calibrated ``[low, high]`` windows (eqs. 35-36)."""
+    if "window" in cfg:
+        low, high = (np.atleast_1d(np.asarray(v, dtype=np.float64)) for v in cfg["window"])
+        if low.shape != high.shape or low.shape not in ((1,), st.maximum.shape):
+            raise ValueError(f"q_config: layer {name!r} window must be [low, high] with one "
+                             f"value or one per channel each, got {cfg['window']!r:.80}")
+    elif "range" in cfg:
+        low, high = asymmetric.clip_window(st, cfg["range"])
+    else:
+        method = ctx.method_for(name)
+        low, high = asymmetric.select_window(st, method, bits)
+        if method.name != "max":
+            ctx.chosen[name] = {"window": [low.astype(float).tolist(),
+                                           high.astype(float).tolist()],
+                                "calibration_method": method.to_config()}
+    if per_tensor:
+        low, high = np.array([low.min()]), np.array([high.max()])
+    if "frac_bits" in cfg:
+        frac = tuple(int(f) for f in np.atleast_1d(cfg["frac_bits"]))
+        if len(frac) != len(low) and len(frac) == 1:
+            low, high = np.array([low.min()]), np.array([high.max()])
+        if len(frac) != len(low):
+            raise ValueError(f"q_config: layer {name!r} frac_bits must be one integer or one "
+                             f"per channel ({len(low)}), got {cfg['frac_bits']!r}")
+        return QSpec(bits - 1, True, frac, lo=window_starts(low, high, frac, bits))
+    return QSpec.asymmetric(low, high, bits)
+
+
 def _entry(name: str, ctx: BuildContext, **extra) -> dict:
     per_tensor = ctx.override(name, "per_tensor", ctx.qparams.per_tensor_activations)
     entry = {"layer": name, **extra, "per_tensor": bool(per_tensor),
              "calibration": ctx.stats[name].to_config()}
     cfg = ctx.layer_cfg.get(name, {})
-    for key in ("frac_bits", "range", "calibration_method", "bias_delta", "weight_clip_std"):
+    for key in ("frac_bits", "range", "window", "asymmetric", "calibration_method", "bias_delta",
+                "weight_clip_std"):
         if key in cfg:
             entry[key] = cfg[key]
     entry.update(ctx.chosen.get(name, {}))
@@ -176,7 +212,11 @@ def _output_spec(node: GraphNode, ctx: BuildContext, signed: bool):
         signed = False
     elif relu is not None:
         signed = False
-    return _range_spec(name, ctx, signed, bits, max_value), bits
+    asym = ctx.override(name, "asymmetric", ctx.qparams.asymmetric_activations)
+    if not isinstance(asym, bool):
+        raise ValueError(f"q_config: layer {name!r} asymmetric must be true or false, "
+                         f"got {asym!r}")
+    return _range_spec(name, ctx, signed, bits, max_value, asymmetric=asym), bits
 
 
 def _neural(node: GraphNode, in_spec: QSpec, ctx: BuildContext):
@@ -295,14 +335,19 @@ def _concat(node: GraphNode, specs: list[QSpec], ctx: BuildContext):
             f = min(s.max_frac for s in specs)
             for i, s in enumerate(specs):
                 if any(fi != f for fi in s.frac_bits):
-                    target = QSpec(s.value_bits, s.signed, (f,))
+                    k = s.max_frac - f  # an asymmetric window moves with its rounding
+                    target = QSpec(s.value_bits, s.signed, (f,), lo=None if s.lo is None else (
+                        (s.lo[0] + (1 << (k - 1))) >> k,))
                     pre[i] = OutputQuantizer(input_specs=[s], output_spec=target,
                                              name=f"{name}_in{i}_quantizer")
                     specs[i] = target
-        fracs, his = [], []
+        fracs, his, los = [], [], []
         for s, shape in zip(specs, shapes, strict=True):
             fracs.extend(s.frac_array(int(shape[-1])).tolist())
             his.extend(np.broadcast_to(s.hi_array(), (int(shape[-1]),)).tolist())
+            los.extend(np.broadcast_to(s.lo_array(), (int(shape[-1]),)).tolist())
+        if any(s.lo is not None for s in specs):
+            return _concat_windows(node, specs, fracs, los, his, pre)
         if len(set(fracs)) == 1:
             fracs = fracs[:1]
         top = (1 << vb) - 1
@@ -311,10 +356,28 @@ def _concat(node: GraphNode, specs: list[QSpec], ctx: BuildContext):
             hi = hi[:1]
         out = QSpec(vb, signed, tuple(int(f) for f in fracs), hi)
     else:
+        if any(s.lo is not None for s in specs):
+            raise ValueError(f"Concatenate {name!r} over axis {axis} with asymmetric inputs is "
+                             "not supported (only the channel axis); quantize its inputs "
+                             "symmetrically (overrides={'layer': {'asymmetric': False}})")
         channels = int(shapes[0][-1])
         f = np.min([s.frac_array(channels) for s in specs], axis=0)
         out = QSpec(vb, signed, tuple(int(v) for v in (f[:1] if len(set(f)) == 1 else f)))
     layer = merge.QuantizedConcatenate(axis=axis, input_specs=specs, output_spec=out, name=name)
+    return layer, out, pre
+
+
+def _concat_windows(node: GraphNode, specs: list[QSpec], fracs, los, his, pre):
+    """Channel concatenation with an asymmetric input: every channel keeps its own window
+    (a symmetric or unsigned input's range is a window too), in the widest input's bits."""
+    bits = max(s.value_bits + 1 if s.signed else s.value_bits for s in specs)
+    top = (1 << bits) - 1
+    hi = None if all(h >= lo + top for lo, h in zip(los, his, strict=True)) else tuple(
+        int(h) for h in his)
+    out = QSpec(bits - 1, True, tuple(int(f) for f in fracs), hi,
+                tuple(int(v) for v in los))
+    layer = merge.QuantizedConcatenate(axis=node.config.get("axis", -1), input_specs=specs,
+                                       output_spec=out, name=node.name)
     return layer, out, pre
 
 

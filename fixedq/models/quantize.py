@@ -99,7 +99,7 @@ def _check_config(q_config, graph: Graph) -> dict:
 
 
 _OVERRIDE_KEYS = {"weight_bits", "activation_bits", "per_tensor", "frac_bits", "range",
-                  "calibration_method"}
+                  "calibration_method", "asymmetric", "window"}
 
 
 def _merge_overrides(layer_cfg: dict, overrides, graph: Graph) -> dict:
