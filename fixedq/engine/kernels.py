@@ -262,17 +262,28 @@ def requantize_float(acc, scale, lo, hi) -> np.ndarray:
 
 
 def _windows(xp: np.ndarray, k, s, d, out) -> np.ndarray:
-    """im2col of a padded NHWC array: ``(n*ho*wo, c*kh*kw)`` with columns ordered (c, a, b)."""
+    """im2col of a padded NHWC array: ``(n*ho*wo, kh*kw*c)`` with columns ordered tap-major
+    ``(a, b, c)`` (the row order of ``kernel.reshape(kh*kw*c, cout)``).
+
+    Tap-major keeps each copied run ``c`` elements long: 3-5x faster than channel-major columns
+    for ``c > 1``; a single channel is copied tap by tap (contiguous rows).
+    """
     from numpy.lib.stride_tricks import sliding_window_view
 
     n, c = xp.shape[0], xp.shape[3]
+    rows = n * out[0] * out[1]
     if k == (1, 1):
         v = xp[:, :(out[0] - 1) * s[0] + 1:s[0], :(out[1] - 1) * s[1] + 1:s[1], :]
-        return np.ascontiguousarray(v).reshape(n * out[0] * out[1], c)
+        return np.ascontiguousarray(v).reshape(rows, c)
+    if c == 1:
+        cols = np.empty((n, out[0], out[1], k[0] * k[1]), dtype=xp.dtype)
+        for (a, b), view in _taps(xp, k, s, d, out):
+            cols[..., a * k[1] + b] = view[..., 0]
+        return cols.reshape(rows, k[0] * k[1])
     eff = ((k[0] - 1) * d[0] + 1, (k[1] - 1) * d[1] + 1)
     v = sliding_window_view(xp, eff, axis=(1, 2))  # (n, H', W', c, effh, effw)
     v = v[:, :(out[0] - 1) * s[0] + 1:s[0], :(out[1] - 1) * s[1] + 1:s[1], :, ::d[0], ::d[1]]
-    return np.ascontiguousarray(v).reshape(n * out[0] * out[1], c * k[0] * k[1])
+    return np.ascontiguousarray(v.transpose(0, 1, 2, 4, 5, 3)).reshape(rows, k[0] * k[1] * c)
 
 
 class NeuralPlan:
@@ -322,15 +333,13 @@ class NeuralPlan:
         self.pool_first = bool(self.pool) and bool(np.all(mult >= 0)) and self.bias.ndim == 1
         if self.type in ("conv2d", "dense"):
             k = self.kernel if self.type == "dense" else self.kernel.transpose(2, 0, 1, 3)
-            cout = k.shape[-1]
+            cout = self.cout = k.shape[-1]
             self.abs_w = np.abs(k).reshape(cin, -1, cout).sum(axis=1).astype(np.float64)
             self.perm = np.argsort(self.align, kind="stable")
             self.sorted_align = self.align[self.perm]
-            taps = k.shape[1] * k.shape[2] if self.type == "conv2d" else 1
-            km = k[self.perm].reshape(cin * taps, cout)
-            self.taps = taps
-            self.kmat32 = km.astype(np.float32)
-            self.kmat64 = km.astype(np.float64)
+            # kernel with input channels in sorted order, taps first: (taps, cin, cout)
+            self.ksorted = k[self.perm].reshape(cin, -1, cout).transpose(1, 0, 2)
+            self._kmats = {}
             # column ranges of the distinct alignment values (in sorted channel order)
             edges = np.flatnonzero(np.diff(self.sorted_align)) + 1
             self.ranges = list(zip(np.r_[0, edges].tolist(), np.r_[edges, cin].tolist(),
@@ -359,6 +368,16 @@ class NeuralPlan:
             gb = (w[g0:g1] * np.ldexp(1.0, a[g0:g1] - b)[:, None]).sum(axis=0).max()
             out.append((g0, g1, b, "float32" if gb < FLOAT32_EXACT else "float64"))
         return out, total
+
+    def kmat(self, g0: int, g1: int, dtype) -> np.ndarray:
+        """GEMM matrix of sorted input channels ``g0:g1``: rows tap-major ``(tap, channel)``
+        (matches :func:`_windows`), in ``dtype`` (cached)."""
+        key = (g0, g1, np.dtype(dtype).str)
+        km = self._kmats.get(key)
+        if km is None:
+            km = self._kmats[key] = np.ascontiguousarray(
+                self.ksorted[:, g0:g1].reshape(-1, self.cout)).astype(dtype)
+        return km
 
     def linear(self, x: np.ndarray) -> np.ndarray:
         """Exact linear part (before bias) of the op on int64 input ``x`` (not yet aligned):
@@ -390,7 +409,7 @@ class NeuralPlan:
             xf *= np.ldexp(1.0, rel).astype(dt)
         if t == "dense":
             lead = xf.shape[:-1]
-            cols, shape = xf.reshape(-1, c), (*lead, self.kmat32.shape[1])
+            cols, shape = xf.reshape(-1, c), (*lead, self.cout)
         else:
             a = self.op.attrs
             n, h, w_, _ = x.shape
@@ -398,7 +417,7 @@ class NeuralPlan:
             s, d = tuple(a["strides"]), tuple(a["dilation_rate"])
             ho, *ph = conv_geometry(h, kh, s[0], a["padding"], d[0])
             wo, *pw = conv_geometry(w_, kw, s[1], a["padding"], d[1])
-            shape = (n, ho, wo, self.kmat32.shape[1])
+            shape = (n, ho, wo, self.cout)
             per = max(1, IM2COL_ELEMENTS // max(1, ho * wo * kh * kw * c))
             if n > per:  # chunk the batch: im2col memory stays bounded
                 return np.concatenate([self.linear(x[i:i + per]) for i in range(0, n, per)])
@@ -408,16 +427,14 @@ class NeuralPlan:
                 return _windows(xp[..., g0:g1], (kh, kw), s, d, (ho, wo))
         if one32:
             cols = cols_of(0, c) if t != "dense" else cols
-            y = cols @ self.kmat32
+            y = cols @ self.kmat(0, c, np.float32)
             if groups[0][2]:
                 y *= np.float32(2.0 ** groups[0][2])
             return y.reshape(shape)
         acc = None
         for g0, g1, b, gdt in groups:
-            sl = slice(g0 * self.taps, g1 * self.taps)
-            km = self.kmat32 if gdt == "float32" else self.kmat64
-            gc = cols[:, sl] if t == "dense" else cols_of(g0, g1)
-            part = gc.astype(gdt, copy=False) @ km[sl]
+            gc = cols[:, g0:g1] if t == "dense" else cols_of(g0, g1)
+            part = gc.astype(gdt, copy=False) @ self.kmat(g0, g1, gdt)
             part = part.astype(np.float64, copy=False)
             if b:
                 part *= 2.0 ** b
