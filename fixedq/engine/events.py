@@ -118,6 +118,11 @@ def event_linear(op, x: np.ndarray) -> tuple[np.ndarray, int]:
 #: outputs of a 3x3 conv) gains nothing.
 EVENT_MAX_ACTIVE = 0.3
 
+#: Auto-selection with scipy: a conv2d runs the element-event kernel when at most this
+#: fraction of its input elements are non-zero (the compiled sparse product costs ~3x a BLAS
+#: multiply-add per event synapse; calibrated in bench/engine_bench.py).
+EVENT_MAX_DENSITY = 0.25
+
 
 def _float_dtype(plan, x):
     """float32/float64 when the batch's own bound proves the event sums exact, else None."""
@@ -250,6 +255,203 @@ def event_finish(plan, cacc: CompactAcc) -> np.ndarray:
     return out
 
 
+def sparse_backend():
+    """``scipy.sparse`` when it is installed, else ``None`` (the engine then uses the NumPy
+    pixel-event kernel). scipy is an optional accelerator, never required."""
+    try:
+        import scipy.sparse as sp
+    except ImportError:  # pragma: no cover - depends on the environment
+        return None
+    return sp
+
+
+class RowAcc:
+    """Exact conv accumulators of selected output pixels; every other output pixel is 0.
+
+    ``acc[k]`` belongs to flat output pixel ``rows[k]`` (index into ``(n, ho, wo)``), or, when
+    ``windows`` is set, ``acc`` holds the ``p0*p1`` pixels of each pooling window
+    ``windows[k]`` (flat index into the pooled ``(n, ho//p0, wo//p1)``) in row-major order.
+    """
+
+    def __init__(self, acc, shape, rows=None, windows=None):
+        self.acc, self.shape, self.rows, self.windows = acc, shape, rows, windows
+
+
+def _pool_fits(plan, ho, wo) -> bool:
+    """Whether the fused pool tiles the conv output with whole, non-overlapping windows."""
+    p = plan.pool
+    return bool(p) and tuple(p["pool_size"]) == tuple(p["strides"]) and (
+        p["padding"] == "valid" or (ho % p["pool_size"][0] == 0 and wo % p["pool_size"][1] == 0))
+
+
+def _window_mode(plan, ho, wo) -> bool:
+    """Pool-window compaction is exact only where :func:`rows_finish` can requantize pooled
+    windows alone: float64 requantization, pool before requantization, whole windows and a
+    per-channel (1-D) bias, so that an unreached window's output is the constant requant(0)."""
+    return (_pool_fits(plan, ho, wo) and plan.pool_first and plan.float_requant
+            and np.ndim(plan.bias) <= 1)
+
+
+def _sparse_groups(plan, c, ch, vals):
+    """Exactness plan of :func:`sparse_conv_events`: ``[(channels, base, dtype)]``, the same
+    float32-exact channel groups as the dense GEMM (:meth:`NeuralPlan._groups`, from the
+    batch's per-channel maxima, here taken over the events ``(ch, vals)`` sorted by channel),
+    each with its channels in ascending original order; one int64 group when even float64
+    is not provably exact."""
+    m = np.zeros(c, dtype=np.int64)
+    if ch.size:
+        starts = np.flatnonzero(np.r_[True, ch[1:] != ch[:-1]])
+        m[ch[starts]] = np.maximum.reduceat(np.abs(vals), starts)
+    groups, total = plan._groups(m[plan.perm].astype(np.float64))
+    if total >= kernels.FLOAT64_EXACT:
+        return [(np.arange(c), 0, np.dtype(np.int64))]
+    return [(np.sort(plan.perm[g0:g1]), base, np.dtype(dt)) for g0, g1, base, dt in groups]
+
+
+def sparse_conv_events(plan, x: np.ndarray, sp) -> RowAcc:
+    """Event-driven conv2d at the element level with a compiled sparse product (scipy).
+
+    Every non-zero input element ``(pixel, channel)`` is an event; through kernel tap ``t`` it
+    reaches one output pixel. The events form a sparse im2col matrix ``A`` (rows: the output
+    pixels kept, columns: ``(tap, channel)``) in CSC layout -- built directly in column order
+    (events are enumerated channel-major, taps outermost), without sorting -- and ``A @ W``
+    (``W = kernel.reshape(taps*c, cout)``) runs in scipy's compiled loop: ``events x taps x
+    cout`` multiply-adds, no dense GEMM, no NumPy scatter. Rows are kept only for the output
+    pixels some event reaches (with a fused pool that tiles the output: the pixels of the
+    pooling windows some event reaches, :func:`_window_mode`).
+
+    Exactness: the channels are split into the dense path's float32-exact groups (one group
+    unless per-axis alignments push the bound past 2^24); any summation order is exact since
+    every partial sum is a sub-sum of ``sum |w x| < 2^24`` (2^53 for a float64 group). Groups
+    are combined as ``sum_g 2^base_g P_g`` in float64, or everything runs in int64 past 2^53.
+    """
+    a = plan.op.attrs
+    kernel = plan.kernel
+    kh, kw, c, cout = kernel.shape
+    taps = kh * kw
+    s, d = a["strides"], a["dilation_rate"]
+    n, h, w, _ = x.shape
+    ho, pb, _ = kernels.conv_geometry(h, kh, s[0], a["padding"], d[0])
+    wo, pl, _ = kernels.conv_geometry(w, kw, s[1], a["padding"], d[1])
+    flat = x.reshape(-1, c)
+    # events, channel-major: a CSC column (tap, channel) is one contiguous run of entries
+    ch, pix = np.nonzero((flat != 0).T)
+    vals = flat[pix, ch]
+    active = np.zeros(n * h * w, dtype=bool)
+    active[pix] = True
+    reached = _reached(active.reshape(n, h, w), (kh, kw), s, d, a["padding"], (ho, wo))
+    rows = windows = None
+    if _window_mode(plan, ho, wo):
+        p0, p1 = plan.pool["pool_size"]
+        h2, w2 = ho // p0, wo // p1
+        live = reached[:, :h2 * p0, :w2 * p1].reshape(n, h2, p0, w2, p1).any(axis=(2, 4))
+        windows = np.flatnonzero(live)
+        nrows = windows.size * p0 * p1
+        cmap = np.full((n, ho, wo), nrows, dtype=np.int32)  # row nrows: a dummy, dropped
+        wn, wi, wj = np.unravel_index(windows, (n, h2, w2))
+        base = np.arange(windows.size, dtype=np.int32) * (p0 * p1)
+        for di in range(p0):
+            for dj in range(p1):
+                cmap[wn, wi * p0 + di, wj * p1 + dj] = base + (di * p1 + dj)
+        cmap = cmap.ravel()
+    else:
+        rows = np.flatnonzero(reached)
+        nrows = rows.size
+        cmap = np.full(n * ho * wo, nrows, dtype=np.int32)
+        cmap[rows] = np.arange(nrows, dtype=np.int32)
+    # kept output row reached from each active pixel through each tap (dummy: none)
+    apix = np.flatnonzero(active)
+    an, ai, aj = np.unravel_index(apix, (n, h, w))
+    om = np.full((taps, apix.size), nrows, dtype=np.int32)
+    for ta in range(kh):
+        ri = ai + (pb - ta * d[0])
+        ok_r = (ri >= 0) & (ri < ho * s[0])
+        if s[0] > 1:
+            ok_r &= ri % s[0] == 0
+        for tb in range(kw):
+            rj = aj + (pl - tb * d[1])
+            ok = ok_r & (rj >= 0) & (rj < wo * s[1])
+            if s[1] > 1:
+                ok &= rj % s[1] == 0
+            om[ta * kw + tb, ok] = cmap[(an[ok] * ho + ri[ok] // s[0]) * wo + rj[ok] // s[1]]
+    prank = np.zeros(n * h * w, dtype=np.int32)
+    prank[apix] = np.arange(apix.size, dtype=np.int32)
+    dest = om[:, prank[pix]]  # (taps, events): kept output row of each synapse
+    acc = None
+    groups = _sparse_groups(plan, c, ch, vals)
+    for chans, base, dt in groups:
+        if len(groups) > 1:
+            sel = np.zeros(c, dtype=bool)
+            sel[chans] = True
+            sel = sel[ch]
+            g_ch, g_vals, g_dest = ch[sel], vals[sel], dest[:, sel]
+        else:
+            g_ch, g_vals, g_dest = ch, vals, dest
+        rel = plan.align[chans] - base
+        local = np.zeros(c, dtype=np.int64)
+        local[chans] = np.arange(chans.size)
+        if dt == np.int64:
+            v = np.left_shift(g_vals, plan.align[g_ch]) if np.any(plan.align) else g_vals
+        else:
+            v = g_vals.astype(dt)
+            if np.any(rel):
+                v *= np.ldexp(1.0, rel).astype(dt)[local[g_ch]]
+        cnt = np.bincount(local[g_ch], minlength=chans.size)
+        data = np.broadcast_to(v, g_dest.shape)
+        keep = g_dest != nrows
+        if np.count_nonzero(keep) < 0.9 * keep.size:  # strided conv: drop the dead synapses
+            cnt = np.bincount((np.arange(taps)[:, None] * chans.size + local[g_ch]).ravel(),
+                              weights=keep.ravel(), minlength=taps * chans.size).astype(np.int64)
+            idx, data = g_dest[keep], data[keep]
+        else:
+            cnt, idx, data = np.tile(cnt, taps), g_dest.ravel(), data.ravel()
+        indptr = np.zeros(taps * chans.size + 1, dtype=np.int64)
+        np.cumsum(cnt, out=indptr[1:])
+        itype = np.int32 if indptr[-1] < 2**31 else np.int64
+        mat = sp.csc_matrix((data, idx.astype(itype, copy=False), indptr.astype(itype)),
+                            shape=(nrows + 1, taps * chans.size))
+        kmat = _cached(plan, ("wtap", chans.tobytes(), dt.str), lambda ch_=chans, dt_=dt:
+                       np.ascontiguousarray(kernel[:, :, ch_, :].reshape(-1, cout)).astype(dt_))
+        part = np.asarray(mat @ kmat)[:nrows]
+        if len(groups) == 1:
+            acc = part if not base else part * np.float64(2.0 ** base)
+        else:
+            part = part.astype(np.float64, copy=False)
+            if base:
+                part *= 2.0 ** base
+            acc = part if acc is None else np.add(acc, part, out=acc)
+    return RowAcc(acc, (n, ho, wo, cout), rows=rows, windows=windows)
+
+
+def rows_finish(plan, racc: RowAcc) -> np.ndarray:
+    """Bias, requantization and fused pooling of :class:`RowAcc` accumulators.
+
+    Pool windows (or output pixels) no event reaches have accumulator 0, so their output is
+    the constant ``requant(0)`` of each channel (valid for a per-channel bias); only the kept
+    rows are requantized. Any other case (int64 requantization, a spatial bias map, an
+    overlapping or padded pool) scatters the rows into a dense accumulator and runs the dense
+    ``plan.finish``.
+    """
+    n, ho, wo, cout = racc.shape
+    if racc.windows is not None:  # guaranteed by _window_mode
+        p0, p1 = plan.pool["pool_size"]
+        vals = racc.acc.reshape(-1, p0 * p1, cout).max(axis=1)
+        out = np.empty((n, ho // p0, wo // p1, cout), dtype=np.int64)
+        idx = racc.windows
+    elif not plan.pool and plan.float_requant and np.ndim(plan.bias) <= 1:
+        vals = racc.acc
+        out = np.empty((n, ho, wo, cout), dtype=np.int64)
+        idx = racc.rows
+    else:
+        dense = np.zeros((n * ho * wo, cout), dtype=racc.acc.dtype)
+        dense[racc.rows] = racc.acc
+        return plan.finish(dense.reshape(n, ho, wo, cout), partial(neural_output, plan.op))
+    out[...] = plan.requant(np.zeros(cout, racc.acc.dtype))
+    if idx.size:
+        out.reshape(-1, cout)[idx] = plan.requant(vals)
+    return out
+
+
 def column_dense_events(plan, x: np.ndarray, cols: np.ndarray, dt) -> np.ndarray:
     """Event-driven dense layer: only the input features with events enter the product,
     ``y = x[:, cols] @ W[cols]`` (the skipped features are zero in every sample)."""
@@ -262,26 +464,37 @@ def column_dense_events(plan, x: np.ndarray, cols: np.ndarray, dt) -> np.ndarray
 
 
 def event_linear_auto(plan, x: np.ndarray):
-    """``(accumulators, event_driven)``: the event kernel when few input positions carry
-    events; otherwise the dense kernel (identical integers). The pixel-event conv returns a
-    :class:`CompactAcc`."""
+    """``(accumulators, event_driven)``: an event kernel when few enough inputs carry events,
+    otherwise the dense kernel (identical integers either way).
+
+    conv2d: with scipy, the element-event kernel (:func:`sparse_conv_events`, a
+    :class:`RowAcc`) when at most :data:`EVENT_MAX_DENSITY` of the input elements are
+    non-zero; without scipy, the NumPy pixel-event kernel (:func:`pixel_conv_events`, a
+    :class:`CompactAcc`) when at most :data:`EVENT_MAX_ACTIVE` of the input pixels are active.
+    dense: the active input features only (:func:`column_dense_events`).
+    """
     t = plan.type
-    if t in EVENT_TYPES and x.size:
-        if t == "conv2d":
-            active = np.any(x != 0, axis=-1).ravel() if x.shape[-1] > 1 else x.ravel() != 0
-        else:
-            active = np.any(x.reshape(-1, x.shape[-1]) != 0, axis=0)
-        idx = np.flatnonzero(active)
-        if idx.size <= EVENT_MAX_ACTIVE * active.size:
-            dt = _float_dtype(plan, x)
-            if dt is not None:
-                if t == "conv2d":
-                    cacc = pixel_conv_events(plan, x, idx, dt)
-                    return cacc, True
-                return column_dense_events(plan, x, idx, dt), True
-            acc, _ = event_linear(plan.op, aligned_input(plan.op, x))
-            return acc, True
-    return plan.linear(x), False
+    if t not in EVENT_TYPES or not x.size:
+        return plan.linear(x), False
+    if t == "conv2d":
+        sp = sparse_backend()
+        if sp is not None:
+            if np.count_nonzero(x) > EVENT_MAX_DENSITY * x.size:
+                return plan.linear(x), False
+            return sparse_conv_events(plan, x, sp), True
+        active = np.any(x != 0, axis=-1).ravel() if x.shape[-1] > 1 else x.ravel() != 0
+    else:
+        active = np.any(x.reshape(-1, x.shape[-1]) != 0, axis=0)
+    idx = np.flatnonzero(active)
+    if idx.size > EVENT_MAX_ACTIVE * active.size:
+        return plan.linear(x), False
+    dt = _float_dtype(plan, x)
+    if dt is None:
+        acc, _ = event_linear(plan.op, aligned_input(plan.op, x))
+        return acc, True
+    if t == "conv2d":
+        return pixel_conv_events(plan, x, idx, dt), True
+    return column_dense_events(plan, x, idx, dt), True
 
 
 def run_neural_events(op, x: np.ndarray, stats: dict | None = None, plan=None) -> np.ndarray:
@@ -293,6 +506,8 @@ def run_neural_events(op, x: np.ndarray, stats: dict | None = None, plan=None) -
     acc, driven = event_linear_auto(plan, x)
     if stats is not None:
         stats[op.name]["event_driven"] = driven
+    if isinstance(acc, RowAcc):
+        return rows_finish(plan, acc)
     if isinstance(acc, CompactAcc):
         return event_finish(plan, acc)
     return plan.finish(acc, partial(neural_output, op))
