@@ -223,14 +223,15 @@ def event_finish(plan, cacc: CompactAcc) -> np.ndarray:
     An output pixel no event reaches has accumulator 0, so its output is the constant
     ``requant(0)`` per channel (computed by the same code); only the reached pixels (or the
     pooling windows containing one) are requantized. Falls back to the dense ``plan.finish``
-    for int64 requantization or an overlapping/padded pooling geometry.
+    for int64 requantization, an overlapping/padded pooling geometry or a spatial bias map.
     """
     n, ho, wo, cout = cacc.shape
     p = plan.pool
     fits = not p or (tuple(p["pool_size"]) == tuple(p["strides"]) and (
         p["padding"] == "valid" or (ho % p["pool_size"][0] == 0
                                     and wo % p["pool_size"][1] == 0)))
-    if not plan.float_requant or (p and not plan.pool_first) or not fits:
+    if not plan.float_requant or (p and not plan.pool_first) or not fits \
+            or np.ndim(plan.bias) > 1:  # a spatial bias map: requant(0) is not one constant
         return plan.finish(cacc.dense(), partial(neural_output, plan.op))
     const = plan.requant(np.zeros(cout, cacc.acc.dtype))  # unreached outputs: requant(0)
     if p:

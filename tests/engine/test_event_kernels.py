@@ -1,0 +1,174 @@
+"""Event-driven conv kernels: the scipy element-event kernel and the NumPy pixel-event fallback
+give exactly the reference ops' integers (fixedq.engine.ops: int64 conv + neural_output) on
+random sparse inputs and worst-case magnitudes, for every geometry and fused pool."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fixedq.engine import events, kernels
+from fixedq.engine.ops import Op, neural_output
+
+sp = pytest.importorskip("scipy.sparse")
+
+POOLS = [None, {"pool_size": [2, 2], "strides": [2, 2], "padding": "valid"},
+         {"pool_size": [2, 2], "strides": [2, 2], "padding": "same"},
+         {"pool_size": [3, 3], "strides": [2, 2], "padding": "same"},
+         {"pool_size": [2, 3], "strides": [2, 3], "padding": "valid"}]
+GEOMS = [((1, 1), "same", (1, 1)), ((2, 2), "same", (1, 1)), ((1, 1), "valid", (2, 2)),
+         ((1, 2), "valid", (1, 1)), ((2, 1), "same", (1, 2)), ((3, 3), "valid", (1, 1))]
+
+
+def _op(kernel, rng, align=None, pool=None, strides=(1, 1), padding="same", dilation=(1, 1),
+        in_max=255, bias=None, mult=None):
+    cout = kernel.shape[-1]
+    arrays = {"kernel": kernel,
+              "bias": rng.integers(-1000, 1001, cout) if bias is None else bias,
+              "multiplier": rng.integers(128, 256, cout) if mult is None else mult,
+              "shift": rng.integers(8, 21, cout),
+              "out_lo": np.full(cout, -128), "out_hi": np.full(cout, 127)}
+    if align is not None:
+        arrays["in_align"] = np.asarray(align)
+    mags = np.full(kernel.shape[2], in_max, dtype=np.int64)
+    if align is not None:
+        mags = mags << np.asarray(align)
+    bound = kernels.linear_bound(kernel, "conv2d", mags)
+    attrs = {"type": "conv2d", "accum_dtype": kernels.exact_dtype(bound), "accum_bound": bound,
+             "acc_lo": -(1 << 31), "acc_hi": (1 << 31) - 1, "strides": list(strides),
+             "padding": padding, "dilation_rate": list(dilation)}
+    if pool:
+        attrs["pool"] = pool
+    return Op("op", "neural", ["x"], attrs, arrays)
+
+
+def _reference(op, x):
+    """The reference ops: exact int64 conv (docs/numerics.md eq. 8) and neural_output."""
+    a = op.attrs
+    align = op.arrays.get("in_align")
+    xa = np.left_shift(x, align) if align is not None else x
+    lin = kernels.conv2d(xa, op.arrays["kernel"], tuple(a["strides"]), a["padding"],
+                         tuple(a["dilation_rate"]), "int64")
+    return neural_output(op, lin)
+
+
+def _sparse(rng, shape, zero_frac, lo=1, hi=255, pixel=False):
+    x = rng.integers(lo, hi + 1, size=shape)
+    x[rng.random(shape[:-1] if pixel else shape) < zero_frac] = 0
+    return x
+
+
+def _run(op, x, backend):
+    """Event path with scipy (``backend="scipy"``) or the NumPy fallback; checks it ran."""
+    stats = {"op": {}}
+    y = events.run_neural_events(op, x, stats)
+    assert stats["op"]["event_driven"], backend
+    return y
+
+
+@pytest.fixture(params=["scipy", "numpy"])
+def backend(request, monkeypatch):
+    monkeypatch.setattr(events, "EVENT_MAX_DENSITY", 1.0)
+    monkeypatch.setattr(events, "EVENT_MAX_ACTIVE", 1.0)
+    if request.param == "numpy":
+        monkeypatch.setattr(events, "sparse_backend", lambda: None)
+    return request.param
+
+
+@pytest.mark.parametrize("pool", POOLS)
+@pytest.mark.parametrize("geom", GEOMS)
+def test_random_sparse_equals_reference(backend, pool, geom):
+    rng = np.random.default_rng(11)
+    strides, padding, dil = geom
+    for cin, align, zf, pixel in ((1, None, 0.9, False), (6, [0, 5, 0, 2, 6, 3], 0.8, False),
+                                  (5, None, 0.95, True), (4, None, 1.0, False)):
+        k = rng.integers(-128, 128, size=(3, 3, cin, 5))
+        x = _sparse(rng, (3, 11, 12, cin), zf, pixel=pixel)
+        op = _op(k, rng, align, pool, strides, padding, dil)
+        np.testing.assert_array_equal(_run(op, x, backend), _reference(op, x))
+
+
+@pytest.mark.parametrize("pool", POOLS[:2])
+def test_signed_inputs_and_2x2_kernel(backend, pool):
+    rng = np.random.default_rng(12)
+    k = rng.integers(-8, 8, size=(2, 2, 3, 7))
+    x = _sparse(rng, (2, 9, 8, 3), 0.85, lo=-128, hi=127)
+    op = _op(k, rng, None, pool, in_max=128)
+    np.testing.assert_array_equal(_run(op, x, backend), _reference(op, x))
+
+
+@pytest.mark.parametrize("align", [None, "two_groups", "int64"])
+def test_worst_case_magnitudes(backend, align):
+    """3x3x512 fan-in, every weight at -128 or 127 and every event at 255: the bound passes
+    2^24 (float64, or float32/float64 channel groups with a 9-bit alignment), and with a
+    30-bit alignment 2^53 (int64 products and int64 requantization)."""
+    rng = np.random.default_rng(13)
+    cin = 512
+    k = np.where(rng.random((3, 3, cin, 4)) < 0.5, -128, 127)
+    k[..., 0] = 127  # one output channel with every term of the same sign
+    al = {None: None, "two_groups": np.where(np.arange(cin) % 2, 9, 0),
+          "int64": np.where(np.arange(cin) % 3 == 0, 30, 0)}[align]
+    x = np.full((2, 6, 5, cin), 255)
+    x[rng.random(x.shape) < 0.5] = 0
+    x[0, 2:5, 1:4, :] = 255  # one 3x3 window with every event present: the full bound
+    op = _op(k, rng, al, None, in_max=255, mult=np.full(4, 1), bias=np.zeros(4, np.int64))
+    op.arrays["shift"] = np.full(4, 0 if align is None else 30)
+    op.arrays["out_lo"], op.arrays["out_hi"] = np.full(4, -(2**62)), np.full(4, 2**62)
+    op.attrs["acc_lo"], op.attrs["acc_hi"] = -(2**62), 2**62
+    want = _reference(op, x)
+    if align is None:
+        assert np.abs(want).max() > 2**24 and want.max() == 9 * cin * 255 * 127
+    np.testing.assert_array_equal(_run(op, x, backend), want)
+
+
+def test_sparse_kernel_keeps_only_reached_rows():
+    """Work scales with the events: one event in a 3x3 'same' conv keeps 9 output rows (or
+    the 4 pool windows around it, 16 rows), whatever the image size."""
+    rng = np.random.default_rng(14)
+    k = rng.integers(-128, 128, size=(3, 3, 2, 3))
+    x = np.zeros((4, 40, 40, 2), dtype=np.int64)
+    x[1, 20, 21, 1] = 77
+    for pool, rows in ((None, 9), (POOLS[1], 16)):
+        plan = kernels.NeuralPlan(_op(k, rng, None, pool))
+        racc = events.sparse_conv_events(plan, x, sp)
+        assert racc.acc.shape == (rows, 3)
+        np.testing.assert_array_equal(events.rows_finish(plan, racc), _reference(plan.op, x))
+
+
+def test_no_events_and_requant_shortcuts(backend):
+    """All-zero input: every output is requant(0) (per-channel bias); negative multipliers
+    (no pool-first) and int64 requantization fall back to the dense finish."""
+    rng = np.random.default_rng(15)
+    k = rng.integers(-128, 128, size=(3, 3, 2, 3))
+    x = np.zeros((2, 8, 8, 2), dtype=np.int64)
+    for pool in POOLS[:3]:
+        op = _op(k, rng, None, pool)
+        np.testing.assert_array_equal(_run(op, x, backend), _reference(op, x))
+    x = _sparse(rng, (2, 8, 8, 2), 0.9)
+    op = _op(k, rng, None, POOLS[1], mult=np.array([200, -3, 7]))
+    np.testing.assert_array_equal(_run(op, x, backend), _reference(op, x))
+    op = _op(k, rng, None, POOLS[1], mult=np.full(3, 2**40))
+    assert not kernels.NeuralPlan(op).float_requant
+    np.testing.assert_array_equal(_run(op, x, backend), _reference(op, x))
+
+
+def test_spatial_bias_map_uses_dense_finish(backend):
+    """A (Ho, Wo, Cout) bias map: unreached outputs are not one constant per channel, so the
+    event path must requantize every output (rows_finish falls back to the dense finish)."""
+    rng = np.random.default_rng(16)
+    k = rng.integers(-128, 128, size=(3, 3, 2, 3))
+    x = _sparse(rng, (2, 8, 7, 2), 0.9)
+    op = _op(k, rng, None, None, bias=rng.integers(-5000, 5001, (8, 7, 3)))
+    np.testing.assert_array_equal(_run(op, x, backend), _reference(op, x))
+
+
+def test_auto_selection_by_density(monkeypatch):
+    rng = np.random.default_rng(17)
+    k = rng.integers(-128, 128, size=(3, 3, 4, 3))
+    op = _op(k, rng)
+    for zf, driven in ((0.95, True), (0.2, False)):
+        x = _sparse(rng, (2, 10, 10, 4), zf)
+        stats = {"op": {}}
+        np.testing.assert_array_equal(events.run_neural_events(op, x, stats),
+                                      _reference(op, x))
+        assert stats["op"]["event_driven"] is driven
