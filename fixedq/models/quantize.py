@@ -28,6 +28,8 @@ from fixedq.models.bias_correction import BiasCorrection, correct_biases
 from fixedq.models.calibrate import RangeStats, calibrate
 from fixedq.models.calibration_methods import CalibrationMethod
 from fixedq.models.fold_rescaling import fold_rescaling
+from fixedq.models.range_alignment import align_ranges, apply_alignment
+from fixedq.models.range_alignment import wanted as alignment_wanted
 from fixedq.models.samples import DEFAULT_NUM_SAMPLES, iter_batches, random_samples
 from fixedq.models.split_separable import split_separable
 from fixedq.transforms import sanitize
@@ -144,7 +146,8 @@ def quantize(model, qparams: QuantizationParams | None = None, samples=None,
              num_samples: int = DEFAULT_NUM_SAMPLES, batch_size: int | None = None,
              epochs: int = 1, q_config: dict | None = None, verbose: bool = True,
              calibration=None, overrides: dict | None = None,
-             bias_correction="auto", smooth_quant=None) -> keras.Model:
+             bias_correction="auto", smooth_quant=None,
+             range_alignment="auto") -> keras.Model:
     """Quantize a float Keras model; the input model is never changed.
 
     Args:
@@ -173,6 +176,11 @@ def quantize(model, qparams: QuantizationParams | None = None, samples=None,
         smooth_quant: ``alpha`` (0..1) or ``{"alpha": a, "layers": [...]}``: apply
             :func:`fixedq.transforms.smooth_quant.smooth_quant` to the float model first
             (needs samples).
+        range_alignment: ``True`` to rescale activation channels (function-preserving) so
+            that each calibrated range fills its power-of-two grid
+            (:mod:`fixedq.models.range_alignment`); ``False`` for none. The default
+            ``"auto"`` aligns when ``activation_bits <= 4`` with per-axis activations. With a
+            ``q_config`` the alignment recorded in it is re-applied and this is ignored.
 
     Returns:
         A new Keras model made of fixedq quantized layers.
@@ -183,6 +191,7 @@ def quantize(model, qparams: QuantizationParams | None = None, samples=None,
         qparams = QuantizationParams.from_dict(q_config["qparams"])
     if not isinstance(qparams, QuantizationParams):
         raise TypeError(f"qparams must be a QuantizationParams, got {type(qparams).__name__}")
+    align = alignment_wanted(range_alignment, qparams)  # validates the argument
     model = as_keras3(model)
     _check_not_quantized(model)
     samples_given = samples
@@ -203,6 +212,9 @@ def quantize(model, qparams: QuantizationParams | None = None, samples=None,
     fused = fused_relus(graph)
     points = [n.name for n in graph.nodes if builders.kind_of(n) in builders.REQUANTIZING]
     input_name = graph.inputs[0].name
+    alignment = layer_cfg.get(input_name, {}).get("range_alignment")
+    if alignment is not None:  # recorded in the q-config: its stats are of the aligned model
+        apply_alignment(graph, alignment)
     stats = _stats_from_config(layer_cfg)
     probe_ctx = builders.BuildContext(qparams, stats, layer_cfg, set(), set(), fused, graph,
                                       methods)
@@ -227,11 +239,15 @@ def quantize(model, qparams: QuantizationParams | None = None, samples=None,
         bins = max(m.bins for m in methods.values()) if methods else 1024
         stats.update(calibrate(float_model, samples, [p for p in needed if p in points],
                                num_samples, batch_size, epochs, verbose, histograms, bins))
+    if q_config is None and alignment is None and align:
+        alignment = align_ranges(graph, stats, probe_ctx, fused) or None
     auto = isinstance(bias_correction, str) and bias_correction == "auto"
     correction = BiasCorrection.get(bias_correction, qparams)
     if auto and (samples_given is None or any("bias_delta" in c for c in layer_cfg.values())):
         correction = None
     qmodel = _build(graph, qparams, stats, fused, layer_cfg, model.name, methods)
+    if alignment is not None:
+        qmodel.get_layer(f"{input_name}_quantizer").qconfig["range_alignment"] = alignment
     if correction is not None:
         if samples is None:
             raise ValueError("bias_correction needs calibration samples (samples=...)")

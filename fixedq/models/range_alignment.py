@@ -1,0 +1,296 @@
+"""Power-of-two range alignment: rescale activation channels so their ranges fill the grid.
+
+Activations are quantized with power-of-two steps ``2^-f`` (``f = value_bits -
+ceil(log2(range))``, eq. 22), so a channel whose calibrated range is just above a power of two
+uses only about half of its integer levels: up to one bit of resolution is lost, half a bit on
+average. At 4 bits that costs as much as all the weight quantization together.
+
+The float function has a degree of freedom the grid does not: for a ReLU network, multiplying an
+output channel ``c`` of a layer by ``s_c > 0`` and dividing the weights that read that channel by
+``s_c`` changes nothing (``relu(s x) = s relu(x)``, max-pooling, average pooling, dropout and
+``Add`` are positively homogeneous too). This transform picks, per channel, the ``s_c`` in
+``[1, 2)`` that moves the channel's calibrated range (as chosen by its calibration method) to
+just below the top of a power-of-two grid, so every channel uses all its levels. It is the
+per-channel analogue of a float activation scale, expressed in power-of-two frac_bits.
+
+A *channel group* is the set of tensors that must carry the same per-channel factor: a layer with
+weights (the *producer*: its kernel's output channels and bias are multiplied), the ReLU /
+MaxPool / GlobalAveragePooling / Dropout layers after it, ``Add`` layers together with all their
+other inputs (and those inputs' producers), and the layers with weights that read any tensor of
+the group (the *consumers*: their kernel's input channels are divided). A group is left alone
+when it contains anything else (a model output, a ReLU with ``max_value``, BatchNormalization that
+was not folded, Concatenate, Flatten/Reshape, a consumer with a folded Rescaling, ...), or when
+one of its tensors uses per-tensor activations. When a group holds several requantized tensors
+(e.g. both inputs and the output of an ``Add``) the factor minimizes the summed relative squared
+step ``sum_t (2^-f_t / range_t)^2`` over them.
+
+Weight quantization is unaffected for producers (per-output-channel scales absorb ``s_c``
+exactly) and for depthwise consumers; a Conv2D/Dense consumer sees its input rows divided by
+factors in ``(1/2, 1]``.
+
+The factors are recorded in the input quantizer's q-config entry (``range_alignment``:
+``{layer: {"out": [...], "in": [...]}}``) and re-applied by ``quantize(model, q_config=cfg)``.
+
+Example:
+    >>> qmodel = quantize(model, qp, samples=x, range_alignment=True)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+
+from fixedq.layers.spec import frac_bits_for_range
+from fixedq.models import builders
+from fixedq.models.calibration_methods import select_range
+from fixedq.models.split_separable import DW_SUFFIX
+from fixedq.transforms.fold_batchnorm import scale_output_channels
+from fixedq.transforms.graph import Graph, GraphNode
+
+L = keras.layers
+#: Kernel axis of the input channels of the layers that can absorb ``1/s`` on their inputs.
+_IN_AXIS = {L.Conv2D: 2, L.DepthwiseConv2D: 2, L.Dense: 0, L.Conv2DTranspose: 3}
+_TRANSPARENT = {"relu", "maxpool", "dropout", "gap", "add"}
+_MARGIN = 1.0 - 2.0**-20  # stay strictly below the grid top despite float rounding
+
+
+@dataclass(frozen=True)
+class ChannelGroup:
+    """Tensors sharing one per-channel factor, the layers that produce them and that read them."""
+
+    tensors: tuple[str, ...]
+    producers: tuple[str, ...]
+    consumers: tuple[str, ...]
+
+
+def _producible(node: GraphNode) -> bool:
+    return (builders.kind_of(node) == "neural" and node.cls in _IN_AXIS
+            and node.weight("kernel") is not None)
+
+
+def _group_from(graph: Graph, start: str, relu_max: set[str]) -> ChannelGroup | None:
+    tensors, todo = {start}, [start]
+    producers, consumers = set(), set()
+    while todo:
+        name = todo.pop()
+        node = graph.node(name)
+        if graph.is_output(name) or name in relu_max:
+            return None
+        kind = builders.kind_of(node)
+        if _producible(node):
+            producers.add(name)
+        elif kind in _TRANSPARENT and not (kind == "relu" and node.config.get("max_value")
+                                           is not None):
+            for ref in node.refs:
+                if ref.name not in tensors:
+                    tensors.add(ref.name)
+                    todo.append(ref.name)
+        else:
+            return None
+        for user in graph.consumers(name):
+            ukind = builders.kind_of(user)
+            if ukind == "neural":
+                if (user.cls not in _IN_AXIS or len(user.refs) != 1
+                        or user.folded_input is not None or user.weight("kernel") is None):
+                    return None
+                consumers.add(user.name)
+            elif ukind in _TRANSPARENT:
+                if user.name not in tensors:
+                    tensors.add(user.name)
+                    todo.append(user.name)
+            else:
+                return None
+    order = [n.name for n in graph.nodes]
+    key = order.index
+    return ChannelGroup(tuple(sorted(tensors, key=key)), tuple(sorted(producers, key=key)),
+                        tuple(sorted(consumers, key=key)))
+
+
+def channel_groups(graph: Graph, fused: dict[str, str]) -> list[ChannelGroup]:
+    """All alignable channel groups of ``graph`` (after sanitize / split / fold)."""
+    relu_max = set()
+    for prod, relu in fused.items():
+        if graph.node(relu).config.get("max_value") is not None:
+            relu_max |= {prod, relu}
+    groups, seen = [], set()
+    for node in graph.nodes:
+        if node.name in seen or not _producible(node):
+            continue
+        group = _group_from(graph, node.name, relu_max)
+        if group is None:
+            seen.add(node.name)
+            continue
+        seen |= set(group.tensors)
+        groups.append(group)
+    return groups
+
+
+def _signedness(graph: Graph, fused: dict[str, str], stats) -> dict[str, bool]:
+    """Whether each node's quantized output is signed (the rules of ``builders``)."""
+    signed: dict[str, bool] = {}
+    for node in graph.nodes:
+        kind = builders.kind_of(node)
+        ins = [signed.get(r.name, True) for r in node.refs]
+        if node.is_input:
+            st = stats.get(node.name)
+            signed[node.name] = st is None or bool(np.any(st.minimum < 0))
+        elif kind == "neural":
+            signed[node.name] = node.name not in fused
+        elif kind == "relu":
+            signed[node.name] = False
+        elif kind in ("maxpool", "dropout", "gap", "reshape"):
+            signed[node.name] = ins[0] if ins else True
+        elif kind == "add":
+            signed[node.name] = any(ins)
+        else:
+            signed[node.name] = True
+    return signed
+
+
+def _value_bits(name: str, node: GraphNode, signed: bool, ctx: builders.BuildContext) -> int:
+    if name.endswith(DW_SUFFIX) and node.cls is L.DepthwiseConv2D:
+        default = max(8, ctx.qparams.activation_bits)
+    else:
+        default = ctx.qparams.activation_bits
+    bits = ctx.override(name, "activation_bits", default)
+    return bits - 1 if signed else bits
+
+
+def _aligned(rng: np.ndarray, vb: int) -> np.ndarray:
+    """Per channel, the factor in ``[1, 2)`` that puts ``rng`` just under a grid's top."""
+    top = (2.0**vb - 0.5) * _MARGIN
+    r = np.where(rng > 0, rng, 1.0)
+    f = np.floor(np.log2(top / r))
+    s = top * 2.0**-f / r
+    return np.where(rng > 0, s, np.nan)
+
+
+def _cost(rng: np.ndarray, vb: int) -> np.ndarray:
+    """Relative squared step ``(2^-f / range)^2`` per channel (0 for dead channels)."""
+    out = np.zeros(len(rng))
+    live = rng > 0
+    if np.any(live):
+        f = np.asarray(frac_bits_for_range(rng[live], vb, spread=10**6), dtype=np.float64)
+        out[live] = (2.0**-f / rng[live]) ** 2
+    return out
+
+
+def group_scales(group: ChannelGroup, graph: Graph, stats, ctx: builders.BuildContext,
+                 signed: dict[str, bool]) -> np.ndarray | None:
+    """The per-channel factor of ``group`` (``None`` when there is nothing to align)."""
+    items = []
+    for name in group.tensors:
+        node = graph.node(name)
+        if builders.kind_of(node) not in builders.REQUANTIZING or name not in stats:
+            continue
+        cfg = ctx.layer_cfg.get(name, {})
+        per_tensor = ctx.override(name, "per_tensor", ctx.qparams.per_tensor_activations)
+        asym = ctx.override(name, "asymmetric",
+                            getattr(ctx.qparams, "asymmetric_activations", False))
+        if per_tensor or asym or "frac_bits" in cfg or "range" in cfg or "window" in cfg:
+            return None
+        vb = _value_bits(name, node, signed[name], ctx)
+        rng = select_range(stats[name], ctx.method_for(name), signed[name], vb)
+        items.append((np.asarray(rng, np.float64), vb))
+    if not items:
+        return None
+    channels = len(items[0][0])
+    if any(len(r) != channels for r, _ in items):
+        return None
+    candidates = [_aligned(r, vb) for r, vb in items]
+    best, best_cost = np.ones(channels), np.full(channels, np.inf)
+    for cand in candidates:
+        s = np.where(np.isnan(cand), 1.0, cand)
+        cost = sum(_cost(r * s, vb) for r, vb in items)
+        better = cost < best_cost
+        best, best_cost = np.where(better, s, best), np.where(better, cost, best_cost)
+    return best
+
+
+def _scale_in(node: GraphNode, factor: np.ndarray) -> None:
+    kernel = node.weight("kernel").astype(np.float64)
+    shape = [1] * kernel.ndim
+    axis = _IN_AXIS[node.cls]
+    shape[axis] = kernel.shape[axis]
+    node.weights = [(k, (kernel * factor.reshape(shape)).astype(v.dtype) if k == "kernel" else v)
+                    for k, v in node.weights]
+
+
+def _scale_out(node: GraphNode, factor: np.ndarray) -> None:
+    kind = node.cls.__name__
+    new = []
+    for key, value in node.weights:
+        if key == "kernel":
+            value = scale_output_channels(value, factor, kind).astype(value.dtype)
+        elif key == "bias":
+            value = (value.astype(np.float64) * factor).astype(value.dtype)
+        new.append((key, value))
+    node.weights = new
+    if node.folded_input is not None:  # keep the unfolded kernel consistent with the folded one
+        unit, kernel = node.folded_input
+        kernel = scale_output_channels(kernel, factor, kind).astype(kernel.dtype)
+        node.folded_input = (unit, kernel)
+        shape = [1] * kernel.ndim
+        shape[-2] = len(unit)
+        folded = (kernel.astype(np.float64) * np.asarray(unit).reshape(shape)).astype(np.float32)
+        node.weights = [(k, folded if k == "kernel" else v) for k, v in node.weights]
+
+
+def apply_alignment(graph: Graph, record: dict) -> None:
+    """Apply recorded factors ``{layer: {"out": [...], "in": [...]}}`` to ``graph`` in place."""
+    if not isinstance(record, dict):
+        raise ValueError(f"q_config: range_alignment must be a dict, got {record!r:.80}")
+    for name, entry in record.items():
+        node = graph.node(name)
+        if "in" in entry:
+            _scale_in(node, 1.0 / np.asarray(entry["in"], np.float64))
+        if "out" in entry:
+            _scale_out(node, np.asarray(entry["out"], np.float64))
+
+
+def _scale_stats(st, factor: np.ndarray) -> None:
+    st.minimum = st.minimum * factor
+    st.maximum = st.maximum * factor
+    st.batch_pos = [np.asarray(v) * factor for v in st.batch_pos]
+    st.batch_neg = [np.asarray(v) * factor for v in st.batch_neg]
+    # histograms are relative to ``top`` (the scaled max): their counts stay valid
+
+
+def align_ranges(graph: Graph, stats, ctx: builders.BuildContext,
+                 fused: dict[str, str]) -> dict:
+    """Choose and apply the factors of every channel group; scale ``stats`` to match.
+
+    Returns the record ``{layer: {"out": [...], "in": [...]}}`` for the q-config.
+    """
+    signed = _signedness(graph, fused, stats)
+    record: dict[str, dict] = {}
+    for group in channel_groups(graph, fused):
+        s = group_scales(group, graph, stats, ctx, signed)
+        if s is None or np.all(s == 1.0):
+            continue
+        for name in group.tensors:
+            if name in stats:
+                _scale_stats(stats[name], s)
+        for name in group.producers:
+            record.setdefault(name, {})["out"] = s
+        for name in group.consumers:
+            entry = record.setdefault(name, {})
+            entry["in"] = entry["in"] * s if "in" in entry else s
+    out = {}
+    for name in [n.name for n in graph.nodes if n.name in record]:
+        out[name] = {k: [float(v) for v in vals] for k, vals in record[name].items()}
+    apply_alignment(graph, out)
+    return out
+
+
+def wanted(value, qparams) -> bool:
+    """``range_alignment`` argument -> on/off (``"auto"``: on at <= 4-bit activations)."""
+    if isinstance(value, str) and value == "auto":
+        return qparams.activation_bits <= 4 and not qparams.per_tensor_activations
+    if isinstance(value, bool):
+        return value
+    raise TypeError(f"range_alignment must be True, False or 'auto', got {value!r}")
+
+

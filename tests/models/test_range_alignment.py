@@ -1,0 +1,122 @@
+"""Power-of-two range alignment (fixedq.models.range_alignment) on real digits."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from fixedq import QuantizationParams, dump_config, load_model, quantize, save_model
+from fixedq.models.range_alignment import apply_alignment, channel_groups
+from fixedq.models.split_separable import split_separable
+from fixedq.transforms import sanitize
+from fixedq.transforms.graph import build_model, read_graph
+
+QP4 = QuantizationParams(input_weight_bits=8, weight_bits=4, activation_bits=4)
+
+
+def _accuracy(model, x, y):
+    return 100.0 * float(np.mean(np.argmax(model.predict(x, verbose=0), axis=-1) == y))
+
+
+def _graph(model):
+    from fixedq.models.quantize import fused_relus
+
+    graph = read_graph(sanitize(model)[0])
+    split_separable(graph)
+    return graph, fused_relus(graph)
+
+
+def test_channel_groups_of_small_cnn(trained_cnn):
+    graph, fused = _graph(trained_cnn)
+    groups = {g.producers: g for g in channel_groups(graph, fused)}
+    assert set(groups) == {("conv1",), ("sep_dw",), ("sep", "pw")}
+    add_group = groups[("sep", "pw")]
+    assert add_group.consumers == ("dw", "logits")  # the Add joins both of its inputs
+    assert {"add", "gap", "pool"} <= set(add_group.tensors)
+    assert groups[("conv1",)].consumers == ("sep_dw",)
+    # dw has a ReLU(6) after it (max_value is not homogeneous) and logits is the model output
+    assert not any("dw" in g.producers or "logits" in g.producers for g in groups.values())
+
+
+def test_alignment_preserves_float_function_and_fills_grids(trained_cnn, digits):
+    x = digits[0][:256]
+    q = quantize(trained_cnn, QP4, samples=x, verbose=False, bias_correction=False,
+                 range_alignment=True)
+    record = dump_config(q)["layers"]["img"]["range_alignment"]
+    assert set(record) == {"conv1", "sep_dw", "sep", "pw", "dw", "logits"}
+    assert all(1.0 <= s < 2.0 for s in record["conv1"]["out"])
+    graph, _ = _graph(trained_cnn)
+    reference = build_model(graph).predict(x, verbose=0)
+    apply_alignment(graph, record)
+    aligned = build_model(graph).predict(x, verbose=0)
+    np.testing.assert_allclose(aligned, reference, rtol=1e-4, atol=1e-4 * np.abs(reference).max())
+    # every channel of a single-tensor group now uses more than half of its 4-bit grid
+    cfg = dump_config(q)["layers"]
+    for name in ("conv1",):
+        top = np.maximum(np.asarray(cfg[name]["calibration"]["max"]), 0.0)
+        frac = np.asarray(q.get_layer(name).output_spec.frac_array(len(top)))
+        live = top > 0
+        used = top[live] * 2.0 ** frac[live]
+        assert np.all(used > 2**4 / 2) and np.all(used < 2**4)
+
+
+def test_alignment_improves_4bit_output_snr(trained_cnn, digits):
+    xtr, _, xte, _ = digits
+    ref = trained_cnn.predict(xte, verbose=0)
+
+    def snr(model):  # dB of the float logits over the quantization error, on held-out digits
+        err = model.predict(xte, verbose=0) - ref
+        return 10 * np.log10(np.sum(ref**2) / np.sum(err**2))
+
+    kwargs = dict(samples=xtr[:512], verbose=False, bias_correction=False)
+    plain = snr(quantize(trained_cnn, QP4, range_alignment=False, **kwargs))
+    aligned = snr(quantize(trained_cnn, QP4, range_alignment=True, **kwargs))
+    assert aligned >= plain + 1.0, (plain, aligned)  # measured: 14.1 -> 16.2 dB
+
+
+def test_auto_default_and_qconfig_reproduces(trained_cnn, digits, tmp_path):
+    x = digits[0][:256]
+    q4 = quantize(trained_cnn, QP4, samples=x, verbose=False)  # "auto": on at 4 bits
+    cfg = json.loads(json.dumps(dump_config(q4)))
+    assert "range_alignment" in cfg["layers"]["img"]
+    q8 = quantize(trained_cnn, QuantizationParams(), samples=x, verbose=False)
+    assert "range_alignment" not in dump_config(q8)["layers"]["img"]
+    again = quantize(trained_cnn, q_config=cfg, verbose=False)
+    assert np.array_equal(q4.predict(x, verbose=0), again.predict(x, verbose=0))
+    path = str(tmp_path / "aligned.keras")
+    save_model(q4, path)
+    assert np.array_equal(q4.predict(x, verbose=0), load_model(path).predict(x, verbose=0))
+    with pytest.raises(TypeError, match="range_alignment"):
+        quantize(trained_cnn, QP4, samples=x, verbose=False, range_alignment="yes")
+
+
+def test_folded_rescaling_stem_is_aligned_and_trains(digits):
+    """A Rescaling folded into the first conv (kernel_unit) is scaled in its original units."""
+    xtr, ytr, xte, yte = digits
+    xtr, xte = np.round(xtr * 16), np.round(xte * 16)  # integer pixels 0..16
+    keras.utils.set_random_seed(1)
+    inp = keras.Input((8, 8, 1), name="img")
+    h = keras.layers.Rescaling(1 / 16, name="rescale")(inp)
+    h = keras.layers.Conv2D(16, 3, padding="same", name="stem")(h)
+    h = keras.layers.BatchNormalization(name="bn")(h)
+    h = keras.layers.ReLU(name="relu")(h)
+    h = keras.layers.DepthwiseConv2D(3, padding="same", name="dw")(h)
+    h = keras.layers.ReLU(name="relu2")(h)
+    h = keras.layers.Conv2D(32, 1, name="pw")(h)
+    h = keras.layers.ReLU(name="relu3")(h)
+    h = keras.layers.GlobalAveragePooling2D(name="gap")(h)
+    model = keras.Model(inp, keras.layers.Dense(10, name="logits")(h))
+    model.compile(keras.optimizers.Adam(3e-3),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(xtr, ytr, epochs=15, batch_size=32, verbose=0)
+    float_acc = _accuracy(model, xte, yte)  # measured 69.0 (a deliberately tiny model)
+    q = quantize(model, QP4, samples=xtr[:512], verbose=False)
+    record = dump_config(q)["layers"]["img"]["range_alignment"]
+    assert "out" in record["stem"] and q.get_layer("stem").kernel_unit is not None
+    before = _accuracy(q, xte, yte)
+    assert before > float_acc - 5.0  # measured 68.8
+    q.compile(keras.optimizers.Adam(1e-4),
+              keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    q.fit(xtr, ytr, epochs=1, batch_size=32, verbose=0)
+    assert _accuracy(q, xte, yte) >= before - 2.0
