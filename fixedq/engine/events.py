@@ -296,17 +296,44 @@ def _window_mode(plan, ho, wo) -> bool:
 def _sparse_groups(plan, c, ch, vals):
     """Exactness plan of :func:`sparse_conv_events`: ``[(channels, base, dtype)]``, the same
     float32-exact channel groups as the dense GEMM (:meth:`NeuralPlan._groups`, from the
-    batch's per-channel maxima, here taken over the events ``(ch, vals)`` sorted by channel),
-    each with its channels in ascending original order; one int64 group when even float64
-    is not provably exact."""
+    batch's per-channel maxima, here taken over the events ``(ch, vals)``), each with its
+    channels in ascending original order; one int64 group when even float64 is not provably
+    exact."""
     m = np.zeros(c, dtype=np.int64)
     if ch.size:
-        starts = np.flatnonzero(np.r_[True, ch[1:] != ch[:-1]])
-        m[ch[starts]] = np.maximum.reduceat(np.abs(vals), starts)
+        np.maximum.at(m, ch, np.abs(vals))
     groups, total = plan._groups(m[plan.perm].astype(np.float64))
     if total >= kernels.FLOAT64_EXACT:
         return [(np.arange(c), 0, np.dtype(np.int64))]
     return [(np.sort(plan.perm[g0:g1]), base, np.dtype(dt)) for g0, g1, base, dt in groups]
+
+
+def _tap_pixels(plan, shape, out_hw, window):
+    """For every output pixel, the input pixel each kernel tap reads: ``(n*ho*wo, taps)``
+    int32, ``n*h*w`` where the tap reads padding; with ``window`` (a tiling pool
+    ``(p0, p1)``) arranged per pooling window: ``(n*h2*w2, p0*p1*taps)``, pixels row-major.
+    Cached per input shape (an index structure of the geometry, independent of the data)."""
+    def make():
+        a = plan.op.attrs
+        kh, kw = plan.kernel.shape[:2]
+        s, d = a["strides"], a["dilation_rate"]
+        n, h, w = shape
+        ho, wo = out_hw
+        pb = kernels.conv_geometry(h, kh, s[0], a["padding"], d[0])[1]
+        pl = kernels.conv_geometry(w, kw, s[1], a["padding"], d[1])[1]
+        ii = (np.arange(ho) * s[0])[:, None] + (np.arange(kh) * d[0] - pb)[None, :]  # (ho, kh)
+        jj = (np.arange(wo) * s[1])[:, None] + (np.arange(kw) * d[1] - pl)[None, :]  # (wo, kw)
+        q = (ii[:, None, :, None] * w + jj[None, :, None, :])[None] \
+            + (np.arange(n) * (h * w))[:, None, None, None, None]  # (n, ho, wo, kh, kw)
+        ok = ((ii >= 0) & (ii < h))[:, None, :, None] & ((jj >= 0) & (jj < w))[None, :, None, :]
+        q = np.where(ok[None], q, n * h * w).astype(np.int32)
+        if window is None:
+            return q.reshape(n * ho * wo, kh * kw)
+        p0, p1 = window
+        h2, w2 = ho // p0, wo // p1
+        q = q[:, :h2 * p0, :w2 * p1].reshape(n, h2, p0, w2, p1, kh * kw)
+        return np.ascontiguousarray(q.transpose(0, 1, 3, 2, 4, 5)).reshape(n * h2 * w2, -1)
+    return _cached(plan, ("tap_pixels", shape, window), make)
 
 
 def sparse_conv_events(plan, x: np.ndarray, sp) -> RowAcc:
@@ -314,12 +341,15 @@ def sparse_conv_events(plan, x: np.ndarray, sp) -> RowAcc:
 
     Every non-zero input element ``(pixel, channel)`` is an event; through kernel tap ``t`` it
     reaches one output pixel. The events form a sparse im2col matrix ``A`` (rows: the output
-    pixels kept, columns: ``(tap, channel)``) in CSC layout -- built directly in column order
-    (events are enumerated channel-major, taps outermost), without sorting -- and ``A @ W``
-    (``W = kernel.reshape(taps*c, cout)``) runs in scipy's compiled loop: ``events x taps x
-    cout`` multiply-adds, no dense GEMM, no NumPy scatter. Rows are kept only for the output
-    pixels some event reaches (with a fused pool that tiles the output: the pixels of the
-    pooling windows some event reaches, :func:`_window_mode`).
+    pixels kept, columns: ``(tap, channel)``), built directly in CSR layout with sorted
+    columns: row ``r``'s entries are, tap by tap, the events of the input pixel that tap reads
+    (events are enumerated pixel-major, so that is one contiguous run each; no sorting;
+    the tap -> input pixel map of every output pixel is cached per input shape,
+    :func:`_tap_pixels`). ``A @ W`` (``W = kernel.reshape(taps*c, cout)``) then runs in
+    scipy's compiled loop: ``events x taps x cout`` multiply-adds, no dense GEMM, no NumPy
+    scatter. Rows are kept only for the output pixels some event reaches (with a fused pool
+    that tiles the output: the pixels of the pooling windows some event reaches,
+    :func:`_window_mode`).
 
     Exactness: the channels are split into the dense path's float32-exact groups (one group
     unless per-axis alignments push the bound past 2^24); any summation order is exact since
@@ -334,88 +364,65 @@ def sparse_conv_events(plan, x: np.ndarray, sp) -> RowAcc:
     n, h, w, _ = x.shape
     ho, pb, _ = kernels.conv_geometry(h, kh, s[0], a["padding"], d[0])
     wo, pl, _ = kernels.conv_geometry(w, kw, s[1], a["padding"], d[1])
-    flat = x.reshape(-1, c)
-    # events, channel-major: a CSC column (tap, channel) is one contiguous run of entries
-    ch, pix = np.nonzero((flat != 0).T)
-    vals = flat[pix, ch]
-    active = np.zeros(n * h * w, dtype=bool)
+    npix = n * h * w
+    # events, pixel-major (channels ascending within a pixel)
+    k = np.flatnonzero(x)
+    vals = x.ravel()[k]
+    pix, ch = np.divmod(k, c) if c > 1 else (k, np.zeros(k.size, dtype=np.int64))
+    active = np.zeros(npix, dtype=bool)
     active[pix] = True
     reached = _reached(active.reshape(n, h, w), (kh, kw), s, d, a["padding"], (ho, wo))
     rows = windows = None
-    if _window_mode(plan, ho, wo):
+    if _window_mode(plan, ho, wo):  # kept rows: the p0*p1 pixels of each live window
         p0, p1 = plan.pool["pool_size"]
         h2, w2 = ho // p0, wo // p1
         live = reached[:, :h2 * p0, :w2 * p1].reshape(n, h2, p0, w2, p1).any(axis=(2, 4))
         windows = np.flatnonzero(live)
-        nrows = windows.size * p0 * p1
-        cmap = np.full((n, ho, wo), nrows, dtype=np.int32)  # row nrows: a dummy, dropped
-        wn, wi, wj = np.unravel_index(windows, (n, h2, w2))
-        base = np.arange(windows.size, dtype=np.int32) * (p0 * p1)
-        for di in range(p0):
-            for dj in range(p1):
-                cmap[wn, wi * p0 + di, wj * p1 + dj] = base + (di * p1 + dj)
-        cmap = cmap.ravel()
-    else:
+        q = _tap_pixels(plan, (n, h, w), (ho, wo), (p0, p1))[windows].reshape(-1, taps)
+    else:  # kept rows: the reached output pixels
         rows = np.flatnonzero(reached)
-        nrows = rows.size
-        cmap = np.full(n * ho * wo, nrows, dtype=np.int32)
-        cmap[rows] = np.arange(nrows, dtype=np.int32)
-    # kept output row reached from each active pixel through each tap (dummy: none)
-    apix = np.flatnonzero(active)
-    an, ai, aj = np.unravel_index(apix, (n, h, w))
-    om = np.full((taps, apix.size), nrows, dtype=np.int32)
-    for ta in range(kh):
-        ri = ai + (pb - ta * d[0])
-        ok_r = (ri >= 0) & (ri < ho * s[0])
-        if s[0] > 1:
-            ok_r &= ri % s[0] == 0
-        for tb in range(kw):
-            rj = aj + (pl - tb * d[1])
-            ok = ok_r & (rj >= 0) & (rj < wo * s[1])
-            if s[1] > 1:
-                ok &= rj % s[1] == 0
-            om[ta * kw + tb, ok] = cmap[(an[ok] * ho + ri[ok] // s[0]) * wo + rj[ok] // s[1]]
-    prank = np.zeros(n * h * w, dtype=np.int32)
-    prank[apix] = np.arange(apix.size, dtype=np.int32)
-    dest = om[:, prank[pix]]  # (taps, events): kept output row of each synapse
+        q = _tap_pixels(plan, (n, h, w), (ho, wo), None)[rows]
+    nrows = q.shape[0]
     acc = None
     groups = _sparse_groups(plan, c, ch, vals)
     for chans, base, dt in groups:
+        cg = chans.size
         if len(groups) > 1:
             sel = np.zeros(c, dtype=bool)
             sel[chans] = True
             sel = sel[ch]
-            g_ch, g_vals, g_dest = ch[sel], vals[sel], dest[:, sel]
+            g_pix, g_ch, g_vals = pix[sel], ch[sel], vals[sel]
         else:
-            g_ch, g_vals, g_dest = ch, vals, dest
-        rel = plan.align[chans] - base
+            g_pix, g_ch, g_vals = pix, ch, vals
         local = np.zeros(c, dtype=np.int64)
-        local[chans] = np.arange(chans.size)
+        local[chans] = np.arange(cg)
         if dt == np.int64:
             v = np.left_shift(g_vals, plan.align[g_ch]) if np.any(plan.align) else g_vals
         else:
             v = g_vals.astype(dt)
+            rel = plan.align[chans] - base
             if np.any(rel):
                 v *= np.ldexp(1.0, rel).astype(dt)[local[g_ch]]
-        cnt = np.bincount(local[g_ch], minlength=chans.size)
-        data = np.broadcast_to(v, g_dest.shape)
-        keep = g_dest != nrows
-        if np.count_nonzero(keep) < 0.9 * keep.size:  # strided conv: drop the dead synapses
-            cnt = np.bincount((np.arange(taps)[:, None] * chans.size + local[g_ch]).ravel(),
-                              weights=keep.ravel(), minlength=taps * chans.size).astype(np.int64)
-            idx, data = g_dest[keep], data[keep]
-        else:
-            cnt, idx, data = np.tile(cnt, taps), g_dest.ravel(), data.ravel()
-        indptr = np.zeros(taps * chans.size + 1, dtype=np.int64)
-        np.cumsum(cnt, out=indptr[1:])
-        itype = np.int32 if indptr[-1] < 2**31 else np.int64
-        mat = sp.csc_matrix((data, idx.astype(itype, copy=False), indptr.astype(itype)),
-                            shape=(nrows + 1, taps * chans.size))
+        cnt = np.bincount(g_pix, minlength=npix + 1)  # events per pixel; cnt[npix] == 0
+        first = np.cumsum(cnt) - cnt  # index of each pixel's first event
+        seg = cnt[q].ravel()  # entries of row r from tap t, flattened (r, t)
+        nnz = int(seg.sum())
+        end = np.cumsum(seg)
+        # entry -> its event: each (r, t) segment is a contiguous run of events from first[q]
+        src = np.repeat(first[q].ravel() - (end - seg), seg) + np.arange(nnz)
+        col = local[g_ch][src] + np.repeat(np.tile(np.arange(taps) * cg, nrows), seg)
+        indptr = np.zeros(nrows + 1, dtype=np.int64)
+        indptr[1:] = end[taps - 1::taps] if nrows else end[:0]
+        itype = np.int32 if max(nnz, taps * cg) < 2**31 else np.int64
+        mat = sp.csr_matrix((v[src], col.astype(itype), indptr.astype(itype)),
+                            shape=(nrows, taps * cg))
         kmat = _cached(plan, ("wtap", chans.tobytes(), dt.str), lambda ch_=chans, dt_=dt:
                        np.ascontiguousarray(kernel[:, :, ch_, :].reshape(-1, cout)).astype(dt_))
-        part = np.asarray(mat @ kmat)[:nrows]
+        part = np.asarray(mat @ kmat)
         if len(groups) == 1:
-            acc = part if not base else part * np.float64(2.0 ** base)
+            if base:  # a power of two: exact in any float format
+                part *= part.dtype.type(2.0 ** base)  # (the int64 group has base 0)
+            acc = part
         else:
             part = part.astype(np.float64, copy=False)
             if base:

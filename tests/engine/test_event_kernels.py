@@ -152,13 +152,14 @@ def test_no_events_and_requant_shortcuts(backend):
     np.testing.assert_array_equal(_run(op, x, backend), _reference(op, x))
 
 
-def test_spatial_bias_map_uses_dense_finish(backend):
+@pytest.mark.parametrize("pool", POOLS[:3])
+def test_spatial_bias_map_uses_dense_finish(backend, pool):
     """A (Ho, Wo, Cout) bias map: unreached outputs are not one constant per channel, so the
     event path must requantize every output (rows_finish falls back to the dense finish)."""
     rng = np.random.default_rng(16)
     k = rng.integers(-128, 128, size=(3, 3, 2, 3))
-    x = _sparse(rng, (2, 8, 7, 2), 0.9)
-    op = _op(k, rng, None, None, bias=rng.integers(-5000, 5001, (8, 7, 3)))
+    x = _sparse(rng, (2, 8, 6, 2), 0.9)
+    op = _op(k, rng, None, pool, bias=rng.integers(-5000, 5001, (8, 6, 3)))
     np.testing.assert_array_equal(_run(op, x, backend), _reference(op, x))
 
 
