@@ -120,6 +120,9 @@ def _merge_overrides(layer_cfg: dict, overrides, graph: Graph) -> dict:
         if bad:
             raise ValueError(f"overrides for layer {name!r}: unknown keys {bad}; allowed "
                              f"{sorted(_OVERRIDE_KEYS)}")
+        if not isinstance(cfg.get("asymmetric", False), bool):
+            raise ValueError(f"overrides for layer {name!r}: asymmetric must be true or false, "
+                             f"got {cfg['asymmetric']!r}")
         merged.setdefault(name, {}).update(cfg)
     return merged
 
@@ -222,7 +225,7 @@ def quantize(model, qparams: QuantizationParams | None = None, samples=None,
     def needs_hist(name):
         cfg = layer_cfg.get(name, {})
         return (probe_ctx.method_for(name).needs_histogram and "range" not in cfg
-                and "frac_bits" not in cfg)
+                and "frac_bits" not in cfg and "window" not in cfg)
 
     histograms = any(needs_hist(p) for p in points + [input_name])
     needed = [p for p in points + [input_name]

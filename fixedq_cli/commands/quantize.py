@@ -69,6 +69,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     acc = parser.add_argument_group("accuracy options (docs/accuracy.md)")
     acc.add_argument("--calibration", choices=METHODS, default=None,
                      help="how ranges are chosen from the calibration samples (default max)")
+    acc.add_argument("--asymmetric_activations", action="store_true", default=None,
+                     help="fit a per-channel integer window [lo, lo+2^n-1] to signed activations "
+                          "instead of the symmetric range (lo is folded into the next bias)")
     acc.add_argument("--percentile", type=float, default=None,
                      help="percentile for --calibration percentile (default 99.99)")
     acc.add_argument("--bias_correction", action="store_true",
@@ -101,7 +104,8 @@ def _output_path(args, model_path: Path) -> Path:
 def run(args) -> int:
     # Cheap checks first: no TensorFlow until the arguments and files look right.
     model_path = model_file(args.model)
-    given = [f"--{n}" for n in (*_BITS, "per_tensor_activations") if getattr(args, n) is not None]
+    given = [f"--{n}" for n in (*_BITS, "per_tensor_activations", "asymmetric_activations")
+             if getattr(args, n) is not None]
     q_config = None
     if args.config:
         if given:
@@ -135,7 +139,8 @@ def run(args) -> int:
         qparams = fixedq.QuantizationParams(
             input_weight_bits=args.input_weight_bits or 8, weight_bits=args.weight_bits or 8,
             activation_bits=args.activation_bits or 8,
-            per_tensor_activations=bool(args.per_tensor_activations))
+            per_tensor_activations=bool(args.per_tensor_activations),
+            asymmetric_activations=bool(args.asymmetric_activations))
     calibration = None
     if args.calibration or args.percentile is not None:
         calibration = {"name": args.calibration or "percentile"}
