@@ -24,6 +24,7 @@ import keras
 import numpy as np
 
 import fixedq
+import fixedq.engine
 from fixedq.analysis import inspect, lint
 from fixedq.analysis.mixed_precision import search_accuracy_budget, search_cost_budget
 from fixedq.demo import load_digits_mnist
@@ -95,6 +96,19 @@ qp16 = fixedq.QuantizationParams(input_weight_bits=16, weight_bits=16, activatio
                                  output_bits=16, buffer_bits=48, scale_bits=16)
 q16 = fixedq.quantize(model, qp16, samples=calibration, verbose=False)
 print(f"16-bit PTQ accuracy:         {accuracy(q16, x_test, y_test):6.2f}%")
+
+# 4b. Asymmetric activations: signed tensors (here the logits) get a per-channel integer window
+# [lo, lo + 2^n - 1] that fits their calibrated range; the engine folds lo into the next bias.
+qp44 = fixedq.QuantizationParams(weight_bits=4, activation_bits=4)
+qp44a = fixedq.QuantizationParams(weight_bits=4, activation_bits=4, asymmetric_activations=True)
+q44 = fixedq.quantize(model, qp44, samples=calibration, verbose=False)
+q44a = fixedq.quantize(model, qp44a, samples=calibration, verbose=False)
+print(f"4/4-bit PTQ symmetric:       {accuracy(q44, x_test, y_test):6.2f}%")
+print(f"4/4-bit PTQ asymmetric:      {accuracy(q44a, x_test, y_test):6.2f}%   "
+      f"logits windows start at {q44a.get_layer('logits').output_spec.lo[:4]} ...")
+engine = fixedq.engine.convert(q44a)
+print("engine bit-exact on the asymmetric model:",
+      np.array_equal(engine.predict(x_test, batch_size=100), q44a.predict(x_test, verbose=0)))
 
 
 # 5. Accuracy budget: a metric is any function of the quantized model; higher is better.
