@@ -180,3 +180,18 @@ def cli_model_files(trained_cnn, digits, tmp_path):
     samples = tmp_path / "calib.npz"
     np.savez(samples, x=digits[0][:128])
     return str(model), str(samples), str(tmp_path / "cnn_asym.keras")
+
+
+def test_check_and_inspect_count_saturation_at_the_window_edges(trained_cnn, digits):
+    from fixedq.analysis import check, inspect
+
+    xtr, _, xte, _ = digits
+    q = fixedq.quantize(trained_cnn, ASYM4, samples=xtr[:256], verbose=False)
+    report = check(q, samples=xte[:64])
+    pw = next(lc for lc in report.layers if lc.name == "pw")
+    assert pw.output_values > 0 and 0 <= pw.output_saturations < pw.output_values
+    rows = {r.name: r for r in inspect(trained_cnn, q, xte[:64], verbose=False).layers}
+    assert rows["pw"].saturation_rate is not None and rows["pw"].saturation_rate < 0.5
+    # far outside the calibrated range every output sits on a window edge
+    big = check(q, samples=xte[:16] * 40.0)
+    assert next(lc for lc in big.layers if lc.name == "pw").output_saturations > 0
