@@ -308,12 +308,19 @@ def _sparse_groups(plan, c, ch, vals):
     return [(np.sort(plan.perm[g0:g1]), base, np.dtype(dt)) for g0, g1, base, dt in groups]
 
 
-def _tap_pixels(plan, shape, out_hw, window):
-    """For every output pixel, the input pixel each kernel tap reads: ``(n*ho*wo, taps)``
-    int32, ``n*h*w`` where the tap reads padding; with ``window`` (a tiling pool
-    ``(p0, p1)``) arranged per pooling window: ``(n*h2*w2, p0*p1*taps)``, pixels row-major.
-    Cached per input shape (an index structure of the geometry, independent of the data)."""
-    def make():
+class _Geometry:
+    """Index structures of one conv geometry (independent of the data; cached per input
+    shape by :func:`_geometry`), all int32:
+
+    - ``q``: for every output pixel, the input pixel each tap reads, ``(n*ho*wo, taps)``
+      (``n*h*w`` where the tap reads padding); ``qwin``: the same per pooling window,
+      ``(n*h2*w2, p0*p1*taps)``, and ``winpix``: each window's output pixels ``(n*h2*w2,
+      p0*p1)`` (row-major), for a pool that tiles the output.
+    - ``reach``: for every input pixel, the output pixel each tap sends it to,
+      ``(n*h*w, taps)`` (``n*ho*wo`` where it reaches none: padding side or stride).
+    """
+
+    def __init__(self, plan, shape, out_hw, window):
         a = plan.op.attrs
         kh, kw = plan.kernel.shape[:2]
         s, d = a["strides"], a["dilation_rate"]
@@ -327,13 +334,32 @@ def _tap_pixels(plan, shape, out_hw, window):
             + (np.arange(n) * (h * w))[:, None, None, None, None]  # (n, ho, wo, kh, kw)
         ok = ((ii >= 0) & (ii < h))[:, None, :, None] & ((jj >= 0) & (jj < w))[None, :, None, :]
         q = np.where(ok[None], q, n * h * w).astype(np.int32)
-        if window is None:
-            return q.reshape(n * ho * wo, kh * kw)
-        p0, p1 = window
-        h2, w2 = ho // p0, wo // p1
-        q = q[:, :h2 * p0, :w2 * p1].reshape(n, h2, p0, w2, p1, kh * kw)
-        return np.ascontiguousarray(q.transpose(0, 1, 3, 2, 4, 5)).reshape(n * h2 * w2, -1)
-    return _cached(plan, ("tap_pixels", shape, window), make)
+        self.q = q.reshape(n * ho * wo, kh * kw)
+        # input pixel -> output pixel per tap: output i = (input i + pb - a*d) / s
+        ri = (np.arange(h) + pb)[:, None] - (np.arange(kh) * d[0])[None, :]  # (h, kh)
+        rj = (np.arange(w) + pl)[:, None] - (np.arange(kw) * d[1])[None, :]  # (w, kw)
+        oki = (ri >= 0) & (ri % s[0] == 0) & (ri // s[0] < ho)
+        okj = (rj >= 0) & (rj % s[1] == 0) & (rj // s[1] < wo)
+        r = ((ri // s[0])[:, None, :, None] * wo + (rj // s[1])[None, :, None, :])[None] \
+            + (np.arange(n) * (ho * wo))[:, None, None, None, None]  # (n, h, w, kh, kw)
+        r = np.where((oki[:, None, :, None] & okj[None, :, None, :])[None], r, n * ho * wo)
+        self.reach = r.astype(np.int32).reshape(n * h * w, kh * kw)
+        self.qwin = self.winpix = None
+        if window is not None:
+            p0, p1 = window
+            h2, w2 = ho // p0, wo // p1
+            q = q[:, :h2 * p0, :w2 * p1].reshape(n, h2, p0, w2, p1, kh * kw)
+            self.qwin = np.ascontiguousarray(q.transpose(0, 1, 3, 2, 4, 5)).reshape(n * h2 * w2,
+                                                                                   -1)
+            pix = np.arange(n * ho * wo, dtype=np.int32).reshape(n, ho, wo)
+            pix = pix[:, :h2 * p0, :w2 * p1].reshape(n, h2, p0, w2, p1)
+            self.winpix = np.ascontiguousarray(pix.transpose(0, 1, 3, 2, 4)).reshape(
+                n * h2 * w2, p0 * p1)
+
+
+def _geometry(plan, shape, out_hw, window) -> _Geometry:
+    return _cached(plan, ("geometry", shape, window),
+                   lambda: _Geometry(plan, shape, out_hw, window))
 
 
 def sparse_conv_events(plan, x: np.ndarray, sp) -> RowAcc:
@@ -342,14 +368,15 @@ def sparse_conv_events(plan, x: np.ndarray, sp) -> RowAcc:
     Every non-zero input element ``(pixel, channel)`` is an event; through kernel tap ``t`` it
     reaches one output pixel. The events form a sparse im2col matrix ``A`` (rows: the output
     pixels kept, columns: ``(tap, channel)``), built directly in CSR layout with sorted
-    columns: row ``r``'s entries are, tap by tap, the events of the input pixel that tap reads
-    (events are enumerated pixel-major, so that is one contiguous run each; no sorting;
-    the tap -> input pixel map of every output pixel is cached per input shape,
-    :func:`_tap_pixels`). ``A @ W`` (``W = kernel.reshape(taps*c, cout)``) then runs in
-    scipy's compiled loop: ``events x taps x cout`` multiply-adds, no dense GEMM, no NumPy
-    scatter. Rows are kept only for the output pixels some event reaches (with a fused pool
-    that tiles the output: the pixels of the pooling windows some event reaches,
-    :func:`_window_mode`).
+    columns: row ``r``'s entries are, tap by tap, the events of the input pixel that tap reads.
+    Events are enumerated pixel-major into a CSR ``X`` (active pixels x channels) stacked
+    once per tap with the columns moved to the tap's block; ``A`` is then one compiled CSR
+    row gather of it (no sorting; the tap -> input pixel map of every output pixel is cached
+    per input shape, :func:`_tap_pixels`). ``A @ W`` (``W = kernel.reshape(taps*c, cout)``)
+    then runs in scipy's compiled loop: ``events x taps x cout`` multiply-adds, no dense
+    GEMM, no NumPy scatter. Rows are kept only for the output pixels some event reaches
+    (with a fused pool that tiles the output: the pixels of the pooling windows some event
+    reaches, :func:`_window_mode`).
 
     Exactness: the channels are split into the dense path's float32-exact groups (one group
     unless per-axis alignments push the bound past 2^24); any summation order is exact since
@@ -366,7 +393,7 @@ def sparse_conv_events(plan, x: np.ndarray, sp) -> RowAcc:
     wo, pl, _ = kernels.conv_geometry(w, kw, s[1], a["padding"], d[1])
     npix = n * h * w
     # events, pixel-major (channels ascending within a pixel)
-    k = np.flatnonzero(x)
+    k = np.flatnonzero(x != 0)  # (2x faster than on the int64 values)
     vals = x.ravel()[k]
     pix, ch = np.divmod(k, c) if c > 1 else (k, np.zeros(k.size, dtype=np.int64))
     active = np.zeros(npix, dtype=bool)
@@ -376,14 +403,29 @@ def sparse_conv_events(plan, x: np.ndarray, sp) -> RowAcc:
     if _window_mode(plan, ho, wo):  # kept rows: the p0*p1 pixels of each live window
         p0, p1 = plan.pool["pool_size"]
         h2, w2 = ho // p0, wo // p1
-        live = reached[:, :h2 * p0, :w2 * p1].reshape(n, h2, p0, w2, p1).any(axis=(2, 4))
+        rq = reached[:, :h2 * p0, :w2 * p1]
+        live = rq[:, 0::p0, 0::p1].copy()
+        for di in range(p0):
+            for dj in range(p1):
+                if di or dj:
+                    live |= rq[:, di::p0, dj::p1]
         windows = np.flatnonzero(live)
-        q = _tap_pixels(plan, (n, h, w), (ho, wo), (p0, p1))[windows].reshape(-1, taps)
+        geo = _geometry(plan, (n, h, w), (ho, wo), (p0, p1))
+        kept = geo.winpix[windows].ravel()
+        q = geo.qwin[windows].reshape(-1, taps)
     else:  # kept rows: the reached output pixels
-        rows = np.flatnonzero(reached)
-        q = _tap_pixels(plan, (n, h, w), (ho, wo), None)[rows]
+        rows = kept = np.flatnonzero(reached)
+        geo = _geometry(plan, (n, h, w), (ho, wo), None)
+        q = geo.q[rows]
     nrows = q.shape[0]
-    acc = None
+    # rank of each input pixel among the active ones; pixels without events (and padding,
+    # index npix) read the empty row na
+    apix = np.flatnonzero(active)
+    na = apix.size
+    prank = np.full(npix + 1, na, dtype=np.int64)
+    prank[apix] = np.arange(na)
+    qr = prank[q]  # (R, taps)
+    acc = cmap = smat = None
     groups = _sparse_groups(plan, c, ch, vals)
     for chans, base, dt in groups:
         cg = chans.size
@@ -394,7 +436,7 @@ def sparse_conv_events(plan, x: np.ndarray, sp) -> RowAcc:
             g_pix, g_ch, g_vals = pix[sel], ch[sel], vals[sel]
         else:
             g_pix, g_ch, g_vals = pix, ch, vals
-        local = np.zeros(c, dtype=np.int64)
+        local = np.zeros(c, dtype=np.int32)
         local[chans] = np.arange(cg)
         if dt == np.int64:
             v = np.left_shift(g_vals, plan.align[g_ch]) if np.any(plan.align) else g_vals
@@ -403,22 +445,41 @@ def sparse_conv_events(plan, x: np.ndarray, sp) -> RowAcc:
             rel = plan.align[chans] - base
             if np.any(rel):
                 v *= np.ldexp(1.0, rel).astype(dt)[local[g_ch]]
-        cnt = np.bincount(g_pix, minlength=npix + 1)  # events per pixel; cnt[npix] == 0
-        first = np.cumsum(cnt) - cnt  # index of each pixel's first event
-        seg = cnt[q].ravel()  # entries of row r from tap t, flattened (r, t)
-        nnz = int(seg.sum())
-        end = np.cumsum(seg)
-        # entry -> its event: each (r, t) segment is a contiguous run of events from first[q]
-        src = np.repeat(first[q].ravel() - (end - seg), seg) + np.arange(nnz)
-        col = local[g_ch][src] + np.repeat(np.tile(np.arange(taps) * cg, nrows), seg)
-        indptr = np.zeros(nrows + 1, dtype=np.int64)
-        indptr[1:] = end[taps - 1::taps] if nrows else end[:0]
-        itype = np.int32 if max(nnz, taps * cg) < 2**31 else np.int64
-        mat = sp.csr_matrix((v[src], col.astype(itype), indptr.astype(itype)),
-                            shape=(nrows, taps * cg))
-        kmat = _cached(plan, ("wtap", chans.tobytes(), dt.str), lambda ch_=chans, dt_=dt:
-                       np.ascontiguousarray(kernel[:, :, ch_, :].reshape(-1, cout)).astype(dt_))
-        part = np.asarray(mat @ kmat)
+        ne = v.size
+        itype = np.int32 if taps * max(ne, cg, nrows) < 2**31 else np.int64
+        tap = np.arange(taps, dtype=itype)
+        if ne < nrows:  # fewer events than kept rows: event-stationary, CSC (tap, channel)
+            if cmap is None:
+                cmap = np.full(n * ho * wo + 1, nrows, dtype=itype)  # nrows: reaches no row
+                cmap[kept] = np.arange(nrows, dtype=itype)
+            order = np.argsort(local[g_ch].astype(np.int16 if cg < 2**15 else np.int64),
+                               kind="stable") if cg > 1 else slice(None)
+            dest = cmap[geo.reach[g_pix[order]].T]  # (taps, events) channel-major per tap
+            data = np.broadcast_to(v[order], dest.shape)
+            colid = (tap * cg)[:, None] + local[g_ch][order][None, :]
+            keep = dest != nrows
+            cnt = np.bincount(colid[keep], minlength=taps * cg)
+            indptr = np.zeros(taps * cg + 1, dtype=itype)
+            np.cumsum(cnt, out=indptr[1:])
+            mat = sp.csc_matrix((data[keep], dest[keep], indptr), shape=(nrows, taps * cg))
+            kmat = _cached(plan, ("wtap", chans.tobytes(), dt.str), lambda ch_=chans, dt_=dt:
+                           np.ascontiguousarray(kernel[:, :, ch_, :].reshape(-1, cout))
+                           .astype(dt_))
+            part = np.asarray(mat @ kmat)
+        else:  # packets: Z = X @ [W_t]_t per active pixel, then Y = S @ Z (gather-sum)
+            xptr = np.zeros(na + 2, dtype=itype)
+            np.cumsum(np.bincount(prank[g_pix], minlength=na + 1), out=xptr[1:])
+            xmat = sp.csr_matrix((v, local[g_ch].astype(itype), xptr), shape=(na + 1, cg))
+            wcat = _cached(plan, ("wcat", chans.tobytes(), dt.str), lambda ch_=chans, dt_=dt:
+                           np.ascontiguousarray(kernel[:, :, ch_, :].transpose(2, 0, 1, 3)
+                                                .reshape(ch_.size, -1)).astype(dt_))
+            z = np.asarray(xmat @ wcat).reshape((na + 1) * taps, cout)  # row rank*taps + t
+            if smat is None:  # output row r sums Z[rank(q[r, t]) * taps + t] over the taps
+                smat = sp.csr_matrix(
+                    (np.ones(nrows * taps, dtype=dt), (qr * taps + tap).ravel().astype(itype),
+                     np.arange(0, nrows * taps + 1, taps, dtype=itype)),
+                    shape=(nrows, (na + 1) * taps))
+            part = np.asarray(smat.astype(dt, copy=False) @ z)
         if len(groups) == 1:
             if base:  # a power of two: exact in any float format
                 part *= part.dtype.type(2.0 ** base)  # (the int64 group has base 0)
@@ -472,8 +533,9 @@ def column_dense_events(plan, x: np.ndarray, cols: np.ndarray, dt) -> np.ndarray
 
 
 def event_linear_auto(plan, x: np.ndarray):
-    """``(accumulators, event_driven)``: an event kernel when few enough inputs carry events,
-    otherwise the dense kernel (identical integers either way).
+    """``(accumulators, kernel)``: an event kernel when few enough inputs carry events,
+    otherwise the dense kernel (identical integers either way). ``kernel`` names the kernel
+    that ran: ``"sparse"``, ``"pixel"``, ``"columns"``, ``"element"`` or ``"dense"``.
 
     conv2d: with scipy, the element-event kernel (:func:`sparse_conv_events`, a
     :class:`RowAcc`) when at most :data:`EVENT_MAX_DENSITY` of the input elements are
@@ -483,26 +545,26 @@ def event_linear_auto(plan, x: np.ndarray):
     """
     t = plan.type
     if t not in EVENT_TYPES or not x.size:
-        return plan.linear(x), False
+        return plan.linear(x), "dense"
     if t == "conv2d":
         sp = sparse_backend()
         if sp is not None:
             if np.count_nonzero(x) > EVENT_MAX_DENSITY * x.size:
-                return plan.linear(x), False
-            return sparse_conv_events(plan, x, sp), True
+                return plan.linear(x), "dense"
+            return sparse_conv_events(plan, x, sp), "sparse"
         active = np.any(x != 0, axis=-1).ravel() if x.shape[-1] > 1 else x.ravel() != 0
     else:
         active = np.any(x.reshape(-1, x.shape[-1]) != 0, axis=0)
     idx = np.flatnonzero(active)
     if idx.size > EVENT_MAX_ACTIVE * active.size:
-        return plan.linear(x), False
+        return plan.linear(x), "dense"
     dt = _float_dtype(plan, x)
     if dt is None:
         acc, _ = event_linear(plan.op, aligned_input(plan.op, x))
-        return acc, True
+        return acc, "element"
     if t == "conv2d":
-        return pixel_conv_events(plan, x, idx, dt), True
-    return column_dense_events(plan, x, idx, dt), True
+        return pixel_conv_events(plan, x, idx, dt), "pixel"
+    return column_dense_events(plan, x, idx, dt), "columns"
 
 
 def run_neural_events(op, x: np.ndarray, stats: dict | None = None, plan=None) -> np.ndarray:
@@ -511,9 +573,10 @@ def run_neural_events(op, x: np.ndarray, stats: dict | None = None, plan=None) -
     ``plan`` is the op's :class:`fixedq.engine.kernels.NeuralPlan` (built if missing).
     """
     plan = plan if plan is not None else kernels.NeuralPlan(op)
-    acc, driven = event_linear_auto(plan, x)
+    acc, kernel = event_linear_auto(plan, x)
     if stats is not None:
-        stats[op.name]["event_driven"] = driven
+        stats[op.name]["event_driven"] = kernel != "dense"
+        stats[op.name]["event_kernel"] = kernel
     if isinstance(acc, RowAcc):
         return rows_finish(plan, acc)
     if isinstance(acc, CompactAcc):
@@ -565,10 +628,10 @@ def record(stats: dict, op, xs: list[np.ndarray], event_mode: bool = False) -> N
 
     ``synops`` is the exact count of an element-level event-driven run (each non-zero input
     times the outputs it reaches), whichever kernel actually runs; ``event_driven`` tells
-    whether the event kernel ran (:func:`run_neural_events`).
+    whether an event kernel ran and ``event_kernel`` which one (:func:`run_neural_events`).
     """
     entry = stats.setdefault(op.name, {"events": 0, "inputs": 0, "synops": 0, "dense_macs": 0,
-                                       "event_driven": False})
+                                       "event_driven": False, "event_kernel": None})
     entry["events"] += int(sum(np.count_nonzero(x) for x in xs))
     entry["inputs"] += int(sum(x.size for x in xs))
     entry["sparsity"] = 1.0 - entry["events"] / entry["inputs"] if entry["inputs"] else 0.0
