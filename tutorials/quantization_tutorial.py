@@ -54,6 +54,8 @@ print(f"float accuracy:            {accuracy(model, x_test, y_test):6.2f}%")
 calibration = x_train[:1024]
 q8 = fixedq.quantize(model, fixedq.QuantizationParams(), samples=calibration)
 print(f"8-bit PTQ accuracy:        {accuracy(q8, x_test, y_test):6.2f}%")
+#    At <= 4-bit activations quantize() also aligns each channel's range to its power-of-two
+#    grid (range_alignment) and corrects the biases (bias_correction): both are defaults.
 qp4 = fixedq.QuantizationParams(input_weight_bits=8, weight_bits=4, activation_bits=4)
 q4 = fixedq.quantize(model, qp4, samples=calibration)
 print(f"4-bit PTQ accuracy:        {accuracy(q4, x_test, y_test):6.2f}%")
