@@ -123,6 +123,10 @@ EVENT_MAX_ACTIVE = 0.3
 #: multiply-add per event synapse; calibrated in bench/engine_bench.py).
 EVENT_MAX_DENSITY = 0.25
 
+#: Pixel packets with more than this fraction of non-zero channels are multiplied by the
+#: weights with dense BLAS (a BLAS multiply-add costs ~1/3 of a compiled sparse one).
+PACKET_DENSE = 0.3
+
 
 def _float_dtype(plan, x):
     """float32/float64 when the batch's own bound proves the event sums exact, else None."""
@@ -362,7 +366,21 @@ def _geometry(plan, shape, out_hw, window) -> _Geometry:
                    lambda: _Geometry(plan, shape, out_hw, window))
 
 
-def sparse_conv_events(plan, x: np.ndarray, sp) -> RowAcc:
+#: Rough per-element costs (ns, one core, bench/engine_bench.py machine) for choosing between
+#: the dense kernel and :func:`sparse_conv_events` once the kept rows are known: dense BLAS
+#: multiply-add, dense per-output-value work (im2col, pooling, requantization), compiled
+#: sparse multiply-add, event-path per-kept-value work (gather-sum, pooling, requantization).
+COST_NS = {"blas_mac": 0.1, "dense_value": 7.0, "sparse_mac": 0.3, "event_value": 16.0}
+
+
+def _cost_ns(k, cout, outputs, synapses, kept):
+    """Estimated ``(dense, event)`` cost of a conv with ``k = taps*c`` inputs per output."""
+    c = COST_NS
+    dense = outputs * cout * (k * c["blas_mac"] + c["dense_value"])
+    return dense, cout * (synapses * c["sparse_mac"] + kept * c["event_value"])
+
+
+def sparse_conv_events(plan, x: np.ndarray, sp) -> RowAcc | None:
     """Event-driven conv2d at the element level with a compiled sparse product (scipy).
 
     Every non-zero input element ``(pixel, channel)`` is an event; through kernel tap ``t`` it
@@ -376,12 +394,15 @@ def sparse_conv_events(plan, x: np.ndarray, sp) -> RowAcc:
     then runs in scipy's compiled loop: ``events x taps x cout`` multiply-adds, no dense
     GEMM, no NumPy scatter. Rows are kept only for the output pixels some event reaches
     (with a fused pool that tiles the output: the pixels of the pooling windows some event
-    reaches, :func:`_window_mode`).
+    reaches, :func:`_window_mode`). Returns ``None`` (run the dense kernel) when the kept rows
+    are so many that the dense kernel is estimated cheaper (:data:`COST_NS`).
 
     Exactness: the channels are split into the dense path's float32-exact groups (one group
     unless per-axis alignments push the bound past 2^24); any summation order is exact since
-    every partial sum is a sub-sum of ``sum |w x| < 2^24`` (2^53 for a float64 group). Groups
-    are combined as ``sum_g 2^base_g P_g`` in float64, or everything runs in int64 past 2^53.
+    every partial sum is a sub-sum of ``sum |w x| < 2^24`` (2^53 for a float64 group); each
+    group's values carry their power-of-two alignment relative to the lowest group base
+    (terms stay multiples of ``2^(base_g - lowest)``, so the float32 bound holds in those
+    units) and the groups are summed in float64, or everything runs in int64 past 2^53.
     """
     a = plan.op.attrs
     kernel = plan.kernel
@@ -400,7 +421,8 @@ def sparse_conv_events(plan, x: np.ndarray, sp) -> RowAcc:
     active[pix] = True
     reached = _reached(active.reshape(n, h, w), (kh, kw), s, d, a["padding"], (ho, wo))
     rows = windows = None
-    if _window_mode(plan, ho, wo):  # kept rows: the p0*p1 pixels of each live window
+    window = _window_mode(plan, ho, wo)
+    if window:  # kept rows: the p0*p1 pixels of each live window
         p0, p1 = plan.pool["pool_size"]
         h2, w2 = ho // p0, wo // p1
         rq = reached[:, :h2 * p0, :w2 * p1]
@@ -410,14 +432,20 @@ def sparse_conv_events(plan, x: np.ndarray, sp) -> RowAcc:
                 if di or dj:
                     live |= rq[:, di::p0, dj::p1]
         windows = np.flatnonzero(live)
+        nrows = windows.size * p0 * p1
+    else:  # kept rows: the reached output pixels
+        rows = np.flatnonzero(reached)
+        nrows = rows.size
+    dense_ns, event_ns = _cost_ns(taps * c, cout, n * ho * wo, k.size * taps, nrows)
+    if event_ns > dense_ns:
+        return None  # too many reached outputs for the events to pay off: run dense
+    if window:
         geo = _geometry(plan, (n, h, w), (ho, wo), (p0, p1))
         kept = geo.winpix[windows].ravel()
         q = geo.qwin[windows].reshape(-1, taps)
-    else:  # kept rows: the reached output pixels
-        rows = kept = np.flatnonzero(reached)
+    else:
         geo = _geometry(plan, (n, h, w), (ho, wo), None)
-        q = geo.q[rows]
-    nrows = q.shape[0]
+        kept, q = rows, geo.q[rows]
     # rank of each input pixel among the active ones; pixels without events (and padding,
     # index npix) read the empty row na
     apix = np.flatnonzero(active)
@@ -427,7 +455,8 @@ def sparse_conv_events(plan, x: np.ndarray, sp) -> RowAcc:
     qr = prank[q]  # (R, taps)
     acc = cmap = smat = None
     groups = _sparse_groups(plan, c, ch, vals)
-    for chans, base, dt in groups:
+    lowest = min(base for _, base, _ in groups)
+    for chans, _base, dt in groups:
         cg = chans.size
         if len(groups) > 1:
             sel = np.zeros(c, dtype=bool)
@@ -442,7 +471,7 @@ def sparse_conv_events(plan, x: np.ndarray, sp) -> RowAcc:
             v = np.left_shift(g_vals, plan.align[g_ch]) if np.any(plan.align) else g_vals
         else:
             v = g_vals.astype(dt)
-            rel = plan.align[chans] - base
+            rel = plan.align[chans] - lowest  # exact: terms: multiples of 2^(_base-lowest)
             if np.any(rel):
                 v *= np.ldexp(1.0, rel).astype(dt)[local[g_ch]]
         ne = v.size
@@ -467,12 +496,16 @@ def sparse_conv_events(plan, x: np.ndarray, sp) -> RowAcc:
                            .astype(dt_))
             part = np.asarray(mat @ kmat)
         else:  # packets: Z = X @ [W_t]_t per active pixel, then Y = S @ Z (gather-sum)
-            xptr = np.zeros(na + 2, dtype=itype)
-            np.cumsum(np.bincount(prank[g_pix], minlength=na + 1), out=xptr[1:])
-            xmat = sp.csr_matrix((v, local[g_ch].astype(itype), xptr), shape=(na + 1, cg))
             wcat = _cached(plan, ("wcat", chans.tobytes(), dt.str), lambda ch_=chans, dt_=dt:
                            np.ascontiguousarray(kernel[:, :, ch_, :].transpose(2, 0, 1, 3)
                                                 .reshape(ch_.size, -1)).astype(dt_))
+            if ne > PACKET_DENSE * na * cg and dt != np.int64:  # dense packets: BLAS
+                xmat = np.zeros((na + 1, cg), dtype=dt)
+                xmat[prank[g_pix], local[g_ch]] = v
+            else:  # sparse packets (CSR, pixel-major events)
+                xptr = np.zeros(na + 2, dtype=itype)
+                np.cumsum(np.bincount(prank[g_pix], minlength=na + 1), out=xptr[1:])
+                xmat = sp.csr_matrix((v, local[g_ch].astype(itype), xptr), shape=(na + 1, cg))
             z = np.asarray(xmat @ wcat).reshape((na + 1) * taps, cout)  # row rank*taps + t
             if smat is None:  # output row r sums Z[rank(q[r, t]) * taps + t] over the taps
                 smat = sp.csr_matrix(
@@ -480,15 +513,11 @@ def sparse_conv_events(plan, x: np.ndarray, sp) -> RowAcc:
                      np.arange(0, nrows * taps + 1, taps, dtype=itype)),
                     shape=(nrows, (na + 1) * taps))
             part = np.asarray(smat.astype(dt, copy=False) @ z)
-        if len(groups) == 1:
-            if base:  # a power of two: exact in any float format
-                part *= part.dtype.type(2.0 ** base)  # (the int64 group has base 0)
-            acc = part
-        else:
-            part = part.astype(np.float64, copy=False)
-            if base:
-                part *= 2.0 ** base
-            acc = part if acc is None else np.add(acc, part, out=acc)
+        acc = part if acc is None else np.add(acc, part, out=acc, dtype=np.float64)
+        if acc is part and len(groups) > 1:
+            acc = part.astype(np.float64)
+    if lowest:  # a power of two: exact in any float format (the int64 group has lowest 0)
+        acc *= acc.dtype.type(2.0 ** lowest)
     return RowAcc(acc, (n, ho, wo, cout), rows=rows, windows=windows)
 
 
@@ -551,7 +580,8 @@ def event_linear_auto(plan, x: np.ndarray):
         if sp is not None:
             if np.count_nonzero(x) > EVENT_MAX_DENSITY * x.size:
                 return plan.linear(x), "dense"
-            return sparse_conv_events(plan, x, sp), "sparse"
+            racc = sparse_conv_events(plan, x, sp)
+            return (racc, "sparse") if racc is not None else (plan.linear(x), "dense")
         active = np.any(x != 0, axis=-1).ravel() if x.shape[-1] > 1 else x.ravel() != 0
     else:
         active = np.any(x.reshape(-1, x.shape[-1]) != 0, axis=0)

@@ -70,6 +70,8 @@ def _run(op, x, backend):
 def backend(request, monkeypatch):
     monkeypatch.setattr(events, "EVENT_MAX_DENSITY", 1.0)
     monkeypatch.setattr(events, "EVENT_MAX_ACTIVE", 1.0)
+    monkeypatch.setattr(events, "COST_NS", {**events.COST_NS, "sparse_mac": 0.0,
+                                            "event_value": 0.0})  # always the event kernel
     if request.param == "numpy":
         monkeypatch.setattr(events, "sparse_backend", lambda: None)
     return request.param
@@ -163,13 +165,20 @@ def test_spatial_bias_map_uses_dense_finish(backend, pool):
     np.testing.assert_array_equal(_run(op, x, backend), _reference(op, x))
 
 
-def test_auto_selection_by_density(monkeypatch):
+def test_auto_selection_by_density_and_cost():
+    """Few events: the sparse kernel; dense input: the dense kernel; iid-sparse events in one
+    channel that reach most outputs: the dense kernel too (estimated cheaper)."""
     rng = np.random.default_rng(17)
-    k = rng.integers(-128, 128, size=(3, 3, 4, 3))
-    op = _op(k, rng)
-    for zf, driven in ((0.95, True), (0.2, False)):
-        x = _sparse(rng, (2, 10, 10, 4), zf)
+    cases = ((4, 0.95, True, "sparse"), (4, 0.2, False, "dense"), (1, 0.85, False, "dense"))
+    for cin, zf, driven, kernel in cases:
+        op = _op(rng.integers(-128, 128, size=(3, 3, cin, 32)), rng, None, POOLS[1])
+        x = _sparse(rng, (4, 28, 28, cin), zf)
+        if cin == 4:  # clustered events: a few active 4x4 patches
+            x[:] = 0
+            x[:, 8:12, 8:12] = rng.integers(1, 256, size=(4, 4, 4, cin))
+            if not driven:
+                x = _sparse(rng, x.shape, zf)
         stats = {"op": {}}
         np.testing.assert_array_equal(events.run_neural_events(op, x, stats),
                                       _reference(op, x))
-        assert stats["op"]["event_driven"] is driven
+        assert (stats["op"]["event_driven"], stats["op"]["event_kernel"]) == (driven, kernel)

@@ -207,6 +207,8 @@ def _sparse(rng, shape, zero_frac, pixel=True):
                                   ((1, 1), "same", (1, 2))])
 def test_event_conv_equals_dense(monkeypatch, pool, geom):
     monkeypatch.setattr(events, "EVENT_MAX_ACTIVE", 1.0)
+    monkeypatch.setattr(events, "EVENT_MAX_DENSITY", 1.0)
+    monkeypatch.setattr(events, "COST_NS", {**events.COST_NS, "event_value": 0.0})
     rng = np.random.default_rng(5)
     strides, padding, dil = geom
     for cin, align, zf in ((1, None, 0.9), (6, [0, 5, 0, 2, 6, 3], 0.8), (6, None, 1.0)):
