@@ -25,7 +25,10 @@ from fixedq.models.vit_adapt import build_vit
 QP = {"q8": QuantizationParams(),
       "w4a8": QuantizationParams(input_weight_bits=8, weight_bits=4, activation_bits=8),
       "q4t": QuantizationParams(weight_bits=4, activation_bits=4, per_tensor_activations=True),
-      "q8t": QuantizationParams(per_tensor_activations=True)}
+      "q8t": QuantizationParams(per_tensor_activations=True),
+      # asymmetric windows on the signed tensors (projections, residual sums, MAD norm, logits)
+      "a8": QuantizationParams(asymmetric_activations=True),
+      "a4": QuantizationParams(weight_bits=4, activation_bits=4, asymmetric_activations=True)}
 
 
 def _randomize(model, seed=0):
