@@ -328,6 +328,10 @@ class NeuralPlan:
         self.float_requant = bool(np.all(mult >= 0)) and float_requant_ok(amax, mult, shift) \
             and top < FLOAT64_EXACT and max(abs(a["acc_lo"]), abs(a["acc_hi"])) < FLOAT64_EXACT
         self.scale = mult.astype(np.float64) * np.ldexp(1.0, -shift)
+        # without an accumulator clip, (acc + b)*scale + 1/2 == acc*scale + (b*scale + 1/2):
+        # b*scale + 1/2 and acc*scale are exact and so is their sum (see requant)
+        self.offset = self.bias * self.scale + 0.5
+        self.unsigned_out = bool(np.all(self.out_lo >= 0))
         self.pool = a.get("pool")
         # a bias map (asymmetric input, eq. 37) varies over positions: pool after requantizing
         self.pool_first = bool(self.pool) and bool(np.all(mult >= 0)) and self.bias.ndim == 1
@@ -473,7 +477,25 @@ class NeuralPlan:
     # -------------------------------------------------------------- bias, requantize, pool
     def requant(self, acc: np.ndarray) -> np.ndarray:
         """Bias, accumulator clip and float64 requantization (needs ``float_requant``);
-        channels on the last axis. Returns int64."""
+        channels on the last axis. Returns int64.
+
+        Without an accumulator clip the bias is folded into the rounding offset:
+        ``floor(acc*s + (b*s + 1/2))`` with ``s = M*2^-S``. Under :func:`float_requant_ok`
+        (checked with ``amax >= |acc|, |b|``) ``acc*s`` is exactly ``acc*M*2^-S``,
+        ``b*s + 1/2`` is exactly ``(b*M + 2^(S-1))*2^-S`` (S > 0; ``(2*b*M*2^-S + 1)/2``
+        otherwise), and their exact sum is ``Q*2^-max(S,1)`` with ``|Q| <= 2^53``: representable,
+        so the float64 addition returns it exactly, as in :func:`requantize_float`. The clip to
+        ``[lo, hi]`` (integers) commutes with ``floor``; for ``lo >= 0`` the clipped value is
+        non-negative and the int64 conversion (truncation) is the floor.
+        """
+        if not self.acc_clip:
+            y = np.multiply(acc, self.scale, dtype=np.float64)  # a new array
+            y += self.offset
+            np.maximum(y, self.out_lo, out=y)  # (faster than np.clip)
+            np.minimum(y, self.out_hi, out=y)
+            if not self.unsigned_out:
+                np.floor(y, out=y)
+            return y.astype(np.int64)
         acc = acc.astype(np.float64)  # a copy: safe to work in place
         acc += self.bias
         if self.acc_clip:
