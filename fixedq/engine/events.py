@@ -2,12 +2,19 @@
 
 An *event* is a non-zero integer input activation of an op. For a neural op, each event
 triggers synaptic operations: it is multiplied by the weights it connects to and added into the
-accumulators of the outputs it reaches. :func:`run_neural_events` computes conv2d layers that
-way per active pixel (:func:`pixel_conv_events`, :func:`event_finish`) and dense layers on the
-active features only, when few enough inputs carry events (:data:`EVENT_MAX_ACTIVE`); otherwise,
-and for depthwise/transpose, it runs the dense kernel. Its accumulators are integer sums of the
-same terms as the dense path, computed exactly (float only under a proven bound), so the
-outputs are identical. :func:`event_linear` is the element-level scatter reference.
+accumulators of the outputs it reaches. :func:`run_neural_events` runs a neural op that way
+when the auto-selection (:func:`event_linear_auto`) expects it to pay off, else the dense
+kernel:
+
+- conv2d with scipy: element events through compiled sparse products, accumulators only for
+  the output pixels (or pooling windows) events reach (:func:`sparse_conv_events`,
+  :func:`rows_finish`); without scipy, the NumPy pixel-event kernel
+  (:func:`pixel_conv_events`, :func:`event_finish`);
+- dense: the active input features only (:func:`column_dense_events`).
+
+Its accumulators are integer sums of the same terms as the dense path, computed exactly (float
+only under a proven bound), so the outputs are identical. :func:`event_linear` is the
+element-level scatter reference.
 
 Statistics per op (:func:`record`, ``Model.event_stats``):
 
@@ -362,8 +369,15 @@ class _Geometry:
 
 
 def _geometry(plan, shape, out_hw, window) -> _Geometry:
-    return _cached(plan, ("geometry", shape, window),
-                   lambda: _Geometry(plan, shape, out_hw, window))
+    """The cached :class:`_Geometry` (at most 4 input shapes per op are kept: a long run
+    with many batch sizes does not grow memory)."""
+    cache = plan.__dict__.setdefault("_event_geometry", {})
+    key = (shape, window)
+    if key not in cache:
+        if len(cache) >= 4:
+            cache.clear()
+        cache[key] = _Geometry(plan, shape, out_hw, window)
+    return cache[key]
 
 
 #: Rough per-element costs (ns, one core, bench/engine_bench.py machine) for choosing between
