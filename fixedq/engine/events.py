@@ -467,7 +467,7 @@ def sparse_conv_events(plan, x: np.ndarray, sp) -> RowAcc | None:
     prank = np.full(npix + 1, na, dtype=np.int64)
     prank[apix] = np.arange(na)
     qr = prank[q]  # (R, taps)
-    acc = cmap = smat = None
+    parts, cmap, smat = [], None, None
     groups = _sparse_groups(plan, c, ch, vals)
     lowest = min(base for _, base, _ in groups)
     for chans, _base, dt in groups:
@@ -522,14 +522,17 @@ def sparse_conv_events(plan, x: np.ndarray, sp) -> RowAcc | None:
                 xmat = sp.csr_matrix((v, local[g_ch].astype(itype), xptr), shape=(na + 1, cg))
             z = np.asarray(xmat @ wcat).reshape((na + 1) * taps, cout)  # row rank*taps + t
             if smat is None:  # output row r sums Z[rank(q[r, t]) * taps + t] over the taps
-                smat = sp.csr_matrix(
-                    (np.ones(nrows * taps, dtype=dt), (qr * taps + tap).ravel().astype(itype),
-                     np.arange(0, nrows * taps + 1, taps, dtype=itype)),
-                    shape=(nrows, (na + 1) * taps))
+                hit = qr != na  # taps reading a pixel with events (others add zeros)
+                sptr = np.zeros(nrows + 1, dtype=itype)
+                np.cumsum(np.count_nonzero(hit, axis=1), out=sptr[1:])
+                smat = sp.csr_matrix((np.ones(int(sptr[-1]), dtype=dt),
+                                      (qr * taps + tap)[hit].astype(itype), sptr),
+                                     shape=(nrows, (na + 1) * taps))
             part = np.asarray(smat.astype(dt, copy=False) @ z)
-        acc = part if acc is None else np.add(acc, part, out=acc, dtype=np.float64)
-        if acc is part and len(groups) > 1:
-            acc = part.astype(np.float64)
+        parts.append(part)
+    acc = parts[0] if len(parts) == 1 else np.add(parts[0], parts[1], dtype=np.float64)
+    for part in parts[2:]:
+        acc += part
     if lowest:  # a power of two: exact in any float format (the int64 group has lowest 0)
         acc *= acc.dtype.type(2.0 ** lowest)
     return RowAcc(acc, (n, ho, wo, cout), rows=rows, windows=windows)
@@ -547,7 +550,10 @@ def rows_finish(plan, racc: RowAcc) -> np.ndarray:
     n, ho, wo, cout = racc.shape
     if racc.windows is not None:  # guaranteed by _window_mode
         p0, p1 = plan.pool["pool_size"]
-        vals = racc.acc.reshape(-1, p0 * p1, cout).max(axis=1)
+        win = racc.acc.reshape(-1, p0 * p1, cout)
+        vals = np.maximum(win[:, 0], win[:, 1]) if p0 * p1 > 1 else win[:, 0].copy()
+        for j in range(2, p0 * p1):  # (pairwise maxima: faster than .max(axis=1))
+            np.maximum(vals, win[:, j], out=vals)
         out = np.empty((n, ho // p0, wo // p1, cout), dtype=np.int64)
         idx = racc.windows
     elif not plan.pool and plan.float_requant and np.ndim(plan.bias) <= 1:
