@@ -23,7 +23,7 @@ from fixedq.layers.spec import QSpec
 
 def remap_spec(spec: QSpec, in_shape, transform) -> QSpec:
     """Spec of ``transform(x)`` for ``x`` of shape ``in_shape`` (batch axis excluded)."""
-    if spec.per_tensor:
+    if spec.per_tensor and all(v is None or len(v) == 1 for v in (spec.hi, spec.lo)):
         return spec
     f = np.broadcast_to(np.asarray(spec.frac_bits), tuple(in_shape))
     hi = None if spec.hi is None else np.broadcast_to(np.asarray(spec.hi), tuple(in_shape))

@@ -68,14 +68,14 @@ def window_for_range(low, high, bits: int, per_tensor: bool = False,
     integer with ``round(high * 2^f) - round(low * 2^f) <= 2^bits - 1`` (``round`` is eq. 2's
     round-half-up); the spare integers of the window are split evenly below and above, so
     ``lo = round(low * 2^f) - floor(slack / 2)``. Widths below ``max(width) * 2^-spread`` are
-    raised to that floor first (eq. 23). With ``per_tensor`` one ``f`` and one ``lo`` cover
-    every channel.
+    raised to that floor first (eq. 23). With ``per_tensor`` one ``f`` (the largest that fits
+    every channel) is shared, and each channel still gets its own ``lo``.
 
     Example:
         >>> window_for_range([-0.1], [3.0], bits=4)
         ((2,), (-1,))
         >>> window_for_range([-1.0, -0.5], [0.2, 0.5], bits=8, per_tensor=True)
-        ((7,), (-159,))
+        ((7,), (-178, -127))
     """
     a = np.minimum(np.atleast_1d(np.asarray(low, dtype=np.float64)), 0.0)
     b = np.maximum(np.atleast_1d(np.asarray(high, dtype=np.float64)), 0.0)
@@ -83,8 +83,6 @@ def window_for_range(low, high, bits: int, per_tensor: bool = False,
                                                   and np.all(np.isfinite(b))):
         raise ValueError(f"asymmetric ranges must be finite and of one shape, got "
                          f"{a[:4].tolist()} .. {b[:4].tolist()}")
-    if per_tensor:
-        a, b = np.array([a.min()]), np.array([b.max()])
     width = b - a
     top = float(width.max()) or 1.0
     floor = top * 2.0**-spread
@@ -98,6 +96,12 @@ def window_for_range(low, high, bits: int, per_tensor: bool = False,
         while math.floor(hi_f * 2.0**f + 0.5) - math.floor(lo_f * 2.0**f + 0.5) > limit:
             f -= 1
         fracs.append(f)
+    if per_tensor:
+        fracs = [min(fracs)]
+        while any(math.floor(h * 2.0**fracs[0] + 0.5) - math.floor(v * 2.0**fracs[0] + 0.5)
+                  > limit for v, h in zip(a.tolist(), b.tolist(), strict=True)):
+            fracs[0] -= 1
+        return tuple(fracs), window_starts(a, b, fracs * len(a), bits)
     return tuple(fracs), window_starts(a, b, fracs, bits)
 
 
@@ -133,9 +137,10 @@ class QSpec:
         signed: whether values may be negative.
         frac_bits: tuple of per-channel frac_bits (length 1 means per-tensor).
         hi: optional tighter upper integer bound per channel (e.g. a ReLU max_value).
-        lo: asymmetric window starts (one per frac_bits entry): ``v`` lies in
-            ``[lo, lo + 2^(value_bits + 1) - 1]`` instead of the symmetric signed range;
-            only with ``signed=True``. ``None`` for symmetric and unsigned specs.
+        lo: asymmetric window starts (one per frac_bits entry, or one per channel with a
+            per-tensor frac_bits): ``v`` lies in ``[lo, lo + 2^(value_bits + 1) - 1]``
+            instead of the symmetric signed range; only with ``signed=True``. ``None`` for
+            symmetric and unsigned specs.
     """
 
     value_bits: int
@@ -148,7 +153,7 @@ class QSpec:
         if self.lo is not None:
             if not self.signed:
                 raise ValueError("an asymmetric window (lo) needs a signed spec")
-            if len(self.lo) != len(self.frac_bits):
+            if len(self.lo) != len(self.frac_bits) and len(self.frac_bits) != 1:
                 raise ValueError(f"lo has {len(self.lo)} entries, frac_bits "
                                  f"{len(self.frac_bits)}: give one window start per frac_bits")
             width = 1 << (self.value_bits + 1)

@@ -156,17 +156,14 @@ def _window_spec(name: str, ctx: BuildContext, st: RangeStats, cfg: dict, bits: 
             ctx.chosen[name] = {"window": [low.astype(float).tolist(),
                                            high.astype(float).tolist()],
                                 "calibration_method": method.to_config()}
-    if per_tensor:
-        low, high = np.array([low.min()]), np.array([high.max()])
     if "frac_bits" in cfg:
         frac = tuple(int(f) for f in np.atleast_1d(cfg["frac_bits"]))
-        if len(frac) != len(low) and len(frac) == 1:
-            low, high = np.array([low.min()]), np.array([high.max()])
-        if len(frac) != len(low):
+        if len(frac) not in (1, len(low)) or (per_tensor and len(frac) != 1):
             raise ValueError(f"q_config: layer {name!r} frac_bits must be one integer or one "
                              f"per channel ({len(low)}), got {cfg['frac_bits']!r}")
-        return QSpec(bits - 1, True, frac, lo=window_starts(low, high, frac, bits))
-    return QSpec.asymmetric(low, high, bits)
+        starts = window_starts(low, high, frac * len(low) if len(frac) == 1 else frac, bits)
+        return QSpec(bits - 1, True, frac, lo=starts)
+    return QSpec.asymmetric(low, high, bits, per_tensor=per_tensor)
 
 
 def _entry(name: str, ctx: BuildContext, **extra) -> dict:
@@ -336,8 +333,8 @@ def _concat(node: GraphNode, specs: list[QSpec], ctx: BuildContext):
             for i, s in enumerate(specs):
                 if any(fi != f for fi in s.frac_bits):
                     k = s.max_frac - f  # an asymmetric window moves with its rounding
-                    target = QSpec(s.value_bits, s.signed, (f,), lo=None if s.lo is None else (
-                        (s.lo[0] + (1 << (k - 1))) >> k,))
+                    target = QSpec(s.value_bits, s.signed, (f,), lo=None if s.lo is None else
+                                   tuple((v + (1 << (k - 1))) >> k for v in s.lo))
                     pre[i] = OutputQuantizer(input_specs=[s], output_spec=target,
                                              name=f"{name}_in{i}_quantizer")
                     specs[i] = target

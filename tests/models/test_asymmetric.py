@@ -43,6 +43,25 @@ def test_window_is_maximal_holds_the_range_and_beats_symmetric(low, high, bits):
     assert f >= frac_bits_for_range([max(-low, high)], bits - 1)[0]
 
 
+@settings(max_examples=150, deadline=None)
+@given(bounds=st.lists(st.tuples(st.floats(-20, 0), st.floats(0, 20)), min_size=1, max_size=6),
+       bits=st.integers(2, 10))
+def test_per_tensor_windows_share_one_frac_and_each_fits(bounds, bits):
+    low, high = [b[0] for b in bounds], [b[1] for b in bounds]
+    if max(h - v for v, h in bounds) < 1e-3:
+        return
+    (f,), los = window_for_range(low, high, bits, per_tensor=True)
+    limit = (1 << bits) - 1
+    assert len(los) == len(bounds)
+    spread = [window_for_range([v], [h], bits)[0][0] for v, h in bounds]
+    assert f <= min(spread)
+    for (v, h), lo in zip(bounds, los, strict=True):
+        if h - v < max(hh - vv for vv, hh in bounds) * 2.0**-8:
+            continue  # raised to the spread floor (eq. 23)
+        assert lo <= 0 <= lo + limit
+        assert lo <= _round(v * 2.0**f) and _round(h * 2.0**f) <= lo + limit
+
+
 def test_one_sided_range_gains_at_least_one_bit():
     for bits in (2, 4, 8):
         sym = frac_bits_for_range([3.0], bits - 1)[0]
