@@ -154,8 +154,12 @@ def _aligned_float(plan, v, dt):
 
 
 def _cached(plan, key, make):
+    """Per-op cache of weight matrices (by dtype and channel group); bounded, so that batches
+    with changing channel groups never grow memory."""
     cache = plan.__dict__.setdefault("_event_cache", {})
     if key not in cache:
+        if len(cache) >= 16:
+            cache.clear()
         cache[key] = make()
     return cache[key]
 
@@ -453,20 +457,14 @@ def sparse_conv_events(plan, x: np.ndarray, sp) -> RowAcc | None:
     dense_ns, event_ns = _cost_ns(taps * c, cout, n * ho * wo, k.size * taps, nrows)
     if event_ns > dense_ns:
         return None  # too many reached outputs for the events to pay off: run dense
-    if window:
-        geo = _geometry(plan, (n, h, w), (ho, wo), (p0, p1))
-        kept = geo.winpix[windows].ravel()
-        q = geo.qwin[windows].reshape(-1, taps)
-    else:
-        geo = _geometry(plan, (n, h, w), (ho, wo), None)
-        kept, q = rows, geo.q[rows]
+    geo = _geometry(plan, (n, h, w), (ho, wo), (p0, p1) if window else None)
+    kept = geo.winpix[windows].ravel() if window else rows
     # rank of each input pixel among the active ones; pixels without events (and padding,
     # index npix) read the empty row na
     apix = np.flatnonzero(active)
     na = apix.size
     prank = np.full(npix + 1, na, dtype=np.int64)
     prank[apix] = np.arange(na)
-    qr = prank[q]  # (R, taps)
     parts, cmap, smat = [], None, None
     groups = _sparse_groups(plan, c, ch, vals)
     lowest = min(base for _, base, _ in groups)
@@ -522,6 +520,8 @@ def sparse_conv_events(plan, x: np.ndarray, sp) -> RowAcc | None:
                 xmat = sp.csr_matrix((v, local[g_ch].astype(itype), xptr), shape=(na + 1, cg))
             z = np.asarray(xmat @ wcat).reshape((na + 1) * taps, cout)  # row rank*taps + t
             if smat is None:  # output row r sums Z[rank(q[r, t]) * taps + t] over the taps
+                q = geo.qwin[windows].reshape(-1, taps) if window else geo.q[rows]
+                qr = prank[q]  # (R, taps)
                 hit = qr != na  # taps reading a pixel with events (others add zeros)
                 sptr = np.zeros(nrows + 1, dtype=itype)
                 np.cumsum(np.count_nonzero(hit, axis=1), out=sptr[1:])
