@@ -44,6 +44,7 @@ import numpy as np
 
 from fixedq.layers.spec import frac_bits_for_range
 from fixedq.models import builders
+from fixedq.models.asymmetric import select_window
 from fixedq.models.calibration_methods import select_range
 from fixedq.models.split_separable import DW_SUFFIX
 from fixedq.transforms.fold_batchnorm import scale_output_channels
@@ -187,12 +188,16 @@ def group_scales(group: ChannelGroup, graph: Graph, stats, ctx: builders.BuildCo
             continue
         cfg = ctx.layer_cfg.get(name, {})
         per_tensor = ctx.override(name, "per_tensor", ctx.qparams.per_tensor_activations)
-        asym = ctx.override(name, "asymmetric",
-                            getattr(ctx.qparams, "asymmetric_activations", False))
-        if per_tensor or asym or "frac_bits" in cfg or "range" in cfg or "window" in cfg:
+        asym = signed[name] and ctx.override(name, "asymmetric",
+                                             ctx.qparams.asymmetric_activations)
+        if per_tensor or "frac_bits" in cfg or "range" in cfg or "window" in cfg:
             return None
         vb = _value_bits(name, node, signed[name], ctx)
-        rng = select_range(stats[name], ctx.method_for(name), signed[name], vb)
+        if asym:  # an n-bit window [low, high] fills like a symmetric range (high-low)/2, n-1
+            low, high = select_window(stats[name], ctx.method_for(name), vb + 1)
+            rng = (high - low) / 2.0
+        else:
+            rng = select_range(stats[name], ctx.method_for(name), signed[name], vb)
         items.append((np.asarray(rng, np.float64), vb))
     if not items:
         return None

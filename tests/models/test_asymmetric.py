@@ -214,3 +214,16 @@ def test_check_and_inspect_count_saturation_at_the_window_edges(trained_cnn, dig
     # far outside the calibrated range every output sits on a window edge
     big = check(q, samples=xte[:16] * 40.0)
     assert next(lc for lc in big.layers if lc.name == "pw").output_saturations > 0
+
+
+def test_range_alignment_still_runs_with_asymmetric_windows(trained_cnn, digits):
+    """Asymmetric tensors are aligned by their window width; unsigned ones as before."""
+    xtr, _, xte, _ = digits
+    q = fixedq.quantize(trained_cnn, ASYM4, samples=xtr[:256], verbose=False,
+                        range_alignment=True, bias_correction=False)
+    record = fixedq.dump_config(q)["layers"]["img"]["range_alignment"]
+    assert record and any(name in record for name in ("pw", "add", "sep"))
+    again = fixedq.quantize(trained_cnn, q_config=fixedq.dump_config(q), verbose=False)
+    want = q.predict(xte, verbose=0)
+    assert np.array_equal(again.predict(xte, verbose=0), want)
+    assert np.array_equal(fe.convert(q).predict(xte, batch_size=64), want)
