@@ -320,6 +320,12 @@ def _sparse_groups(plan, c, ch, vals):
     groups, total = plan._groups(m[plan.perm].astype(np.float64))
     if total >= kernels.FLOAT64_EXACT:
         return [(np.arange(c), 0, np.dtype(np.int64))]
+    if len(groups) > 1:  # one float64 group when the per-group overhead outweighs float32
+        cost = COST_NS
+        work = ch.size * plan.kernel.shape[0] * plan.kernel.shape[1] * plan.kernel.shape[3]
+        split = len(groups) * cost["group"] + work * cost["sparse_mac"]
+        if cost["group"] + work * cost["sparse_mac64"] < split:
+            return [(np.arange(c), int(plan.sorted_align[0]), np.dtype(np.float64))]
     return [(np.sort(plan.perm[g0:g1]), base, np.dtype(dt)) for g0, g1, base, dt in groups]
 
 
@@ -387,8 +393,10 @@ def _geometry(plan, shape, out_hw, window) -> _Geometry:
 #: Rough per-element costs (ns, one core, bench/engine_bench.py machine) for choosing between
 #: the dense kernel and :func:`sparse_conv_events` once the kept rows are known: dense BLAS
 #: multiply-add, dense per-output-value work (im2col, pooling, requantization), compiled
-#: sparse multiply-add, event-path per-kept-value work (gather-sum, pooling, requantization).
-COST_NS = {"blas_mac": 0.1, "dense_value": 7.0, "sparse_mac": 0.3, "event_value": 16.0}
+#: sparse multiply-add (float32 / float64), event-path per-kept-value work (gather-sum,
+#: pooling, requantization), and the fixed cost of one more float32 channel group.
+COST_NS = {"blas_mac": 0.1, "dense_value": 7.0, "sparse_mac": 0.3, "sparse_mac64": 0.5,
+           "event_value": 16.0, "group": 1e6}
 
 
 def _cost_ns(k, cout, outputs, synapses, kept):

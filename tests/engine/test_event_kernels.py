@@ -66,12 +66,16 @@ def _run(op, x, backend):
     return y
 
 
-@pytest.fixture(params=["scipy", "numpy"])
+@pytest.fixture(params=["scipy", "scipy-groups", "numpy"])
 def backend(request, monkeypatch):
+    """The event kernel always runs; "scipy-groups" keeps every float32 channel group (the
+    cost model would otherwise merge small ones into one float64 group)."""
     monkeypatch.setattr(events, "EVENT_MAX_DENSITY", 1.0)
     monkeypatch.setattr(events, "EVENT_MAX_ACTIVE", 1.0)
-    monkeypatch.setattr(events, "COST_NS", {**events.COST_NS, "sparse_mac": 0.0,
-                                            "event_value": 0.0})  # always the event kernel
+    cost = {**events.COST_NS, "event_value": 0.0, "sparse_mac": 0.0, "sparse_mac64": 0.0}
+    if request.param == "scipy-groups":
+        cost.update(group=0.0)
+    monkeypatch.setattr(events, "COST_NS", cost)
     if request.param == "numpy":
         monkeypatch.setattr(events, "sparse_backend", lambda: None)
     return request.param
