@@ -15,6 +15,12 @@ may sit (``f(x / s) = f(x) / s`` for ``s > 0``): ReLU without ``max_value``, Lea
 MaxPooling2D, AveragePooling2D, GlobalAveragePooling2D/1D, Dropout; each must have the Dense as
 its only reader. Dense layers without such a producer are left alone (reported).
 
+Attention inputs: Dense layers that read the same tensor — the query/key/value projections
+after a (Mad)LayerNormalization — form one group. They share one ``s_j``, computed with
+``max_o |W_jo|`` over all their kernels, and each kernel's row ``j`` is multiplied by it; the
+group is smoothed only when every reader of that tensor is one of its Dense layers (and all
+of them are selected).
+
 Example:
     >>> new_model, report = smooth_quant(model, samples, alpha=0.5)  # doctest: +SKIP
 """
@@ -45,7 +51,11 @@ def _producer(graph: Graph, dense: GraphNode) -> tuple[GraphNode | None, str, st
         if node.is_input:
             return None, feed, "its input comes straight from the model input"
         name = node.cls.__name__
-        if graph.sole_consumer(node.name) is None:
+        if node.name == feed:  # the tensor itself may feed sibling Dense layers (q/k/v)
+            if graph.is_output(feed) or any(r.cls is not L.Dense or len(r.refs) != 1
+                                            for r in graph.consumers(feed)):
+                return None, feed, f"{feed!r} has readers other than Dense layers"
+        elif graph.sole_consumer(node.name) is None:
             return None, feed, f"{node.name!r} has other readers"
         if name in _KERNEL or name in _NORM:
             if name in _KERNEL and node.config.get("activation", "linear") not in (None,
@@ -109,20 +119,33 @@ def smooth_quant(model: keras.Model, samples, alpha: float = 0.5, layers=None,
             plan.append((node, producer, feed))
     if not plan:
         return build_model(graph), report
-    stats = calibrate(model, samples, sorted({feed for _, _, feed in plan}), num_samples,
-                      batch_size, 1, verbose)
+    groups: dict[str, list] = {}  # feed tensor -> (producer, [Dense readers])
     for node, producer, feed in plan:
+        groups.setdefault(feed, (producer, []))[1].append(node)
+    for feed, (_, readers) in list(groups.items()):
+        missing = [r.name for r in graph.consumers(feed) if r not in readers]
+        if missing:  # a sibling was not selected: rescaling the feed would change it
+            report.extend(f"{r.name}: skipped ({feed!r} also feeds unselected {missing})"
+                          for r in readers)
+            del groups[feed]
+    if not groups:
+        return build_model(graph), report
+    stats = calibrate(model, samples, sorted(groups), num_samples, batch_size, 1, verbose)
+    for feed, (producer, readers) in groups.items():
         act = np.maximum(np.abs(stats[feed].minimum), np.abs(stats[feed].maximum))
-        kernel = node.weight("kernel").astype(np.float64)
-        wmax = np.abs(kernel).max(axis=1)
+        kernels = [r.weight("kernel").astype(np.float64) for r in readers]
+        wmax = np.max([np.abs(k).max(axis=1) for k in kernels], axis=0)
         ok = (act > 0) & (wmax > 0)
         s = np.ones_like(act)
         s[ok] = np.clip(act[ok] ** alpha / wmax[ok] ** (1 - alpha), 1e-5, 1e5)
         _divide_outputs(producer, s)
-        _set(node, "kernel", kernel * s[:, None])
+        for reader, kernel in zip(readers, kernels, strict=True):
+            _set(reader, "kernel", kernel * s[:, None])
         spread = act[ok].max() / max(act[ok].min(), 1e-12) if ok.any() else 1.0
         new_act = act / s
         new_spread = new_act[ok].max() / max(new_act[ok].min(), 1e-12) if ok.any() else 1.0
-        report.append(f"{node.name}: input channels rescaled in {producer.name!r}; channel "
-                      f"range spread {spread:.3g} -> {new_spread:.3g}")
+        shared = f" (shared by {len(readers)} Dense layers)" if len(readers) > 1 else ""
+        for reader in readers:
+            report.append(f"{reader.name}: input channels rescaled in {producer.name!r}"
+                          f"{shared}; channel range spread {spread:.3g} -> {new_spread:.3g}")
     return build_model(graph), report
