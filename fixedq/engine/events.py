@@ -34,7 +34,7 @@ Example:
 
 from __future__ import annotations
 
-from functools import partial
+from functools import lru_cache, partial
 
 import numpy as np
 
@@ -271,9 +271,11 @@ def event_finish(plan, cacc: CompactAcc) -> np.ndarray:
     return out
 
 
+@lru_cache(maxsize=1)
 def sparse_backend():
     """``scipy.sparse`` when it is installed, else ``None`` (the engine then uses the NumPy
-    pixel-event kernel). scipy is an optional accelerator, never required."""
+    pixel-event kernel). scipy is an optional accelerator, never required; the answer is
+    cached (a failed import is not, and would be retried on every layer)."""
     try:
         import scipy.sparse as sp
     except ImportError:  # pragma: no cover - depends on the environment
