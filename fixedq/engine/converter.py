@@ -207,7 +207,6 @@ def _fold_offsets(ops: list[Op], offsets: dict[str, np.ndarray], outputs: list[d
                     op.arrays["bias"] = _i64(bias + flat[0])
                 else:
                     op.arrays["bias"] = _i64(bias + fold)
-                op.attrs["in_offset_folded"] = True
             else:
                 op.arrays[f"in_offset{i}"] = lo
     for out in outputs:
