@@ -27,6 +27,8 @@ from fixedq.tensors.rounding import int_range
 # A dead or near-constant channel would get a huge frac_bits; keep every channel within this
 # many bits of the widest one so that per-axis alignment stays cheap (docs/numerics.md eq. 23).
 MAX_FRAC_SPREAD = 8
+#: Ranges below this are treated as zero (a dead tensor): 2^f of their frac_bits would overflow.
+DEAD_RANGE = 2.0**-64
 
 
 def frac_bits_for_range(rng, value_bits: int, spread: int = MAX_FRAC_SPREAD) -> tuple[int, ...]:
@@ -47,7 +49,7 @@ def frac_bits_for_range(rng, value_bits: int, spread: int = MAX_FRAC_SPREAD) -> 
     if r.size == 0 or not np.all(np.isfinite(r)) or np.any(r < 0):
         raise ValueError(f"calibration ranges must be finite and >= 0, got {r[:4].tolist()}")
     top = float(r.max())
-    if top == 0.0:
+    if top < DEAD_RANGE:  # nothing but (sub)denormal values: a dead tensor
         top = 1.0
     r = np.maximum(r, top * 2.0**-spread)
     top_int = 2.0**value_bits - 0.5  # round_half_up(r * 2^f) <= 2^b - 1
@@ -84,24 +86,31 @@ def window_for_range(low, high, bits: int, per_tensor: bool = False,
         raise ValueError(f"asymmetric ranges must be finite and of one shape, got "
                          f"{a[:4].tolist()} .. {b[:4].tolist()}")
     width = b - a
-    top = float(width.max()) or 1.0
+    top = float(width.max())
+    if top < DEAD_RANGE:
+        top = 1.0
     floor = top * 2.0**-spread
     short = width < floor  # dead or near-constant channel: widen around its midpoint
     a = np.where(short, np.minimum(a, 0.0) - (floor - width) / 2, a)
     b = np.where(short, a + floor, b)
     limit = (1 << bits) - 1
+    pairs = list(zip(a.tolist(), b.tolist(), strict=True))
+
+    def fits(f: int, ranges) -> bool:
+        return all(math.floor(h * 2.0**f + 0.5) - math.floor(v * 2.0**f + 0.5) <= limit
+                   for v, h in ranges)
+
     fracs = []
-    for lo_f, hi_f in zip(a.tolist(), b.tolist(), strict=True):
+    for lo_f, hi_f in pairs:
         f = int(bits - math.ceil(math.log2(hi_f - lo_f))) + 1
-        while math.floor(hi_f * 2.0**f + 0.5) - math.floor(lo_f * 2.0**f + 0.5) > limit:
+        while not fits(f, [(lo_f, hi_f)]):
             f -= 1
         fracs.append(f)
     if per_tensor:
-        fracs = [min(fracs)]
-        while any(math.floor(h * 2.0**fracs[0] + 0.5) - math.floor(v * 2.0**fracs[0] + 0.5)
-                  > limit for v, h in zip(a.tolist(), b.tolist(), strict=True)):
-            fracs[0] -= 1
-        return tuple(fracs), window_starts(a, b, fracs * len(a), bits)
+        f = min(fracs)
+        while not fits(f, pairs):
+            f -= 1
+        return (f,), window_starts(a, b, [f] * len(a), bits)
     return tuple(fracs), window_starts(a, b, fracs, bits)
 
 

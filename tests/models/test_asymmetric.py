@@ -227,3 +227,9 @@ def test_range_alignment_still_runs_with_asymmetric_windows(trained_cnn, digits)
     want = q.predict(xte, verbose=0)
     assert np.array_equal(again.predict(xte, verbose=0), want)
     assert np.array_equal(fe.convert(q).predict(xte, batch_size=64), want)
+
+
+def test_denormal_ranges_count_as_dead_instead_of_overflowing():
+    """Found by hypothesis: a range of 5e-324 made 2^f overflow (OverflowError)."""
+    assert window_for_range([-5e-324], [0.0], bits=2) == window_for_range([0.0], [0.0], bits=2)
+    assert frac_bits_for_range([5e-324], value_bits=7) == frac_bits_for_range([0.0], 7)
