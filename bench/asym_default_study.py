@@ -33,7 +33,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ptq_bench import ARCHS, accuracy, compile_for_training, load_mnist  # noqa: E402
+from ptq_bench import ARCHS, accuracy, compile_qat, load_mnist, train_float  # noqa: E402
 
 N_FIT, N_CALIB = 3000, 1024
 
@@ -54,11 +54,7 @@ def study(name, seed, data, args) -> dict:
 
     x_fit, y_fit, x_val, y_val = data
     x_calib = x_fit[:N_CALIB]
-    keras.utils.set_random_seed(seed)
-    model = ARCHS[name](keras)
-    steps = args.epochs * -(-len(x_fit) // 64)
-    compile_for_training(keras, model, keras.optimizers.schedules.CosineDecay(2e-3, steps))
-    model.fit(x_fit, y_fit, epochs=args.epochs, batch_size=64, verbose=0)
+    model = train_float(keras, name, x_fit, y_fit, args.epochs, seed)
     row = {"model": name, "seed": seed, "float": accuracy(model, x_val, y_val)}
     x_chk = x_val[:args.exact_n]
     for mode, asym in (("sym", False), ("asym", True)):
@@ -77,9 +73,7 @@ def study(name, seed, data, args) -> dict:
             row["engine_diff_q8"] = engine_exact(q8, x_chk)
             row["engine_diff_q4"] = engine_exact(q4, x_chk)
         keras.utils.set_random_seed(seed)   # same QAT shuffle order for sym and asym
-        qat_steps = args.qat_epochs * -(-len(x_fit) // 32)
-        compile_for_training(keras, q4, keras.optimizers.schedules.CosineDecay(args.qat_lr,
-                                                                                qat_steps))
+        compile_qat(keras, q4, args.qat_lr, args.qat_epochs, len(x_fit))
         per_epoch = []
         for _ in range(args.qat_epochs):
             q4.fit(x_fit, y_fit, epochs=1, batch_size=32, verbose=0)

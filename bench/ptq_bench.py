@@ -146,6 +146,22 @@ def compile_for_training(keras, model, lr):
                   metrics=["accuracy"])
 
 
+def train_float(keras, name, x, y, epochs: int, seed: int):
+    """The bench's float recipe: ``ARCHS[name]``, Adam cosine-decayed 2e-3 -> 0, batch 64."""
+    keras.utils.set_random_seed(seed)
+    model = ARCHS[name](keras)
+    steps = epochs * -(-len(x) // 64)
+    compile_for_training(keras, model, keras.optimizers.schedules.CosineDecay(2e-3, steps))
+    model.fit(x, y, epochs=epochs, batch_size=64, verbose=0)
+    return model
+
+
+def compile_qat(keras, model, lr: float, epochs: int, n: int) -> None:
+    """The QAT recipe: Adam ``lr`` cosine-decayed to 0 over ``epochs`` epochs of batch 32."""
+    compile_for_training(keras, model,
+                         keras.optimizers.schedules.CosineDecay(lr, epochs * -(-n // 32)))
+
+
 def median_time(fn, repeats: int = 3) -> float:
     times = []
     for _ in range(repeats):
@@ -228,12 +244,8 @@ def bench_arch(name, data, args) -> dict:
 
     x_train, y_train, x_test, y_test = data
     x_calib = x_train[:N_CALIB]
-    keras.utils.set_random_seed(SEED)
-    model = ARCHS[name](keras)
-    steps = args.epochs * -(-len(x_train) // 64)
-    compile_for_training(keras, model, keras.optimizers.schedules.CosineDecay(2e-3, steps))
     t0 = time.perf_counter()
-    model.fit(x_train, y_train, epochs=args.epochs, batch_size=64, verbose=0)
+    model = train_float(keras, name, x_train, y_train, args.epochs, SEED)
     row = {"model": name, "params": model.count_params(),
            "train_s": time.perf_counter() - t0, "float": accuracy(model, x_test, y_test)}
 
@@ -257,9 +269,7 @@ def bench_arch(name, data, args) -> dict:
     q4 = fixedq.quantize(model, qparams=qp4, samples=x_calib, verbose=False)
     row["q4_ptq"] = accuracy(q4, x_test, y_test)
 
-    qat_steps = args.qat_epochs * -(-len(x_train) // 32)
-    compile_for_training(keras, q4, keras.optimizers.schedules.CosineDecay(args.qat_lr,
-                                                                            qat_steps))
+    compile_qat(keras, q4, args.qat_lr, args.qat_epochs, len(x_train))
     row["q4_qat_epochs"] = []
     t0 = time.perf_counter()
     for _ in range(args.qat_epochs):
@@ -271,8 +281,7 @@ def bench_arch(name, data, args) -> dict:
     # reference (not a target): the float model trained as many more epochs with the QAT recipe
     ref = keras.models.clone_model(model)
     ref.set_weights(model.get_weights())
-    compile_for_training(keras, ref, keras.optimizers.schedules.CosineDecay(args.qat_lr,
-                                                                             qat_steps))
+    compile_qat(keras, ref, args.qat_lr, args.qat_epochs, len(x_train))
     ref.fit(x_train, y_train, epochs=args.qat_epochs, batch_size=32, verbose=0)
     row["float_more"] = accuracy(ref, x_test, y_test)
 
