@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_kernels import _reference  # the exact int64 reference ops
 
 from fixedq.engine import events, kernels
-from fixedq.engine.ops import Op, neural_output
+from fixedq.engine.ops import Op
 
 sp = pytest.importorskip("scipy.sparse")
 
@@ -42,14 +43,6 @@ def _op(kernel, rng, align=None, pool=None, strides=(1, 1), padding="same", dila
     return Op("op", "neural", ["x"], attrs, arrays)
 
 
-def _reference(op, x):
-    """The reference ops: exact int64 conv (docs/numerics.md eq. 8) and neural_output."""
-    a = op.attrs
-    align = op.arrays.get("in_align")
-    xa = np.left_shift(x, align) if align is not None else x
-    lin = kernels.conv2d(xa, op.arrays["kernel"], tuple(a["strides"]), a["padding"],
-                         tuple(a["dilation_rate"]), "int64")
-    return neural_output(op, lin)
 
 
 def _sparse(rng, shape, zero_frac, lo=1, hi=255, pixel=False):
