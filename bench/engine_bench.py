@@ -39,7 +39,7 @@ from md_section import replace_section  # noqa: E402
 
 import fixedq  # noqa: E402
 import fixedq.engine as fe  # noqa: E402
-from fixedq.engine import events  # noqa: E402
+from fixedq.engine import compiled_events, events  # noqa: E402
 from fixedq.engine.ops import neural_output  # noqa: E402
 from fixedq.layers.params import QuantizationParams  # noqa: E402
 
@@ -185,8 +185,12 @@ def event_rows(repeats, rng):
 
 
 def section(tp, ev, repeats, load) -> str:
-    sparse = "with scipy's compiled sparse products" if events.sparse_backend() is not None \
-        else "without scipy (NumPy pixel-event kernel)"
+    if compiled_events.backend() is not None:
+        sparse = "with the compiled (numba) integer event kernel, single-threaded"
+    elif events.sparse_backend() is not None:
+        sparse = "without numba: scipy's compiled sparse products"
+    else:
+        sparse = "without numba or scipy (NumPy pixel-event kernel)"
     out = ["## Integer engine (`bench/engine_bench.py`, issue 6)", "",
            f"2 shared cores, batch {BATCH}, medians of {repeats} interleaved runs in one "
            f"process, each after a {PAUSE} s pause (so that one run's idle BLAS threads, which "
@@ -203,7 +207,7 @@ def section(tp, ev, repeats, load) -> str:
                    f"{r['size']:.2f} |")
     out += ["", f"Event-driven (`mode=\"event\"`, {sparse}) vs dense engine path, 8-bit "
             "per-axis models. *Wall* is the target's measure (what a user waits, default BLAS "
-            "threads: the dense path's GEMMs use both cores, the event path mostly one). *One "
+            "threads: the dense path's GEMMs use both cores, the event path one). *One "
             "core* repeats the comparison with BLAS limited to one thread (threadpoolctl): the "
             "ratio of the work done, less distorted by machine load. On an idle machine the "
             "dense path gains from its second BLAS thread and the wall ratio falls below the "
@@ -230,7 +234,9 @@ def section(tp, ev, repeats, load) -> str:
             f"engine ≥ 2× quantized Keras: **{'met' if ok_q else 'not met'}**; event ≥ 2× dense "
             f"with ≥ 90 % zero activations (case a, wall): **{'met' if ok_e else 'not met'}**"
             f"{note}. "
-            "Kernels: `sparse` = element events through a compiled sparse product, `columns` = "
+            "Kernels: `compiled` = element events through the compiled integer kernel "
+            "(fixedq/engine/compiled_events.py), `sparse` = the same through scipy's sparse "
+            "products (without numba), `columns` = "
             "dense layer on the active features, `dense` = auto-selected dense kernel (too many "
             "events, or events reaching so many outputs that the dense kernel is estimated "
             "cheaper, as with case (c)'s iid noise events)."]

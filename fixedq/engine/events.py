@@ -6,10 +6,11 @@ accumulators of the outputs it reaches. :func:`run_neural_events` runs a neural 
 when the auto-selection (:func:`event_linear_auto`) expects it to pay off, else the dense
 kernel:
 
-- conv2d with scipy: element events through compiled sparse products, accumulators only for
-  the output pixels (or pooling windows) events reach (:func:`sparse_conv_events`,
-  :func:`rows_finish`); without scipy, the NumPy pixel-event kernel
-  (:func:`pixel_conv_events`, :func:`event_finish`);
+- conv2d with numba (the ``fixedq[events]`` extra): element events through a compiled
+  integer kernel, accumulators only for the output pixels (or pooling windows) events reach
+  (:func:`compiled_conv_events`, :mod:`fixedq.engine.compiled_events`, :func:`rows_finish`);
+  else with scipy: the same through compiled sparse products (:func:`sparse_conv_events`);
+  else the NumPy pixel-event kernel (:func:`pixel_conv_events`, :func:`event_finish`);
 - dense: the active input features only (:func:`column_dense_events`).
 
 Its accumulators are integer sums of the same terms as the dense path, computed exactly (float
@@ -38,7 +39,7 @@ from functools import lru_cache, partial
 
 import numpy as np
 
-from fixedq.engine import kernels
+from fixedq.engine import compiled_events, kernels
 from fixedq.engine.ops import aligned_input, neural_output
 
 EVENT_TYPES = ("conv2d", "dense")
@@ -398,14 +399,15 @@ def _geometry(plan, shape, out_hw, window) -> _Geometry:
 #: sparse multiply-add (float32 / float64), event-path per-kept-value work (gather-sum,
 #: pooling, requantization), and the fixed cost of one more float32 channel group.
 COST_NS = {"blas_mac": 0.1, "dense_value": 7.0, "sparse_mac": 0.3, "sparse_mac64": 0.5,
-           "event_value": 16.0, "group": 1e6}
+           "compiled_mac": 0.15, "event_value": 16.0, "group": 1e6}
 
 
-def _cost_ns(k, cout, outputs, synapses, kept):
-    """Estimated ``(dense, event)`` cost of a conv with ``k = taps*c`` inputs per output."""
+def _cost_ns(k, cout, outputs, synapses, kept, mac="sparse_mac"):
+    """Estimated ``(dense, event)`` cost of a conv with ``k = taps*c`` inputs per output;
+    ``mac`` names the event kernel's cost per synapse and output channel."""
     c = COST_NS
     dense = outputs * cout * (k * c["blas_mac"] + c["dense_value"])
-    return dense, cout * (synapses * c["sparse_mac"] + kept * c["event_value"])
+    return dense, cout * (synapses * c[mac] + kept * c["event_value"])
 
 
 def sparse_conv_events(plan, x: np.ndarray, sp) -> RowAcc | None:
@@ -558,6 +560,16 @@ def rows_finish(plan, racc: RowAcc) -> np.ndarray:
     ``plan.finish``.
     """
     n, ho, wo, cout = racc.shape
+    if racc.windows is not None:  # compiled pool + requantization when it applies
+        p0, p1 = plan.pool["pool_size"]
+        out = compiled_events.finish(plan, racc.acc, racc.windows, n * (ho // p0) * (wo // p1),
+                                     p0 * p1)
+        if out is not None:
+            return out.reshape(n, ho // p0, wo // p1, cout)
+    elif not plan.pool:
+        out = compiled_events.finish(plan, racc.acc, racc.rows, n * ho * wo, 1)
+        if out is not None:
+            return out.reshape(n, ho, wo, cout)
     if racc.windows is not None:  # guaranteed by _window_mode
         p0, p1 = plan.pool["pool_size"]
         win = racc.acc.reshape(-1, p0 * p1, cout)
@@ -578,6 +590,25 @@ def rows_finish(plan, racc: RowAcc) -> np.ndarray:
     if idx.size:
         out.reshape(-1, cout)[idx] = plan.requant(vals)
     return out
+
+
+def compiled_conv_events(plan, x: np.ndarray):
+    """The compiled element-event conv (:func:`fixedq.engine.compiled_events.conv_events`) with
+    this module's pool-window rule and cost model: a :class:`RowAcc`, ``None`` (cannot run) or
+    ``compiled_events.DENSE`` (the dense kernel is estimated cheaper)."""
+    a = plan.op.attrs
+    kh, kw, c, cout = plan.kernel.shape
+    n, h, w, _ = x.shape
+    ho = kernels.conv_geometry(h, kh, a["strides"][0], a["padding"], a["dilation_rate"][0])[0]
+    wo = kernels.conv_geometry(w, kw, a["strides"][1], a["padding"], a["dilation_rate"][1])[0]
+    window = tuple(plan.pool["pool_size"]) if _window_mode(plan, ho, wo) else None
+
+    def decide(nev, kept):
+        dense_ns, event_ns = _cost_ns(kh * kw * c, cout, n * ho * wo, nev * kh * kw, kept,
+                                      mac="compiled_mac")
+        return event_ns <= dense_ns
+
+    return compiled_events.conv_events(plan, x, window, decide)
 
 
 def column_dense_events(plan, x: np.ndarray, cols: np.ndarray, dt) -> np.ndarray:
@@ -605,7 +636,15 @@ def event_linear_auto(plan, x: np.ndarray):
     t = plan.type
     if t not in EVENT_TYPES or not x.size:
         return plan.linear(x), "dense"
-    if t == "conv2d":
+    if t == "conv2d" and compiled_events.backend() is not None:
+        if np.count_nonzero(x) > EVENT_MAX_DENSITY * x.size:
+            return plan.linear(x), "dense"
+        racc = compiled_conv_events(plan, x)
+        if racc is compiled_events.DENSE:
+            return plan.linear(x), "dense"
+        if racc is not None:
+            return racc, "compiled"
+    if t == "conv2d":  # scipy, else NumPy (also when the batch's bound needs more than int64)
         sp = sparse_backend()
         if sp is not None:
             if np.count_nonzero(x) > EVENT_MAX_DENSITY * x.size:

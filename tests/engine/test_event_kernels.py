@@ -1,6 +1,7 @@
-"""Event-driven conv kernels: the scipy element-event kernel and the NumPy pixel-event fallback
-give exactly the reference ops' integers (fixedq.engine.ops: int64 conv + neural_output) on
-random sparse inputs and worst-case magnitudes, for every geometry and fused pool."""
+"""Event-driven conv kernels: the compiled (numba) and scipy element-event kernels and the NumPy
+pixel-event fallback give exactly the reference ops' integers (fixedq.engine.ops: int64 conv +
+neural_output) on random sparse inputs and worst-case magnitudes, for every geometry and fused
+pool."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 from test_kernels import _reference  # the exact int64 reference ops
 
-from fixedq.engine import events, kernels
+from fixedq.engine import compiled_events, events, kernels
 from fixedq.engine.ops import Op
 
 sp = pytest.importorskip("scipy.sparse")
@@ -51,21 +52,35 @@ def _sparse(rng, shape, zero_frac, lo=1, hi=255, pixel=False):
     return x
 
 
+KERNEL = {"compiled": "compiled", "compiled-threads": "compiled", "scipy": "sparse", "scipy-groups": "sparse", "numpy": "pixel"}
+
+
 def _run(op, x, backend):
-    """Event path with scipy (``backend="scipy"``) or the NumPy fallback; checks it ran."""
+    """Event path of ``backend`` (the fixture below); checks that its kernel ran."""
     stats = {"op": {}}
     y = events.run_neural_events(op, x, stats)
     assert stats["op"]["event_driven"], backend
+    assert stats["op"]["event_kernel"] in (KERNEL[backend], "element"), stats
     return y
 
 
-@pytest.fixture(params=["scipy", "scipy-groups", "numpy"])
+@pytest.fixture(params=["compiled", "compiled-threads", "scipy", "scipy-groups", "numpy"])
 def backend(request, monkeypatch):
     """The event kernel always runs; "scipy-groups" keeps every float32 channel group (the
-    cost model would otherwise merge small ones into one float64 group)."""
+    cost model would otherwise merge small ones into one float64 group). "compiled" needs
+    numba (the ``events``/``dev`` extras); the others hide it. "compiled-threads" splits even
+    the smallest work into 3 threads' parts (the bench-size default splits only large work)."""
+    if request.param.startswith("compiled"):
+        pytest.importorskip("numba")
+        if request.param == "compiled-threads":
+            monkeypatch.setattr(compiled_events, "THREADS", 3)
+            monkeypatch.setattr(compiled_events, "MIN_SPLIT", 1)
+    else:
+        monkeypatch.setattr(compiled_events, "backend", lambda: None)
     monkeypatch.setattr(events, "EVENT_MAX_DENSITY", 1.0)
     monkeypatch.setattr(events, "EVENT_MAX_ACTIVE", 1.0)
-    cost = {**events.COST_NS, "event_value": 0.0, "sparse_mac": 0.0, "sparse_mac64": 0.0}
+    cost = {**events.COST_NS, "event_value": 0.0, "sparse_mac": 0.0, "sparse_mac64": 0.0,
+            "compiled_mac": 0.0}
     if request.param == "scipy-groups":
         cost.update(group=0.0)
     monkeypatch.setattr(events, "COST_NS", cost)
@@ -132,6 +147,38 @@ def test_sparse_kernel_keeps_only_reached_rows():
         racc = events.sparse_conv_events(plan, x, sp)
         assert racc.acc.shape == (rows, 3)
         np.testing.assert_array_equal(events.rows_finish(plan, racc), _reference(plan.op, x))
+        if compiled_events.backend() is not None:
+            racc = events.compiled_conv_events(plan, x)
+            assert racc.acc.shape == (rows, 3) and racc.acc.dtype == np.int32
+            np.testing.assert_array_equal(events.rows_finish(plan, racc),
+                                          _reference(plan.op, x))
+
+
+def test_compiled_kernel_int64_and_fallback_past_2_62():
+    """The compiled kernel sums in int32 below 2^31, in int64 below 2^62; past 2^62 (still an
+    exact int64 reference) it declines and the scipy kernel's int64 path runs."""
+    pytest.importorskip("numba")
+    rng = np.random.default_rng(18)
+    k = np.where(rng.random((3, 3, 512, 2)) < 0.5, -128, 127)
+    k[..., 0] = 127
+    x = np.zeros((1, 12, 12, 512), dtype=np.int64)
+    x[0, 4:7, 5:8, :] = 255  # one full 3x3 window: the bound 9*512*255*127 * 2^align
+    for shift, dtype, kernel in ((0, np.int32, "compiled"), (20, np.int64, "compiled"),
+                                 (35, None, "sparse")):
+        op = _op(k, rng, np.full(512, shift), None, mult=np.ones(2, np.int64),
+                 bias=np.zeros(2, np.int64))
+        op.arrays["shift"] = np.full(2, shift)
+        op.arrays["out_lo"], op.arrays["out_hi"] = np.full(2, -(2**62)), np.full(2, 2**62)
+        op.attrs["acc_lo"], op.attrs["acc_hi"] = -(2**63), 2**63 - 1
+        plan = kernels.NeuralPlan(op)
+        racc = compiled_events.conv_events(plan, x)
+        assert (racc is None) == (dtype is None)
+        if dtype is not None:
+            assert racc.acc.dtype == dtype and racc.acc[:, 0].max() == 9 * 512 * 255 * 127 << shift
+        stats = {"op": {}}
+        np.testing.assert_array_equal(events.run_neural_events(op, x, stats, plan),
+                                      _reference(op, x))
+        assert stats["op"]["event_kernel"] == kernel
 
 
 def test_no_events_and_requant_shortcuts(backend):
@@ -166,7 +213,8 @@ def test_auto_selection_by_density_and_cost():
     """Few events: the sparse kernel; dense input: the dense kernel; iid-sparse events in one
     channel that reach most outputs: the dense kernel too (estimated cheaper)."""
     rng = np.random.default_rng(17)
-    cases = ((4, 0.95, True, "sparse"), (4, 0.2, False, "dense"), (1, 0.85, False, "dense"))
+    event_kernel = "compiled" if compiled_events.backend() is not None else "sparse"
+    cases = ((4, 0.95, True, event_kernel), (4, 0.2, False, "dense"), (1, 0.85, False, "dense"))
     for cin, zf, driven, kernel in cases:
         op = _op(rng.integers(-128, 128, size=(3, 3, cin, 32)), rng, None, POOLS[1])
         x = _sparse(rng, (4, 28, 28, cin), zf)
@@ -179,3 +227,11 @@ def test_auto_selection_by_density_and_cost():
         np.testing.assert_array_equal(events.run_neural_events(op, x, stats),
                                       _reference(op, x))
         assert (stats["op"]["event_driven"], stats["op"]["event_kernel"]) == (driven, kernel)
+
+
+def test_compiled_module_docstring_example():
+    """The module's example (one event reaching 9 outputs) runs as written."""
+    pytest.importorskip("numba")
+    import doctest
+
+    assert doctest.testmod(compiled_events).failed == 0
