@@ -158,8 +158,13 @@ def backend():
         import numba
     except ImportError:  # pragma: no cover - depends on the environment
         return None
-    jit = numba.njit(cache=True, nogil=True)
-    return SimpleNamespace(collect=jit(_collect), gather=jit(_gather), finish=jit(_finish))
+    fns = {"collect": _collect, "gather": _gather, "finish": _finish}
+    try:  # on-disk cache of the machine code (next to this file, or numba's user cache dir)
+        jit = numba.njit(cache=True, nogil=True)
+        return SimpleNamespace(**{k: jit(f) for k, f in fns.items()})
+    except RuntimeError:  # pragma: no cover - no writable cache location: compile per process
+        jit = numba.njit(cache=False, nogil=True)
+        return SimpleNamespace(**{k: jit(f) for k, f in fns.items()})
 
 
 def finish(plan, acc, kept, slots, sub):

@@ -743,8 +743,9 @@ def record(stats: dict, op, xs: list[np.ndarray], event_mode: bool = False) -> N
 def format_stats(rows: list[dict]) -> str:
     """A text table of ``Model.event_stats`` rows."""
     lines = [f"{'op':24} {'kind':8} {'events':>12} {'sparsity':>9} {'synops':>14} "
-             f"{'dense MACs':>14}"]
+             f"{'dense MACs':>14}  kernel"]
     for r in rows:
         lines.append(f"{r['name'][:24]:24} {r['kind']:8} {r['events']:>12} "
-                     f"{r['sparsity']:>9.3f} {r['synops']:>14} {r['dense_macs']:>14}")
+                     f"{r['sparsity']:>9.3f} {r['synops']:>14} {r['dense_macs']:>14}  "
+                     f"{r.get('event_kernel') or '-'}")
     return "\n".join(lines)

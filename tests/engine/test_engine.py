@@ -222,7 +222,9 @@ def test_event_path_equals_dense_and_counts(models):
     assert first["synops"] < 0.2 * first["dense_macs"]
     # the exact synop count of the event path equals the static count of the dense path
     assert [r["synops"] for r in rows] == [r["synops"] for r in dense_rows]
-    assert "sparsity" in events.format_stats(rows)
+    table = events.format_stats(rows).splitlines()
+    assert "sparsity" in table[0] and table[0].endswith("kernel")
+    assert table[1].split()[-1] == rows[0]["event_kernel"]  # which kernel ran, per op
 
 
 def test_event_conv_strided_dilated_matches_dense():

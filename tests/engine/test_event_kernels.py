@@ -52,7 +52,8 @@ def _sparse(rng, shape, zero_frac, lo=1, hi=255, pixel=False):
     return x
 
 
-KERNEL = {"compiled": "compiled", "compiled-threads": "compiled", "scipy": "sparse", "scipy-groups": "sparse", "numpy": "pixel"}
+KERNEL = {"compiled": "compiled", "compiled-threads": "compiled", "scipy": "sparse",
+          "scipy-groups": "sparse", "numpy": "pixel"}
 
 
 def _run(op, x, backend):
