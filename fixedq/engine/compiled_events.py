@@ -206,12 +206,20 @@ def _split(rows: int) -> np.ndarray:
     return np.linspace(0, rows, parts + 1).astype(np.int64)
 
 
-@lru_cache(maxsize=1)
+_POOLS: dict = {}
+
+
 def _pool():
+    """This process's worker threads (a forked child gets its own: the parent's threads do not
+    exist there, and submitting to the copied pool would wait forever)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    return ThreadPoolExecutor(max_workers=max(1, THREADS - 1),
-                              thread_name_prefix="fixedq-events")
+    key = (os.getpid(), THREADS)
+    if key not in _POOLS:
+        _POOLS.clear()
+        _POOLS[key] = ThreadPoolExecutor(max_workers=max(1, THREADS - 1),
+                                         thread_name_prefix="fixedq-events")
+    return _POOLS[key]
 
 
 def _run_parts(calls):

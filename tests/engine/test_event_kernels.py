@@ -236,3 +236,28 @@ def test_compiled_module_docstring_example():
     import doctest
 
     assert doctest.testmod(compiled_events).failed == 0
+
+
+def test_compiled_threads_work_in_a_forked_child():
+    """After the parent used the worker threads, a forked child (multiprocessing's default on
+    Linux) runs the split kernels too instead of waiting on the parent's absent threads."""
+    pytest.importorskip("numba")
+    import multiprocessing as mp
+
+    rng = np.random.default_rng(19)
+    op = _op(rng.integers(-128, 128, size=(3, 3, 4, 8)), rng, None, POOLS[1])
+    x = np.zeros((8, 32, 32, 4), dtype=np.int64)
+    x[:, 10:14, 12:16] = _sparse(rng, (8, 4, 4, 4), 0.3)  # one active patch per image
+    want = _reference(op, x)
+    old = compiled_events.MIN_SPLIT
+    compiled_events.MIN_SPLIT = 1
+    try:
+        stats = {"op": {}}
+        np.testing.assert_array_equal(events.run_neural_events(op, x, stats), want)
+        assert stats["op"]["event_kernel"] == "compiled"
+        ctx = mp.get_context("fork")
+        with ctx.Pool(1) as pool:
+            got = pool.apply_async(events.run_neural_events, (op, x)).get(timeout=120)
+    finally:
+        compiled_events.MIN_SPLIT = old
+    np.testing.assert_array_equal(got, want)
