@@ -92,6 +92,19 @@ def clip_layer_kernel(layer: QuantizedNeuralLayer, n_std: float) -> None:
     layer.kernel.assign(np.clip(kernel, -limit, limit).astype(kernel.dtype))
 
 
+def clip_kernels(qmodel: keras.Model, n_std: float) -> list[str]:
+    """:func:`clip_layer_kernel` on every biased neural layer of ``qmodel`` not clipped yet
+    (recorded as ``weight_clip_std`` in its q-config); returns the clipped layer names."""
+    done = []
+    for layer in qmodel.layers:
+        if (isinstance(layer, QuantizedNeuralLayer) and layer.use_bias
+                and layer.qconfig.get("weight_clip_std") is None):
+            clip_layer_kernel(layer, n_std)
+            layer.qconfig["weight_clip_std"] = float(n_std)
+            done.append(layer.name)
+    return done
+
+
 def apply_recorded(layer: QuantizedNeuralLayer, entry: dict) -> None:
     """Re-apply the weight clipping and bias deltas recorded in a q-config ``entry``."""
     if entry.get("weight_clip_std") is not None:
@@ -122,8 +135,9 @@ def correct_biases(float_model: keras.Model, qmodel: keras.Model, frames: np.nda
                          "remove their 'bias_delta' entries to compute new ones")
     if options.weight_clip_std is not None:
         for layer in layers:
-            clip_layer_kernel(layer, options.weight_clip_std)
-            layer.qconfig["weight_clip_std"] = float(options.weight_clip_std)
+            if layer.qconfig.get("weight_clip_std") is None:  # not clipped before rounding
+                clip_layer_kernel(layer, options.weight_clip_std)
+                layer.qconfig["weight_clip_std"] = float(options.weight_clip_std)
     probe = keras.Model(float_model.inputs,
                         [float_model.get_layer(ly.name).output for ly in layers])
     outs = probe.predict(frames, verbose=0, batch_size=64)

@@ -27,6 +27,7 @@ from fixedq.models.bias_correction import apply_recorded
 from fixedq.models.calibrate import RangeStats
 from fixedq.models.calibration_methods import CalibrationMethod, select_range
 from fixedq.models.split_separable import DW_SUFFIX
+from fixedq.models.weight_rounding import apply_recorded as apply_recorded_rounding
 from fixedq.transforms.graph import Graph, GraphNode
 
 #: Kinds of layers that requantize their output with calibrated frac_bits.
@@ -172,7 +173,7 @@ def _entry(name: str, ctx: BuildContext, **extra) -> dict:
              "calibration": ctx.stats[name].to_config()}
     cfg = ctx.layer_cfg.get(name, {})
     for key in ("frac_bits", "range", "window", "asymmetric", "calibration_method", "bias_delta",
-                "weight_clip_std"):
+                "weight_clip_std", "weight_rounding"):
         if key in cfg:
             entry[key] = cfg[key]
     entry.update(ctx.chosen.get(name, {}))
@@ -385,7 +386,8 @@ def set_weights(layer, node: GraphNode) -> None:
         weights = [kernel] if not layer.use_bias else [kernel, node.weight("bias")]
         layer.set_weights(weights)
         if layer.qconfig:
-            apply_recorded(layer, layer.qconfig)
+            apply_recorded(layer, layer.qconfig)  # weight clipping, then bias deltas
+            apply_recorded_rounding(layer, layer.qconfig)  # integers of the clipped kernel
     elif isinstance(layer, affine.QuantizedBatchNormalization):
         c = layer.channels
         layer.set_weights([

@@ -24,7 +24,7 @@ import numpy as np
 
 from fixedq.layers.params import QuantizationParams
 from fixedq.models import builders
-from fixedq.models.bias_correction import BiasCorrection, correct_biases
+from fixedq.models.bias_correction import BiasCorrection, clip_kernels, correct_biases
 from fixedq.models.calibrate import RangeStats, calibrate
 from fixedq.models.calibration_methods import CalibrationMethod
 from fixedq.models.fold_rescaling import fold_rescaling
@@ -32,6 +32,7 @@ from fixedq.models.range_alignment import align_ranges, apply_alignment
 from fixedq.models.range_alignment import wanted as alignment_wanted
 from fixedq.models.samples import DEFAULT_NUM_SAMPLES, iter_batches, random_samples
 from fixedq.models.split_separable import split_separable
+from fixedq.models.weight_rounding import WeightRounding, optimize_rounding
 from fixedq.transforms import sanitize
 from fixedq.transforms.graph import (
     Graph,
@@ -150,7 +151,7 @@ def quantize(model, qparams: QuantizationParams | None = None, samples=None,
              epochs: int = 1, q_config: dict | None = None, verbose: bool = True,
              calibration=None, overrides: dict | None = None,
              bias_correction="auto", smooth_quant=None,
-             range_alignment="auto") -> keras.Model:
+             range_alignment="auto", weight_rounding="auto") -> keras.Model:
     """Quantize a float Keras model; the input model is never changed.
 
     Args:
@@ -184,6 +185,13 @@ def quantize(model, qparams: QuantizationParams | None = None, samples=None,
             (:mod:`fixedq.models.range_alignment`); ``False`` for none. The default
             ``"auto"`` aligns when ``activation_bits <= 4`` with per-axis activations. With a
             ``q_config`` the alignment recorded in it is re-applied and this is ignored.
+        weight_rounding: ``True``, a method name (``"gptq"``, ``"local"``), a dict or a
+            :class:`~fixedq.models.weight_rounding.WeightRounding` to choose the integer
+            weights of layers with ``weight_bits <= max_bits`` (4) that minimize each layer's
+            output error on calibration frames instead of rounding each weight to nearest
+            (needs samples); ``False`` or ``None`` for nearest rounding. The default ``"auto"``
+            optimizes when ``weight_bits`` or ``input_weight_bits`` is 4 or less and real
+            samples were given (not with a q_config that already records the integers).
 
     Returns:
         A new Keras model made of fixedq quantized layers.
@@ -195,6 +203,12 @@ def quantize(model, qparams: QuantizationParams | None = None, samples=None,
     if not isinstance(qparams, QuantizationParams):
         raise TypeError(f"qparams must be a QuantizationParams, got {type(qparams).__name__}")
     align = alignment_wanted(range_alignment, qparams)  # validates the argument
+    rounding = WeightRounding.get(weight_rounding, qparams)  # validates the argument
+    if isinstance(weight_rounding, str) and weight_rounding == "auto":
+        if samples is None:
+            rounding = None
+    elif rounding is not None and samples is None:
+        raise ValueError("weight_rounding needs calibration samples (samples=...)")
     model = as_keras3(model)
     _check_not_quantized(model)
     samples_given = samples
@@ -248,17 +262,30 @@ def quantize(model, qparams: QuantizationParams | None = None, samples=None,
     correction = BiasCorrection.get(bias_correction, qparams)
     if auto and (samples_given is None or any("bias_delta" in c for c in layer_cfg.values())):
         correction = None
+    if (isinstance(weight_rounding, str) and weight_rounding == "auto"
+            and any("weight_rounding" in c for c in layer_cfg.values())):
+        rounding = None
     qmodel = _build(graph, qparams, stats, fused, layer_cfg, model.name, methods)
     if alignment is not None:
         qmodel.get_layer(f"{input_name}_quantizer").qconfig["range_alignment"] = alignment
+    if rounding is not None:
+        if correction is not None and correction.weight_clip_std is not None:
+            clip_kernels(qmodel, correction.weight_clip_std)  # clip first, then round
+        optimize_rounding(qmodel, _frames(samples, qmodel, rounding.frames, batch_size),
+                          rounding, verbose, build_model(graph))
     if correction is not None:
         if samples is None:
             raise ValueError("bias_correction needs calibration samples (samples=...)")
-        frames = np.concatenate(list(itertools.islice(
-            iter_batches(samples, qmodel.inputs[0].shape, correction.frames, batch_size),
-            correction.frames)))[:correction.frames]
-        correct_biases(build_model(graph), qmodel, frames, correction, verbose)
+        correct_biases(build_model(graph), qmodel,
+                       _frames(samples, qmodel, correction.frames, batch_size), correction,
+                       verbose)
     return qmodel
+
+
+def _frames(samples, qmodel: keras.Model, count: int, batch_size) -> np.ndarray:
+    """The first ``count`` calibration samples as one array."""
+    return np.concatenate(list(itertools.islice(
+        iter_batches(samples, qmodel.inputs[0].shape, count, batch_size), count)))[:count]
 
 
 def _first_neural(graph: Graph) -> set[str]:

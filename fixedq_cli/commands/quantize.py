@@ -83,6 +83,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      metavar="N", help="passes of --bias_correction (default 1)")
     acc.add_argument("--weight_clip_std", type=float, default=None, metavar="K",
                      help="with --bias_correction, clip weights to K standard deviations")
+    acc.add_argument("--weight_rounding", choices=("auto", "on", "off"), default="auto",
+                     help="choose the integer weights of <= 4-bit layers that minimize each "
+                          "layer's output error on calibration frames instead of rounding to "
+                          "nearest (needs -sa; default auto: on at <= 4-bit weights with -sa)")
+    acc.add_argument("--rounding_frames", type=_args.positive_int, default=None, metavar="N",
+                     help="with --weight_rounding on: calibration frames used (default 256)")
     acc.add_argument("--params_16bit", default="", metavar="NAMES",
                      help="comma-separated layers whose weights stay 16-bit")
     acc.add_argument("--features_16bit", default="", metavar="NAMES",
@@ -115,6 +121,10 @@ def run(args) -> int:
     samples = load_samples(args.samples) if args.samples else None
     if args.bias_correction and samples is None:
         raise CLIError("--bias_correction needs calibration samples (-sa SAMPLES.npz)")
+    if args.weight_rounding == "on" and samples is None:
+        raise CLIError("--weight_rounding on needs calibration samples (-sa SAMPLES.npz)")
+    if args.rounding_frames is not None and args.weight_rounding != "on":
+        raise CLIError("--rounding_frames needs --weight_rounding on")
     if args.percentile is not None and not 0 < args.percentile <= 100:
         raise CLIError(f"--percentile must be in (0, 100], got {args.percentile}")
     out = output_file(_output_path(args, model_path), [model_path])
@@ -146,10 +156,13 @@ def run(args) -> int:
         calibration = {"name": args.calibration or "percentile"}
         if args.percentile is not None:
             calibration["percentile"] = args.percentile
-    bias = None
+    bias = "auto"  # on at <= 4 bits with -sa (docs/cli.md), like quantize()'s default
     if args.bias_correction:
         bias = {"frames": args.calibration_frames, "iterations": args.calibration_iterations,
                 "weight_clip_std": args.weight_clip_std}
+    rounding = {"off": False, "auto": "auto", "on": True}[args.weight_rounding]
+    if rounding is True and args.rounding_frames is not None:
+        rounding = {"frames": args.rounding_frames}
     names = [[n.strip() for n in text.split(",") if n.strip()]
              for text in (args.params_16bit, args.features_16bit)]
     overrides = mixed_precision(*names) if any(names) else None
@@ -157,7 +170,7 @@ def run(args) -> int:
                              num_samples=num_samples, batch_size=args.batch_size,
                              epochs=args.epochs, q_config=q_config, verbose=True,
                              calibration=calibration, overrides=overrides,
-                             bias_correction=bias)
+                             bias_correction=bias, weight_rounding=rounding)
     fixedq.save_model(qmodel, out)
     print(f"saved quantized model to {out}")
     sys.stdout.flush()

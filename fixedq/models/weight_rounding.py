@@ -1,0 +1,563 @@
+"""Weight rounding optimization: choose each integer weight to minimize the layer's output error.
+
+Nearest rounding (eq. 14) minimizes the error of every weight on its own; at 4 bits and below
+the *output* error ``(w_q·s - w)·x`` of a layer is what matters, and the errors of the weights
+that read correlated inputs can cancel. For each quantized layer with weights at
+``weight_bits <= max_bits``, in execution order, this module takes the layer's inputs ``X`` *as
+the quantized model computes them* (the earlier layers already optimized) on ``frames``
+calibration samples, forms the input second-moment matrix ``H = X^T X / n`` (per input
+patch: ``kh·kw·cin`` for Conv2D, ``kh·kw`` per channel for DepthwiseConv2D, ``cin`` for Dense;
+with ``center=True`` the covariance, i.e. the error left after bias correction removes the mean
+shift) and, per output channel with scale ``s``, minimizes the quadratic
+
+    E(q) = (q - w/s)^T H (q - w/s)        q integer in [-(2^(b-1)-1), 2^(b-1)-1]
+
+1. ``method="gptq"``: GPTQ / OBQ-style greedy rounding, columns in order of decreasing
+   ``H_jj``, the rounding error of each column compensated on the not-yet-rounded ones through
+   the Cholesky factor of ``H^-1`` (with ``damp·mean(diag H)`` added to the diagonal);
+2. then ``sweeps`` passes of exact coordinate descent on ``E``: any single ``±1`` change that
+   lowers ``E`` is taken (AdaRound's objective, solved greedily);
+3. per channel the result is kept only if its ``E`` is below that of nearest rounding, so on
+   the calibration frames no channel gets worse.
+
+``method="local"`` skips step 1 (coordinate descent from nearest rounding).
+
+The weight scale is untouched: the element(s) with the largest ``|w|`` of each channel stay at
+``±(2^(b-1)-1)`` and keep their float value. A weight whose integer is its nearest rounding
+keeps its float value too; a moved one is stored at the closest point of its new rounding
+interval (``EDGE_MARGIN`` of a step inside; ``keep_latent=False``: every weight exactly on its
+grid point ``q·s``). The layer's own quantizer (scale from ``max|w|``, round-half-up) then
+reproduces the chosen integers, so the quantized Keras model and the integer engine stay
+bit-exact, and QAT starts from the optimized integers with float weights as close to the
+original ones as they allow. The integers are recorded in the layer's q-config entry
+(``weight_rounding``: options and the int8 kernel in base64) and re-applied by
+``quantize(model, q_config=cfg)`` bit for bit.
+
+Example:
+    >>> qmodel = quantize(model, qp4, samples=x, weight_rounding=True)  # doctest: +SKIP
+    >>> qmodel = quantize(model, qp4, samples=x,
+    ...                   weight_rounding={"frames": 512, "sweeps": 4})  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import sys
+import warnings
+from dataclasses import asdict, dataclass
+
+import keras
+import numpy as np
+from keras import ops
+
+from fixedq.layers.neural import (
+    QuantizedConv2D,
+    QuantizedDense,
+    QuantizedDepthwiseConv2D,
+    QuantizedNeuralLayer,
+)
+
+METHODS = ("gptq", "local")
+_SUPPORTED = (QuantizedConv2D, QuantizedDepthwiseConv2D, QuantizedDense)
+
+
+@dataclass(frozen=True)
+class WeightRounding:
+    """Options of the weight rounding optimization (see the module docstring).
+
+    Attributes:
+        method: ``"gptq"`` (greedy with error compensation, then local search) or ``"local"``
+            (local search from nearest rounding).
+        frames: calibration samples used to measure each layer's inputs.
+        max_bits: only layers with ``weight_bits <= max_bits`` are optimized.
+        sweeps: coordinate-descent passes after the greedy step (0: none).
+        damp: relative dampening of ``H`` for the greedy step.
+        center: minimize the output error's variance (what bias correction leaves) instead of
+            its second moment.
+        target: ``"quantized"`` reconstructs ``w·x_q`` (the float weights on the quantized
+            model's inputs); ``"float"`` reconstructs the float model's ``w·x_f``, so the
+            weights also compensate the error of the quantized inputs (the least-squares
+            target ``w* = (H + λ)^-1 (X_q^T X_f w / n + λ w)`` is rounded in the ``H``
+            metric, ``λ = damp·mean(diag H)``).
+        keep_latent: store the float weights as close to the original as the chosen integers
+            allow (QAT then starts from them) instead of exactly on the grid points.
+
+    Example:
+        >>> WeightRounding(frames=128).max_bits
+        4
+    """
+
+    method: str = "gptq"
+    frames: int = 256
+    max_bits: int = 4
+    sweeps: int = 2
+    damp: float = 0.1
+    center: bool = False
+    target: str = "float"
+    keep_latent: bool = True
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"weight_rounding method must be one of {METHODS}, "
+                             f"got {self.method!r}")
+        for name, lo in (("frames", 1), ("max_bits", 2), ("sweeps", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+                raise ValueError(f"weight_rounding {name} must be an integer >= {lo}, "
+                                 f"got {value!r}")
+        if isinstance(self.damp, bool) or not isinstance(self.damp, (int, float)) \
+                or not 0 <= float(self.damp) < 1:
+            raise ValueError(f"weight_rounding damp must be a number in [0, 1), "
+                             f"got {self.damp!r}")
+        if self.target not in ("quantized", "float"):
+            raise ValueError(f"weight_rounding target must be 'quantized' or 'float', "
+                             f"got {self.target!r}")
+        for name in ("center", "keep_latent"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"weight_rounding {name} must be true or false, "
+                                 f"got {getattr(self, name)!r}")
+
+    @classmethod
+    def get(cls, value, qparams=None) -> WeightRounding | None:
+        """``None``/``False`` (off), ``True``, a method name, a dict, an instance, or
+        ``"auto"``: on with the defaults when any weight width of ``qparams`` is 4 or less.
+
+        Example:
+            >>> WeightRounding.get({"method": "local"}).method
+            'local'
+        """
+        if isinstance(value, str) and value == "auto":
+            low = qparams is not None and min(qparams.weight_bits,
+                                              qparams.input_weight_bits) <= 4
+            return cls() if low else None
+        if value is None or value is False:
+            return None
+        if value is True:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, str):
+            return cls(method=value)
+        if isinstance(value, dict):
+            known = set(cls.__dataclass_fields__)
+            unknown = sorted(set(value) - known)
+            if unknown:
+                raise ValueError(f"unknown weight_rounding keys {unknown}; allowed "
+                                 f"{sorted(known)}")
+            return cls(**value)
+        raise TypeError(f"weight_rounding must be a bool, 'auto', a method name {METHODS}, a "
+                        f"dict or a WeightRounding, got {type(value).__name__}")
+
+    def to_config(self) -> dict:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------- layer inputs
+
+
+def _same_pads(size: int, k: int, stride: int, dilation: int) -> tuple[int, int]:
+    eff = (k - 1) * dilation + 1
+    out = -(-size // stride)
+    total = max((out - 1) * stride + eff - size, 0)
+    return total // 2, total - total // 2
+
+
+def patches(layer: QuantizedNeuralLayer, x: np.ndarray) -> np.ndarray:
+    """Input patches of a conv layer: ``(N·H'·W', kh, kw, C)`` (float64), as the conv reads.
+
+    Example:
+        >>> patches(conv_layer, x).shape  # doctest: +SKIP
+        (N * H_out * W_out, 3, 3, C)
+    """
+    x = np.asarray(x, np.float64)
+    kh, kw = layer.kernel_size
+    (sh, sw), (dh, dw) = layer.strides, layer.dilation_rate
+    if layer.padding == "same":
+        ph, pw = _same_pads(x.shape[1], kh, sh, dh), _same_pads(x.shape[2], kw, sw, dw)
+        x = np.pad(x, ((0, 0), ph, pw, (0, 0)))
+    oh = (x.shape[1] - (kh - 1) * dh - 1) // sh + 1
+    ow = (x.shape[2] - (kw - 1) * dw - 1) // sw + 1
+    out = np.empty((x.shape[0], oh, ow, kh, kw, x.shape[3]))
+    for i in range(kh):
+        for j in range(kw):
+            out[:, :, :, i, j, :] = x[:, i * dh:i * dh + (oh - 1) * sh + 1:sh,
+                                      j * dw:j * dw + (ow - 1) * sw + 1:sw, :]
+    return out.reshape(-1, kh, kw, x.shape[3])
+
+
+def _rows_of(layer: QuantizedNeuralLayer, x: np.ndarray) -> np.ndarray:
+    """``(groups, n, d)`` input rows of ``layer`` for inputs ``x`` (one group unless depthwise)."""
+    if isinstance(layer, QuantizedDense):
+        return np.asarray(x, np.float64).reshape(1, -1, x.shape[-1])
+    p = patches(layer, x)
+    if isinstance(layer, QuantizedDepthwiseConv2D):
+        return p.reshape(p.shape[0], -1, p.shape[-1]).transpose(2, 0, 1)  # (C, n, kh*kw)
+    return p.reshape(1, p.shape[0], -1)
+
+
+def input_moments(layer: QuantizedNeuralLayer, x: np.ndarray, center: bool = False,
+                  x_float: np.ndarray | None = None, chunk: int = 16):
+    """``(groups, d, d)``: the input second moment(s) ``X^T X / n`` of ``layer`` on ``x``.
+
+    Conv2D / Dense: one group shared by all output channels (``d = kh·kw·cin`` or ``cin``);
+    DepthwiseConv2D: one ``kh·kw`` group per input channel. ``center``: the covariance.
+    With ``x_float`` (the float model's inputs of the layer, same samples) returns
+    ``(H, C)`` with the cross moment ``C = X^T X_f / n``. Streamed over ``chunk`` samples at a
+    time (patches are ``kh·kw`` times the input).
+
+    Example:
+        >>> input_moments(dense_layer, np.ones((4, 3))).shape  # doctest: +SKIP
+        (1, 3, 3)
+    """
+    total = cross = first = first_f = None
+    n = 0
+    for start in range(0, len(x), chunk):
+        rows = _rows_of(layer, x[start:start + chunk])
+        parts = [np.einsum("gnd,gne->gde", rows, rows), rows.sum(axis=1)]
+        if x_float is not None:
+            rows_f = _rows_of(layer, x_float[start:start + chunk])
+            parts += [np.einsum("gnd,gne->gde", rows, rows_f), rows_f.sum(axis=1)]
+        if total is None:
+            total, first, *rest = parts
+            cross, first_f = rest if rest else (None, None)
+        else:
+            total, first = total + parts[0], first + parts[1]
+            if x_float is not None:
+                cross, first_f = cross + parts[2], first_f + parts[3]
+        n += rows.shape[1]
+    n = max(n, 1)
+    h = total / n
+    if center:
+        h = h - np.einsum("gd,ge->gde", first / n, first / n)
+    if x_float is None:
+        return h
+    c = cross / n
+    if center:
+        c = c - np.einsum("gd,ge->gde", first / n, first_f / n)
+    return h, c
+
+
+# --------------------------------------------------------------------------- the optimization
+
+
+def _energy(q: np.ndarray, w: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """``(q - w)^T H (q - w)`` per row of ``q``/``w`` (``(m, d)``)."""
+    r = q - w
+    return np.einsum("md,de,me->m", r, h, r)
+
+
+def _gptq(w: np.ndarray, h: np.ndarray, qmax: int, fixed: np.ndarray, damp: float):
+    """Greedy rounding with error compensation (rows of ``w`` share ``h``)."""
+    d = w.shape[1]
+    h = h.copy()
+    diag = np.diag(h).copy()
+    dead = diag <= 0
+    h[dead, dead] = 1.0
+    h += damp * max(float(np.mean(np.diag(h))), 1e-30) * np.eye(d)
+    order = np.argsort(-np.diag(h), kind="stable")
+    hp = h[np.ix_(order, order)]
+    try:
+        u = np.linalg.cholesky(np.linalg.inv(hp)).T  # upper: H^-1 = U^T U
+    except np.linalg.LinAlgError:
+        return None
+    work = w[:, order].copy()
+    fix = fixed[:, order]
+    target = np.clip(np.floor(w[:, order] + 0.5), -qmax, qmax)  # nearest at fixed positions
+    q = np.zeros_like(work)
+    for j in range(d):
+        col = np.clip(np.floor(work[:, j] + 0.5), -qmax, qmax)
+        col = np.where(fix[:, j], target[:, j], col)
+        q[:, j] = col
+        err = (work[:, j] - col) / u[j, j]
+        work[:, j:] -= err[:, None] * u[j, j:][None, :]
+    out = np.empty_like(q)
+    out[:, order] = q
+    return out
+
+
+def _local(q: np.ndarray, w: np.ndarray, h: np.ndarray, qmax: int, fixed: np.ndarray,
+           sweeps: int) -> np.ndarray:
+    """Coordinate descent on ``(q - w)^T H (q - w)`` with single ``±1`` steps."""
+    q = q.copy()
+    g = (q - w) @ h  # gradient / 2 per row
+    diag = np.diag(h)
+    for _ in range(sweeps):
+        changed = False
+        for j in range(q.shape[1]):
+            if diag[j] <= 0:
+                continue
+            best = np.zeros(len(q))
+            gain = np.zeros(len(q))
+            for step in (-1.0, 1.0):
+                delta = 2.0 * step * g[:, j] + diag[j]
+                ok = (np.abs(q[:, j] + step) <= qmax) & ~fixed[:, j] & (delta < gain - 1e-12
+                                                                        * diag[j])
+                best = np.where(ok, step, best)
+                gain = np.where(ok, delta, gain)
+            if np.any(best != 0):
+                changed = True
+                q[:, j] += best
+                g += best[:, None] * h[j][None, :]
+        if not changed:
+            break
+    return q
+
+
+def optimize_rows(w: np.ndarray, h: np.ndarray, qmax: int, options: WeightRounding,
+                  fixed: np.ndarray | None = None, target: np.ndarray | None = None):
+    """Integer rows ``q`` for real rows ``w`` (in units of the scale, ``|w| <= qmax``).
+
+    Returns ``(q, nearest)`` as int64 arrays; each row of ``q`` has an energy no higher than
+    its nearest rounding. The ``fixed`` positions (default: where ``|w|`` reaches ``qmax``,
+    the elements the scale comes from) keep their nearest rounding ``±qmax``. ``target``
+    (default ``w``): the real rows whose ``H``-distance is minimized (nearest rounding stays
+    that of ``w``).
+
+    Example:
+        >>> h = np.array([[1.0, 0.9], [0.9, 1.0]])
+        >>> q, q0 = optimize_rows(np.array([[0.4, 0.4], [7.0, 0.3]]), h, 7, WeightRounding())
+        >>> q.tolist(), q0.tolist()
+        ([[1, 0], [7, 0]], [[0, 0], [7, 0]])
+    """
+    w = np.asarray(w, np.float64)
+    nearest = np.clip(np.floor(w + 0.5), -qmax, qmax)
+    if fixed is None:
+        fixed = np.abs(w) >= qmax - 1e-9
+    target = w if target is None else np.where(fixed, nearest, target)
+    q = nearest
+    if options.method == "gptq":
+        greedy = _gptq(target, h, qmax, fixed, options.damp)
+        if greedy is not None:
+            q = greedy
+    q = _local(q, target, h, qmax, fixed, options.sweeps)
+    better = _energy(q, target, h) < _energy(nearest, target, h)
+    q = np.where(better[:, None], q, nearest)
+    return q.astype(np.int64), nearest.astype(np.int64)
+
+
+def _rows(layer, kernel: np.ndarray) -> np.ndarray:
+    """Kernel -> ``(groups, m, d)`` rows that share one moment matrix per group."""
+    if isinstance(layer, QuantizedDepthwiseConv2D):  # (kh, kw, C, mult) -> (C, mult, kh*kw)
+        kh, kw, c, mult = kernel.shape
+        return kernel.reshape(kh * kw, c, mult).transpose(1, 2, 0)
+    return kernel.reshape(-1, kernel.shape[-1]).T[None]  # (1, out, d)
+
+
+def _unrows(layer, rows: np.ndarray, shape) -> np.ndarray:
+    if isinstance(layer, QuantizedDepthwiseConv2D):
+        kh, kw, c, mult = shape
+        return rows.transpose(2, 0, 1).reshape(shape)
+    return rows[0].T.reshape(shape)
+
+
+def _ls_target(rows: np.ndarray, h: np.ndarray, c: np.ndarray, damp: float) -> np.ndarray:
+    """Rows ``w* = (H + λ)^-1 (C w + λ w)``: least squares of ``X_q w* ≈ X_f w``, regularized
+    toward ``w`` with ``λ = damp·mean(diag H)``."""
+    d = h.shape[0]
+    lam = damp * max(float(np.mean(np.diag(h))), 1e-30) + 1e-12
+    return np.linalg.solve(h + lam * np.eye(d), c @ rows.T + lam * rows.T).T
+
+
+def optimize_layer(layer: QuantizedNeuralLayer, x: np.ndarray, options: WeightRounding,
+                   x_float: np.ndarray | None = None):
+    """Integer kernel for ``layer`` given its inputs ``x``; ``(w_q, nearest, h)`` (int64).
+
+    With ``x_float`` (and ``options.target == "float"``) the float model's output is the
+    target."""
+    w_q, scale, *_ = layer.quantized_weights()
+    scale = np.asarray(ops.convert_to_numpy(scale), np.float64)
+    eff = np.asarray(ops.convert_to_numpy(layer.effective_kernel()), np.float64)
+    w = eff / scale
+    use_float = x_float is not None and options.target == "float"
+    moments = input_moments(layer, x, options.center, x_float if use_float else None)
+    h, c = moments if use_float else (moments, None)
+    rows, fixed = _rows(layer, w), _rows(layer, _tops(layer, eff))
+    q = np.empty(rows.shape, np.int64)
+    for g in range(rows.shape[0]):
+        target = None if c is None else _ls_target(rows[g], h[g], c[g], options.damp)
+        q[g], _ = optimize_rows(rows[g], h[g], layer._qmax, options, fixed[g], target)
+    return _unrows(layer, q, w.shape), np.asarray(ops.convert_to_numpy(w_q), np.int64), h
+
+
+def _tops(layer, eff: np.ndarray) -> np.ndarray:
+    """Where each output channel reaches its ``max|w|`` (the elements its scale comes from)."""
+    mag = np.abs(eff)
+    return mag >= np.max(mag, axis=layer._scale_axes, keepdims=True)
+
+
+# --------------------------------------------------------------------------- storing
+
+
+#: Distance (in steps) kept from the rounding boundary by a moved latent weight.
+EDGE_MARGIN = 1e-3
+
+
+def set_integer_kernel(layer: QuantizedNeuralLayer, w_q: np.ndarray,
+                       keep_latent: bool = True) -> None:
+    """Store integer weights ``w_q`` on ``layer`` so that its quantizer returns exactly them.
+
+    The per-channel scale is kept: ``w_q`` must be ``±qmax`` where ``|w|`` is largest (those
+    elements keep their float value). With ``keep_latent`` a weight whose integer is its
+    nearest rounding keeps its float value and a moved one goes to the closest point of its new
+    rounding interval (``EDGE_MARGIN`` steps inside), so QAT starts from float weights as close
+    to the original as the integers allow; otherwise every weight becomes its grid point
+    ``q·s``. Values are in effective units (divided by a folded ``kernel_unit`` if any).
+
+    Example:
+        >>> set_integer_kernel(layer, w_q)  # doctest: +SKIP
+    """
+    _, scale, *_ = layer.quantized_weights()
+    scale = np.asarray(ops.convert_to_numpy(scale), np.float64)
+    eff = np.asarray(ops.convert_to_numpy(layer.effective_kernel()), np.float64)
+    w_q = np.asarray(w_q, np.int64)
+    if w_q.shape != eff.shape or np.any(np.abs(w_q) > layer._qmax):
+        raise ValueError(f"layer {layer.name!r}: integer kernel must have shape {eff.shape} and "
+                         f"values in [-{layer._qmax}, {layer._qmax}]")
+    top = _tops(layer, eff) & (eff != 0)
+    nearest = np.clip(np.floor(eff / scale + 0.5), -layer._qmax, layer._qmax)
+    if np.any(w_q[top] != nearest[top]):
+        raise ValueError(f"layer {layer.name!r}: the largest weight of each channel must stay at "
+                         "±qmax (the scale comes from it)")
+    kernel = layer.kernel.numpy()
+    if keep_latent:
+        lo, hi = (w_q - 0.5 + EDGE_MARGIN) * scale, (w_q + 0.5 - EDGE_MARGIN) * scale
+        new = np.clip(eff, lo, hi)
+    else:
+        new = w_q * scale
+    if layer.kernel_unit is not None:
+        new = new / layer._unit()
+    new = new.astype(kernel.dtype)
+    if layer.kernel_unit is None and not keep_latent:
+        # a grid point ±qmax·s may round (float32) one ulp above the channel's max: use the max
+        # element's own stored value there, so max|w| and with it the scale stay the same
+        top_val = np.max(np.where(top, np.abs(kernel), 0), axis=layer._scale_axes,
+                         keepdims=True)
+        new = np.where(np.abs(w_q) == layer._qmax, np.sign(w_q) * top_val, new)
+    if keep_latent:
+        new = np.where(w_q == nearest, kernel, new)  # unchanged integers: untouched floats
+    kernel = np.where(top, kernel, new).astype(kernel.dtype)
+    limit = np.max(np.abs(eff), axis=layer._scale_axes, keepdims=True)
+    for _ in range(4):  # with a folded kernel_unit: step over-the-max elements back by an ulp
+        layer.kernel.assign(kernel)
+        over = ~top & (np.abs(np.asarray(ops.convert_to_numpy(layer.effective_kernel()),
+                                         np.float64)) > limit)
+        if not np.any(over):
+            break
+        kernel = np.where(over, np.nextafter(kernel, np.zeros_like(kernel)), kernel)
+    got_q, got_scale, *_ = layer.quantized_weights()
+    got_q = np.asarray(ops.convert_to_numpy(got_q), np.int64)
+    if not (np.array_equal(got_q, w_q)
+            and np.array_equal(np.asarray(ops.convert_to_numpy(got_scale)), scale)):
+        raise RuntimeError(f"layer {layer.name!r}: {int(np.sum(got_q != w_q))} stored weights "
+                           "do not reproduce their integers (or the scale moved)")
+
+
+def encode(w_q: np.ndarray) -> str:
+    """int8 bytes of ``w_q`` (C order) in base64.
+
+    Example:
+        >>> decode(encode(np.array([[1, -7]])), (1, 2)).tolist()
+        [[1, -7]]
+    """
+    return base64.b64encode(np.asarray(w_q, np.int8).tobytes()).decode("ascii")
+
+
+def decode(text: str, shape) -> np.ndarray:
+    raw = np.frombuffer(base64.b64decode(text.encode("ascii"), validate=True), np.int8)
+    if raw.size != math.prod(shape):
+        raise ValueError(f"{raw.size} recorded weights for a kernel of shape {tuple(shape)}")
+    return raw.astype(np.int64).reshape(shape)
+
+
+def apply_recorded(layer: QuantizedNeuralLayer, entry: dict) -> None:
+    """Re-apply the integer kernel recorded in a q-config ``entry`` (``weight_rounding``)."""
+    record = entry.get("weight_rounding")
+    if record is None:
+        return
+    if not isinstance(record, dict) or not isinstance(record.get("kernel"), str):
+        raise ValueError(f"q_config: layer {layer.name!r} weight_rounding must be a dict with a "
+                         f"base64 'kernel', got {str(record)[:80]!r}")
+    if record.get("weight_bits") != layer.weight_bits:
+        warnings.warn(f"quantize: layer {layer.name!r} now has {layer.weight_bits}-bit weights; "
+                      f"its recorded weight_rounding (for {record.get('weight_bits')} bits) is "
+                      "dropped and nearest rounding is used", stacklevel=2)
+        entry.pop("weight_rounding")
+        return
+    try:
+        w_q = decode(record["kernel"], tuple(layer.kernel.shape))
+        set_integer_kernel(layer, w_q, bool(record.get("keep_latent", True)))
+    except (ValueError, TypeError, base64.binascii.Error) as err:
+        raise ValueError(f"q_config: layer {layer.name!r} weight_rounding does not fit this "
+                         f"model: {err}") from err
+
+
+# --------------------------------------------------------------------------- the pass
+
+
+def _reconstruction(layer, h, w_q) -> float:
+    """Mean output energy ``sum_o (w_q - w/s)_o^T H (w_q - w/s)_o · s_o^2`` (diagnostics)."""
+    _, scale, *_ = layer.quantized_weights()
+    scale = np.asarray(ops.convert_to_numpy(scale), np.float64)
+    eff = np.asarray(ops.convert_to_numpy(layer.effective_kernel()), np.float64)
+    err = _rows(layer, w_q * scale - eff)
+    return float(sum(np.einsum("md,de,me->", err[g], h[g], err[g]) for g in range(len(err))))
+
+
+def output_error(layer, x, w_q) -> float:
+    """``sum over outputs of E[((w_q·s - w)·x)^2]`` of ``layer`` on inputs ``x``.
+
+    Example:
+        >>> output_error(layer, x, layer_integer_kernel)  # doctest: +SKIP
+    """
+    return _reconstruction(layer, input_moments(layer, x, False), np.asarray(w_q, np.int64))
+
+
+def optimize_rounding(qmodel: keras.Model, frames: np.ndarray, options: WeightRounding,
+                      verbose: bool = True, float_model: keras.Model | None = None
+                      ) -> dict[str, dict]:
+    """Optimize the integer weights of ``qmodel``'s low-bit layers in place (execution order).
+
+    ``float_model`` (the float model ``qmodel`` was made from, after the same graph rewrites,
+    layer names matching) is needed for ``target="float"``.
+
+    Returns ``{layer: {"before": E_nearest, "after": E_opt, "changed": n}}`` with the output
+    energies on the frames; each optimized layer's q-config gets ``weight_rounding``.
+    """
+    layers = [ly for ly in qmodel.layers if isinstance(ly, _SUPPORTED)
+              and ly.weight_bits <= options.max_bits]
+    done = [ly.name for ly in layers if ly.qconfig.get("weight_rounding") is not None]
+    if done:
+        raise ValueError(f"layers {done} already carry a weight_rounding from the q_config; "
+                         "remove those entries to compute new ones")
+    if options.target == "float" and float_model is None:
+        raise ValueError("weight_rounding target='float' needs the float model")
+    float_names = {ly.name for ly in float_model.layers} if float_model is not None else set()
+    report: dict[str, dict] = {}
+    frames_t = ops.convert_to_tensor(frames)
+    for i, layer in enumerate(layers):
+        feed = keras.Model(qmodel.inputs, layer.input)
+        x = np.asarray(ops.convert_to_numpy(feed(frames_t, training=False)), np.float64)
+        x_float = None
+        if options.target == "float" and float_model is not None \
+                and layer.name in float_names:
+            ffeed = keras.Model(float_model.inputs, float_model.get_layer(layer.name).input)
+            x_float = np.asarray(ops.convert_to_numpy(ffeed(frames_t, training=False)),
+                                 np.float64)
+            if x_float.shape != x.shape:
+                x_float = None
+        w_q, nearest, h = optimize_layer(layer, x, options, x_float)
+        report[layer.name] = {"before": _reconstruction(layer, h, nearest),
+                              "after": _reconstruction(layer, h, w_q),
+                              "changed": int(np.count_nonzero(w_q != nearest))}
+        set_integer_kernel(layer, w_q, options.keep_latent)
+        layer.qconfig["weight_rounding"] = {"method": options.method, "target": options.target,
+                                            "keep_latent": options.keep_latent,
+                                            "weight_bits": layer.weight_bits,
+                                            "kernel": encode(w_q)}
+        if verbose:
+            sys.stderr.write(f"\rweight rounding: layer {i + 1}/{len(layers)}")
+            sys.stderr.flush()
+    if verbose and layers:
+        sys.stderr.write("\n")
+    return report
