@@ -196,7 +196,8 @@ def finish(plan, acc, kept, slots, sub):
 
 #: Threads the compiled kernels split their work over (the compiled functions release the
 #: GIL); 1 runs them in the calling thread. Work below :data:`MIN_SPLIT` rows is never split.
-THREADS = min(2, os.cpu_count() or 1)
+THREADS = min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+              else os.cpu_count() or 1)
 MIN_SPLIT = 2048
 
 
@@ -284,35 +285,39 @@ class _Geometry:
 def _geometry(plan, hw, out_hw, window) -> _Geometry:
     cache = plan.__dict__.setdefault("_compiled_geometry", {})
     key = (hw, window)
-    if key not in cache:
+    geo = cache.get(key)  # (one lookup: another thread may clear the cache meanwhile)
+    if geo is None:
         if len(cache) >= 4:  # many image sizes: memory stays bounded
             cache.clear()
-        cache[key] = _Geometry(plan, hw, out_hw, window)
-    return cache[key]
+        geo = cache[key] = _Geometry(plan, hw, out_hw, window)
+    return geo
 
 
 def _weights(plan, dtype):
     """The kernel as ``(taps, cin, cout)`` in ``dtype`` (cached)."""
     cache = plan.__dict__.setdefault("_compiled_weights", {})
     key = np.dtype(dtype).str
-    if key not in cache:
+    wts = cache.get(key)
+    if wts is None:
         k = plan.kernel
-        cache[key] = np.ascontiguousarray(k.reshape(-1, k.shape[2], k.shape[3]), dtype=dtype)
-    return cache[key]
+        wts = cache[key] = np.ascontiguousarray(k.reshape(-1, k.shape[2], k.shape[3]),
+                                                dtype=dtype)
+    return wts
 
 
 #: :func:`conv_events`' answer when its cost model prefers the dense kernel.
 DENSE = "dense"
 
 
-def conv_events(plan, x: np.ndarray, window=None, decide=None):
+def conv_events(plan, x: np.ndarray, window=None, decide=None, nnz=None):
     """Exact conv2d accumulators of the kept rows (:class:`fixedq.engine.events.RowAcc`);
     ``None`` when it cannot run (numba missing, or the batch's bound needs more than int64);
     :data:`DENSE` when ``decide(events, kept_rows)`` (a cost model) is false, i.e. the dense
     kernel is estimated cheaper.
 
     ``window``: ``(p0, p1)`` to keep whole pooling windows (the caller checked that pooling the
-    accumulators is exact, :func:`fixedq.engine.events._window_mode`), else ``None``.
+    accumulators is exact, :func:`fixedq.engine.events._window_mode`), else ``None``. ``nnz``:
+    the number of non-zero elements of ``x`` when the caller already counted them.
     """
     from fixedq.engine.events import RowAcc  # (events imports this module lazily)
 
@@ -329,8 +334,9 @@ def conv_events(plan, x: np.ndarray, window=None, decide=None):
     xf = np.ascontiguousarray(x, dtype=np.int64).reshape(-1)
     live = np.zeros(n * geo.slots, dtype=np.bool_)
     ptr = np.zeros(n * h * w + 1, dtype=np.int64)
-    chs = np.empty(xf.size, dtype=np.int64)  # (untouched pages beyond the events cost nothing)
-    vals = np.empty(xf.size, dtype=np.int64)
+    nnz = int(np.count_nonzero(xf)) if nnz is None else nnz
+    chs = np.empty(nnz, dtype=np.int32)
+    vals = np.empty(nnz, dtype=np.int64)
     cmax = np.zeros(c, dtype=np.int64)
     nev = nb.collect(xf, c, h * w, geo.reach, geo.slot_of, geo.slots, live, ptr, chs, vals,
                      cmax)

@@ -592,7 +592,7 @@ def rows_finish(plan, racc: RowAcc) -> np.ndarray:
     return out
 
 
-def compiled_conv_events(plan, x: np.ndarray):
+def compiled_conv_events(plan, x: np.ndarray, nnz=None):
     """The compiled element-event conv (:func:`fixedq.engine.compiled_events.conv_events`) with
     this module's pool-window rule and cost model: a :class:`RowAcc`, ``None`` (cannot run) or
     ``compiled_events.DENSE`` (the dense kernel is estimated cheaper)."""
@@ -608,7 +608,7 @@ def compiled_conv_events(plan, x: np.ndarray):
                                       mac="compiled_mac")
         return event_ns <= dense_ns
 
-    return compiled_events.conv_events(plan, x, window, decide)
+    return compiled_events.conv_events(plan, x, window, decide, nnz)
 
 
 def column_dense_events(plan, x: np.ndarray, cols: np.ndarray, dt) -> np.ndarray:
@@ -625,11 +625,14 @@ def column_dense_events(plan, x: np.ndarray, cols: np.ndarray, dt) -> np.ndarray
 def event_linear_auto(plan, x: np.ndarray):
     """``(accumulators, kernel)``: an event kernel when few enough inputs carry events,
     otherwise the dense kernel (identical integers either way). ``kernel`` names the kernel
-    that ran: ``"sparse"``, ``"pixel"``, ``"columns"``, ``"element"`` or ``"dense"``.
+    that ran: ``"compiled"``, ``"sparse"``, ``"pixel"``, ``"columns"``, ``"element"`` or
+    ``"dense"``.
 
-    conv2d: with scipy, the element-event kernel (:func:`sparse_conv_events`, a
-    :class:`RowAcc`) when at most :data:`EVENT_MAX_DENSITY` of the input elements are
-    non-zero; without scipy, the NumPy pixel-event kernel (:func:`pixel_conv_events`, a
+    conv2d: when at most :data:`EVENT_MAX_DENSITY` of the input elements are non-zero and the
+    cost model agrees, the compiled element-event kernel with numba
+    (:func:`compiled_conv_events`, a :class:`RowAcc`), else with scipy
+    (:func:`sparse_conv_events`, also when the batch's bound exceeds the compiled kernel's
+    int64 range); without either, the NumPy pixel-event kernel (:func:`pixel_conv_events`, a
     :class:`CompactAcc`) when at most :data:`EVENT_MAX_ACTIVE` of the input pixels are active.
     dense: the active input features only (:func:`column_dense_events`).
     """
@@ -637,9 +640,10 @@ def event_linear_auto(plan, x: np.ndarray):
     if t not in EVENT_TYPES or not x.size:
         return plan.linear(x), "dense"
     if t == "conv2d" and compiled_events.backend() is not None:
-        if np.count_nonzero(x) > EVENT_MAX_DENSITY * x.size:
+        nnz = int(np.count_nonzero(x))
+        if nnz > EVENT_MAX_DENSITY * x.size:
             return plan.linear(x), "dense"
-        racc = compiled_conv_events(plan, x)
+        racc = compiled_conv_events(plan, x, nnz)
         if racc is compiled_events.DENSE:
             return plan.linear(x), "dense"
         if racc is not None:

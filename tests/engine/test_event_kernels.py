@@ -199,6 +199,23 @@ def test_no_events_and_requant_shortcuts(backend):
     np.testing.assert_array_equal(_run(op, x, backend), _reference(op, x))
 
 
+@pytest.mark.parametrize("pool", POOLS[:2])
+def test_acc_clip_and_negative_multiplier(backend, pool):
+    """A saturating accumulator clip (the compiled finish must decline: requant of the clipped
+    sum) and a negative multiplier (no pool-first, int64 tail) on the event path."""
+    rng = np.random.default_rng(21)
+    k = rng.integers(-128, 128, size=(3, 3, 4, 6))
+    x = _sparse(rng, (2, 9, 10, 4), 0.7, lo=-128, hi=127)
+    op = _op(k, rng, [0, 2, 0, 1], pool, in_max=128)
+    op.attrs["acc_lo"], op.attrs["acc_hi"] = -(1 << 14), (1 << 14) - 1
+    assert kernels.NeuralPlan(op).acc_clip
+    want = _reference(op, x)
+    np.testing.assert_array_equal(_run(op, x, backend), want)
+    op = _op(k, rng, None, pool, in_max=128)
+    op.arrays["multiplier"][1] = -op.arrays["multiplier"][1]
+    np.testing.assert_array_equal(_run(op, x, backend), _reference(op, x))
+
+
 @pytest.mark.parametrize("pool", POOLS[:3])
 def test_spatial_bias_map_uses_dense_finish(backend, pool):
     """A (Ho, Wo, Cout) bias map: unreached outputs are not one constant per channel, so the
@@ -249,15 +266,15 @@ def test_compiled_threads_work_in_a_forked_child():
     x = np.zeros((8, 32, 32, 4), dtype=np.int64)
     x[:, 10:14, 12:16] = _sparse(rng, (8, 4, 4, 4), 0.3)  # one active patch per image
     want = _reference(op, x)
-    old = compiled_events.MIN_SPLIT
-    compiled_events.MIN_SPLIT = 1
+    old = compiled_events.MIN_SPLIT, compiled_events.THREADS
+    compiled_events.MIN_SPLIT, compiled_events.THREADS = 1, 2  # (also on a 1-CPU machine)
     try:
         stats = {"op": {}}
         np.testing.assert_array_equal(events.run_neural_events(op, x, stats), want)
         assert stats["op"]["event_kernel"] == "compiled"
         ctx = mp.get_context("fork")
         with ctx.Pool(1) as pool:
-            got = pool.apply_async(events.run_neural_events, (op, x)).get(timeout=120)
+            got = pool.apply_async(events.run_neural_events, (op, x)).get(timeout=60)
     finally:
-        compiled_events.MIN_SPLIT = old
+        compiled_events.MIN_SPLIT, compiled_events.THREADS = old
     np.testing.assert_array_equal(got, want)
