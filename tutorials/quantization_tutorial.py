@@ -55,13 +55,17 @@ calibration = x_train[:1024]
 q8 = fixedq.quantize(model, fixedq.QuantizationParams(), samples=calibration)
 print(f"8-bit PTQ accuracy:        {accuracy(q8, x_test, y_test):6.2f}%")
 #    At <= 4-bit activations quantize() also aligns each channel's range to its power-of-two
-#    grid (range_alignment) and corrects the biases (bias_correction): both are defaults.
+#    grid (range_alignment) and corrects the biases (bias_correction); at <= 4-bit weights it
+#    chooses the integer weights that minimize each layer's output error (weight_rounding):
+#    all three are defaults.
 qp4 = fixedq.QuantizationParams(input_weight_bits=8, weight_bits=4, activation_bits=4)
 q4 = fixedq.quantize(model, qp4, samples=calibration)
 print(f"4-bit PTQ accuracy:        {accuracy(q4, x_test, y_test):6.2f}%")
 q4.summary()
 
 # 4. QAT: forward pass = exact integer arithmetic, gradient = straight-through estimator.
+#    QAT starts better from nearest rounding (docs/calibration.md, weight rounding).
+q4 = fixedq.quantize(model, qp4, samples=calibration, weight_rounding=False)
 q4.compile(optimizer=keras.optimizers.Adam(3e-4), loss=loss)
 q4.fit(x_train, y_train, epochs=1 if FAST else 2, batch_size=64, verbose=0)
 print(f"4-bit after QAT accuracy:  {accuracy(q4, x_test, y_test):6.2f}%")
