@@ -371,9 +371,10 @@ def render(rows: list[dict], args, total_s: float) -> str:
         "QAT learning rate and start point chosen on a validation split (models trained on "
         "3,000 train images, evaluated on the other 1,000; 1e-5 … 1e-3 tried, "
         "docs/quantization.md; nearest vs optimized weight rounding, 3 seeds, "
-        "docs/calibration.md), never on the test set. \"float + QAT recipe\" is a reference, not a target: the float "
-        "model trained the same extra epochs with the same optimizer, to show how much of the "
-        "QAT result is plain extra training of these small, under-fitted models.",
+        "docs/calibration.md), never on the test set. \"float + QAT recipe\" is a reference, "
+        "not a target: the float model trained the same extra epochs with the same optimizer, "
+        "to show how much of the QAT result is plain extra training of these small, "
+        "under-fitted models.",
         "",
         f"Quantize time: median of {args.repeats} runs of `fixedq.quantize(model, "
         f"samples=x_calib)` (8-bit, {N_CALIB} samples, default batch 32) against the budget "

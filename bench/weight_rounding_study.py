@@ -21,6 +21,12 @@ Usage (the runs recorded in the docs; the first also ran ``keep_latent=False`` Q
         --qat nearest wr --out /tmp/wr_study.jsonl
     python bench/weight_rounding_study.py --seeds 0 1 2 --exact-n 0 --variants nearest=false \
         q='{"target": "quantized", "damp": 0.01}' f='{"damp": 0.01}' l='{"method": "local"}'
+    python bench/weight_rounding_study.py --models mobilenet_like --exact-n 0 \
+        --variants nobc='{"_kwargs": {"bias_correction": false}}' \
+        hist='{"_kwargs": {"calibration": "histogram"}}' --qat nobc hist
+    python bench/weight_rounding_study.py --exact-n 300 \
+        --variants hist='{"_kwargs": {"calibration": "histogram"}}' \
+        histwr='{"_kwargs": {"calibration": "histogram"}, "frames": 256}'
 
 """
 
@@ -89,8 +95,12 @@ def study(name, seed, data, args) -> dict:
     qmodels = {}
     for key, option in variants(args.variants).items():
         t0 = time.perf_counter()
+        kwargs = dict(option.pop("_kwargs")) if isinstance(option, dict) and "_kwargs" in option \
+            else {}
+        if isinstance(option, dict) and not option:
+            option = False
         q4 = fixedq.quantize(model, qp4, samples=x_calib, verbose=False,
-                             weight_rounding=option)
+                             weight_rounding=option, **kwargs)
         row[f"{key}_s"] = round(time.perf_counter() - t0, 2)
         logits = np.asarray(q4.predict(x_val, batch_size=200, verbose=0), np.float64)
         row[key] = 100.0 * float(np.mean(np.argmax(logits, -1) == y_val))
@@ -122,7 +132,9 @@ def main(argv=None) -> int:
     parser.add_argument("--models", nargs="+", default=list(ARCHS), choices=list(ARCHS))
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--variants", nargs="+", default=["nearest=false", "wr=true"],
-                        help="name=JSON weight_rounding argument, e.g. 'gptq=true'")
+                        help="name=JSON weight_rounding argument, e.g. 'wr=true'; a dict "
+                             "may carry other quantize arguments under '_kwargs' "
+                             "({'_kwargs': {...}} alone: nearest rounding)")
     parser.add_argument("--qat", nargs="*", default=[],
                         help="variant names to fine-tune with the QAT recipe")
     parser.add_argument("--qat-epochs", type=int, default=3)
