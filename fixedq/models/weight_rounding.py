@@ -536,12 +536,12 @@ def optimize_rounding(qmodel: keras.Model, frames: np.ndarray, options: WeightRo
     report: dict[str, dict] = {}
     frames_t = ops.convert_to_tensor(frames)
     for i, layer in enumerate(layers):
-        feed = keras.Model(qmodel.inputs, layer.input)
+        feed = keras.Model(qmodel.inputs[0], layer.input)
         x = np.asarray(ops.convert_to_numpy(feed(frames_t, training=False)), np.float64)
         x_float = None
         if options.target == "float" and float_model is not None \
                 and layer.name in float_names:
-            ffeed = keras.Model(float_model.inputs, float_model.get_layer(layer.name).input)
+            ffeed = keras.Model(float_model.inputs[0], float_model.get_layer(layer.name).input)
             x_float = np.asarray(ops.convert_to_numpy(ffeed(frames_t, training=False)),
                                  np.float64)
             if x_float.shape != x.shape:

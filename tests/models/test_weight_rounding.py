@@ -56,7 +56,7 @@ def test_reconstruction_error_improves_on_trained_cnn(trained_cnn, digits):
     q = quantize(trained_cnn, QP4, samples=x, verbose=False, bias_correction=False,
                  weight_rounding=False)
     layers = [ly for ly in _quantized_layers(q) if ly.weight_bits <= 4]
-    feeds = [keras.Model(q.inputs, ly.input) for ly in layers]
+    feeds = [keras.Model(q.inputs[0], ly.input) for ly in layers]
     held_out = digits[2][:128]
     nearest = {ly.name: _integers(ly) for ly in layers}
     before = {ly.name: _output_error(ly, f(held_out), nearest[ly.name])
