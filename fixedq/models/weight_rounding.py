@@ -196,6 +196,24 @@ def _rows_of(layer: QuantizedNeuralLayer, x: np.ndarray) -> np.ndarray:
     return p.reshape(1, p.shape[0], -1)
 
 
+#: Work budget of :func:`input_moments` in multiply-adds per moment matrix (``rows * d^2``,
+#: about a second of BLAS on 2 cores): a layer whose calibration frames give more patch rows
+#: than ``max(MOMENT_BUDGET / d^2, MIN_ROWS_PER_DIM * d)`` uses a seeded random subset of that
+#: many rows. The bench models (d <= 96, <= 50,176 rows) are never subsampled; a 3x3x256 conv on
+#: 16x16 inputs is (9,216 of 65,536 rows).
+MOMENT_BUDGET = 1e10
+MIN_ROWS_PER_DIM = 4
+
+
+def _row_fraction(layer: QuantizedNeuralLayer, x: np.ndarray) -> float:
+    """Fraction of patch rows :func:`input_moments` keeps (1: all), see :data:`MOMENT_BUDGET`."""
+    probe = _rows_of(layer, x[:1])
+    d = probe.shape[-1]
+    total = probe.shape[1] * len(x)
+    cap = max(MOMENT_BUDGET / (d * d), MIN_ROWS_PER_DIM * d)
+    return 1.0 if total <= cap else cap / total
+
+
 def input_moments(layer: QuantizedNeuralLayer, x: np.ndarray, center: bool = False,
                   x_float: np.ndarray | None = None, chunk: int = 16):
     """``(groups, d, d)``: the input second moment(s) ``X^T X / n`` of ``layer`` on ``x``.
@@ -212,12 +230,17 @@ def input_moments(layer: QuantizedNeuralLayer, x: np.ndarray, center: bool = Fal
     """
     total = cross = first = first_f = None
     n = 0
+    keep = _row_fraction(layer, x)
+    rng = np.random.default_rng(0)
     for start in range(0, len(x), chunk):
         rows = _rows_of(layer, x[start:start + chunk])
-        parts = [np.einsum("gnd,gne->gde", rows, rows), rows.sum(axis=1)]
+        sel = rng.random(rows.shape[1]) < keep if keep < 1 else slice(None)
+        rows = rows[:, sel]
+        rows_t = rows.transpose(0, 2, 1)  # (matmul runs in BLAS; einsum here did not)
+        parts = [rows_t @ rows, rows.sum(axis=1)]
         if x_float is not None:
-            rows_f = _rows_of(layer, x_float[start:start + chunk])
-            parts += [np.einsum("gnd,gne->gde", rows, rows_f), rows_f.sum(axis=1)]
+            rows_f = _rows_of(layer, x_float[start:start + chunk])[:, sel]
+            parts += [rows_t @ rows_f, rows_f.sum(axis=1)]
         if total is None:
             total, first, *rest = parts
             cross, first_f = rest if rest else (None, None)
@@ -244,7 +267,7 @@ def input_moments(layer: QuantizedNeuralLayer, x: np.ndarray, center: bool = Fal
 def _energy(q: np.ndarray, w: np.ndarray, h: np.ndarray) -> np.ndarray:
     """``(q - w)^T H (q - w)`` per row of ``q``/``w`` (``(m, d)``)."""
     r = q - w
-    return np.einsum("md,de,me->m", r, h, r)
+    return ((r @ h) * r).sum(axis=1)  # (BLAS; einsum did not use it)
 
 
 def _gptq(w: np.ndarray, h: np.ndarray, qmax: int, fixed: np.ndarray, damp: float):
@@ -501,7 +524,7 @@ def _reconstruction(layer, h, w_q) -> float:
     scale = np.asarray(ops.convert_to_numpy(scale), np.float64)
     eff = np.asarray(ops.convert_to_numpy(layer.effective_kernel()), np.float64)
     err = _rows(layer, w_q * scale - eff)
-    return float(sum(np.einsum("md,de,me->", err[g], h[g], err[g]) for g in range(len(err))))
+    return float(sum(((err[g] @ h[g]) * err[g]).sum() for g in range(len(err))))
 
 
 def output_error(layer, x, w_q) -> float:

@@ -181,3 +181,36 @@ def test_bad_input(trained_cnn, digits):
         quantize(trained_cnn, q_config=cfg, verbose=False)
     with pytest.raises(ValueError, match="already carry a weight_rounding"):
         optimize_rounding(q, x, WeightRounding(target="quantized"), verbose=False)
+
+
+def test_input_moments_subsample_large_layers(trained_cnn, digits, monkeypatch):
+    """Past the work budget the moments come from a seeded random subset of the patch rows
+    (at least MIN_ROWS_PER_DIM * d of them): close to the full moments, same result twice, and
+    the optimization still beats nearest rounding on the full inputs."""
+    from fixedq.models import weight_rounding as wr
+
+    x = digits[0][:64]
+    q = quantize(trained_cnn, QP4, samples=x, verbose=False, weight_rounding=False)
+    from fixedq.layers.neural import QuantizedConv2D
+
+    layer = next(ly for ly in _quantized_layers(q) if ly.weight_bits == 4
+                 and isinstance(ly, QuantizedConv2D))
+    feed = keras.Model(q.inputs, layer.input)
+    xin = np.asarray(feed.predict(x, verbose=0), np.float64)
+    full = wr.input_moments(layer, xin)
+    rows = wr._rows_of(layer, xin[:1]).shape[1] * len(xin)
+    d = full.shape[-1]
+    monkeypatch.setattr(wr, "MOMENT_BUDGET", 1.0)  # cap = MIN_ROWS_PER_DIM * d rows
+    keep = wr._row_fraction(layer, xin)
+    assert 0 < keep < 1 and keep == pytest.approx(wr.MIN_ROWS_PER_DIM * d / rows)
+    sub = wr.input_moments(layer, xin)
+    np.testing.assert_array_equal(sub, wr.input_moments(layer, xin))  # seeded
+    assert not np.array_equal(sub, full)
+    rel = np.linalg.norm(sub - full) / np.linalg.norm(full)
+    assert rel < 0.3, rel
+    w = np.asarray(ops.convert_to_numpy(layer.effective_kernel()), np.float64)
+    opts = WeightRounding()
+    w_q, nearest, _ = wr.optimize_layer(layer, xin, opts)
+    assert _output_error(layer, xin.astype("float32"), w_q) \
+        <= _output_error(layer, xin.astype("float32"), nearest)
+    assert w.shape == w_q.shape
