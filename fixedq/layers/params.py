@@ -78,8 +78,22 @@ class QuantizationParams:
     @classmethod
     def from_dict(cls, data: dict) -> QuantizationParams:
         """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError``."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown QuantizationParams keys {unknown}; allowed: {sorted(known)}")
-        return cls(**data)
+        return dataclass_from_dict(cls, data, "QuantizationParams")
+
+
+def dataclass_from_dict(cls, data: dict, what: str):
+    """``cls(**data)`` for a dataclass ``cls``, with a ``ValueError`` naming every unknown key
+    and the allowed ones (instead of Python's ``TypeError`` for the first unknown keyword).
+
+    Example:
+        >>> dataclass_from_dict(QuantizationParams, {"weight_bits": 4}, "q").weight_bits
+        4
+        >>> dataclass_from_dict(QuantizationParams, {"bits": 4}, "q")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ValueError: unknown q keys ['bits']; allowed: [...]
+    """
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown {what} keys {unknown}; allowed: {sorted(known)}")
+    return cls(**data)

@@ -26,6 +26,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from fixedq.layers.params import dataclass_from_dict
+
 METHODS = ("max", "moving_average", "mean_std", "percentile", "histogram", "mse")
 _HIST = ("percentile", "histogram", "mse")
 
@@ -77,12 +79,7 @@ class CalibrationMethod:
         if isinstance(value, str):
             return cls(value)
         if isinstance(value, dict):
-            known = set(cls.__dataclass_fields__)
-            unknown = sorted(set(value) - known)
-            if unknown:
-                raise ValueError(f"unknown calibration method keys {unknown}; allowed "
-                                 f"{sorted(known)}")
-            return cls(**value)
+            return dataclass_from_dict(cls, value, "calibration method")
         raise TypeError(f"a calibration method must be a name, a dict or a CalibrationMethod, "
                         f"got {type(value).__name__}")
 

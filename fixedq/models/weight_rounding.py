@@ -57,6 +57,7 @@ from fixedq.layers.neural import (
     QuantizedDepthwiseConv2D,
     QuantizedNeuralLayer,
 )
+from fixedq.layers.params import dataclass_from_dict
 
 METHODS = ("gptq", "local")
 _SUPPORTED = (QuantizedConv2D, QuantizedDepthwiseConv2D, QuantizedDense)
@@ -140,12 +141,7 @@ class WeightRounding:
         if isinstance(value, str):
             return cls(method=value)
         if isinstance(value, dict):
-            known = set(cls.__dataclass_fields__)
-            unknown = sorted(set(value) - known)
-            if unknown:
-                raise ValueError(f"unknown weight_rounding keys {unknown}; allowed "
-                                 f"{sorted(known)}")
-            return cls(**value)
+            return dataclass_from_dict(cls, value, "weight_rounding")
         raise TypeError(f"weight_rounding must be a bool, 'auto', a method name {METHODS}, a "
                         f"dict or a WeightRounding, got {type(value).__name__}")
 
