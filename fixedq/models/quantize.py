@@ -175,8 +175,9 @@ def quantize(model, qparams: QuantizationParams | None = None, samples=None,
             :class:`~fixedq.models.bias_correction.BiasCorrection` to compensate the mean
             output shift of quantization on calibration frames (needs samples); ``False`` or
             ``None`` for none. The default ``"auto"`` corrects when any weight or activation
-            width is 4 bits or less and real samples were given (not with a q_config that
-            already carries corrections).
+            width is 4 bits or less and real samples were given; never with a ``q_config``
+            (it is replayed as recorded; pass ``True`` to correct on top of it) nor with a
+            one-shot generator (calibration consumes it; a warning says so).
         smooth_quant: ``alpha`` (0..1) or ``{"alpha": a, "layers": [...]}``: apply
             :func:`fixedq.transforms.smooth_quant.smooth_quant` to the float model first
             (needs samples).
@@ -190,8 +191,9 @@ def quantize(model, qparams: QuantizationParams | None = None, samples=None,
             weights of layers with ``weight_bits <= max_bits`` (4) that minimize each layer's
             output error on calibration frames instead of rounding each weight to nearest
             (needs samples); ``False`` or ``None`` for nearest rounding. The default ``"auto"``
-            optimizes when ``weight_bits`` or ``input_weight_bits`` is 4 or less and real
-            samples were given (not with a q_config that already records the integers).
+            optimizes when ``weight_bits`` or ``input_weight_bits`` is 4 or less and at least
+            :data:`MIN_AUTO_FRAMES` real samples were given; never with a ``q_config`` (its
+            recorded integers are replayed) nor with a one-shot generator.
 
     Returns:
         A new Keras model made of fixedq quantized layers.
@@ -212,6 +214,21 @@ def quantize(model, qparams: QuantizationParams | None = None, samples=None,
     model = as_keras3(model)
     _check_not_quantized(model)
     samples_given = samples
+    # "auto" bias correction / weight rounding never add to a q-config (it is replayed as
+    # recorded) and need samples that can be read again after calibration
+    auto = isinstance(bias_correction, str) and bias_correction == "auto"
+    correction = BiasCorrection.get(bias_correction, qparams)
+    auto_rounding = isinstance(weight_rounding, str) and weight_rounding == "auto"
+    one_shot = samples is not None and _one_shot(samples)
+    if one_shot and ((correction is not None and not auto)
+                     or (rounding is not None and not auto_rounding)):
+        raise ValueError("bias_correction / weight_rounding read the samples again after "
+                         "calibration: pass an array or a tf.data.Dataset, not a one-shot "
+                         "generator or iterator")
+    if one_shot and q_config is None and (correction is not None or rounding is not None):
+        warnings.warn("quantize: the samples are a one-shot generator/iterator, consumed by "
+                      "calibration: bias correction and weight rounding are skipped. Pass an "
+                      "array or a tf.data.Dataset to use them.", stacklevel=2)
     if smooth_quant is not None:
         if samples is None:
             raise ValueError("smooth_quant needs calibration samples (samples=...)")
@@ -258,12 +275,9 @@ def quantize(model, qparams: QuantizationParams | None = None, samples=None,
                                num_samples, batch_size, epochs, verbose, histograms, bins))
     if q_config is None and alignment is None and align:
         alignment = align_ranges(graph, stats, probe_ctx, fused) or None
-    auto = isinstance(bias_correction, str) and bias_correction == "auto"
-    correction = BiasCorrection.get(bias_correction, qparams)
-    if auto and (samples_given is None or any("bias_delta" in c for c in layer_cfg.values())):
+    if auto and (samples_given is None or q_config is not None or one_shot):
         correction = None
-    if (isinstance(weight_rounding, str) and weight_rounding == "auto"
-            and any("weight_rounding" in c for c in layer_cfg.values())):
+    if auto_rounding and (q_config is not None or one_shot):
         rounding = None
     qmodel = _build(graph, qparams, stats, fused, layer_cfg, model.name, methods)
     if alignment is not None:
@@ -271,8 +285,13 @@ def quantize(model, qparams: QuantizationParams | None = None, samples=None,
     if rounding is not None:
         if correction is not None and correction.weight_clip_std is not None:
             clip_kernels(qmodel, correction.weight_clip_std)  # clip first, then round
-        optimize_rounding(qmodel, _frames(samples, qmodel, rounding.frames, batch_size),
-                          rounding, verbose, build_model(graph))
+        frames = _frames(samples, qmodel, rounding.frames, batch_size)
+        if auto_rounding and len(frames) < MIN_AUTO_FRAMES:
+            warnings.warn(f"quantize: weight rounding skipped: {len(frames)} calibration "
+                          f"samples (under {MIN_AUTO_FRAMES} it fits the samples, not the "
+                          "data); pass more samples or weight_rounding=True", stacklevel=2)
+        else:
+            optimize_rounding(qmodel, frames, rounding, verbose, build_model(graph))
     if correction is not None:
         if samples is None:
             raise ValueError("bias_correction needs calibration samples (samples=...)")
@@ -280,6 +299,19 @@ def quantize(model, qparams: QuantizationParams | None = None, samples=None,
                        _frames(samples, qmodel, correction.frames, batch_size), correction,
                        verbose)
     return qmodel
+
+
+#: Under ``weight_rounding="auto"``, fewer calibration samples than this skip the rounding
+#: (with a warning): on 1-2 samples it overfits them and lowers accuracy.
+MIN_AUTO_FRAMES = 16
+
+
+def _one_shot(samples) -> bool:
+    """Whether ``samples`` can be read only once (a generator or iterator)."""
+    try:
+        return iter(samples) is samples
+    except TypeError:
+        return False
 
 
 def _frames(samples, qmodel: keras.Model, count: int, batch_size) -> np.ndarray:

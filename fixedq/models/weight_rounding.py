@@ -102,11 +102,13 @@ class WeightRounding:
         if self.method not in METHODS:
             raise ValueError(f"weight_rounding method must be one of {METHODS}, "
                              f"got {self.method!r}")
-        for name, lo in (("frames", 1), ("max_bits", 2), ("sweeps", 0)):
+        for name, lo, hi in (("frames", 1, None), ("max_bits", 2, 8), ("sweeps", 0, None)):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-                raise ValueError(f"weight_rounding {name} must be an integer >= {lo}, "
-                                 f"got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or value < lo \
+                    or (hi is not None and value > hi):
+                span = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+                raise ValueError(f"weight_rounding {name} must be an integer {span}, "
+                                 f"got {value!r}")  # (integers are recorded as int8)
         if isinstance(self.damp, bool) or not isinstance(self.damp, (int, float)) \
                 or not 0 <= float(self.damp) < 1:
             raise ValueError(f"weight_rounding damp must be a number in [0, 1), "

@@ -74,9 +74,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           "instead of the symmetric range (lo is folded into the next bias)")
     acc.add_argument("--percentile", type=float, default=None,
                      help="percentile for --calibration percentile (default 99.99)")
-    acc.add_argument("--bias_correction", action="store_true",
-                     help="compensate the mean output shift of quantization on "
-                          "calibration frames (needs -sa)")
+    acc.add_argument("--bias_correction", nargs="?", const="on", default="auto",
+                     choices=("auto", "on", "off"),
+                     help="compensate the mean output shift of quantization on calibration "
+                          "frames (needs -sa); alone: on; default auto: on at <= 4 bits with "
+                          "-sa and without -c")
     acc.add_argument("--calibration_frames", type=_args.positive_int, default=64, metavar="N",
                      help="frames used by --bias_correction (default 64)")
     acc.add_argument("--calibration_iterations", type=_args.positive_int, default=1,
@@ -119,7 +121,7 @@ def run(args) -> int:
                            f"{', '.join(given)} (edit the config instead)")
         q_config = read_qconfig(args.config)
     samples = load_samples(args.samples) if args.samples else None
-    if args.bias_correction and samples is None:
+    if args.bias_correction == "on" and samples is None:
         raise CLIError("--bias_correction needs calibration samples (-sa SAMPLES.npz)")
     if args.weight_rounding == "on" and samples is None:
         raise CLIError("--weight_rounding on needs calibration samples (-sa SAMPLES.npz)")
@@ -156,8 +158,8 @@ def run(args) -> int:
         calibration = {"name": args.calibration or "percentile"}
         if args.percentile is not None:
             calibration["percentile"] = args.percentile
-    bias = "auto"  # on at <= 4 bits with -sa (docs/cli.md), like quantize()'s default
-    if args.bias_correction:
+    bias = {"auto": "auto", "off": False}.get(args.bias_correction)  # like quantize()
+    if args.bias_correction == "on":
         bias = {"frames": args.calibration_frames, "iterations": args.calibration_iterations,
                 "weight_clip_std": args.weight_clip_std}
     rounding = {"off": False, "auto": "auto", "on": True}[args.weight_rounding]

@@ -25,6 +25,13 @@ def test_weight_rounding_on_and_default_auto(cli_files):
     assert result.returncode == 0, result.stderr
     layers = fixedq.dump_config(fixedq.load_model(off))["layers"]
     assert not any("weight_rounding" in e for e in layers.values())
+    assert "bias_delta" in layers["fc"]
+    nobias = cli_files.dir / "digits_nobias.keras"  # bias correction can be turned off too
+    result = _run("quantize", "-m", cli_files.model, "-w", 4, "-a", 4, "-sa", cli_files.samples,
+                  "--weight_rounding", "off", "--bias_correction", "off", "-s", nobias)
+    assert result.returncode == 0, result.stderr
+    layers = fixedq.dump_config(fixedq.load_model(nobias))["layers"]
+    assert not any("bias_delta" in e or "weight_rounding" in e for e in layers.values())
 
 
 def test_bad_weight_rounding_flags_fail_before_tensorflow(cli_files):

@@ -169,7 +169,9 @@ def test_bad_input(trained_cnn, digits):
                             ({"damp": 2.0}, ValueError, "damp"),
                             ({"target": "logits"}, ValueError, "target"),
                             ({"keep_latent": 1}, ValueError, "keep_latent must be true"),
-                            ({"bogus": 1}, ValueError, "unknown weight_rounding keys")]:
+                            ({"bogus": 1}, ValueError, "unknown weight_rounding keys"),
+                            ({"max_bits": 12}, ValueError, r"max_bits must be an integer in "
+                                                           r"\[2, 8\]")]:
         with pytest.raises(err, match=match):
             quantize(trained_cnn, QP4, samples=x, verbose=False, weight_rounding=bad)
     with pytest.raises(ValueError, match="needs calibration samples"):
@@ -214,3 +216,34 @@ def test_input_moments_subsample_large_layers(trained_cnn, digits, monkeypatch):
     assert _output_error(layer, xin.astype("float32"), w_q) \
         <= _output_error(layer, xin.astype("float32"), nearest)
     assert w.shape == w_q.shape
+
+
+def test_auto_replays_q_configs_and_skips_one_shot_and_tiny_samples(trained_cnn, digits):
+    """"auto" weight rounding and bias correction: a q-config is replayed as recorded even
+    when samples are given; a one-shot generator (consumed by calibration) skips both with a
+    warning (an explicit request is an error); fewer than MIN_AUTO_FRAMES samples skip the
+    rounding with a warning."""
+    from fixedq.models.quantize import MIN_AUTO_FRAMES
+
+    x = digits[0][:64]
+    plain = quantize(trained_cnn, QP4, samples=x, verbose=False, weight_rounding=False,
+                     bias_correction=False)
+    cfg = dump_config(plain)
+    again = quantize(trained_cnn, q_config=json.loads(json.dumps(cfg)), samples=x,
+                     verbose=False)
+    assert dump_config(again) == cfg
+    np.testing.assert_array_equal(again.predict(x, verbose=0), plain.predict(x, verbose=0))
+
+    def gen():
+        for i in range(0, 64, 16):
+            yield x[i:i + 16]
+
+    with pytest.warns(UserWarning, match="one-shot generator"):
+        q = quantize(trained_cnn, QP4, samples=gen(), verbose=False)
+    layers = dump_config(q)["layers"].values()
+    assert not any("weight_rounding" in e or "bias_delta" in e for e in layers)
+    with pytest.raises(ValueError, match="one-shot generator"):
+        quantize(trained_cnn, QP4, samples=gen(), verbose=False, weight_rounding=True)
+    with pytest.warns(UserWarning, match="weight rounding skipped"):
+        q = quantize(trained_cnn, QP4, samples=x[:MIN_AUTO_FRAMES - 1], verbose=False)
+    assert not any("weight_rounding" in e for e in dump_config(q)["layers"].values())
