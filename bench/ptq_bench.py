@@ -156,10 +156,22 @@ def train_float(keras, name, x, y, epochs: int, seed: int):
     return model
 
 
-def compile_qat(keras, model, lr: float, epochs: int, n: int) -> None:
-    """The QAT recipe: Adam ``lr`` cosine-decayed to 0 over ``epochs`` epochs of batch 32."""
+def compile_qat(keras, model, lr: float, epochs: int, n: int, batch: int = 32) -> None:
+    """The QAT recipe: Adam ``lr`` cosine-decayed to 0 over ``epochs`` epochs of ``batch``."""
     compile_for_training(keras, model,
-                         keras.optimizers.schedules.CosineDecay(lr, epochs * -(-n // 32)))
+                         keras.optimizers.schedules.CosineDecay(lr, epochs * -(-n // batch)))
+
+
+def qat_per_epoch(keras, model, train, evaluate, lr: float, epochs: int,
+                  batch: int = 32) -> list[float]:
+    """Train ``model`` with the QAT recipe (:func:`compile_qat`) on ``train = (x, y)``; the
+    accuracy on ``evaluate = (x, y)`` after each epoch."""
+    compile_qat(keras, model, lr, epochs, len(train[0]), batch)
+    per_epoch = []
+    for _ in range(epochs):
+        model.fit(*train, epochs=1, batch_size=batch, verbose=0)
+        per_epoch.append(accuracy(model, *evaluate))
+    return per_epoch
 
 
 def median_time(fn, repeats: int = 3) -> float:
@@ -274,12 +286,9 @@ def bench_arch(name, data, args) -> dict:
                          weight_rounding=False)
     row["q4_ptq_nearest"] = accuracy(q4, x_test, y_test)
 
-    compile_qat(keras, q4, args.qat_lr, args.qat_epochs, len(x_train))
-    row["q4_qat_epochs"] = []
     t0 = time.perf_counter()
-    for _ in range(args.qat_epochs):
-        q4.fit(x_train, y_train, epochs=1, batch_size=32, verbose=0)
-        row["q4_qat_epochs"].append(accuracy(q4, x_test, y_test))
+    row["q4_qat_epochs"] = qat_per_epoch(keras, q4, (x_train, y_train), (x_test, y_test),
+                                         args.qat_lr, args.qat_epochs)
     row["qat_s"] = time.perf_counter() - t0
     row["q4_qat"] = row["q4_qat_epochs"][-1] if row["q4_qat_epochs"] else float("nan")
 

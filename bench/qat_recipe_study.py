@@ -24,13 +24,14 @@ import os
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ptq_bench import ARCHS, accuracy, compile_for_training, load_mnist  # noqa: E402
+from ptq_bench import ARCHS, accuracy, load_mnist, qat_per_epoch  # noqa: E402
 from weight_rounding_study import N_CALIB, N_FIT, float_model  # noqa: E402
 
 
@@ -49,7 +50,8 @@ def study(name, seed, data, args) -> dict:
     import fixedq
 
     x_fit, y_fit, x_val, y_val = data
-    model = float_model(name, seed, data, args)
+    model = float_model(name, seed, data,
+                        SimpleNamespace(cache=args.cache, epochs=args.float_epochs))
     row = {"model": name, "seed": seed, "float": accuracy(model, x_val, y_val)}
     qp4 = fixedq.QuantizationParams(input_weight_bits=8, weight_bits=4, activation_bits=4)
     for key, batch, lr in recipes(args.recipes):
@@ -57,13 +59,9 @@ def study(name, seed, data, args) -> dict:
                              weight_rounding=False)
         row.setdefault("ptq_nearest", accuracy(q4, x_val, y_val))
         keras.utils.set_random_seed(seed)  # same shuffle order for every recipe
-        steps = args.qat_epochs * -(-len(x_fit) // batch)
-        compile_for_training(keras, q4, keras.optimizers.schedules.CosineDecay(lr, steps))
         t0 = time.perf_counter()
-        per_epoch = []
-        for _ in range(args.qat_epochs):
-            q4.fit(x_fit, y_fit, epochs=1, batch_size=batch, verbose=0)
-            per_epoch.append(accuracy(q4, x_val, y_val))
+        per_epoch = qat_per_epoch(keras, q4, (x_fit, y_fit), (x_val, y_val), lr, args.epochs,
+                                  batch)
         row[key] = per_epoch[-1]
         row[f"{key}_epochs"] = per_epoch
         row[f"{key}_s"] = round(time.perf_counter() - t0, 1)
@@ -86,24 +84,11 @@ def main(argv=None) -> int:
     data = (x_train[:N_FIT], y_train[:N_FIT], x_train[N_FIT:], y_train[N_FIT:])
     for name in args.models:
         for seed in args.seeds:
-            row = study(name, seed, data, _FloatArgs(args))
+            row = study(name, seed, data, args)
             if args.out:
                 with open(args.out, "a") as fh:
                     fh.write(json.dumps(row) + "\n")
     return 0
-
-
-class _FloatArgs:
-    """``args`` as ``weight_rounding_study.float_model`` expects it (``epochs`` = float epochs)
-    while keeping this study's own fields."""
-
-    def __init__(self, args):
-        self.__dict__.update(vars(args))
-        self.qat_epochs = args.epochs
-        self.epochs = args.float_epochs
-
-    def __getattr__(self, name):  # pragma: no cover - only for unexpected fields
-        raise AttributeError(name)
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from asym_default_study import engine_exact  # noqa: E402
-from ptq_bench import ARCHS, accuracy, compile_qat, load_mnist, train_float  # noqa: E402
+from ptq_bench import ARCHS, accuracy, load_mnist, qat_per_epoch, train_float  # noqa: E402
 
 N_FIT, N_CALIB = 3000, 1024
 
@@ -115,11 +115,8 @@ def study(name, seed, data, args) -> dict:
         for key in args.qat:
             q4 = qmodels[key]
             keras.utils.set_random_seed(seed)  # same QAT shuffle order for every variant
-            compile_qat(keras, q4, args.qat_lr, args.qat_epochs, len(x_fit))
-            per_epoch = []
-            for _ in range(args.qat_epochs):
-                q4.fit(x_fit, y_fit, epochs=1, batch_size=32, verbose=0)
-                per_epoch.append(accuracy(q4, x_val, y_val))
+            per_epoch = qat_per_epoch(keras, q4, (x_fit, y_fit), (x_val, y_val), args.qat_lr,
+                                      args.qat_epochs)
             row[f"qat_{key}"] = per_epoch[-1]
             row[f"qat_{key}_epochs"] = per_epoch
     print(json.dumps(row), flush=True)
