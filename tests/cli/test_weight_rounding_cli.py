@@ -1,14 +1,8 @@
 """`fixedq quantize --weight_rounding {auto,on,off}` and `--rounding_frames`."""
 
-import subprocess
-import sys
+from test_quantize_accuracy_flags import _run  # the CLI in a fresh process
 
 import fixedq
-
-
-def _run(*args):
-    return subprocess.run([sys.executable, "-m", "fixedq_cli.main", *map(str, args)],
-                          capture_output=True, text=True, timeout=600)
 
 
 def test_weight_rounding_on_and_default_auto(cli_files):
