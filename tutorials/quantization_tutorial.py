@@ -64,10 +64,14 @@ print(f"4-bit PTQ accuracy:        {accuracy(q4, x_test, y_test):6.2f}%")
 q4.summary()
 
 # 4. QAT: forward pass = exact integer arithmetic, gradient = straight-through estimator.
-#    QAT starts better from nearest rounding (docs/calibration.md, weight rounding).
+#    QAT starts better from nearest rounding (docs/calibration.md, weight rounding); the
+#    recipe is the bench's (docs/quantization.md): Adam 5e-3 cosine-decayed to 0, batch 32.
 q4 = fixedq.quantize(model, qp4, samples=calibration, weight_rounding=False)
-q4.compile(optimizer=keras.optimizers.Adam(3e-4), loss=loss)
-q4.fit(x_train, y_train, epochs=1 if FAST else 2, batch_size=64, verbose=0)
+qat_epochs = 1 if FAST else 2
+steps = qat_epochs * -(-len(x_train) // 32)
+q4.compile(optimizer=keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(5e-3, steps)),
+           loss=loss)
+q4.fit(x_train, y_train, epochs=qat_epochs, batch_size=32, verbose=0)
 print(f"4-bit after QAT accuracy:  {accuracy(q4, x_test, y_test):6.2f}%")
 
 # 5. Save, reload (bit-identical), and dump the q-config for editing.
