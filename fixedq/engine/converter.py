@@ -45,6 +45,10 @@ def _i64(a) -> np.ndarray:
     return np.asarray(a, dtype=np.int64)
 
 
+def _dim(d) -> int | None:
+    return None if d is None else int(d)
+
+
 def _spec_attrs(spec, channels: int) -> dict:
     if spec.lo is not None:  # stored as u = v - lo: unsigned, all n bits (eq. 37)
         return {"value_bits": int(spec.value_bits) + 1, "signed": False,
@@ -198,13 +202,20 @@ def _fold_offsets(ops: list[Op], offsets: dict[str, np.ndarray], outputs: list[d
             if lo is None:
                 continue
             if op.kind == "neural" and i == 0:
-                shape = (1, *op.attrs["in_shape"])
+                dynamic = None in op.attrs["in_shape"]
+                shape = (1, *_fold_shape(op)) if dynamic else (1, *op.attrs["in_shape"])
                 x_lo = np.broadcast_to(lo, shape).astype(np.int64)
                 fold = _linear(op, aligned_input(op, x_lo))[0]
                 flat = fold.reshape(-1, fold.shape[-1])
                 bias = op.arrays["bias"]
                 if np.all(flat == flat[0]):
                     op.arrays["bias"] = _i64(bias + flat[0])
+                elif dynamic:
+                    raise ValueError(
+                        f"layer {op.name!r} reads an asymmetric tensor through zero padding "
+                        f"and its input size {tuple(op.attrs['in_shape'])} is dynamic: the "
+                        "folded offset depends on the size. Quantize a model with a fixed "
+                        "input shape, e.g. keras.Input((224, 224, 3))")
                 else:
                     op.arrays["bias"] = _i64(bias + fold)
             else:
@@ -212,6 +223,19 @@ def _fold_offsets(ops: list[Op], offsets: dict[str, np.ndarray], outputs: list[d
     for out in outputs:
         if out["tensor"] in offsets:
             out["offset"] = offsets[out["tensor"]].tolist()
+
+
+def _fold_shape(op: Op) -> list[int]:
+    """A stand-in size for the dynamic dimensions of a neural op's input: large enough for
+    interior outputs (a constant fold there and at the borders means a size-free fold)."""
+    a = op.attrs
+    k = op.arrays["kernel"].shape
+    extent = [(k[i] - 1) * a.get("dilation_rate", [1, 1])[i] + 1 for i in range(2)] \
+        if a["type"] != "dense" else [1, 1]
+    dims = list(op.attrs["in_shape"])
+    spatial = range(len(dims) - 1)
+    return [3 * extent[min(i, 1)] + 2 * max(a.get("strides", [1, 1])) if dims[i] is None
+            else dims[i] for i in spatial] + [dims[-1]]
 
 
 def _fuse_pools(ops: list[Op], outputs: list[dict]) -> list[Op]:
@@ -288,8 +312,9 @@ def convert(qmodel, target=None, fuse: bool = True) -> Model:
         else:
             op = _layer_op(layer, node, ins, specs, channels)
         if op.kind == "neural":
-            op.attrs["linear_shape"] = [int(d) for d in node.output_shapes[0][1:]]
-            op.attrs["in_shape"] = [int(d) for d in graph.input_shape(node)[1:]]
+            # None for a dynamic dimension: the integer ops run at any size
+            op.attrs["linear_shape"] = [_dim(d) for d in node.output_shapes[0][1:]]
+            op.attrs["in_shape"] = [_dim(d) for d in graph.input_shape(node)[1:]]
         specs[node.name] = layer.output_spec
         lo = _offset(layer.output_spec, channels)
         if lo is not None:

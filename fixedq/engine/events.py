@@ -716,7 +716,14 @@ def dense_macs(op, x: np.ndarray) -> int:
     t = op.attrs["type"]
     k = op.arrays["kernel"].shape
     n = x.shape[0]
-    lin = int(np.prod(op.attrs.get("linear_shape", [0])))
+    shape = op.attrs.get("linear_shape", [0])
+    if None in shape:  # a dynamic-size model: the size of this input's output
+        a = op.attrs
+        geo = [kernels.conv_geometry(x.shape[1 + i], k[i], a["strides"][i], a["padding"],
+                                     a["dilation_rate"][i])[0] for i in range(2)] \
+            if t in ("conv2d", "depthwise") else [0, 0]
+        shape = [*geo, shape[-1]]
+    lin = int(np.prod(shape))
     if t == "dense":
         return int(np.prod(x.shape[:-1])) * k[0] * k[1]
     if t == "conv2d":

@@ -23,7 +23,7 @@ from functools import partial
 import numpy as np
 
 from fixedq.engine.kernels import NeuralPlan
-from fixedq.engine.ops import KINDS, Op, neural_output, run_op
+from fixedq.engine.ops import KINDS, Op, neural_output, reject_nan, run_op
 
 MODES = ("dense", "event")
 OUTPUTS = ("float", "int")
@@ -89,7 +89,8 @@ class Model:
                                         for w, g in zip(want[1:], arr.shape[1:], strict=True)):
             raise ValueError(f"model {self.name!r} expects inputs of shape "
                              f"{_shape_str(want)}, got {arr.shape}")
-        return arr.astype(self.input_dtype, copy=False)
+        with np.errstate(over="ignore"):  # beyond the input dtype: ±inf, which saturates
+            return arr.astype(self.input_dtype, copy=False)
 
     def quantize_inputs(self, x) -> np.ndarray:
         """Integers the input quantizer produces for float inputs ``x`` (int64)."""
@@ -172,6 +173,7 @@ class Model:
                 or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         arr = self.check_input(x)
+        reject_nan(arr)  # before any batch runs: the count covers all of x
         n = arr.shape[0]
         if n == 0:
             raise ValueError("predict got an empty batch (0 samples)")

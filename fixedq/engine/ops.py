@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fixedq.engine import kernels, transformer_ops
-from fixedq.tensors.rounding import requantize, round_half_up, shift_round
+from fixedq.tensors.rounding import quantize_input, requantize, shift_round
 
 #: Op kinds and a short description (``Model.summary`` and docs/engine.md).
 KINDS = {
@@ -126,12 +126,25 @@ def _run_neural(op: Op, xs):
     return neural_output(op, _linear(op, aligned_input(op, xs[0])))
 
 
+def reject_nan(x) -> None:
+    """Raise ``ValueError`` if the float input ``x`` holds NaN (it has no integer value).
+
+    Example:
+        >>> reject_nan(np.array([1.0, np.inf]))   # inf saturates (eq. 4): accepted
+    """
+    x = np.asarray(x)
+    if x.dtype.kind in "fc":
+        n = int(np.count_nonzero(np.isnan(x)))
+        if n:
+            raise ValueError(f"input contains {n} NaN value{'s' if n > 1 else ''}; NaN is the "
+                             "one non-finite input that cannot be quantized (±inf saturate): "
+                             "replace it, e.g. with np.nan_to_num, before predict")
+
+
 def _run_input(op: Op, xs):
-    x = np.asarray(xs[0], dtype=np.float64)
-    if not np.all(np.isfinite(x)):
-        raise ValueError("inputs must be finite; got NaN or inf")
-    v = round_half_up(np.ldexp(x, op.arrays["frac"]))
-    return np.clip(v, op.arrays["lo"], op.arrays["hi"])
+    """Eq. 4, saturating: ``±inf`` and huge values give the range ends; NaN is rejected."""
+    reject_nan(xs[0])
+    return quantize_input(xs[0], op.arrays["frac"], op.arrays["lo"], op.arrays["hi"])
 
 
 def _run_affine(op: Op, xs):

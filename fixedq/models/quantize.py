@@ -146,6 +146,50 @@ def _stats_from_config(layers: dict) -> dict[str, RangeStats]:
             for name, cfg in layers.items() if "calibration" in cfg}
 
 
+#: Kinds whose integer parameters depend on the spatial size (GAP's 1/(H*W) multiplier).
+_SIZE_DEPENDENT = ("gap",)
+
+
+def _pin_dynamic_input(graph, samples, q_config) -> None:
+    """Handle an input with dynamic dimensions (e.g. ``keras.Input((None, None, 3))``).
+
+    A fully convolutional model stays dynamic: its quantized layers, the Keras model and the
+    engine work at any size (calibration uses the samples' size). Where an integer parameter
+    depends on the size (global average pooling's ``1/(H*W)``) or no samples give a size,
+    the input is pinned to the samples' shape (with a warning), or a ``ValueError`` says what
+    to do, before any calibration starts.
+    """
+    node = graph.node(graph.inputs[0].name)
+    shape = tuple(node.output_shapes[0])
+    dyn = [i for i, d in enumerate(shape) if i > 0 and d is None]
+    if not dyn:
+        return
+    needs = [n.name for n in graph.nodes if builders.kind_of(n) in _SIZE_DEPENDENT
+             and any(d is None for d in (graph.input_shape(n) or ())[1:-1])]
+    if not needs and (samples is not None or q_config is not None):
+        return
+    dims = " and ".join(str(i) for i in dyn)
+    given = "(" + ", ".join(str(d) for d in shape[1:]) + (",)" if len(shape) == 2 else ")")
+    sample_shape = getattr(samples, "shape", None)
+    fixed = None
+    if sample_shape is not None and len(sample_shape) == len(shape) \
+            and all(isinstance(d, (int, np.integer)) for d in tuple(sample_shape)[1:]):
+        fixed = tuple(int(d) for d in tuple(sample_shape)[1:])
+    why = (f"layer(s) {', '.join(repr(n) for n in needs)} need a fixed size (their integer "
+           "scale depends on it)" if needs else "no samples give a size to calibrate at")
+    example = tuple(224 if d is None else d for d in shape[1:])
+    if fixed is None or any(w is not None and w != g for w, g in zip(shape[1:], fixed,
+                                                                      strict=True)):
+        raise ValueError(f"input shape {given} has dynamic dimension{'s' if len(dyn) > 1 else ''}"
+                         f" {dims} and {why}: build the model with a fixed input shape, e.g. "
+                         f"keras.Input({example}), or pass the calibration samples as an array "
+                         "of the size to quantize for")
+    warnings.warn(f"quantize: input shape {given} has dynamic dimension"
+                  f"{'s' if len(dyn) > 1 else ''} {dims} and {why}: the quantized model is "
+                  f"built for the samples' shape {fixed}", stacklevel=3)
+    node.output_shapes[0] = (shape[0], *fixed)
+
+
 def quantize(model, qparams: QuantizationParams | None = None, samples=None,
              num_samples: int = DEFAULT_NUM_SAMPLES, batch_size: int | None = None,
              epochs: int = 1, q_config: dict | None = None, verbose: bool = True,
@@ -239,6 +283,7 @@ def quantize(model, qparams: QuantizationParams | None = None, samples=None,
     if len(graph.inputs) != 1:
         raise ValueError(f"quantize supports models with one input; {model.name!r} has "
                          f"{len(graph.inputs)}")
+    _pin_dynamic_input(graph, samples, q_config)
     split_separable(graph)
     fold_rescaling(graph)
     layer_cfg = _merge_overrides(_check_config(q_config, graph), overrides, graph)

@@ -18,11 +18,13 @@ from keras import ops
 
 _EXP_MASK = 0x7FF
 _EXP_BIAS = 1022  # frexp convention: mantissa in [0.5, 1)
+_ROUND_LIMIT = float(2**62)  # as rounding.ROUND_LIMIT: no float -> int64 cast overflows
 
 
 def round_half_up(x):
-    """Eq. 2: ``floor(x + 1/2)`` on float64, returned as int64."""
-    return ops.cast(ops.floor(ops.cast(x, "float64") + 0.5), "int64")
+    """Eq. 2: ``floor(x + 1/2)`` on float64, returned as int64, saturated at ``±2^62``."""
+    y = ops.clip(ops.cast(x, "float64") + 0.5, -_ROUND_LIMIT, _ROUND_LIMIT)
+    return ops.cast(ops.floor(y), "int64")
 
 
 def saturate(v, lo, hi):
@@ -31,9 +33,19 @@ def saturate(v, lo, hi):
 
 
 def quantize_float(x, frac_bits, lo, hi):
-    """Eq. 4: ``sat(round_half_up(x * 2^f))`` with float64 arithmetic; returns int64."""
+    """Eq. 4: ``sat(round_half_up(x * 2^f))`` with float64 arithmetic; returns int64.
+
+    The twin of :func:`fixedq.tensors.rounding.quantize_input`: ``x * 2^f`` is clipped to
+    ``[lo, hi]`` in float before the integer conversion, so every value saturates (``±inf``
+    included) and nothing overflows. NaN (which a layer inside a graph cannot reject per value)
+    is quantized as 0.
+    """
     scale = np.ldexp(1.0, np.asarray(frac_bits, dtype=np.int64))
-    return saturate(round_half_up(ops.cast(x, "float64") * scale), lo, hi)
+    x = ops.cast(x, "float64")
+    x = ops.where(ops.isnan(x), ops.zeros_like(x), x)
+    lo_f = np.asarray(lo, dtype=np.float64)
+    hi_f = np.asarray(hi, dtype=np.float64)
+    return round_half_up(ops.clip(x * scale, lo_f, hi_f))
 
 
 def shift_round(v, shift):

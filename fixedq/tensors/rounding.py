@@ -19,6 +19,9 @@ import numpy as np
 
 MAX_VALUE_BITS = 31
 MAX_SCALE_BITS = 24
+#: ``round_half_up`` saturates its results to ``[-2^62, 2^62]`` (eq. 2): a power of two, exact
+#: in float64, so no float -> int64 cast can overflow (2^63 - 1 itself rounds up to 2^63).
+ROUND_LIMIT = float(2**62)
 
 
 def check_value_bits(value_bits: int, name: str = "value_bits") -> int:
@@ -52,11 +55,17 @@ def int_range(value_bits: int, signed: bool = True) -> tuple[int, int]:
 def round_half_up(x: np.ndarray) -> np.ndarray:
     """Round a float64 array to the nearest integer, ties toward +inf (eq. 2): ``floor(x + 1/2)``.
 
+    Results saturate at ``±2^62`` (``±inf`` included) so that the float -> int64 conversion can
+    never overflow; NaN is not a number to round (callers reject or replace it first).
+
     Example:
         >>> round_half_up(np.array([0.5, -0.5, 1.49, -1.5])).tolist()
         [1, 0, 1, -1]
+        >>> round_half_up(np.array([1e30, -np.inf])).tolist() == [2**62, -2**62]
+        True
     """
-    return np.floor(np.asarray(x, dtype=np.float64) + 0.5).astype(np.int64)
+    y = np.asarray(x, dtype=np.float64) + 0.5
+    return np.floor(np.clip(y, -ROUND_LIMIT, ROUND_LIMIT)).astype(np.int64)
 
 
 def saturate(v: np.ndarray, lo, hi) -> tuple[np.ndarray, int]:
@@ -75,19 +84,42 @@ def quantize_float(x, frac_bits, value_bits: int, signed: bool = True) -> tuple[
     """Float to integer ``v = sat(round_half_up(x * 2^f))`` (eq. 4); returns ``(v, n_clipped)``.
 
     ``x`` is converted to float64 first; multiplying by a power of two is exact, so the only
-    rounding is the documented one. Non-finite inputs raise ``ValueError``.
+    rounding is the documented one. Finite values of any magnitude saturate (the float is
+    clipped before the integer conversion, so nothing overflows). Non-finite inputs raise
+    ``ValueError`` (the model's input quantizer instead saturates ``±inf``, see
+    :func:`quantize_input`).
 
     Example:
         >>> quantize_float(np.array([3.14159]), 3, 8, signed=False)[0].tolist()
         [25]
+        >>> quantize_float(np.array([1e300, -1e300]), 3, 7)[0].tolist()
+        [127, -128]
     """
     x = np.asarray(x, dtype=np.float64)
     if not np.all(np.isfinite(x)):
         bad = x[~np.isfinite(x)].ravel()[0]
         raise ValueError(f"cannot quantize non-finite value {bad}; inputs must be finite floats")
-    scaled = np.ldexp(x, np.asarray(frac_bits, dtype=np.int64))
+    with np.errstate(over="ignore"):  # |x * 2^f| beyond float64: inf, which saturates
+        scaled = np.ldexp(x, np.asarray(frac_bits, dtype=np.int64))
     lo, hi = int_range(value_bits, signed)
     return saturate(round_half_up(scaled), lo, hi)
+
+
+def quantize_input(x, frac_bits, lo, hi) -> np.ndarray:
+    """The input quantizer (eq. 4): ``v = sat(round_half_up(x * 2^f))`` on float64, saturating.
+
+    ``x * 2^f`` is clipped to ``[lo, hi]`` *in float* before rounding (the same result as
+    rounding first, since rounding is monotonic and keeps integers, but no conversion can
+    overflow): ``+inf`` and every large value give ``hi``, ``-inf`` gives ``lo``. NaN must be
+    handled by the caller (the engine rejects it, the Keras layer maps it to 0). Returns int64.
+
+    Example:
+        >>> quantize_input(np.array([1.0, 7e16, np.inf, -np.inf]), 5, -128, 127).tolist()
+        [32, 127, 127, -128]
+    """
+    with np.errstate(over="ignore"):
+        scaled = np.ldexp(np.asarray(x, dtype=np.float64), np.asarray(frac_bits, dtype=np.int64))
+    return round_half_up(np.clip(scaled, lo, hi))
 
 
 def shift_round(v, shift) -> np.ndarray:
