@@ -3,8 +3,10 @@
 For every layer of the quantized model the report gives (seed 003 "inspection"):
 
 - **weights**: SNR in dB and relative error ``||w - w_q*s|| / ||w||`` between the float kernel
-  the quantized layer holds (BatchNormalization already folded in) and its dequantized integer
-  weights ``w_q * s`` (per-output-channel scale ``s``, eq. 14);
+  the quantized layer actually replaces, after every fold (BatchNormalization folded into the
+  kernel and bias by ``sanitize``, a leading ``Rescaling`` folded in as the layer's
+  ``kernel_unit``: ``effective_kernel()``), and its dequantized integer weights ``w_q * s``
+  (per-output-channel scale ``s``, eq. 14);
 - **bias**: the same between the float bias and the integer bias brought back to float,
   ``b_q * s / 2^F`` (eq. 17);
 - **activation**: the same between the output of the *float* model and the output of the
@@ -221,9 +223,15 @@ def _np(x) -> np.ndarray:
 
 
 def weight_errors(layer: QuantizedNeuralLayer) -> tuple[TensorError, TensorError | None]:
-    """Errors of the dequantized weights and bias of one quantized layer vs its float ones."""
+    """Errors of the dequantized weights and bias of one quantized layer vs its float ones.
+
+    The float reference is the function the layer replaces after every fold: its
+    ``effective_kernel()`` (``kernel``, times the folded Rescaling ``kernel_unit`` if any; the
+    BatchNormalization fold is already in ``kernel`` and ``bias``), not the raw ``kernel``,
+    which would compare 8-bit weights with a kernel 255 times larger (0 dB).
+    """
     w_q, scale, b_q, _, _ = layer.quantized_weights()
-    kernel = _np(layer.kernel)
+    kernel = _np(layer.effective_kernel())
     weights = TensorError.between(kernel, _np(w_q) * _np(scale))
     if not layer.use_bias:
         return weights, None
