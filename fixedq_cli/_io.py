@@ -2,7 +2,9 @@
 
 Everything here uses only the standard library, NumPy and h5py, so a bad path, a non-model
 file, a malformed ``.npz`` or an invalid JSON config fails in a fraction of a second. The
-public API checks the same things again (and more) once the model is loaded.
+public API checks the same things again (and more) once the model is loaded. Samples and labels
+are read by :mod:`fixedq.io.arrays` and outputs written by :mod:`fixedq.io.atomic`, shared with
+the API.
 
 Example:
     >>> from fixedq_cli._io import derived_path
@@ -12,14 +14,15 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import json
+import math
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
+
+from fixedq.io import check_input_shape, read_samples, write_atomic
 
 MODEL_EXTENSIONS = (".keras", ".h5")
 QCONFIG_FORMAT = "fixedq-qconfig"  # the value fixedq.dump_config writes in "format"
@@ -86,52 +89,27 @@ def output_file(path: str | Path, inputs: list[Path], extensions=MODEL_EXTENSION
 
 
 def load_samples(path: str) -> np.ndarray:
-    """Read calibration samples: the arrays of a ``.npz`` (concatenated) or one ``.npy``."""
-    p = Path(path)
-    if not p.is_file():
-        raise CLIError(f"samples file not found: {path!r}")
-    try:
-        loaded = np.load(p, allow_pickle=False)
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise CLIError(f"cannot read samples {path!r} as a NumPy .npz/.npy file: "
-                       f"{' '.join(str(exc).split())}") from exc
-    try:
-        if isinstance(loaded, np.lib.npyio.NpzFile):
-            names = list(loaded.files)
-            arrays = [(name, loaded[name]) for name in names]
-        else:
-            arrays = [("array", loaded)]
-    except (ValueError, OSError, zipfile.BadZipFile) as exc:
-        raise CLIError(f"cannot read samples {path!r}: {' '.join(str(exc).split())}") from exc
-    if not arrays:
-        raise CLIError(f"samples file {path!r} contains no arrays")
-    first_name, first = arrays[0]
-    for name, arr in arrays:
-        if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool) \
-                or np.issubdtype(arr.dtype, np.complexfloating):
-            raise CLIError(f"samples {path!r}: array {name!r} has dtype {arr.dtype}; real "
-                           "numbers (float or int) are expected")
-        if arr.ndim < 2 or arr.shape[0] == 0:
-            raise CLIError(f"samples {path!r}: array {name!r} has shape {arr.shape}; expected "
-                           "(N, *input_shape) with N >= 1")
-        if arr.shape[1:] != first.shape[1:]:
-            raise CLIError(f"samples {path!r}: array {name!r} has shape {arr.shape} but "
-                           f"{first_name!r} has {first.shape}; all arrays must share the "
-                           "sample shape to be concatenated")
-    if len(arrays) == 1:
-        return first
-    return np.concatenate([arr.astype(np.float32, copy=False) for _, arr in arrays])
+    """Samples of a ``.npz``/``.npy`` file: :func:`fixedq.io.read_samples` (errors are
+    ``ValueError``: one line, exit code 2)."""
+    return read_samples(path)
 
 
 def check_samples_shape(samples: np.ndarray, input_shape, path: str) -> None:
     """Samples ``(N, ...)`` must match the model's input shape ``(None, ...)``."""
-    expected = tuple(input_shape[1:])
-    got = tuple(samples.shape[1:])
-    if len(got) != len(expected) or any(e is not None and e != g
-                                        for e, g in zip(expected, got, strict=True)):
-        want = ", ".join("?" if e is None else str(e) for e in expected)
-        raise CLIError(f"samples {path!r} have shape {samples.shape}; the model expects "
-                       f"(N, {want})")
+    check_input_shape(samples, input_shape, f"samples {path!r}")
+
+
+def _check_calibration(path: str, name: str, entry) -> None:
+    """A q-config ``"calibration"`` entry: ``{"min": [...], "max": [...]}``, finite, same length."""
+    ok = isinstance(entry, dict) and all(
+        isinstance(entry.get(k), list) and entry[k]
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                for v in entry[k]) for k in ("min", "max")) \
+        and len(entry["min"]) == len(entry["max"])
+    if not ok:
+        raise CLIError(f"config {path!r}: layer {name!r}: \"calibration\" must be an object "
+                       "{\"min\": [...], \"max\": [...]} of two equal-length lists of finite "
+                       f"numbers (as written by 'fixedq config'), got {json.dumps(entry):.60}")
 
 
 def read_qconfig(path: str) -> dict:
@@ -153,17 +131,15 @@ def read_qconfig(path: str) -> dict:
     if not isinstance(config.get("layers", {}), dict):
         raise CLIError(f"config {path!r}: \"layers\" must be an object mapping layer names to "
                        "settings")
+    for name, entry in config.get("layers", {}).items():
+        if not isinstance(entry, dict):
+            raise CLIError(f"config {path!r}: layer {name!r}: its settings must be an object, "
+                           f"got {json.dumps(entry):.60}")
+        if "calibration" in entry:
+            _check_calibration(path, name, entry["calibration"])
     return config
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file next to ``path``, then rename it over ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
+    """Write ``text`` (UTF-8) to ``path`` with :func:`fixedq.io.write_atomic`."""
+    write_atomic(path, text)

@@ -2,7 +2,10 @@
 
 Each command module in :mod:`fixedq_cli.commands` parses its options, checks its files cheaply,
 imports TensorFlow only then, calls the public API and prints. User errors are one line on
-stderr and exit code 2 (``-v`` shows the traceback and TensorFlow's logs instead).
+stderr and exit code 2 (``-v`` shows the traceback and TensorFlow's logs instead). Ctrl-C
+(SIGINT) ends a command with ``fixedq COMMAND: interrupted`` and exit code 130, SIGTERM with
+``fixedq COMMAND: terminated`` and 143; both are exceptions, so partly written outputs are
+removed (:mod:`fixedq.io.atomic`).
 
 Example:
     $ fixedq --version
@@ -12,12 +15,16 @@ Example:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
+import signal
 import sys
+import threading
 import warnings
 
 from fixedq import __version__
+from fixedq.io import Terminated
 from fixedq_cli._io import CLIError
 from fixedq_cli.commands import COMMANDS
 
@@ -59,6 +66,24 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
+def _raise_terminated(signum, frame):
+    raise Terminated(signum)
+
+
+@contextlib.contextmanager
+def _sigterm_raises():
+    """While a command runs (main thread only), SIGTERM raises :class:`Terminated`."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``fixedq`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
     parser = build_parser()
@@ -72,11 +97,14 @@ def main(argv: list[str] | None = None) -> int:
     from fixedq_cli._runtime import install_warning_display
 
     try:
-        with warnings.catch_warnings():
+        with _sigterm_raises(), warnings.catch_warnings():
             install_warning_display(args.command, args.verbose)
             return int(args._run(args) or 0)
+    except Terminated:
+        print(f"fixedq {args.command}: terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
-        print("fixedq: interrupted", file=sys.stderr)
+        print(f"fixedq {args.command}: interrupted", file=sys.stderr)
         return 130
     except (CLIError, ValueError, TypeError, OSError) as exc:
         if args.verbose:

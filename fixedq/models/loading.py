@@ -16,7 +16,6 @@ must only be used for files you trust.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import importlib
 import importlib.util
@@ -31,6 +30,8 @@ from typing import Any
 
 import h5py
 import keras
+
+from fixedq.io import atomic_path
 
 __all__ = ["from_tf_keras", "load_model", "save_model"]
 
@@ -426,8 +427,10 @@ def from_tf_keras(model: Any, custom_objects: dict | None = None) -> keras.Model
 def save_model(model: keras.Model, path: str | os.PathLike) -> None:
     """Save a Keras 3 model atomically as ``.keras`` or ``.h5`` (chosen by extension).
 
-    The model is written to a temporary file in the target directory, then moved over ``path``
-    with ``os.replace``: a failure never leaves a half-written file.
+    The model is written with :func:`fixedq.io.atomic_path`: to a temporary file in the target
+    directory, then moved over ``path``. An exception, SIGTERM or Ctrl-C never leaves a
+    half-written file or a temporary file behind, and the file gets the permissions ``open()``
+    would give (the replaced file's, else ``0o666 & ~umask``).
 
     Args:
         model: a Keras 3 model.
@@ -465,14 +468,6 @@ def save_model(model: keras.Model, path: str | os.PathLike) -> None:
             f"cannot save to {str(path)!r}: directory {str(directory)!r} does not exist "
             "(create it first)"
         )
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=directory)
-    os.close(fd)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Keras warns that .h5 is a legacy format.
-            keras.saving.save_model(model, tmp_name, overwrite=True)
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp_name)
-        raise
+    with atomic_path(path, suffix=suffix) as tmp_name, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Keras warns that .h5 is a legacy format.
+        keras.saving.save_model(model, tmp_name, overwrite=True)

@@ -1,7 +1,9 @@
 """Calibration samples: NumPy arrays, ``tf.data.Dataset`` objects or generators, streamed.
 
 :func:`iter_batches` yields validated float32 batches without ever holding all samples in
-memory (only NumPy arrays, which are already in memory, are sliced).
+memory (only NumPy arrays, which are already in memory, are sliced). Dtypes and shapes are
+checked by :mod:`fixedq.io.arrays`, the reader of ``.npy``/``.npz`` files that the ``fixedq``
+command uses too: ``quantize(model, samples=read_samples("calib.npz"))``.
 
 Example:
     >>> import numpy as np
@@ -17,6 +19,8 @@ import warnings
 from collections.abc import Iterator
 
 import numpy as np
+
+from fixedq.io import check_dtype, check_input_shape
 
 DEFAULT_NUM_SAMPLES = 1024
 
@@ -35,27 +39,29 @@ def _to_array(batch) -> np.ndarray:
         raise TypeError("samples yielding dicts are not supported: yield arrays or (x, y) tuples")
     if isinstance(batch, (tuple, list)) and len(batch) in (2, 3) and not np.isscalar(batch[0]):
         batch = batch[0]  # (x, y) or (x, y, weights): keep x
-    arr = np.asarray(batch)
-    if arr.dtype == object:
-        raise TypeError(f"samples must be numeric arrays, got dtype {arr.dtype}")
-    return arr
+    return np.asarray(batch)
+
+
+def _is_one_sample(arr: np.ndarray, input_shape) -> bool:
+    """Whether ``arr`` is exactly one sample (no batch axis) of ``input_shape``."""
+    expected = tuple(input_shape[1:])
+    return arr.ndim == len(expected) and all(e is None or e == g
+                                             for e, g in zip(expected, arr.shape, strict=True))
 
 
 def _check_batch(arr: np.ndarray, input_shape, index: int) -> np.ndarray:
-    if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
-        raise TypeError(f"samples must be numeric, got dtype {arr.dtype} in batch {index}")
-    expected = tuple(input_shape[1:])
-    if arr.ndim == len(expected):  # a single sample
+    name = f"samples (batch {index})"
+    check_dtype(arr.dtype, name)
+    if _is_one_sample(arr, input_shape):
         arr = arr[None]
-    got = arr.shape[1:]
-    if len(got) != len(expected) or any(e is not None and e != g
-                                        for e, g in zip(expected, got, strict=True)):
-        raise ValueError(f"samples have shape {tuple(arr.shape)} (batch {index}); the model "
-                         f"expects (N, {', '.join(str(e) for e in expected)})")
+    check_input_shape(arr, input_shape, name)
     arr = arr.astype("float32", copy=False)
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"samples contain NaN or Inf values (batch {index}); calibration "
-                         "needs finite inputs")
+    finite = np.isfinite(arr)
+    if not finite.all():
+        nan = int(np.count_nonzero(np.isnan(arr)))
+        inf = arr.size - int(np.count_nonzero(finite)) - nan
+        raise ValueError(f"{name} contain {nan} NaN and {inf} infinite values (of {arr.size}); "
+                         "calibration needs finite inputs")
     return arr
 
 
@@ -78,8 +84,12 @@ def iter_batches(samples, input_shape, num_samples: int, batch_size: int | None 
     if isinstance(samples, np.ndarray) or (hasattr(samples, "__array__")
                                           and not hasattr(samples, "__iter__")):
         arr = np.asarray(samples)
+        check_dtype(arr.dtype, "samples")
         if arr.size == 0 or arr.ndim == 0:
             raise ValueError(f"samples are empty (shape {arr.shape}); give at least one sample")
+        if _is_one_sample(arr, input_shape):
+            arr = arr[None]
+        check_input_shape(arr, input_shape)  # the whole array's shape, not a batch's
         arr = arr[:num_samples]
         for _ in range(epochs):
             for i, start in enumerate(range(0, len(arr), bs)):

@@ -11,8 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 
+from fixedq.io import read_samples
 from fixedq_cli import _args
-from fixedq_cli._io import check_samples_shape, load_samples, model_file
+from fixedq_cli._io import check_samples_shape, model_file
 
 HELP = ("check a quantized model for weight-scale errors, saturation and per-tensor ranges, "
         "or lint a float model")
@@ -50,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     model_path = model_file(args.model)
-    samples = load_samples(args.samples) if args.samples else None
+    samples = read_samples(args.samples) if args.samples else None
 
     from fixedq_cli._runtime import import_keras, load_model
 

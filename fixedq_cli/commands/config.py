@@ -11,7 +11,8 @@ import argparse
 import json
 import sys
 
-from fixedq_cli._io import model_file, output_file, write_text_atomic
+from fixedq.io import write_atomic
+from fixedq_cli._io import model_file, output_file
 
 HELP = "dump the q-config (bit widths, calibration ranges) of a quantized model as JSON"
 DESCRIPTION = """\
@@ -47,6 +48,6 @@ def run(args) -> int:
     if out is None:
         sys.stdout.write(text)
     else:
-        write_text_atomic(out, text)
+        write_atomic(out, text)
         print(f"saved q-config of {len(config['layers'])} layers to {out}")
     return 0

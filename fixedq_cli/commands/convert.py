@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from fixedq.engine.targets import TARGETS
+from fixedq.io import atomic_path
 from fixedq_cli._io import model_file, output_file
 
 HELP = "convert a quantized Keras model to an integer engine model (.fqe)"
@@ -53,7 +54,8 @@ def run(args) -> int:
     import fixedq.engine
 
     engine_model = fixedq.engine.convert(qmodel, target=args.target)
-    engine_model.save(out)  # written to a temporary file, then renamed
+    with atomic_path(out) as tmp:  # removed on errors and signals, renamed over out at the end
+        engine_model.save(tmp)
     print(engine_model.summary())
     print(f"saved engine model to {out}")
     sys.stdout.flush()

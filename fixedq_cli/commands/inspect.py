@@ -10,8 +10,9 @@ import argparse
 import json
 import sys
 
+from fixedq.io import read_samples
 from fixedq_cli import _args
-from fixedq_cli._io import CLIError, check_samples_shape, load_samples, model_file, output_file
+from fixedq_cli._io import CLIError, check_samples_shape, model_file, output_file
 
 HELP = "per-tensor SNR / relative error and saturation of a quantized model vs its float model"
 DESCRIPTION = """\
@@ -55,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     model_path = model_file(args.model)
     qmodel_path = model_file(args.qmodel)
-    samples = load_samples(args.samples)
+    samples = read_samples(args.samples)
     plot = None
     if args.plot:
         plot = output_file(args.plot, [model_path, qmodel_path], extensions=(".png",),

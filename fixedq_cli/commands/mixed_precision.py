@@ -10,20 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 
+from fixedq.io import Terminated, read_labelled_samples, read_labels, read_samples, write_atomic
 from fixedq_cli import _args
-from fixedq_cli._io import (
-    CLIError,
-    check_samples_shape,
-    load_samples,
-    model_file,
-    output_file,
-    read_qconfig,
-    write_text_atomic,
-)
+from fixedq_cli._io import CLIError, check_samples_shape, model_file, output_file, read_qconfig
 
 HELP = "automatic mixed precision: 4/8-bit weights within an accuracy tolerance, or 16-bit " \
        "layers within a cost budget"
@@ -100,15 +92,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _eval_data(args):
-    from fixedq_cli.commands.run import _class_ids, _read_labels, _read_samples
-
-    x, y = _read_samples(args.eval)
     if args.labels:
-        y = _read_labels(args.labels)
+        x = read_samples(args.eval, "evaluation data")
+        return x, read_labels(args.labels, len(x))
+    x, y = read_labelled_samples(args.eval, "evaluation data")
     if y is None:
         raise CLIError(f"evaluation data {args.eval!r} has no labels: store arrays 'x' and 'y' "
                        "in the .npz or pass --labels")
-    return x, _class_ids(y, len(x), f"labels of {args.eval!r}")
+    return x, y
 
 
 def run(args) -> int:
@@ -116,7 +107,7 @@ def run(args) -> int:
     if args.config and args.samples:
         raise CLIError("give either -sa (calibrate) or -c (start from a q-config), not both")
     config = read_qconfig(args.config) if args.config else None
-    samples = load_samples(args.samples)[:args.num_samples] if args.samples else None
+    samples = read_samples(args.samples)[:args.num_samples] if args.samples else None
     if config is None and samples is None:
         raise CLIError("calibration samples are needed: pass -sa SAMPLES.npz (or -c CONFIG)")
     if args.mode == "accuracy" and not args.eval:
@@ -170,9 +161,10 @@ def run(args) -> int:
                 log_path=log)
     except mp.MixedPrecisionInterrupted as exc:
         print(exc.result.format_table(), file=sys.stderr)
-        print("fixedq mixed_precision: interrupted" + (f"; trial log saved to {log}" if log
-                                                        else ""), file=sys.stderr)
-        return 130
+        term = isinstance(exc.__cause__, Terminated)
+        print(f"fixedq mixed_precision: {'terminated' if term else 'interrupted'}"
+              + (f"; trial log saved to {log}" if log else ""), file=sys.stderr)
+        return 143 if term else 130
     except mp.MetricError as exc:
         raise CLIError(str(exc)) from exc
     if args.json:
@@ -181,7 +173,7 @@ def run(args) -> int:
         print(result.format_table())
     done = sys.stderr if args.json else sys.stdout
     if out is not None:
-        write_text_atomic(Path(out), json.dumps(result.q_config, indent=2) + "\n")
+        write_atomic(out, json.dumps(result.q_config, indent=2) + "\n")
         print(f"saved q-config to {out}", file=done)
     if save is not None:
         fixedq.save_model(fixedq.quantize(model, q_config=result.q_config, verbose=False), save)

@@ -11,12 +11,12 @@ import argparse
 import sys
 from pathlib import Path
 
+from fixedq.io import read_samples
 from fixedq_cli import _args
 from fixedq_cli._io import (
     CLIError,
     check_samples_shape,
     derived_path,
-    load_samples,
     model_file,
     output_file,
     read_qconfig,
@@ -120,7 +120,7 @@ def run(args) -> int:
             raise CLIError(f"-c/--config sets the bit widths; do not combine it with "
                            f"{', '.join(given)} (edit the config instead)")
         q_config = read_qconfig(args.config)
-    samples = load_samples(args.samples) if args.samples else None
+    samples = read_samples(args.samples) if args.samples else None
     if args.bias_correction == "on" and samples is None:
         raise CLIError("--bias_correction needs calibration samples (-sa SAMPLES.npz)")
     if args.weight_rounding == "on" and samples is None:
