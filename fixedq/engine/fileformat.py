@@ -10,8 +10,10 @@ Layout (format ``fixedq-engine``, version 1):
   ``int4x2`` (values in [-8, 7], two per byte, low nibble first, two's complement),
   ``int8``, ``int16``, ``int32`` or ``int64``. Loaded arrays are ``int64``.
 
-Files are written with ``allow_pickle=False`` and read with ``allow_pickle=False``; anything
-that is not a valid archive of this format raises ``ValueError``.
+Files are written with ``allow_pickle=False`` and read without numpy's loader: :func:`load`
+checks the header against :mod:`fixedq.engine.validate` and every entry's size before it
+decompresses anything (limits :data:`MAX_HEADER_BYTES`, :data:`MAX_VALUES`); anything that is
+not a valid archive of this format raises ``ValueError`` naming the file and the field.
 
 Example:
     >>> import numpy as np
@@ -24,18 +26,27 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
+import struct
+import tokenize
 import zipfile
+import zlib
 
 import numpy as np
 
+from fixedq.engine import validate
 from fixedq.engine.model import Model
-from fixedq.engine.ops import KINDS, Op
+from fixedq.engine.ops import Op
 
 FORMAT = "fixedq-engine"
 VERSION = 1
 _HEADER = "__header__"
 _ENCODINGS = {"int8": np.int8, "int16": np.int16, "int32": np.int32, "int64": np.int64}
+#: Default limit on the total number of integer values in a file (2^28: 2 GiB as int64).
+MAX_VALUES = 2**28
+#: Default limit on the size of the JSON header in bytes.
+MAX_HEADER_BYTES = 64 * 2**20
 
 
 def pack_int4(values: np.ndarray) -> np.ndarray:
@@ -101,17 +112,56 @@ def save(model: Model, path: str | os.PathLike) -> None:
             os.remove(tmp)
 
 
+def max_values() -> int:
+    """Limit on the total number of integer values of a file's arrays (``MAX_VALUES``, or the
+    ``FIXEDQ_ENGINE_MAX_VALUES`` environment variable)."""
+    return _env_int("FIXEDQ_ENGINE_MAX_VALUES", MAX_VALUES)
+
+
+def max_header_bytes() -> int:
+    """Limit on the size of the JSON header (``MAX_HEADER_BYTES``, or the
+    ``FIXEDQ_ENGINE_MAX_HEADER_BYTES`` environment variable)."""
+    return _env_int("FIXEDQ_ENGINE_MAX_HEADER_BYTES", MAX_HEADER_BYTES)
+
+
+def _env_int(name: str, default: int) -> int:
+    text = os.environ.get(name)
+    if text is None or not text.strip():
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"environment variable {name} must be a positive integer, "
+                         f"got {text!r}") from None
+    if value < 1:
+        raise ValueError(f"environment variable {name} must be a positive integer, got {text!r}")
+    return value
+
+
 def _fail(path, why: str) -> ValueError:
     return ValueError(f"{path!s} is not a valid {FORMAT} file: {why}")
+
+
+#: Errors a corrupt archive can raise from zipfile, zlib, the .npy header parser or json.
+_CORRUPT = (zipfile.BadZipFile, zlib.error, struct.error, EOFError, OSError, NotImplementedError,
+            RecursionError, MemoryError, OverflowError, tokenize.TokenError, SyntaxError,
+            io.UnsupportedOperation)
 
 
 def load(path: str | os.PathLike) -> Model:
     """Read an engine file written by :func:`save` / ``Model.save``.
 
+    Everything is validated before it is allocated (see docs/engine.md, "File format"): the
+    JSON header against the schema of :mod:`fixedq.engine.validate` (at most
+    :func:`max_header_bytes` bytes), each array's declared shape and encoding against its
+    stored ``.npy`` header and zip entry size, the total number of values against
+    :func:`max_values`; entries are then decompressed with bounded reads.
+
     Raises:
         FileNotFoundError: no such file.
         ValueError: not an engine file (foreign/corrupt archive, wrong magic, unsupported
-            version, inconsistent content).
+            version, a header field of the wrong type or range, inconsistent or oversized
+            content); the message names the file and the field.
 
     Example:
         >>> model = load("model.fqe")   # doctest: +SKIP
@@ -119,53 +169,125 @@ def load(path: str | os.PathLike) -> Model:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"engine file {path!r} does not exist")
+    limits = (max_header_bytes(), max_values())
     with open(path, "rb") as fh:
-        raw = fh.read()
-    try:
-        archive = np.load(io.BytesIO(raw), allow_pickle=False)
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as err:
-        raise _fail(path, f"cannot read it as an npz archive ({err})") from None
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise _fail(path, "it holds a single array, not an archive")
-    with archive:
         try:
-            if _HEADER not in archive.files:
-                raise _fail(path, f"no {_HEADER!r} entry (foreign .npz)")
-            header = json.loads(archive[_HEADER].tobytes().decode("utf-8"))
-            if not isinstance(header, dict) or header.get("format") != FORMAT:
-                raise _fail(path, f"format is {header.get('format')!r}, expected {FORMAT!r}")
-            version = header.get("version")
-            if version != VERSION:
-                raise _fail(path, f"version {version!r} is not supported (this fixedq reads "
-                                  f"version {VERSION})")
-            ops = [_read_op(archive, rec, path) for rec in header["ops"]]
-            return Model(ops, header["outputs"], header["input_shape"], header["input_dtype"],
-                         header["name"], header.get("target"), header.get("meta"))
+            return _load(fh, limits)
         except ValueError as err:
-            if str(err).startswith(f"{path!s} is not a valid"):
-                raise
             raise _fail(path, str(err)) from None
-        except (KeyError, TypeError, UnicodeDecodeError, zipfile.BadZipFile, OSError,
-                EOFError) as err:
+        except _CORRUPT as err:
             raise _fail(path, f"corrupt content ({type(err).__name__}: {err})") from None
 
 
-def _read_op(archive, rec: dict, path) -> Op:
-    if rec["kind"] not in KINDS:
-        raise _fail(path, f"unknown op kind {rec['kind']!r}")
-    arrays = {}
-    for key, meta in rec["arrays"].items():
-        data = archive[meta["entry"]]
-        shape = tuple(int(d) for d in meta["shape"])
-        size = int(np.prod(shape)) if shape else 1
-        if meta["encoding"] == "int4x2":
-            values = unpack_int4(data, size)
-        elif meta["encoding"] in _ENCODINGS:
-            values = np.asarray(data).astype(np.int64)
+def _load(fh, limits: tuple[int, int]) -> Model:
+    max_header, max_total = limits
+    try:
+        zf = zipfile.ZipFile(fh)
+    except zipfile.BadZipFile as err:
+        raise ValueError(f"cannot read it as an npz archive ({err})") from None
+    with zf:
+        members = {info.filename: info for info in zf.infolist()}
+        if f"{_HEADER}.npy" not in members:
+            if members and all(not n.endswith(".npy") for n in members):
+                raise ValueError("it is a zip archive, not an npz archive")
+            raise ValueError(f"no {_HEADER!r} entry (foreign .npz)")
+        raw = _read_entry(zf, members[f"{_HEADER}.npy"], _HEADER, np.dtype(np.uint8), None,
+                          max_header)
+        try:
+            header = json.loads(raw.tobytes().decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+            raise ValueError(f"{_HEADER}: not UTF-8 JSON ({err})") from None
+        refs = validate.check_header(header, FORMAT, VERSION)
+        total = sum(r.size for r in refs)
+        if total > max_total:
+            big = max(refs, key=lambda r: r.size)
+            raise ValueError(f"{big.field}.shape: the arrays hold {total} values in all (this "
+                             f"one {list(big.shape)}), more than the limit of {max_total} (set "
+                             "FIXEDQ_ENGINE_MAX_VALUES to raise it)")
+        arrays = []
+        for ref in refs:
+            info = members.get(f"{ref.entry}.npy", members.get(ref.entry))
+            if info is None:
+                raise ValueError(f"{ref.field}.entry: no archive entry {ref.entry!r}")
+            arrays.append(_read_array(zf, info, ref))
+    values = iter(arrays)
+    ops = []
+    for rec in header["ops"]:
+        arrs = {key: next(values) for key in rec["arrays"]}
+        ops.append(Op(rec["name"], rec["kind"], list(rec["inputs"]), dict(rec["attrs"]), arrs))
+    return Model(ops, header["outputs"], header["input_shape"], header["input_dtype"],
+                 header["name"], header.get("target"), header.get("meta"))
+
+
+def _read_array(zf: zipfile.ZipFile, info: zipfile.ZipInfo, ref) -> np.ndarray:
+    try:
+        return _decode_array(zf, info, ref)
+    except _CORRUPT as err:
+        raise ValueError(f"{ref.field}: corrupt entry {info.filename!r} "
+                         f"({type(err).__name__}: {err})") from None
+
+
+def _decode_array(zf: zipfile.ZipFile, info: zipfile.ZipInfo, ref) -> np.ndarray:
+    size = ref.size
+    if ref.encoding == "int4x2":
+        data = _read_entry(zf, info, ref.field, validate.ENCODINGS["int4x2"], (size + 1) // 2)
+        values = unpack_int4(data, size)
+    else:
+        data = _read_entry(zf, info, ref.field, validate.ENCODINGS[ref.encoding], size)
+        values = data.astype(np.int64)
+    values = values.reshape(ref.shape)
+    validate.check_values(ref, values)
+    return values
+
+
+#: Largest .npy header of an entry (numpy's own limit for untrusted files).
+_NPY_HEADER_MAX = 10000
+_NPY_PREFIX_MAX = 6 + 2 + 4 + _NPY_HEADER_MAX
+
+
+def _read_entry(zf, info, field: str, dtype: np.dtype, count: int | None,
+                max_count: int | None = None) -> np.ndarray:
+    """The 1-D array of one ``.npy`` zip entry, read with bounded memory.
+
+    ``count`` is the number of values the header declares (``None``: any up to ``max_count``).
+    The zip entry's declared size and its ``.npy`` header are checked against it before any
+    data is decompressed, and at most that many bytes are ever decompressed.
+    """
+    limit = (count if count is not None else max_count) * dtype.itemsize + _NPY_PREFIX_MAX
+    if info.file_size > limit:
+        raise ValueError(f"{field}: archive entry {info.filename!r} inflates to "
+                         f"{info.file_size} bytes, more than the {limit} its declared "
+                         "shape allows")
+    if info.flag_bits & 0x1:
+        raise ValueError(f"{field}: archive entry {info.filename!r} is encrypted")
+    with zf.open(info) as fp:
+        fmt = np.lib.format
+        version = fmt.read_magic(fp)
+        if version == (1, 0):
+            shape, fortran, stored = fmt.read_array_header_1_0(fp, _NPY_HEADER_MAX)
+        elif version == (2, 0):
+            shape, fortran, stored = fmt.read_array_header_2_0(fp, _NPY_HEADER_MAX)
         else:
-            raise _fail(path, f"unknown array encoding {meta['encoding']!r}")
-        if values.size != size:
-            raise _fail(path, f"array {key!r} of op {rec['name']!r} has {values.size} values, "
-                              f"expected {size}")
-        arrays[key] = values.reshape(shape)
-    return Op(rec["name"], rec["kind"], list(rec["inputs"]), dict(rec["attrs"]), arrays)
+            raise ValueError(f"{field}: .npy format version {version} of entry "
+                             f"{info.filename!r} is not supported")
+        if stored.kind != dtype.kind or stored.itemsize != dtype.itemsize \
+                or stored.hasobject or stored.fields is not None or stored.subdtype:
+            raise ValueError(f"{field}: entry {info.filename!r} stores {stored}, "
+                             f"expected {dtype}")
+        n = math.prod(shape)
+        if any(d < 0 for d in shape) or (count is not None and n != count) \
+                or (count is None and (len(shape) != 1 or n > max_count)):
+            want = f"{count} values" if count is not None else f"at most {max_count} bytes"
+            raise ValueError(f"{field}: entry {info.filename!r} stores shape {shape}, "
+                             f"expected {want}")
+        nbytes = n * dtype.itemsize
+        if info.file_size != fp.tell() + nbytes:
+            raise ValueError(f"{field}: entry {info.filename!r} has {info.file_size} bytes, "
+                             f"expected {fp.tell() + nbytes} for shape {shape}")
+        buf = fp.read(nbytes)
+        if len(buf) != nbytes or fp.read(1):  # reading to the end also checks the CRC
+            raise ValueError(f"{field}: entry {info.filename!r} is truncated")
+    data = np.frombuffer(buf, dtype=stored)
+    if fortran and len(shape) > 1:
+        data = data.reshape(shape, order="F").ravel()
+    return data

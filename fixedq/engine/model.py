@@ -118,6 +118,7 @@ class Model:
             if stats is not None:
                 events.record(stats, op, xs, mode == "event")
             if op.kind == "neural":
+                _check_neural_input(op, xs[0])
                 plan = self._plan(op)
                 if mode == "event" and events.supports(op):
                     y = events.run_neural_events(op, xs[0], stats, plan)
@@ -243,6 +244,21 @@ def dequantize(v: np.ndarray, frac) -> np.ndarray:
     """``v * 2^-f`` in float32 (per last-axis channel ``f``), as the Keras layers compute it."""
     scale = np.ldexp(1.0, -np.asarray(frac, dtype=np.int64)).astype(np.float32)
     return v.astype(np.float32) * scale
+
+
+def _check_neural_input(op: Op, x: np.ndarray) -> None:
+    """A neural op's input has the rank its kernel needs (and its recorded ``in_shape``)."""
+    dense = op.attrs["type"] == "dense"
+    want = op.attrs.get("in_shape")
+    bad = x.ndim < 2 if dense else x.ndim != 4
+    if want is not None:
+        bad = bad or x.ndim != len(want) + 1 or any(
+            w is not None and w != g for w, g in zip(want, x.shape[1:], strict=False))
+    if bad:
+        shape = _shape_str((None, *want)) if want is not None else \
+            ("(N, ..., C)" if dense else "(N, H, W, C)")
+        raise ValueError(f"op {op.name!r} ({op.attrs['type']}) expects inputs of shape "
+                         f"{shape}, got {x.shape}")
 
 
 def _shape_str(shape) -> str:

@@ -1,0 +1,365 @@
+"""Schema of the ``.fqe`` header: every field's type and range, checked before anything is read.
+
+:func:`check_header` walks the decoded JSON header of an engine file and raises
+``ValueError("<field>: <why>")`` naming the first offending field (``ops[3].attrs.strides``,
+``outputs[0].tensor``, ...). It checks what the kernels rely on: op kinds, input references
+(an op reads the input or earlier ops only, so programs are acyclic), the attrs and arrays each
+kind uses (strides, pool sizes and dilations positive and bounded, shift-like attrs in a sane
+range, padding names, accumulator dtypes), and the declared array shapes and encodings. It
+returns the arrays to read so that :func:`fixedq.engine.fileformat.load` can check their total
+size against its limit before it decompresses anything. :func:`check_values` checks the
+shift-like arrays once read.
+
+Example:
+    >>> check_shape([None, 28, 28, 1], "input_shape", free=True)
+    >>> check_shape([None, 0], "input_shape", free=True)
+    Traceback (most recent call last):
+    ...
+    ValueError: input_shape[1]: expected a positive integer (or null), got 0
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from fixedq.engine.ops import KINDS, NEURAL_TYPES
+
+#: Array encodings of the file format (``int4x2``: two signed 4-bit values per byte).
+ENCODINGS = {"int4x2": np.dtype(np.uint8), "int8": np.dtype(np.int8),
+             "int16": np.dtype(np.int16), "int32": np.dtype(np.int32),
+             "int64": np.dtype(np.int64)}
+INPUT_DTYPES = ("float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8",
+                "uint16", "uint32", "uint64")
+ACCUM_DTYPES = ("float32", "float64", "int64")
+PADDINGS = ("same", "valid")
+#: Largest stride, dilation, pool or kernel size along one axis.
+MAX_WINDOW = 1024
+#: Largest magnitude of a shift, alignment or frac_bits (attrs and shift-like arrays).
+MAX_SHIFT = 127
+#: Largest rank of any shape, and largest dimension.
+MAX_RANK = 16
+MAX_DIM = 2**31 - 1
+I64 = (-(2**63), 2**63 - 1)
+
+
+@dataclass(frozen=True)
+class ArrayRef:
+    """One array a header declares: where it is declared, its shape, encoding and entry."""
+
+    field: str
+    shape: tuple[int, ...]
+    encoding: str
+    entry: str
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+
+def _bad(where: str, want: str, got) -> ValueError:
+    text = repr(got)
+    if len(text) > 80:
+        text = text[:77] + "..."
+    return ValueError(f"{where}: expected {want}, got {text}")
+
+
+def check_int(v, where: str, lo: int = I64[0], hi: int = I64[1]) -> int:
+    """``v`` is an int (not a bool) in ``[lo, hi]``."""
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise _bad(where, f"an integer in [{lo}, {hi}]", v)
+    return v
+
+
+def check_ints(v, where: str, lo: int = I64[0], hi: int = I64[1], length: int | None = None,
+               min_len: int = 0, max_len: int = 1 << 24) -> list[int]:
+    """``v`` is a list of ints in ``[lo, hi]`` (of ``length`` items, when given)."""
+    if not isinstance(v, list) or (length is not None and len(v) != length) \
+            or not min_len <= len(v) <= max_len:
+        want = f"a list of {length} integers" if length is not None else "a list of integers"
+        raise _bad(where, want, v)
+    for i, x in enumerate(v):
+        check_int(x, f"{where}[{i}]", lo, hi)
+    return v
+
+
+def check_str(v, where: str, choices=None) -> str:
+    """``v`` is a string (one of ``choices``, when given)."""
+    if not isinstance(v, str) or (choices is not None and v not in choices):
+        raise _bad(where, "a string" if choices is None else f"one of {list(choices)}", v)
+    return v
+
+
+def check_dict(v, where: str) -> dict:
+    """``v`` is a JSON object."""
+    if not isinstance(v, dict):
+        raise _bad(where, "an object", v)
+    return v
+
+
+def check_shape(v, where: str, free: bool = False) -> None:
+    """A list of dimensions in ``[0, MAX_DIM]``; with ``free``, a non-empty list of positive
+    dimensions or nulls (free sizes)."""
+    if not isinstance(v, list) or len(v) > MAX_RANK or (free and not v):
+        raise _bad(where, f"a list of at most {MAX_RANK} dimensions", v)
+    for i, d in enumerate(v):
+        if free and d is None:
+            continue
+        if free and (isinstance(d, bool) or not isinstance(d, int) or d < 1):
+            raise _bad(f"{where}[{i}]", "a positive integer (or null)", d)
+        check_int(d, f"{where}[{i}]", 0, MAX_DIM)
+
+
+def _window(v, where: str) -> None:
+    check_ints(v, where, 1, MAX_WINDOW, length=2)
+
+
+def _spec_attrs(a: dict, where: str) -> None:
+    """Attrs every kind may carry (output spec, fused layer names, summary fields)."""
+    if "value_bits" in a:
+        check_int(a["value_bits"], f"{where}.value_bits", 0, 64)
+    if "signed" in a and not isinstance(a["signed"], bool):
+        raise _bad(f"{where}.signed", "true or false", a["signed"])
+    if "out_frac" in a or "value_bits" in a:  # the summary shows them together
+        check_ints(a.get("out_frac"), f"{where}.out_frac", -MAX_SHIFT, MAX_SHIFT, min_len=1)
+    if "layers" in a:
+        layers = a["layers"]
+        if not isinstance(layers, list) or not layers:
+            raise _bad(f"{where}.layers", "a non-empty list of strings", layers)
+        for i, s in enumerate(layers):
+            check_str(s, f"{where}.layers[{i}]")
+    if "type" in a:
+        check_str(a["type"], f"{where}.type")
+    if "weight_bits" in a:  # the summary shows it with accum_dtype
+        check_int(a["weight_bits"], f"{where}.weight_bits", 1, 64)
+        check_str(a.get("accum_dtype"), f"{where}.accum_dtype", ACCUM_DTYPES)
+
+
+def _neural_attrs(a: dict, where: str) -> None:
+    check_str(a.get("type"), f"{where}.type", NEURAL_TYPES)
+    check_str(a.get("accum_dtype"), f"{where}.accum_dtype", ACCUM_DTYPES)
+    check_int(a.get("acc_lo"), f"{where}.acc_lo")
+    check_int(a.get("acc_hi"), f"{where}.acc_hi", a["acc_lo"])
+    for key in ("accum_bound",):
+        if key in a:
+            check_int(a[key], f"{where}.{key}", 0, 2**62)
+    for key in ("buffer_bits", "in_frac"):
+        if key in a:
+            check_int(a[key], f"{where}.{key}", -MAX_SHIFT, MAX_SHIFT)
+    for key in ("linear_shape", "in_shape"):  # null: a dynamic dimension
+        if key in a:
+            check_shape(a[key], f"{where}.{key}", free=True)
+    if a["type"] != "dense":
+        _window(a.get("strides"), f"{where}.strides")
+        _window(a.get("dilation_rate"), f"{where}.dilation_rate")
+        check_str(a.get("padding"), f"{where}.padding", PADDINGS)
+        if "kernel_size" in a:
+            _window(a["kernel_size"], f"{where}.kernel_size")
+    pool = a.get("pool")
+    if pool:
+        if a["type"] == "dense":
+            raise _bad(f"{where}.pool", "no pooling on a dense op", pool)
+        _pool_attrs(check_dict(pool, f"{where}.pool"), f"{where}.pool")
+    elif pool is not None and pool != {}:
+        raise _bad(f"{where}.pool", "an object or null", pool)
+
+
+def _pool_attrs(a: dict, where: str) -> None:
+    _window(a.get("pool_size"), f"{where}.pool_size")
+    _window(a.get("strides"), f"{where}.strides")
+    check_str(a.get("padding"), f"{where}.padding", PADDINGS)
+
+
+def _shiftmax_attrs(a: dict, where: str) -> None:
+    check_int(a.get("score_frac"), f"{where}.score_frac", 0, 24)
+    for key in ("exp_bits", "k_max", "prob_frac"):
+        check_int(a.get(key), f"{where}.{key}", 0, 62)
+    check_int(a.get("prob_hi"), f"{where}.prob_hi", 0, 2**62)
+
+
+def _attention_attrs(a: dict, where: str) -> None:
+    _shiftmax_attrs(a, where)
+    check_int(a.get("num_heads"), f"{where}.num_heads", 1, 1 << 16)
+    for key in ("score_bound", "out_bound"):
+        check_int(a.get(key), f"{where}.{key}", 0)
+    check_int(a.get("score_multiplier"), f"{where}.score_multiplier", -(2**62), 2**62)
+    check_int(a.get("score_shift"), f"{where}.score_shift", -MAX_SHIFT, MAX_SHIFT)
+    check_int(a.get("acc_lo"), f"{where}.acc_lo")
+    check_int(a.get("acc_hi"), f"{where}.acc_hi", a["acc_lo"])
+
+
+def _other_attrs(checks: dict):
+    def run(a: dict, where: str) -> None:
+        for key, check in checks.items():
+            check(a.get(key), f"{where}.{key}")
+    return run
+
+
+def _dims(v, where: str) -> None:
+    check_ints(v, where, 1, MAX_RANK, max_len=MAX_RANK)
+    if sorted(v) != list(range(1, len(v) + 1)):
+        raise _bad(where, "a permutation of 1..rank", v)
+
+
+def _small(lo: int, hi: int):
+    return lambda v, where: check_int(v, where, lo, hi)
+
+
+def _shiftmax_rule(a: dict, where: str) -> None:
+    _shiftmax_attrs(a, where)
+    check_int(a.get("in_shift"), f"{where}.in_shift", -MAX_SHIFT, MAX_SHIFT)
+
+
+#: Per kind: attrs checker, required arrays, (min, max) number of inputs.
+#: ``{i}`` in an array name means one array per input.
+KIND_RULES: dict[str, tuple] = {
+    "input": (None, ("frac", "lo", "hi"), (0, 0)),
+    "neural": (_neural_attrs, ("kernel", "bias", "multiplier", "shift", "out_lo", "out_hi"),
+               (1, 1)),
+    "affine": (None, ("multiplier", "shift", "offset", "out_lo", "out_hi"), (1, 1)),
+    "gap": (None, ("multiplier", "shift", "out_lo", "out_hi"), (1, 1)),
+    "add": (None, ("shift", "out_lo", "out_hi", "align{i}"), (1, 1 << 16)),
+    "shift": (None, ("shift", "out_lo", "out_hi"), (1, 1)),
+    "concat": (_other_attrs({"axis": _small(0, MAX_RANK)}), (), (1, 1 << 16)),
+    "clip": (None, ("lo", "hi"), (1, 1)),
+    "maxpool": (_pool_attrs, (), (1, 1)),
+    "reshape": (_other_attrs({"target_shape": check_shape}), (), (1, 1)),
+    "permute": (_other_attrs({"dims": _dims}), (), (1, 1)),
+    "identity": (None, (), (1, 1)),
+    "shiftmax": (_shiftmax_rule, ("in_align", "exp_table"), (1, 1)),
+    "attention": (_attention_attrs, ("align{i}", "exp_table", "out_shift", "out_lo", "out_hi"),
+                  (3, 3)),
+    "madnorm": (_other_attrs({"eps_int": _small(0, 2**62),
+                              "norm_frac": _small(0, 62)}),
+                ("in_align", "multiplier", "shift", "offset", "out_lo", "out_hi"), (1, 1)),
+    "class_token": (None, ("token", "shift", "out_lo", "out_hi"), (1, 1)),
+    "add_pos": (None, ("pos", "in_align", "shift", "out_lo", "out_hi"), (1, 1)),
+    "extract_token": (_other_attrs({"token": _small(0, MAX_DIM)}), (), (1, 1)),
+}
+
+
+
+
+def _arrays(arrays, where: str) -> list[ArrayRef]:
+    refs = []
+    for key, meta in check_dict(arrays, where).items():
+        field = f"{where}.{key}"
+        check_dict(meta, field)
+        check_shape(meta.get("shape"), f"{field}.shape")
+        encoding = check_str(meta.get("encoding"), f"{field}.encoding", tuple(ENCODINGS))
+        entry = check_str(meta.get("entry"), f"{field}.entry")
+        refs.append(ArrayRef(field, tuple(meta["shape"]), encoding, entry))
+    return refs
+
+
+def _op(rec, where: str, index: int, known: set[str]) -> list[ArrayRef]:
+    check_dict(rec, where)
+    name = check_str(rec.get("name"), f"{where}.name")
+    if not name or name in known:
+        raise _bad(f"{where}.name", "a non-empty name no earlier op has", name)
+    kind = check_str(rec.get("kind"), f"{where}.kind", tuple(KINDS))
+    if (index == 0) != (kind == "input"):
+        raise _bad(f"{where}.kind", "'input' for ops[0] only", kind)
+    inputs = rec.get("inputs")
+    if not isinstance(inputs, list):
+        raise _bad(f"{where}.inputs", "a list of op names", inputs)
+    check_attrs, required, (lo, hi) = KIND_RULES.get(kind, (None, (), (1, 1 << 16)))
+    if not lo <= len(inputs) <= hi:
+        raise _bad(f"{where}.inputs", f"{lo} to {hi} inputs for kind {kind!r}", inputs)
+    for i, t in enumerate(inputs):
+        if not isinstance(t, str) or t not in known:
+            raise _bad(f"{where}.inputs[{i}]", "the name of an earlier op", t)
+    attrs = check_dict(rec.get("attrs"), f"{where}.attrs")
+    _spec_attrs(attrs, f"{where}.attrs")
+    if check_attrs is not None:
+        check_attrs(attrs, f"{where}.attrs")
+    refs = _arrays(rec.get("arrays"), f"{where}.arrays")
+    have = {r.field.rsplit(".", 1)[1]: r for r in refs}
+    for key in required:
+        names = [key.format(i=i) for i in range(len(inputs))] if "{i}" in key else [key]
+        for k in names:
+            if k not in have:
+                raise ValueError(f"{where}.arrays.{k}: missing (kind {kind!r} needs it)")
+    if kind == "neural":
+        rank = 2 if attrs["type"] == "dense" else 4
+        if len(have["kernel"].shape) != rank:
+            raise _bad(f"{where}.arrays.kernel.shape", f"rank {rank}", list(have["kernel"].shape))
+    if kind in ("shiftmax", "attention") and have["exp_table"].size < 2 ** attrs["score_frac"]:
+        raise _bad(f"{where}.arrays.exp_table.shape",
+                   f"at least 2^score_frac = {2 ** attrs['score_frac']} values",
+                   list(have["exp_table"].shape))
+    known.add(name)
+    return refs
+
+
+def _outputs(outputs, where: str, known: set[str]) -> None:
+    if not isinstance(outputs, list) or not outputs:
+        raise _bad(where, "a non-empty list of outputs", outputs)
+    for i, out in enumerate(outputs):
+        w = f"{where}[{i}]"
+        check_dict(out, w)
+        if check_str(out.get("tensor"), f"{w}.tensor") not in known:
+            raise _bad(f"{w}.tensor", "the name of an op", out["tensor"])
+        check_str(out.get("name"), f"{w}.name")
+        check_ints(out.get("frac"), f"{w}.frac", -MAX_SHIFT, MAX_SHIFT, min_len=1)
+        if out.get("offset") is not None:
+            check_ints(out["offset"], f"{w}.offset", min_len=1)
+
+
+def check_header(header, format_name: str, version: int) -> list[ArrayRef]:
+    """Check a decoded header; return the arrays it declares (in op order).
+
+    Raises:
+        ValueError: ``"<field>: expected ..., got ..."`` for the first bad field.
+    """
+    check_dict(header, "header")
+    if header.get("format") != format_name:
+        raise ValueError(f"format is {header.get('format')!r}, expected {format_name!r}")
+    if header.get("version") != version or isinstance(header.get("version"), bool):
+        raise ValueError(f"version {header.get('version')!r} is not supported (this fixedq "
+                         f"reads version {version})")
+    check_str(header.get("name"), "name")
+    check_shape(header.get("input_shape"), "input_shape", free=True)
+    check_str(header.get("input_dtype"), "input_dtype", INPUT_DTYPES)
+    if header.get("target") is not None:
+        check_str(header["target"], "target")
+    if header.get("meta") is not None:
+        check_dict(header["meta"], "meta")
+    ops = header.get("ops")
+    if not isinstance(ops, list) or not ops:
+        raise _bad("ops", "a non-empty list of ops", ops)
+    known: set[str] = set()
+    refs = []
+    for i, rec in enumerate(ops):
+        refs.extend(_op(rec, f"ops[{i}]", i, known))
+    _outputs(header.get("outputs"), "outputs", known)
+    _check_input_shape(header["input_shape"], ops)
+    return refs
+
+
+def _check_input_shape(input_shape: list, ops: list) -> None:
+    """Neural ops reading the model input record its shape (``in_shape``): they must agree."""
+    have = input_shape[1:]
+    for i, rec in enumerate(ops):
+        want = rec["attrs"].get("in_shape")
+        if rec["kind"] != "neural" or rec["inputs"] != [ops[0]["name"]] or want is None:
+            continue
+        if len(want) != len(have) or any(a is not None and b is not None and a != b
+                                         for a, b in zip(want, have, strict=True)):
+            raise ValueError(f"input_shape: {input_shape} does not match "
+                             f"ops[{i}].attrs.in_shape {want} (the op reading the input)")
+
+
+#: Arrays whose values are shift amounts or alignments (checked by :func:`check_values`).
+SHIFT_ARRAYS = ("shift", "in_align", "out_shift", "frac")
+
+
+def check_values(ref: ArrayRef, values: np.ndarray) -> None:
+    """Range of a shift-like array once read (``shift``, ``align<i>``, ``frac``, ...)."""
+    key = ref.field.rsplit(".", 1)[1]
+    if key in SHIFT_ARRAYS or key.startswith(("align", "shift")):
+        if values.size and not -MAX_SHIFT <= int(values.min()) <= int(values.max()) <= MAX_SHIFT:
+            raise ValueError(f"{ref.field}: values must be in [-{MAX_SHIFT}, {MAX_SHIFT}] "
+                             f"(shift amounts), got {int(values.min())}..{int(values.max())}")
