@@ -38,7 +38,6 @@ Example:
 from __future__ import annotations
 
 import math
-import sys
 from dataclasses import asdict, dataclass
 
 import keras
@@ -49,6 +48,7 @@ from fixedq.layers.base import QuantizedLayer
 from fixedq.layers.neural import QuantizedNeuralLayer
 from fixedq.layers.quantizers import Dequantizer, InputQuantizer
 from fixedq.models.samples import iter_batches
+from fixedq.progress import Progress
 
 __all__ = ["InspectReport", "LayerInspection", "TensorError", "inspect", "snr_db"]
 
@@ -367,6 +367,7 @@ def inspect(float_model, qmodel: keras.Model, samples, split: float = 1.0,
     cap = int(num_samples) if num_samples is not None else (total or 2**62)
     total = min(total, cap) if total is not None else None
     seen = 0
+    bar = Progress("inspecting", total=total, unit="samples", enabled=verbose)
     for batch in iter_batches(data, qmodel.inputs[0].shape, cap, batch_size):
         q_out = q_probe.predict_on_batch(batch)
         q_out = q_out if isinstance(q_out, (list, tuple)) else [q_out]
@@ -387,22 +388,10 @@ def inspect(float_model, qmodel: keras.Model, samples, split: float = 1.0,
                 row.saturations += _saturation_hits(yq, spec)
                 row.saturation_values += int(yq.size)
         seen += len(batch)
-        if verbose:
-            _progress(seen, total)
-    if verbose:
-        print(file=sys.stderr, flush=True)
+        bar.update(seen)
+    bar.close()
     if seen == 0:
         raise ValueError("samples are empty: give at least one sample")
     for row, _ in probes_q:
         row.activation = sums[row.name].result()
     return InspectReport(qmodel.name, seen, rows)
-
-
-def _progress(done: int, total: int | None, width: int = 30) -> None:
-    if total:
-        filled = int(width * min(done, total) / total)
-        bar = "#" * filled + "." * (width - filled)
-        print(f"\rinspecting [{bar}] {done}/{total} samples", end="", file=sys.stderr,
-              flush=True)
-    else:
-        print(f"\rinspecting {done} samples", end="", file=sys.stderr, flush=True)

@@ -16,14 +16,13 @@ Example:
 from __future__ import annotations
 
 import os
-import sys
-import time
 from functools import partial
 
 import numpy as np
 
 from fixedq.engine.kernels import NeuralPlan
 from fixedq.engine.ops import KINDS, Op, neural_output, reject_nan, run_op
+from fixedq.progress import Progress
 
 MODES = ("dense", "event")
 OUTPUTS = ("float", "int")
@@ -179,19 +178,15 @@ class Model:
         if n == 0:
             raise ValueError("predict got an empty batch (0 samples)")
         results = None
-        start_time = time.perf_counter()
+        bar = Progress(f"{self.name}: predict", total=n, unit="samples", enabled=verbose)
         for start in range(0, n, batch_size):
             outs = self.run_batch(arr[start:start + batch_size], mode, stats)
             if results is None:
                 results = [np.empty((n, *o.shape[1:]), dtype=np.int64) for o in outs]
             for r, o in zip(results, outs, strict=True):
                 r[start:start + o.shape[0]] = o
-            if verbose:
-                done = min(n, start + batch_size)
-                print(f"\r{self.name}: {done}/{n} samples "
-                      f"({time.perf_counter() - start_time:.1f}s)", end="", file=sys.stderr)
-        if verbose:
-            print(file=sys.stderr)
+            bar.update(min(n, start + batch_size))
+        bar.close()
         return results
 
     # ------------------------------------------------------------------ reporting

@@ -22,7 +22,6 @@ Example:
 
 from __future__ import annotations
 
-import sys
 from dataclasses import asdict, dataclass
 
 import keras
@@ -30,6 +29,7 @@ import numpy as np
 from keras import ops
 
 from fixedq.layers.neural import QuantizedNeuralLayer
+from fixedq.progress import Progress
 
 
 @dataclass(frozen=True)
@@ -146,6 +146,8 @@ def correct_biases(float_model: keras.Model, qmodel: keras.Model, frames: np.nda
     originals = {ly.name: ly.bias.numpy() for ly in layers}
     feeds = [keras.Model(qmodel.inputs, layer.input) for layer in layers]
     frames_t = ops.convert_to_tensor(frames)
+    bar = Progress("bias correction", total=options.iterations * len(layers), unit="layers",
+                   enabled=verbose)
     for it in range(options.iterations):
         for i, (layer, feed) in enumerate(zip(layers, feeds, strict=True)):
             x_in = feed(frames_t, training=False)
@@ -155,12 +157,8 @@ def correct_biases(float_model: keras.Model, qmodel: keras.Model, frames: np.nda
             delta = targets[i] - _channel_mean(ops.convert_to_numpy(z))
             layer.bias.assign(layer.bias.numpy() + delta.astype(np.float32))
             deltas[layer.name] += delta
-            if verbose:
-                sys.stderr.write(f"\rbias correction: pass {it + 1}/{options.iterations}, "
-                                 f"layer {i + 1}/{len(layers)}")
-                sys.stderr.flush()
-    if verbose:
-        sys.stderr.write("\n")
+            bar.update(it * len(layers) + i + 1, f"pass {it + 1}/{options.iterations}")
+    bar.close()
     for layer in layers:  # one float32 add of the total: exactly what apply_recorded does
         total = deltas[layer.name].astype(np.float32)
         layer.bias.assign(originals[layer.name] + total)

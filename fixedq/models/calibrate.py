@@ -11,13 +11,13 @@ Example:
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 
 import keras
 import numpy as np
 
 from fixedq.models.samples import DEFAULT_NUM_SAMPLES, iter_batches
+from fixedq.progress import Progress
 
 
 @dataclass
@@ -88,19 +88,18 @@ class RangeStats:
 
     @classmethod
     def from_config(cls, cfg: dict) -> RangeStats:
-        lo = np.asarray(cfg["min"], dtype=np.float64)
-        hi = np.asarray(cfg["max"], dtype=np.float64)
+        if not isinstance(cfg, dict) or not {"min", "max"} <= set(cfg):
+            raise ValueError("calibration stats must be an object {\"min\": [...], \"max\": "
+                             f"[...]}} (as 'fixedq config' writes them), got {cfg!r:.120}")
+        try:
+            lo = np.asarray(cfg["min"], dtype=np.float64)
+            hi = np.asarray(cfg["max"], dtype=np.float64)
+        except (TypeError, ValueError):
+            lo = hi = np.zeros((0, 0))  # rejected just below, with the values shown
         if lo.shape != hi.shape or lo.ndim != 1 or not np.all(np.isfinite(lo + hi)):
             raise ValueError(f"calibration stats need equal-length finite 'min'/'max' lists, "
                              f"got {cfg!r:.120}")
         return cls(lo, hi)
-
-
-def _progress(done: int, total: int, width: int = 30) -> None:
-    filled = int(width * min(done, total) / max(total, 1))
-    sys.stderr.write(f"\rcalibrating [{'#' * filled}{'.' * (width - filled)}] "
-                     f"{min(done, total)}/{total} samples")
-    sys.stderr.flush()
 
 
 def calibrate(model: keras.Model, samples, layer_names=None, num_samples: int = DEFAULT_NUM_SAMPLES,
@@ -135,8 +134,11 @@ def calibrate(model: keras.Model, samples, layer_names=None, num_samples: int = 
     probe = keras.Model(model.inputs, [model.get_layer(n).output for n in names]) if names \
         else None
     stats: dict[str, RangeStats] = {}
-    total = num_samples * epochs * (2 if histograms else 1)
+    per_pass = min(num_samples, len(samples)) if isinstance(samples, np.ndarray) \
+        else num_samples
+    total = per_pass * epochs * (2 if histograms else 1)
     done = 0
+    bar = Progress("calibrating", total=total, unit="samples", enabled=verbose)
     passes = ("ranges", "histograms") if histograms else ("ranges",)
     for which in passes:
         if which == "histograms" and not (isinstance(samples, np.ndarray)
@@ -159,8 +161,6 @@ def calibrate(model: keras.Model, samples, layer_names=None, num_samples: int = 
                 else:
                     stats[name].update(out)
             done += len(batch)
-            if verbose:
-                _progress(done, total)
-    if verbose:
-        sys.stderr.write("\n")
+            bar.update(done)
+    bar.close()
     return stats

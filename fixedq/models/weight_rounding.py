@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import base64
 import math
-import sys
 import warnings
 from dataclasses import asdict, dataclass
 
@@ -58,6 +57,7 @@ from fixedq.layers.neural import (
     QuantizedNeuralLayer,
 )
 from fixedq.layers.params import dataclass_from_dict
+from fixedq.progress import Progress
 
 METHODS = ("gptq", "local")
 _SUPPORTED = (QuantizedConv2D, QuantizedDepthwiseConv2D, QuantizedDense)
@@ -556,6 +556,8 @@ def optimize_rounding(qmodel: keras.Model, frames: np.ndarray, options: WeightRo
     float_names = {ly.name for ly in float_model.layers} if float_model is not None else set()
     report: dict[str, dict] = {}
     frames_t = ops.convert_to_tensor(frames)
+    bar = Progress("weight rounding", total=len(layers), unit="layers",
+                   enabled=verbose and bool(layers))
     for i, layer in enumerate(layers):
         feed = keras.Model(qmodel.inputs[0], layer.input)
         x = np.asarray(ops.convert_to_numpy(feed(frames_t, training=False)), np.float64)
@@ -576,9 +578,6 @@ def optimize_rounding(qmodel: keras.Model, frames: np.ndarray, options: WeightRo
                                             "keep_latent": options.keep_latent,
                                             "weight_bits": layer.weight_bits,
                                             "kernel": encode(w_q)}
-        if verbose:
-            sys.stderr.write(f"\rweight rounding: layer {i + 1}/{len(layers)}")
-            sys.stderr.flush()
-    if verbose and layers:
-        sys.stderr.write("\n")
+        bar.update(i + 1)
+    bar.close()
     return report

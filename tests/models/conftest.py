@@ -1,15 +1,20 @@
 """Fixtures: a small CNN trained on scikit-learn's 8x8 digits (real data shipped in a package)."""
 
 import keras
+import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
 
 @pytest.fixture(scope="session")
 def digits():
+    """(xtr, ytr, xte, yte), read-only: a test that changed them would change later tests."""
     d = load_digits()
     x = (d.images / 16.0).astype("float32")[..., None]
-    return x[:1400], d.target[:1400], x[1400:], d.target[1400:]
+    parts = x[:1400], d.target[:1400], x[1400:], d.target[1400:]
+    for part in parts:
+        part.flags.writeable = False
+    return parts
 
 
 def small_cnn(name="cnn"):
@@ -40,3 +45,17 @@ def trained_cnn(digits):
                   metrics=["accuracy"])
     model.fit(xtr, ytr, epochs=15, batch_size=32, verbose=0)
     return model
+
+
+@pytest.fixture(autouse=True)
+def _trained_cnn_unchanged(request):
+    """No test (and no fixedq function) may modify the shared trained model's weights."""
+    if "trained_cnn" not in request.fixturenames:
+        yield
+        return
+    model = request.getfixturevalue("trained_cnn")
+    before = [w.copy() for w in model.get_weights()]
+    yield
+    after = model.get_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(before, after, strict=True)), \
+        "the test modified the session's trained_cnn"
