@@ -94,8 +94,8 @@ def test_latent_weights_stay_close_to_the_float_ones(trained_cnn, digits):
         # frames' float results, so no distance bound is asserted
         qmax = 2 ** (layer.weight_bits - 1) - 1
         assert moved.any() and np.all(np.abs(q1) <= qmax)
-        top0 = np.abs(q0) == np.max(np.abs(q0), axis=(0, 1, 2), keepdims=True)
-        assert np.array_equal(q1[top0], q0[top0])
+        top0 = np.abs(w0) == np.max(np.abs(w0), axis=(0, 1, 2), keepdims=True)
+        assert np.array_equal(q1[top0], q0[top0]) and np.all(np.abs(q0[top0]) == qmax)
         if keep:  # same integer: same float; moved: just inside its new rounding interval
             assert np.array_equal(w[~moved], w0[~moved])
             dist = np.abs(w / scale - q1)[moved]
