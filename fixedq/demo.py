@@ -19,7 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-CACHE_NAME = "fixedq_demo_cnn.keras"
+CACHE_NAME = "fixedq_demo_cnn_v2.keras"  # v2: the >= 97 % architecture and schedule
+DEFAULT_EPOCHS = 10
+BATCH_SIZE = 32
+PEAK_LR = 3e-3  # Adam, cosine-decayed to 0 over the run
 
 
 def load_digits_mnist(seed: int = 0):
@@ -40,7 +43,12 @@ def load_digits_mnist(seed: int = 0):
 
 
 def build_cnn():
-    """Rescaling -> Conv/BN/ReLU -> MaxPool -> SeparableConv/BN/ReLU -> MaxPool -> Conv -> GAP."""
+    """Rescaling -> Conv/BN/ReLU -> MaxPool -> SeparableConv/BN/ReLU -> MaxPool ->
+    Conv/BN/ReLU -> MaxPool -> Flatten -> Dropout -> Dense (about 12k weights).
+
+    The architecture was chosen for the demo's promise (>= 97 % on the 1,000 test digits after
+    about 20 s of training on 2 cores); bench/studies/demo_model_study.py has the figures.
+    """
     import keras
 
     L = keras.layers
@@ -54,8 +62,12 @@ def build_cnn():
     h = L.BatchNormalization(momentum=0.9, name="bn2")(h)
     h = L.ReLU(name="relu2")(h)
     h = L.MaxPooling2D(name="pool2")(h)
-    h = L.Conv2D(48, 3, padding="same", activation="relu", name="conv3")(h)
-    h = L.GlobalAveragePooling2D(name="gap")(h)
+    h = L.Conv2D(64, 3, padding="same", use_bias=False, name="conv3")(h)
+    h = L.BatchNormalization(momentum=0.9, name="bn3")(h)
+    h = L.ReLU(name="relu3")(h)
+    h = L.MaxPooling2D(name="pool3")(h)
+    h = L.Flatten(name="flatten")(h)
+    h = L.Dropout(0.3, name="dropout")(h)
     return keras.Model(x, L.Dense(10, name="logits")(h), name="demo_cnn")
 
 
@@ -71,14 +83,16 @@ def _train_or_load(xtr, ytr, epochs: int, cache: Path | None, log):
         return keras.saving.load_model(cache)
     keras.utils.set_random_seed(0)
     model = build_cnn()
-    model.compile(optimizer=keras.optimizers.Adam(3e-3),
+    steps = epochs * -(-len(xtr) // BATCH_SIZE)
+    model.compile(optimizer=keras.optimizers.Adam(
+                      keras.optimizers.schedules.CosineDecay(PEAK_LR, steps)),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"])
     log(f"training the float CNN on 4,000 MNIST images for {epochs} epochs")
     progress = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: log(
         f"  epoch {epoch + 1}/{epochs}: loss {logs['loss']:.3f}, "
         f"accuracy {100 * logs['accuracy']:.1f}%"))
-    model.fit(xtr, ytr, epochs=epochs, batch_size=64, verbose=0, callbacks=[progress])
+    model.fit(xtr, ytr, epochs=epochs, batch_size=BATCH_SIZE, verbose=0, callbacks=[progress])
     if cache is not None:
         from fixedq.models.loading import save_model
 
@@ -87,8 +101,8 @@ def _train_or_load(xtr, ytr, epochs: int, cache: Path | None, log):
     return model
 
 
-def run_demo(epochs: int = 4, out_dir: str | os.PathLike | None = None, use_cache: bool = True,
-             log=None) -> list[dict]:
+def run_demo(epochs: int = DEFAULT_EPOCHS, out_dir: str | os.PathLike | None = None,
+             use_cache: bool = True, log=None) -> list[dict]:
     """Run the demo; returns one row per model (name, accuracies, bit_exact, file sizes).
 
     Args:

