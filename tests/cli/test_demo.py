@@ -9,6 +9,10 @@ def test_demo_runs_and_is_bit_exact(tmp_path):
         [sys.executable, "-m", "fixedq_cli.main", "demo", "--epochs", "1", "--no_cache",
          "-o", str(tmp_path)], capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
+    # a newcomer's first run: progress lines only, no TensorFlow/absl start-up noise
+    noise = [line for line in result.stderr.splitlines()
+             if any(word in line for word in ("absl", "oneDNN", "cuda", "I0000", "W0000"))]
+    assert not noise and "\r" not in result.stderr, noise
     lines = result.stdout.splitlines()
     assert lines[0].split() == ["model", "keras", "acc", "engine", "acc", "bit-exact", "file"]
     rows = {line[:18].strip(): line[18:].split() for line in lines[1:4]}
