@@ -142,8 +142,14 @@ def _methods(calibration, graph: Graph) -> dict:
 
 
 def _stats_from_config(layers: dict) -> dict[str, RangeStats]:
-    return {name: RangeStats.from_config(cfg["calibration"])
-            for name, cfg in layers.items() if "calibration" in cfg}
+    stats = {}
+    for name, cfg in layers.items():
+        if isinstance(cfg, dict) and "calibration" in cfg:
+            try:
+                stats[name] = RangeStats.from_config(cfg["calibration"])
+            except ValueError as err:
+                raise ValueError(f"q_config layer {name!r}, key 'calibration': {err}") from None
+    return stats
 
 
 #: Kinds whose integer parameters depend on the spatial size (GAP's 1/(H*W) multiplier).

@@ -348,3 +348,21 @@ def test_signal_during_write(tmp_path, signum, code, word, ignored):
     _assert_one_line(proc.returncode, out, err, f"fixedq config: {word}", status=code)
     assert _leftovers(tmp_path, {"out.bin"}) == []
     assert (target.read_bytes() if target.exists() else None) == before
+
+
+@pytest.mark.parametrize("entry", [None, [], {"min": [0.0]}, {"min": "a", "max": [1.0]},
+                                   {"min": [0.0], "max": [float("nan")]}])
+def test_api_bad_calibration_entry_names_the_layer(entry):
+    import keras
+
+    import fixedq
+
+    inp = keras.Input((8, 8, 1))
+    h = keras.layers.Conv2D(4, 3, name="conv")(inp)
+    model = keras.Model(inp, keras.layers.Dense(3, name="fc")(keras.layers.Flatten()(h)))
+    x = np.random.default_rng(0).uniform(0, 1, (16, 8, 8, 1)).astype("float32")
+    cfg = json.loads(json.dumps(fixedq.dump_config(fixedq.quantize(model, samples=x,
+                                                                   verbose=False))))
+    cfg["layers"]["conv"]["calibration"] = entry
+    with pytest.raises(ValueError, match=r"layer 'conv', key 'calibration': calibration stats"):
+        fixedq.quantize(model, q_config=cfg, verbose=False)
