@@ -23,6 +23,7 @@ _LAZY = {
     "load_model": "fixedq.models.loading",
     "save_model": "fixedq.models.loading",
     "sanitize": "fixedq.transforms",
+    "qat": "fixedq.models.qat",
 }
 
 __all__ = ["__version__"] + sorted(_LAZY)

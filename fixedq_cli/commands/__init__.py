@@ -13,4 +13,5 @@ COMMANDS = [
     "run",
     "inspect",
     "mixed_precision",
+    "qat",
 ]

@@ -1,0 +1,424 @@
+"""Quantization-aware training that cannot make a model worse: :func:`qat`.
+
+``qat(qmodel, train)`` fine-tunes a copy of a quantized model (the output of
+:func:`fixedq.quantize`) with Keras ``fit`` and returns the best weights by a validation metric,
+never a model worse than the starting point on that metric:
+
+1. **validation**: ``validation`` if given, else a seeded split of ``train``
+   (``validation_split``, 15 % by default); the starting model is evaluated on it first;
+2. **peak learning rate from the data** (unless ``lr`` is given): a learning-rate range test,
+   :func:`lr_range_test`: ``range_steps`` Adam steps on training batches with the learning rate
+   growing geometrically from 1e-6 to 1e-1, on the copy's weights (restored afterwards). The
+   loss of each step is smoothed (exponential moving average, bias-corrected); the test stops when
+   the smoothed loss passes 4x its minimum. **Rule**: peak = (learning rate at the minimum
+   smoothed loss) / ``safety`` (10), clipped to ``[min_lr, max_lr]`` = [1e-5, 2e-3];
+3. **training**: Adam, the peak learning rate cosine-decayed to 0 over ``epochs`` epochs of
+   ``batch_size``; the loss is sparse categorical cross-entropy, from logits unless the model's
+   output is a softmax (its last layer, or rows of probabilities), or ``loss`` if given;
+4. **keep the best**: after each epoch the validation accuracy (ties: lower validation loss) is
+   compared with the best so far, the start included; the best weights are restored at the end.
+   If no epoch beat the start, the returned model has the start's weights, unchanged, and
+   ``history.kept_epoch == 0``.
+
+The returned model stays bit-exact with the integer engine: the trainable variables are the float
+weights, which the layers re-quantize on every call. The model passed in is never modified.
+
+Example:
+    >>> qmodel = fixedq.quantize(model, qparams, samples=x)  # doctest: +SKIP
+    >>> best, history = fixedq.qat(qmodel, (x_train, y_train), epochs=3)  # doctest: +SKIP
+    >>> history.kept_epoch, history.peak_lr  # doctest: +SKIP
+    (3, 0.00031)
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from dataclasses import asdict, dataclass
+
+import keras
+import numpy as np
+
+from fixedq.analysis.lint import is_quantized
+from fixedq.io.arrays import check_input_shape, check_samples, class_ids, read_labelled_samples
+from fixedq.progress import Progress
+
+__all__ = ["LRRangeTest", "QATHistory", "lr_range_test", "qat"]
+
+RANGE_START, RANGE_END, RANGE_STEPS = 1e-6, 1e-1, 48
+SAFETY, MIN_LR, MAX_LR = 10.0, 1e-5, 2e-3
+_SMOOTH, _DIVERGED = 0.9, 4.0
+
+
+@dataclass(frozen=True)
+class LRRangeTest:
+    """What :func:`lr_range_test` measured: one entry per step, and the learning rate chosen.
+
+    Example:
+        >>> t = LRRangeTest((1e-4, 1e-3), (0.5, 0.4), (0.5, 0.45), 1e-3, 1e-4)
+        >>> t.suggested
+        0.0001
+    """
+
+    lrs: tuple[float, ...]
+    losses: tuple[float, ...]
+    smoothed: tuple[float, ...]
+    lr_at_min: float
+    suggested: float
+
+
+@dataclass(frozen=True)
+class QATHistory:
+    """Per-epoch record of :func:`qat` (epoch ``i`` is index ``i - 1`` of every tuple).
+
+    ``val_metric`` is the validation accuracy in [0, 1] (``metric == "accuracy"``) or the
+    validation loss (``metric == "loss"``); ``lr`` is the learning rate at the start of each
+    epoch; ``kept_epoch`` is the epoch whose weights were returned, 0 for the starting weights.
+
+    Example:
+        >>> h = QATHistory("accuracy", 0.9, 0.3, (0.2,), (0.92,), (0.25,), (1e-4,), 1, 1e-4,
+        ...                "range test")
+        >>> h.improved, h.best_metric
+        (True, 0.92)
+    """
+
+    metric: str
+    start_metric: float
+    start_loss: float
+    train_loss: tuple[float, ...]
+    val_metric: tuple[float, ...]
+    val_loss: tuple[float, ...]
+    lr: tuple[float, ...]
+    kept_epoch: int
+    peak_lr: float
+    lr_source: str
+    range_test: LRRangeTest | None = None
+
+    @property
+    def improved(self) -> bool:
+        """Whether an epoch beat the starting model (else the start was returned)."""
+        return self.kept_epoch > 0
+
+    @property
+    def best_metric(self) -> float:
+        """The validation metric of the returned model."""
+        return self.val_metric[self.kept_epoch - 1] if self.kept_epoch else self.start_metric
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict (tuples become lists)."""
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def _dataset_arrays(data, name: str):
+    """Concatenate a ``tf.data.Dataset`` of ``(x, y)`` elements (batched or not) into arrays."""
+    xs, ys = [], []
+    for element in data.as_numpy_iterator():
+        if not (isinstance(element, tuple) and len(element) == 2):
+            raise ValueError(f"{name}: a tf.data.Dataset of (x, y) pairs is expected, got "
+                             f"elements of type {type(element).__name__}")
+        xs.append(np.asarray(element[0]))
+        ys.append(np.asarray(element[1]))
+    if not xs:
+        raise ValueError(f"{name}: the dataset is empty")
+    batched = data.element_spec[0].shape.rank is not None and xs[0].ndim == len(
+        data.element_spec[0].shape) and data.element_spec[0].shape[0] is None
+    join = np.concatenate if batched else np.stack
+    return join(xs), join(ys)
+
+
+def _arrays(data, name: str):
+    """``(x, y)`` from a tuple, a ``.npz`` path or a ``tf.data.Dataset``."""
+    if isinstance(data, (str, os.PathLike)):
+        x, y = read_labelled_samples(data, what=name)
+        if y is None:
+            raise ValueError(f"{name} {str(data)!r} has no labels: store them as array 'y' "
+                             "next to the samples 'x'")
+        return x, y
+    if type(data).__name__.endswith("Dataset") and hasattr(data, "as_numpy_iterator"):
+        return _dataset_arrays(data, name)
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        return np.asarray(data[0]), np.asarray(data[1])
+    raise TypeError(f"{name} must be an (x, y) tuple, a .npz path or a tf.data.Dataset, got "
+                    f"{type(data).__name__}")
+
+
+def _classes(model: keras.Model) -> int:
+    shape = tuple(model.outputs[0].shape)
+    if len(model.outputs) != 1 or len(shape) != 2 or not shape[1] or shape[1] < 2:
+        raise ValueError(f"qat infers a classification loss for outputs (N, C), C >= 2; model "
+                         f"{model.name!r} has outputs {[tuple(o.shape) for o in model.outputs]}"
+                         ": pass loss=... and labels that match them")
+    return int(shape[1])
+
+
+def _checked(model: keras.Model, data, name: str, classes: int | None):
+    """Checked float32 samples and labels (int64 class ids when ``classes`` is known)."""
+    x, y = _arrays(data, name)
+    x = check_samples(x, f"{name} samples")
+    if len(model.inputs) == 1:
+        check_input_shape(x, model.inputs[0].shape, f"{name} samples")
+    if classes is None:
+        if len(y) != len(x):
+            raise ValueError(f"{name}: {len(y)} labels for {len(x)} samples")
+        return x.astype("float32"), y
+    if y.ndim == 2 and y.shape[1] > 1 and y.shape[1] != classes:
+        raise ValueError(f"{name} labels are one-hot rows of {y.shape[1]} classes but the model "
+                         f"has {classes} outputs")
+    ids = class_ids(y, len(x), f"{name} labels")
+    if ids.max() >= classes:
+        raise ValueError(f"{name} labels contain class id {int(ids.max())} but the model has "
+                         f"{classes} outputs (ids 0..{classes - 1})")
+    return x.astype("float32"), ids
+
+
+def _is_probability_output(model: keras.Model, outputs: np.ndarray) -> bool:
+    """A softmax last layer, or outputs that are rows of probabilities."""
+    last = model.layers[-1]
+    kind = type(last).__name__.lower()
+    activation = getattr(last, "activation", None)
+    name = getattr(activation, "__name__", str(activation)).lower()
+    if "softmax" in kind or "shiftmax" in kind or name == "softmax":
+        return True
+    return bool(np.all(outputs >= 0) and np.allclose(outputs.sum(axis=-1), 1.0, atol=2e-2))
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def _evaluate(model, x, y, loss_fn, batch_size: int) -> tuple[float, float, int]:
+    """(loss, accuracy, correct count) on ``(x, y)``; accuracy is nan for non-class labels."""
+    out = model.predict(x, batch_size=max(batch_size, 256), verbose=0)
+    loss = float(keras.ops.convert_to_numpy(loss_fn(y, out)))
+    if y.ndim == 1 and y.dtype.kind in "iu":
+        correct = int(np.sum(np.argmax(out, axis=-1) == y))
+        return loss, correct / len(y), correct
+    return loss, math.nan, 0
+
+
+def _score(metric: str, loss: float, correct: int) -> tuple:
+    """Larger is better: accuracy first, then lower loss; or lower loss alone."""
+    loss = loss if math.isfinite(loss) else math.inf
+    return (correct, -loss) if metric == "accuracy" else (-loss,)
+
+
+# --------------------------------------------------------------------------- range test
+
+
+def lr_range_test(model: keras.Model, x: np.ndarray, y, loss, *, batch_size: int = 32,
+                  steps: int = RANGE_STEPS, start_lr: float = RANGE_START,
+                  end_lr: float = RANGE_END, safety: float = SAFETY, min_lr: float = MIN_LR,
+                  max_lr: float = MAX_LR, seed: int = 0, progress=None) -> LRRangeTest:
+    """Learning-rate range test on ``model``; its weights are restored afterwards.
+
+    Runs up to ``steps`` Adam steps on shuffled training batches, the learning rate growing
+    geometrically from ``start_lr`` to ``end_lr``; smooths the per-step losses (EMA 0.9,
+    bias-corrected) and stops when the smoothed loss passes 4x its minimum or is not finite.
+    Suggests ``clip(lr at the minimum smoothed loss / safety, min_lr, max_lr)``.
+
+    Example:
+        >>> t = lr_range_test(qmodel, x, y, "sparse_categorical_crossentropy")  # doctest: +SKIP
+        >>> 1e-5 <= t.suggested <= 2e-3  # doctest: +SKIP
+        True
+    """
+    saved = [w.copy() for w in model.get_weights()]
+    rng = np.random.default_rng(seed)
+    lrs = np.geomspace(start_lr, end_lr, steps)
+    optimizer = keras.optimizers.Adam(float(lrs[0]))
+    model.compile(optimizer=optimizer, loss=loss)
+    order = np.concatenate([rng.permutation(len(x)) for _ in range(
+        -(-steps * batch_size // len(x)))])
+    losses, smoothed, avg = [], [], 0.0
+    try:
+        for i, lr in enumerate(lrs):
+            optimizer.learning_rate.assign(float(lr))
+            idx = order[i * batch_size:(i + 1) * batch_size]
+            value = float(np.asarray(model.train_on_batch(x[idx], y[idx])).ravel()[0])
+            if progress is not None:
+                progress.update(i + 1)
+            if not math.isfinite(value):
+                break
+            avg = _SMOOTH * avg + (1 - _SMOOTH) * value
+            losses.append(value)
+            smoothed.append(avg / (1 - _SMOOTH ** (i + 1)))
+            if i > 3 and smoothed[-1] > _DIVERGED * min(smoothed):
+                break
+    finally:
+        model.set_weights(saved)
+    if not smoothed:
+        lr_min = float(lrs[0])
+    else:
+        lr_min = float(lrs[int(np.argmin(smoothed))])
+    suggested = float(min(max(lr_min / safety, min_lr), max_lr))
+    n = len(losses)
+    return LRRangeTest(tuple(float(v) for v in lrs[:n]), tuple(losses), tuple(smoothed),
+                       lr_min, suggested)
+
+
+# --------------------------------------------------------------------------- qat
+
+
+def _copy(qmodel: keras.Model) -> keras.Model:
+    model = keras.models.clone_model(qmodel)
+    model.set_weights(qmodel.get_weights())
+    return model
+
+
+def _split(x, y, fraction: float, seed: int):
+    if not 0 < fraction < 1:
+        raise ValueError(f"validation_split must be in (0, 1), got {fraction!r}")
+    n_val = int(round(len(x) * fraction))
+    if n_val < 1 or n_val >= len(x):
+        raise ValueError(f"validation_split {fraction} of {len(x)} training samples leaves an "
+                         f"empty {'validation' if n_val < 1 else 'training'} split; give more "
+                         "samples or validation=(x, y)")
+    order = np.random.default_rng(seed).permutation(len(x))
+    val, fit = order[:n_val], order[n_val:]
+    return (x[fit], y[fit]), (x[val], y[val])
+
+
+def _check_options(epochs, batch_size, lr) -> None:
+    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float))
+                           or not math.isfinite(lr) or lr <= 0):
+        raise ValueError(f"lr must be a positive finite number or None (range test), got {lr!r}")
+
+
+class _Steps(keras.callbacks.Callback):
+    def __init__(self, bar: Progress):
+        super().__init__()
+        self.bar = bar
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.bar.update(batch + 1)
+
+
+def qat(qmodel: keras.Model, train, validation=None, epochs: int = 3, *, lr: float | None = None,
+        batch_size: int = 32, loss=None, validation_split: float = 0.15, seed: int = 0,
+        safety: float = SAFETY, min_lr: float = MIN_LR, max_lr: float = MAX_LR,
+        verbose: bool = True, stream=None) -> tuple[keras.Model, QATHistory]:
+    """Fine-tune a copy of a quantized model; return the best one by validation and its history.
+
+    Args:
+        qmodel: a model returned by :func:`fixedq.quantize` (not modified).
+        train: ``(x, y)`` arrays, a ``.npz`` path holding ``x`` and ``y``, or a
+            ``tf.data.Dataset`` of ``(x, y)``; labels are class ids or one-hot rows.
+        validation: the same kinds; ``None`` splits ``validation_split`` of ``train`` (seeded).
+        epochs: training epochs (the cosine decay reaches 0 at the end of the last one).
+        lr: peak learning rate; ``None`` runs :func:`lr_range_test` on the training data.
+        batch_size: training batch size.
+        loss: a Keras loss; ``None`` infers sparse categorical cross-entropy (from logits unless
+            the output is a softmax). With a given loss and non-class labels the metric is the
+            validation loss.
+        validation_split: fraction of ``train`` held out when ``validation`` is ``None``.
+        seed: seeds the split, the range test's batches and the shuffling of every epoch.
+        safety, min_lr, max_lr: the range-test rule (peak = lr at min loss / safety, clipped).
+        verbose: one line per stage and epoch on ``stream`` (default ``sys.stderr``).
+
+    Returns:
+        ``(model, history)``: a new model holding the best weights (the starting weights if no
+        epoch beat them) and a :class:`QATHistory`.
+
+    Raises:
+        ValueError: a float model, labels that do not match the outputs (count, class ids,
+            one-hot width), samples of the wrong shape, an empty split, bad options.
+        TypeError: ``qmodel`` is not a Keras model, or ``train`` of an unsupported kind.
+
+    Example:
+        >>> best, history = qat(qmodel, (x, y), epochs=2, verbose=False)  # doctest: +SKIP
+        >>> history.best_metric >= history.start_metric  # doctest: +SKIP
+        True
+    """
+    if not isinstance(qmodel, keras.Model):
+        raise TypeError(f"qat expects a quantized keras.Model, got {type(qmodel).__name__}")
+    if not is_quantized(qmodel):
+        raise ValueError(f"model {qmodel.name!r} is not quantized (no fixedq quantized layers): "
+                         "quantize it first with fixedq.quantize(model, qparams, samples)")
+    _check_options(epochs, batch_size, lr)
+    stream = sys.stderr if stream is None else stream
+    classes = _classes(qmodel) if loss is None else None
+    x, y = _checked(qmodel, train, "train", classes)
+    if validation is None:
+        (x, y), (xv, yv) = _split(x, y, validation_split, seed)
+    else:
+        xv, yv = _checked(qmodel, validation, "validation", classes)
+    class_labels = y.ndim == 1 and y.dtype.kind in "iu"
+    metric = "accuracy" if classes is not None or class_labels else "loss"
+    model = _copy(qmodel)
+    if loss is None:
+        probs = _is_probability_output(model, model.predict(xv[:256], verbose=0))
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=not probs)
+    loss_fn = keras.losses.get(loss) if isinstance(loss, str) else loss
+
+    def say(text):
+        if verbose:
+            print(text, file=stream, flush=True)
+
+    start_loss, start_acc, start_correct = _evaluate(model, xv, yv, loss_fn, batch_size)
+    start_metric = start_acc if metric == "accuracy" else start_loss
+    say(f"qat: start: validation {_fmt(metric, start_metric)}, loss {start_loss:.4f} "
+        f"({len(xv)} samples; {len(x)} training)")
+    best_score = _score(metric, start_loss, start_correct)
+    best_weights, kept = [w.copy() for w in model.get_weights()], 0
+
+    range_test = None
+    if lr is None:
+        with Progress("qat: lr range test", total=RANGE_STEPS, unit="steps", stream=stream,
+                      enabled=verbose) as bar:
+            range_test = lr_range_test(model, x, y, loss, batch_size=batch_size, seed=seed,
+                                       safety=safety, min_lr=min_lr, max_lr=max_lr,
+                                       progress=bar)
+            bar.update(len(range_test.lrs), f"min loss at lr {range_test.lr_at_min:.2g} -> "
+                       f"peak lr {range_test.suggested:.2g}")
+        peak, source = range_test.suggested, "range test"
+    else:
+        peak, source = float(lr), "given"
+
+    steps_per_epoch = -(-len(x) // batch_size)
+    schedule = keras.optimizers.schedules.CosineDecay(peak, epochs * steps_per_epoch)
+    model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss)
+    rng = np.random.default_rng(seed + 1)
+    train_loss, val_metric, val_loss, lrs = [], [], [], []
+    for epoch in range(1, epochs + 1):
+        lr_now = float(keras.ops.convert_to_numpy(schedule((epoch - 1) * steps_per_epoch)))
+        order = rng.permutation(len(x))
+        with Progress(f"qat: epoch {epoch}/{epochs}", total=steps_per_epoch, unit="steps",
+                      stream=stream, enabled=verbose) as bar:
+            fit = model.fit(x[order], y[order], batch_size=batch_size, epochs=1, shuffle=False,
+                            verbose=0, callbacks=[_Steps(bar)] if verbose else None)
+            tl = float(fit.history["loss"][-1])
+            vl, acc, correct = _evaluate(model, xv, yv, loss_fn, batch_size)
+            value = acc if metric == "accuracy" else vl
+            score = _score(metric, vl, correct)
+            better = math.isfinite(tl) and score > best_score
+            if better:
+                best_score, kept = score, epoch
+                best_weights = [w.copy() for w in model.get_weights()]
+            bar.update(steps_per_epoch, f"lr {lr_now:.2g}, train loss {tl:.4f}, validation "
+                       f"{_fmt(metric, value)}, loss {vl:.4f}{', best' if better else ''}")
+        train_loss.append(tl)
+        val_metric.append(value)
+        val_loss.append(vl)
+        lrs.append(lr_now)
+        if not math.isfinite(tl):
+            say(f"qat: training diverged at epoch {epoch} (loss {tl}); stopping")
+            break
+    model.set_weights(best_weights)
+    if kept:
+        say(f"qat: kept epoch {kept}: validation {_fmt(metric, val_metric[kept - 1])} "
+            f"(start {_fmt(metric, start_metric)})")
+    else:
+        say(f"qat: no epoch beat the start (validation {_fmt(metric, start_metric)}); "
+            "returning the starting weights unchanged")
+    history = QATHistory(metric, start_metric, start_loss, tuple(train_loss), tuple(val_metric),
+                         tuple(val_loss), tuple(lrs), kept, peak, source, range_test)
+    return model, history
+
+
+def _fmt(metric: str, value: float) -> str:
+    return f"accuracy {100 * value:.2f} %" if metric == "accuracy" else f"loss {value:.4f}"

@@ -1,0 +1,137 @@
+"""fixedq.qat: never worse than the start, LR from a range test, bit-exact, history, bad input.
+
+Real data: scikit-learn's 8x8 digits; a tiny CNN quantized to 4 bits (8-bit first layer).
+"""
+
+import io
+
+import keras
+import numpy as np
+import pytest
+
+import fixedq
+from fixedq.engine import convert
+from fixedq.models.qat import LRRangeTest, lr_range_test
+
+
+@pytest.fixture(scope="module")
+def setup(digits):
+    xtr, ytr, xte, yte = digits
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 1), name="img")
+    h = keras.layers.Conv2D(12, 3, padding="same", name="conv1")(inp)
+    h = keras.layers.BatchNormalization(name="bn1")(h)
+    h = keras.layers.ReLU(name="relu1")(h)
+    h = keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="conv2")(h)
+    h = keras.layers.GlobalAveragePooling2D(name="gap")(h)
+    model = keras.Model(inp, keras.layers.Dense(10, name="logits")(h), name="tiny")
+    model.compile(keras.optimizers.Adam(3e-3),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(np.array(xtr), np.array(ytr), epochs=8, batch_size=32, verbose=0)
+    qp = fixedq.QuantizationParams(input_weight_bits=8, weight_bits=4, activation_bits=4)
+    qmodel = fixedq.quantize(model, qp, samples=np.array(xtr[:256]), verbose=False)
+    return model, qmodel, (np.array(xtr), np.array(ytr)), (np.array(xte), np.array(yte))
+
+
+def _same_weights(a, b) -> bool:
+    return all(np.array_equal(u, v) for u, v in zip(a.get_weights(), b.get_weights(),
+                                                     strict=True))
+
+
+def _accuracy(model, x, y) -> float:
+    return float(np.mean(np.argmax(model.predict(x, verbose=0), axis=-1) == y))
+
+
+def test_never_worse_with_a_huge_learning_rate(setup):
+    _, qmodel, train, val = setup
+    log = io.StringIO()
+    best, history = fixedq.qat(qmodel, train, val, epochs=2, lr=1.0, stream=log)
+    assert history.kept_epoch == 0 and not history.improved
+    assert max(history.val_metric) < history.start_metric  # the epochs did get worse
+    assert history.best_metric == history.start_metric == _accuracy(best, *val)
+    assert _same_weights(best, qmodel)
+    assert "returning the starting weights unchanged" in log.getvalue()
+    assert history.lr_source == "given" and history.peak_lr == 1.0
+
+
+def test_corrupted_labels_never_make_it_worse(setup):
+    _, qmodel, (x, y), val = setup
+    wrong = (y + 1 + np.random.default_rng(0).integers(0, 9, len(y))) % 10
+    best, history = fixedq.qat(qmodel, (x, wrong), val, epochs=1, lr=1e-2, verbose=False)
+    assert history.best_metric >= history.start_metric
+    assert _accuracy(best, *val) == history.best_metric
+    if history.kept_epoch == 0:
+        assert _same_weights(best, qmodel)
+
+
+def test_range_test_picks_a_bounded_lr_and_restores_weights(setup):
+    _, qmodel, (x, y), _ = setup
+    model = keras.models.clone_model(qmodel)
+    model.set_weights(qmodel.get_weights())
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    test = lr_range_test(model, x, y, loss, steps=30)
+    assert isinstance(test, LRRangeTest)
+    assert 1e-5 <= test.suggested <= 2e-3 and np.isfinite(test.suggested)
+    assert np.all(np.diff(test.lrs) > 0) and 5 <= len(test.lrs) <= 30
+    assert len(test.losses) == len(test.smoothed) == len(test.lrs)
+    assert test.lr_at_min in test.lrs
+    assert _same_weights(model, qmodel)
+
+
+def test_history_bit_exact_save_load(setup, tmp_path):
+    _, qmodel, train, (xte, _) = setup
+    before = [w.copy() for w in qmodel.get_weights()]
+    best, history = fixedq.qat(qmodel, train, epochs=2, verbose=False)
+    # the input model is not modified
+    assert all(np.array_equal(a, b) for a, b in zip(before, qmodel.get_weights(), strict=True))
+    # history: one entry per epoch, the range test's rule, cosine from the peak
+    assert history.metric == "accuracy" and history.lr_source == "range test"
+    assert len(history.train_loss) == len(history.val_metric) == len(history.lr) == 2
+    assert history.lr[0] == pytest.approx(history.peak_lr) and history.lr[1] < history.lr[0]
+    assert history.peak_lr == history.range_test.suggested
+    assert 0 <= history.kept_epoch <= 2 and history.best_metric >= history.start_metric
+    assert set(history.to_dict()) >= {"train_loss", "val_metric", "lr", "kept_epoch"}
+    # bit-exact with the integer engine after training
+    out = best.predict(xte, verbose=0)
+    np.testing.assert_array_equal(convert(best).predict(xte), out)
+    # save / load round trip
+    path = tmp_path / "qat.keras"
+    fixedq.save_model(best, path)
+    np.testing.assert_array_equal(fixedq.load_model(path).predict(xte, verbose=0), out)
+
+
+def test_npz_and_dataset_inputs(setup, tmp_path):
+    import tensorflow as tf
+
+    _, qmodel, (x, y), (xte, yte) = setup
+    np.savez(tmp_path / "train.npz", x=x[:600], y=np.eye(10)[y[:600]])  # one-hot labels
+    val = tf.data.Dataset.from_tensor_slices((xte[:200], yte[:200])).batch(50)
+    _, history = fixedq.qat(qmodel, tmp_path / "train.npz", val, epochs=1, lr=1e-4,
+                            verbose=False)
+    assert len(history.val_metric) == 1
+    assert history.start_metric == _accuracy(qmodel, xte[:200], yte[:200])
+
+
+def test_bad_inputs(setup, tmp_path):
+    model, qmodel, (x, y), _ = setup
+    with pytest.raises(ValueError, match="not quantized"):
+        fixedq.qat(model, (x, y), verbose=False)
+    with pytest.raises(ValueError, match="rows for"):
+        fixedq.qat(qmodel, (x, y[:-3]), verbose=False)
+    with pytest.raises(ValueError, match="class id 12"):
+        fixedq.qat(qmodel, (x, np.where(y == 3, 12, y)), verbose=False)
+    with pytest.raises(ValueError, match="one-hot rows of 5 classes"):
+        fixedq.qat(qmodel, (x, np.eye(5)[y % 5]), verbose=False)
+    with pytest.raises(ValueError, match="empty validation split"):
+        fixedq.qat(qmodel, (x[:3], y[:3]), validation_split=0.1, verbose=False)
+    with pytest.raises(ValueError, match="shape"):
+        fixedq.qat(qmodel, (x[:, :4], y), verbose=False)
+    with pytest.raises(ValueError, match="epochs"):
+        fixedq.qat(qmodel, (x, y), epochs=0, verbose=False)
+    with pytest.raises(ValueError, match="lr must be"):
+        fixedq.qat(qmodel, (x, y), lr=-1.0, verbose=False)
+    np.savez(tmp_path / "nolabels.npz", x=x)
+    with pytest.raises(ValueError, match="no labels"):
+        fixedq.qat(qmodel, tmp_path / "nolabels.npz", verbose=False)
+    with pytest.raises(TypeError):
+        fixedq.qat(qmodel, x, verbose=False)
