@@ -59,9 +59,7 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -70,6 +68,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from fixedq.io import atomic_open
 from fixedq.layers.neural import QuantizedNeuralLayer
 
 __all__ = ["LayerInfo", "MetricError", "MixedPrecisionInterrupted", "MixedPrecisionResult",
@@ -193,15 +192,8 @@ def _fmt(value, spec: str, suffix: str = "") -> str:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_open(path, "w") as f:  # removed on errors and signals, renamed at the end
+        json.dump(data, f, indent=2)
 
 
 def _neural_layers(qmodel: keras.Model) -> list[QuantizedNeuralLayer]:

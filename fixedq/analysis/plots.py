@@ -8,9 +8,9 @@ Example:
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
+
+from fixedq.io import atomic_path
 
 __all__ = ["plot_inspection"]
 
@@ -74,14 +74,8 @@ def plot_inspection(report, path) -> None:
     ax.legend(handles[0] + handles2[0], handles[1] + handles2[1], fontsize=8, loc="upper right",
               framealpha=0.9)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent or ".")
-    os.close(fd)
     try:
-        fig.savefig(tmp, format="png", dpi=100)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+        with atomic_path(path, suffix=".png") as tmp:  # removed on errors and signals
+            fig.savefig(tmp, format="png", dpi=100)
     finally:
         plt.close(fig)

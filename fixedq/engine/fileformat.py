@@ -38,6 +38,7 @@ import numpy as np
 from fixedq.engine import validate
 from fixedq.engine.model import Model
 from fixedq.engine.ops import Op
+from fixedq.io import atomic_open
 
 FORMAT = "fixedq-engine"
 VERSION = 1
@@ -47,6 +48,9 @@ _ENCODINGS = {"int8": np.int8, "int16": np.int16, "int32": np.int32, "int64": np
 MAX_VALUES = 2**28
 #: Default limit on the size of the JSON header in bytes.
 MAX_HEADER_BYTES = 64 * 2**20
+#: Most archive entries a file may have (checked in the end-of-central-directory record before
+#: ``zipfile`` parses the central directory); a file written by :func:`save` has one per array.
+MAX_ENTRIES = 100_000
 
 
 def pack_int4(values: np.ndarray) -> np.ndarray:
@@ -82,8 +86,9 @@ def _encode(arr: np.ndarray) -> tuple[str, np.ndarray]:
 def save(model: Model, path: str | os.PathLike) -> None:
     """Write ``model`` to ``path`` (a single ``.npz``-format file; any extension).
 
-    The file is written to a temporary name first and renamed, so a failure never leaves a
-    half-written file.
+    The file is written with :func:`fixedq.io.atomic_open`: a temporary file beside ``path``,
+    renamed over it at the end (removed on any error, SIGTERM or SIGINT, so a failure never
+    leaves a half-written file), with the permissions a plain ``open()`` would give.
     """
     entries: dict[str, np.ndarray] = {}
     ops = []
@@ -101,15 +106,8 @@ def save(model: Model, path: str | os.PathLike) -> None:
               "target": model.target, "meta": model.meta, "outputs": model.outputs, "ops": ops}
     text = json.dumps(header, separators=(",", ":"))
     entries[_HEADER] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
-    path = os.fspath(path)
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, allow_pickle=False, **entries)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_open(path, "wb") as fh:  # removed on errors, SIGTERM and SIGINT
+        np.savez_compressed(fh, allow_pickle=False, **entries)
 
 
 def max_values() -> int:
@@ -153,9 +151,11 @@ def load(path: str | os.PathLike) -> Model:
 
     Everything is validated before it is allocated (see docs/engine.md, "File format"): the
     JSON header against the schema of :mod:`fixedq.engine.validate` (at most
-    :func:`max_header_bytes` bytes), each array's declared shape and encoding against its
-    stored ``.npy`` header and zip entry size, the total number of values against
-    :func:`max_values`; entries are then decompressed with bounded reads.
+    :func:`max_header_bytes` bytes), the shapes op by op from ``input_shape`` (each op's
+    inputs fit it; no tensor or working buffer of a sample above :func:`max_values`), the
+    archive's entry count (at most :data:`MAX_ENTRIES`), each array's declared shape and
+    encoding against its stored ``.npy`` header and zip entry size, the total number of values
+    against :func:`max_values`; entries are then decompressed with bounded reads.
 
     Raises:
         FileNotFoundError: no such file.
@@ -179,8 +179,45 @@ def load(path: str | os.PathLike) -> Model:
             raise _fail(path, f"corrupt content ({type(err).__name__}: {err})") from None
 
 
+def _check_directory(fh) -> None:
+    """Count the central directory's records (located by the end-of-central-directory record,
+    or its zip64 twin, as ``zipfile`` locates them) before ``zipfile`` parses them into one
+    ``ZipInfo`` each (~500 bytes): more than :data:`MAX_ENTRIES` is refused."""
+    fh.seek(0, os.SEEK_END)
+    size = fh.tell()
+    tail_start = max(0, size - (22 + 0xFFFF))  # the record, then a comment of up to 64 KiB
+    fh.seek(tail_start)
+    tail = fh.read()
+    end = tail.rfind(b"PK\x05\x06")
+    if end < 0 or len(tail) - end < 22:
+        return  # not a zip archive: zipfile says so
+    where = tail_start + end
+    (directory,) = struct.unpack("<L", tail[end + 12:end + 16])
+    if where >= 76:
+        fh.seek(where - 76)
+        record = fh.read(76)
+        if record[:4] == b"PK\x06\x06" and record[56:60] == b"PK\x06\x07":  # zip64
+            (directory,) = struct.unpack("<Q", record[40:48])
+            where -= 76
+    start = where - directory
+    if directory > size or start < 0:
+        return  # zipfile reports the bad directory
+    fh.seek(start)
+    data = fh.read(directory)
+    count = pos = 0
+    while pos + 46 <= len(data) and data[pos:pos + 4] == b"PK\x01\x02":
+        count += 1
+        if count > MAX_ENTRIES:
+            raise ValueError(f"the archive has more than {MAX_ENTRIES} entries (an engine "
+                             "file has one per array)")
+        n, m, k = struct.unpack_from("<3H", data, pos + 28)
+        pos += 46 + n + m + k
+    fh.seek(0)
+
+
 def _load(fh, limits: tuple[int, int]) -> Model:
     max_header, max_total = limits
+    _check_directory(fh)
     try:
         zf = zipfile.ZipFile(fh)
     except zipfile.BadZipFile as err:
@@ -210,6 +247,7 @@ def _load(fh, limits: tuple[int, int]) -> Model:
             if info is None:
                 raise ValueError(f"{ref.field}.entry: no archive entry {ref.entry!r}")
             arrays.append(_read_array(zf, info, ref))
+    validate.check_shapes(header, max_total)  # the arrays agree with their entries: now fit
     values = iter(arrays)
     ops = []
     for rec in header["ops"]:

@@ -21,7 +21,14 @@ from functools import partial
 import numpy as np
 
 from fixedq.engine.kernels import NeuralPlan
-from fixedq.engine.ops import KINDS, Op, neural_output, reject_nan, run_op
+from fixedq.engine.ops import (
+    KINDS,
+    Op,
+    check_transpose_size,
+    neural_output,
+    reject_nan,
+    run_op,
+)
 from fixedq.progress import Progress
 
 MODES = ("dense", "event")
@@ -105,35 +112,44 @@ class Model:
 
     def run_batch(self, x, mode: str = "dense", stats: dict | None = None) -> list[np.ndarray]:
         """Integer outputs of one batch (no batching, no dequantization)."""
-        from fixedq.engine import events
-
         tensors = {self.ops[0].name: run_op(self.ops[0], [x])}
         for i, op in enumerate(self.ops[1:], start=1):
-            xs = [tensors[t] for t in op.inputs]
-            for j in range(len(xs)):  # asymmetric input not folded into a bias: v = u + lo
-                off = op.arrays.get(f"in_offset{j}")
-                if off is not None:
-                    xs[j] = xs[j] + off
-            if stats is not None:
-                events.record(stats, op, xs, mode == "event")
-            if op.kind == "neural":
-                _check_neural_input(op, xs[0])
-                plan = self._plan(op)
-                if mode == "event" and events.supports(op):
-                    y = events.run_neural_events(op, xs[0], stats, plan)
-                else:
-                    y = plan.finish(plan.linear(xs[0]), partial(neural_output, op))
-            else:
-                y = run_op(op, xs)
-            off = op.arrays.get("out_offset")
-            if off is not None:  # asymmetric output stored as u = v - lo (eq. 37)
-                y = y - off
+            try:  # a crafted program fails with a ValueError naming the op, never a traceback
+                y = self._run(op, [tensors[t] for t in op.inputs], mode, stats)
+            except Exception as err:
+                text = str(err)
+                if not text.startswith(f"op {op.name!r}"):
+                    text = f"op {op.name!r} ({op.kind}): {text or type(err).__name__}"
+                raise ValueError(text) from err
             tensors[op.name] = y
             for t in set(op.inputs):
                 if self._last_use.get(t) == i:
                     del tensors[t]
         return [tensors[o["tensor"]] + np.asarray(o["offset"], np.int64) if o.get("offset")
                 else tensors[o["tensor"]] for o in self.outputs]
+
+    def _run(self, op: Op, xs: list[np.ndarray], mode: str, stats: dict | None) -> np.ndarray:
+        """One op (ops[1:]) on its input tensors, with its input and output offsets."""
+        from fixedq.engine import events
+
+        for j in range(len(xs)):  # asymmetric input not folded into a bias: v = u + lo
+            off = op.arrays.get(f"in_offset{j}")
+            if off is not None:
+                xs[j] = xs[j] + off
+        if stats is not None:
+            events.record(stats, op, xs, mode == "event")
+        if op.kind != "neural":
+            y = run_op(op, xs)
+        else:
+            _check_neural_input(op, xs[0])
+            check_transpose_size(op, xs[0])
+            plan = self._plan(op)
+            if mode == "event" and events.supports(op):
+                y = events.run_neural_events(op, xs[0], stats, plan)
+            else:
+                y = plan.finish(plan.linear(xs[0]), partial(neural_output, op))
+        off = op.arrays.get("out_offset")
+        return y if off is None else y - off  # asymmetric output stored as u = v - lo (eq. 37)
 
     def predict(self, x, batch_size: int = 32, output: str = "float", mode: str = "dense",
                 verbose: bool = False):

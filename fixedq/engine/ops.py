@@ -81,7 +81,27 @@ def _linear(op: Op, x: np.ndarray) -> np.ndarray:
         return kernels.conv2d(x, kernel, *args)
     if kind == "depthwise":
         return kernels.depthwise_conv2d(x, kernel, *args)
+    check_transpose_size(op, x)
     return kernels.conv2d_transpose(x, kernel, *args)
+
+
+def check_transpose_size(op: Op, x: np.ndarray) -> None:
+    """A transposed conv's accumulation buffer fits the value limit (checked before it is
+    allocated: a large stride on a dynamic-size input could otherwise ask for gigabytes).
+    Does nothing for other ops."""
+    from fixedq.engine.fileformat import max_values
+
+    a, kernel = op.attrs, op.arrays["kernel"]
+    if a.get("type") != "transpose" or x.ndim != 4:
+        return  # the kernel reports the shape
+    size = x.shape[0] * kernel.shape[2]
+    for i in range(2):
+        eff = (kernel.shape[i] - 1) * a["dilation_rate"][i] + 1
+        size *= (x.shape[1 + i] - 1) * a["strides"][i] + eff + a["strides"][i]
+    if size > max_values():
+        raise ValueError(f"a transposed conv of inputs {x.shape} with strides {a['strides']} "
+                         f"needs {size} values, more than the limit of {max_values()} "
+                         "(FIXEDQ_ENGINE_MAX_VALUES; or use a smaller batch_size)")
 
 
 def aligned_input(op: Op, x: np.ndarray) -> np.ndarray:

@@ -115,7 +115,11 @@ def _run_add_pos(op, xs):
 
 
 def _run_extract_token(op, xs):
-    return xs[0][:, int(op.attrs["token"]), :]
+    token, x = int(op.attrs["token"]), xs[0]
+    if x.ndim != 3 or not 0 <= token < x.shape[1]:
+        raise ValueError(f"token {token} is not one of the tokens of an input of shape "
+                         f"{x.shape}")
+    return x[:, token, :]
 
 
 RUNNERS = {"shiftmax": _run_shiftmax, "attention": _run_attention, "madnorm": _run_madnorm,

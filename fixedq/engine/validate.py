@@ -363,3 +363,193 @@ def check_values(ref: ArrayRef, values: np.ndarray) -> None:
         if values.size and not -MAX_SHIFT <= int(values.min()) <= int(values.max()) <= MAX_SHIFT:
             raise ValueError(f"{ref.field}: values must be in [-{MAX_SHIFT}, {MAX_SHIFT}] "
                              f"(shift amounts), got {int(values.min())}..{int(values.max())}")
+
+
+# ------------------------------------------------------------------ static shapes
+def _geometry(size, k: int, stride: int, padding: str, dilation: int = 1):
+    """``(out, padded)`` of one spatial axis (TensorFlow's rule); ``None`` when dynamic."""
+    if size is None:
+        return None, None
+    eff = (k - 1) * dilation + 1
+    if padding == "same":
+        out = -(-size // stride)
+        return out, max(size, (out - 1) * stride + eff)
+    out = (size - eff) // stride + 1
+    if out <= 0:
+        raise ValueError(f"input size {size} is smaller than the window extent {eff}")
+    return out, size
+
+
+def _transpose_geometry(size, k: int, stride: int, padding: str, dilation: int = 1):
+    """``(out, full)`` of a transposed conv axis: output size and the accumulation buffer's."""
+    if size is None:
+        return None, None
+    eff = (k - 1) * dilation + 1
+    out = size * stride if padding == "same" else size * stride + max(eff - stride, 0)
+    return out, max((size - 1) * stride + eff, out)
+
+
+def _same(a, b) -> bool:
+    return a is None or b is None or a == b
+
+
+def _need(cond: bool, why: str) -> None:
+    if not cond:
+        raise ValueError(why)
+
+
+def _spatial(shape, what: str):
+    _need(len(shape) == 4, f"expects a rank-4 (N, H, W, C) {what}, got {_fmt(shape)}")
+    return shape[1], shape[2], shape[3]
+
+
+def _fmt(shape) -> str:
+    return "(" + ", ".join("N" if i == 0 else ("?" if d is None else str(d))
+                           for i, d in enumerate(shape)) + ")"
+
+
+def _window_shape(shape, a: dict, kernel):
+    """Output shape and largest buffer (values per sample) of a conv-like window op."""
+    h, w, c = _spatial(shape, "input")
+    ho, hp = _geometry(h, kernel[0], a["strides"][0], a["padding"], a.get("dilation", [1, 1])[0])
+    wo, wp = _geometry(w, kernel[1], a["strides"][1], a["padding"], a.get("dilation", [1, 1])[1])
+    return ho, wo, _prod((hp, wp, c))
+
+
+def _prod(dims):
+    return None if any(d is None for d in dims) else math.prod(dims)
+
+
+def _neural_shape(a: dict, arrays: dict, shape):
+    kind, kernel = a["type"], arrays["kernel"]
+    if kind == "dense":
+        _need(len(shape) >= 2 and _same(shape[-1], kernel[0]),
+              f"a dense kernel {list(kernel)} needs inputs (N, ..., {kernel[0]}), "
+              f"got {_fmt(shape)}")
+        return (*shape[:-1], kernel[1]), None
+    h, w, c = _spatial(shape, "input")
+    geo = {"strides": a["strides"], "padding": a["padding"], "dilation": a["dilation_rate"]}
+    cin = kernel[3] if kind == "transpose" else kernel[2]
+    _need(_same(c, cin), f"a {kind} kernel {list(kernel)} needs {cin} input channels, "
+          f"got {_fmt(shape)}")
+    if kind == "transpose":
+        dims = [_transpose_geometry(size, kernel[i], a["strides"][i], a["padding"],
+                                    a["dilation_rate"][i]) for i, size in enumerate((h, w))]
+        out = (None, dims[0][0], dims[1][0], kernel[2])
+        buffer = _prod((dims[0][1], dims[1][1], kernel[2]))
+    else:
+        ho, wo, buffer = _window_shape(shape, geo, kernel)
+        out = (None, ho, wo, kernel[2] * kernel[3] if kind == "depthwise" else kernel[3])
+    pool = a.get("pool")
+    if pool:
+        ho, wo, _ = _window_shape(out, pool, pool["pool_size"])
+        out = (None, ho, wo, out[3])
+    return out, buffer
+
+
+def _attention_shape(a: dict, shapes):
+    for s in shapes:
+        _need(len(s) == 3, f"expects rank-3 (N, tokens, channels) q, k, v, got {_fmt(s)}")
+        _need(s[2] is None or s[2] % a["num_heads"] == 0,
+              f"{s[2]} channels do not split into {a['num_heads']} heads")
+    q, k, v = shapes
+    _need(_same(q[2], k[2]) and _same(k[1], v[1]),
+          f"q {_fmt(q)}, k {_fmt(k)}, v {_fmt(v)} do not fit (q, k channels and k, v tokens "
+          "must agree)")
+    return (None, q[1], v[2])
+
+
+def _concat_shape(axis: int, shapes):
+    rank = len(shapes[0])
+    _need(1 <= axis < rank, f"axis {axis} is not a non-batch axis of rank-{rank} inputs")
+    for s in shapes[1:]:
+        _need(len(s) == rank and all(_same(s[i], shapes[0][i]) for i in range(rank)
+                                     if i != axis),
+              f"inputs {[_fmt(t) for t in shapes]} differ off axis {axis}")
+    parts = [s[axis] for s in shapes]
+    total = None if None in parts else sum(parts)
+    return tuple(total if i == axis else next((s[i] for s in shapes if s[i] is not None), None)
+                 for i in range(rank))
+
+
+def _merge(shapes, kind: str):
+    rank = len(shapes[0])
+    for s in shapes[1:]:
+        _need(len(s) == rank and all(map(_same, s, shapes[0])),
+              f"inputs {[_fmt(t) for t in shapes]} of an {kind} op differ")
+    return tuple(next((s[i] for s in shapes if s[i] is not None), None) for i in range(rank))
+
+
+def _op_shape(rec: dict, arrays: dict, shapes: list):
+    """Output shape (``None``: a dynamic dimension) and largest buffer of one op."""
+    kind, a, x = rec["kind"], rec["attrs"], shapes[0] if shapes else None
+    if kind == "neural":
+        return _neural_shape(a, arrays, x)
+    if kind == "gap":
+        h, w, c = _spatial(x, "input")
+        return (None, c), None
+    if kind == "maxpool":
+        ho, wo, buffer = _window_shape(x, a, a["pool_size"])
+        return (None, ho, wo, x[3]), buffer
+    if kind == "add":
+        return _merge(shapes, kind), None
+    if kind == "concat":
+        return _concat_shape(a["axis"], shapes), None
+    if kind == "reshape":
+        want, have = math.prod(a["target_shape"]), _prod(x[1:])
+        _need(have is None or have == want, f"cannot reshape {_fmt(x)} to "
+              f"{_fmt((None, *a['target_shape']))}")
+        return (None, *a["target_shape"]), None
+    if kind == "permute":
+        _need(len(a["dims"]) == len(x) - 1, f"dims {a['dims']} do not permute {_fmt(x)}")
+        return (None, *(x[d] for d in a["dims"])), None
+    if kind == "attention":
+        return _attention_shape(a, shapes), None
+    if kind in ("class_token", "extract_token"):
+        _need(len(x) == 3, f"expects rank-3 (N, tokens, channels) inputs, got {_fmt(x)}")
+        if kind == "class_token":
+            return (None, None if x[1] is None else x[1] + 1, x[2]), None
+        _need(x[1] is None or a["token"] < x[1],
+              f"token {a['token']} is past the {x[1]} tokens of {_fmt(x)}")
+        return (None, x[2]), None
+    return x, None  # elementwise: affine, shift, clip, identity, shiftmax, madnorm, add_pos
+
+
+def check_shapes(header: dict, max_values: int | None = None) -> list[tuple]:
+    """Propagate shapes op by op from ``input_shape`` (``None``: dynamic) through a header that
+    passed :func:`check_header`; return each op's output shape.
+
+    Raises:
+        ValueError: ``"ops[i] ('name', kind): ..."`` for the first op whose inputs do not fit
+            (rank, channels, window larger than the input, token index, reshape size), or
+            whose output or working buffer holds more than ``max_values`` values per sample.
+
+    Example:
+        >>> h = {"input_shape": [None, 4], "ops": [
+        ...     {"name": "x", "kind": "input", "inputs": [], "attrs": {}, "arrays": {}},
+        ...     {"name": "t", "kind": "extract_token", "inputs": ["x"], "attrs": {"token": 0},
+        ...      "arrays": {}}]}
+        >>> check_shapes(h)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: ops[1] ('t', extract_token): expects rank-3 (N, tokens, channels) inputs, ...
+    """
+    known: dict[str, tuple] = {}
+    out = []
+    for i, rec in enumerate(header["ops"]):
+        try:
+            if rec["kind"] == "input":
+                shape, buffer = (None, *header["input_shape"][1:]), None
+            else:
+                arrays = {k: tuple(v["shape"]) for k, v in rec["arrays"].items()}
+                shape, buffer = _op_shape(rec, arrays, [known[t] for t in rec["inputs"]])
+            for what, size in ((f"output {_fmt(shape)}", _prod(shape[1:])),
+                               ("working buffer", buffer)):
+                if max_values is not None and size is not None and size > max_values:
+                    raise ValueError(f"its {what} holds {size} values per sample, more than "
+                                     f"the limit of {max_values} (FIXEDQ_ENGINE_MAX_VALUES)")
+        except ValueError as err:
+            raise ValueError(f"ops[{i}] ({rec['name']!r}, {rec['kind']}): {err}") from None
+        known[rec["name"]] = shape
+        out.append(shape)
+    return out

