@@ -258,22 +258,28 @@ def read_graph(model: keras.Model) -> Graph:
         layers_by_name[layer.name] = layer
         return True
 
-    # Iterative post-order depth-first search (deep models would overflow recursion).
+    # Iterative post-order depth-first search (deep models would overflow recursion). A layer
+    # is entered when it is popped, not when it is pushed: a tensor read by two layers (a skip
+    # connection) may be pushed twice, and a layer is appended only after all its inputs.
     roots = [history(t)[:2] for t in list(model.inputs) + list(model.outputs)]
+    entered: set[int] = set()
     for root in roots:
-        if not claim(*root):
-            continue
+        claim(*root)
         stack = [(root[0], root[1], False)]
         while stack:
             layer, index, expanded = stack.pop()
             if expanded:
                 order.append((layer, index))
                 continue
+            if id(layer) in entered:
+                continue
+            entered.add(id(layer))
             stack.append((layer, index, True))
             knode = layer._inbound_nodes[index]
             for tensor in reversed(knode.arguments.keras_tensors):
                 parent, parent_index, _ = history(tensor)
-                if claim(parent, parent_index):
+                claim(parent, parent_index)  # checks shared layers and duplicate names
+                if id(parent) not in entered:
                     stack.append((parent, parent_index, False))
 
     def to_ref(x):
