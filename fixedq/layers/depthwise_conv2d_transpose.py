@@ -105,7 +105,7 @@ class DepthwiseConv2DTranspose(keras.layers.Layer):
     Example:
         >>> import numpy as np
         >>> layer = DepthwiseConv2DTranspose(3, strides=2, padding="same")
-        >>> layer(np.zeros((1, 4, 4, 5), "float32")).shape
+        >>> tuple(layer(np.zeros((1, 4, 4, 5), "float32")).shape)
         (1, 8, 8, 5)
     """
 

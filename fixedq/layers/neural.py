@@ -6,7 +6,8 @@ All five layers share one computation (docs/numerics.md eqs. 14-21)::
     w_q  = round_half_up(w / s_o)               (eq. 14)
     v    = x * 2^F                              aligned integer input (eq. 15)
     acc  = sat_buffer(linear(v, w_q) + b_q)     b_q = round_half_up(b * 2^F / s_o) (eqs. 16-17, 20)
-    y    = sat(shift_round(acc * M_o, S_o))     (M_o, S_o) = to_multiplier_shift(s_o 2^(f-F))
+    y    = sat(shift_round(acc * M_o, S_o))     (M_o, S_o) = to_multiplier_shift(s_o 2^(f-F)),
+                                                S_o <= 62 (eqs. 6, 13b)
     out  = y * 2^-f                             requantized output (eq. 21)
 
 The linear op runs in float32 or float64, whichever is exact for the static accumulator bound
@@ -99,15 +100,11 @@ class QuantizedNeuralLayer(QuantizedLayer):
 
     def quantized_weights(self):
         """In-graph integer weights: ``(w_q, scale, b_q, M, S)`` (eqs. 14, 16, 21)."""
-        k = ops.cast(self.effective_kernel(), "float64")
-        maxabs = ops.max(ops.abs(k), axis=self._scale_axes, keepdims=True)
-        scale = ops.where(maxabs > 0, maxabs, 1.0) / float(self._qmax)
-        w_q = ops.clip(kops.round_half_up(k / scale), -self._qmax, self._qmax)
+        w_q, scale = kops.quantize_weights(self.effective_kernel(), self._scale_axes, self._qmax)
         s_flat = ops.reshape(scale, (-1,))
         big_f = self.input_spec0.max_frac
         if self.use_bias:
-            b = ops.cast(self.bias, "float64") * float(2.0**big_f) / s_flat
-            b_q = ops.clip(kops.round_half_up(b), self._acc_lo, self._acc_hi)
+            b_q = kops.quantize_bias(self.bias, big_f, s_flat, self._acc_lo, self._acc_hi)
         else:
             b_q = ops.zeros((self.channels,), dtype="int64")
         factor = s_flat * np.ldexp(1.0, self._f_out - big_f)

@@ -338,8 +338,8 @@ def optimize_rows(w: np.ndarray, h: np.ndarray, qmax: int, options: WeightRoundi
     Example:
         >>> h = np.array([[1.0, 0.9], [0.9, 1.0]])
         >>> q, q0 = optimize_rows(np.array([[0.4, 0.4], [7.0, 0.3]]), h, 7, WeightRounding())
-        >>> q.tolist(), q0.tolist()
-        ([[1, 0], [7, 0]], [[0, 0], [7, 0]])
+        >>> q.tolist(), q0.tolist()   # row 0: [1, 0] and [0, 1] tie; both beat [0, 0]
+        ([[0, 1], [7, 0]], [[0, 0], [7, 0]])
     """
     w = np.asarray(w, np.float64)
     nearest = np.clip(np.floor(w + 0.5), -qmax, qmax)

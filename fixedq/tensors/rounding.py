@@ -19,6 +19,13 @@ import numpy as np
 
 MAX_VALUE_BITS = 31
 MAX_SCALE_BITS = 24
+#: Eq. 13b: the largest requantization shift ``S`` (so ``2^(S-1)`` and every rounding add stay
+#: inside int64 in both executors).
+MAX_SHIFT = 62
+#: Eq. 13b: effective scales below ``2^-100`` are flushed to 0 before eq. 6 (they would give
+#: ``M = 0`` after the cap anyway; this keeps subnormal floats, which TensorFlow flushes to zero,
+#: out of the arithmetic, so both executors agree).
+TINY_SCALE = 2.0**-100
 #: ``round_half_up`` saturates its results to ``[-2^62, 2^62]`` (eq. 2): a power of two, exact
 #: in float64, so no float -> int64 cast can overflow (2^63 - 1 itself rounds up to 2^63).
 ROUND_LIMIT = float(2**62)
@@ -55,17 +62,22 @@ def int_range(value_bits: int, signed: bool = True) -> tuple[int, int]:
 def round_half_up(x: np.ndarray) -> np.ndarray:
     """Round a float64 array to the nearest integer, ties toward +inf (eq. 2): ``floor(x + 1/2)``.
 
-    Results saturate at ``±2^62`` (``±inf`` included) so that the float -> int64 conversion can
-    never overflow; NaN is not a number to round (callers reject or replace it first).
+    Computed as ``floor(x) + [x - floor(x) >= 1/2]``, which is exact for every float64 (the
+    literal ``floor(x + 0.5)`` is not: ``0.49999999999999994 + 0.5`` rounds to 1.0, and so does
+    ``2^52 + 1 + 0.5`` to ``2^52 + 2``). Results saturate at ``±2^62`` (``±inf`` included) so
+    that the float -> int64 conversion can never overflow; NaN is not a number to round
+    (callers reject or replace it first).
 
     Example:
-        >>> round_half_up(np.array([0.5, -0.5, 1.49, -1.5])).tolist()
-        [1, 0, 1, -1]
-        >>> round_half_up(np.array([1e30, -np.inf])).tolist() == [2**62, -2**62]
+        >>> round_half_up(np.array([0.5, -0.5, 1.49, -1.5, 0.49999999999999994])).tolist()
+        [1, 0, 1, -1, 0]
+        >>> round_half_up(np.array([1e30, -np.inf, 2.0**52 + 1])).tolist() == [
+        ...     2**62, -2**62, 2**52 + 1]
         True
     """
-    y = np.asarray(x, dtype=np.float64) + 0.5
-    return np.floor(np.clip(y, -ROUND_LIMIT, ROUND_LIMIT)).astype(np.int64)
+    x = np.clip(np.asarray(x, dtype=np.float64), -ROUND_LIMIT, ROUND_LIMIT)
+    down = np.floor(x)
+    return down.astype(np.int64) + (x - down >= 0.5)
 
 
 def saturate(v: np.ndarray, lo, hi) -> tuple[np.ndarray, int]:
@@ -126,44 +138,60 @@ def shift_round(v, shift) -> np.ndarray:
     """Arithmetic shift with rounding (eq. 5): ``s > 0`` divides by ``2^s`` rounding half up,
     ``s < 0`` multiplies by ``2^-s`` (exact), ``s == 0`` is the identity.
 
-    ``shift`` broadcasts against ``v`` (per-axis shifts over the last axis).
+    ``shift`` broadcasts against ``v`` (per-axis shifts over the last axis). A right shift is
+    computed as ``((v >> (s-1)) + 1) >> 1`` (= ``floor((v + 2^(s-1)) / 2^s)``): no add can
+    overflow, and every shift ``s >= 64`` is defined (the result is 0, as ``|v| < 2^63``).
 
     Example:
         >>> shift_round(np.array([7, 7, 7]), np.array([2, 0, -2])).tolist()
         [2, 7, 28]
+        >>> shift_round(np.array([2**62, -2**62, 2**62 - 1]), 63).tolist()   # ties, S >= 63
+        [1, 0, 0]
     """
     v = np.asarray(v, dtype=np.int64)
     s = np.asarray(shift, dtype=np.int64)
-    right = np.maximum(s, 0)
     left = np.maximum(-s, 0)
-    half = np.where(right > 0, np.left_shift(np.int64(1), np.maximum(right - 1, 0)), 0)
-    return np.right_shift(np.left_shift(v, left) + half, right)
+    if np.any(left):
+        v = np.left_shift(v, left)
+    first = np.minimum(np.maximum(s - 1, 0), 63)
+    up = (s > 0).astype(np.int64)
+    return np.right_shift(np.right_shift(v, first) + up, up)
 
 
 def to_multiplier_shift(scale, scale_bits: int = 8) -> tuple[np.ndarray, np.ndarray]:
-    """Fold positive float scales into integers ``M`` and shifts ``S``: ``scale ~ M·2^-S`` (eq. 6).
+    """Fold positive float scales into integers ``M`` and shifts ``S``: ``scale ~ M·2^-S``
+    (eqs. 6 and 13b).
 
-    ``M`` has exactly ``scale_bits`` bits (``2^(n-1) <= M < 2^n``) for every positive scale, so
-    the relative error is at most ``2^-n``; a zero scale gives ``M = 0, S = 0``. ``S`` may be
-    negative for scales larger than ``2^n``.
+    ``M`` has exactly ``scale_bits`` bits (``2^(n-1) <= M < 2^n``) for every scale whose shift
+    is at most 62, so the relative error is at most ``2^-n``; a zero scale gives
+    ``M = 0, S = 0``. ``S`` may be negative for scales larger than ``2^n``. Eq. 13b: scales
+    below ``2^-100`` are flushed to 0, and a shift above 62 is capped at 62 with the excess
+    folded into ``M`` (``M <- shift_round(M, min(S - 62, n + 1))``, 0 when the excess is
+    ``n + 1`` or more), so no requantization ever shifts by more than 62.
 
     Example:
         >>> m, s = to_multiplier_shift(np.array([0.75, 3.0]), scale_bits=8)
         >>> m.tolist(), s.tolist()
         ([192, 192], [8, 6])
+        >>> [a.tolist() for a in to_multiplier_shift(np.array([2.0**-56, 1e-25, 1e-40]))]
+        [[64, 0, 0], [62, 62, 0]]
     """
     if isinstance(scale_bits, bool) or not 1 <= int(scale_bits) <= MAX_SCALE_BITS:
         raise ValueError(f"scale_bits must be in [1, {MAX_SCALE_BITS}], got {scale_bits!r}")
     scale = np.asarray(scale, dtype=np.float64)
     if not np.all(np.isfinite(scale)) or np.any(scale < 0):
         raise ValueError(f"scales must be finite and >= 0, got {scale[~(scale >= 0)][:3]}")
+    zero = scale < TINY_SCALE  # eq. 13b: flushed to 0
+    scale = np.where(zero, 1.0, scale)
     _, e = np.frexp(scale)  # scale = m * 2^e with m in [0.5, 1)
     shift = scale_bits - e.astype(np.int64)
     mult = round_half_up(np.ldexp(scale, shift))
     overflow = mult >= (1 << scale_bits)  # rounding up to 2^n: renormalize
     mult = np.where(overflow, mult >> 1, mult)
     shift = np.where(overflow, shift - 1, shift)
-    zero = scale == 0
+    extra = np.minimum(np.maximum(shift - MAX_SHIFT, 0), scale_bits + 1)  # eq. 13b
+    mult = shift_round(mult, extra)
+    shift = np.minimum(shift, MAX_SHIFT)
     return np.where(zero, 0, mult).astype(np.int64), np.where(zero, 0, shift).astype(np.int64)
 
 
