@@ -23,6 +23,7 @@ _LAZY = {
     "load_model": "fixedq.models.loading",
     "save_model": "fixedq.models.loading",
     "sanitize": "fixedq.transforms",
+    "supported_layers": "fixedq.ops",
     "qat": "fixedq.models.qat",
 }
 

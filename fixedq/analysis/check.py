@@ -39,6 +39,7 @@ from fixedq.layers.base import QuantizedLayer, to_integers
 from fixedq.layers.neural import QuantizedNeuralLayer
 from fixedq.layers.quantizers import InputQuantizer
 from fixedq.models.samples import iter_batches
+from fixedq.ops import registry
 
 __all__ = ["CheckReport", "LayerCheck", "Problem", "check"]
 
@@ -200,6 +201,13 @@ def _range_ratio(layer: QuantizedLayer, lc: LayerCheck) -> None:
         lc.channel_range_ratio = float(live.max() / live.min())
 
 
+def _weighted(layer) -> bool:
+    """Whether ``layer``'s op has a kernel (weight error, accumulator bound and accumulator
+    saturation checks apply), as the op registry declares (``OpSpec.weighted``)."""
+    spec = registry.for_layer(layer)
+    return spec is not None and spec.weighted
+
+
 def _quantized_layers(qmodel: keras.Model) -> list[QuantizedLayer]:
     return [layer for layer in qmodel.layers
             if isinstance(layer, QuantizedLayer) and layer.output_spec is not None]
@@ -207,7 +215,7 @@ def _quantized_layers(qmodel: keras.Model) -> list[QuantizedLayer]:
 
 def _sample_checks(qmodel, layers, lcs, samples, batch_size: int) -> int:
     """Run the model on ``samples``; fill saturation counts. Returns the number of samples."""
-    neural = [layer for layer in layers if isinstance(layer, QuantizedNeuralLayer)]
+    neural = [layer for layer in layers if _weighted(layer)]
     outs = [layer.output for layer in layers] + [layer.input for layer in neural]
     probe = keras.Model(qmodel.inputs, outs)
     by_name = {lc.name: lc for lc in lcs}
@@ -293,7 +301,7 @@ def check(qmodel: keras.Model, samples=None, weight_error_threshold: float = 0.0
     lcs = []
     for layer in layers:
         lc = LayerCheck(layer.name, type(layer).__name__)
-        if isinstance(layer, QuantizedNeuralLayer):
+        if _weighted(layer):
             _weight_checks(layer, lc)
         _range_ratio(layer, lc)
         lcs.append(lc)

@@ -19,42 +19,20 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from fixedq.engine import kernels
 from fixedq.engine.model import Model
 from fixedq.engine.ops import Op
-from fixedq.layers import activation, affine, merge, neural, pooling, reshaping
-from fixedq.layers.base import output_bounds
-from fixedq.layers.quantizers import Dequantizer, InputQuantizer, OutputQuantizer
-from fixedq.layers.transformers import quantized as transformers
+from fixedq.layers.quantizers import Dequantizer, InputQuantizer
+from fixedq.ops import registry  # importing fixedq.ops registers every op
+from fixedq.ops.common import i64 as _i64
 from fixedq.transforms.graph import read_graph
 
-_NEURAL_TYPES = {neural.QuantizedConv2D: "conv2d", neural.QuantizedDepthwiseConv2D: "depthwise",
-                 neural.QuantizedConv2DTranspose: "transpose", neural.QuantizedDense: "dense"}
-_PASSTHROUGH = (reshaping.QuantizedFlatten, reshaping.QuantizedReshape,
-                reshaping.QuantizedPermute, reshaping.QuantizedDropout)
-SUPPORTED = (*_NEURAL_TYPES, affine.QuantizedBatchNormalization, affine.QuantizedRescaling,
-             pooling.QuantizedMaxPool2D, pooling.QuantizedGlobalAveragePooling2D,
-             merge.QuantizedAdd, merge.QuantizedConcatenate, activation.QuantizedReLU,
-             OutputQuantizer, InputQuantizer, Dequantizer, *_PASSTHROUGH)
-SUPPORTED = (*SUPPORTED, transformers.QuantizedShiftmax, transformers.QuantizedAttention,
-             transformers.QuantizedLayerMadNormalization, transformers.QuantizedClassToken,
-             transformers.QuantizedAddPositionEmbs, transformers.QuantizedExtractToken)
-
-
-def _i64(a) -> np.ndarray:
-    return np.asarray(a, dtype=np.int64)
+#: Every quantized layer class a converted model may hold: the registered ops' layers (those
+#: with an engine op) and the Dequantizer that ends the model.
+SUPPORTED = (*registry.quantized_classes(), Dequantizer)
 
 
 def _dim(d) -> int | None:
     return None if d is None else int(d)
-
-
-def _spec_attrs(spec, channels: int) -> dict:
-    if spec.lo is not None:  # stored as u = v - lo: unsigned, all n bits (eq. 37)
-        return {"value_bits": int(spec.value_bits) + 1, "signed": False,
-                "out_frac": spec.frac_array(channels).tolist()}
-    return {"value_bits": int(spec.value_bits), "signed": bool(spec.signed),
-            "out_frac": spec.frac_array(channels).tolist()}
 
 
 def _offset(spec, channels: int) -> np.ndarray | None:
@@ -100,90 +78,12 @@ def _check_structure(qmodel, graph) -> None:
                          + "\n  - ".join(problems))
 
 
-def _neural_op(layer, node, in_name: str, spec_in, channels: int) -> Op:
-    p = layer.integer_params()
-    kind = _NEURAL_TYPES[type(layer)]
-    cin = int(layer._in_channels)
-    f_in = spec_in.frac_array(cin)
-    align = int(p["in_frac"]) - f_in
-    kernel = _i64(p["kernel"])
-    if spec_in.lo is not None:  # the engine feeds u = v - lo in [0, hi - lo] (eq. 37)
-        mags = np.broadcast_to(spec_in.hi_array() - spec_in.lo_array(), (cin,))
-    else:
-        mags = np.broadcast_to(spec_in.max_abs_array(), (cin,))
-    bound = kernels.linear_bound(kernel, kind, np.left_shift(mags, align))
-    attrs = {"type": kind, "weight_bits": int(layer.weight_bits),
-             "buffer_bits": int(layer.buffer_bits), "acc_lo": int(p["acc_lo"]),
-             "acc_hi": int(p["acc_hi"]), "accum_bound": int(bound),
-             "accum_dtype": kernels.exact_dtype(bound), "in_frac": int(p["in_frac"]),
-             **_spec_attrs(layer.output_spec, channels)}
-    if kind != "dense":
-        attrs.update(strides=list(layer.strides), padding=layer.padding,
-                     dilation_rate=list(layer.dilation_rate),
-                     kernel_size=list(layer.kernel_size))
-    arrays = {"kernel": kernel, "bias": _i64(p["bias"]), "multiplier": _i64(p["multiplier"]),
-              "shift": _i64(p["shift"]), "out_lo": _i64(p["out_lo"]),
-              "out_hi": _i64(p["out_hi"])}
-    if np.any(align):
-        arrays["in_align"] = _i64(align)
-    return Op(node.name, "neural", [in_name], attrs, arrays)
-
-
 def _layer_op(layer, node, ins: list[str], specs: dict, channels: int) -> Op:
-    """The op of one (non-input, non-Dequantizer) quantized layer."""
-    name = node.name
-    out_spec = layer.output_spec
-    attrs = _spec_attrs(out_spec, channels) if out_spec is not None else {}
-    if type(layer) in _NEURAL_TYPES:
-        return _neural_op(layer, node, ins[0], specs[ins[0]], channels)
-    if isinstance(layer, affine._QuantizedAffine):
-        p = layer.integer_params()
-        arrays = {k: _i64(p[k]) for k in ("multiplier", "shift", "offset", "out_lo", "out_hi")}
-        return Op(name, "affine", ins, {**attrs, "type": type(layer).__name__}, arrays)
-    if isinstance(layer, pooling.QuantizedGlobalAveragePooling2D):
-        p = layer.integer_params()
-        arrays = {k: _i64(p[k]) for k in ("multiplier", "shift", "out_lo", "out_hi")}
-        return Op(name, "gap", ins, attrs, arrays)
-    if isinstance(layer, merge.QuantizedAdd):
-        p = layer.integer_params()
-        lo, hi = output_bounds(out_spec, channels)
-        arrays = {"shift": _i64(np.broadcast_to(p["shift"], (channels,))), "out_lo": lo,
-                  "out_hi": hi}
-        for i, s in enumerate(layer.input_specs):
-            arrays[f"align{i}"] = _i64(int(p["in_frac"]) - s.frac_array(channels))
-        return Op(name, "add", ins, attrs, arrays)
-    if isinstance(layer, OutputQuantizer):
-        lo, hi = output_bounds(out_spec, channels)
-        shift = _i64(np.broadcast_to(layer.integer_params()["shift"], (channels,)))
-        return Op(name, "shift", ins, attrs, {"shift": shift, "out_lo": lo, "out_hi": hi})
-    if isinstance(layer, merge.QuantizedConcatenate):
-        rank = len(node.output_shapes[0])
-        axis = layer.axis % rank
-        arrays = {}
-        if axis != rank - 1:
-            f_out = out_spec.frac_array(channels)
-            arrays["out_lo"], arrays["out_hi"] = output_bounds(out_spec, channels)
-            for i, s in enumerate(layer.input_specs):
-                arrays[f"shift{i}"] = _i64(s.frac_array(channels) - f_out)
-        return Op(name, "concat", ins, {**attrs, "axis": axis}, arrays)
-    if isinstance(layer, activation.QuantizedReLU):
-        p = layer.integer_params()
-        return Op(name, "clip", ins, attrs, {"lo": _i64(p["lo"]), "hi": _i64(p["hi"])})
-    if isinstance(layer, pooling.QuantizedMaxPool2D):
-        return Op(name, "maxpool", ins, {**attrs, "pool_size": list(layer.pool_size),
-                                         "strides": list(layer.strides),
-                                         "padding": layer.padding})
-    if isinstance(layer, (reshaping.QuantizedFlatten, reshaping.QuantizedReshape)):
-        shape = [int(d) for d in node.output_shapes[0][1:]]
-        return Op(name, "reshape", ins, {**attrs, "target_shape": shape})
-    if isinstance(layer, reshaping.QuantizedPermute):
-        return Op(name, "permute", ins, {**attrs, "dims": list(layer.dims)})
-    if isinstance(layer, reshaping.QuantizedDropout):
-        return Op(name, "identity", ins, attrs)
-    if isinstance(layer, transformers._TransformerLayer):
-        kind, extra, arrays = layer.engine_op()
-        return Op(name, kind, ins, {**attrs, **extra}, arrays)
-    raise ValueError(f"layer {name!r} ({type(layer).__name__}) has no engine op")
+    """The engine op of one (non-Dequantizer) quantized layer, made by its registered op."""
+    spec = registry.for_layer(layer)
+    if spec is None or spec.to_engine is None:
+        raise ValueError(f"layer {node.name!r} ({type(layer).__name__}) has no engine op")
+    return spec.to_engine(layer, node, ins, specs, channels)
 
 
 def _fold_offsets(ops: list[Op], offsets: dict[str, np.ndarray], outputs: list[dict]) -> None:
@@ -305,12 +205,7 @@ def convert(qmodel, target=None, fuse: bool = True) -> Model:
             alias[node.name] = ins[0]
             continue
         channels = int(node.output_shapes[0][-1])
-        if isinstance(layer, InputQuantizer):
-            p = layer.integer_params()
-            op = Op(node.name, "input", [], {**_spec_attrs(layer.output_spec, channels)},
-                    {"frac": _i64(p["frac"]), "lo": _i64(p["lo"]), "hi": _i64(p["hi"])})
-        else:
-            op = _layer_op(layer, node, ins, specs, channels)
+        op = _layer_op(layer, node, ins, specs, channels)
         if op.kind == "neural":
             # None for a dynamic dimension: the integer ops run at any size
             op.attrs["linear_shape"] = [_dim(d) for d in node.output_shapes[0][1:]]

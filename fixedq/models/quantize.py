@@ -33,6 +33,7 @@ from fixedq.models.range_alignment import wanted as alignment_wanted
 from fixedq.models.samples import DEFAULT_NUM_SAMPLES, iter_batches, random_samples
 from fixedq.models.split_separable import split_separable
 from fixedq.models.weight_rounding import WeightRounding, optimize_rounding
+from fixedq.ops import registry
 from fixedq.transforms import sanitize
 from fixedq.transforms.graph import (
     Graph,
@@ -71,19 +72,24 @@ def _check_not_quantized(model: keras.Model) -> None:
 
 
 def fused_relus(graph: Graph) -> dict[str, str]:
-    """``{producer: relu}`` for ReLUs that fold into the requantizing layer before them."""
+    """``{producer: relu}`` for ReLUs planned to fold into the op before them: each registered
+    op declares the patterns that fuse into it (``OpSpec.fuses``: a ReLU right after it, or a
+    ReLU after a max-pool after it). The plan holds only if the producer is really quantized:
+    :func:`_build` keeps the ReLU as a layer when its producer falls back to float."""
     fused = {}
     for node in graph.nodes:
-        if builders.kind_of(node) not in builders.REQUANTIZING:
+        spec = registry.for_node(node)
+        if spec is None:
             continue
-        nxt = graph.sole_consumer(node.name)
-        if nxt is not None and builders.kind_of(nxt) == "maxpool":
-            after = graph.sole_consumer(nxt.name)
-            if after is not None and builders.kind_of(after) == "relu":
-                fused[node.name] = after.name
-                continue
-        if nxt is not None and builders.kind_of(nxt) == "relu":
-            fused[node.name] = nxt.name
+        for pattern in sorted(spec.fuses, key=len, reverse=True):
+            nxt = node
+            for kind in pattern:
+                nxt = graph.sole_consumer(nxt.name)
+                if nxt is None or builders.kind_of(nxt) != kind:
+                    break
+            else:
+                fused[node.name] = nxt.name
+                break
     return fused
 
 

@@ -1,0 +1,44 @@
+"""GlobalAveragePooling2D (keepdims=False) -> QuantizedGlobalAveragePooling2D -> engine ``gap``.
+
+Example:
+    >>> from fixedq.ops.registry import by_name
+    >>> by_name("global_average_pooling2d").kind
+    'gap'
+"""
+
+from __future__ import annotations
+
+import keras
+
+from fixedq.engine.ops import Op
+from fixedq.layers.pooling import QuantizedGlobalAveragePooling2D
+from fixedq.ops.common import i64, out_attrs
+from fixedq.ops.registry import MAXPOOL_RELU, RELU, OpSpec, register
+
+
+def _accepts(node) -> str | None:
+    return "keepdims=True" if node.config.get("keepdims") else None
+
+
+def _build(node, in_specs, ctx):
+    spec0 = in_specs[0]
+    spec, bits = ctx.output_spec(node, signed=spec0.signed)
+    layer = QuantizedGlobalAveragePooling2D(
+        scale_bits=ctx.qparams.scale_bits, input_specs=[spec0], output_spec=spec,
+        name=node.name, qconfig=ctx.entry(node.name, activation_bits=bits))
+    return layer, spec, [None]
+
+
+def _to_engine(layer, node, ins, specs, channels) -> Op:
+    p = layer.integer_params()
+    arrays = {k: i64(p[k]) for k in ("multiplier", "shift", "out_lo", "out_hi")}
+    return Op(node.name, "gap", ins, out_attrs(layer, channels), arrays)
+
+
+SPEC = register(OpSpec(
+    name="global_average_pooling2d", kind="gap",
+    float_layers=(keras.layers.GlobalAveragePooling2D,),
+    quantized_layers=(QuantizedGlobalAveragePooling2D,), engine_kinds=("gap",),
+    accepts=_accepts, requantizes=True, fuses=(RELU, MAXPOOL_RELU), build=_build,
+    to_engine=_to_engine,
+    description="global average pooling: exact sum, 1/(H*W) folded into the requantization"))

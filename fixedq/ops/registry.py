@@ -1,0 +1,143 @@
+"""The op registry: one :class:`OpSpec` per supported operation (DESIGN.md decision 8).
+
+Each module of :mod:`fixedq.ops` describes one operation completely -- the float Keras layer(s)
+it matches and the config conditions, its ``kind`` (the q-config / calibration kind), whether
+it requantizes, what fuses into it, how its quantized Keras layer is built and its weights set,
+which quantized layer(s) it converts from and how the engine op is made, and the engine op
+kinds it produces -- and calls :func:`register`. ``quantize`` (``kind_of``,
+``quantized_layer``, ``set_weights``, ReLU fusion), the converter and the docs' table loop
+over :func:`all_ops`; none of them switches on type names.
+
+Example:
+    >>> import fixedq.ops
+    >>> from fixedq.ops.registry import by_name
+    >>> by_name("relu").kind, by_name("relu").engine_kinds
+    ('relu', ('clip',))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+#: Fusion patterns: a ReLU right after the op, or a ReLU after a max-pool after the op
+#: (ReLU and max-pool commute, so the ReLU moves into the op's requantization clip).
+RELU = ("relu",)
+MAXPOOL_RELU = ("maxpool", "relu")
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    """Everything fixedq knows about one operation.
+
+    Attributes:
+        name: the op's registry name (its module name), e.g. ``"conv2d"``.
+        kind: what ``quantize`` calls it (q-config / calibration kind, e.g. ``"neural"``);
+            several ops may share a kind (they are quantized alike).
+        float_layers: the float Keras layer classes it matches (exact class match).
+        quantized_layers: the quantized layer classes it builds and converts from.
+        engine_kinds: engine op kinds it becomes (:data:`fixedq.engine.ops.KINDS`).
+        neural_type: for ``neural`` engine ops, the ``type`` attribute (targets allow it).
+        accepts: ``accepts(node) -> str | None``: why this node's config is not supported
+            (``None``: supported). Unsupported configs fall back to float.
+        requantizes: its output is requantized with calibrated frac_bits.
+        fuses: fusion patterns (:data:`RELU`, :data:`MAXPOOL_RELU`) whose ReLU folds into
+            this op's output clip -- only when the op is actually quantized.
+        weighted: it has a float kernel (and bias): weight bits, bias correction and weight
+            rounding apply to it.
+        build: ``build(node, in_specs, ctx) -> (layer, output_spec, pre)``; ``pre`` holds an
+            optional re-gridding quantizer per input. Raises ``ValueError``/``KeyError`` when the
+            node cannot be quantized (quantization then stops before it).
+        set_weights: ``set_weights(layer, node)`` copies the float weights (``None``: none).
+        to_engine: ``to_engine(layer, node, ins, specs, channels) -> Op`` (``None``: the
+            quantized layer has no engine op yet).
+        description: one line for the docs' table.
+    """
+
+    name: str
+    kind: str
+    float_layers: tuple[type, ...]
+    quantized_layers: tuple[type, ...]
+    engine_kinds: tuple[str, ...]
+    to_engine: Callable | None
+    build: Callable | None = None
+    set_weights: Callable | None = None
+    accepts: Callable | None = None
+    requantizes: bool = False
+    fuses: tuple[tuple[str, ...], ...] = ()
+    weighted: bool = False
+    neural_type: str | None = None
+    description: str = ""
+
+    def reason(self, node) -> str | None:
+        """Why ``node`` cannot be quantized by this op (``None`` when it can)."""
+        if node.config.get("data_format", "channels_last") != "channels_last":
+            return f"data_format {node.config.get('data_format')!r} (only channels_last)"
+        return None if self.accepts is None else self.accepts(node)
+
+
+_OPS: dict[str, OpSpec] = {}
+_BY_FLOAT: dict[type, OpSpec] = {}
+_BY_QUANTIZED: dict[type, OpSpec] = {}
+
+
+def register(spec: OpSpec) -> OpSpec:
+    """Add ``spec`` to the registry; a float or quantized class may belong to one op only."""
+    if spec.name in _OPS:
+        raise ValueError(f"op {spec.name!r} is already registered")
+    for cls in spec.float_layers:
+        if cls in _BY_FLOAT:
+            raise ValueError(f"{cls.__name__} is already matched by op "
+                             f"{_BY_FLOAT[cls].name!r}")
+    for cls in spec.quantized_layers:
+        if cls in _BY_QUANTIZED:
+            raise ValueError(f"{cls.__name__} already converts through op "
+                             f"{_BY_QUANTIZED[cls].name!r}")
+    _OPS[spec.name] = spec
+    _BY_FLOAT.update(dict.fromkeys(spec.float_layers, spec))
+    _BY_QUANTIZED.update(dict.fromkeys(spec.quantized_layers, spec))
+    return spec
+
+
+def all_ops() -> list[OpSpec]:
+    """Every registered op, in registration order."""
+    return list(_OPS.values())
+
+
+def by_name(name: str) -> OpSpec:
+    """The op registered as ``name`` (``KeyError`` if none)."""
+    return _OPS[name]
+
+
+def for_float(cls: type) -> OpSpec | None:
+    """The op that matches float layer class ``cls`` (``None``: unsupported)."""
+    return _BY_FLOAT.get(cls)
+
+
+def for_node(node) -> OpSpec | None:
+    """The op that quantizes graph ``node``: matched by class and accepted config."""
+    spec = _BY_FLOAT.get(node.cls)
+    if spec is None or spec.reason(node) is not None:
+        return None
+    return spec
+
+
+def for_layer(layer) -> OpSpec | None:
+    """The op that converts quantized Keras ``layer`` to the engine (``None``: none)."""
+    return _BY_QUANTIZED.get(type(layer))
+
+
+def kind_of(node) -> str:
+    """What ``quantize`` does with ``node``: its op's kind, or ``"unsupported"``."""
+    spec = for_node(node)
+    return "unsupported" if spec is None else spec.kind
+
+
+def requantizing_kinds() -> set[str]:
+    """Kinds whose outputs are requantized with calibrated frac_bits."""
+    return {s.kind for s in _OPS.values() if s.requantizes}
+
+
+def quantized_classes() -> tuple[type, ...]:
+    """Every quantized layer class the converter can turn into an engine op."""
+    return tuple(cls for cls, spec in _BY_QUANTIZED.items() if spec.to_engine is not None)

@@ -1,0 +1,101 @@
+"""The op registry: kinds unchanged (q-configs stay valid), every lookup goes through it, the
+engine knows every engine kind, and the docs' table is the generated one."""
+
+import pathlib
+import subprocess
+import sys
+
+import keras
+import pytest
+
+import fixedq
+import fixedq.ops
+from fixedq.engine import converter
+from fixedq.engine.ops import KINDS, Op, run_op
+from fixedq.layers import transformers as tr
+from fixedq.layers.depthwise_conv2d_transpose import DepthwiseConv2DTranspose
+from fixedq.models import builders
+from fixedq.ops import registry
+from fixedq.transforms.graph import read_graph
+
+L = keras.layers
+DOCS = pathlib.Path(__file__).resolve().parents[2] / "docs" / "quantization.md"
+
+#: The kinds quantize used before the registry (q-configs and calibration keys depend on them).
+LEGACY_KINDS = {
+    L.Conv2D: "neural", L.DepthwiseConv2D: "neural", L.Conv2DTranspose: "neural",
+    L.Dense: "neural", DepthwiseConv2DTranspose: "neural", L.Flatten: "reshape",
+    L.Reshape: "reshape", L.Permute: "reshape", L.Dropout: "dropout", L.MaxPooling2D: "maxpool",
+    L.Add: "add", L.Concatenate: "concat", L.GlobalAveragePooling2D: "gap", L.ReLU: "relu",
+    L.BatchNormalization: "affine", L.Rescaling: "affine", L.InputLayer: "input",
+    tr.Attention: "attention", tr.Shiftmax: "shiftmax", tr.LayerMadNormalization: "madnorm",
+    tr.ClassToken: "class_token", tr.AddPositionEmbs: "add_pos",
+    tr.ExtractToken: "extract_token",
+}
+
+
+def test_every_legacy_layer_keeps_its_kind():
+    for cls, kind in LEGACY_KINDS.items():
+        spec = registry.for_float(cls)
+        assert spec is not None and spec.kind == kind, cls.__name__
+    matched = {c for s in registry.all_ops() for c in s.float_layers}
+    assert matched == set(LEGACY_KINDS)
+    assert builders.REQUANTIZING == {"neural", "affine", "gap", "add", "attention", "madnorm",
+                                     "class_token", "add_pos"}
+
+
+def test_config_conditions_fall_back():
+    x = keras.Input((8, 8, 3), name="x")
+    outs = [L.Conv2D(4, 3, activation="relu", name="conv_act")(x),
+            L.Conv2D(3, 3, groups=3, name="grouped")(x),
+            L.ReLU(negative_slope=0.1, name="leaky")(x), L.ReLU(name="relu")(x),
+            L.GlobalAveragePooling2D(keepdims=True, name="gap_keep")(x),
+            L.BatchNormalization(axis=1, name="bn_axis1")(x),
+            L.BatchNormalization(axis=2, name="bn_axis2")(x)]
+    g = read_graph(keras.Model(x, outs))
+    kinds = {n.name: builders.kind_of(n) for n in g.nodes}
+    assert kinds == {"x": "input", "conv_act": "unsupported", "grouped": "unsupported",
+                     "leaky": "unsupported", "relu": "relu", "gap_keep": "unsupported",
+                     "bn_axis1": "affine", "bn_axis2": "unsupported"}
+
+
+def test_engine_side_is_data_the_engine_runs():
+    for spec in registry.all_ops():
+        for kind in spec.engine_kinds:
+            assert kind in KINDS, (spec.name, kind)
+            with pytest.raises(Exception) as err:  # a runner exists: not "unknown kind"
+                run_op(Op("t", kind, ["x"]), [])
+            assert "unknown engine op kind" not in str(err.value)
+        assert (spec.to_engine is None) == (not spec.engine_kinds), spec.name
+    assert set(converter.SUPPORTED) == {*registry.quantized_classes(),
+                                        fixedq.layers.quantizers.Dequantizer}
+
+
+def test_register_rejects_a_second_owner():
+    spec = registry.by_name("relu")
+    with pytest.raises(ValueError, match="already"):
+        registry.register(spec)
+
+
+def test_supported_layers_is_exported():
+    rows = fixedq.supported_layers()
+    assert "supported_layers" in fixedq.__all__
+    dense = next(r for r in rows if r.op == "dense")
+    assert dense.float_layers == ("Dense",) and dense.quantized_layers == ("QuantizedDense",)
+    assert dense.engine_ops == ("neural/dense",) and "akida-2.0" in dense.targets
+    assert all(r.float_layers for r in rows)
+
+
+def test_docs_table_is_the_generated_one():
+    text = DOCS.read_text()
+    start, end = "<!-- supported-layers:start -->\n", "<!-- supported-layers:end -->"
+    table = text[text.index(start) + len(start):text.index(end)]
+    assert table == fixedq.ops.markdown_table(), (
+        "docs/quantization.md is out of date: paste fixedq.ops.markdown_table() between the "
+        "supported-layers markers")
+
+
+def test_engine_imports_no_keras():
+    code = ("import sys, fixedq.engine.ops, fixedq.engine.model, fixedq.engine.targets; "
+            "assert 'keras' not in sys.modules and 'tensorflow' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
