@@ -325,6 +325,10 @@ def inspect(float_model, qmodel: keras.Model, samples, split: float = 1.0,
         raise ValueError(f"inspect supports one-input models; {qmodel.name!r} has "
                          f"{len(qmodel.inputs)}")
     reference, fused = _float_reference(float_model)
+    # a planned ReLU fusion holds only where the producer is quantized (else it is a layer)
+    quantized = {layer.name for layer in qlayers
+                 if getattr(layer, "output_spec", None) is not None}
+    fused = {name: relu for name, relu in fused.items() if name in quantized}
     float_names = {layer.name for layer in reference.layers}
     rows: list[LayerInspection] = []
     probes_q, probes_f = [], []

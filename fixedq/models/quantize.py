@@ -418,7 +418,9 @@ def _build(graph: Graph, qp: QuantizationParams, stats, fused, layer_cfg, name,
             values[node.name] = (layer(x), spec)
             values["__input__"] = (x, None)
             continue
-        if node.name in relu_of:  # fused into its producer (or the max-pool after it)
+        if node.name in relu_of and values[relu_of[node.name]][1] is not None:
+            # fused into its quantized producer (or the max-pool after it); when the producer
+            # fell back to float, the ReLU is built below like any other layer
             values[node.name] = values[node.refs[0].name]
             continue
         refs = node.refs
