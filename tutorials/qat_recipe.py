@@ -50,7 +50,7 @@ h = L.GlobalAveragePooling2D(name="gap")(h)
 model = keras.Model(inputs, L.Dense(10, name="logits")(h), name="cnn")
 model.compile(keras.optimizers.Adam(2e-3),
               keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-model.fit(x_fit, y_fit, epochs=4 if FAST else 8, batch_size=64, verbose=0)
+model.fit(x_fit, y_fit, epochs=4 if FAST else 8, batch_size=32, verbose=0)
 print(f"float: {accuracy(model, x_test, y_test):.1f} % on the test images")
 
 # 2. the PTQ start (nearest weight rounding: the better QAT start, docs/quantization.md)

@@ -17,7 +17,9 @@ never a model worse than the starting point on that metric:
    ``batch_size``; the loss is sparse categorical cross-entropy, from logits unless the model's
    output is a softmax (its last layer, or rows of probabilities), or ``loss`` if given;
 4. **keep the best**: after each epoch the validation accuracy (ties: lower validation loss) is
-   compared with the best so far, the start included; the best weights are restored at the end.
+   compared with the best so far, the start included; an epoch can replace the start only if it
+   fixes clearly more validation samples than it breaks (``fixed - broken > significance *
+   sqrt(fixed + broken)``, 1.0 by default); the best weights are restored at the end.
    If no epoch beat the start, the returned model has the start's weights, unchanged, and
    ``history.kept_epoch == 0``.
 
@@ -48,7 +50,7 @@ from fixedq.progress import Progress
 __all__ = ["LRRangeTest", "QATHistory", "lr_range_test", "qat"]
 
 RANGE_START, RANGE_END, RANGE_STEPS = 1e-6, 1e-1, 48
-SAFETY, MIN_LR, MAX_LR = 10.0, 1e-5, 2e-3
+SAFETY, MIN_LR, MAX_LR, SIGNIFICANCE = 10.0, 1e-5, 2e-3, 1.0
 _DIVERGED, _FALL, _RISE, _WINDOW = 4.0, 0.9, 1.1, 5
 
 
@@ -82,7 +84,8 @@ class QATHistory:
 
     ``val_metric`` is the validation accuracy in [0, 1] (``metric == "accuracy"``) or the
     validation loss (``metric == "loss"``); ``lr`` is the learning rate at the start of each
-    epoch; ``kept_epoch`` is the epoch whose weights were returned, 0 for the starting weights.
+    epoch; ``val_changes`` the validation samples (fixed, broken) relative to the start;
+    ``kept_epoch`` is the epoch whose weights were returned, 0 for the starting weights.
 
     Example:
         >>> h = QATHistory("accuracy", 0.9, 0.3, (0.2,), (0.92,), (0.25,), (1e-4,), 1, 1e-4,
@@ -102,6 +105,7 @@ class QATHistory:
     peak_lr: float
     lr_source: str
     range_test: LRRangeTest | None = None
+    val_changes: tuple[tuple[int, int], ...] = ()
 
     @property
     def improved(self) -> bool:
@@ -197,20 +201,33 @@ def _is_probability_output(model: keras.Model, outputs: np.ndarray) -> bool:
 # --------------------------------------------------------------------------- evaluation
 
 
-def _evaluate(model, x, y, loss_fn, batch_size: int) -> tuple[float, float, int]:
-    """(loss, accuracy, correct count) on ``(x, y)``; accuracy is nan for non-class labels."""
+def _evaluate(model, x, y, loss_fn, batch_size: int):
+    """(loss, accuracy, per-sample correctness) on ``(x, y)``; accuracy is nan and correctness
+    ``None`` for labels that are not class ids."""
     out = model.predict(x, batch_size=max(batch_size, 256), verbose=0)
     loss = float(keras.ops.convert_to_numpy(loss_fn(y, out)))
     if y.ndim == 1 and y.dtype.kind in "iu":
-        correct = int(np.sum(np.argmax(out, axis=-1) == y))
-        return loss, correct / len(y), correct
-    return loss, math.nan, 0
+        hits = np.argmax(out, axis=-1) == y
+        return loss, float(np.mean(hits)), hits
+    return loss, math.nan, None
 
 
-def _score(metric: str, loss: float, correct: int) -> tuple:
+def _changes(start_hits, hits) -> tuple[int, int]:
+    """(samples fixed, samples broken) relative to the start."""
+    if start_hits is None:
+        return 0, 0
+    return int(np.sum(~start_hits & hits)), int(np.sum(start_hits & ~hits))
+
+
+def _significant(fixed: int, broken: int, significance: float) -> bool:
+    """One-sided McNemar-style test: ``fixed - broken > significance * sqrt(fixed + broken)``."""
+    return fixed - broken > significance * math.sqrt(fixed + broken)
+
+
+def _score(metric: str, loss: float, correct) -> tuple:
     """Larger is better: accuracy first, then lower loss; or lower loss alone."""
     loss = loss if math.isfinite(loss) else math.inf
-    return (correct, -loss) if metric == "accuracy" else (-loss,)
+    return (int(np.sum(correct)), -loss) if metric == "accuracy" else (-loss,)
 
 
 # --------------------------------------------------------------------------- range test
@@ -242,6 +259,17 @@ def lr_range_test(model: keras.Model, x: np.ndarray, y, loss, *, batch_size: int
         >>> 1e-5 <= t.suggested <= 2e-3  # doctest: +SKIP
         True
     """
+    optimizer = keras.optimizers.Adam(float(start_lr))
+    model.compile(optimizer=optimizer, loss=loss)
+    return _range_test(model, optimizer, x, y, loss, batch_size=batch_size, steps=steps,
+                       start_lr=start_lr, end_lr=end_lr, safety=safety, min_lr=min_lr,
+                       max_lr=max_lr, probe_size=probe_size, seed=seed, progress=progress)
+
+
+def _range_test(model, optimizer, x, y, loss, *, batch_size, steps, start_lr, end_lr, safety,
+                min_lr, max_lr, probe_size, seed, progress) -> LRRangeTest:
+    """:func:`lr_range_test` on a model already compiled with ``optimizer`` (an Adam whose
+    learning rate is a variable); its weights are restored, not the optimizer's state."""
     loss_fn = keras.losses.get(loss) if isinstance(loss, str) else loss
     saved = [w.copy() for w in model.get_weights()]
     rng = np.random.default_rng(seed)
@@ -253,8 +281,6 @@ def lr_range_test(model: keras.Model, x: np.ndarray, y, loss, *, batch_size: int
         return float(keras.ops.convert_to_numpy(loss_fn(yp, out)))
 
     lrs = np.geomspace(start_lr, end_lr, steps)
-    optimizer = keras.optimizers.Adam(float(lrs[0]))
-    model.compile(optimizer=optimizer, loss=loss)
     order = np.concatenate([rng.permutation(len(x)) for _ in range(
         -(-steps * batch_size // len(x)))])
     start = probe_loss()
@@ -332,6 +358,21 @@ def _check_options(epochs, batch_size, lr) -> None:
         raise ValueError(f"lr must be a positive finite number or None (range test), got {lr!r}")
 
 
+class _Cosine(keras.callbacks.Callback):
+    """Set Adam's learning rate before every step: ``peak`` cosine-decayed to 0 over ``total``."""
+
+    def __init__(self, optimizer, peak: float, total: int):
+        super().__init__()
+        self.optimizer, self.peak, self.total, self.step = optimizer, float(peak), total, 0
+
+    def lr(self, step: int) -> float:
+        return 0.5 * self.peak * (1.0 + math.cos(math.pi * min(step, self.total) / self.total))
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.optimizer.learning_rate.assign(self.lr(self.step))
+        self.step += 1
+
+
 class _Steps(keras.callbacks.Callback):
     def __init__(self, bar: Progress):
         super().__init__()
@@ -344,7 +385,8 @@ class _Steps(keras.callbacks.Callback):
 def qat(qmodel: keras.Model, train, validation=None, epochs: int = 3, *, lr: float | None = None,
         batch_size: int = 32, loss=None, validation_split: float = 0.15, seed: int = 0,
         safety: float = SAFETY, min_lr: float = MIN_LR, max_lr: float = MAX_LR,
-        range_steps: int = RANGE_STEPS, verbose: bool = True,
+        range_steps: int = RANGE_STEPS, significance: float = SIGNIFICANCE,
+        verbose: bool = True,
         stream=None) -> tuple[keras.Model, QATHistory]:
     """Fine-tune a copy of a quantized model; return the best one by validation and its history.
 
@@ -363,6 +405,10 @@ def qat(qmodel: keras.Model, train, validation=None, epochs: int = 3, *, lr: flo
         seed: seeds the split, the range test's batches and the shuffling of every epoch.
         safety, min_lr, max_lr, range_steps: the range test's rule (see :func:`lr_range_test`)
             and its number of steps.
+        significance: an epoch can replace the start only if, on the validation samples, it
+            fixes clearly more than it breaks: ``fixed - broken > significance *
+            sqrt(fixed + broken)`` (a one-sided McNemar-style test; 1.0 ~ 84 % confidence, 0
+            accepts any gain). Noise-level gains are not kept: they do not carry to new data.
         verbose: one line per stage and epoch on ``stream`` (default ``sys.stderr``).
 
     Returns:
@@ -396,61 +442,72 @@ def qat(qmodel: keras.Model, train, validation=None, epochs: int = 3, *, lr: flo
     metric = "accuracy" if classes is not None or class_labels else "loss"
     model = _copy(qmodel)
     if loss is None:
-        probs = _is_probability_output(model, model.predict(xv[:256], verbose=0))
+        probs = _is_probability_output(
+            model, keras.ops.convert_to_numpy(model(xv[:64], training=False)))
         loss = keras.losses.SparseCategoricalCrossentropy(from_logits=not probs)
     loss_fn = keras.losses.get(loss) if isinstance(loss, str) else loss
+    # one compile: the range test, the evaluations and the epochs share the traced functions;
+    # the learning rate is set before every step (range test, then the cosine schedule)
+    optimizer = keras.optimizers.Adam(1e-3)
+    model.compile(optimizer=optimizer, loss=loss)
 
     def say(text):
         if verbose:
             print(text, file=stream, flush=True)
 
-    start_loss, start_acc, start_correct = _evaluate(model, xv, yv, loss_fn, batch_size)
+    start_loss, start_acc, start_hits = _evaluate(model, xv, yv, loss_fn, batch_size)
     start_metric = start_acc if metric == "accuracy" else start_loss
     say(f"qat: start: validation {_fmt(metric, start_metric)}, loss {start_loss:.4f} "
         f"({len(xv)} samples; {len(x)} training)")
-    best_score = _score(metric, start_loss, start_correct)
+    best_score = _score(metric, start_loss, start_hits)
     best_weights, kept = [w.copy() for w in model.get_weights()], 0
 
     range_test = None
     if lr is None:
         with Progress("qat: lr range test", total=range_steps, unit="steps", stream=stream,
                       enabled=verbose) as bar:
-            range_test = lr_range_test(model, x, y, loss, batch_size=batch_size, seed=seed,
-                                       steps=range_steps, safety=safety, min_lr=min_lr,
-                                       max_lr=max_lr, progress=bar)
+            range_test = _range_test(model, optimizer, x, y, loss, batch_size=batch_size,
+                                     steps=range_steps, start_lr=RANGE_START, end_lr=RANGE_END,
+                                     safety=safety, min_lr=min_lr, max_lr=max_lr,
+                                     probe_size=256, seed=seed, progress=bar)
             t = range_test
             found = (f"loss falls, min at lr {t.lr_at_min:.2g}" if t.basis == "min" else
                      f"no fall, rises after lr {t.lr_edge:.2g}")
             bar.update(len(t.lrs), f"{found} -> peak lr {t.suggested:.2g}")
+        for var in optimizer.variables:  # fresh Adam state (moments, step count) for training
+            var.assign(np.zeros(var.shape, var.dtype))
         peak, source = range_test.suggested, "range test"
     else:
         peak, source = float(lr), "given"
 
     steps_per_epoch = -(-len(x) // batch_size)
-    schedule = keras.optimizers.schedules.CosineDecay(peak, epochs * steps_per_epoch)
-    model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss)
+    cosine = _Cosine(optimizer, peak, epochs * steps_per_epoch)
     rng = np.random.default_rng(seed + 1)
-    train_loss, val_metric, val_loss, lrs = [], [], [], []
+    train_loss, val_metric, val_loss, lrs, changes = [], [], [], [], []
     for epoch in range(1, epochs + 1):
-        lr_now = float(keras.ops.convert_to_numpy(schedule((epoch - 1) * steps_per_epoch)))
+        lr_now = cosine.lr((epoch - 1) * steps_per_epoch)
         order = rng.permutation(len(x))
         with Progress(f"qat: epoch {epoch}/{epochs}", total=steps_per_epoch, unit="steps",
                       stream=stream, enabled=verbose) as bar:
             fit = model.fit(x[order], y[order], batch_size=batch_size, epochs=1, shuffle=False,
-                            verbose=0, callbacks=[_Steps(bar)] if verbose else None)
+                            verbose=0, callbacks=[cosine, _Steps(bar)])
             tl = float(fit.history["loss"][-1])
-            vl, acc, correct = _evaluate(model, xv, yv, loss_fn, batch_size)
+            vl, acc, hits = _evaluate(model, xv, yv, loss_fn, batch_size)
             value = acc if metric == "accuracy" else vl
-            score = _score(metric, vl, correct)
-            better = math.isfinite(tl) and score > best_score
+            score = _score(metric, vl, hits)
+            fixed, broken = _changes(start_hits if metric == "accuracy" else None, hits)
+            clear = metric != "accuracy" or _significant(fixed, broken, significance)
+            better = math.isfinite(tl) and clear and score > best_score
             if better:
                 best_score, kept = score, epoch
                 best_weights = [w.copy() for w in model.get_weights()]
             bar.update(steps_per_epoch, f"lr {lr_now:.2g}, train loss {tl:.4f}, validation "
-                       f"{_fmt(metric, value)}, loss {vl:.4f}{', best' if better else ''}")
+                       f"{_fmt(metric, value)} (+{fixed}/-{broken}), loss {vl:.4f}"
+                       f"{', best' if better else ''}")
         train_loss.append(tl)
         val_metric.append(value)
         val_loss.append(vl)
+        changes.append((fixed, broken))
         lrs.append(lr_now)
         if not math.isfinite(tl):
             say(f"qat: training diverged at epoch {epoch} (loss {tl}); stopping")
@@ -463,7 +520,8 @@ def qat(qmodel: keras.Model, train, validation=None, epochs: int = 3, *, lr: flo
         say(f"qat: no epoch beat the start (validation {_fmt(metric, start_metric)}); "
             "returning the starting weights unchanged")
     history = QATHistory(metric, start_metric, start_loss, tuple(train_loss), tuple(val_metric),
-                         tuple(val_loss), tuple(lrs), kept, peak, source, range_test)
+                         tuple(val_loss), tuple(lrs), kept, peak, source, range_test,
+                         tuple(changes))
     return model, history
 
 

@@ -43,8 +43,8 @@ def runs(cli_files, tmp_path_factory):
     np.savez(d / "nolabels.npz", x=x[:100])
     q = cli_files.qmodel
     cases = {
-        "ok": ("qat", "-m", q, "--train", d / "train.npz", "-e", "2", "-s", d / "out.keras",
-               "--json"),
+        "ok": ("qat", "-m", q, "--train", d / "train.npz", "-e", "2", "-bs", "64",
+               "-s", d / "out.keras", "--json"),
         "val": ("qat", "-m", q, "--train", d / "train.npz", "--val", d / "val.npz", "-e", "1",
                 "--lr", "1e-4", "-s", d / "out_val.keras"),
         "float": ("qat", "-m", cli_files.model, "--train", d / "train.npz",

@@ -101,9 +101,11 @@ def test_npz_and_dataset_inputs(setup, tmp_path):
     _, qmodel, (x, y), (xte, yte) = setup
     np.savez(tmp_path / "train.npz", x=x[:400], y=np.eye(10)[y[:400]])  # one-hot labels
     val = tf.data.Dataset.from_tensor_slices((xte[:200], yte[:200])).batch(50)
-    _, history = fixedq.qat(qmodel, tmp_path / "train.npz", val, epochs=1, lr=1e-4,
-                            verbose=False)
-    assert len(history.val_metric) == 1
+    # an impossible significance: no epoch may replace the start
+    best, history = fixedq.qat(qmodel, tmp_path / "train.npz", val, epochs=1, lr=1e-3,
+                               significance=1e9, verbose=False)
+    assert len(history.val_metric) == len(history.val_changes) == 1
+    assert history.kept_epoch == 0 and _same_weights(best, qmodel)
     assert history.start_metric == _accuracy(qmodel, xte[:200], yte[:200])
 
 
