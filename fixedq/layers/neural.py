@@ -14,6 +14,15 @@ The linear op runs in float32 or float64, whichever is exact for the static accu
 (eq. 19). A fused ReLU is part of the output clip bounds. In training mode the forward value is
 the exact one and the gradient is that of the float computation (straight-through, eq. 24).
 
+**Chosen integers.** Each layer also holds a non-trainable integer variable ``kernel_offset``
+(zeros by default, the kernel's shape) that the weight quantizer adds after its nearest rounding:
+``w_q = clip(round_half_up(w / s) + offset, -qmax, qmax)``. :meth:`~QuantizedNeuralLayer.
+set_integer_kernel` stores any integers in ``[-qmax, qmax]`` exactly (offset = chosen - nearest)
+without touching the float kernel or the scale; weight rounding uses it. In QAT the offsets stay
+and the latent kernel trains (straight-through); the integers follow ``nearest + offset``. The
+engine reads the same ``w_q`` through :meth:`~QuantizedNeuralLayer.integer_params`. Models and
+weight lists saved before the variable existed (``[kernel, bias]``) still load (offset zero).
+
 Example:
     >>> layer = QuantizedDense.from_float(keras.layers.Dense(4), ...)  # doctest: +SKIP
 """
@@ -39,6 +48,11 @@ from fixedq.layers.depthwise_conv2d_transpose import (
 from fixedq.tensors import kops
 
 _SERIALIZE = keras.saving.register_keras_serializable(package="fixedq")
+
+
+def _offset_dtype(qmax: int) -> str:
+    """Smallest integer dtype holding ``kernel_offset`` values in ``[-2 qmax, 2 qmax]``."""
+    return "int8" if 2 * qmax <= 127 else "int16" if 2 * qmax <= 32767 else "int32"
 
 
 class QuantizedNeuralLayer(QuantizedLayer):
@@ -76,6 +90,10 @@ class QuantizedNeuralLayer(QuantizedLayer):
             self.bias = self.add_weight(name="bias", shape=(self.channels,), initializer="zeros")
         spec = self.input_spec0
         self._qmax = 2 ** (self.weight_bits - 1) - 1
+        # non-trainable, created last: ``weights`` is [kernel, (bias,) kernel_offset]
+        self.kernel_offset = self.add_weight(
+            name="kernel_offset", shape=shape, initializer="zeros", trainable=False,
+            dtype=_offset_dtype(self._qmax))
         self._acc_lo, self._acc_hi = -(2 ** (self.buffer_bits - 1)), 2 ** (self.buffer_bits - 1) - 1
         self.accumulator_bound = self.fan_in() * self._qmax * spec.aligned_max_abs()
         self._dtype_exact = exact_dtype(self.accumulator_bound, f"layer {self.name!r}")
@@ -83,6 +101,28 @@ class QuantizedNeuralLayer(QuantizedLayer):
         self._f_out = f_out
         self._out_lo, self._out_hi = output_bounds(self.output_spec, self.channels)
         super().build(input_shape)
+
+    @property
+    def qmax(self) -> int:
+        """Largest integer weight magnitude, ``2^(weight_bits-1) - 1``."""
+        return self._qmax
+
+    @property
+    def scale_axes(self) -> tuple[int, ...]:
+        """Kernel axes reduced for the per-output-channel scale."""
+        return self._scale_axes
+
+    @property
+    def in_channels(self) -> int:
+        return self._in_channels
+
+    def linear(self, x, kernel):
+        """The layer's linear op (matmul / conv) of ``x`` with ``kernel``, no bias."""
+        return self._linear(x, kernel)
+
+    def unit_array(self) -> np.ndarray:
+        """Public name of :meth:`_unit`."""
+        return self._unit()
 
     def _unit(self) -> np.ndarray:
         """``kernel_unit`` shaped to broadcast on the kernel's input-channel axis (``ndim - 2``
@@ -98,9 +138,41 @@ class QuantizedNeuralLayer(QuantizedLayer):
             return self.kernel
         return ops.cast(ops.cast(self.kernel, "float64") * self._unit(), self.kernel.dtype)
 
+    def nearest_integer_kernel(self) -> np.ndarray:
+        """NumPy int64 ``w_q`` of nearest rounding alone (eq. 14, without ``kernel_offset``)."""
+        w_q, _ = kops.quantize_weights(self.effective_kernel(), self._scale_axes, self._qmax)
+        return np.asarray(ops.convert_to_numpy(w_q)).astype(np.int64)
+
+    def integer_kernel(self) -> np.ndarray:
+        """NumPy int64 ``w_q`` the layer computes with (nearest rounding + ``kernel_offset``)."""
+        return np.asarray(ops.convert_to_numpy(self.quantized_weights()[0])).astype(np.int64)
+
+    def set_integer_kernel(self, w_q) -> None:
+        """Make the weight quantizer return exactly the integers ``w_q`` (kernel's shape, values
+        in ``[-qmax, qmax]``) for the current float kernel: ``kernel_offset = w_q - nearest``.
+        The float kernel, and with it the per-channel scale, is not touched.
+
+        Example:
+            >>> layer.set_integer_kernel(w_q)  # doctest: +SKIP
+        """
+        w_q = np.asarray(w_q)
+        shape = tuple(self.kernel.shape)
+        if w_q.shape != shape or not np.issubdtype(w_q.dtype, np.integer) and not np.array_equal(
+                w_q, np.round(w_q)):
+            raise ValueError(f"layer {self.name!r}: integer kernel must be integers of shape "
+                             f"{shape}, got {w_q.dtype} {w_q.shape}")
+        w_q = w_q.astype(np.int64)
+        if np.any(np.abs(w_q) > self._qmax):
+            raise ValueError(f"layer {self.name!r}: integer kernel values must be in "
+                             f"[-{self._qmax}, {self._qmax}]")
+        self.kernel_offset.assign((w_q - self.nearest_integer_kernel()).astype(
+            self.kernel_offset.dtype))
+
     def quantized_weights(self):
-        """In-graph integer weights: ``(w_q, scale, b_q, M, S)`` (eqs. 14, 16, 21)."""
+        """In-graph integer weights: ``(w_q, scale, b_q, M, S)`` (eqs. 14, 16, 21); ``w_q`` is
+        nearest rounding plus ``kernel_offset``, clipped to ``[-qmax, qmax]``."""
         w_q, scale = kops.quantize_weights(self.effective_kernel(), self._scale_axes, self._qmax)
+        w_q = ops.clip(w_q + ops.cast(self.kernel_offset, w_q.dtype), -self._qmax, self._qmax)
         s_flat = ops.reshape(scale, (-1,))
         big_f = self.input_spec0.max_frac
         if self.use_bias:
@@ -142,6 +214,24 @@ class QuantizedNeuralLayer(QuantizedLayer):
         lo = from_integers(self._out_lo, self._f_out, self.compute_dtype)
         hi = from_integers(self._out_hi, self._f_out, self.compute_dtype)
         return straight_through(ops.clip(z, lo, hi), out)
+
+    def set_weights(self, weights):
+        """Also accepts the weight list without ``kernel_offset`` (``[kernel, (bias)]``, as
+        before the variable existed); the offset is then reset to zero."""
+        weights = list(weights)
+        if len(weights) == len(self.weights) - 1:
+            weights.append(np.zeros(self.kernel_offset.shape, self.kernel_offset.dtype))
+        super().set_weights(weights)
+
+    def load_own_variables(self, store):
+        """Also loads ``.keras``/``.weights.h5`` files saved before ``kernel_offset`` existed."""
+        if len(store.keys()) == len(self.weights) - 1:
+            self.kernel_offset.assign(np.zeros(self.kernel_offset.shape,
+                                               self.kernel_offset.dtype))
+            for i, v in enumerate(self._trainable_variables):
+                v.assign(store[f"{i}"])
+            return
+        super().load_own_variables(store)
 
     def get_config(self):
         config = super().get_config()

@@ -82,11 +82,11 @@ def clip_layer_kernel(layer: QuantizedNeuralLayer, n_std: float) -> None:
     """:func:`clip_kernel` on the layer's effective kernel; with a folded Rescaling
     (``kernel_unit``) the limits are mapped back to the original units the variable holds."""
     if layer.kernel_unit is None:
-        layer.kernel.assign(clip_kernel(layer.kernel.numpy(), layer._scale_axes, n_std))
+        layer.kernel.assign(clip_kernel(layer.kernel.numpy(), layer.scale_axes, n_std))
         return
-    unit = layer._unit()
+    unit = layer.unit_array()
     eff = np.asarray(layer.effective_kernel(), np.float64)
-    std = np.sqrt(np.mean(np.square(eff), axis=tuple(layer._scale_axes), keepdims=True))
+    std = np.sqrt(np.mean(np.square(eff), axis=tuple(layer.scale_axes), keepdims=True))
     limit = n_std * std / np.abs(unit)
     kernel = layer.kernel.numpy()
     layer.kernel.assign(np.clip(kernel, -limit, limit).astype(kernel.dtype))
@@ -105,7 +105,7 @@ def clip_kernels(qmodel: keras.Model, n_std: float) -> list[str]:
     return done
 
 
-def apply_recorded(layer: QuantizedNeuralLayer, entry: dict) -> None:
+def apply_recorded_bias_correction(layer: QuantizedNeuralLayer, entry: dict) -> None:
     """Re-apply the weight clipping and bias deltas recorded in a q-config ``entry``."""
     if entry.get("weight_clip_std") is not None:
         clip_layer_kernel(layer, entry["weight_clip_std"])
@@ -115,6 +115,10 @@ def apply_recorded(layer: QuantizedNeuralLayer, entry: dict) -> None:
             raise ValueError(f"q_config: layer {layer.name!r} bias_delta must have "
                              f"{layer.channels} values and the layer a bias")
         layer.bias.assign(layer.bias.numpy() + delta)
+
+
+#: Transitional alias (HEAD's builders.py imports it); same meaning, to be removed.
+apply_recorded = apply_recorded_bias_correction
 
 
 def _channel_mean(x) -> np.ndarray:
@@ -153,13 +157,13 @@ def correct_biases(float_model: keras.Model, qmodel: keras.Model, frames: np.nda
             x_in = feed(frames_t, training=False)
             w_q, scale, *_ = layer.quantized_weights()
             w_deq = ops.cast(ops.cast(w_q, "float64") * scale, "float32")
-            z = layer._linear(x_in, w_deq) + layer.bias
+            z = layer.linear(x_in, w_deq) + layer.bias
             delta = targets[i] - _channel_mean(ops.convert_to_numpy(z))
             layer.bias.assign(layer.bias.numpy() + delta.astype(np.float32))
             deltas[layer.name] += delta
             bar.update(it * len(layers) + i + 1, f"pass {it + 1}/{options.iterations}")
     bar.close()
-    for layer in layers:  # one float32 add of the total: exactly what apply_recorded does
+    for layer in layers:  # one float32 add of the total, as apply_recorded_bias_correction
         total = deltas[layer.name].astype(np.float32)
         layer.bias.assign(originals[layer.name] + total)
         layer.qconfig["bias_delta"] = total.astype(float).tolist()

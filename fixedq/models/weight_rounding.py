@@ -23,13 +23,11 @@ shift) and, per output channel with scale ``s``, minimizes the quadratic
 ``method="local"`` skips step 1 (coordinate descent from nearest rounding).
 
 The weight scale is untouched: the element(s) with the largest ``|w|`` of each channel stay at
-``±(2^(b-1)-1)`` and keep their float value. A weight whose integer is its nearest rounding
-keeps its float value too; a moved one is stored at the closest point of its new rounding
-interval (``EDGE_MARGIN`` of a step inside; ``keep_latent=False``: every weight exactly on its
-grid point ``q·s``). The layer's own quantizer (scale from ``max|w|``, round-half-up) then
-reproduces the chosen integers, so the quantized Keras model and the integer engine stay
-bit-exact, and QAT starts from the optimized integers with float weights as close to the
-original ones as they allow. The integers are recorded in the layer's q-config entry
+``±(2^(b-1)-1)``. The chosen integers are held by the layer's weight quantizer itself (its
+``kernel_offset``, added after nearest rounding: :func:`set_integer_kernel`), so the quantized
+Keras model and the integer engine stay bit-exact, and QAT starts from the optimized integers
+with the original float weights (``keep_latent=False``: every other weight on its grid point
+``q·s``). The integers are recorded in the layer's q-config entry
 (``weight_rounding``: options and the int8 kernel in base64) and re-applied by
 ``quantize(model, q_config=cfg)`` bit for bit.
 
@@ -81,8 +79,8 @@ class WeightRounding:
             weights also compensate the error of the quantized inputs (the least-squares
             target ``w* = (H + λ)^-1 (X_q^T X_f w / n + λ w)`` is rounded in the ``H``
             metric, ``λ = damp·mean(diag H)``).
-        keep_latent: store the float weights as close to the original as the chosen integers
-            allow (QAT then starts from them) instead of exactly on the grid points.
+        keep_latent: keep the original float weights (the layer's ``kernel_offset`` holds the
+            chosen integers; QAT starts from them) instead of moving them onto the grid points.
 
     Example:
         >>> WeightRounding(frames=128).max_bits
@@ -397,68 +395,68 @@ def optimize_layer(layer: QuantizedNeuralLayer, x: np.ndarray, options: WeightRo
     q = np.empty(rows.shape, np.int64)
     for g in range(rows.shape[0]):
         target = None if c is None else _ls_target(rows[g], h[g], c[g], options.damp)
-        q[g], _ = optimize_rows(rows[g], h[g], layer._qmax, options, fixed[g], target)
+        q[g], _ = optimize_rows(rows[g], h[g], layer.qmax, options, fixed[g], target)
     return _unrows(layer, q, w.shape), np.asarray(ops.convert_to_numpy(w_q), np.int64), h
 
 
 def _tops(layer, eff: np.ndarray) -> np.ndarray:
     """Where each output channel reaches its ``max|w|`` (the elements its scale comes from)."""
     mag = np.abs(eff)
-    return mag >= np.max(mag, axis=layer._scale_axes, keepdims=True)
+    return mag >= np.max(mag, axis=layer.scale_axes, keepdims=True)
 
 
 # --------------------------------------------------------------------------- storing
 
 
-#: Distance (in steps) kept from the rounding boundary by a moved latent weight.
-EDGE_MARGIN = 1e-3
-
-
 def set_integer_kernel(layer: QuantizedNeuralLayer, w_q: np.ndarray,
                        keep_latent: bool = True) -> None:
-    """Store integer weights ``w_q`` on ``layer`` so that its quantizer returns exactly them.
+    """Make ``layer`` compute with the integer weights ``w_q`` (any values in ``[-qmax, qmax]``).
 
-    The per-channel scale is kept: ``w_q`` must be ``±qmax`` where ``|w|`` is largest (those
-    elements keep their float value). With ``keep_latent`` a weight whose integer is its
-    nearest rounding keeps its float value and a moved one goes to the closest point of its new
-    rounding interval (``EDGE_MARGIN`` steps inside), so QAT starts from float weights as close
-    to the original as the integers allow; otherwise every weight becomes its grid point
-    ``q·s``. Values are in effective units (divided by a folded ``kernel_unit`` if any).
+    The integers are held by the layer's weight quantizer itself
+    (:meth:`QuantizedNeuralLayer.set_integer_kernel`: ``kernel_offset = w_q - nearest``), so
+    nothing is reverse-engineered and the per-channel scale never moves. With ``keep_latent``
+    the float kernel is left as it is (QAT starts from the original float weights, the integers
+    follow ``nearest + offset``); otherwise every weight except each channel's maximum (the
+    scale's source) first becomes its grid point ``q·s`` (the offsets are then zero wherever
+    float32 reproduces the grid point). Values are in effective units (divided by a folded
+    ``kernel_unit`` if any).
 
     Example:
         >>> set_integer_kernel(layer, w_q)  # doctest: +SKIP
     """
+    w_q = np.asarray(w_q, np.int64)
+    shape = tuple(layer.kernel.shape)
+    if w_q.shape != shape or np.any(np.abs(w_q) > layer.qmax):
+        raise ValueError(f"layer {layer.name!r}: integer kernel must have shape {shape} and "
+                         f"values in [-{layer.qmax}, {layer.qmax}]")
     _, scale, *_ = layer.quantized_weights()
     scale = np.asarray(ops.convert_to_numpy(scale), np.float64)
+    if not keep_latent:
+        _snap_to_grid(layer, w_q, scale)
+    layer.set_integer_kernel(w_q)
+    got_scale = np.asarray(ops.convert_to_numpy(layer.quantized_weights()[1]))
+    if not (np.array_equal(layer.integer_kernel(), w_q) and np.array_equal(got_scale, scale)):
+        raise RuntimeError(f"layer {layer.name!r}: the integer kernel or the scale moved")
+
+
+def _snap_to_grid(layer: QuantizedNeuralLayer, w_q: np.ndarray, scale: np.ndarray) -> None:
+    """Float kernel on the grid points ``w_q·s`` where that keeps each channel's ``max|w|``
+    (the scale): the maxima keep their stored value, over-the-max elements step back an ulp."""
     eff = np.asarray(ops.convert_to_numpy(layer.effective_kernel()), np.float64)
-    w_q = np.asarray(w_q, np.int64)
-    if w_q.shape != eff.shape or np.any(np.abs(w_q) > layer._qmax):
-        raise ValueError(f"layer {layer.name!r}: integer kernel must have shape {eff.shape} and "
-                         f"values in [-{layer._qmax}, {layer._qmax}]")
     top = _tops(layer, eff) & (eff != 0)
-    nearest = np.clip(np.floor(eff / scale + 0.5), -layer._qmax, layer._qmax)
-    if np.any(w_q[top] != nearest[top]):
-        raise ValueError(f"layer {layer.name!r}: the largest weight of each channel must stay at "
-                         "±qmax (the scale comes from it)")
     kernel = layer.kernel.numpy()
-    if keep_latent:
-        lo, hi = (w_q - 0.5 + EDGE_MARGIN) * scale, (w_q + 0.5 - EDGE_MARGIN) * scale
-        new = np.clip(eff, lo, hi)
-    else:
-        new = w_q * scale
+    new = w_q * scale
     if layer.kernel_unit is not None:
-        new = new / layer._unit()
+        new = new / layer.unit_array()
     new = new.astype(kernel.dtype)
-    if layer.kernel_unit is None and not keep_latent:
+    if layer.kernel_unit is None:
         # a grid point ±qmax·s may round (float32) one ulp above the channel's max: use the max
         # element's own stored value there, so max|w| and with it the scale stay the same
-        top_val = np.max(np.where(top, np.abs(kernel), 0), axis=layer._scale_axes,
+        top_val = np.max(np.where(top, np.abs(kernel), 0), axis=layer.scale_axes,
                          keepdims=True)
-        new = np.where(np.abs(w_q) == layer._qmax, np.sign(w_q) * top_val, new)
-    if keep_latent:
-        new = np.where(w_q == nearest, kernel, new)  # unchanged integers: untouched floats
+        new = np.where(np.abs(w_q) == layer.qmax, np.sign(w_q) * top_val, new)
     kernel = np.where(top, kernel, new).astype(kernel.dtype)
-    limit = np.max(np.abs(eff), axis=layer._scale_axes, keepdims=True)
+    limit = np.max(np.abs(eff), axis=layer.scale_axes, keepdims=True)
     for _ in range(4):  # with a folded kernel_unit: step over-the-max elements back by an ulp
         layer.kernel.assign(kernel)
         over = ~top & (np.abs(np.asarray(ops.convert_to_numpy(layer.effective_kernel()),
@@ -466,12 +464,6 @@ def set_integer_kernel(layer: QuantizedNeuralLayer, w_q: np.ndarray,
         if not np.any(over):
             break
         kernel = np.where(over, np.nextafter(kernel, np.zeros_like(kernel)), kernel)
-    got_q, got_scale, *_ = layer.quantized_weights()
-    got_q = np.asarray(ops.convert_to_numpy(got_q), np.int64)
-    if not (np.array_equal(got_q, w_q)
-            and np.array_equal(np.asarray(ops.convert_to_numpy(got_scale)), scale)):
-        raise RuntimeError(f"layer {layer.name!r}: {int(np.sum(got_q != w_q))} stored weights "
-                           "do not reproduce their integers (or the scale moved)")
 
 
 def encode(w_q: np.ndarray) -> str:
@@ -491,7 +483,7 @@ def decode(text: str, shape) -> np.ndarray:
     return raw.astype(np.int64).reshape(shape)
 
 
-def apply_recorded(layer: QuantizedNeuralLayer, entry: dict) -> None:
+def apply_recorded_rounding(layer: QuantizedNeuralLayer, entry: dict) -> None:
     """Re-apply the integer kernel recorded in a q-config ``entry`` (``weight_rounding``)."""
     record = entry.get("weight_rounding")
     if record is None:
@@ -511,6 +503,10 @@ def apply_recorded(layer: QuantizedNeuralLayer, entry: dict) -> None:
     except (ValueError, TypeError, base64.binascii.Error) as err:
         raise ValueError(f"q_config: layer {layer.name!r} weight_rounding does not fit this "
                          f"model: {err}") from err
+
+
+#: Transitional alias (HEAD's builders.py imports it); same meaning, to be removed.
+apply_recorded = apply_recorded_rounding
 
 
 # --------------------------------------------------------------------------- the pass
