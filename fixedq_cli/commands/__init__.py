@@ -11,6 +11,7 @@ COMMANDS = [
     "demo",
     "convert",
     "run",
+    "export",
     "inspect",
     "mixed_precision",
     "qat",

@@ -1,0 +1,15 @@
+"""Interoperability of integer engine programs with other runtimes.
+
+:func:`export_onnx` writes an engine program (:class:`fixedq.engine.Model` or a ``.fqe`` file)
+as a standard ONNX model whose onnxruntime outputs equal the engine's ``predict`` on every
+element (docs/interop.md). Nothing here imports TensorFlow; ``onnx`` is imported when an export
+runs (``pip install "fixedq[onnx]"``).
+
+Example:
+    >>> import fixedq.interop                                          # doctest: +SKIP
+    >>> fixedq.interop.export_onnx(fe.load("model.fqe"), "model.onnx")  # doctest: +SKIP
+"""
+
+from fixedq.interop.onnx_export import EXPORTABLE_KINDS, export_onnx, to_onnx
+
+__all__ = ["EXPORTABLE_KINDS", "export_onnx", "to_onnx"]

@@ -1,0 +1,328 @@
+"""ONNX export of engine programs: onnxruntime == engine on every element (issue 16.1).
+
+Real quantized Keras models (8 and 4 bits, per-axis and per-tensor, asymmetric) are converted,
+exported and run with onnxruntime; float32 and int64 outputs are compared with
+``engine.predict`` element by element on inputs that include the range edges, rounding ties and
+saturating values. Hand-made programs cover the int64 requantization path, exact ties of the
+input quantizer, unsupported kinds and bounds past 2^53; the CLI is run as a subprocess.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+keras = pytest.importorskip("keras")
+
+import fixedq  # noqa: E402
+import fixedq.engine as fe  # noqa: E402
+from fixedq.engine.model import Model  # noqa: E402
+from fixedq.engine.ops import Op  # noqa: E402
+from fixedq.interop import EXPORTABLE_KINDS, export_onnx, to_onnx  # noqa: E402
+from fixedq.layers.params import QuantizationParams  # noqa: E402
+
+L = keras.layers
+Q8 = QuantizationParams()
+Q4 = QuantizationParams(input_weight_bits=8, weight_bits=4, activation_bits=4)
+Q4T = QuantizationParams(input_weight_bits=8, weight_bits=4, activation_bits=4,
+                         per_tensor_activations=True)
+Q8A = QuantizationParams(asymmetric_activations=True)
+
+
+def _session(proto):
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 2
+    return ort.InferenceSession(proto.SerializeToString(), opts,
+                                providers=["CPUExecutionProvider"])
+
+
+def assert_exact(engine: Model, x: np.ndarray) -> None:
+    """Export (float and int outputs), run onnxruntime, compare every element."""
+    for output in ("float", "int"):
+        got = _session(to_onnx(engine, output)).run(None, {"input": x})
+        want = engine.predict(x, output=output, batch_size=64)
+        want = want if isinstance(want, list) else [want]
+        assert len(got) == len(want)
+        for g, w in zip(got, want, strict=True):
+            assert g.dtype == w.dtype and g.shape == w.shape, (output, g.dtype, w.dtype)
+            bad = int(np.count_nonzero(g != w))
+            assert bad == 0, f"{output}: {bad} of {w.size} elements differ"
+
+
+def edge_inputs(engine: Model, x: np.ndarray, rng) -> np.ndarray:
+    """``x`` plus samples at the input quantizer's range edges, beyond them, and on exact
+    rounding ties (``(k + 1/2)·2^-f``)."""
+    inp = engine.ops[0].arrays
+    f = np.asarray(inp["frac"], np.float64)
+    lo, hi = np.asarray(inp["lo"], np.float64), np.asarray(inp["hi"], np.float64)
+    shape = x.shape[1:]
+    lo_x, hi_x = np.broadcast_to(lo * 2.0**-f, shape), np.broadcast_to(hi * 2.0**-f, shape)
+    ties = (rng.integers(lo.min(), hi.max(), size=(4, *shape)) + 0.5) * np.broadcast_to(
+        2.0**-f, shape)
+    pick = rng.random((4, *shape)) < 0.5
+    extra = [np.broadcast_to(lo_x, shape)[None], np.broadcast_to(hi_x, shape)[None],
+             np.where(pick, lo_x, hi_x), ties, 1e6 * np.sign(rng.normal(size=(2, *shape)))]
+    return np.concatenate([x, *[e.astype(np.float32) for e in extra]]).astype(np.float32)
+
+
+def _quantized(model, qp, x):
+    return fe.convert(fixedq.quantize(model, qp, samples=x, verbose=False))
+
+
+def _cnn():
+    """conv/BN/ReLU/max-pool, depthwise, separable, add, concat, transposed conv, GAP, dense."""
+    x = keras.Input((12, 12, 3))
+    y = L.Conv2D(8, 3, padding="same")(x)
+    y = L.BatchNormalization()(y)
+    y = L.ReLU()(y)
+    y = L.MaxPooling2D()(y)
+    a = L.DepthwiseConv2D(3, depth_multiplier=2, padding="same")(y)
+    a = L.ReLU()(a)
+    b = L.SeparableConv2D(16, 3, padding="same")(y)
+    b = L.ReLU()(b)
+    y = L.Add()([a, b])
+    c = L.Conv2D(4, 1, strides=2)(y)
+    y = L.Conv2D(8, 3, strides=2, padding="same", dilation_rate=1)(y)
+    y = L.Concatenate()([y, c])
+    y = L.Conv2DTranspose(6, 3, strides=2, padding="same")(y)
+    y = L.ReLU()(y)
+    y = L.MaxPooling2D(3, strides=2, padding="same")(y)
+    y = L.GlobalAveragePooling2D()(y)
+    return keras.Model(x, L.Dense(5)(y), name="cnn")
+
+
+@pytest.mark.parametrize("qp", [Q8, Q4, Q4T], ids=["q8-per-axis", "q4-per-axis", "q4-per-tensor"])
+def test_cnn_exact(qp):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(48, 12, 12, 3)).astype("float32")
+    engine = _quantized(_cnn(), qp, x)
+    kinds = {(op.kind, op.attrs.get("type")) for op in engine.ops}
+    assert {("neural", "conv2d"), ("neural", "depthwise"), ("neural", "transpose"),
+            ("neural", "dense"), ("add", None), ("concat", None), ("gap", None)} <= kinds
+    assert any(op.attrs.get("pool") for op in engine.ops)
+    assert_exact(engine, edge_inputs(engine, x, rng))
+
+
+def test_unfused_ops_affine_clip_pool_reshape_permute_multi_output():
+    x_in = keras.Input((8, 8, 3))
+    y = L.Rescaling(1 / 127.5, offset=-1.0)(x_in)
+    y = L.BatchNormalization()(y)
+    a = L.Conv2D(4, 3, padding="same")(y)
+    b = L.Conv2D(4, 1)(y)
+    y = L.Add()([a, b])
+    y = L.BatchNormalization()(y)
+    y = L.ReLU(max_value=1.5)(y)
+    y = L.MaxPooling2D()(y)
+    z = L.Concatenate(axis=1)([y, y])
+    z = L.ReLU(max_value=1.0)(z)
+    z = L.Conv2DTranspose(3, 2, strides=3, padding="valid")(z)
+    z = L.Flatten()(z)
+    z = L.Dropout(0.2)(z)
+    z = L.Reshape((6, -1))(z)
+    z = L.Dense(4)(z)
+    z = L.Permute((2, 1))(z)
+    head_a = L.Dense(3, name="head_a")(L.Flatten()(z))
+    head_b = L.GlobalAveragePooling2D(name="head_b")(y)
+    model = keras.Model(x_in, [head_a, head_b])
+    rng = np.random.default_rng(1)
+    for layer in model.layers:
+        if isinstance(layer, L.BatchNormalization):
+            c = layer.gamma.shape[0]
+            layer.set_weights([rng.uniform(-2, 2, c), rng.normal(size=c),
+                               rng.normal(size=c), rng.uniform(0.2, 3, c)])
+        if layer.name == "head_a":  # a dead and a near-dead channel (M = 0, S = 62)
+            w, bias = layer.get_weights()
+            w[:, 0] = 0.0
+            w[:, 1] = 1e-20
+            layer.set_weights([w, bias])
+    xs = rng.integers(0, 256, size=(40, 8, 8, 3)).astype("float32")
+    engine = _quantized(model, QuantizationParams(per_tensor_activations=True), xs)
+    kinds = {op.kind for op in engine.ops}
+    assert {"affine", "clip", "maxpool", "reshape", "permute", "add", "concat"} <= kinds
+    assert_exact(engine, edge_inputs(engine, xs, rng))
+
+
+@pytest.mark.parametrize("qp", [Q8A], ids=["asymmetric"])
+def test_asymmetric_offsets(qp):
+    x_in = keras.Input((10, 10, 2))
+    y = L.Conv2D(6, 3, padding="same")(x_in)
+    a = L.Conv2D(6, 3, padding="valid")(y)
+    y = L.Concatenate()([a, L.Conv2D(2, 3, padding="valid")(y)])
+    y = L.Conv2D(4, 3, padding="same")(y)
+    y = L.Flatten()(y)
+    model = keras.Model(x_in, L.Dense(3)(y))
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(40, 10, 10, 2)).astype("float32")
+    engine = _quantized(model, qp, x)
+    assert any("out_offset" in op.arrays for op in engine.ops)
+    assert_exact(engine, edge_inputs(engine, x, rng))
+
+
+def test_worst_case_3x3x512_float64_path_and_saturating_buffer():
+    """+-max weights and saturating inputs: bound past 2^24 (double GEMM) and the 32-bit
+    accumulator clip reached; 16-bit activations and weights."""
+    x_in = keras.Input((5, 5, 512))
+    conv = L.Conv2D(4, 3, padding="same")
+    y = L.Dense(2)(L.Flatten()(conv(x_in)))
+    model = keras.Model(x_in, y)
+    k = np.ones((3, 3, 512, 4), dtype="float32")
+    k[..., 1] = -1.0
+    k[..., 2] = np.where(np.random.default_rng(0).random((3, 3, 512)) < 0.5, -1.0, 1.0)
+    conv.set_weights([k, np.array([0.0, 0.0, 3.0, -3.0], "float32")])
+    rng = np.random.default_rng(3)
+    calib = rng.normal(size=(16, 5, 5, 512)).astype("float32")
+    x = np.concatenate([np.full((2, 5, 5, 512), 50.0, "float32"),
+                        np.full((2, 5, 5, 512), -50.0, "float32"), calib[:4] * 30.0])
+    for qp in (Q8, QuantizationParams(input_weight_bits=16, weight_bits=16, activation_bits=16,
+                                      input_bits=16, output_bits=16)):
+        engine = fe.convert(fixedq.quantize(model, qp, samples=calib, verbose=False))
+        op = next(o for o in engine.ops if o.attrs.get("type") == "conv2d")
+        assert op.attrs["accum_bound"] >= 2**24
+        assert_exact(engine, x)
+
+
+# ------------------------------------------------------------------ hand-made programs
+
+
+def _program(ops, input_shape=(None, 4), input_dtype="float32", frac=(0,)):
+    return Model(ops, [{"tensor": ops[-1].name, "frac": list(frac), "name": "out"}],
+                 input_shape, input_dtype=input_dtype, name="hand")
+
+
+def _input(lo=-(2**15), hi=2**15 - 1, frac=0):
+    return Op("in", "input", [], {}, {"frac": np.array([frac]), "lo": np.array([lo]),
+                                      "hi": np.array([hi])})
+
+
+def test_int64_requant_path_and_input_ties():
+    """Multipliers and offsets too wide for double (int64 path of eq. 5), negative and zero
+    multipliers, left shifts, shift 62; float64 inputs on exact ties and at
+    0.49999999999999994 (where floor(x + 1/2) is wrong)."""
+    aff = Op("aff", "affine", ["in"], {}, {
+        "multiplier": np.array([2**23 + 1, -3, 0, -(2**20 + 7), 5]),
+        "shift": np.array([40, 2, 62, 20, -3]),
+        "offset": np.array([2**55 + 3, -5, 7, -(2**45), 1]),
+        "out_lo": np.full(5, -(2**40)), "out_hi": np.full(5, 2**40 - 1)})
+    sh = Op("sh", "shift", ["aff"], {}, {"shift": np.array([9, 0, -2, 1, 62]),
+                                          "out_lo": np.full(5, -(2**31)),
+                                          "out_hi": np.full(5, 2**31 - 1)})
+    engine = _program([_input(), aff, sh], input_shape=(None, 5), input_dtype="float64")
+    rng = np.random.default_rng(4)
+    x = np.concatenate([rng.integers(-(2**15), 2**15, size=(200, 5)) + 0.5,
+                        rng.normal(size=(200, 5)) * 2.0**14,
+                        np.full((1, 5), 0.49999999999999994), np.full((1, 5), -0.5),
+                        np.full((1, 5), 2.0**52 + 1), np.full((1, 5), -np.inf),
+                        np.full((1, 5), np.inf)])
+    proto = to_onnx(engine, "int")
+    assert "Mod" in {n.op_type for n in proto.graph.node}  # the int64 path is exercised
+    assert_exact(engine, x)
+
+
+def test_unsupported_kind_names_the_op(tmp_path):
+    tok = Op("tok", "extract_token", ["in"], {"token": 0}, {})
+    engine = Model([_input(), tok], [{"tensor": "tok", "frac": [0], "name": "out"}],
+                   (None, 3, 4), name="hand")
+    path = tmp_path / "m.onnx"
+    with pytest.raises(ValueError, match=r"op 'tok' of kind 'extract_token' cannot be "
+                                         r"exported"):
+        export_onnx(engine, path)
+    assert not path.exists() and not os.listdir(tmp_path)
+
+
+def test_bound_past_2_53_refused_and_old_file_kept(tmp_path):
+    dense = Op("fc", "neural", ["in"], {
+        "type": "dense", "accum_dtype": "int64", "acc_lo": -(2**62), "acc_hi": 2**62,
+        "accum_bound": 2**58}, {
+        "kernel": np.full((4, 2), 2**40), "bias": np.zeros(2, np.int64),
+        "multiplier": np.array([1, 1]), "shift": np.array([40, 40]),
+        "out_lo": np.array([-128, -128]), "out_hi": np.array([127, 127])})
+    engine = _program([_input(), dense])
+    path = tmp_path / "m.onnx"
+    path.write_bytes(b"old")
+    with pytest.raises(ValueError, match=r"op 'fc' \(neural\).*2\^53"):
+        export_onnx(engine, path)
+    assert path.read_bytes() == b"old" and sorted(os.listdir(tmp_path)) == ["m.onnx"]
+
+
+def test_every_engine_kind_exports_or_fails_naming_the_op():
+    """Kinds outside EXPORTABLE_KINDS (transformer ops, kinds added later) are refused with a
+    ValueError naming the op and its kind, before anything is built or written."""
+    from fixedq.engine import ops, transformer_ops
+
+    assert set(EXPORTABLE_KINDS) <= set(ops.KINDS)
+    assert not set(EXPORTABLE_KINDS) & set(transformer_ops.KINDS)
+    for kind in sorted(set(ops.KINDS) - set(EXPORTABLE_KINDS)):
+        op = Op(f"my_{kind}", kind, ["in"], {}, {})
+        engine = Model([_input(), op], [{"tensor": op.name, "frac": [0], "name": "out"}],
+                       (None, 4), name="hand")
+        with pytest.raises(ValueError, match=rf"op 'my_{kind}' of kind '{kind}'"):
+            to_onnx(engine)
+
+
+def test_identity_and_export_file(tmp_path):
+    ident = Op("id", "identity", ["in"], {}, {})
+    clip = Op("relu", "clip", ["id"], {}, {"lo": np.array([0]), "hi": np.array([100])})
+    engine = _program([_input(), ident, clip])
+    path = tmp_path / "m.onnx"
+    export_onnx(engine, path)
+    x = np.random.default_rng(5).normal(size=(30, 4)).astype("float32") * 300
+    got = _session(__import__("onnx").load(str(path))).run(None, {"input": x})[0]
+    assert np.array_equal(got, engine.predict(x))
+
+
+# ------------------------------------------------------------------ command line
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "fixedq_cli.main", *map(str, args)],
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+
+
+def test_cli_export_saved_fqe(tmp_path):
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(32, 12, 12, 3)).astype("float32")
+    engine = _quantized(_cnn(), Q4T, x)
+    fqe = tmp_path / "cnn.fqe"
+    engine.save(fqe)
+    code = ("import sys, fixedq.engine as fe\n"
+            "from fixedq.interop import export_onnx\n"
+            f"export_onnx(fe.load({str(fqe)!r}), {str(tmp_path / 'api.onnx')!r})\n"
+            "bad = [k for k in sys.modules if k.split('.')[0] in ('tensorflow', 'keras')]\n"
+            "assert not bad, bad[:5]\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    os.remove(tmp_path / "api.onnx")
+    proc = _cli("export", "-m", fqe)
+    assert proc.returncode == 0, proc.stderr
+    assert "saved ONNX model to" in proc.stdout
+    onnx_path = tmp_path / "cnn.onnx"
+    got = _session(__import__("onnx").load(str(onnx_path))).run(None, {"input": x})[0]
+    assert np.array_equal(got, fe.load(fqe).predict(x))
+    proc = _cli("export", "-m", fqe, "-o", tmp_path / "ints.onnx", "--int")
+    assert proc.returncode == 0, proc.stderr
+    got = _session(__import__("onnx").load(str(tmp_path / "ints.onnx"))).run(
+        None, {"input": x})[0]
+    assert np.array_equal(got, engine.predict(x, output="int"))
+    # bad input: one line, exit 2, nothing written
+    tok = Model([_input(), Op("tok", "extract_token", ["in"], {"token": 0}, {})],
+                [{"tensor": "tok", "frac": [0], "name": "out"}], (None, 3, 4), name="hand")
+    bad = tmp_path / "tok.fqe"
+    tok.save(bad)
+    before = sorted(os.listdir(tmp_path))
+    for args, msg in (((bad,), "'tok' of kind 'extract_token'"),
+                      ((tmp_path / "missing.fqe",), "does not exist"),
+                      ((fqe, "-o", tmp_path / "x.txt"), "must end with"),
+                      ((fqe, "-o", tmp_path / "nodir" / "x.onnx"), "does not exist")):
+        proc = _cli("export", "-m", *args)
+        assert proc.returncode == 2, (args, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and msg in lines[0], proc.stderr
+    assert sorted(os.listdir(tmp_path)) == before
