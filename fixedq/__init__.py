@@ -25,6 +25,7 @@ _LAZY = {
     "sanitize": "fixedq.transforms",
     "supported_layers": "fixedq.ops",
     "qat": "fixedq.models.qat",
+    "is_quantized": "fixedq.layers.base",
 }
 
 __all__ = ["__version__"] + sorted(_LAZY)

@@ -13,7 +13,7 @@ Example:
 """
 
 from fixedq.analysis.check import CheckReport, LayerCheck, Problem, check
-from fixedq.analysis.inspect import InspectReport, LayerInspection, TensorError, inspect
+from fixedq.analysis.inspection import InspectReport, LayerInspection, TensorError, inspect
 from fixedq.analysis.lint import LintReport, lint
 
 __all__ = ["CheckReport", "InspectReport", "LayerCheck", "LayerInspection", "LintReport",

@@ -44,8 +44,8 @@ from fixedq.ops import registry
 __all__ = ["CheckReport", "LayerCheck", "Problem", "check"]
 
 #: Problem kinds, in report order.
-KINDS = ("weight_error", "requant_scale_error", "accumulator_bound", "accumulator_saturated",
-         "output_saturated", "per_tensor_range")
+PROBLEM_KINDS = ("weight_error", "requant_scale_error", "accumulator_bound",
+                 "accumulator_saturated", "output_saturated", "per_tensor_range")
 
 
 @dataclass(frozen=True)
@@ -164,7 +164,7 @@ def _weight_checks(layer: QuantizedNeuralLayer, lc: LayerCheck) -> None:
     w_q, scale = _np(w_q).astype(np.float64), _np(scale)
     b_q, mult, shift = _np(b_q).astype(np.int64), _np(mult), _np(shift)
     k = _np(layer.kernel).astype(np.float64)
-    axes = layer._scale_axes
+    axes = layer.scale_axes
     err = np.sqrt(np.sum((k - w_q * scale) ** 2, axis=axes)).reshape(-1)
     norm = np.sqrt(np.sum(k**2, axis=axes)).reshape(-1)
     rel = np.divide(err, norm, out=np.zeros_like(err), where=norm > 0)
@@ -172,7 +172,7 @@ def _weight_checks(layer: QuantizedNeuralLayer, lc: LayerCheck) -> None:
     lc.worst_channel = int(np.argmax(rel))
     lc.weight_error = float(rel[lc.worst_channel])
     # Requantization: factor = s * 2^(f_out - F) ~ M * 2^-S.
-    factor = scale.reshape(-1) * np.ldexp(1.0, layer._f_out - layer.input_spec0.max_frac)
+    factor = scale.reshape(-1) * np.ldexp(1.0, layer.out_frac - layer.input_spec0.max_frac)
     approx = mult.astype(np.float64) * np.ldexp(1.0, -shift.astype(np.int64))
     scale_err = np.abs(approx - factor) / np.where(factor > 0, factor, 1.0)
     lc.requant_scale_error = float(np.max(scale_err)) if scale_err.size else 0.0
@@ -182,7 +182,7 @@ def _weight_checks(layer: QuantizedNeuralLayer, lc: LayerCheck) -> None:
     bound = l1.astype(object) * v_max + np.abs(b_q).astype(object)
     lc.fan_in = int(layer.fan_in())
     lc.accumulator_bound = int(max(bound)) if len(bound) else 0
-    lc.accumulator_limit = int(layer._acc_hi)
+    lc.accumulator_limit = int(layer.acc_bounds[1])
     lc.headroom_bits = (math.log2(lc.accumulator_limit / lc.accumulator_bound)
                         if lc.accumulator_bound > 0 else None)
 
@@ -253,9 +253,9 @@ def _sample_checks(qmodel, layers, lcs, samples, batch_size: int) -> int:
             lc = by_name[layer.name]
             w_q, _, b_q, _, _ = layer.quantized_weights()
             v = to_integers(x, layer.input_spec0, "float64")
-            acc = _np(layer._linear(v, ops.cast(w_q, "float64"))) + _np(b_q)
-            lc.accumulator_saturations += int(np.count_nonzero(
-                (acc > layer._acc_hi) | (acc < layer._acc_lo)))
+            acc = _np(layer.linear(v, ops.cast(w_q, "float64"))) + _np(b_q)
+            acc_lo, acc_hi = layer.acc_bounds
+            lc.accumulator_saturations += int(np.count_nonzero((acc > acc_hi) | (acc < acc_lo)))
             lc.accumulator_values += int(acc.size)
         seen += len(batch)
     return seen

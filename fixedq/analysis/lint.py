@@ -39,8 +39,8 @@ from fixedq.analysis.check import Problem
 
 __all__ = ["LintReport", "lint"]
 
-KINDS = ("depthwise_without_batchnorm", "conv_without_batchnorm", "missing_weight_decay",
-         "small_weight_decay")
+PROBLEM_KINDS = ("depthwise_without_batchnorm", "conv_without_batchnorm", "missing_weight_decay",
+                 "small_weight_decay")
 
 _DEPTHWISE = ("DepthwiseConv2D", "DepthwiseConv1D")
 _SEPARABLE = ("SeparableConv2D", "SeparableConv1D")
@@ -199,13 +199,14 @@ def lint(model, min_weight_decay: float = 1e-5) -> LintReport:
                         f"L2 factor {min(known):g} < {min_weight_decay:g}: too weak to keep "
                         "the weights compact; use about 1e-4", min(known),
                         float(min_weight_decay)))
-    problems.sort(key=lambda p: KINDS.index(p.kind))
+    problems.sort(key=lambda p: PROBLEM_KINDS.index(p.kind))
     return LintReport(model.name, len(weighted), problems,
                       {"min_weight_decay": float(min_weight_decay)})
 
 
 def is_quantized(model: keras.Model) -> bool:
-    """Whether ``model`` contains fixedq quantized layers (``check``) or not (``lint``)."""
-    from fixedq.layers.base import QuantizedLayer
+    """Whether ``model`` contains fixedq quantized layers (``check``) or not (``lint``): the
+    one check, :func:`fixedq.is_quantized` (kept here for existing importers)."""
+    from fixedq.layers.base import is_quantized as check
 
-    return any(isinstance(layer, QuantizedLayer) for layer in model.layers)
+    return check(model)

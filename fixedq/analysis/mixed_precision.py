@@ -525,7 +525,7 @@ def search_cost_budget(model, samples=None, cost_ratio: float = 1.2,
         >>> result.weight_bits  # doctest: +SKIP
         {'conv1': 16, 'conv2': 8, 'fc': 16}
     """
-    from fixedq.analysis.inspect import inspect
+    from fixedq.analysis.inspection import inspect
 
     if isinstance(cost_ratio, bool) or not isinstance(cost_ratio, (int, float)) \
             or not 1.0 <= cost_ratio < math.inf:

@@ -27,11 +27,12 @@ FLOAT32_EXACT = 2**24
 FLOAT64_EXACT = 2**53
 
 
-def exact_dtype(bound: int, what: str) -> str:
-    """Float dtype whose integer arithmetic is exact up to ``bound`` (eq. 19).
+def exact_float_dtype(bound: int, what: str) -> str:
+    """Float dtype whose integer arithmetic is exact up to ``bound`` (eq. 19); beyond ``2^53`` a
+    ``ValueError`` naming ``what`` (the engine's ``kernels.exact_dtype`` returns int64 there).
 
     Example:
-        >>> exact_dtype(1_200_000, "conv"), exact_dtype(2**30, "conv")
+        >>> exact_float_dtype(1_200_000, "conv"), exact_float_dtype(2**30, "conv")
         ('float32', 'float64')
     """
     if bound < FLOAT32_EXACT:
@@ -40,6 +41,10 @@ def exact_dtype(bound: int, what: str) -> str:
         return "float64"
     raise ValueError(f"{what}: accumulator bound {bound} >= 2^53 cannot be computed exactly; "
                      "use fewer weight or activation bits")
+
+
+#: Transitional alias of :func:`exact_float_dtype` (pooling.py still imports it), to be removed.
+exact_dtype = exact_float_dtype
 
 
 def output_bounds(spec: QSpec, channels: int) -> tuple[np.ndarray, np.ndarray]:
@@ -102,6 +107,34 @@ class QuantizedLayer(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return input_shape
+
+
+def is_quantized_layer(layer) -> bool:
+    """Whether ``layer`` is a fixedq quantized layer: a :class:`QuantizedLayer` (every
+    ``Quantized*`` layer, ``InputQuantizer``, ``OutputQuantizer``) or a ``Dequantizer``.
+
+    Example:
+        >>> import keras
+        >>> is_quantized_layer(keras.layers.Dense(2))
+        False
+    """
+    from fixedq.layers.quantizers.dequantizer import Dequantizer
+
+    return isinstance(layer, (QuantizedLayer, Dequantizer))
+
+
+def is_quantized(model) -> bool:
+    """The one "is this model quantized" check: whether any layer of ``model`` is a fixedq
+    quantized layer (:func:`is_quantized_layer`). ``quantize`` rejects such models; ``check``,
+    ``inspect``, ``qat`` and the CLI require them. (The engine converter additionally requires
+    the structure it can run: an ``InputQuantizer`` after every input.)
+
+    Example:
+        >>> import keras
+        >>> is_quantized(keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]))
+        False
+    """
+    return any(is_quantized_layer(layer) for layer in model.layers)
 
 
 def to_channel_integers(x, spec: QSpec, dtype: str = "float64"):

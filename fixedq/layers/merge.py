@@ -21,7 +21,7 @@ from keras import ops
 
 from fixedq.layers.base import (
     QuantizedLayer,
-    exact_dtype,
+    exact_float_dtype,
     shift_requantize,
     straight_through,
     to_channel_integers,
@@ -36,7 +36,7 @@ class QuantizedAdd(QuantizedLayer):
         self.channels = int(input_shape[0][-1])
         self._big_f = max(s.max_frac for s in self.input_specs)
         bound = sum(s.aligned_max_abs() << (self._big_f - s.max_frac) for s in self.input_specs)
-        self._dtype_exact = exact_dtype(bound, f"layer {self.name!r}")
+        self._dtype_exact = exact_float_dtype(bound, f"layer {self.name!r}")
         self._shift = self._big_f - self.output_spec.frac_array(self.channels)
         super().build(input_shape)
 

@@ -35,7 +35,7 @@ from keras import ops
 
 from fixedq.layers.base import (
     QuantizedLayer,
-    exact_dtype,
+    exact_float_dtype,
     from_integers,
     output_bounds,
     straight_through,
@@ -95,8 +95,8 @@ class QuantizedNeuralLayer(QuantizedLayer):
             name="kernel_offset", shape=shape, initializer="zeros", trainable=False,
             dtype=_offset_dtype(self._qmax))
         self._acc_lo, self._acc_hi = -(2 ** (self.buffer_bits - 1)), 2 ** (self.buffer_bits - 1) - 1
-        self.accumulator_bound = self.fan_in() * self._qmax * spec.aligned_max_abs()
-        self._dtype_exact = exact_dtype(self.accumulator_bound, f"layer {self.name!r}")
+        self.static_accumulator_bound = self.fan_in() * self._qmax * spec.aligned_max_abs()
+        self._dtype_exact = exact_float_dtype(self.static_accumulator_bound, f"layer {self.name!r}")
         f_out = self.output_spec.frac_array(self.channels)
         self._f_out = f_out
         self._out_lo, self._out_hi = output_bounds(self.output_spec, self.channels)
@@ -114,7 +114,18 @@ class QuantizedNeuralLayer(QuantizedLayer):
 
     @property
     def in_channels(self) -> int:
+        """Input channels (the kernel's input-channel size)."""
         return self._in_channels
+
+    @property
+    def out_frac(self) -> np.ndarray:
+        """Per-output-channel ``frac_bits`` of the requantized output."""
+        return self._f_out
+
+    @property
+    def acc_bounds(self) -> tuple[int, int]:
+        """The accumulator's saturation range ``(lo, hi)`` (``buffer_bits``, eq. 20)."""
+        return self._acc_lo, self._acc_hi
 
     def linear(self, x, kernel):
         """The layer's linear op (matmul / conv) of ``x`` with ``kernel``, no bias."""

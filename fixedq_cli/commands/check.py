@@ -56,8 +56,8 @@ def run(args) -> int:
     from fixedq_cli._runtime import import_keras, load_model
 
     import_keras(args.verbose)
+    from fixedq import is_quantized
     from fixedq.analysis import check, lint
-    from fixedq.analysis.lint import is_quantized
 
     qmodel = load_model(model_path, args.verbose)
     if not is_quantized(qmodel):  # a float model: lint it (samples are not needed)

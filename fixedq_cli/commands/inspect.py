@@ -65,8 +65,8 @@ def run(args) -> int:
     from fixedq_cli._runtime import import_keras, load_model
 
     import_keras(args.verbose)
+    from fixedq import is_quantized
     from fixedq.analysis import inspect
-    from fixedq.analysis.lint import is_quantized
 
     model = load_model(model_path, args.verbose)
     qmodel = load_model(qmodel_path, args.verbose)

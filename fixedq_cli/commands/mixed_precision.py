@@ -127,8 +127,8 @@ def run(args) -> int:
 
     import_keras(args.verbose)
     import fixedq
+    from fixedq import is_quantized
     from fixedq.analysis import mixed_precision as mp
-    from fixedq.analysis.lint import is_quantized
 
     model = load_model(model_path, args.verbose)
     if is_quantized(model):

@@ -87,7 +87,7 @@ def run(args) -> int:
 
     import_keras(args.verbose)
     import fixedq
-    from fixedq.analysis.lint import is_quantized
+    from fixedq import is_quantized
 
     qmodel = load_model(model_path, args.verbose)
     if not is_quantized(qmodel):

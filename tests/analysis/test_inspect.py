@@ -1,4 +1,4 @@
-"""fixedq.analysis.inspect: per-tensor SNR / relative error / saturation, float vs quantized."""
+"""fixedq.analysis.inspection: per-tensor SNR / relative error / saturation, float vs quantized."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 import fixedq
 from fixedq.analysis import inspect
-from fixedq.analysis.inspect import TensorError, snr_db
+from fixedq.analysis.inspection import TensorError, snr_db
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,7 @@ def test_weight_and_bias_errors_match_a_direct_computation(qmodels):
     scale = np.max(np.abs(kernel), axis=(0, 1, 2), keepdims=True) / 7.0
     deq = np.clip(np.floor(kernel / scale + 0.5), -7, 7) * scale
     rel = np.linalg.norm(kernel - deq) / np.linalg.norm(kernel)
-    from fixedq.analysis.inspect import weight_errors
+    from fixedq.analysis.inspection import weight_errors
 
     w, b = weight_errors(layer)
     assert w.rel_error == pytest.approx(rel, rel=1e-9)

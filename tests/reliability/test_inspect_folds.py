@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import fixedq
-from fixedq.analysis.inspect import inspect
+from fixedq.analysis.inspection import inspect
 
 L = keras.layers
 

@@ -25,7 +25,7 @@ from keras import ops
 
 from fixedq.layers.base import (
     QuantizedLayer,
-    exact_dtype,
+    exact_float_dtype,
     from_integers,
     output_bounds,
     straight_through,
@@ -162,7 +162,7 @@ class QuantizedAttention(_TransformerLayer):
         self._fq, self._fk, self._fv = sq.max_frac, sk.max_frac, sv.max_frac
         self._aligns = [_align(s, dim) for s in self.input_specs]
         self._score_bound = head * sq.aligned_max_abs() * sk.aligned_max_abs()
-        self._score_dtype = exact_dtype(self._score_bound, f"layer {self.name!r} scores")
+        self._score_dtype = exact_float_dtype(self._score_bound, f"layer {self.name!r} scores")
         factor = 2.0 ** (self.score_frac - self._fq - self._fk) / math.sqrt(head)
         m, s = to_multiplier_shift(np.array([factor]), self.scale_bits)
         self._mult, self._shift = int(m[0]), int(s[0])
@@ -173,7 +173,7 @@ class QuantizedAttention(_TransformerLayer):
         self._p = shiftmax_params(self.score_frac, self.exp_bits, self.prob_bits, int(nk))
         self._table = intops.exp2_table(self.score_frac, self.exp_bits)
         self._out_bound = int(nk) * self._p["prob_hi"] * sv.aligned_max_abs()
-        self._out_dtype = exact_dtype(self._out_bound, f"layer {self.name!r} output")
+        self._out_dtype = exact_float_dtype(self._out_bound, f"layer {self.name!r} output")
         self._f_out = self.output_spec.frac_array(dim)
         self._out_shift = self._p["prob_frac"] + self._fv - self._f_out
         self._lo, self._hi = output_bounds(self.output_spec, dim)
