@@ -9,10 +9,17 @@ or the int64 ``v`` with ``output="int"``) on every element. How it stays exact
   (per channel, from the ranges the ops clip to and the integer weights) is checked below
   2^53, so every value, product and partial sum is an exactly representable integer; a program
   whose bound is not (hand-made files) is refused with a ``ValueError`` naming the op.
-- Linear ops (conv2d, depthwise, transposed conv, dense) are im2col slices + ``MatMul`` (or
-  per-tap ``Mul`` + ``Sum``) in ``float`` when the op's bound ``max_o Σ|w|·max|x|`` is below
-  2^24 and in ``double`` otherwise: every partial sum, in any order, is a sub-sum of that
-  bound, so it is an exact integer.
+- Linear ops compute sums of integer products in ``float`` when the op's bound
+  ``max_o Σ|w|·max|x|`` is below 2^24 and in ``double`` otherwise: every partial sum, in any
+  order and blocking (with or without FMA), is a sub-sum of that bound, so it is an exact
+  integer. conv2d in float is onnxruntime's ``Conv`` (NCHW, between two ``Transpose``; its CPU
+  kernels sum products directly: im2col + GEMM, direct and NCHWc convolutions, no Winograd or
+  FFT); when the bound passes 2^24, the input is split as ``x = x_hi·2^s + x_lo``
+  (``x_lo = x - floor(x·2^-s)·2^s`` in ``[0, 2^s)``) with ``s`` chosen from the static bounds
+  so that each part's ``Conv``/``MatMul`` is float-exact, and the two results are combined in
+  double; when no such split exists, im2col (``Slice`` + ``Concat``) and a ``double``
+  ``MatMul``. Depthwise: per-tap ``Mul`` + ``Sum``; transposed conv: ``MatMul`` per tap,
+  zero-upsampled with ``Pad``/``Reshape``, summed; dense: ``MatMul``.
 - Requantization ``clip(shift_round(v·M + O, S), lo, hi)`` is ``Floor(v·(M·2^-S) + (O·2^-S +
   1/2))`` in ``double`` when the engine's own float64 argument holds per channel
   (``|v·M| + |O| + 2^(S-1) <= 2^53``; :func:`fixedq.engine.kernels.float_requant_ok`), else
@@ -294,10 +301,22 @@ class _Exporter:
         mult = np.asarray(r["multiplier"], dtype=np.int64)
         pool = a.get("pool")
         pool_first = bool(pool) and bool(np.all(mult >= 0)) and bias.ndim <= 1
-        x = self.cast(self.pow2(xs[0], align, op.name), dt)
+        xa = self.pow2(xs[0], align, op.name)
         in_shape = self.shapes[op.inputs[0]]
-        acc = self.linear(op, typ, x, kernel, in_shape, dt)
         acc_shape = self.linear_shape(op)
+        split = None
+        if dt == np.float64 and typ in ("conv2d", "dense"):
+            w_in = k.reshape(-1, cin, cout).sum(axis=0) if typ == "conv2d" else k  # (cin, cout)
+            split = _limb_split(w_in, xb)
+        if split is not None:  # x = x_hi·2^s + x_lo, each product float32-exact
+            hi = self.g.node("Floor", [self.pow2(xa, -split, op.name)], op.name)
+            lo = self.g.node("Sub", [xa, self.pow2(hi, split, op.name)], op.name)
+            parts = [self.cast(self.linear(op, typ, self.cast(v, np.float32), kernel, in_shape,
+                                           np.float32), np.float64) for v in (hi, lo)]
+            acc = g.node("Add", [self.pow2(parts[0], split, op.name), parts[1]], op.name)
+            dt = np.float64
+        else:
+            acc = self.linear(op, typ, self.cast(xa, dt), kernel, in_shape, dt)
         if pool_first:
             acc = self.maxpool(acc, acc_shape, pool["pool_size"], pool["strides"],
                                pool["padding"], dt, op.name)
@@ -351,6 +370,12 @@ class _Exporter:
             return self.transpose(op, x, kernel, shape, dt)
         ho, *ph = conv_geometry(h, kh, s[0], a["padding"], d[0])
         wo, *pw = conv_geometry(w, kw, s[1], a["padding"], d[1])
+        if typ == "conv2d" and dt == np.float32:  # onnxruntime's float Conv: direct sums
+            xc = g.node("Transpose", [x], hint, perm=[0, 3, 1, 2])
+            wc = g.const(np.transpose(kernel, (3, 2, 0, 1)), dt, "kernel")
+            y = g.node("Conv", [xc, wc], hint, strides=list(s), dilations=list(d),
+                       pads=[ph[0], pw[0], ph[1], pw[1]], kernel_shape=[kh, kw])
+            return g.node("Transpose", [y], hint, perm=[0, 2, 3, 1])
         if any(ph) or any(pw):
             x = g.node("Pad", [x, g.const([0, ph[0], pw[0], 0, 0, ph[1], pw[1], 0], np.int64),
                                g.const(0, dt)], hint, mode="constant")
@@ -530,6 +555,20 @@ class _Exporter:
                                              f"({len(self.model.ops)} ops), output={self.output}")
         onnx.checker.check_model(model)
         return model
+
+
+def _limb_split(w_in: np.ndarray, x_max: np.ndarray) -> int | None:
+    """A split ``s`` of the input integers, ``x = x_hi·2^s + x_lo`` with ``x_lo`` in
+    ``[0, 2^s)`` and ``|x_hi| <= ceil(max|x| / 2^s)``, such that the linear op on each part
+    is float32-exact (``max_o Σ_c |w_c,o| · max|part_c| < 2^24``); ``None`` if no split
+    works. ``w_in`` is ``Σ_taps |w|`` per (input channel, output channel)."""
+    live = w_in.max(axis=1, initial=0.0) > 0  # channels no weight reads do not count
+    for split in range(1, 25):
+        lo = np.where(live, np.minimum(x_max, 2.0**split - 1), 0.0)
+        hi = np.where(live, np.ceil(x_max / 2.0**split), 0.0)
+        if _below(lo @ w_in, F32_EXACT) and _below(hi @ w_in, F32_EXACT):
+            return split
+    return None
 
 
 def _known_kinds():

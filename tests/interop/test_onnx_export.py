@@ -179,11 +179,15 @@ def test_worst_case_3x3x512_float64_path_and_saturating_buffer():
     calib = rng.normal(size=(16, 5, 5, 512)).astype("float32")
     x = np.concatenate([np.full((2, 5, 5, 512), 50.0, "float32"),
                         np.full((2, 5, 5, 512), -50.0, "float32"), calib[:4] * 30.0])
-    for qp in (Q8, QuantizationParams(input_weight_bits=16, weight_bits=16, activation_bits=16,
-                                      input_bits=16, output_bits=16)):
+    q16 = QuantizationParams(input_weight_bits=16, weight_bits=16, activation_bits=16,
+                             input_bits=16, output_bits=16)
+    # 8 bits: bound ~2^25, two float32 Convs on x = x_hi·2^s + x_lo; 16 bits: ~2^41, no
+    # float32 split exists: im2col slices + double MatMul, accumulator clip at 2^31
+    for qp, path in ((Q8, "Conv"), (q16, "Concat")):
         engine = fe.convert(fixedq.quantize(model, qp, samples=calib, verbose=False))
         op = next(o for o in engine.ops if o.attrs.get("type") == "conv2d")
         assert op.attrs["accum_bound"] >= 2**24
+        assert path in {n.op_type for n in to_onnx(engine).graph.node}
         assert_exact(engine, x)
 
 
