@@ -74,7 +74,8 @@ def test_weight_and_bias_errors_match_a_direct_computation(qmodels):
     layer = qmodels["w4a4"].get_layer("conv1")
     kernel = np.asarray(layer.kernel, np.float64)
     scale = np.max(np.abs(kernel), axis=(0, 1, 2), keepdims=True) / 7.0
-    deq = np.clip(np.floor(kernel / scale + 0.5), -7, 7) * scale
+    offset = layer.kernel_offset.numpy()  # integers held by weight rounding, if any
+    deq = np.clip(np.floor(kernel / scale + 0.5) + offset, -7, 7) * scale
     rel = np.linalg.norm(kernel - deq) / np.linalg.norm(kernel)
     from fixedq.analysis.inspection import weight_errors
 
