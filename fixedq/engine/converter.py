@@ -134,7 +134,8 @@ def _fold_shape(op: Op) -> list[int]:
         if a["type"] != "dense" else [1, 1]
     dims = list(op.attrs["in_shape"])
     spatial = range(len(dims) - 1)
-    return [3 * extent[min(i, 1)] + 2 * max(a.get("strides", [1, 1])) if dims[i] is None
+    first = 1 if a.get("conv1d") else 0  # a Conv1D's steps are the conv2d's width
+    return [3 * extent[min(i + first, 1)] + 2 * max(a.get("strides", [1, 1])) if dims[i] is None
             else dims[i] for i in spatial] + [dims[-1]]
 
 

@@ -187,6 +187,24 @@ def max_pool2d(x, pool, strides, padding) -> np.ndarray:
     return out
 
 
+def avg_pool_sum(x, pool, strides, padding) -> np.ndarray:
+    """Exact integer window sums of average pooling (``same``: zero padding, so a border
+    window sums its valid elements only; the divisor is folded into the requantization).
+
+    Example:
+        >>> avg_pool_sum(np.arange(4).reshape(1, 2, 2, 1), (2, 2), (2, 2), "valid").ravel()
+        array([6])
+    """
+    _, h, w, _ = x.shape
+    ho, *ph = conv_geometry(h, pool[0], strides[0], padding)
+    wo, *pw = conv_geometry(w, pool[1], strides[1], padding)
+    xp = _pad(np.asarray(x, dtype=np.int64), tuple(ph), tuple(pw))
+    out = None
+    for _, view in _taps(xp, pool, strides, (1, 1), (ho, wo)):
+        out = view.copy() if out is None else np.add(out, view, out=out)
+    return out
+
+
 def linear_bound(kernel: np.ndarray, kind: str, in_max_abs) -> int:
     """Static bound on every partial sum of the linear op: ``max_o sum |w_o,c| * max|x_c|``.
 

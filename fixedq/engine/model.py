@@ -136,18 +136,25 @@ class Model:
             off = op.arrays.get(f"in_offset{j}")
             if off is not None:
                 xs[j] = xs[j] + off
+        conv1d = op.kind == "neural" and bool(op.attrs.get("conv1d"))
+        if conv1d:  # Conv1D runs as a conv2d over a (1, steps) image
+            _check_neural_input(op, xs[0])
+            xs[0] = xs[0][:, None]
         if stats is not None:
             events.record(stats, op, xs, mode == "event")
         if op.kind != "neural":
             y = run_op(op, xs)
         else:
-            _check_neural_input(op, xs[0])
+            if not conv1d:
+                _check_neural_input(op, xs[0])
             check_transpose_size(op, xs[0])
             plan = self._plan(op)
             if mode == "event" and events.supports(op):
                 y = events.run_neural_events(op, xs[0], stats, plan)
             else:
                 y = plan.finish(plan.linear(xs[0]), partial(neural_output, op))
+            if conv1d:
+                y = y[:, 0]
         off = op.arrays.get("out_offset")
         return y if off is None else y - off  # asymmetric output stored as u = v - lo (eq. 37)
 
@@ -261,13 +268,14 @@ def _check_neural_input(op: Op, x: np.ndarray) -> None:
     """A neural op's input has the rank its kernel needs (and its recorded ``in_shape``)."""
     dense = op.attrs["type"] == "dense"
     want = op.attrs.get("in_shape")
-    bad = x.ndim < 2 if dense else x.ndim != 4
+    bad = x.ndim < 2 if dense else x.ndim != (3 if op.attrs.get("conv1d") else 4)
     if want is not None:
         bad = bad or x.ndim != len(want) + 1 or any(
             w is not None and w != g for w, g in zip(want, x.shape[1:], strict=False))
     if bad:
         shape = _shape_str((None, *want)) if want is not None else \
-            ("(N, ..., C)" if dense else "(N, H, W, C)")
+            ("(N, ..., C)" if dense else
+             "(N, W, C)" if op.attrs.get("conv1d") else "(N, H, W, C)")
         raise ValueError(f"op {op.name!r} ({op.attrs['type']}) expects inputs of shape "
                          f"{shape}, got {x.shape}")
 

@@ -26,7 +26,8 @@ KINDS = {
     "input": "float -> integer input quantizer (eq. 4)",
     "neural": "conv2d / depthwise / transpose / dense + bias + requantize (+ fused max-pool)",
     "affine": "per-channel integer affine (BatchNormalization / Rescaling)",
-    "gap": "global average pooling: exact sum + requantize",
+    "gap": "global average pooling (2-D or over steps): exact sum + requantize",
+    "avgpool": "average pooling: exact window sum + requantize by 1/count",
     "add": "aligned exact sum + rounding shift",
     "shift": "rounding shift + clip (OutputQuantizer)",
     "concat": "concatenation (optionally re-gridded inputs)",
@@ -71,6 +72,12 @@ class Op:
 
 
 def _linear(op: Op, x: np.ndarray) -> np.ndarray:
+    if op.attrs.get("conv1d"):  # Conv1D: a conv2d over a (1, steps) image
+        return _linear2d(op, x[:, None])[:, 0]
+    return _linear2d(op, x)
+
+
+def _linear2d(op: Op, x: np.ndarray) -> np.ndarray:
     a = op.attrs
     kernel = op.arrays["kernel"]
     kind, dtype = a["type"], a["accum_dtype"]
@@ -175,7 +182,14 @@ def _run_affine(op: Op, xs):
 
 def _run_gap(op: Op, xs):
     r = op.arrays
-    acc = xs[0].sum(axis=(1, 2))
+    acc = xs[0].sum(axis=tuple(range(1, xs[0].ndim - 1)))  # (N, H, W, C) or (N, steps, C)
+    return requantize(acc, r["multiplier"], r["shift"], r["out_lo"], r["out_hi"])
+
+
+def _run_avgpool(op: Op, xs):
+    a, r = op.attrs, op.arrays
+    acc = kernels.avg_pool_sum(xs[0], tuple(a["pool_size"]), tuple(a["strides"]),
+                               a["padding"])
     return requantize(acc, r["multiplier"], r["shift"], r["out_lo"], r["out_hi"])
 
 
@@ -226,6 +240,7 @@ def _run_identity(op: Op, xs):
 
 _RUNNERS = {
     "input": _run_input, "neural": _run_neural, "affine": _run_affine, "gap": _run_gap,
+    "avgpool": _run_avgpool,
     "add": _run_add, "shift": _run_shift, "concat": _run_concat, "clip": _run_clip,
     "maxpool": _run_maxpool, "reshape": _run_reshape, "permute": _run_permute,
     "identity": _run_identity,

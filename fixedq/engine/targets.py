@@ -63,7 +63,7 @@ TARGETS = {
         input_weight_bits=(4, 8), weight_bits=(4, 8), activation_bits=(1, 2, 4, 8),
         input_bits=(8,), per_tensor_activations=False,
         kinds=("input", "neural", "affine", "gap", "add", "shift", "concat", "clip", "maxpool",
-               "reshape", "permute", "identity"),
+               "avgpool", "reshape", "permute", "identity"),
         neural_types=("conv2d", "depthwise", "transpose", "dense")),
 }
 

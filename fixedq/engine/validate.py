@@ -157,6 +157,12 @@ def _neural_attrs(a: dict, where: str) -> None:
         check_str(a.get("padding"), f"{where}.padding", PADDINGS)
         if "kernel_size" in a:
             _window(a["kernel_size"], f"{where}.kernel_size")
+    if "conv1d" in a:  # a Conv1D: a conv2d over a (1, steps) image, rank-3 inputs
+        if not isinstance(a["conv1d"], bool) or (a["conv1d"] and a["type"] != "conv2d"):
+            raise _bad(f"{where}.conv1d", "a boolean, true only for type 'conv2d'",
+                       a["conv1d"])
+        if a["conv1d"] and a.get("pool"):
+            raise _bad(f"{where}.pool", "no pooling on a conv1d op", a["pool"])
     pool = a.get("pool")
     if pool:
         if a["type"] == "dense":
@@ -225,6 +231,7 @@ KIND_RULES: dict[str, tuple] = {
     "concat": (_other_attrs({"axis": _small(0, MAX_RANK)}), (), (1, 1 << 16)),
     "clip": (None, ("lo", "hi"), (1, 1)),
     "maxpool": (_pool_attrs, (), (1, 1)),
+    "avgpool": (_pool_attrs, ("multiplier", "shift", "out_lo", "out_hi"), (1, 1)),
     "reshape": (_other_attrs({"target_shape": check_shape}), (), (1, 1)),
     "permute": (_other_attrs({"dims": _dims}), (), (1, 1)),
     "identity": (None, (), (1, 1)),
@@ -427,6 +434,13 @@ def _neural_shape(a: dict, arrays: dict, shape):
               f"a dense kernel {list(kernel)} needs inputs (N, ..., {kernel[0]}), "
               f"got {_fmt(shape)}")
         return (*shape[:-1], kernel[1]), None
+    if a.get("conv1d"):
+        _need(len(shape) == 3 and kernel[0] == 1,
+              f"a conv1d op needs rank-3 (N, W, C) inputs and a (1, k, in, out) kernel, got "
+              f"{_fmt(shape)} and {list(kernel)}")
+        out, buffer = _neural_shape({**a, "conv1d": False}, arrays,
+                                    (shape[0], 1, shape[1], shape[2]))
+        return (None, out[2], out[3]), buffer
     h, w, c = _spatial(shape, "input")
     geo = {"strides": a["strides"], "padding": a["padding"], "dilation": a["dilation_rate"]}
     cin = kernel[3] if kind == "transpose" else kernel[2]
@@ -486,9 +500,10 @@ def _op_shape(rec: dict, arrays: dict, shapes: list):
     if kind == "neural":
         return _neural_shape(a, arrays, x)
     if kind == "gap":
-        h, w, c = _spatial(x, "input")
-        return (None, c), None
-    if kind == "maxpool":
+        _need(len(x) in (3, 4), f"expects a rank-3 (N, steps, C) or rank-4 (N, H, W, C) input, "
+              f"got {_fmt(x)}")
+        return (None, x[-1]), None
+    if kind in ("maxpool", "avgpool"):
         ho, wo, buffer = _window_shape(x, a, a["pool_size"])
         return (None, ho, wo, x[3]), buffer
     if kind == "add":

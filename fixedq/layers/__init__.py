@@ -7,6 +7,7 @@ so quantized models load in a fresh process with ``fixedq.load_model`` or
 
 from fixedq.layers.activation import QuantizedReLU
 from fixedq.layers.affine import QuantizedBatchNormalization, QuantizedRescaling
+from fixedq.layers.conv1d import QuantizedConv1D
 from fixedq.layers.depthwise_conv2d_transpose import DepthwiseConv2DTranspose
 from fixedq.layers.merge import QuantizedAdd, QuantizedConcatenate
 from fixedq.layers.neural import (
@@ -17,7 +18,12 @@ from fixedq.layers.neural import (
     QuantizedDepthwiseConv2DTranspose,
 )
 from fixedq.layers.params import QuantizationParams
-from fixedq.layers.pooling import QuantizedGlobalAveragePooling2D, QuantizedMaxPool2D
+from fixedq.layers.pooling import (
+    QuantizedAveragePooling2D,
+    QuantizedGlobalAveragePooling1D,
+    QuantizedGlobalAveragePooling2D,
+    QuantizedMaxPool2D,
+)
 from fixedq.layers.quantizers import Dequantizer, InputQuantizer, OutputQuantizer
 from fixedq.layers.reshaping import (
     QuantizedDropout,
@@ -59,8 +65,10 @@ __all__ = [
     "OutputQuantizer",
     "QuantizationParams",
     "QuantizedAdd",
+    "QuantizedAveragePooling2D",
     "QuantizedBatchNormalization",
     "QuantizedConcatenate",
+    "QuantizedConv1D",
     "QuantizedConv2D",
     "QuantizedConv2DTranspose",
     "QuantizedDense",
@@ -68,6 +76,7 @@ __all__ = [
     "QuantizedDepthwiseConv2DTranspose",
     "QuantizedDropout",
     "QuantizedFlatten",
+    "QuantizedGlobalAveragePooling1D",
     "QuantizedGlobalAveragePooling2D",
     "QuantizedMaxPool2D",
     "QuantizedPermute",

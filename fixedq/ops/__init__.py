@@ -20,9 +20,10 @@ from fixedq.ops.registry import OpSpec, all_ops, by_name, for_layer, for_node, k
 
 #: The op modules, one per operation; importing one registers it (order = the docs' table).
 OP_MODULES = (
-    "input_quantizer", "conv2d", "depthwise_conv2d", "conv2d_transpose",
+    "input_quantizer", "conv2d", "conv1d", "depthwise_conv2d", "conv2d_transpose",
     "depthwise_conv2d_transpose", "dense", "batch_normalization", "rescaling", "relu",
-    "max_pooling2d", "global_average_pooling2d", "add", "concatenate", "reshape", "dropout",
+    "max_pooling2d", "average_pooling2d", "global_average_pooling2d",
+    "global_average_pooling1d", "add", "concatenate", "reshape", "dropout",
     "attention", "shiftmax", "layer_mad_normalization", "class_token", "add_position_embs",
     "extract_token", "output_quantizer",
 )

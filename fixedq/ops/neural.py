@@ -1,4 +1,4 @@
-"""What the neural ops (Conv2D, DepthwiseConv2D, Conv2DTranspose, Dense and
+"""What the neural ops (Conv2D, Conv1D, DepthwiseConv2D, Conv2DTranspose, Dense and
 DepthwiseConv2DTranspose) share: config conditions, the quantized layer's common arguments,
 weights (kernel, bias, recorded clipping/rounding is replayed by ``quantize``), the ``neural``
 engine op. Each op module registers itself with :func:`neural_op`.
@@ -77,6 +77,9 @@ def to_engine(layer, node, ins, specs, channels) -> Op:
     f_in = spec_in.frac_array(cin)
     align = int(p["in_frac"]) - f_in
     kernel = i64(p["kernel"])
+    conv1d = kernel.ndim == 3  # Conv1D (k, in, out): a conv2d over a (1, steps) image
+    if conv1d:
+        kernel = kernel[None]
     if spec_in.lo is not None:  # the engine feeds u = v - lo in [0, hi - lo] (eq. 37)
         mags = np.broadcast_to(spec_in.hi_array() - spec_in.lo_array(), (cin,))
     else:
@@ -88,9 +91,12 @@ def to_engine(layer, node, ins, specs, channels) -> Op:
              "accum_dtype": kernels.exact_dtype(bound), "in_frac": int(p["in_frac"]),
              **spec_attrs(layer.output_spec, channels)}
     if kind != "dense":
-        attrs.update(strides=list(layer.strides), padding=layer.padding,
-                     dilation_rate=list(layer.dilation_rate),
-                     kernel_size=list(layer.kernel_size))
+        lead = [1] if conv1d else []
+        attrs.update(strides=lead + list(layer.strides), padding=layer.padding,
+                     dilation_rate=lead + list(layer.dilation_rate),
+                     kernel_size=lead + list(layer.kernel_size))
+    if conv1d:
+        attrs["conv1d"] = True
     arrays = {"kernel": kernel, "bias": i64(p["bias"]), "multiplier": i64(p["multiplier"]),
               "shift": i64(p["shift"]), "out_lo": i64(p["out_lo"]),
               "out_hi": i64(p["out_hi"])}
@@ -103,8 +109,9 @@ _TYPES: dict[type, str] = {}
 
 
 def neural_op(name: str, float_layer: type, quantized_layer: type, neural_type: str | None,
-              make, description: str) -> OpSpec:
-    """Register a neural op; ``neural_type`` ``None`` means it has no engine op yet."""
+              make, description: str, example=None) -> OpSpec:
+    """Register a neural op; ``neural_type`` ``None`` means it has no engine op yet;
+    ``example`` is :attr:`OpSpec.example`."""
     if neural_type is not None:
         _TYPES[quantized_layer] = neural_type
     return register(OpSpec(
@@ -114,4 +121,4 @@ def neural_op(name: str, float_layer: type, quantized_layer: type, neural_type: 
         neural_type=neural_type, accepts=accepts, requantizes=True,
         fuses=(RELU, MAXPOOL_RELU), weighted=True, build=builder(make),
         set_weights=set_weights, to_engine=to_engine if neural_type is not None else None,
-        description=description))
+        description=description, example=example))

@@ -52,6 +52,11 @@ class OpSpec:
         to_engine: ``to_engine(layer, node, ins, specs, channels) -> Op`` (``None``: the
             quantized layer has no engine op yet).
         description: one line for the docs' table.
+        example: optional ``example(rng) -> (float keras.Model, samples)``: a tiny float model
+            that exercises this op and calibration samples for it. The shared layer harness
+            (``tests/ops/harness.py``) runs every op's example through quantize, config and
+            ``.keras`` round trips, engine parity at worst-case magnitudes and a
+            straight-through gradient; ops without one use the harness' own table.
     """
 
     name: str
@@ -68,6 +73,7 @@ class OpSpec:
     weighted: bool = False
     neural_type: str | None = None
     description: str = ""
+    example: Callable | None = None
 
     def reason(self, node) -> str | None:
         """Why ``node`` cannot be quantized by this op (``None`` when it can)."""

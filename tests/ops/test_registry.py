@@ -32,16 +32,19 @@ LEGACY_KINDS = {
     tr.ClassToken: "class_token", tr.AddPositionEmbs: "add_pos",
     tr.ExtractToken: "extract_token",
 }
+#: Ops added through the registry since (docs/architecture.md "How to add an op").
+NEW_KINDS = {L.Conv1D: "neural", L.AveragePooling2D: "avgpool",
+             L.GlobalAveragePooling1D: "gap"}
 
 
 def test_every_legacy_layer_keeps_its_kind():
-    for cls, kind in LEGACY_KINDS.items():
+    for cls, kind in {**LEGACY_KINDS, **NEW_KINDS}.items():
         spec = registry.for_float(cls)
         assert spec is not None and spec.kind == kind, cls.__name__
     matched = {c for s in registry.all_ops() for c in s.float_layers}
-    assert matched == set(LEGACY_KINDS)
+    assert matched == set(LEGACY_KINDS) | set(NEW_KINDS)
     assert builders.REQUANTIZING == {"neural", "affine", "gap", "add", "attention", "madnorm",
-                                     "class_token", "add_pos"}
+                                     "class_token", "add_pos", "avgpool"}
 
 
 def test_config_conditions_fall_back():
@@ -50,12 +53,14 @@ def test_config_conditions_fall_back():
             L.Conv2D(3, 3, groups=3, name="grouped")(x),
             L.ReLU(negative_slope=0.1, name="leaky")(x), L.ReLU(name="relu")(x),
             L.GlobalAveragePooling2D(keepdims=True, name="gap_keep")(x),
+            L.AveragePooling2D(2, padding="same", name="avg_same")(x),
             L.BatchNormalization(axis=1, name="bn_axis1")(x),
             L.BatchNormalization(axis=2, name="bn_axis2")(x)]
     g = read_graph(keras.Model(x, outs))
     kinds = {n.name: builders.kind_of(n) for n in g.nodes}
     assert kinds == {"x": "input", "conv_act": "unsupported", "grouped": "unsupported",
                      "leaky": "unsupported", "relu": "relu", "gap_keep": "unsupported",
+                     "avg_same": "avgpool",
                      "bn_axis1": "affine", "bn_axis2": "unsupported"}
 
 
@@ -99,3 +104,23 @@ def test_engine_imports_no_keras():
     code = ("import sys, fixedq.engine.ops, fixedq.engine.model, fixedq.engine.targets; "
             "assert 'keras' not in sys.modules and 'tensorflow' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_new_ops_config_conditions_fall_back():
+    x = keras.Input((10, 3), name="s")
+    xd = keras.Input((None, None, 3), name="img")
+    outs = [L.Conv1D(4, 3, padding="causal", name="causal")(x),
+            L.Conv1D(4, 3, padding="same", name="c1d")(x),
+            L.GlobalAveragePooling1D(keepdims=True, name="gap1d_keep")(x),
+            L.GlobalAveragePooling1D(name="gap1d")(x)]
+    g = read_graph(keras.Model(x, outs))
+    kinds = {n.name: builders.kind_of(n) for n in g.nodes}
+    assert kinds == {"s": "input", "causal": "unsupported", "c1d": "neural",
+                     "gap1d_keep": "unsupported", "gap1d": "gap"}
+    causal = next(n for n in g.nodes if n.name == "causal")
+    assert registry.by_name("conv1d").reason(causal) == "padding 'causal'"
+    # 'same' average pooling divides by a per-position count: it needs a static size
+    g = read_graph(keras.Model(xd, [L.AveragePooling2D(2, padding="same", name="a")(xd),
+                                    L.AveragePooling2D(2, name="b")(xd)]))
+    kinds = {n.name: builders.kind_of(n) for n in g.nodes}
+    assert kinds["a"] == "unsupported" and kinds["b"] == "avgpool"

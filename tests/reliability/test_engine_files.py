@@ -51,7 +51,7 @@ def program(tmp_path_factory):
 
 def _cnn() -> keras.Model:
     """Transposed conv (+ fused pool), BN (affine), ReLU6-like clip, depthwise, add, concat,
-    max-pool, permute, GAP, dropout (identity), dense."""
+    max-pool, permute, average pooling ('same'), GAP, dropout (identity), dense."""
     x = keras.Input((6, 6, 2), name="img")
     a = L.ReLU(name="r1")(L.BatchNormalization(name="bn")(L.Conv2D(4, 3, padding="same",
                                                                    name="c1")(x)))
@@ -61,6 +61,7 @@ def _cnn() -> keras.Model:
     s = L.Concatenate(name="cat")([L.Add(name="add")([b, c]), L.Conv2D(2, 1, name="c2")(x)])
     s = L.MaxPooling2D(name="mp2")(L.ReLU(name="r2")(L.BatchNormalization(name="bn2")(s)))
     p = L.ReLU(max_value=2.0, name="r3")(L.Permute((2, 1, 3), name="perm")(s))
+    p = L.AveragePooling2D(2, 1, padding="same", name="avg")(p)
     g = L.Dropout(0.1, name="drop")(L.GlobalAveragePooling2D(name="gap")(p))
     return keras.Model(x, L.Dense(3, name="fc")(g), name="cnn")
 
@@ -73,11 +74,20 @@ def _vit() -> keras.Model:
     return keras.Model(v.input, Shiftmax(name="probs")(v.output), name="vit")
 
 
+def _seq() -> keras.Model:
+    """Conv1D (a conv2d over a (1, steps) image), GlobalAveragePooling1D (gap over steps)."""
+    x = keras.Input((12, 3), name="steps")
+    y = L.ReLU(name="r")(L.Conv1D(4, 3, strides=2, padding="same", name="c1d")(x))
+    y = L.GlobalAveragePooling1D(name="gap1d")(L.Conv1D(4, 2, name="c1d2")(y))
+    return keras.Model(x, L.Dense(3, name="fc")(y), name="seq")
+
+
 @pytest.fixture(scope="module")
 def programs(tmp_path_factory, program):
     """Every engine op kind the converter produces, over three saved programs."""
     out = {"tiny": (*program, X)}
-    for name, build, shape in (("cnn", _cnn, (6, 6, 2)), ("vit", _vit, (8, 8, 1))):
+    for name, build, shape in (("cnn", _cnn, (6, 6, 2)), ("vit", _vit, (8, 8, 1)),
+                               ("seq", _seq, (12, 3))):
         data = np.random.default_rng(0).normal(size=(16, *shape)).astype("float32")
         engine = fe.convert(fixedq.quantize(build(), samples=data, verbose=False))
         path = tmp_path_factory.mktemp("fqe") / f"{name}.fqe"
@@ -145,7 +155,8 @@ def _zip_regions(raw: bytes, path) -> np.ndarray:
 
 
 #: (byte flips, truncations, JSON header edits) per program
-FUZZ = {"tiny": (2000, 150, 1000), "cnn": (600, 40, 400), "vit": (300, 30, 250)}
+FUZZ = {"tiny": (2000, 150, 1000), "cnn": (600, 40, 400), "vit": (300, 30, 250),
+        "seq": (300, 30, 250)}
 #: op kinds no program of the fuzz contains ('shift': an OutputQuantizer the converter only
 #: writes when a concatenation re-grids an input; crafted by hand in the tests below)
 NOT_FUZZED = {"shift"}
