@@ -10,9 +10,11 @@ from __future__ import annotations
 import argparse
 import math
 
-#: Bit-width limits of QuantizationParams (fixedq/layers/params.py), repeated here so that a bad
-#: value is rejected without importing TensorFlow; the API checks them again.
-MIN_WEIGHT_BITS, MIN_BITS, MAX_BITS = 2, 1, 16
+from fixedq.tensors.limits import ACTIVATION_BITS, WEIGHT_BITS
+
+#: Bit-width limits of QuantizationParams (the one set in fixedq/tensors/limits.py, NumPy- and
+#: TensorFlow-free), so that a bad value is rejected without importing TensorFlow.
+MIN_WEIGHT_BITS, MIN_BITS, MAX_BITS = WEIGHT_BITS[0], ACTIVATION_BITS[0], ACTIVATION_BITS[1]
 
 
 def _int(text: str) -> int:
@@ -40,7 +42,7 @@ def _bits(lo: int, hi: int):
     return parse
 
 
-weight_bits = _bits(MIN_WEIGHT_BITS, MAX_BITS)
+weight_bits = _bits(*WEIGHT_BITS)
 activation_bits = _bits(MIN_BITS, MAX_BITS)
 
 

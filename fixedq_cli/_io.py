@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from fixedq.io import check_input_shape, read_samples, write_atomic
+from fixedq.models.qconfig_schema import QConfigError, validate_qconfig
 
 MODEL_EXTENSIONS = (".keras", ".h5")
 QCONFIG_FORMAT = "fixedq-qconfig"  # the value fixedq.dump_config writes in "format"
@@ -137,6 +138,10 @@ def read_qconfig(path: str) -> dict:
                            f"got {json.dumps(entry):.60}")
         if "calibration" in entry:
             _check_calibration(path, name, entry["calibration"])
+    try:  # every key, type and range of the schema (fixedq/models/qconfig_schema.py)
+        validate_qconfig(config)
+    except QConfigError as exc:
+        raise CLIError(f"config {path!r}: {exc}") from None
     return config
 
 

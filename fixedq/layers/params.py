@@ -11,8 +11,16 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-MIN_BITS, MAX_BITS = 1, 16
-MAX_OUTPUT_BITS = 24  # on-grid float32 tensors hold integers exactly up to 2^24
+from fixedq.tensors.limits import (
+    ACTIVATION_BITS,
+    BUFFER_BITS,
+    OUTPUT_BITS,
+    SCALE_BITS,
+    WEIGHT_BITS,
+)
+
+MIN_BITS, MAX_BITS = ACTIVATION_BITS  # the one range of fixedq/tensors/limits.py
+MAX_OUTPUT_BITS = OUTPUT_BITS[1]  # on-grid float32 tensors hold integers exactly up to 2^24
 
 
 def _check_bits(name: str, value, lo: int = MIN_BITS, hi: int = MAX_BITS) -> None:
@@ -58,15 +66,13 @@ class QuantizationParams:
     asymmetric_activations: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("input_weight_bits", "weight_bits", "activation_bits", "input_bits"):
-            _check_bits(name, getattr(self, name))
-        for name in ("input_weight_bits", "weight_bits"):
-            if getattr(self, name) < 2:
-                raise ValueError(f"{name} must be >= 2 (weights are signed), "
-                                 f"got {getattr(self, name)}")
-        _check_bits("output_bits", self.output_bits, hi=MAX_OUTPUT_BITS)
-        _check_bits("buffer_bits", self.buffer_bits, lo=8, hi=48)
-        _check_bits("scale_bits", self.scale_bits, lo=1, hi=16)
+        for name in ("input_weight_bits", "weight_bits"):  # signed: at least 2 bits
+            _check_bits(name, getattr(self, name), *WEIGHT_BITS)
+        for name in ("activation_bits", "input_bits"):
+            _check_bits(name, getattr(self, name), *ACTIVATION_BITS)
+        _check_bits("output_bits", self.output_bits, *OUTPUT_BITS)
+        _check_bits("buffer_bits", self.buffer_bits, *BUFFER_BITS)
+        _check_bits("scale_bits", self.scale_bits, *SCALE_BITS)
         for name in ("per_tensor_activations", "asymmetric_activations"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")

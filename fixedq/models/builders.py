@@ -19,13 +19,15 @@ import numpy as np
 from fixedq.layers import activation
 from fixedq.layers.params import QuantizationParams
 from fixedq.layers.quantizers import Dequantizer, InputQuantizer
-from fixedq.layers.spec import QSpec, window_starts
+from fixedq.layers.spec import QSpec, frac_bits_for_range, window_starts
 from fixedq.models import asymmetric
-from fixedq.models.bias_correction import apply_recorded
+from fixedq.models.bias_correction import apply_recorded_bias_correction
 from fixedq.models.calibrate import RangeStats
 from fixedq.models.calibration_methods import CalibrationMethod, select_range
+from fixedq.models.qconfig_schema import SETTINGS, QConfigError, check_activation_bits
+from fixedq.models.qconfig_schema import check_frac_bits as _check_frac
 from fixedq.models.split_separable import DW_SUFFIX
-from fixedq.models.weight_rounding import apply_recorded as apply_recorded_rounding
+from fixedq.models.weight_rounding import apply_recorded_rounding
 from fixedq.ops import registry  # importing fixedq.ops registers every op
 from fixedq.transforms.graph import Graph, GraphNode
 
@@ -70,12 +72,16 @@ class BuildContext:
         return _entry(name, self, **extra)
 
     def override(self, name: str, key: str, default):
-        value = self.layer_cfg.get(name, {}).get(key, default)
-        if key.endswith("_bits") and (isinstance(value, bool) or not isinstance(value, int)
-                                      or not 1 <= value <= 24):
-            raise ValueError(f"q_config: layer {name!r} {key} must be an integer in [1, 24], "
-                             f"got {value!r}")
-        return value
+        """Layer ``name``'s q-config/override value of ``key`` (else ``default``), checked
+        against the schema (:mod:`fixedq.models.qconfig_schema`): a bad value is a
+        ``QConfigError``, never a fallback to float."""
+        cfg = self.layer_cfg.get(name, {})
+        if key in cfg and key in SETTINGS:
+            reason = SETTINGS[key].check(cfg[key])
+            if reason is not None:
+                raise QConfigError(f"q_config: layer {name!r}, key {key!r}: {reason}, "
+                                   f"got {cfg[key]!r:.80}")
+        return cfg.get(key, default)
 
 
 def _range_spec(name: str, ctx: BuildContext, signed: bool, bits: int, max_value=None,
@@ -87,8 +93,8 @@ def _range_spec(name: str, ctx: BuildContext, signed: bool, bits: int, max_value
     if st is None:
         raise KeyError(f"no calibration range for layer {name!r}")
     vb = bits if not signed else bits - 1
-    if vb < 1:
-        raise ValueError(f"layer {name!r}: {bits} signed bits leave no magnitude bit")
+    if vb < 1:  # 1 signed bit leaves no magnitude bit
+        check_activation_bits(name, bits, False, signed=True, where="quantize")
     cfg = ctx.layer_cfg.get(name, {})
     per_tensor = ctx.override(name, "per_tensor", ctx.qparams.per_tensor_activations)
     if signed and asymmetric:
@@ -96,8 +102,11 @@ def _range_spec(name: str, ctx: BuildContext, signed: bool, bits: int, max_value
     if "frac_bits" in cfg:
         frac = tuple(int(f) for f in np.atleast_1d(cfg["frac_bits"]))
         if len(frac) not in (1, len(st.maximum)) or (per_tensor and len(frac) != 1):
-            raise ValueError(f"q_config: layer {name!r} frac_bits must be one integer or one "
-                             f"per channel ({len(st.maximum)}), got {cfg['frac_bits']!r}")
+            raise QConfigError(f"q_config: layer {name!r}, key 'frac_bits': must be one integer "
+                               f"or one per channel ({len(st.maximum)}), got "
+                               f"{cfg['frac_bits']!r:.80}")
+        _check_frac(name, frac, frac_bits_for_range(
+            np.maximum(np.abs(st.minimum), np.abs(st.maximum)), vb), vb)
         spec = QSpec(vb, signed, frac)
     else:
         method = ctx.method_for(name)
@@ -105,8 +114,9 @@ def _range_spec(name: str, ctx: BuildContext, signed: bool, bits: int, max_value
             rng = np.atleast_1d(np.asarray(cfg["range"], dtype=np.float64))
             if rng.shape not in ((1,), st.maximum.shape) or not np.all(np.isfinite(rng)) \
                     or np.any(rng < 0):
-                raise ValueError(f"q_config: layer {name!r} range must be finite, >= 0, one "
-                                 f"value or one per channel, got {cfg['range']!r}")
+                raise QConfigError(f"q_config: layer {name!r}, key 'range': must be finite, "
+                                   f">= 0, one value or one per channel "
+                                   f"({len(st.maximum)}), got {cfg['range']!r:.80}")
         else:
             rng = select_range(st, method, signed, bits if not signed else bits - 1, max_value)
             if method.name != "max":
@@ -126,8 +136,9 @@ def _window_spec(name: str, ctx: BuildContext, st: RangeStats, cfg: dict, bits: 
     if "window" in cfg:
         low, high = (np.atleast_1d(np.asarray(v, dtype=np.float64)) for v in cfg["window"])
         if low.shape != high.shape or low.shape not in ((1,), st.maximum.shape):
-            raise ValueError(f"q_config: layer {name!r} window must be [low, high] with one "
-                             f"value or one per channel each, got {cfg['window']!r:.80}")
+            raise QConfigError(f"q_config: layer {name!r}, key 'window': must be [low, high] "
+                               f"with one value or one per channel each, got "
+                               f"{cfg['window']!r:.80}")
     elif "range" in cfg:
         low, high = asymmetric.clip_window(st, cfg["range"])
     else:
@@ -140,8 +151,10 @@ def _window_spec(name: str, ctx: BuildContext, st: RangeStats, cfg: dict, bits: 
     if "frac_bits" in cfg:
         frac = tuple(int(f) for f in np.atleast_1d(cfg["frac_bits"]))
         if len(frac) not in (1, len(low)) or (per_tensor and len(frac) != 1):
-            raise ValueError(f"q_config: layer {name!r} frac_bits must be one integer or one "
-                             f"per channel ({len(low)}), got {cfg['frac_bits']!r}")
+            raise QConfigError(f"q_config: layer {name!r}, key 'frac_bits': must be one integer "
+                               f"or one per channel ({len(low)}), got {cfg['frac_bits']!r:.80}")
+        _check_frac(name, frac, frac_bits_for_range(
+            np.maximum(np.abs(low), np.abs(high)), bits - 1), bits - 1)
         starts = window_starts(low, high, frac * len(low) if len(frac) == 1 else frac, bits)
         return QSpec(bits - 1, True, frac, lo=starts)
     return QSpec.asymmetric(low, high, bits, per_tensor=per_tensor)
@@ -192,7 +205,7 @@ def _output_spec(node: GraphNode, ctx: BuildContext, signed: bool):
         signed = False
     asym = ctx.override(name, "asymmetric", ctx.qparams.asymmetric_activations)
     if not isinstance(asym, bool):
-        raise ValueError(f"q_config: layer {name!r} asymmetric must be true or false, "
+        raise QConfigError(f"q_config: layer {name!r} asymmetric must be true or false, "
                          f"got {asym!r}")
     return _range_spec(name, ctx, signed, bits, max_value, asymmetric=asym), bits
 
@@ -218,5 +231,5 @@ def set_weights(layer, node: GraphNode) -> None:
         return
     spec.set_weights(layer, node)
     if spec.weighted and layer.qconfig:
-        apply_recorded(layer, layer.qconfig)  # weight clipping, then bias deltas
+        apply_recorded_bias_correction(layer, layer.qconfig)  # clipping, then bias deltas
         apply_recorded_rounding(layer, layer.qconfig)  # integers of the clipped kernel

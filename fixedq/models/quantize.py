@@ -1,8 +1,13 @@
 """``quantize(model, qparams, samples)``: float Keras model -> FixedPoint Keras model.
 
-Steps: sanitize -> split SeparableConv2D -> plan (what is quantized, which ReLUs fuse into the
-layer before them) -> calibrate (per-channel ranges, streamed) -> build a new functional model of
-quantized layers, with a Dequantizer wherever quantized values meet float layers.
+First :func:`resolve_plan` checks every argument, the q-config and the overrides against one
+schema (:mod:`fixedq.models.qconfig_schema`) and turns every ``"auto"`` into a concrete choice
+(a frozen :class:`QuantizePlan`); then the :data:`STAGES` run in order: prepare (Keras 3,
+SmoothQuant) -> graph (sanitize, split SeparableConv2D, fold Rescaling) -> layer config (names,
+model-output bit widths, ReLU fusion) -> calibrate (recorded ranges, then streamed calibration,
+range alignment) -> build (quantized layers, a Dequantizer wherever quantized values meet float
+layers) -> weight rounding -> bias correction. A bad user value is a ``ValueError`` (a
+``QConfigError``) before any work; only an operation the registry does not have falls back.
 
 Example:
     >>> import keras, numpy as np
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import itertools
 import warnings
+from dataclasses import dataclass, field
 
 import keras
 import numpy as np
@@ -28,6 +34,14 @@ from fixedq.models.bias_correction import BiasCorrection, clip_kernels, correct_
 from fixedq.models.calibrate import RangeStats, calibrate
 from fixedq.models.calibration_methods import CalibrationMethod
 from fixedq.models.fold_rescaling import fold_rescaling
+from fixedq.models.qconfig_schema import (
+    QCONFIG_FORMAT,
+    QCONFIG_VERSION,
+    QConfigError,
+    check_activation_bits,
+    validate_overrides,
+    validate_qconfig,
+)
 from fixedq.models.range_alignment import align_ranges, apply_alignment
 from fixedq.models.range_alignment import wanted as alignment_wanted
 from fixedq.models.samples import DEFAULT_NUM_SAMPLES, iter_batches, random_samples
@@ -44,8 +58,6 @@ from fixedq.transforms.graph import (
 )
 from fixedq.transforms.smooth_quant import smooth_quant as smooth_quant_transform
 
-QCONFIG_FORMAT = "fixedq-qconfig"
-QCONFIG_VERSION = 1
 _METHOD_KEYS = set(CalibrationMethod.__dataclass_fields__)
 
 
@@ -94,44 +106,64 @@ def fused_relus(graph: Graph) -> dict[str, str]:
 
 
 def _check_config(q_config, graph: Graph) -> dict:
+    """The q-config's layer entries (already checked against the schema) for ``graph``."""
     if q_config is None:
         return {}
-    if not isinstance(q_config, dict) or q_config.get("format") != QCONFIG_FORMAT:
-        raise ValueError(f"q_config must be a dict made by dump_config (format "
-                         f"{QCONFIG_FORMAT!r}), got {str(q_config)[:80]!r}")
     layers = q_config.get("layers", {})
     known = {n.name for n in graph.nodes}
     unknown = sorted(set(layers) - known)
     if unknown:
-        raise ValueError(f"q_config names layers that are not in the model: {unknown}")
+        raise QConfigError(f"q_config names layers that are not in the model: {unknown}")
     return layers
 
 
-_OVERRIDE_KEYS = {"weight_bits", "activation_bits", "per_tensor", "frac_bits", "range",
-                  "calibration_method", "asymmetric", "window"}
-
-
 def _merge_overrides(layer_cfg: dict, overrides, graph: Graph) -> dict:
+    """q-config entries with ``overrides`` (already checked against the schema) on top."""
     if overrides is None:
         return layer_cfg
-    if not isinstance(overrides, dict):
-        raise TypeError(f"overrides must be a dict {{layer_name: {{key: value}}}}, got "
-                        f"{type(overrides).__name__}")
     known = {n.name for n in graph.nodes}
     unknown = sorted(set(overrides) - known)
     if unknown:
-        raise ValueError(f"overrides name layers that are not in the model: {unknown}")
+        raise QConfigError(f"overrides name layers that are not in the model: {unknown}")
     merged = {name: dict(cfg) for name, cfg in layer_cfg.items()}
     for name, cfg in overrides.items():
-        bad = sorted(set(cfg) - _OVERRIDE_KEYS)
-        if bad:
-            raise ValueError(f"overrides for layer {name!r}: unknown keys {bad}; allowed "
-                             f"{sorted(_OVERRIDE_KEYS)}")
-        if not isinstance(cfg.get("asymmetric", False), bool):
-            raise ValueError(f"overrides for layer {name!r}: asymmetric must be true or false, "
-                             f"got {cfg['asymmetric']!r}")
         merged.setdefault(name, {}).update(cfg)
     return merged
+
+
+def _output_names(graph: Graph, fused: dict[str, str]) -> set[str]:
+    """Layers whose output is a model output (a fused output ReLU's producer included)."""
+    outputs = {r.name for r in graph.outputs}
+    for prod, relu in fused.items():
+        if relu in outputs:
+            outputs.add(prod)
+    return outputs
+
+
+def _check_against_graph(layer_cfg: dict, graph: Graph, fused: dict[str, str]) -> None:
+    """What the schema alone cannot check: the activation range of model outputs, keys that
+    only some layers take, calibration methods."""
+    outputs = _output_names(graph, fused)
+    input_name = graph.inputs[0].name
+    for name, cfg in layer_cfg.items():
+        where = "q_config"
+        node = graph.node(name)
+        if "activation_bits" in cfg:
+            check_activation_bits(name, cfg["activation_bits"], name in outputs, where=where)
+        kind = builders.kind_of(node)
+        for key in ("weight_bits", "weight_rounding", "bias_delta", "weight_clip_std"):
+            if key in cfg and kind not in ("neural", "unsupported"):
+                raise QConfigError(f"{where}: layer {name!r}, key {key!r}: layer {name!r} "
+                                   f"({node.cls.__name__}) has no weights, got {cfg[key]!r:.60}")
+        if "range_alignment" in cfg and name != input_name:
+            raise QConfigError(f"{where}: layer {name!r}, key 'range_alignment': only the model "
+                               f"input ({input_name!r}) records it")
+        if "calibration_method" in cfg:
+            try:
+                CalibrationMethod.get(cfg["calibration_method"])
+            except (TypeError, ValueError) as err:
+                raise QConfigError(f"{where}: layer {name!r}, key 'calibration_method': {err}"
+                                   ) from None
 
 
 def _methods(calibration, graph: Graph) -> dict:
@@ -198,7 +230,7 @@ def _pin_dynamic_input(graph, samples, q_config) -> None:
                          "of the size to quantize for")
     warnings.warn(f"quantize: input shape {given} has dynamic dimension"
                   f"{'s' if len(dyn) > 1 else ''} {dims} and {why}: the quantized model is "
-                  f"built for the samples' shape {fixed}", stacklevel=3)
+                  f"built for the samples' shape {fixed}", stacklevel=4)
     node.output_shapes[0] = (shape[0], *fixed)
 
 
@@ -254,27 +286,63 @@ def quantize(model, qparams: QuantizationParams | None = None, samples=None,
     Returns:
         A new Keras model made of fixedq quantized layers.
     """
+    plan = resolve_plan(qparams, samples, q_config, overrides, bias_correction, smooth_quant,
+                        range_alignment, weight_rounding)
+    run = _Run(plan, model, samples, num_samples, batch_size, epochs, verbose, calibration)
+    for stage in STAGES:
+        stage(run)
+    return run.qmodel
+
+
+@dataclass(frozen=True)
+class QuantizePlan:
+    """Every choice of one ``quantize`` call, resolved and validated before any work.
+
+    Each ``"auto"`` argument is a concrete choice here (``None`` = the stage does nothing);
+    the q-config and overrides have been checked against the schema
+    (:mod:`fixedq.models.qconfig_schema`). Only two choices still depend on the data: the
+    random calibration samples used when none are given, and ``min_rounding_frames`` (under
+    ``weight_rounding="auto"``, fewer samples skip the rounding with a warning).
+    """
+
+    qparams: QuantizationParams
+    q_config: dict | None
+    overrides: dict | None
+    smooth_quant: dict | None  # options of transforms.smooth_quant, or None
+    align: bool  # compute a new range alignment (never with a q-config: it is replayed)
+    rounding: WeightRounding | None
+    min_rounding_frames: int  # weight rounding is skipped under this many frames
+    correction: BiasCorrection | None
+    one_shot: bool  # the samples are a generator/iterator (read once, by calibration)
+
+
+def resolve_plan(qparams, samples, q_config, overrides, bias_correction, smooth_quant,
+                 range_alignment, weight_rounding) -> QuantizePlan:
+    """Validate every argument and resolve every ``"auto"`` of :func:`quantize`."""
+    if q_config is not None:
+        validate_qconfig(q_config)
+    validate_overrides(overrides)
     if qparams is None:
         qparams = QuantizationParams()
-    if q_config is not None and isinstance(q_config, dict) and "qparams" in q_config:
-        qparams = QuantizationParams.from_dict(q_config["qparams"])
+    if q_config is not None and "qparams" in q_config:
+        try:
+            qparams = QuantizationParams.from_dict(q_config["qparams"])
+        except (TypeError, ValueError) as err:
+            raise QConfigError(f"q_config: key 'qparams': {err}") from None
     if not isinstance(qparams, QuantizationParams):
         raise TypeError(f"qparams must be a QuantizationParams, got {type(qparams).__name__}")
     align = alignment_wanted(range_alignment, qparams)  # validates the argument
     rounding = WeightRounding.get(weight_rounding, qparams)  # validates the argument
-    if isinstance(weight_rounding, str) and weight_rounding == "auto":
+    auto_rounding = isinstance(weight_rounding, str) and weight_rounding == "auto"
+    if auto_rounding:
         if samples is None:
             rounding = None
     elif rounding is not None and samples is None:
         raise ValueError("weight_rounding needs calibration samples (samples=...)")
-    model = as_keras3(model)
-    _check_not_quantized(model)
-    samples_given = samples
     # "auto" bias correction / weight rounding never add to a q-config (it is replayed as
     # recorded) and need samples that can be read again after calibration
     auto = isinstance(bias_correction, str) and bias_correction == "auto"
     correction = BiasCorrection.get(bias_correction, qparams)
-    auto_rounding = isinstance(weight_rounding, str) and weight_rounding == "auto"
     one_shot = samples is not None and _one_shot(samples)
     if one_shot and ((correction is not None and not auto)
                      or (rounding is not None and not auto_rounding)):
@@ -284,31 +352,90 @@ def quantize(model, qparams: QuantizationParams | None = None, samples=None,
     if one_shot and q_config is None and (correction is not None or rounding is not None):
         warnings.warn("quantize: the samples are a one-shot generator/iterator, consumed by "
                       "calibration: bias correction and weight rounding are skipped. Pass an "
-                      "array or a tf.data.Dataset to use them.", stacklevel=2)
+                      "array or a tf.data.Dataset to use them.", stacklevel=3)
+    options = None
     if smooth_quant is not None:
         if samples is None:
             raise ValueError("smooth_quant needs calibration samples (samples=...)")
         options = smooth_quant if isinstance(smooth_quant, dict) else {"alpha": smooth_quant}
-        model, _ = smooth_quant_transform(model, samples, batch_size=batch_size, **options)
+    if auto and (samples is None or q_config is not None or one_shot):
+        correction = None
+    if auto_rounding and (q_config is not None or one_shot):
+        rounding = None
+    return QuantizePlan(qparams=qparams, q_config=q_config, overrides=overrides,
+                        smooth_quant=options, align=align and q_config is None,
+                        rounding=rounding,
+                        min_rounding_frames=MIN_AUTO_FRAMES if auto_rounding else 0,
+                        correction=correction, one_shot=one_shot)
+
+
+@dataclass
+class _Run:
+    """What the stages of one ``quantize`` call hand to each other."""
+
+    plan: QuantizePlan
+    model: object  # the user's model, then its Keras 3 (and SmoothQuant-ed) version
+    samples: object
+    num_samples: int
+    batch_size: int | None
+    epochs: int
+    verbose: bool
+    calibration: object
+    graph: Graph | None = None
+    layer_cfg: dict = field(default_factory=dict)
+    methods: dict = field(default_factory=dict)
+    fused: dict = field(default_factory=dict)
+    stats: dict = field(default_factory=dict)
+    alignment: dict | None = None
+    qmodel: keras.Model | None = None
+
+
+def stage_prepare(run: _Run) -> None:
+    """Keras 3 model, not yet quantized; SmoothQuant when asked (it reads the samples)."""
+    model = as_keras3(run.model)
+    _check_not_quantized(model)
+    if run.plan.smooth_quant is not None:
+        model, _ = smooth_quant_transform(model, run.samples, batch_size=run.batch_size,
+                                          **run.plan.smooth_quant)
+    run.model = model
+
+
+def stage_graph(run: _Run) -> None:
+    """Sanitize, read the graph, pin a dynamic input, split SeparableConv2D, fold Rescaling."""
+    model = run.model
     sanitized, _ = sanitize(model)
     graph = read_graph(sanitized)
     if len(graph.inputs) != 1:
         raise ValueError(f"quantize supports models with one input; {model.name!r} has "
                          f"{len(graph.inputs)}")
-    _pin_dynamic_input(graph, samples, q_config)
+    _pin_dynamic_input(graph, run.samples, run.plan.q_config)
     split_separable(graph)
     fold_rescaling(graph)
-    layer_cfg = _merge_overrides(_check_config(q_config, graph), overrides, graph)
-    methods = _methods(calibration, graph)
-    fused = fused_relus(graph)
+    run.graph = graph
+
+
+def stage_layer_config(run: _Run) -> None:
+    """Per-layer settings (q-config + overrides) checked against the graph; ReLU fusion."""
+    graph = run.graph
+    run.layer_cfg = _merge_overrides(_check_config(run.plan.q_config, graph),
+                                     run.plan.overrides, graph)
+    run.methods = _methods(run.calibration, graph)
+    run.fused = fused_relus(graph)
+    _check_against_graph(run.layer_cfg, graph, run.fused)
+
+
+def stage_calibrate(run: _Run) -> None:
+    """Recorded ranges (q-config) first, then calibration of what is still needed; a recorded
+    range alignment is re-applied, a new one computed when the plan says so."""
+    graph, layer_cfg, methods, plan = run.graph, run.layer_cfg, run.methods, run.plan
     points = [n.name for n in graph.nodes if builders.kind_of(n) in builders.REQUANTIZING]
     input_name = graph.inputs[0].name
     alignment = layer_cfg.get(input_name, {}).get("range_alignment")
     if alignment is not None:  # recorded in the q-config: its stats are of the aligned model
         apply_alignment(graph, alignment)
     stats = _stats_from_config(layer_cfg)
-    probe_ctx = builders.BuildContext(qparams, stats, layer_cfg, set(), set(), fused, graph,
-                                      methods)
+    probe_ctx = builders.BuildContext(plan.qparams, stats, layer_cfg, set(), set(), run.fused,
+                                      graph, methods)
 
     def needs_hist(name):
         cfg = layer_cfg.get(name, {})
@@ -320,42 +447,64 @@ def quantize(model, qparams: QuantizationParams | None = None, samples=None,
               if p not in stats or (needs_hist(p) and stats[p].hist_pos is None)]
     if needed:
         float_model = build_model(graph)
-        if samples is None:
+        if run.samples is None:
             first = graph.nodes[1] if len(graph.nodes) > 1 else None
             uint8_like = first is not None and first.cls is keras.layers.Rescaling
             warnings.warn("quantize: no calibration samples given; calibrating on "
-                          f"{num_samples} random samples. Accuracy will suffer: pass real "
-                          "samples.", stacklevel=2)
-            samples = random_samples(float_model.inputs[0].shape, num_samples, uint8_like)
+                          f"{run.num_samples} random samples. Accuracy will suffer: pass real "
+                          "samples.", stacklevel=3)
+            run.samples = random_samples(float_model.inputs[0].shape, run.num_samples,
+                                         uint8_like)
         bins = max(m.bins for m in methods.values()) if methods else 1024
-        stats.update(calibrate(float_model, samples, [p for p in needed if p in points],
-                               num_samples, batch_size, epochs, verbose, histograms, bins))
-    if q_config is None and alignment is None and align:
-        alignment = align_ranges(graph, stats, probe_ctx, fused) or None
-    if auto and (samples_given is None or q_config is not None or one_shot):
-        correction = None
-    if auto_rounding and (q_config is not None or one_shot):
-        rounding = None
-    qmodel = _build(graph, qparams, stats, fused, layer_cfg, model.name, methods)
-    if alignment is not None:
-        qmodel.get_layer(f"{input_name}_quantizer").qconfig["range_alignment"] = alignment
-    if rounding is not None:
-        if correction is not None and correction.weight_clip_std is not None:
-            clip_kernels(qmodel, correction.weight_clip_std)  # clip first, then round
-        frames = _frames(samples, qmodel, rounding.frames, batch_size)
-        if auto_rounding and len(frames) < MIN_AUTO_FRAMES:
-            warnings.warn(f"quantize: weight rounding skipped: {len(frames)} calibration "
-                          f"samples (under {MIN_AUTO_FRAMES} it fits the samples, not the "
-                          "data); pass more samples or weight_rounding=True", stacklevel=2)
-        else:
-            optimize_rounding(qmodel, frames, rounding, verbose, build_model(graph))
-    if correction is not None:
-        if samples is None:
-            raise ValueError("bias_correction needs calibration samples (samples=...)")
-        correct_biases(build_model(graph), qmodel,
-                       _frames(samples, qmodel, correction.frames, batch_size), correction,
-                       verbose)
-    return qmodel
+        stats.update(calibrate(float_model, run.samples, [p for p in needed if p in points],
+                               run.num_samples, run.batch_size, run.epochs, run.verbose,
+                               histograms, bins))
+    if alignment is None and plan.align:
+        alignment = align_ranges(graph, stats, probe_ctx, run.fused) or None
+    run.stats, run.alignment = stats, alignment
+
+
+def stage_build(run: _Run) -> None:
+    """The functional model of quantized layers (a Dequantizer where float layers start)."""
+    qmodel = _build(run.graph, run.plan.qparams, run.stats, run.fused, run.layer_cfg,
+                    run.model.name, run.methods)
+    if run.alignment is not None:
+        input_name = run.graph.inputs[0].name
+        qmodel.get_layer(f"{input_name}_quantizer").qconfig["range_alignment"] = run.alignment
+    run.qmodel = qmodel
+
+
+def stage_weight_rounding(run: _Run) -> None:
+    """Optimized integer weights of low-bit layers (weight clipping first, if asked)."""
+    rounding, correction = run.plan.rounding, run.plan.correction
+    if rounding is None:
+        return
+    if correction is not None and correction.weight_clip_std is not None:
+        clip_kernels(run.qmodel, correction.weight_clip_std)  # clip first, then round
+    frames = _frames(run.samples, run.qmodel, rounding.frames, run.batch_size)
+    if len(frames) < run.plan.min_rounding_frames:
+        warnings.warn(f"quantize: weight rounding skipped: {len(frames)} calibration "
+                      f"samples (under {MIN_AUTO_FRAMES} it fits the samples, not the "
+                      "data); pass more samples or weight_rounding=True", stacklevel=3)
+        return
+    optimize_rounding(run.qmodel, frames, rounding, run.verbose, build_model(run.graph))
+
+
+def stage_bias_correction(run: _Run) -> None:
+    """Compensate the mean output shift of quantization on calibration frames."""
+    correction = run.plan.correction
+    if correction is None:
+        return
+    if run.samples is None:
+        raise ValueError("bias_correction needs calibration samples (samples=...)")
+    correct_biases(build_model(run.graph), run.qmodel,
+                   _frames(run.samples, run.qmodel, correction.frames, run.batch_size),
+                   correction, run.verbose)
+
+
+#: The stages of :func:`quantize`, in order; each reads and fills the shared ``_Run``.
+STAGES = (stage_prepare, stage_graph, stage_layer_config, stage_calibrate, stage_build,
+          stage_weight_rounding, stage_bias_correction)
 
 
 #: Under ``weight_rounding="auto"``, fewer calibration samples than this skip the rounding
@@ -396,10 +545,7 @@ def _build(graph: Graph, qp: QuantizationParams, stats, fused, layer_cfg, name,
     dequantized: dict[str, object] = {}
     relu_of = {relu: prod for prod, relu in fused.items()}
     firsts = _first_neural(graph)
-    outputs = {r.name for r in graph.outputs}
-    for relu, prod in relu_of.items():
-        if relu in outputs:
-            outputs.add(prod)
+    outputs = _output_names(graph, fused)
     ctx = builders.BuildContext(qp, stats, layer_cfg, firsts, outputs, fused, graph, methods)
 
     def as_float(ref_name):
@@ -434,6 +580,8 @@ def _build(graph: Graph, qp: QuantizationParams, stats, fused, layer_cfg, name,
         else:
             try:
                 layer, spec, pre = builders.quantized_layer(node, kind, in_specs, ctx)
+            except QConfigError:
+                raise  # a bad user value is an error, never a fallback (DESIGN decision 6)
             except (ValueError, KeyError) as err:
                 reason = str(err)
             else:
@@ -446,7 +594,7 @@ def _build(graph: Graph, qp: QuantizationParams, stats, fused, layer_cfg, name,
         if reason is not None and all(s is not None for s in in_specs):
             warnings.warn(f"quantize: quantization stops before layer {node.name!r} "
                           f"({node.cls.__name__}): {reason}; a Dequantizer is inserted and the "
-                          "layer runs in float", stacklevel=3)
+                          "layer runs in float", stacklevel=4)
         layer = make_layer(node)
         ins = [as_float(r.name) for r in refs]
         out = layer(ins if len(ins) > 1 or node.cls in (keras.layers.Add,

@@ -96,7 +96,7 @@ def test_manual_mixed_precision_and_tensor_overrides(trained_cnn, digits):
     assert cfg["layers"]["conv1"]["frac_bits"] == 3
     again = quantize(trained_cnn, q_config=json.loads(json.dumps(cfg)), verbose=False)
     assert np.array_equal(q.predict(x, verbose=0), again.predict(x, verbose=0))
-    with pytest.raises(ValueError, match="unknown keys"):
+    with pytest.raises(ValueError, match="layer 'pw': unknown key 'bits'"):
         quantize(trained_cnn, QP4, samples=x, overrides={"pw": {"bits": 8}}, verbose=False)
     with pytest.raises(ValueError, match="not in the model"):
         quantize(trained_cnn, QP4, samples=x, overrides={"ghost": {"weight_bits": 8}},
