@@ -60,7 +60,7 @@ def test_static_bound_matches_integer_weights():
     want = int(np.max(np.abs(p["kernel"]).sum(axis=0) * v_max + np.abs(p["bias"])))
     lc = next(lc for lc in check(qmodel).layers if lc.name == "fc1")
     assert lc.accumulator_bound == want
-    assert want <= layer.accumulator_bound + int(np.abs(p["bias"]).max())
+    assert want <= layer.static_accumulator_bound + int(np.abs(p["bias"]).max())
 
 
 def test_low_weight_bits_report_weight_error():

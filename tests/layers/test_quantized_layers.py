@@ -95,7 +95,7 @@ def test_worst_case_conv_is_exact(in_bits, w_bits):
     kernel = np.where(RNG.random((3, 3, 512, 4)) < 0.5, 1.0, -1.0)
     kernel[..., 0] = 1.0  # one channel with every product at its maximum
     layer.set_weights([kernel.astype("float32"), np.full(4, 3.0, "float32")])
-    assert layer.accumulator_bound >= 2**24 and layer._dtype_exact == "float64"
+    assert layer.static_accumulator_bound >= 2**24 and layer._dtype_exact == "float64"
     got = np.asarray(layer(x)).astype(np.float64) * 2.0**frac  # back to integers y
     p = layer.integer_params()
     cols = _im2col_int(x.astype(np.int64).astype(object), 3, 3)
