@@ -161,8 +161,9 @@ def render(rows: list[dict]) -> str:
     ]
     for safety in dict.fromkeys(r.get("safety", 10.0) for r in rows):
         sub = [r for r in rows if r.get("safety", 10.0) == safety]
-        lines += ["", f"Range-test safety factor {safety:g}"
-                  f"{' (the default)' if safety == 10.0 else ''}:", ""]
+        what = (" (the default)" if safety == 10.0 else
+                f" (`--safety {safety:g}`, an alternative measured, not the default)")
+        lines += ["", f"Range-test safety factor {safety:g}{what}:", ""]
         lines += _table(sub)
         times = [r["qat_s"] for r in sub]
         lines += ["", f"`fixedq.qat` wall time per run (range test, {sub[0]['epochs']} epochs, "
