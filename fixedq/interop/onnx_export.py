@@ -24,7 +24,8 @@ or the int64 ``v`` with ``output="int"``) on every element. How it stays exact
   1/2))`` in ``double`` when the engine's own float64 argument holds per channel
   (``|v·M| + |O| + 2^(S-1) <= 2^53``; :func:`fixedq.engine.kernels.float_requant_ok`), else
   the int64 form of eq. 5: ``Mul``/``Add`` in ``int64`` and floor divisions by powers of two
-  written as ``(w - Mod(w, 2^k)) / 2^k`` (exact). The input quantizer rounds with
+  written as ``(w - Mod(w, 2^k)) / 2^k`` (exact). Transformer ops (eqs. 29-34) run in int64
+  step by step as :mod:`fixedq.engine.transformer_ops`. The input quantizer rounds with
   ``floor(x) + [x - floor(x) >= 1/2]`` (eq. 2: the literal ``floor(x + 1/2)`` is wrong at
   ``0.49999999999999994``).
 
@@ -54,7 +55,8 @@ OPSET = 17
 IR_VERSION = 8
 #: Engine op kinds :func:`to_onnx` exports; any other kind is a ``ValueError`` naming the op.
 EXPORTABLE_KINDS = ("input", "neural", "affine", "gap", "add", "shift", "concat", "clip",
-                    "maxpool", "reshape", "permute", "identity")
+                    "maxpool", "reshape", "permute", "identity", "shiftmax", "attention",
+                    "madnorm", "class_token", "add_pos", "extract_token")
 OUTPUTS = ("float", "int")
 INPUT_NAME = "input"
 
@@ -101,7 +103,7 @@ class _Graph:
         return f"{hint}__{self.count}"
 
     def const(self, value, dtype, hint: str = "c") -> str:
-        arr = np.ascontiguousarray(np.asarray(value, dtype=dtype))
+        arr = np.array(value, dtype=dtype, order="C")  # (0-d stays 0-d)
         key = None
         if arr.size <= 16:
             key = (arr.dtype.str, arr.shape, arr.tobytes())
@@ -503,6 +505,162 @@ class _Exporter:
 
     def op_identity(self, op: Op, xs, bs):
         return xs[0], bs[0]
+
+    # ------------------------------------------------------------------ transformer ops
+    # Computed in int64 step by step as fixedq/engine/transformer_ops.py does (eqs. 29-34):
+    # int64 Mul/Add/MatMul are exact integer operations, floor divisions are written with Mod
+    # (the divisor's sign) and an exact Div, per-element powers of two come from Pow(2.0, k)
+    # in double (exact) cast to int64.
+
+    def i64(self, v: str) -> str:
+        return self.g.node("Cast", [v], "i64", to=self.onnx.TensorProto.INT64)
+
+    def f64(self, v: str) -> str:
+        return self.g.node("Cast", [v], "f64", to=self.onnx.TensorProto.DOUBLE)
+
+    def ic(self, value) -> str:
+        return self.g.const(value, np.int64)
+
+    def shl(self, v: str, k) -> str:
+        """``v << k`` (static ``k >= 0``) in int64."""
+        k = np.asarray(k, dtype=np.int64)
+        if not np.any(k):
+            return v
+        return self.g.node("Mul", [v, self.ic(np.left_shift(np.int64(1), k))], "shl")
+
+    def pow2_var(self, k: str) -> str:
+        """``2^k`` of an int64 tensor ``k`` in [0, 62] (exact through double)."""
+        kd = self.f64(k)
+        return self.i64(self.g.node("Pow", [self.g.const(2.0, np.float64), kd], "pow2"))
+
+    def floordiv(self, w: str, d: str) -> str:
+        """``floor(w / d)`` for int64 tensors, ``d > 0``."""
+        r = self.g.node("Mod", [w, d], "fdiv", fmod=0)
+        return self.g.node("Div", [self.g.node("Sub", [w, r], "fdiv"), d], "fdiv")
+
+    def shift_round_i64(self, w: str, s, static: bool = True) -> str:
+        """Eq. 5 on int64 ``w``: ``s`` static (array) or an int64 tensor (per element)."""
+        g = self.g
+        if static:
+            s = np.asarray(s, dtype=np.int64)
+            if np.any(s > 63):
+                raise ValueError(f"shift {int(s.max())} > 63")
+            w = self.shl(w, np.maximum(-s, 0))
+            up = (s > 0).astype(np.int64)
+            w = self.floordiv_pow2(w, np.minimum(np.maximum(s - 1, 0), 62), "sr")
+            if np.any(up):
+                w = self.floordiv_pow2(g.node("Add", [w, self.ic(up)], "sr"), up, "sr")
+            return w
+        zero = self.ic(0)
+        left = g.node("Max", [g.node("Neg", [s], "sr"), zero], "sr")
+        w = g.node("Mul", [w, self.pow2_var(left)], "sr")
+        first = g.node("Min", [g.node("Max", [g.node("Sub", [s, self.ic(1)], "sr"), zero],
+                                      "sr"), self.ic(62)], "sr")
+        w = self.floordiv(w, self.pow2_var(first))
+        up = self.i64(g.node("Greater", [s, zero], "sr"))
+        w = g.node("Add", [w, up], "sr")
+        return self.floordiv(w, self.pow2_var(up))
+
+    def clip_i64(self, v: str, lo, hi) -> str:
+        return self.clip(v, lo, hi, "clip", np.int64)
+
+    def shiftmax_i64(self, d: str, score_frac, table, exp_bits, k_max, out_frac, out_hi):
+        g = self.g
+        mx = g.node("ReduceMax", [d], "sm", axes=[-1], keepdims=1)
+        d = g.node("Sub", [d, mx], "sm")
+        q = self.floordiv_pow2(d, score_frac, "sm")
+        r = g.node("Sub", [d, self.shl(q, score_frac)], "sm")
+        t = g.node("Gather", [self.ic(table), r], "sm", axis=0)
+        sh = g.node("Min", [g.node("Neg", [q], "sm"), self.ic(exp_bits + 2)], "sm")
+        e = self.shift_round_i64(t, sh, static=False)
+        total = g.node("ReduceSum", [e, self.ic([-1])], "sm", keepdims=1)
+        k = None
+        for i in range(1, int(k_max) + 1):
+            ge = self.i64(g.node("GreaterOrEqual", [total, self.ic(1 << i)], "sm"))
+            k = ge if k is None else g.node("Add", [k, ge], "sm")
+        k = k if k is not None else g.node("Mul", [total, self.ic(0)], "sm")
+        sq = g.node("Mul", [total, total], "sm")
+        two_k1 = g.node("Add", [g.node("Mul", [k, self.ic(2)], "sm"), self.ic(1)], "sm")
+        k = g.node("Add", [k, self.i64(g.node("GreaterOrEqual", [sq, self.pow2_var(two_k1)],
+                                                "sm"))], "sm")
+        y = self.shift_round_i64(e, g.node("Sub", [k, self.ic(int(out_frac))], "sm"),
+                                 static=False)
+        return self.clip_i64(y, 0, int(out_hi))
+
+    def op_shiftmax(self, op: Op, xs, bs):
+        a, r = op.attrs, op.arrays
+        d = self.shift_round_i64(self.shl(self.i64(xs[0]), r["in_align"]), int(a["in_shift"]))
+        y = self.shiftmax_i64(d, int(a["score_frac"]), r["exp_table"], int(a["exp_bits"]),
+                              int(a["k_max"]), int(a["prob_frac"]), int(a["prob_hi"]))
+        return self.f64(y), np.array([float(a["prob_hi"])])
+
+    def op_attention(self, op: Op, xs, bs):
+        a, r, g = op.attrs, op.arrays, self.g
+        h = int(a["num_heads"])
+        n_q, c = self.shapes[op.inputs[0]]
+        heads = []
+        for i, x in enumerate(xs):
+            n, ci = self.shapes[op.inputs[i]]
+            v = self.shl(self.i64(x), r[f"align{i}"])
+            v = g.node("Reshape", [v, self.ic([0, n, h, ci // h])], op.name)
+            heads.append(g.node("Transpose", [v], op.name, perm=[0, 2, 1, 3]))
+        q, k, v = heads
+        kt = g.node("Transpose", [k], op.name, perm=[0, 1, 3, 2])
+        scores = g.node("MatMul", [q, kt], op.name)
+        sc = g.node("Mul", [scores, self.ic(int(a["score_multiplier"]))], op.name)
+        sc = self.clip_i64(self.shift_round_i64(sc, int(a["score_shift"])), a["acc_lo"],
+                           a["acc_hi"])
+        p = self.shiftmax_i64(sc, int(a["score_frac"]), r["exp_table"], int(a["exp_bits"]),
+                              int(a["k_max"]), int(a["prob_frac"]), int(a["prob_hi"]))
+        o = g.node("MatMul", [p, v], op.name)
+        o = g.node("Transpose", [o], op.name, perm=[0, 2, 1, 3])
+        o = g.node("Reshape", [o, self.ic([0, n_q, -1])], op.name)
+        y = self.clip_i64(self.shift_round_i64(o, r["out_shift"]), r["out_lo"], r["out_hi"])
+        return self.f64(y), np.maximum(_per_channel(r["out_lo"]), _per_channel(r["out_hi"]))
+
+    def op_madnorm(self, op: Op, xs, bs):
+        a, r, g = op.attrs, op.arrays, self.g
+        v = self.shl(self.i64(xs[0]), r["in_align"])
+        dim = self.shapes[op.inputs[0]][-1]
+        total = g.node("ReduceSum", [v, self.ic([-1])], op.name, keepdims=1)
+        c = g.node("Sub", [g.node("Mul", [v, self.ic(dim)], op.name), total], op.name)
+        den = g.node("ReduceSum", [g.node("Abs", [c], op.name), self.ic([-1])], op.name,
+                     keepdims=1)
+        den = g.node("Max", [g.node("Add", [den, self.ic(int(a["eps_int"]))], op.name),
+                             self.ic(1)], op.name)
+        num = g.node("Add", [g.node("Mul", [c, self.ic(2 * dim << int(a["norm_frac"]))],
+                                    op.name), den], op.name)
+        z = self.floordiv(num, g.node("Mul", [den, self.ic(2)], op.name))
+        w = g.node("Add", [g.node("Mul", [z, self.ic(r["multiplier"])], op.name),
+                           self.ic(r["offset"])], op.name)
+        y = self.clip_i64(self.shift_round_i64(w, r["shift"]), r["out_lo"], r["out_hi"])
+        return self.f64(y), np.maximum(_per_channel(r["out_lo"]), _per_channel(r["out_hi"]))
+
+    def op_class_token(self, op: Op, xs, bs):
+        r, g = op.arrays, self.g
+        x = self.clip_i64(self.shift_round_i64(self.i64(xs[0]), r["shift"]), r["out_lo"],
+                          r["out_hi"])
+        c = self.shapes[op.inputs[0]][-1]
+        batch = g.node("Slice", [g.node("Shape", [x], op.name), self.ic([0]), self.ic([1])],
+                       op.name)
+        shape = g.node("Concat", [batch, self.ic([1, c])], op.name, axis=0)
+        tok = g.node("Expand", [self.ic(np.asarray(r["token"]).reshape(1, 1, -1)), shape],
+                     op.name)
+        y = g.node("Concat", [tok, x], op.name, axis=1)
+        bound = np.maximum(np.maximum(_per_channel(r["out_lo"]), _per_channel(r["out_hi"])),
+                           _per_channel(r["token"]))
+        return self.f64(y), bound
+
+    def op_add_pos(self, op: Op, xs, bs):
+        r, g = op.arrays, self.g
+        acc = g.node("Add", [self.shl(self.i64(xs[0]), r["in_align"]), self.ic(r["pos"])],
+                     op.name)
+        y = self.clip_i64(self.shift_round_i64(acc, r["shift"]), r["out_lo"], r["out_hi"])
+        return self.f64(y), np.maximum(_per_channel(r["out_lo"]), _per_channel(r["out_hi"]))
+
+    def op_extract_token(self, op: Op, xs, bs):
+        y = self.g.node("Gather", [xs[0], self.ic(int(op.attrs["token"]))], op.name, axis=1)
+        return y, bs[0]
 
     # ------------------------------------------------------------------ whole model
     def build(self):

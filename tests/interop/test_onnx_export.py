@@ -191,6 +191,42 @@ def test_worst_case_3x3x512_float64_path_and_saturating_buffer():
         assert_exact(engine, x)
 
 
+@pytest.mark.parametrize("qp", [Q8, QuantizationParams(weight_bits=4, activation_bits=4,
+                                                       asymmetric_activations=True), Q4T],
+                         ids=["q8", "a4-asymmetric", "q4-per-tensor"])
+def test_vit_exact(qp):
+    """ClassToken, AddPositionEmbs, LayerMadNormalization, Attention (integer shiftmax),
+    residual Adds, ExtractToken: the int64 transformer graph == engine."""
+    from fixedq.models.vit_adapt import build_vit
+
+    model = build_vit((8, 8, 3), patch=4, dim=8, heads=4, blocks=1, mlp_dim=8, num_classes=3,
+                      rescale=None)
+    rng = np.random.default_rng(7)
+    for layer in model.layers:
+        if type(layer).__name__ in ("ClassToken", "AddPositionEmbs"):
+            layer.set_weights([rng.normal(size=w.shape) * 0.5 for w in layer.weights])
+        if type(layer).__name__ == "LayerMadNormalization":
+            c = layer.gamma.shape[0]
+            layer.set_weights([rng.uniform(-1.5, 1.5, c), rng.normal(size=c) * 0.3])
+    x = rng.normal(size=(32, 8, 8, 3)).astype("float32")
+    engine = _quantized(model, qp, x)
+    assert {"attention", "madnorm", "class_token", "add_pos", "extract_token"} <= {
+        op.kind for op in engine.ops}
+    assert_exact(engine, edge_inputs(engine, x, rng))
+
+
+def test_standalone_shiftmax():
+    from fixedq.layers.transformers import Shiftmax
+
+    x_in = keras.Input((6, 10))
+    y = L.Dense(4)(Shiftmax()(L.Dense(10)(x_in)))
+    rng = np.random.default_rng(8)
+    xs = (rng.normal(size=(50, 6, 10)) * 3).astype("float32")
+    engine = _quantized(keras.Model(x_in, y), Q8, xs)
+    assert "shiftmax" in {op.kind for op in engine.ops}
+    assert_exact(engine, edge_inputs(engine, xs, rng))
+
+
 # ------------------------------------------------------------------ hand-made programs
 
 
@@ -229,24 +265,29 @@ def test_int64_requant_path_and_input_ties():
 
 
 def test_unsupported_kind_names_the_op(tmp_path):
-    tok = Op("tok", "extract_token", ["in"], {"token": 0}, {})
+    tok = Op("tok", "future_kind", ["in"], {}, {})
     engine = Model([_input(), tok], [{"tensor": "tok", "frac": [0], "name": "out"}],
                    (None, 3, 4), name="hand")
     path = tmp_path / "m.onnx"
-    with pytest.raises(ValueError, match=r"op 'tok' of kind 'extract_token' cannot be "
+    with pytest.raises(ValueError, match=r"op 'tok' of kind 'future_kind' cannot be "
                                          r"exported"):
         export_onnx(engine, path)
     assert not path.exists() and not os.listdir(tmp_path)
 
 
-def test_bound_past_2_53_refused_and_old_file_kept(tmp_path):
+def _wide_dense_program():
+    """A hand-made dense op whose accumulator bound (2^57) passes 2^53."""
     dense = Op("fc", "neural", ["in"], {
         "type": "dense", "accum_dtype": "int64", "acc_lo": -(2**62), "acc_hi": 2**62,
         "accum_bound": 2**58}, {
         "kernel": np.full((4, 2), 2**40), "bias": np.zeros(2, np.int64),
         "multiplier": np.array([1, 1]), "shift": np.array([40, 40]),
         "out_lo": np.array([-128, -128]), "out_hi": np.array([127, 127])})
-    engine = _program([_input(), dense])
+    return _program([_input(), dense])
+
+
+def test_bound_past_2_53_refused_and_old_file_kept(tmp_path):
+    engine = _wide_dense_program()
     path = tmp_path / "m.onnx"
     path.write_bytes(b"old")
     with pytest.raises(ValueError, match=r"op 'fc' \(neural\).*2\^53"):
@@ -255,12 +296,11 @@ def test_bound_past_2_53_refused_and_old_file_kept(tmp_path):
 
 
 def test_every_engine_kind_exports_or_fails_naming_the_op():
-    """Kinds outside EXPORTABLE_KINDS (transformer ops, kinds added later) are refused with a
+    """Kinds outside EXPORTABLE_KINDS (kinds added to the engine later) are refused with a
     ValueError naming the op and its kind, before anything is built or written."""
-    from fixedq.engine import ops, transformer_ops
+    from fixedq.engine import ops
 
     assert set(EXPORTABLE_KINDS) <= set(ops.KINDS)
-    assert not set(EXPORTABLE_KINDS) & set(transformer_ops.KINDS)
     for kind in sorted(set(ops.KINDS) - set(EXPORTABLE_KINDS)):
         op = Op(f"my_{kind}", kind, ["in"], {}, {})
         engine = Model([_input(), op], [{"tensor": op.name, "frac": [0], "name": "out"}],
@@ -316,12 +356,10 @@ def test_cli_export_saved_fqe(tmp_path):
         None, {"input": x})[0]
     assert np.array_equal(got, engine.predict(x, output="int"))
     # bad input: one line, exit 2, nothing written
-    tok = Model([_input(), Op("tok", "extract_token", ["in"], {"token": 0}, {})],
-                [{"tensor": "tok", "frac": [0], "name": "out"}], (None, 3, 4), name="hand")
-    bad = tmp_path / "tok.fqe"
-    tok.save(bad)
+    bad = tmp_path / "wide.fqe"
+    _wide_dense_program().save(bad)
     before = sorted(os.listdir(tmp_path))
-    for args, msg in (((bad,), "'tok' of kind 'extract_token'"),
+    for args, msg in (((bad,), "op 'fc' (neural) cannot be exported exactly"),
                       ((tmp_path / "missing.fqe",), "does not exist"),
                       ((fqe, "-o", tmp_path / "x.txt"), "must end with"),
                       ((fqe, "-o", tmp_path / "nodir" / "x.onnx"), "does not exist")):
