@@ -43,10 +43,6 @@ def exact_float_dtype(bound: int, what: str) -> str:
                      "use fewer weight or activation bits")
 
 
-#: Transitional alias of :func:`exact_float_dtype` (pooling.py still imports it), to be removed.
-exact_dtype = exact_float_dtype
-
-
 def output_bounds(spec: QSpec, channels: int) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel integer clip bounds ``(lo, hi)`` of an output spec (int64 arrays)."""
     lo, hi = spec.lo_array(), spec.hi_array()

@@ -21,7 +21,7 @@ from keras import ops
 
 from fixedq.layers.base import (
     QuantizedLayer,
-    exact_dtype,
+    exact_float_dtype,
     from_integers,
     output_bounds,
     straight_through,
@@ -74,7 +74,7 @@ class QuantizedGlobalAveragePooling2D(QuantizedLayer):
         factor = np.ldexp(1.0, self._f_out - f_in) / self.pool_area
         self._mult, self._shift = to_multiplier_shift(factor, self.scale_bits)
         bound = self.pool_area * int(spec.max_abs_array().max())
-        self._dtype_exact = exact_dtype(bound, f"layer {self.name!r}")
+        self._dtype_exact = exact_float_dtype(bound, f"layer {self.name!r}")
         self._lo, self._hi = output_bounds(self.output_spec, c)
         super().build(input_shape)
 
@@ -159,7 +159,7 @@ class QuantizedAveragePooling2D(QuantizedLayer):
         factor = np.ldexp(1.0, self._f_out - f_in) / count
         self._mult, self._shift = to_multiplier_shift(factor, self.scale_bits)
         bound = area * int(spec.max_abs_array().max())
-        self._dtype_exact = exact_dtype(bound, f"layer {self.name!r}")
+        self._dtype_exact = exact_float_dtype(bound, f"layer {self.name!r}")
         self._lo, self._hi = output_bounds(self.output_spec, c)
         super().build(input_shape)
 

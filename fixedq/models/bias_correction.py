@@ -117,10 +117,6 @@ def apply_recorded_bias_correction(layer: QuantizedNeuralLayer, entry: dict) -> 
         layer.bias.assign(layer.bias.numpy() + delta)
 
 
-#: Transitional alias (HEAD's builders.py imports it); same meaning, to be removed.
-apply_recorded = apply_recorded_bias_correction
-
-
 def _channel_mean(x) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
     return x.reshape(-1, x.shape[-1]).mean(axis=0)

@@ -43,8 +43,8 @@ from dataclasses import asdict, dataclass
 import keras
 import numpy as np
 
-from fixedq.analysis.lint import is_quantized
 from fixedq.io.arrays import check_input_shape, check_samples, class_ids, read_labelled_samples
+from fixedq.layers.base import is_quantized
 from fixedq.progress import Progress
 
 __all__ = ["LRRangeTest", "QATHistory", "lr_range_test", "qat"]

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import keras
 import numpy as np
 
+from fixedq.layers.base import is_quantized_layer
 from fixedq.layers.params import QuantizationParams
 from fixedq.models import builders
 from fixedq.models.bias_correction import BiasCorrection, clip_kernels, correct_biases
@@ -76,9 +77,7 @@ def as_keras3(model):
 
 def _check_not_quantized(model: keras.Model) -> None:
     for layer in model.layers:
-        if type(layer).__module__.startswith("fixedq.layers") and (
-                type(layer).__name__.startswith("Quantized")
-                or type(layer).__name__ in ("InputQuantizer", "OutputQuantizer", "Dequantizer")):
+        if is_quantized_layer(layer):
             raise ValueError(f"model {model.name!r} is already quantized (layer {layer.name!r} is "
                              f"a {type(layer).__name__}); quantize the float model instead")
 

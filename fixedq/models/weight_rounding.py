@@ -505,10 +505,6 @@ def apply_recorded_rounding(layer: QuantizedNeuralLayer, entry: dict) -> None:
                          f"model: {err}") from err
 
 
-#: Transitional alias (HEAD's builders.py imports it); same meaning, to be removed.
-apply_recorded = apply_recorded_rounding
-
-
 # --------------------------------------------------------------------------- the pass
 
 

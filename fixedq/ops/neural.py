@@ -73,7 +73,7 @@ def to_engine(layer, node, ins, specs, channels) -> Op:
     p = layer.integer_params()
     kind = _TYPES[type(layer)]
     spec_in = specs[ins[0]]
-    cin = int(layer._in_channels)
+    cin = int(layer.in_channels)
     f_in = spec_in.frac_array(cin)
     align = int(p["in_frac"]) - f_in
     kernel = i64(p["kernel"])
