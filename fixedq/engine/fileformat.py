@@ -51,6 +51,15 @@ MAX_HEADER_BYTES = 64 * 2**20
 #: Most archive entries a file may have (checked in the end-of-central-directory record before
 #: ``zipfile`` parses the central directory); a file written by :func:`save` has one per array.
 MAX_ENTRIES = 100_000
+#: Memory budget of a file's metadata (the parsed zip directory plus the parsed JSON header):
+#: ``max(METADATA_FREE, METADATA_PER_BYTE * file size)`` bytes, estimated before either is
+#: parsed, so that a crafted file cannot make them cost more than ~2x its size (see
+#: docs/engine.md, "File format"). An honest file uses ~0.3 MB for a 27-op, 182-entry program.
+METADATA_FREE = 4 * 2**20
+METADATA_PER_BYTE = 1.5
+#: Estimated cost of one central-directory entry once ``zipfile`` parsed it (its ``ZipInfo``,
+#: list and dict slots: 532 bytes measured with tracemalloc), plus twice its record's length.
+_ENTRY_COST = 600
 
 
 def pack_int4(values: np.ndarray) -> np.ndarray:
@@ -179,7 +188,7 @@ def load(path: str | os.PathLike) -> Model:
             raise _fail(path, f"corrupt content ({type(err).__name__}: {err})") from None
 
 
-def _check_directory(fh) -> None:
+def _check_directory(fh) -> int:
     """Count the central directory's records (located by the end-of-central-directory record,
     or its zip64 twin, as ``zipfile`` locates them) before ``zipfile`` parses them into one
     ``ZipInfo`` each (~500 bytes): more than :data:`MAX_ENTRIES` is refused."""
@@ -190,7 +199,7 @@ def _check_directory(fh) -> None:
     tail = fh.read()
     end = tail.rfind(b"PK\x05\x06")
     if end < 0 or len(tail) - end < 22:
-        return  # not a zip archive: zipfile says so
+        return 0  # not a zip archive: zipfile says so
     where = tail_start + end
     (directory,) = struct.unpack("<L", tail[end + 12:end + 16])
     if where >= 76:
@@ -201,7 +210,7 @@ def _check_directory(fh) -> None:
             where -= 76
     start = where - directory
     if directory > size or start < 0:
-        return  # zipfile reports the bad directory
+        return 0  # zipfile reports the bad directory
     fh.seek(start)
     data = fh.read(directory)
     count = pos = 0
@@ -212,12 +221,42 @@ def _check_directory(fh) -> None:
                              "file has one per array)")
         n, m, k = struct.unpack_from("<3H", data, pos + 28)
         pos += 46 + n + m + k
+    cost = count * _ENTRY_COST + 2 * pos
+    budget = _budget(size)
+    if cost > budget:
+        raise ValueError(f"the archive has {count} entries in a {size}-byte file: parsing its "
+                         f"directory would take ~{cost} bytes, more than the {budget} allowed "
+                         f"for a file of this size (an engine file has one entry per array, "
+                         f"each of >= 180 bytes)")
     fh.seek(0)
+    return cost
+
+
+def _budget(size: int) -> int:
+    """Bytes the parsed directory and header of a ``size``-byte file may take."""
+    return max(METADATA_FREE, int(METADATA_PER_BYTE * size))
+
+
+def _json_cost(raw: bytes) -> int:
+    """An upper bound of the memory ``json.loads`` of ``raw`` (plus its decoded text) takes,
+    from counts of its structural bytes (counted inside strings too: an overestimate): per
+    byte 4 (the bytes, the text and string values; 10 if it is not ASCII: the text may take 4
+    bytes per character), per ``{`` 232 (a dict of up to 5 keys and its slot), per ``[`` 64,
+    per ``:`` 40 (dict growth), per ``"`` 30 (a string object), per ``,`` 32 (a list slot with
+    over-allocation, or a float or big int). Measured (tracemalloc, per byte of JSON, the
+    estimate over the measured peak in brackets): ``[{},{},...]`` 26x (3.5), ``[{"a":0},...]``
+    26x (1.9), ``[[],[],...]`` 24x (1.5), ``["ab",...]`` 14x (1.6), ``[1.5,...]`` 10x (1.2),
+    ``[0,0,...]`` 6x (3.3), an honest header 7x (2.4)."""
+    per_byte = 4 if raw.isascii() else 10
+    return (per_byte * len(raw) + 232 * raw.count(b"{") + 64 * raw.count(b"[")
+            + 40 * raw.count(b":") + 30 * raw.count(b'"') + 32 * raw.count(b","))
 
 
 def _load(fh, limits: tuple[int, int]) -> Model:
     max_header, max_total = limits
-    _check_directory(fh)
+    fh.seek(0, os.SEEK_END)
+    budget = _budget(fh.tell())
+    budget -= _check_directory(fh)
     try:
         zf = zipfile.ZipFile(fh)
     except zipfile.BadZipFile as err:
@@ -228,10 +267,19 @@ def _load(fh, limits: tuple[int, int]) -> Model:
             if members and all(not n.endswith(".npy") for n in members):
                 raise ValueError("it is a zip archive, not an npz archive")
             raise ValueError(f"no {_HEADER!r} entry (foreign .npz)")
-        raw = _read_entry(zf, members[f"{_HEADER}.npy"], _HEADER, np.dtype(np.uint8), None,
-                          max_header)
+        info = members[f"{_HEADER}.npy"]
+        if 4 * info.file_size > budget:  # before it is decompressed
+            raise ValueError(f"{_HEADER}: {info.file_size} bytes of JSON (deflated to "
+                             f"{info.compress_size}) in a file of this size is more than the "
+                             f"{budget // 4} its memory budget allows")
+        raw = _read_entry(zf, info, _HEADER, np.dtype(np.uint8), None, max_header).tobytes()
+        cost = _json_cost(raw)
+        if cost > budget:
+            raise ValueError(f"{_HEADER}: parsing its {len(raw)} bytes of JSON would take "
+                             f"~{cost} bytes, more than the {budget} allowed for a file of "
+                             "this size")
         try:
-            header = json.loads(raw.tobytes().decode("utf-8"))
+            header = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
             raise ValueError(f"{_HEADER}: not UTF-8 JSON ({err})") from None
         refs = validate.check_header(header, FORMAT, VERSION)

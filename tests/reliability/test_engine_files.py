@@ -607,6 +607,68 @@ def test_many_tiny_entries_rejected_before_parsing(tmp_path):
     assert peak < 2 * size, (peak, size)
 
 
+def test_entries_beyond_the_file_size_budget_rejected(tmp_path):
+    """(a) 20,000 one-byte entries (a 1.6 MB file; zipfile would take ~11 MB to parse them):
+    refused from the record count at a peak below 2x the file size."""
+    path = tmp_path / "dense.fqe"
+    _many_entries_zip(path, 20_000)
+    size = path.stat().st_size
+    tracemalloc.start()
+    try:
+        with _expect(path, "parsing its directory would take"):
+            fe.load(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 * size, (peak, size)
+
+
+def _header_bomb(program, tmp_path, name, text: bytes, pad: int):
+    """``program`` with its header replaced by ``text`` (deflated), plus a ``pad``-byte stored
+    entry that makes the file bigger."""
+    _, raw = _parts(program[0])
+    raw["__header__.npy"] = _npy(np.frombuffer(text, dtype=np.uint8))
+    raw["pad.npy"] = _npy(np.random.default_rng(0).integers(0, 255, pad, dtype=np.uint8))
+    path = tmp_path / name
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for key, data in raw.items():
+            zf.writestr(key, data)
+    return path
+
+
+@pytest.mark.parametrize("case", ["inflating", "containers"])
+def test_header_beyond_the_file_size_budget_rejected(program, tmp_path, case):
+    """(b) a header of 48 MB of JSON deflated to ~50 KB (json.loads would take ~250 MB), or of
+    1 MB of ``{}`` (~26 MB): refused before json.loads at a peak below 2x the file size."""
+    if case == "inflating":
+        text, want = b"[" + b"0," * (24 * 2**20) + b"0]", "memory budget allows"
+    else:
+        text, want = b"[" + b"{}," * (2**20 // 3) + b"{}]", "parsing its"
+    path = _header_bomb(program, tmp_path, f"{case}.fqe", text, 3 * 2**20)
+    size = path.stat().st_size
+    tracemalloc.start()
+    try:
+        with _expect(path, f"__header__: "):
+            fe.load(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 * size, (peak, size)
+    with _expect(path, want):
+        fe.load(path)
+
+
+def test_honest_files_fit_the_metadata_budget(programs):
+    """Every saved program loads, its metadata well inside the budget."""
+    from fixedq.engine import fileformat as ff
+
+    for name, (path, engine, x) in programs.items():
+        with zipfile.ZipFile(path) as zf:
+            raw = zf.read("__header__.npy")
+        assert ff._json_cost(raw) < ff.METADATA_FREE / 4, name
+        np.testing.assert_array_equal(fe.load(path).predict(x), engine.predict(x))
+
+
 # ------------------------------------------------------------------ atomic save
 def test_save_is_atomic_with_umask_permissions(program, tmp_path, monkeypatch):
     _, engine = program
