@@ -607,9 +607,13 @@ def test_many_tiny_entries_rejected_before_parsing(tmp_path):
     assert peak < 2 * size, (peak, size)
 
 
-def test_entries_beyond_the_file_size_budget_rejected(tmp_path):
+def test_entries_beyond_the_file_size_budget_rejected(tmp_path, monkeypatch):
     """(a) 20,000 one-byte entries (a 1.6 MB file; zipfile would take ~11 MB to parse them):
-    refused from the record count at a peak below 2x the file size."""
+    refused from the record count at a peak below 2x the file size (with a 4 MiB allowance
+    instead of the default 64 MiB, which honest deep programs need)."""
+    from fixedq.engine import fileformat as ff
+
+    monkeypatch.setattr(ff, "METADATA_FREE", 4 * 2**20)
     path = tmp_path / "dense.fqe"
     _many_entries_zip(path, 20_000)
     size = path.stat().st_size
@@ -637,9 +641,13 @@ def _header_bomb(program, tmp_path, name, text: bytes, pad: int):
 
 
 @pytest.mark.parametrize("case", ["inflating", "containers"])
-def test_header_beyond_the_file_size_budget_rejected(program, tmp_path, case):
+def test_header_beyond_the_file_size_budget_rejected(program, tmp_path, case, monkeypatch):
     """(b) a header of 48 MB of JSON deflated to ~50 KB (json.loads would take ~250 MB), or of
-    1 MB of ``{}`` (~26 MB): refused before json.loads at a peak below 2x the file size."""
+    1 MB of ``{}`` (~26 MB): refused before json.loads at a peak below 2x the file size (4 MiB
+    allowance, as above)."""
+    from fixedq.engine import fileformat as ff
+
+    monkeypatch.setattr(ff, "METADATA_FREE", 4 * 2**20)
     if case == "inflating":
         text, want = b"[" + b"0," * (24 * 2**20) + b"0]", "memory budget allows"
     else:
@@ -648,7 +656,7 @@ def test_header_beyond_the_file_size_budget_rejected(program, tmp_path, case):
     size = path.stat().st_size
     tracemalloc.start()
     try:
-        with _expect(path, f"__header__: "):
+        with _expect(path, "__header__: "):
             fe.load(path)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
@@ -667,6 +675,15 @@ def test_honest_files_fit_the_metadata_budget(programs):
             raw = zf.read("__header__.npy")
         assert ff._json_cost(raw) < ff.METADATA_FREE / 4, name
         np.testing.assert_array_equal(fe.load(path).predict(x), engine.predict(x))
+    # a deep, narrow honest program: 4,000 ops of this header's kind stay inside the allowance
+    path, _, _ = next(iter(programs.values()))
+    with zipfile.ZipFile(path) as zf:
+        header = json.loads(np.load(io.BytesIO(zf.read("__header__.npy"))).tobytes())
+    ops = header["ops"][1:]
+    header["ops"] = header["ops"][:1] + [dict(op, name=f"{op['name']}_{i}")
+                                         for i in range(4000 // len(ops) + 1) for op in ops]
+    deep = json.dumps(header, separators=(",", ":")).encode()
+    assert ff._json_cost(deep) + 6 * len(header["ops"]) * ff._ENTRY_COST < ff.METADATA_FREE
 
 
 # ------------------------------------------------------------------ atomic save
