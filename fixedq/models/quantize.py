@@ -573,7 +573,9 @@ def _build(graph: Graph, qp: QuantizationParams, stats, fused, layer_cfg, name,
         kind = builders.kind_of(node)
         reason = None
         if kind == "unsupported":
-            reason = f"{node.cls.__name__} is not supported"
+            spec = registry.for_float(node.cls)  # a known layer with a setting it cannot take
+            why = spec.reason(node) if spec is not None else None
+            reason = f"{node.cls.__name__} is not supported" + (f" with {why}" if why else "")
         elif any(s is None for s in in_specs):
             reason = None  # already float upstream: stay float silently
         else:

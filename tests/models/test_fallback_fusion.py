@@ -69,3 +69,13 @@ def test_relu_after_a_quantized_layer_still_fuses():
     names = [layer.name for layer in qmodel.layers]
     assert "relu" not in names
     assert not qmodel.get_layer("fc1").output_spec.signed  # the ReLU is its output clip
+
+
+def test_fallback_warning_names_the_setting_a_known_layer_cannot_take():
+    inp = keras.Input((16, 3))
+    h = keras.layers.Conv1D(4, 3, padding="causal", name="causal")(inp)
+    model = keras.Model(inp, keras.layers.Dense(2)(keras.layers.Flatten()(h)))
+    x = np.random.default_rng(0).normal(size=(32, 16, 3)).astype("float32")
+    with pytest.warns(UserWarning, match=r"'causal' \(Conv1D\): Conv1D is not supported with "
+                                         r"padding 'causal'; a Dequantizer"):
+        fixedq.quantize(model, samples=x, verbose=False)
