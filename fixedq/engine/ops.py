@@ -123,8 +123,8 @@ def fast_requantize(acc, multiplier, shift, lo, hi) -> np.ndarray:
     """:func:`fixedq.tensors.rounding.requantize` (eq. 7) with in-place int64 steps when every
     shift is a right shift (identical results, less memory traffic)."""
     shift = np.asarray(shift, dtype=np.int64)
-    if np.any(shift < 0):
-        return requantize(acc, multiplier, shift, lo, hi)
+    if np.any(shift < 0) or np.any(shift > 62):  # int64 shifts by >= 64 are not defined
+        return requantize(acc, multiplier, shift, lo, hi)  # (files from before eq. 13b's cap)
     prod = np.multiply(acc, multiplier, dtype=np.int64)
     half = np.where(shift > 0, np.left_shift(np.int64(1), np.maximum(shift - 1, 0)), 0)
     prod += half

@@ -68,3 +68,18 @@ def test_fused_requant_exhaustive_small():
                 np.testing.assert_array_equal(
                     plan.requant(acc.astype(np.float32)[:, None])[:, 0],
                     requantize(acc + b, m, s, -128, 127))
+
+
+@pytest.mark.parametrize("s", [61, 62, 63, 64, 70, 75, 127])
+def test_shifts_past_62_match_the_reference(s):
+    """Files converted before eq. 13b's cap (or crafted) may hold shifts past 62: the int64
+    fast path and the plan give the reference's result (0 or -0 rounding, never -1)."""
+    from fixedq.engine.ops import fast_requantize
+
+    acc = np.array([-(1 << 40), -5, -1, 0, 1, 5, 1 << 40, (1 << 47) + 3], dtype=np.int64)
+    for m in (1, 3, (1 << 15) - 1):
+        want = requantize(acc, m, s, -128, 127)
+        np.testing.assert_array_equal(
+            fast_requantize(acc.copy(), np.array([m]), np.array([s]), -128, 127), want)
+        plan = _plan(m, s, 0, 1 << 48, -128, 127)
+        np.testing.assert_array_equal(plan.requant(acc[:, None].copy())[:, 0], want)
