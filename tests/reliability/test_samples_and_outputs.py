@@ -364,5 +364,5 @@ def test_api_bad_calibration_entry_names_the_layer(entry):
     cfg = json.loads(json.dumps(fixedq.dump_config(fixedq.quantize(model, samples=x,
                                                                    verbose=False))))
     cfg["layers"]["conv"]["calibration"] = entry
-    with pytest.raises(ValueError, match=r"layer 'conv', key 'calibration': calibration stats"):
+    with pytest.raises(ValueError, match=r"layer 'conv', key 'calibration': must be"):
         fixedq.quantize(model, q_config=cfg, verbose=False)
