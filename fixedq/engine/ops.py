@@ -126,9 +126,12 @@ def fast_requantize(acc, multiplier, shift, lo, hi) -> np.ndarray:
     if np.any(shift < 0) or np.any(shift > 62):  # int64 shifts by >= 64 are not defined
         return requantize(acc, multiplier, shift, lo, hi)  # (files from before eq. 13b's cap)
     prod = np.multiply(acc, multiplier, dtype=np.int64)
-    half = np.where(shift > 0, np.left_shift(np.int64(1), np.maximum(shift - 1, 0)), 0)
-    prod += half
-    np.right_shift(prod, shift, out=prod)
+    # eq. 5 as shift_round computes it, ((v >> (s-1)) + 1) >> 1: adding 2^(s-1) first would
+    # wrap past 2^63 for a 48-bit accumulator times a 16-bit multiplier at s >= 49
+    up = (shift > 0).astype(np.int64)
+    np.right_shift(prod, np.maximum(shift - 1, 0), out=prod)
+    prod += up
+    np.right_shift(prod, up, out=prod)
     return np.clip(prod, lo, hi, out=prod)
 
 

@@ -184,6 +184,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
             os.chmod(tmp, mode)
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
+            guard.deferred = True  # a signal after the rename must not report a failed write
             os.replace(tmp, target)
             tmp = None
         finally:

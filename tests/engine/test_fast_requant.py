@@ -83,3 +83,17 @@ def test_shifts_past_62_match_the_reference(s):
             fast_requantize(acc.copy(), np.array([m]), np.array([s]), -128, 127), want)
         plan = _plan(m, s, 0, 1 << 48, -128, 127)
         np.testing.assert_array_equal(plan.requant(acc[:, None].copy())[:, 0], want)
+
+
+@pytest.mark.parametrize("s", [1, 30, 48, 49, 55, 62])
+def test_fast_requantize_near_int64_limits(s):
+    """A 48-bit accumulator times a 16-bit multiplier: rounding must not wrap past 2^63
+    (adding 2^(s-1) before the shift did at s >= 49)."""
+    from fixedq.engine.ops import fast_requantize
+
+    acc = np.array([(1 << 47) - 1, -(1 << 47), (1 << 46) + 12345, -1, 0, 1], dtype=np.int64)
+    m = np.array([(1 << 16) - 1])
+    lo, hi = -(1 << 40), 1 << 40
+    want = requantize(acc, m, s, lo, hi)
+    np.testing.assert_array_equal(fast_requantize(acc.copy(), m, np.array([s]), lo, hi), want)
+    assert want[0] > 0 > want[1] or s < 49  # the saturated accumulators keep their signs
