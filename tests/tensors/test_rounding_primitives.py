@@ -122,9 +122,13 @@ def test_shift_round_matches_fraction(v, s):
 def test_to_multiplier_shift_bits_and_error(scale, n):
     m, s = rounding.to_multiplier_shift(np.array([scale]), scale_bits=n)
     m, s = int(m[0]), int(s[0])
-    assert 2 ** (n - 1) <= m < 2**n
     approx = Fraction(m) / Fraction(2) ** s
-    assert abs(approx - Fraction(scale)) <= Fraction(scale) / 2**n
+    if m >= 2 ** (n - 1):  # M has exactly n bits
+        assert m < 2**n
+        assert abs(approx - Fraction(scale)) <= Fraction(scale) / 2**n
+    else:  # eq. 13b: the shift would exceed 62; it is capped and M carries the scale on 2^-62
+        assert s == 62
+        assert abs(approx - Fraction(scale)) <= Fraction(scale) / 2**n + Fraction(1, 2**63)
 
 
 def test_to_multiplier_shift_zero_and_bad():
