@@ -28,23 +28,13 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ptq_bench import ARCHS, accuracy, load_mnist, qat_per_epoch, train_float  # noqa: E402
+from common import ARCHS, accuracy, engine_exact, load_mnist, qat_per_epoch, train_float  # noqa: E402
 
 N_FIT, N_CALIB = 3000, 1024
-
-
-def engine_exact(q, x) -> int:
-    """Number of output elements where the integer engine differs from Keras (0 = exact)."""
-    import fixedq.engine as fe
-
-    want = q.predict(x, batch_size=200, verbose=0)
-    got = fe.convert(q).predict(x, batch_size=100)
-    return int(np.count_nonzero(np.asarray(want) != np.asarray(got)))
 
 
 def study(name, seed, data, args) -> dict:

@@ -36,9 +36,14 @@ for p in (str(ROOT), str(HERE)):
     if p not in sys.path:
         sys.path.insert(0, p)
 
+from common import (  # noqa: E402
+    ARCHS,
+    N_CALIB,
+    accuracy_metric,
+    compile_for_training,
+    load_mnist,
+)
 from md_section import replace_section  # noqa: E402
-from mixed_precision_bench import accuracy_metric  # noqa: E402
-from ptq_bench import ARCHS, N_CALIB, compile_for_training, load_mnist  # noqa: E402
 
 DOC = ROOT / "docs" / "benchmarks.md"
 START, END = "<!-- asym:start -->", "<!-- asym:end -->"

