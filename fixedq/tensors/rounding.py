@@ -29,6 +29,13 @@ TINY_SCALE = 2.0**-100
 #: ``round_half_up`` saturates its results to ``[-2^62, 2^62]`` (eq. 2): a power of two, exact
 #: in float64, so no float -> int64 cast can overflow (2^63 - 1 itself rounds up to 2^63).
 ROUND_LIMIT = float(2**62)
+#: Eq. 5b: the rounding rules of requantization (``rounding`` attribute of the engine's
+#: requantizing ops). ``half_up`` is fixedq's own (eq. 5, the default everywhere); the others
+#: reproduce imported programs: ``half_even`` (ONNX QLinear/QDQ), ``half_away`` (TFLite's
+#: ``RoundingDivideByPOT`` and integer divisions) and ``tflite`` (eq. 7b: TFLite's
+#: ``SaturatingRoundingDoublingHighMul`` then ``RoundingDivideByPOT``).
+ROUNDINGS = ("half_up", "half_even", "half_away", "tflite")
+DEFAULT_ROUNDING = "half_up"
 
 
 def check_value_bits(value_bits: int, name: str = "value_bits") -> int:
@@ -134,7 +141,19 @@ def quantize_input(x, frac_bits, lo, hi) -> np.ndarray:
     return round_half_up(np.clip(scaled, lo, hi))
 
 
-def shift_round(v, shift) -> np.ndarray:
+def check_rounding(rounding) -> str:
+    """Validate a rounding rule name (one of :data:`ROUNDINGS`) and return it.
+
+    Example:
+        >>> check_rounding("half_even")
+        'half_even'
+    """
+    if not isinstance(rounding, str) or rounding not in ROUNDINGS:
+        raise ValueError(f"rounding must be one of {list(ROUNDINGS)}, got {rounding!r}")
+    return rounding
+
+
+def shift_round(v, shift, rounding: str = DEFAULT_ROUNDING) -> np.ndarray:
     """Arithmetic shift with rounding (eq. 5): ``s > 0`` divides by ``2^s`` rounding half up,
     ``s < 0`` multiplies by ``2^-s`` (exact), ``s == 0`` is the identity.
 
@@ -142,11 +161,23 @@ def shift_round(v, shift) -> np.ndarray:
     computed as ``((v >> (s-1)) + 1) >> 1`` (= ``floor((v + 2^(s-1)) / 2^s)``): no add can
     overflow, and every shift ``s >= 64`` is defined (the result is 0, as ``|v| < 2^63``).
 
+    ``rounding`` (eq. 5b) changes only what happens on exact ties ``v / 2^s = k + 1/2``:
+    ``half_up`` gives ``k + 1``, ``half_even`` the even one of ``k, k + 1``, ``half_away`` the
+    one farther from zero (``tflite`` is ``half_away`` here: TFLite's ``RoundingDivideByPOT``).
+    The non-default rules start from the half-up result and step down by one on the ties they
+    round differently, so every rule is exact over the whole shift range (``|v| < 2^63``).
+
     Example:
         >>> shift_round(np.array([7, 7, 7]), np.array([2, 0, -2])).tolist()
         [2, 7, 28]
         >>> shift_round(np.array([2**62, -2**62, 2**62 - 1]), 63).tolist()   # ties, S >= 63
         [1, 0, 0]
+        >>> [shift_round(np.array([5, -5, 6, -6]), 2, r).tolist()   # 1.25 -1.25 1.5 -1.5
+        ...  for r in ("half_up", "half_even", "half_away")]
+        [[1, -1, 2, -1], [1, -1, 2, -2], [1, -1, 2, -2]]
+        >>> [shift_round(np.array([10, -10, 14, -14]), 2, r).tolist()   # 2.5 -2.5 3.5 -3.5
+        ...  for r in ("half_up", "half_even", "half_away")]
+        [[3, -2, 4, -3], [2, -2, 4, -4], [3, -3, 4, -4]]
     """
     v = np.asarray(v, dtype=np.int64)
     s = np.asarray(shift, dtype=np.int64)
@@ -155,7 +186,17 @@ def shift_round(v, shift) -> np.ndarray:
         v = np.left_shift(v, left)
     first = np.minimum(np.maximum(s - 1, 0), 63)
     up = (s > 0).astype(np.int64)
-    return np.right_shift(np.right_shift(v, first) + up, up)
+    out = np.right_shift(np.right_shift(v, first) + up, up)
+    if rounding == DEFAULT_ROUNDING:
+        return out
+    check_rounding(rounding)
+    # a tie: the low s bits of v are exactly 2^(s-1) (s in 1..63; |v| < 2^63 has none above)
+    bits = np.minimum(np.maximum(s, 1), 63).astype(np.uint64)
+    low = v.astype(np.uint64) & ((np.uint64(1) << bits) - np.uint64(1))
+    tie = (s > 0) & (s <= 63) & (low == (np.uint64(1) << (bits - np.uint64(1))))
+    if rounding == "half_even":  # half up gave the odd k + 1: step down to k
+        return out - (tie & (out % 2 == 1))
+    return out - (tie & (v < 0))  # half_away / tflite: negative ties go down, away from 0
 
 
 def to_multiplier_shift(scale, scale_bits: int = 8) -> tuple[np.ndarray, np.ndarray]:
@@ -195,12 +236,44 @@ def to_multiplier_shift(scale, scale_bits: int = 8) -> tuple[np.ndarray, np.ndar
     return np.where(zero, 0, mult).astype(np.int64), np.where(zero, 0, shift).astype(np.int64)
 
 
-def requantize(acc, multiplier, shift, lo, hi) -> np.ndarray:
+def requantize(acc, multiplier, shift, lo, hi, rounding: str = DEFAULT_ROUNDING) -> np.ndarray:
     """Requantize an accumulator (eq. 7): ``sat(shift_round(acc * M, S), lo, hi)`` in int64.
+
+    ``rounding`` (eq. 5b) is the tie rule of the shift; ``"tflite"`` is eq. 7b instead
+    (:func:`requantize_tflite`: TFLite's two-step fixed-point multiply, ``M`` a Q31 multiplier).
 
     Example:
         >>> requantize(np.array([1000]), 192, 8, -128, 127).tolist()   # 1000 * 0.75 = 750
         [127]
+        >>> requantize(np.array([-5, -6]), 1, 2, -128, 127, "half_even").tolist()
+        [-1, -2]
     """
+    if rounding == "tflite":
+        return np.clip(requantize_tflite(acc, multiplier, shift), lo, hi)
     prod = np.asarray(acc, dtype=np.int64) * np.asarray(multiplier, dtype=np.int64)
-    return np.clip(shift_round(prod, shift), lo, hi)
+    return np.clip(shift_round(prod, shift, rounding), lo, hi)
+
+
+def requantize_tflite(acc, multiplier, shift) -> np.ndarray:
+    """TFLite's ``MultiplyByQuantizedMultiplier`` (eq. 7b), exactly, in int64 (no clip).
+
+    ``M`` is TFLite's Q31 multiplier (``2^30 <= M < 2^31``, or 0) and ``S = 31 - e`` for
+    TFLite's exponent ``e`` (so the scale is ``M · 2^-S`` as in eq. 7). With ``l = max(e, 0)``
+    and ``r = max(-e, 0)``: ``h = floor((acc · 2^l · M + 2^30) / 2^31)`` — gemmlowp's
+    ``SaturatingRoundingDoublingHighMul``, whose nudge ``1 - 2^30`` for negative products
+    under C's truncating division makes it round half up (toward +inf), not half away — then
+    ``y = shift_round(h, r, "half_away")`` (``RoundingDivideByPOT``). The rounding happens
+    twice, so ``y`` can differ by one from a single rounding of ``acc · M · 2^-S``. TFLite
+    computes ``acc · 2^l`` in int32 (``l > 0`` only for scales above 1/2); here it is int64,
+    the same wherever TFLite's value is defined.
+
+    Example:
+        >>> m, e = 1 << 30, -1            # TFLite's (M, e) of the scale 1/4
+        >>> requantize_tflite(np.array([2, -2, 6, -6]), m, 31 - e).tolist()  # 0.5 -0.5 1.5 -1.5
+        [1, -1, 2, -2]
+    """
+    s = np.asarray(shift, dtype=np.int64)
+    e = 31 - s
+    x = np.left_shift(np.asarray(acc, dtype=np.int64), np.maximum(e, 0))
+    high = shift_round(x * np.asarray(multiplier, dtype=np.int64), 31)
+    return shift_round(high, np.maximum(-e, 0), "half_away")
