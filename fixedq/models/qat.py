@@ -47,10 +47,11 @@ from fixedq.io.arrays import check_input_shape, check_samples, class_ids, read_l
 from fixedq.layers.base import is_quantized
 from fixedq.progress import Progress
 
-__all__ = ["LRRangeTest", "QATHistory", "lr_range_test", "qat"]
+__all__ = ["DistillationLoss", "LRRangeTest", "QATHistory", "lr_range_test", "qat"]
 
 RANGE_START, RANGE_END, RANGE_STEPS = 1e-6, 1e-1, 48
 SAFETY, MIN_LR, MAX_LR, SIGNIFICANCE = 10.0, 1e-5, 2e-3, 1.0
+DISTILL, TEMPERATURE = 0.5, 2.0
 _DIVERGED, _FALL, _RISE, _WINDOW = 4.0, 0.9, 1.1, 5
 
 
@@ -85,7 +86,9 @@ class QATHistory:
     ``val_metric`` is the validation accuracy in [0, 1] (``metric == "accuracy"``) or the
     validation loss (``metric == "loss"``); ``lr`` is the learning rate at the start of each
     epoch; ``val_changes`` the validation samples (fixed, broken) relative to the start;
-    ``kept_epoch`` is the epoch whose weights were returned, 0 for the starting weights.
+    ``kept_epoch`` is the epoch whose weights were returned, 0 for the starting weights;
+    ``distill`` the weight of the teacher term (0: no teacher); ``train_loss`` is the training
+    objective (with the teacher term when distilling), ``val_loss`` always the labels' loss.
 
     Example:
         >>> h = QATHistory("accuracy", 0.9, 0.3, (0.2,), (0.92,), (0.25,), (1e-4,), 1, 1e-4,
@@ -106,6 +109,7 @@ class QATHistory:
     lr_source: str
     range_test: LRRangeTest | None = None
     val_changes: tuple[tuple[int, int], ...] = ()
+    distill: float = 0.0
 
     @property
     def improved(self) -> bool:
@@ -327,6 +331,86 @@ def _choose(lrs, start: float, probe: np.ndarray) -> tuple[float, float, str]:
     return lr_min, float(lrs[edge]), basis
 
 
+# --------------------------------------------------------------------------- distillation
+
+
+@keras.saving.register_keras_serializable(package="fixedq")
+class DistillationLoss(keras.losses.Loss):
+    """Cross-entropy on the labels plus a softened teacher term (Hinton-style distillation).
+
+    ``y_true`` packs one row per sample: the class id in column 0, then the teacher's
+    log-probabilities (``C`` columns). With ``a = weight`` and ``T = temperature``::
+
+        loss = (1 - a) * CE(id, student) + a * T^2 * KL(softmax(t / T) || softmax(s / T))
+
+    where ``t`` are the teacher's log-probabilities and ``s`` the student's logits (or its
+    log-probabilities when ``from_logits`` is False). ``T^2`` keeps the gradient scale of the
+    soft term independent of ``T``.
+
+    Example:
+        >>> import numpy as np
+        >>> loss = DistillationLoss(0.5, 2.0)
+        >>> logits = np.array([[2.0, 0.0]], "float32")
+        >>> teacher = np.log(np.array([[0.8, 0.2]], "float32"))
+        >>> y = np.concatenate([np.array([[0.0]], "float32"), teacher], axis=1)
+        >>> round(float(loss(y, logits)), 4)
+        0.0836
+        >>> round(float(DistillationLoss(0.0, 2.0)(y, logits)), 4)  # labels only: CE
+        0.1269
+    """
+
+    def __init__(self, weight: float = DISTILL, temperature: float = TEMPERATURE,
+                 from_logits: bool = True, name: str = "distillation", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.weight, self.temperature, self.from_logits = (float(weight), float(temperature),
+                                                           bool(from_logits))
+
+    def call(self, y_true, y_pred):
+        ops = keras.ops
+        ids = ops.cast(y_true[:, 0], "int32")
+        teacher = y_true[:, 1:]
+        student = y_pred if self.from_logits else ops.log(ops.clip(y_pred, 1e-7, 1.0))
+        ce = keras.losses.sparse_categorical_crossentropy(ids, student, from_logits=True)
+        t = self.temperature
+        soft_t = ops.softmax(teacher / t, axis=-1)
+        kl = ops.sum(soft_t * (ops.log_softmax(teacher / t, axis=-1)
+                               - ops.log_softmax(student / t, axis=-1)), axis=-1)
+        return (1.0 - self.weight) * ce + self.weight * t * t * kl
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "weight": self.weight,
+                "temperature": self.temperature, "from_logits": self.from_logits}
+
+
+def _check_distill(teacher, distill, temperature) -> None:
+    if teacher is not None and not isinstance(teacher, keras.Model):
+        raise TypeError(f"teacher must be the float keras.Model, got {type(teacher).__name__}")
+    if isinstance(distill, bool) or not isinstance(distill, (int, float)) or not (
+            0.0 <= distill <= 1.0):
+        raise ValueError(f"distill must be a number in [0, 1], got {distill!r}")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (
+            math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
+
+
+def _teacher_log_probs(teacher: keras.Model, qmodel: keras.Model, x: np.ndarray,
+                       batch_size: int) -> np.ndarray:
+    """The teacher's log-probabilities on ``x`` (float32), checked against ``qmodel``."""
+    t_in = [tuple(i.shape[1:]) for i in teacher.inputs]
+    q_in = [tuple(i.shape[1:]) for i in qmodel.inputs]
+    t_out = [tuple(o.shape[1:]) for o in teacher.outputs]
+    q_out = [tuple(o.shape[1:]) for o in qmodel.outputs]
+    if t_in != q_in or t_out != q_out:
+        raise ValueError(f"teacher {teacher.name!r} has inputs {t_in} and outputs {t_out}; the "
+                         f"quantized model has inputs {q_in} and outputs {q_out}: pass the float "
+                         "model it was quantized from")
+    out = np.asarray(teacher.predict(x, batch_size=max(batch_size, 256), verbose=0), "float64")
+    if _is_probability_output(teacher, out):
+        out = np.log(np.clip(out, 1e-7, 1.0))
+    out = out - out.max(axis=-1, keepdims=True)
+    return (out - np.log(np.exp(out).sum(axis=-1, keepdims=True))).astype("float32")
+
+
 # --------------------------------------------------------------------------- qat
 
 
@@ -386,7 +470,8 @@ def qat(qmodel: keras.Model, train, validation=None, epochs: int = 3, *, lr: flo
         batch_size: int = 32, loss=None, validation_split: float = 0.15, seed: int = 0,
         safety: float = SAFETY, min_lr: float = MIN_LR, max_lr: float = MAX_LR,
         range_steps: int = RANGE_STEPS, significance: float = SIGNIFICANCE,
-        verbose: bool = True,
+        teacher: keras.Model | None = None, distill: float = DISTILL,
+        temperature: float = TEMPERATURE, verbose: bool = True,
         stream=None) -> tuple[keras.Model, QATHistory]:
     """Fine-tune a copy of a quantized model; return the best one by validation and its history.
 
@@ -409,6 +494,14 @@ def qat(qmodel: keras.Model, train, validation=None, epochs: int = 3, *, lr: flo
             fixes clearly more than it breaks: ``fixed - broken > significance *
             sqrt(fixed + broken)`` (a one-sided McNemar-style test; 1.0 ~ 84 % confidence, 0
             accepts any gain). Noise-level gains are not kept: they do not carry to new data.
+        teacher: the float model ``qmodel`` was quantized from (optional): its outputs on the
+            training samples become soft targets (distillation). Training then minimizes
+            ``(1 - distill) * CE(labels) + distill * T^2 * KL(teacher_T || student_T)`` with both
+            outputs softened by ``temperature`` ``T`` (logits divided by ``T``; probability
+            outputs are turned back into log-probabilities first). Selection and the reported
+            validation loss still use the labels only. Needs class labels.
+        distill: the weight of the teacher term in [0, 1] (0: labels only).
+        temperature: the softening temperature ``T > 0``.
         verbose: one line per stage and epoch on ``stream`` (default ``sys.stderr``).
 
     Returns:
@@ -417,7 +510,8 @@ def qat(qmodel: keras.Model, train, validation=None, epochs: int = 3, *, lr: flo
 
     Raises:
         ValueError: a float model, labels that do not match the outputs (count, class ids,
-            one-hot width), samples of the wrong shape, an empty split, bad options.
+            one-hot width), samples of the wrong shape, an empty split, bad options, a teacher
+            whose inputs or outputs do not match ``qmodel``'s.
         TypeError: ``qmodel`` is not a Keras model, or ``train`` of an unsupported kind.
 
     Example:
@@ -431,6 +525,7 @@ def qat(qmodel: keras.Model, train, validation=None, epochs: int = 3, *, lr: flo
         raise ValueError(f"model {qmodel.name!r} is not quantized (no fixedq quantized layers): "
                          "quantize it first with fixedq.quantize(model, qparams, samples)")
     _check_options(epochs, batch_size, lr)
+    _check_distill(teacher, distill, temperature)
     stream = sys.stderr if stream is None else stream
     classes = _classes(qmodel) if loss is None else None
     x, y = _checked(qmodel, train, "train", classes)
@@ -446,10 +541,20 @@ def qat(qmodel: keras.Model, train, validation=None, epochs: int = 3, *, lr: flo
             model, keras.ops.convert_to_numpy(model(xv[:64], training=False)))
         loss = keras.losses.SparseCategoricalCrossentropy(from_logits=not probs)
     loss_fn = keras.losses.get(loss) if isinstance(loss, str) else loss
+    train_loss_fn, y_fit = loss, y
+    if teacher is not None:
+        if metric != "accuracy":
+            raise ValueError("teacher= (distillation) needs class labels and the inferred "
+                             "classification loss; got non-class labels or loss=...")
+        probs = _is_probability_output(
+            model, keras.ops.convert_to_numpy(model(xv[:64], training=False)))
+        soft = _teacher_log_probs(teacher, qmodel, x, batch_size)
+        train_loss_fn = DistillationLoss(distill, temperature, from_logits=not probs)
+        y_fit = np.concatenate([y[:, None].astype("float32"), soft], axis=1)
     # one compile: the range test, the evaluations and the epochs share the traced functions;
     # the learning rate is set before every step (range test, then the cosine schedule)
     optimizer = keras.optimizers.Adam(1e-3)
-    model.compile(optimizer=optimizer, loss=loss)
+    model.compile(optimizer=optimizer, loss=train_loss_fn)
 
     def say(text):
         if verbose:
@@ -466,7 +571,8 @@ def qat(qmodel: keras.Model, train, validation=None, epochs: int = 3, *, lr: flo
     if lr is None:
         with Progress("qat: lr range test", total=range_steps, unit="steps", stream=stream,
                       enabled=verbose) as bar:
-            range_test = _range_test(model, optimizer, x, y, loss, batch_size=batch_size,
+            range_test = _range_test(model, optimizer, x, y_fit, train_loss_fn,
+                                     batch_size=batch_size,
                                      steps=range_steps, start_lr=RANGE_START, end_lr=RANGE_END,
                                      safety=safety, min_lr=min_lr, max_lr=max_lr,
                                      probe_size=256, seed=seed, progress=bar)
@@ -489,7 +595,8 @@ def qat(qmodel: keras.Model, train, validation=None, epochs: int = 3, *, lr: flo
         order = rng.permutation(len(x))
         with Progress(f"qat: epoch {epoch}/{epochs}", total=steps_per_epoch, unit="steps",
                       stream=stream, enabled=verbose) as bar:
-            fit = model.fit(x[order], y[order], batch_size=batch_size, epochs=1, shuffle=False,
+            fit = model.fit(x[order], y_fit[order], batch_size=batch_size, epochs=1,
+                            shuffle=False,
                             verbose=0, callbacks=[cosine, _Steps(bar)])
             tl = float(fit.history["loss"][-1])
             vl, acc, hits = _evaluate(model, xv, yv, loss_fn, batch_size)
@@ -521,7 +628,7 @@ def qat(qmodel: keras.Model, train, validation=None, epochs: int = 3, *, lr: flo
             "returning the starting weights unchanged")
     history = QATHistory(metric, start_metric, start_loss, tuple(train_loss), tuple(val_metric),
                          tuple(val_loss), tuple(lrs), kept, peak, source, range_test,
-                         tuple(changes))
+                         tuple(changes), distill if teacher is not None else 0.0)
     return model, history
 
 

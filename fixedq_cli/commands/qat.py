@@ -28,7 +28,11 @@ output goes to <model>_qat.<ext> unless -s is given; the input file is never ove
 
 examples:
   fixedq qat -m model_i8_w4_a4.keras --train train.npz -e 3 -s model_qat.keras
-  fixedq qat -m model_i8_w4_a4.keras --train train.npz --val val.npz --lr 1e-4 --json"""
+  fixedq qat -m model_i8_w4_a4.keras --train train.npz --val val.npz --lr 1e-4 --json
+  fixedq qat -m model_i8_w4_a4.keras --train train.npz --val val.npz --teacher model.keras
+
+--teacher FLOAT_MODEL adds distillation: the float model's outputs on the training samples
+become soft targets weighted by --distill (default 0.5) at --temperature (default 2)."""
 
 
 def _split(text: str) -> float:
@@ -42,6 +46,13 @@ def _lr(text: str) -> float:
     value = _args.finite_float(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive learning rate, got {value}")
+    return value
+
+
+def _weight(text: str) -> float:
+    value = _args.finite_float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a weight in [0, 1], got {value}")
     return value
 
 
@@ -64,6 +75,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="peak learning rate (default: from a learning-rate range test)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the split and the shuffling (default 0)")
+    parser.add_argument("--teacher", metavar="FLOAT_MODEL",
+                        help="the float model the quantized one came from (.keras or .h5): "
+                             "distill from its outputs")
+    parser.add_argument("--distill", type=_weight, default=0.5, metavar="W",
+                        help="weight of the teacher term in [0, 1] (default 0.5; needs "
+                             "--teacher)")
+    parser.add_argument("--temperature", type=_lr, default=2.0, metavar="T",
+                        help="softening temperature of the teacher term (default 2)")
     parser.add_argument("-s", "--save_name", metavar="PATH",
                         help="output model file (default <model>_qat.<ext>)")
     parser.add_argument("--json", action="store_true", help="print the history as JSON")
@@ -71,7 +90,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     model_path = model_file(args.model)
-    out = output_file(args.save_name or derived_path(model_path, "_qat"), [model_path])
+    teacher_path = model_file(args.teacher) if args.teacher else None
+    inputs = [model_path] + ([teacher_path] if teacher_path else [])
+    out = output_file(args.save_name or derived_path(model_path, "_qat"), inputs)
     train = read_labelled_samples(args.train, what="train")
     if train[1] is None:
         raise CLIError(f"--train {args.train!r} has no labels: store them as array 'y' next to "
@@ -93,9 +114,16 @@ def run(args) -> int:
     if not is_quantized(qmodel):
         raise CLIError(f"-m {args.model!r} is not a fixedq quantized model (no quantized "
                        "layers); quantize it first with 'fixedq quantize'")
+    teacher = None
+    if teacher_path:
+        teacher = load_model(teacher_path, args.verbose)
+        if is_quantized(teacher):
+            raise CLIError(f"--teacher {args.teacher!r} is a quantized model; pass the float "
+                           "model the quantized one was made from")
     model, history = fixedq.qat(qmodel, train, val, epochs=args.epochs, lr=args.lr,
                                 batch_size=args.batch_size, validation_split=args.val_split,
-                                seed=args.seed, verbose=True)
+                                seed=args.seed, teacher=teacher, distill=args.distill,
+                                temperature=args.temperature, verbose=True)
     fixedq.save_model(model, out)
     if args.json:
         print(json.dumps(history.to_dict(), indent=2))

@@ -53,6 +53,15 @@ def runs(cli_files, tmp_path_factory):
         "nolabels": ("qat", "-m", q, "--train", d / "nolabels.npz", "-s", d / "x.keras"),
         "overwrite": ("qat", "-m", q, "--train", d / "train.npz", "-s", q),
         "bad_lr": ("qat", "-m", q, "--train", d / "train.npz", "--lr", "-1"),
+        "teacher": ("qat", "-m", q, "--train", d / "train.npz", "--val", d / "val.npz", "-e",
+                    "1", "--lr", "1e-4", "--teacher", cli_files.model, "--distill", "0.7",
+                    "-s", d / "out_teacher.keras", "--json"),
+        "teacher_q": ("qat", "-m", q, "--train", d / "train.npz", "--teacher", q,
+                      "-s", d / "tq.keras"),
+        "teacher_missing": ("qat", "-m", q, "--train", d / "train.npz", "--teacher",
+                            d / "nope.keras", "-s", d / "tm.keras"),
+        "bad_distill": ("qat", "-m", q, "--train", d / "train.npz", "--teacher",
+                        cli_files.model, "--distill", "1.5"),
     }
     return d, dict(zip(cases, run_batch(list(cases.values())), strict=True))
 
@@ -89,3 +98,16 @@ def test_qat_errors(runs):
     _one_line_error(r["nolabels"], "no labels")
     _one_line_error(r["overwrite"], "refusing to overwrite the input")
     _one_line_error(r["bad_lr"], "positive learning rate")
+    _one_line_error(r["teacher_q"], "is a quantized model")
+    assert not (d / "tq.keras").exists()
+    _one_line_error(r["teacher_missing"], "model file not found")
+    _one_line_error(r["bad_distill"], "weight in [0, 1]")
+
+
+def test_qat_with_a_teacher(runs):
+    d, r = runs
+    res = r["teacher"]
+    assert res["code"] == 0, res["err"]
+    history = json.loads(res["out"][:res["out"].rindex("}") + 1])
+    assert history["distill"] == 0.7 and len(history["val_metric"]) == 1
+    assert (d / "out_teacher.keras").is_file()

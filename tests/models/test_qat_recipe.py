@@ -11,7 +11,7 @@ import pytest
 
 import fixedq
 from fixedq.engine import convert
-from fixedq.models.qat import LRRangeTest, lr_range_test
+from fixedq.models.qat import DistillationLoss, LRRangeTest, lr_range_test
 
 
 @pytest.fixture(scope="module")
@@ -132,3 +132,69 @@ def test_bad_inputs(setup, tmp_path):
         fixedq.qat(qmodel, tmp_path / "nolabels.npz", verbose=False)
     with pytest.raises(TypeError):
         fixedq.qat(qmodel, x, verbose=False)
+
+
+def _kl_to_teacher(teacher, student, x) -> float:
+    """Mean KL(teacher || student) of the softmax outputs on ``x``."""
+    t = keras.ops.convert_to_numpy(keras.ops.log_softmax(teacher.predict(x, verbose=0)))
+    s = keras.ops.convert_to_numpy(keras.ops.log_softmax(student.predict(x, verbose=0)))
+    return float(np.mean(np.sum(np.exp(t) * (t - s), axis=-1)))
+
+
+def test_distillation_moves_the_student_toward_the_teacher(setup):
+    model, qmodel, train, (xte, yte) = setup
+    runs = {}
+    for distill in (0.0, 1.0):  # labels only / the float model's outputs only
+        runs[distill] = fixedq.qat(qmodel, train, (xte, yte), epochs=2, lr=1e-3,
+                                   distill=distill, teacher=model, significance=0.0,
+                                   verbose=False)
+    (plain, h_plain), (distilled, h_dist) = runs[0.0], runs[1.0]
+    assert h_plain.distill == 0.0 and h_dist.distill == 1.0
+    # the objective differs: cross-entropy on labels vs T^2 KL to the teacher (near 0 at start)
+    assert min(h_plain.train_loss) > 10 * max(h_dist.train_loss)
+    # the distilled student stays much closer to the teacher on unseen data
+    assert _kl_to_teacher(model, distilled, xte) < 0.25 * _kl_to_teacher(model, plain, xte)
+    np.testing.assert_array_equal(convert(distilled).predict(xte),
+                                  distilled.predict(xte, verbose=0))
+
+
+def test_distillation_loss_terms():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(16, 10)).astype("float32") * 3
+    ids = rng.integers(0, 10, 16)
+    teacher = rng.normal(size=(16, 10)).astype("float32") * 3
+    teacher = teacher - np.log(np.exp(teacher).sum(-1, keepdims=True))  # log-probabilities
+    y = np.concatenate([ids[:, None].astype("float32"), teacher], axis=1)
+    ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(ids, logits)
+    np.testing.assert_allclose(float(DistillationLoss(0.0, 2.0)(y, logits)), float(ce),
+                               rtol=1e-5)
+    # weight 1, T = 1: exactly KL(teacher || student)
+    s = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    kl = np.mean(np.sum(np.exp(teacher) * (teacher - s), axis=-1))
+    np.testing.assert_allclose(float(DistillationLoss(1.0, 1.0)(y, logits)), kl, rtol=1e-4)
+    # a student equal to the teacher has no soft loss at any temperature
+    same = np.concatenate([ids[:, None].astype("float32"), s], axis=1)
+    assert abs(float(DistillationLoss(1.0, 3.0)(same, logits))) < 1e-5
+    # probability outputs (from_logits=False) give the same loss as their logits
+    probs = np.exp(s)
+    np.testing.assert_allclose(float(DistillationLoss(0.5, 2.0, from_logits=False)(y, probs)),
+                               float(DistillationLoss(0.5, 2.0)(y, logits)), rtol=1e-4)
+    cfg = DistillationLoss(0.3, 4.0).get_config()
+    assert DistillationLoss.from_config(cfg).get_config() == cfg
+
+
+def test_distillation_bad_inputs(setup):
+    model, qmodel, (x, y), _ = setup
+    with pytest.raises(ValueError, match="distill must be a number in"):
+        fixedq.qat(qmodel, (x, y), teacher=model, distill=1.5, verbose=False)
+    with pytest.raises(ValueError, match="temperature must be"):
+        fixedq.qat(qmodel, (x, y), teacher=model, temperature=0, verbose=False)
+    with pytest.raises(TypeError, match="teacher must be"):
+        fixedq.qat(qmodel, (x, y), teacher="model.keras", verbose=False)
+    other = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
+                              keras.layers.Dense(5)])
+    with pytest.raises(ValueError, match="pass the float model"):
+        fixedq.qat(qmodel, (x, y), teacher=other, verbose=False)
+    with pytest.raises(ValueError, match="needs class labels"):
+        fixedq.qat(qmodel, (x, np.eye(10)[y]), teacher=model, verbose=False,
+                   loss=keras.losses.CategoricalCrossentropy(from_logits=True))
