@@ -8,7 +8,7 @@ frame by frame, each batch of clips from a clean state, and returns every frame'
 
 Example:
     >>> import keras, numpy as np
-    >>> from fixedq.layers import DepthwiseBufferTempConv
+    >>> from fixedq.layers.temporal import DepthwiseBufferTempConv
     >>> x = keras.Input((2,))
     >>> model = keras.Model(x, DepthwiseBufferTempConv(3, name="fifo")(x))
     >>> is_streaming(model), predict_clips(model, np.ones((1, 4, 2), "float32")).shape
