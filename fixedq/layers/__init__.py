@@ -6,7 +6,11 @@ so quantized models load in a fresh process with ``fixedq.load_model`` or
 """
 
 from fixedq.layers.activation import QuantizedReLU
-from fixedq.layers.affine import QuantizedBatchNormalization, QuantizedRescaling
+from fixedq.layers.affine import (
+    QuantizedBatchNormalization,
+    QuantizedNormalization,
+    QuantizedRescaling,
+)
 from fixedq.layers.conv1d import QuantizedConv1D
 from fixedq.layers.depthwise_conv2d_transpose import DepthwiseConv2DTranspose
 from fixedq.layers.merge import QuantizedAdd, QuantizedConcatenate
@@ -30,6 +34,13 @@ from fixedq.layers.reshaping import (
     QuantizedFlatten,
     QuantizedPermute,
     QuantizedReshape,
+)
+from fixedq.layers.softmax import QuantizedSoftmax
+from fixedq.layers.table import (
+    QuantizedActivation,
+    QuantizedELU,
+    QuantizedLeakyReLU,
+    QuantizedPReLU,
 )
 from fixedq.layers.transformers import (
     AddPositionEmbs,
@@ -83,4 +94,10 @@ __all__ = [
     "QuantizedReLU",
     "QuantizedReshape",
     "QuantizedRescaling",
+    "QuantizedActivation",
+    "QuantizedELU",
+    "QuantizedLeakyReLU",
+    "QuantizedNormalization",
+    "QuantizedPReLU",
+    "QuantizedSoftmax",
 ]

@@ -122,3 +122,29 @@ class QuantizedBatchNormalization(_QuantizedAffine):
 
     def get_config(self):
         return {**super().get_config(), "epsilon": self.epsilon}
+
+
+@keras.saving.register_keras_serializable(package="fixedq")
+class QuantizedNormalization(_QuantizedAffine):
+    """Keras ``Normalization`` over the channel axis: ``a = 1 / max(sqrt(var), 1e-7)``,
+    ``c = -mean * a`` (``invert``: ``a = max(sqrt(var), 1e-7)``, ``c = mean``); statistics as
+    floats in the config (scalars or per-channel lists)."""
+
+    def __init__(self, mean=0.0, variance=1.0, invert=False, **kwargs):
+        super().__init__(**kwargs)
+        self.mean = np.asarray(mean, dtype=np.float64).tolist()
+        self.variance = np.asarray(variance, dtype=np.float64).tolist()
+        self.invert = bool(invert)
+
+    def affine(self):
+        mean = np.asarray(self.mean, dtype=np.float64)
+        std = np.maximum(np.sqrt(np.asarray(self.variance, dtype=np.float64)), 1e-7)
+        if self.invert:
+            a, c = std, mean
+        else:
+            a, c = 1.0 / std, -mean / std
+        return ops.convert_to_tensor(a), ops.convert_to_tensor(c)
+
+    def get_config(self):
+        return {**super().get_config(), "mean": self.mean, "variance": self.variance,
+                "invert": self.invert}

@@ -1,0 +1,186 @@
+"""The elementwise functions fixedq runs as integer tables (DESIGN.md decision 9, eq. 38).
+
+Each :class:`TableFunction` has a float64 NumPy definition (what the table entries are
+computed from, once, at build time), the Keras definition it reproduces (used for the
+straight-through gradient in QAT), whether its output can be negative, and its parameters
+(``negative_slope`` of ``leaky_relu``, ``alpha`` of ``elu``/``celu``). Parameters are rounded to
+float32 first -- the value the float32 model multiplies by -- so that ``alpha * x`` of a
+16-bit grid point is exact in float64.
+
+:func:`for_activation` maps a Keras activation (a name like ``"swish"``, a config, or the
+function object) to ``(name, params)``; ``None`` when it has no table here.
+
+Example:
+    >>> import numpy as np
+    >>> FUNCTIONS["hard_sigmoid"].numpy(np.array([-3.0, 0.0, 1.5, 3.0])).tolist()
+    [0.0, 0.5, 0.75, 1.0]
+    >>> for_activation("swish"), for_activation("relu")
+    (('silu', {}), None)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from keras import activations, ops
+
+__all__ = ["FUNCTIONS", "TableFunction", "check_params", "for_activation"]
+
+_SQRT2 = math.sqrt(2.0)
+_GELU_C = math.sqrt(2.0 / math.pi)
+_erf = np.frompyfunc(math.erf, 1, 1)
+
+
+def _f32(value: float) -> float:
+    """``value`` rounded to float32 (the value the float model computes with)."""
+    return float(np.float32(value))
+
+
+def _sigmoid(x):
+    return 0.5 * (1.0 + np.tanh(0.5 * x))  # no overflow for large |x|
+
+
+def _hard_sigmoid(x):
+    return np.clip(x + 3.0, 0.0, 6.0) / 6.0  # one correctly rounded division: exact ties
+
+
+def _hard_silu(x):
+    return x * np.clip(x + 3.0, 0.0, 6.0) / 6.0
+
+
+def _gelu(x, approximate=False):
+    if approximate:
+        return 0.5 * x * (1.0 + np.tanh(_GELU_C * (x + 0.044715 * x**3)))
+    return 0.5 * x * (1.0 + _erf(x / _SQRT2).astype(np.float64))
+
+
+def _softplus(x):
+    return np.logaddexp(0.0, x)
+
+
+def _leaky(x, negative_slope=0.2):
+    return np.where(x >= 0, x, _f32(negative_slope) * x)
+
+
+def _elu(x, alpha=1.0):
+    return np.where(x > 0, x, _f32(alpha) * np.expm1(np.minimum(x, 0.0)))
+
+
+def _selu(x):
+    alpha, scale = 1.6732632423543772848170429916717, 1.0507009873554804934193349852946
+    return scale * np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0.0)))
+
+
+def _celu(x, alpha=1.0):
+    a = _f32(alpha)
+    return np.maximum(x, 0.0) + a * np.expm1(np.minimum(x, 0.0) / a)
+
+
+@dataclass(frozen=True)
+class TableFunction:
+    """One elementwise function.
+
+    Attributes:
+        name: its name in fixedq's layer configs (Keras' canonical name).
+        numpy: ``numpy(x, **params)``: the float64 definition the table is computed from.
+        keras: ``keras(x, **params)``: the Keras definition (straight-through gradient).
+        signed: whether its output can be negative (unsigned outputs use all bits).
+        params: parameter names and defaults.
+    """
+
+    name: str
+    numpy: Callable
+    keras: Callable
+    signed: bool
+    params: dict = field(default_factory=dict)
+
+
+def _k(fn, **fixed):
+    return lambda x, **p: fn(x, **{**fixed, **p})
+
+
+def _keras_leaky(x, negative_slope=0.2):
+    return ops.leaky_relu(x, negative_slope=_f32(negative_slope))
+
+
+def _keras_elu(x, alpha=1.0):
+    return ops.elu(x, alpha=_f32(alpha))
+
+
+def _keras_celu(x, alpha=1.0):
+    return ops.celu(x, alpha=_f32(alpha))
+
+
+#: Every function with an integer table, by name.
+FUNCTIONS: dict[str, TableFunction] = {f.name: f for f in (
+    TableFunction("sigmoid", _sigmoid, _k(ops.sigmoid), False),
+    TableFunction("hard_sigmoid", _hard_sigmoid, _k(ops.hard_sigmoid), False),
+    TableFunction("silu", lambda x: x * _sigmoid(x), _k(ops.silu), True),
+    TableFunction("hard_silu", _hard_silu, _k(ops.hard_silu), True),
+    TableFunction("gelu", _gelu, _k(ops.gelu), True, {"approximate": False}),
+    TableFunction("tanh", np.tanh, _k(ops.tanh), True),
+    TableFunction("softplus", _softplus, _k(ops.softplus), False),
+    TableFunction("softsign", lambda x: x / (1.0 + np.abs(x)), _k(ops.softsign), True),
+    TableFunction("mish", lambda x: x * np.tanh(_softplus(x)), _k(activations.mish), True),
+    TableFunction("leaky_relu", _leaky, _keras_leaky, True, {"negative_slope": 0.2}),
+    TableFunction("elu", _elu, _keras_elu, True, {"alpha": 1.0}),
+    TableFunction("selu", _selu, _k(ops.selu), True),
+    TableFunction("celu", _celu, _keras_celu, True, {"alpha": 1.0}),
+)}
+
+#: Keras activation functions (as ``keras.activations.get`` returns them) -> table name.
+_BY_KERAS = {getattr(activations, n): n for n in (
+    "sigmoid", "hard_sigmoid", "silu", "hard_silu", "gelu", "tanh", "softplus", "softsign",
+    "mish", "leaky_relu", "elu", "selu", "celu") if hasattr(activations, n)}
+
+
+def for_activation(activation) -> tuple[str, dict] | None:
+    """``(name, params)`` of the table for a Keras activation, or ``None``.
+
+    Example:
+        >>> for_activation("gelu"), for_activation("hard_swish")
+        (('gelu', {'approximate': False}), ('hard_silu', {}))
+    """
+    try:
+        fn = activations.get(activation)
+    except (ValueError, TypeError):
+        return None
+    name = _BY_KERAS.get(fn)
+    if name is None:
+        return None
+    return name, dict(FUNCTIONS[name].params)
+
+
+def check_params(name: str, params: dict | None) -> dict:
+    """The full parameter dict of function ``name`` (defaults filled in), checked.
+
+    Raises:
+        ValueError: ``name`` is not in :data:`FUNCTIONS`, or a parameter is unknown / not a
+            finite number (``approximate``: a bool).
+
+    Example:
+        >>> check_params("leaky_relu", {"negative_slope": 0.1})
+        {'negative_slope': 0.1}
+    """
+    if name not in FUNCTIONS:
+        raise ValueError(f"function {name!r} has no integer table; known: {sorted(FUNCTIONS)}")
+    fn = FUNCTIONS[name]
+    params = dict(params or {})
+    unknown = set(params) - set(fn.params)
+    if unknown:
+        raise ValueError(f"function {name!r} takes parameters {sorted(fn.params) or 'none'}, "
+                         f"got {sorted(unknown)}")
+    out = {**fn.params, **params}
+    for key, value in out.items():
+        if key == "approximate":
+            if not isinstance(value, bool):
+                raise ValueError(f"{name}: approximate must be true or false, got {value!r}")
+        elif isinstance(value, bool) or not isinstance(value, int | float) \
+                or not math.isfinite(value):
+            raise ValueError(f"{name}: {key} must be a finite number, got {value!r}")
+        else:
+            out[key] = float(value)
+    return out
