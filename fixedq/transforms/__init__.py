@@ -11,5 +11,6 @@ Example:
 
 from fixedq.transforms.report import Change, SanitizeReport
 from fixedq.transforms.sanitize import REWRITES, sanitize
+from fixedq.transforms.to_streaming import to_streaming
 
-__all__ = ["REWRITES", "Change", "SanitizeReport", "sanitize"]
+__all__ = ["REWRITES", "Change", "SanitizeReport", "sanitize", "to_streaming"]
