@@ -92,7 +92,7 @@ def _fold_offsets(ops: list[Op], offsets: dict[str, np.ndarray], outputs: list[d
     ``lo`` image, it is a per-channel vector, or a (Ho, Wo, Cout) bias map where zero padding
     makes border outputs see fewer taps. Other ops get ``in_offset<i>`` (``v = u + lo`` before
     they run); producers get ``out_offset``; model outputs get ``offset``."""
-    from fixedq.engine.ops import _linear, aligned_input
+    from fixedq.engine.ops import aligned_input, linear
 
     for op in ops:
         if op.name in offsets:
@@ -105,7 +105,7 @@ def _fold_offsets(ops: list[Op], offsets: dict[str, np.ndarray], outputs: list[d
                 dynamic = None in op.attrs["in_shape"]
                 shape = (1, *_fold_shape(op)) if dynamic else (1, *op.attrs["in_shape"])
                 x_lo = np.broadcast_to(lo, shape).astype(np.int64)
-                fold = _linear(op, aligned_input(op, x_lo))[0]
+                fold = linear(op, aligned_input(op, x_lo))[0]
                 flat = fold.reshape(-1, fold.shape[-1])
                 bias = op.arrays["bias"]
                 if np.all(flat == flat[0]):
@@ -225,8 +225,10 @@ def convert(qmodel, target=None, fuse: bool = True) -> Model:
     if fuse:
         ops = _fuse_pools(ops, outputs)
     input_shape = tuple(input_node.output_shapes[0])
-    model = Model(ops, outputs, input_shape, input_node.dtype, qmodel.name,
-                  meta={"keras_version": keras.__version__})
+    from fixedq.engine.streaming import as_streaming  # stateful ops: a StreamingModel
+
+    model = as_streaming(Model(ops, outputs, input_shape, input_node.dtype, qmodel.name,
+                               meta={"keras_version": keras.__version__}))
     if target is not None:
         from fixedq.engine.targets import check_target
 

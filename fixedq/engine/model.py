@@ -22,7 +22,6 @@ import numpy as np
 
 from fixedq.engine.kernels import NeuralPlan
 from fixedq.engine.ops import (
-    KINDS,
     Op,
     check_transpose_size,
     neural_output,
@@ -285,4 +284,4 @@ def _shape_str(shape) -> str:
                            for i, d in enumerate(shape)) + ")"
 
 
-__all__ = ["Model", "dequantize", "KINDS"]
+__all__ = ["Model", "dequantize"]

@@ -1,9 +1,15 @@
 """Engine operations: one integer op per (fused) quantized layer, and how each one runs.
 
 An :class:`Op` is plain data: a ``kind``, the names of its input tensors, JSON-able ``attrs``
-and integer NumPy ``arrays``. :func:`run_op` executes it on ``int64`` tensors. The equations
-are those of ``docs/numerics.md`` and :mod:`fixedq.tensors.rounding` (the shared NumPy
-reference); every tensor between ops holds the raw integers ``v`` (frac_bits in ``attrs``).
+and integer NumPy ``arrays``. :data:`KERNELS` is the engine's one table of op kinds: per kind a
+:class:`Kernel` (a description, the NumPy function that runs it, the hardware profiles that
+have it); :data:`NEURAL_TYPES` does the same for the ``type`` of a ``neural`` op.
+:func:`run_op` executes an op on ``int64`` tensors through the table. The equations are those
+of ``docs/numerics.md`` and :mod:`fixedq.tensors.rounding` (the shared NumPy reference); every
+tensor between ops holds the raw integers ``v`` (frac_bits in ``attrs``).
+
+The op registry (:mod:`fixedq.ops`, which imports Keras) names the kinds each operation
+produces (``OpSpec.engine_kinds``); a test checks they match this table both ways.
 
 Example:
     >>> import numpy as np
@@ -14,33 +20,13 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from fixedq.engine import kernels, transformer_ops
 from fixedq.tensors.rounding import quantize_input, requantize, shift_round
-
-#: Op kinds and a short description (``Model.summary`` and docs/engine.md).
-KINDS = {
-    "input": "float -> integer input quantizer (eq. 4)",
-    "neural": "conv2d / depthwise / transpose / dense + bias + requantize (+ fused max-pool)",
-    "affine": "per-channel integer affine (BatchNormalization / Rescaling)",
-    "gap": "global average pooling (2-D or over steps): exact sum + requantize",
-    "avgpool": "average pooling: exact window sum + requantize by 1/count",
-    "add": "aligned exact sum + rounding shift",
-    "shift": "rounding shift + clip (OutputQuantizer)",
-    "concat": "concatenation (optionally re-gridded inputs)",
-    "clip": "ReLU as an integer clip",
-    "maxpool": "max pooling",
-    "reshape": "reshape / flatten",
-    "permute": "axis permutation",
-    "identity": "no-op (Dropout at inference)",
-}
-
-KINDS.update(transformer_ops.KINDS)
-
-NEURAL_TYPES = ("conv2d", "depthwise", "transpose", "dense")
 
 
 @dataclass
@@ -49,7 +35,7 @@ class Op:
 
     Attributes:
         name: output tensor name (the last fused Keras layer's name).
-        kind: one of :data:`KINDS`.
+        kind: one of :data:`KERNELS`.
         inputs: input tensor names.
         attrs: JSON-able settings (strides, padding, output spec, fused layer names, ...).
         arrays: integer parameters (int64 in memory).
@@ -71,25 +57,33 @@ class Op:
         return np.asarray(self.attrs.get("out_frac", [0]), dtype=np.int64)
 
 
-def _linear(op: Op, x: np.ndarray) -> np.ndarray:
+def linear(op: Op, x: np.ndarray) -> np.ndarray:
+    """The exact linear part (no bias) of a ``neural`` op on aligned input integers ``x``."""
     if op.attrs.get("conv1d"):  # Conv1D: a conv2d over a (1, steps) image
-        return _linear2d(op, x[:, None])[:, 0]
-    return _linear2d(op, x)
+        return neural_type(op).linear(op, x[:, None])[:, 0]
+    return neural_type(op).linear(op, x)
 
 
-def _linear2d(op: Op, x: np.ndarray) -> np.ndarray:
+def _conv_args(op: Op) -> tuple:
     a = op.attrs
-    kernel = op.arrays["kernel"]
-    kind, dtype = a["type"], a["accum_dtype"]
-    if kind == "dense":
-        return kernels.dense(x, kernel, dtype)
-    args = (tuple(a["strides"]), a["padding"], tuple(a["dilation_rate"]), dtype)
-    if kind == "conv2d":
-        return kernels.conv2d(x, kernel, *args)
-    if kind == "depthwise":
-        return kernels.depthwise_conv2d(x, kernel, *args)
+    return (tuple(a["strides"]), a["padding"], tuple(a["dilation_rate"]), a["accum_dtype"])
+
+
+def _dense(op: Op, x: np.ndarray) -> np.ndarray:
+    return kernels.dense(x, op.arrays["kernel"], op.attrs["accum_dtype"])
+
+
+def _conv2d(op: Op, x: np.ndarray) -> np.ndarray:
+    return kernels.conv2d(x, op.arrays["kernel"], *_conv_args(op))
+
+
+def _depthwise(op: Op, x: np.ndarray) -> np.ndarray:
+    return kernels.depthwise_conv2d(x, op.arrays["kernel"], *_conv_args(op))
+
+
+def _transpose(op: Op, x: np.ndarray) -> np.ndarray:
     check_transpose_size(op, x)
-    return kernels.conv2d_transpose(x, kernel, *args)
+    return kernels.conv2d_transpose(x, op.arrays["kernel"], *_conv_args(op))
 
 
 def check_transpose_size(op: Op, x: np.ndarray) -> None:
@@ -153,7 +147,7 @@ def neural_output(op: Op, acc_linear: np.ndarray) -> np.ndarray:
 
 
 def _run_neural(op: Op, xs):
-    return neural_output(op, _linear(op, aligned_input(op, xs[0])))
+    return neural_output(op, linear(op, aligned_input(op, xs[0])))
 
 
 def reject_nan(x) -> None:
@@ -241,22 +235,122 @@ def _run_identity(op: Op, xs):
     return xs[0]
 
 
-_RUNNERS = {
-    "input": _run_input, "neural": _run_neural, "affine": _run_affine, "gap": _run_gap,
-    "avgpool": _run_avgpool,
-    "add": _run_add, "shift": _run_shift, "concat": _run_concat, "clip": _run_clip,
-    "maxpool": _run_maxpool, "reshape": _run_reshape, "permute": _run_permute,
-    "identity": _run_identity,
+@dataclass(frozen=True)
+class Kernel:
+    """The engine side of one op kind.
+
+    Attributes:
+        description: one line (``Model.summary``, docs/engine.md).
+        run: ``run(op, xs) -> y``: the NumPy reference that executes an op of this kind on its
+            input tensors (int64; floats for ``input``).
+        targets: names of the hardware profiles (:data:`fixedq.engine.targets.TARGETS`) that
+            run this kind.
+    """
+
+    description: str
+    run: Callable[[Op, list[np.ndarray]], np.ndarray]
+    targets: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class NeuralType:
+    """One ``type`` of the ``neural`` kind: its exact linear part and the profiles that have it.
+
+    Attributes:
+        description: one line.
+        linear: ``linear(op, x) -> acc``: the exact sums (no bias) on aligned input integers.
+        targets: names of the hardware profiles that run this type.
+    """
+
+    description: str
+    linear: Callable[[Op, np.ndarray], np.ndarray]
+    targets: tuple[str, ...] = ()
+
+
+_AKIDA = ("akida-1.0", "akida-2.0")
+_AKIDA2 = ("akida-2.0",)
+
+#: The engine's op kinds: one :class:`Kernel` per kind (the only place a kind is defined).
+KERNELS: dict[str, Kernel] = {
+    "input": Kernel("float -> integer input quantizer (eq. 4)", _run_input, _AKIDA),
+    "neural": Kernel("conv2d / depthwise / transpose / dense + bias + requantize "
+                     "(+ fused max-pool)", _run_neural, _AKIDA),
+    "affine": Kernel("per-channel integer affine (BatchNormalization / Rescaling)",
+                     _run_affine, _AKIDA2),
+    "gap": Kernel("global average pooling (2-D or over steps): exact sum + requantize",
+                  _run_gap, _AKIDA),
+    "avgpool": Kernel("average pooling: exact window sum + requantize by 1/count",
+                      _run_avgpool, _AKIDA2),
+    "add": Kernel("aligned exact sum + rounding shift", _run_add, _AKIDA2),
+    "shift": Kernel("rounding shift + clip (OutputQuantizer)", _run_shift, _AKIDA2),
+    "concat": Kernel("concatenation (optionally re-gridded inputs)", _run_concat, _AKIDA2),
+    "clip": Kernel("ReLU as an integer clip", _run_clip, _AKIDA),
+    "maxpool": Kernel("max pooling", _run_maxpool, _AKIDA),
+    "reshape": Kernel("reshape / flatten", _run_reshape, _AKIDA),
+    "permute": Kernel("axis permutation", _run_permute, _AKIDA2),
+    "identity": Kernel("no-op (Dropout at inference)", _run_identity, _AKIDA),
+    "shiftmax": Kernel("integer shiftmax: exp2 table + shifts, power-of-two normalization "
+                       "(eq. 29)", transformer_ops.run_shiftmax),
+    "attention": Kernel("multi-head attention: exact QK^T, requantized scores, shiftmax, PV "
+                        "(eq. 30)", transformer_ops.run_attention),
+    "madnorm": Kernel("layer MAD normalization: integer mean, MAD, rounded division (eq. 31)",
+                      transformer_ops.run_madnorm),
+    "class_token": Kernel("prepend an integer class token, re-gridded input (eq. 32)",
+                          transformer_ops.run_class_token),
+    "add_pos": Kernel("add integer position embeddings + rounding shift (eq. 33)",
+                      transformer_ops.run_add_pos),
+    "extract_token": Kernel("select one token (eq. 34)", transformer_ops.run_extract_token),
 }
-_RUNNERS.update(transformer_ops.RUNNERS)
+
+#: The ``type`` attribute of a ``neural`` op: one :class:`NeuralType` per type.
+NEURAL_TYPES: dict[str, NeuralType] = {
+    "conv2d": NeuralType("2-D convolution (Conv1D: over a (1, steps) image)", _conv2d, _AKIDA),
+    "depthwise": NeuralType("depthwise 2-D convolution", _depthwise, _AKIDA),
+    "transpose": NeuralType("transposed 2-D convolution (regular or depthwise kernel)",
+                            _transpose, _AKIDA2),
+    "dense": NeuralType("dense (over the last axis)", _dense, _AKIDA),
+}
+
+
+def kernel(kind: str, name: str = "?") -> Kernel:
+    """The :class:`Kernel` of op kind ``kind`` (``name``: the op, for the error message).
+
+    Example:
+        >>> kernel("clip").description
+        'ReLU as an integer clip'
+    """
+    try:
+        return KERNELS[kind]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown engine op kind {kind!r} (op {name!r}); "
+                         f"known: {sorted(KERNELS)}") from None
+
+
+def neural_type(op: Op) -> NeuralType:
+    """The :class:`NeuralType` of neural op ``op`` (``ValueError`` for an unknown type)."""
+    t = op.attrs.get("type")
+    try:
+        return NEURAL_TYPES[t]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown neural op type {t!r} (op {op.name!r}); "
+                         f"known: {sorted(NEURAL_TYPES)}") from None
+
+
+def kinds_for_target(target: str) -> tuple[str, ...]:
+    """The op kinds hardware profile ``target`` runs (from :data:`KERNELS`).
+
+    Example:
+        >>> "add" in kinds_for_target("akida-1.0"), "add" in kinds_for_target("akida-2.0")
+        (False, True)
+    """
+    return tuple(k for k, v in KERNELS.items() if target in v.targets)
+
+
+def neural_types_for_target(target: str) -> tuple[str, ...]:
+    """The neural op types hardware profile ``target`` runs (from :data:`NEURAL_TYPES`)."""
+    return tuple(t for t, v in NEURAL_TYPES.items() if target in v.targets)
 
 
 def run_op(op: Op, xs: list[np.ndarray]) -> np.ndarray:
     """Execute ``op`` on its input tensors (int64; floats for the ``input`` op)."""
-    try:
-        runner = _RUNNERS[op.kind]
-    except KeyError:
-        raise ValueError(f"unknown engine op kind {op.kind!r} (op {op.name!r}); "
-                         f"known: {sorted(_RUNNERS)}") from None
-    return runner(op, xs)
-
+    return kernel(op.kind, op.name).run(op, xs)

@@ -6,7 +6,9 @@ activations must be per-tensor, which op kinds / neural types exist, and the acc
 :func:`check_target` collects **every** violation and raises one ``ValueError`` listing them.
 
 The two built-in profiles are *Akida-like*: they follow the public descriptions of those
-devices, they are not vendor specifications.
+devices, they are not vendor specifications. Which op kinds and neural types each one runs is
+declared where the kind is defined (``targets`` of :data:`fixedq.engine.ops.KERNELS` and
+:data:`fixedq.engine.ops.NEURAL_TYPES`).
 
 Example:
     >>> TARGETS["akida-1.0"].activation_bits
@@ -16,6 +18,8 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from fixedq.engine.ops import kinds_for_target, neural_types_for_target
 
 
 @dataclass(frozen=True)
@@ -54,17 +58,16 @@ TARGETS = {
                     "activations, sequential conv/dense/pooling networks",
         input_weight_bits=(2, 3, 4, 5, 6, 7, 8), weight_bits=(2, 3, 4),
         activation_bits=(1, 2, 4), input_bits=(8,), per_tensor_activations=True,
-        kinds=("input", "neural", "maxpool", "gap", "reshape", "identity", "clip"),
-        neural_types=("conv2d", "depthwise", "dense")),
+        kinds=kinds_for_target("akida-1.0"),
+        neural_types=neural_types_for_target("akida-1.0")),
     "akida-2.0": Target(
         name="akida-2.0",
         description="Akida 2.0-like: 4/8-bit weights and activations, skip connections, "
                     "transposed convolutions",
         input_weight_bits=(4, 8), weight_bits=(4, 8), activation_bits=(1, 2, 4, 8),
         input_bits=(8,), per_tensor_activations=False,
-        kinds=("input", "neural", "affine", "gap", "add", "shift", "concat", "clip", "maxpool",
-               "avgpool", "reshape", "permute", "identity"),
-        neural_types=("conv2d", "depthwise", "transpose", "dense")),
+        kinds=kinds_for_target("akida-2.0"),
+        neural_types=neural_types_for_target("akida-2.0")),
 }
 
 

@@ -18,15 +18,6 @@ import numpy as np
 from fixedq.engine.kernels import exact_dtype
 from fixedq.tensors.rounding import shift_round
 
-KINDS = {
-    "shiftmax": "integer shiftmax: exp2 table + shifts, power-of-two normalization (eq. 29)",
-    "attention": "multi-head attention: exact QK^T, requantized scores, shiftmax, PV (eq. 30)",
-    "madnorm": "layer MAD normalization: integer mean, MAD, rounded division (eq. 31)",
-    "class_token": "prepend an integer class token, re-gridded input (eq. 32)",
-    "add_pos": "add integer position embeddings + rounding shift (eq. 33)",
-    "extract_token": "select one token (eq. 34)",
-}
-
 
 def ilog2_round(total: np.ndarray, k_max: int) -> np.ndarray:
     """``round(log2 E)`` of integers ``1 <= E < 2^k_max`` (eq. 29d), integers only:
@@ -67,14 +58,16 @@ def _heads(x: np.ndarray, h: int) -> np.ndarray:
     return x.reshape(b, n, h, c // h).transpose(0, 2, 1, 3)
 
 
-def _run_shiftmax(op, xs):
+def run_shiftmax(op, xs: list[np.ndarray]) -> np.ndarray:
+    """Eq. 29: the shiftmax of a ``shiftmax`` op's re-gridded input."""
     a, r = op.attrs, op.arrays
     d = shift_round(_align(xs[0], r["in_align"]), int(a["in_shift"]))
     return shiftmax_int(d, int(a["score_frac"]), r["exp_table"], int(a["exp_bits"]),
                         int(a["k_max"]), int(a["prob_frac"]), int(a["prob_hi"]))
 
 
-def _run_attention(op, xs):
+def run_attention(op, xs: list[np.ndarray]) -> np.ndarray:
+    """Eq. 30: multi-head attention of an ``attention`` op's (q, k, v) integers."""
     a, r = op.attrs, op.arrays
     h = int(a["num_heads"])
     q, k, v = (_heads(_align(x, r[f"align{i}"]), h) for i, x in enumerate(xs))
@@ -89,7 +82,8 @@ def _run_attention(op, xs):
     return np.clip(shift_round(o, r["out_shift"]), r["out_lo"], r["out_hi"])
 
 
-def _run_madnorm(op, xs):
+def run_madnorm(op, xs: list[np.ndarray]) -> np.ndarray:
+    """Eq. 31: layer MAD normalization of a ``madnorm`` op's input."""
     a, r = op.attrs, op.arrays
     v = _align(xs[0], r["in_align"])
     dim = v.shape[-1]
@@ -101,27 +95,25 @@ def _run_madnorm(op, xs):
     return np.clip(y, r["out_lo"], r["out_hi"])
 
 
-def _run_class_token(op, xs):
+def run_class_token(op, xs: list[np.ndarray]) -> np.ndarray:
+    """Eq. 32: the class token prepended to the re-gridded tokens."""
     r = op.arrays
     x = np.clip(shift_round(xs[0], r["shift"]), r["out_lo"], r["out_hi"])
     tok = np.broadcast_to(r["token"], (x.shape[0], 1, x.shape[-1]))
     return np.concatenate([tok, x], axis=1)
 
 
-def _run_add_pos(op, xs):
+def run_add_pos(op, xs: list[np.ndarray]) -> np.ndarray:
+    """Eq. 33: position embeddings added, rounding shift, clip."""
     r = op.arrays
     acc = np.left_shift(xs[0], r["in_align"]) + r["pos"]
     return np.clip(shift_round(acc, r["shift"]), r["out_lo"], r["out_hi"])
 
 
-def _run_extract_token(op, xs):
+def run_extract_token(op, xs: list[np.ndarray]) -> np.ndarray:
+    """Eq. 34: one token of a ``(N, tokens, C)`` input."""
     token, x = int(op.attrs["token"]), xs[0]
     if x.ndim != 3 or not 0 <= token < x.shape[1]:
         raise ValueError(f"token {token} is not one of the tokens of an input of shape "
                          f"{x.shape}")
     return x[:, token, :]
-
-
-RUNNERS = {"shiftmax": _run_shiftmax, "attention": _run_attention, "madnorm": _run_madnorm,
-           "class_token": _run_class_token, "add_pos": _run_add_pos,
-           "extract_token": _run_extract_token}

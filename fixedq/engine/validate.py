@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fixedq.engine.ops import KINDS, NEURAL_TYPES
+from fixedq.engine.ops import KERNELS, NEURAL_TYPES
 
 #: Array encodings of the file format (``int4x2``: two signed 4-bit values per byte).
 ENCODINGS = {"int4x2": np.dtype(np.uint8), "int8": np.dtype(np.int8),
@@ -138,7 +138,7 @@ def _spec_attrs(a: dict, where: str) -> None:
 
 
 def _neural_attrs(a: dict, where: str) -> None:
-    check_str(a.get("type"), f"{where}.type", NEURAL_TYPES)
+    check_str(a.get("type"), f"{where}.type", tuple(NEURAL_TYPES))
     check_str(a.get("accum_dtype"), f"{where}.accum_dtype", ACCUM_DTYPES)
     check_int(a.get("acc_lo"), f"{where}.acc_lo")
     check_int(a.get("acc_hi"), f"{where}.acc_hi", a["acc_lo"])
@@ -266,7 +266,7 @@ def _op(rec, where: str, index: int, known: set[str]) -> list[ArrayRef]:
     name = check_str(rec.get("name"), f"{where}.name")
     if not name or name in known:
         raise _bad(f"{where}.name", "a non-empty name no earlier op has", name)
-    kind = check_str(rec.get("kind"), f"{where}.kind", tuple(KINDS))
+    kind = check_str(rec.get("kind"), f"{where}.kind", tuple(KERNELS))
     if (index == 0) != (kind == "input"):
         raise _bad(f"{where}.kind", "'input' for ops[0] only", kind)
     inputs = rec.get("inputs")

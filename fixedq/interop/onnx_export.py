@@ -730,9 +730,9 @@ def _limb_split(w_in: np.ndarray, x_max: np.ndarray) -> int | None:
 
 
 def _known_kinds():
-    from fixedq.engine.ops import KINDS
+    from fixedq.engine.ops import KERNELS
 
-    return KINDS
+    return KERNELS
 
 
 def _safe_name(name: str) -> str:

@@ -36,7 +36,7 @@ class OpSpec:
             several ops may share a kind (they are quantized alike).
         float_layers: the float Keras layer classes it matches (exact class match).
         quantized_layers: the quantized layer classes it builds and converts from.
-        engine_kinds: engine op kinds it becomes (:data:`fixedq.engine.ops.KINDS`).
+        engine_kinds: engine op kinds it becomes (keys of :data:`fixedq.engine.ops.KERNELS`).
         neural_type: for ``neural`` engine ops, the ``type`` attribute (targets allow it).
         accepts: ``accepts(node) -> str | None``: why this node's config is not supported
             (``None``: supported). Unsupported configs fall back to float.

@@ -300,8 +300,8 @@ def test_every_engine_kind_exports_or_fails_naming_the_op():
     ValueError naming the op and its kind, before anything is built or written."""
     from fixedq.engine import ops
 
-    assert set(EXPORTABLE_KINDS) <= set(ops.KINDS)
-    for kind in sorted(set(ops.KINDS) - set(EXPORTABLE_KINDS)):
+    assert set(EXPORTABLE_KINDS) <= set(ops.KERNELS)
+    for kind in sorted(set(ops.KERNELS) - set(EXPORTABLE_KINDS)):
         op = Op(f"my_{kind}", kind, ["in"], {}, {})
         engine = Model([_input(), op], [{"tensor": op.name, "frac": [0], "name": "out"}],
                        (None, 4), name="hand")

@@ -6,12 +6,14 @@ import subprocess
 import sys
 
 import keras
+import numpy as np
 import pytest
 
 import fixedq
 import fixedq.ops
-from fixedq.engine import converter
-from fixedq.engine.ops import KINDS, Op, run_op
+from fixedq.engine import converter, validate
+from fixedq.engine.ops import KERNELS, NEURAL_TYPES, Op, run_op
+from fixedq.engine.targets import TARGETS
 from fixedq.layers import transformers as tr
 from fixedq.layers.depthwise_conv2d_transpose import DepthwiseConv2DTranspose
 from fixedq.models import builders
@@ -64,16 +66,42 @@ def test_config_conditions_fall_back():
                      "bn_axis1": "affine", "bn_axis2": "unsupported"}
 
 
-def test_engine_side_is_data_the_engine_runs():
+#: Engine kinds no registered op produces (documented in docs/architecture.md). Empty: the
+#: model input is the input_quantizer op's 'input'; the converter's pool fusion keeps 'neural'.
+ENGINE_ONLY_KINDS: set[str] = set()
+
+
+def test_every_op_kind_has_one_kernel_and_every_kernel_an_op():
+    produced = {k for spec in registry.all_ops() for k in spec.engine_kinds}
+    assert produced <= set(KERNELS), produced - set(KERNELS)
+    assert set(KERNELS) - produced == ENGINE_ONLY_KINDS
+    types = {spec.neural_type for spec in registry.all_ops() if spec.neural_type is not None}
+    assert types == set(NEURAL_TYPES)
     for spec in registry.all_ops():
-        for kind in spec.engine_kinds:
-            assert kind in KINDS, (spec.name, kind)
-            with pytest.raises(Exception) as err:  # a runner exists: not "unknown kind"
-                run_op(Op("t", kind, ["x"]), [])
-            assert "unknown engine op kind" not in str(err.value)
+        assert (spec.neural_type is not None) == ("neural" in spec.engine_kinds), spec.name
         assert (spec.to_engine is None) == (not spec.engine_kinds), spec.name
     assert set(converter.SUPPORTED) == {*registry.quantized_classes(),
                                         fixedq.layers.quantizers.Dequantizer}
+
+
+def test_every_kernel_runs_is_validated_and_names_existing_targets():
+    for kind, k in KERNELS.items():
+        assert callable(k.run) and k.description, kind
+        assert set(k.targets) <= set(TARGETS), (kind, k.targets)
+        with pytest.raises(Exception) as err:  # its runner is reached: not "unknown kind"
+            run_op(Op("t", kind, ["x"]), [])
+        assert "unknown engine op kind" not in str(err.value)
+    assert set(validate.KIND_RULES) == set(KERNELS)  # .fqe validation knows every kind
+    for t in NEURAL_TYPES.values():
+        assert set(t.targets) <= set(TARGETS)
+    for name, target in TARGETS.items():  # the profiles are read from the table
+        assert target.kinds == tuple(k for k, v in KERNELS.items() if name in v.targets)
+        assert target.neural_types == tuple(t for t, v in NEURAL_TYPES.items()
+                                            if name in v.targets)
+    with pytest.raises(ValueError, match="unknown engine op kind 'nope' .op 't'.; known: "):
+        run_op(Op("t", "nope", ["x"]), [])
+    with pytest.raises(ValueError, match="unknown neural op type 'conv3d'"):
+        run_op(Op("t", "neural", ["x"], {"type": "conv3d"}), [np.zeros((1, 4), np.int64)])
 
 
 def test_register_rejects_a_second_owner():
