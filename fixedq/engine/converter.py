@@ -225,8 +225,10 @@ def convert(qmodel, target=None, fuse: bool = True) -> Model:
     if fuse:
         ops = _fuse_pools(ops, outputs)
     input_shape = tuple(input_node.output_shapes[0])
-    model = Model(ops, outputs, input_shape, input_node.dtype, qmodel.name,
-                  meta={"keras_version": keras.__version__})
+    from fixedq.engine.streaming import as_streaming  # stateful ops: a StreamingModel
+
+    model = as_streaming(Model(ops, outputs, input_shape, input_node.dtype, qmodel.name,
+                               meta={"keras_version": keras.__version__}))
     if target is not None:
         from fixedq.engine.targets import check_target
 

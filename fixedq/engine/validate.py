@@ -244,6 +244,8 @@ KIND_RULES: dict[str, tuple] = {
     "class_token": (None, ("token", "shift", "out_lo", "out_hi"), (1, 1)),
     "add_pos": (None, ("pos", "in_align", "shift", "out_lo", "out_hi"), (1, 1)),
     "extract_token": (_other_attrs({"token": _small(0, MAX_DIM)}), (), (1, 1)),
+    "buffer_conv": (_other_attrs({"kernel_size": _small(1, MAX_DIM)}),
+                    ("kernel", "bias", "multiplier", "shift", "out_lo", "out_hi"), (1, 1)),
 }
 
 
@@ -499,6 +501,11 @@ def _op_shape(rec: dict, arrays: dict, shapes: list):
     kind, a, x = rec["kind"], rec["attrs"], shapes[0] if shapes else None
     if kind == "neural":
         return _neural_shape(a, arrays, x)
+    if kind == "buffer_conv":  # (k, C, F) kernel, or depthwise (k, C)
+        k = arrays["kernel"]
+        _need(k[0] == a["kernel_size"] and k[1] == x[-1], f"kernel {list(k)} does not fit "
+              f"kernel_size {a['kernel_size']} and input {_fmt(x)}")
+        return (*x[:-1], x[-1] if a.get("depthwise") else k[-1]), None
     if kind == "gap":
         _need(len(x) in (3, 4), f"expects a rank-3 (N, steps, C) or rank-4 (N, H, W, C) input, "
               f"got {_fmt(x)}")

@@ -47,6 +47,7 @@ from fixedq.models.range_alignment import align_ranges, apply_alignment
 from fixedq.models.range_alignment import wanted as alignment_wanted
 from fixedq.models.samples import DEFAULT_NUM_SAMPLES, iter_batches, random_samples
 from fixedq.models.split_separable import split_separable
+from fixedq.models.streaming import calibrate_clips, is_streaming, streaming_quantize_options
 from fixedq.models.weight_rounding import WeightRounding, optimize_rounding
 from fixedq.ops import registry
 from fixedq.transforms import sanitize
@@ -285,6 +286,9 @@ def quantize(model, qparams: QuantizationParams | None = None, samples=None,
     Returns:
         A new Keras model made of fixedq quantized layers.
     """
+    if isinstance(model, keras.Model) and is_streaming(model):  # samples are clips
+        bias_correction, weight_rounding = streaming_quantize_options(bias_correction,
+                                                                      weight_rounding)
     plan = resolve_plan(qparams, samples, q_config, overrides, bias_correction, smooth_quant,
                         range_alignment, weight_rounding)
     run = _Run(plan, model, samples, num_samples, batch_size, epochs, verbose, calibration)
@@ -455,9 +459,10 @@ def stage_calibrate(run: _Run) -> None:
             run.samples = random_samples(float_model.inputs[0].shape, run.num_samples,
                                          uint8_like)
         bins = max(m.bins for m in methods.values()) if methods else 1024
-        stats.update(calibrate(float_model, run.samples, [p for p in needed if p in points],
-                               run.num_samples, run.batch_size, run.epochs, run.verbose,
-                               histograms, bins))
+        measure = calibrate_clips if is_streaming(float_model) else calibrate
+        stats.update(measure(float_model, run.samples, [p for p in needed if p in points],
+                             run.num_samples, run.batch_size, run.epochs, run.verbose,
+                             histograms, bins))
     if alignment is None and plan.align:
         alignment = align_ranges(graph, stats, probe_ctx, run.fused) or None
     run.stats, run.alignment = stats, alignment

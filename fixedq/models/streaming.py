@@ -95,3 +95,72 @@ def predict_clips(model: keras.Model, clips, batch_size: int = 32,
         reset_buffers(model)
         bar.close()
     return out
+
+
+def clip_batches(samples, frame_shape, num_samples: int, batch_size: int | None, epochs: int):
+    """Batches of clips ``(B, T, *frame)`` from a NumPy array of clips (frames ``(N, *frame)``
+    are one-frame clips); at most ``num_samples`` clips per epoch."""
+    arr = np.asarray(samples) if isinstance(samples, np.ndarray) else None
+    if arr is None:
+        raise TypeError("a streaming model is calibrated on clips given as a NumPy array "
+                        f"(N, T, *frame), got {type(samples).__name__}")
+    if arr.ndim == len(frame_shape):
+        arr = arr[:, None]
+    arr = check_clips(arr, frame_shape, "samples")[:num_samples]
+    bs = int(batch_size or 32)
+    for _ in range(epochs):
+        for start in range(0, len(arr), bs):
+            yield arr[start:start + bs]
+
+
+def calibrate_clips(model: keras.Model, samples, layer_names, num_samples: int,
+                    batch_size: int | None, epochs: int, verbose: bool, histograms: bool,
+                    bins: int) -> dict:
+    """:func:`fixedq.models.calibrate.calibrate` for a streaming ``model``: the samples are
+    clips, streamed frame by frame from a clean state per batch of clips; the statistics
+    cover every frame. Same arguments and result (``{name: RangeStats}``)."""
+    from fixedq.models.calibrate import RangeStats
+
+    input_name = model.inputs[0]._keras_history.operation.name
+    names = [n for n in layer_names if n != input_name]
+    probe = keras.Model(model.inputs, [model.get_layer(n).output for n in names])
+    stats: dict = {}
+    frame_shape = model.inputs[0].shape
+    passes = ("ranges", "histograms") if histograms else ("ranges",)
+    bar = Progress("calibrating (clips)", total=None, unit="frames", enabled=verbose)
+    done = 0
+    try:
+        for which in passes:
+            for clips in clip_batches(samples, frame_shape, num_samples, batch_size, epochs):
+                reset_buffers(model)
+                for t in range(clips.shape[1]):
+                    frame = clips[:, t]
+                    outs = probe.predict_on_batch(frame) if names else []
+                    outs = [outs] if len(names) == 1 else list(outs)
+                    for name, out in zip([input_name, *names], [frame, *outs], strict=True):
+                        out = np.asarray(out, np.float64)
+                        if which == "histograms":
+                            stats[name].add_histogram(out, bins)
+                        elif name not in stats:
+                            axes = tuple(range(out.ndim - 1))
+                            lo, hi = out.min(axis=axes), out.max(axis=axes)
+                            stats[name] = RangeStats(lo, hi, [hi], [-lo])
+                        else:
+                            stats[name].update(out)
+                    done += len(frame)
+                    bar.update(done)
+    finally:
+        reset_buffers(model)
+        bar.close()
+    return stats
+
+
+def streaming_quantize_options(bias_correction, weight_rounding):
+    """Bias correction and weight rounding read samples as frames: for streaming models
+    ``"auto"`` turns them off and an explicit request is a ``ValueError``."""
+    for name, value in (("bias_correction", bias_correction),
+                        ("weight_rounding", weight_rounding)):
+        if not (value is None or value is False or value == "auto"):
+            raise ValueError(f"{name}={value!r} is not supported for streaming models (it reads "
+                             "frames without their past); use None or 'auto'")
+    return None, None

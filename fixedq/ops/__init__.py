@@ -25,7 +25,8 @@ OP_MODULES = (
     "max_pooling2d", "average_pooling2d", "global_average_pooling2d",
     "global_average_pooling1d", "add", "concatenate", "reshape", "dropout",
     "attention", "shiftmax", "layer_mad_normalization", "class_token", "add_position_embs",
-    "extract_token", "output_quantizer",
+    "extract_token", "buffer_temp_conv", "depthwise_buffer_temp_conv",
+    "output_quantizer",
 )
 for _module in OP_MODULES:
     importlib.import_module(f"fixedq.ops.{_module}")

@@ -16,6 +16,7 @@ from fixedq.engine.ops import KERNELS, NEURAL_TYPES, Op, run_op
 from fixedq.engine.targets import TARGETS
 from fixedq.layers import transformers as tr
 from fixedq.layers.depthwise_conv2d_transpose import DepthwiseConv2DTranspose
+from fixedq.layers.temporal import BufferTempConv, DepthwiseBufferTempConv
 from fixedq.models import builders
 from fixedq.ops import registry
 from fixedq.transforms.graph import read_graph
@@ -36,7 +37,8 @@ LEGACY_KINDS = {
 }
 #: Ops added through the registry since (docs/architecture.md "How to add an op").
 NEW_KINDS = {L.Conv1D: "neural", L.AveragePooling2D: "avgpool",
-             L.GlobalAveragePooling1D: "gap"}
+             L.GlobalAveragePooling1D: "gap", BufferTempConv: "neural",
+             DepthwiseBufferTempConv: "neural"}
 
 
 def test_every_legacy_layer_keeps_its_kind():

@@ -37,19 +37,18 @@ def check_kernel_size(kernel_size, layer: str) -> int:
     return kernel_size
 
 
-class _FifoLayer(StreamingLayerMixin, keras.layers.Layer):
-    """A FIFO of the last ``kernel_size - 1`` input frames (shared by both temporal convs)."""
+class FifoMixin(StreamingLayerMixin):
+    """A FIFO of the last ``kernel_size - 1`` input frames (float and quantized buffer convs).
 
-    def __init__(self, kernel_size, use_bias=False, **kwargs):
-        super().__init__(**kwargs)
-        self.kernel_size = check_kernel_size(kernel_size, type(self).__name__)
-        self.use_bias = bool(use_bias)
-        self.supports_jit = False  # the batch size of the state is free
+    The quantized layers store their on-grid inputs (``v * 2^-f``, exactly the integers the
+    engine keeps in its integer FIFO).
+    """
 
     def build_fifo(self, input_shape) -> None:
         if len(input_shape) < 2 or any(d is None for d in input_shape[1:]):
             raise ValueError(f"{type(self).__name__} {self.name!r} needs frames (N, ..., C) "
                              f"with known sizes, got {tuple(input_shape)}")
+        self.supports_jit = False  # the batch size of the state is free
         self.fifo = self.add_frame_state("fifo", (self.kernel_size - 1, *input_shape[1:]))
 
     def window(self, x):
@@ -58,6 +57,15 @@ class _FifoLayer(StreamingLayerMixin, keras.layers.Layer):
         full = ops.concatenate([ops.cast(old, x.dtype), x[:, None]], axis=1)
         self.fifo.write(full[:, 1:])
         return full
+
+
+class _FifoLayer(FifoMixin, keras.layers.Layer):
+    """Base of the two float buffer convolutions."""
+
+    def __init__(self, kernel_size, use_bias=False, **kwargs):
+        super().__init__(**kwargs)
+        self.kernel_size = check_kernel_size(kernel_size, type(self).__name__)
+        self.use_bias = bool(use_bias)
 
     def get_config(self):
         return {**super().get_config(), "kernel_size": self.kernel_size,
