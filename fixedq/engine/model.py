@@ -109,8 +109,31 @@ class Model:
             plan = self._plans[op.name] = NeuralPlan(op)
         return plan
 
+    def fast_plan(self):
+        """The compiled dense path's :class:`fixedq.engine.fast.plan.FastPlan` (built once per
+        op list), or ``None`` when the compiled kernels are unavailable or disabled
+        (numba missing, ``FIXEDQ_ENGINE_COMPILED=0``)."""
+        from fixedq.engine.fast import jit
+
+        if not jit.enabled():
+            return None
+        key = tuple(id(op) for op in self.ops)
+        if getattr(self, "_fast", None) is None or self._fast[0] != key:
+            from fixedq.engine.fast.plan import FastPlan
+
+            self._fast = (key, FastPlan(self))
+        return self._fast[1]
+
     def run_batch(self, x, mode: str = "dense", stats: dict | None = None) -> list[np.ndarray]:
         """Integer outputs of one batch (no batching, no dequantization)."""
+        return self._run_batch(x, mode, stats, checked=False)
+
+    def _run_batch(self, x, mode, stats, checked) -> list[np.ndarray]:
+        fast = self.fast_plan() if mode == "dense" and stats is None else None
+        if fast is not None:
+            if not checked:
+                reject_nan(x)
+            return fast.run(x)
         tensors = {self.ops[0].name: run_op(self.ops[0], [x])}
         for i, op in enumerate(self.ops[1:], start=1):
             try:  # a crafted program fails with a ValueError naming the op, never a traceback
@@ -137,7 +160,7 @@ class Model:
                 xs[j] = xs[j] + off
         conv1d = op.kind == "neural" and bool(op.attrs.get("conv1d"))
         if conv1d:  # Conv1D runs as a conv2d over a (1, steps) image
-            _check_neural_input(op, xs[0])
+            check_neural_input(op, xs[0])
             xs[0] = xs[0][:, None]
         if stats is not None:
             events.record(stats, op, xs, mode == "event")
@@ -145,7 +168,7 @@ class Model:
             y = run_op(op, xs)
         else:
             if not conv1d:
-                _check_neural_input(op, xs[0])
+                check_neural_input(op, xs[0])
             check_transpose_size(op, xs[0])
             plan = self._plan(op)
             if mode == "event" and events.supports(op):
@@ -202,7 +225,7 @@ class Model:
         results = None
         bar = Progress(f"{self.name}: predict", total=n, unit="samples", enabled=verbose)
         for start in range(0, n, batch_size):
-            outs = self.run_batch(arr[start:start + batch_size], mode, stats)
+            outs = self._run_batch(arr[start:start + batch_size], mode, stats, True)
             if results is None:
                 results = [np.empty((n, *o.shape[1:]), dtype=np.int64) for o in outs]
             for r, o in zip(results, outs, strict=True):
@@ -263,7 +286,7 @@ def dequantize(v: np.ndarray, frac) -> np.ndarray:
     return v.astype(np.float32) * scale
 
 
-def _check_neural_input(op: Op, x: np.ndarray) -> None:
+def check_neural_input(op: Op, x: np.ndarray) -> None:
     """A neural op's input has the rank its kernel needs (and its recorded ``in_shape``)."""
     dense = op.attrs["type"] == "dense"
     want = op.attrs.get("in_shape")

@@ -1,0 +1,72 @@
+"""numba compilation of :mod:`fixedq.engine.fast.kernels` (lazy, optional, switchable).
+
+numba is an optional dependency: without it, or with the environment variable
+``FIXEDQ_ENGINE_COMPILED=0``, :func:`backend` returns ``None`` and the engine runs its NumPy
+reference kernels (same integers, slower). The first call compiles (seconds; the machine
+code is cached on disk when the package directory is writable).
+
+Example:
+    >>> import os
+    >>> from fixedq.engine.fast import jit
+    >>> jit.enabled() == (jit.backend() is not None)
+    True
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from types import SimpleNamespace
+
+from fixedq.engine.fast import kernels
+
+#: Environment variable: ``0`` (or ``false``/``no``/``off``) disables the compiled kernels.
+ENV = "FIXEDQ_ENGINE_COMPILED"
+
+#: The compiled kernels: single-threaded (numba's parallel loops lost whole scheduler quanta
+#: to the GEMM's threads on the shared 2-core machine; the plan splits batches over threads
+#: instead, the kernels release the GIL).
+NAMES = ("requant_rows", "add_rows", "affine_rows", "gap_sum", "quantize_rows",
+         "absmax_channels", "im2col", "im2col_u8", "im2col_u8x2", "requant_planes",
+         "depthwise_rows", "maxpool")
+
+
+def requested() -> bool:
+    """Whether the environment allows the compiled kernels (``FIXEDQ_ENGINE_COMPILED``).
+
+    Example:
+        >>> isinstance(requested(), bool)
+        True
+    """
+    return os.environ.get(ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def enabled() -> bool:
+    """Compiled kernels requested and numba importable."""
+    return requested() and _compiled() is not None
+
+
+def backend():
+    """The compiled kernels (a namespace of numba functions) or ``None`` (numba missing, or
+    disabled by ``FIXEDQ_ENGINE_COMPILED=0``; read on every call so tests can switch)."""
+    return _compiled() if requested() else None
+
+
+@lru_cache(maxsize=1)
+def _compiled():
+    try:
+        import numba
+    except ImportError:  # pragma: no cover - depends on the environment
+        return None
+
+    def build(cache):
+        fns = {}
+        for name in NAMES:
+            fns[name] = numba.njit(cache=cache, nogil=True, error_model="numpy")(
+                getattr(kernels, name))
+        return SimpleNamespace(**fns)
+
+    try:  # on-disk cache next to the module when writable
+        return build(True)
+    except RuntimeError:  # pragma: no cover - no writable cache location
+        return build(False)

@@ -1,0 +1,483 @@
+"""Per-model execution plan of the compiled dense path: one step per op, built once.
+
+A :class:`FastPlan` turns each op of an engine :class:`~fixedq.engine.model.Model` into a step
+that runs a compiled kernel (:mod:`fixedq.engine.fast.kernels`) when one exists for the op's
+kind and settings, and the op's NumPy reference kernel otherwise (any kind, including kinds
+added after this module: :func:`fixedq.engine.ops.run_op`). Differences from the reference
+path, none of which changes an integer:
+
+- Tensors between ops are kept in the **narrowest integer dtype** holding the producer's
+  output range ``[out_lo, out_hi]`` (uint8 after a ReLU, int8, int16, ...); a reference step
+  gets ``int64`` inputs, as before.
+- **Requantization is fused** into the kernel producing the accumulators (conv2d/dense GEMM
+  epilogue, direct depthwise kernel): bias, accumulator clip, ``shift_round(acc*M, S)`` and the
+  output clip in ``int64`` scalar arithmetic, written straight to the narrow output.
+- conv2d / dense: an im2col written directly as float32 (or float64) from the narrow input and
+  one BLAS GEMM per alignment group, under the *batch's* per-channel bound exactly as
+  :class:`fixedq.engine.kernels.NeuralPlan` proves it (float32 below 2^24, float64 below 2^53,
+  else the int64 reference).
+- depthwise (multiplier 1): a direct kernel with int32 accumulators when the batch bound is
+  below 2^31, int64 below 2^62.
+
+A step's preconditions are checked when the plan is built (shifts in ``[-62, 62]``, products
+``|acc| * M * 2^left`` below 2^63, per-channel parameter vectors, no spatial bias map) or per
+batch (bounds); whatever fails them runs the reference.
+
+Example:
+    >>> import numpy as np
+    >>> from fixedq.engine.ops import Op
+    >>> from fixedq.engine.model import Model
+    >>> ops = [Op("in", "input", [], {}, {"frac": np.array([0]), "lo": np.array([-128]),
+    ...                                   "hi": np.array([127])}),
+    ...        Op("r", "clip", ["in"], {}, {"lo": np.array([0]), "hi": np.array([6])})]
+    >>> m = Model(ops, [{"tensor": "r", "frac": [0], "name": "r"}], (None, 3))
+    >>> FastPlan(m).run(np.array([[-3.0, 2.0, 9.0]]))[0].tolist()
+    [[0, 2, 6]]
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import numpy as np
+
+from fixedq.engine import kernels as ref
+from fixedq.engine.fast import int_gemm, jit
+from fixedq.engine.ops import Op, check_transpose_size, neural_output, run_op
+
+#: Largest im2col block (elements) built at once; larger batches run in chunks.
+IM2COL_ELEMENTS = 1 << 22
+INT32_EXACT = 2**31
+INT64_SAFE = 2**62
+
+
+def narrow_dtype(lo, hi) -> np.dtype:
+    """Narrowest of uint8, int8, uint16, int16, int32, int64 holding ``[min lo, max hi]``.
+
+    Example:
+        >>> [str(narrow_dtype(*r)) for r in ((0, 255), (-128, 127), (-129, 0), (0, 2**40))]
+        ['uint8', 'int8', 'int16', 'int64']
+    """
+    lo, hi = int(np.min(lo)), int(np.max(hi))
+    for dt in (np.uint8, np.int8, np.uint16, np.int16, np.int32):
+        info = np.iinfo(dt)
+        if info.min <= lo and hi <= info.max:
+            return np.dtype(dt)
+    return np.dtype(np.int64)
+
+
+def _vec(a, c: int) -> np.ndarray | None:
+    """``a`` as a contiguous int64 vector of length ``c`` (broadcast), or ``None``."""
+    a = np.asarray(a, dtype=np.int64)
+    if a.ndim > 1 or (a.ndim == 1 and a.size not in (1, c)):
+        return None
+    return np.ascontiguousarray(np.broadcast_to(a, (c,)))
+
+
+def shift_parts(shift, c: int):
+    """Branch-free constants of ``shift_round`` (see :mod:`.kernels`): ``(left, s1, up)``
+    vectors, or ``None`` when a shift is outside ``[-62, 62]``.
+
+    Example:
+        >>> [v.tolist() for v in shift_parts(np.array([3, 0, -2]), 3)]
+        [[0, 0, 2], [2, 0, 0], [1, 0, 0]]
+    """
+    s = _vec(shift, c)
+    if s is None or np.any(s > 62) or np.any(s < -62):
+        return None
+    return (np.maximum(-s, 0), np.maximum(s - 1, 0), (s > 0).astype(np.int64))
+
+
+def _product_ok(amax: int, mult, left) -> bool:
+    """``amax * |M| * 2^left < 2^63`` for every channel (no int64 wrap in the epilogue)."""
+    top = max((int(abs(m)) << int(sh) for m, sh in zip(mult, left, strict=True)), default=0)
+    return int(amax) * top < 2**63
+
+
+class _Requant:
+    """Per-channel epilogue constants of an op with ``multiplier/shift/out_lo/out_hi``."""
+
+    def __init__(self, arrays, c: int, bias=None, acc_clip=False, acc_lo=0, acc_hi=0):
+        self.ok = False
+        mult, lo, hi = (_vec(arrays[k], c) for k in ("multiplier", "out_lo", "out_hi"))
+        parts = shift_parts(arrays["shift"], c)
+        bias = np.zeros(c, np.int64) if bias is None else _vec(bias, c)
+        if any(v is None for v in (mult, lo, hi, parts, bias)):
+            return
+        self.mult, self.lo, self.hi, self.bias = mult, lo, hi, bias
+        self.left, self.s1, self.up = parts
+        self.acc_clip, self.acc_lo, self.acc_hi = bool(acc_clip), int(acc_lo), int(acc_hi)
+        self.dtype = narrow_dtype(lo, hi)
+        self.ok = True
+
+    def args(self):
+        return (self.bias, self.acc_clip, self.acc_lo, self.acc_hi, self.mult, self.left,
+                self.s1, self.up, self.lo, self.hi)
+
+
+class _NeuralStep:
+    """conv2d / depthwise / dense with the fused epilogue; reference otherwise."""
+
+    def __init__(self, op: Op, nplan):
+        self.op, self.nplan = op, nplan
+        a, r = op.attrs, op.arrays
+        self.type = a["type"]
+        self.ref = partial(neural_output, op)
+        k = nplan.kernel
+        cout = k.shape[-1] if self.type != "depthwise" else k.shape[2] * k.shape[3]
+        self.fast = self.type in ("conv2d", "dense") or (
+            self.type == "depthwise" and k.shape[3] == 1)
+        bias = np.asarray(r["bias"], np.int64)
+        acc_lo, acc_hi = int(a["acc_lo"]), int(a["acc_hi"])
+        self.rq = _Requant(r, cout, bias if bias.ndim <= 1 else None, nplan.acc_clip,
+                           acc_lo, acc_hi)
+        if not self.rq.ok or bias.ndim > 1:
+            self.fast = False
+            return
+        top = int(a.get("accum_bound", 1 << 62)) + int(np.abs(bias).max(initial=0))
+        amax = min(top, max(abs(acc_lo), abs(acc_hi))) if nplan.acc_clip else top
+        if not _product_ok(amax, self.rq.mult, self.rq.left):
+            self.fast = False
+            return
+        self.pool = a.get("pool")
+        self.gemm = None
+        if self.type in ("conv2d", "dense"):
+            fan_in = int(np.prod(k.shape[:-1]))
+            self.int8 = bool(k.size) and int(k.min()) >= -128 and int(k.max()) <= 127 \
+                and fan_in <= int_gemm.MAX_K
+        if self.type == "depthwise":
+            kk = k[:, :, :, 0] * np.left_shift(np.int64(1), nplan.align)  # alignment folded
+            self.k64 = np.ascontiguousarray(kk)
+            self.k32 = np.ascontiguousarray(kk.astype(np.int32)) \
+                if np.abs(kk).max(initial=0) < INT32_EXACT else None
+            self.abs_k = np.abs(kk).sum(axis=(0, 1))  # per channel (exact int64)
+
+    # ------------------------------------------------------------------ execution
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        nb = jit.backend()
+        y = None
+        if self.fast and nb is not None:
+            y = self._depthwise(nb, x) if self.type == "depthwise" else self._gemm(nb, x)
+        if y is None:  # reference (also the exact int64 fallback past the float bounds)
+            x64 = x.astype(np.int64, copy=False)
+            return self.nplan.finish(self.nplan.linear(x64), self.ref)
+        if self.pool:
+            y = _maxpool(nb, y, self.pool)
+        return y
+
+    def _geometry(self, x):
+        a = self.op.attrs
+        kh, kw = self.nplan.kernel.shape[:2]
+        s, d = a["strides"], a["dilation_rate"]
+        ho, pt, _ = ref.conv_geometry(x.shape[1], kh, s[0], a["padding"], d[0])
+        wo, pl, _ = ref.conv_geometry(x.shape[2], kw, s[1], a["padding"], d[1])
+        return kh, kw, s, d, ho, wo, pt, pl
+
+    def _depthwise(self, nb, x):
+        c = x.shape[-1]
+        m = _absmax(nb, x.reshape(-1, c))
+        bound = int((self.abs_k * m).max(initial=0))
+        if bound >= INT64_SAFE:
+            return None
+        if bound < INT32_EXACT and self.k32 is not None:
+            k, z = self.k32, np.zeros(1, np.int32)
+        else:
+            k, z = self.k64, np.zeros(1, np.int64)
+        kh, kw, s, d, ho, wo, pt, pl = self._geometry(x)
+        out = np.empty((x.shape[0], ho, wo, c), self.rq.dtype)
+        nb.depthwise_rows(np.ascontiguousarray(x), k, z, s[0], s[1], d[0], d[1], pt, pl, ho, wo,
+                          *self.rq.args(), out)
+        return out
+
+    def _gemm(self, nb, x):
+        p, c = self.nplan, x.shape[-1]
+        m = _absmax(nb, x.reshape(-1, c))
+        if self.int8 and x.dtype in (np.uint8, np.int8) and int_gemm.available():
+            # every channel fed as x << (a_c - base): one uint8 plane if all fit 8 bits, else
+            # two byte planes (values up to 16 bits); wider spreads take the float path
+            base = int(self.nplan.align.min(initial=0))
+            shifts = self.nplan.align - base
+            if int(shifts.max(initial=0)) <= 16:
+                top = int((m << shifts).max(initial=0))
+                signed = x.dtype == np.int8
+                planes = 1 if top <= (127 if signed else 255) else (
+                    2 if top <= (2**15 - 1 if signed else 2**16 - 1) else 0)
+                if planes:
+                    return self._tiled(nb, x, partial(
+                        self._int_rows, shifts=np.ascontiguousarray(shifts), base=base,
+                        planes=planes, zp=128 if signed else 0))
+        groups, total = p._groups(m[p.perm].astype(np.float64))
+        if total >= ref.FLOAT64_EXACT:
+            return None
+        return self._tiled(nb, x, partial(self._gemm_rows, groups=groups))
+
+    def _tiled(self, nb, x, rows_fn):
+        """``rows_fn(nb, x4, geo)`` over the whole batch, or over batch chunks whose im2col
+        stays below :data:`IM2COL_ELEMENTS`."""
+        p, c = self.nplan, x.shape[-1]
+        if self.type == "dense":
+            lead = x.shape[:-1]
+            x4 = np.ascontiguousarray(x).reshape(1, 1, -1, c)
+            geo = (1, 1, (1, 1), (1, 1), 1, x4.shape[2], 0, 0)
+            y = rows_fn(nb, x4, geo)
+            return y.reshape(*lead, p.cout)
+        geo = self._geometry(x)
+        n, ho, wo = x.shape[0], geo[4], geo[5]
+        per = max(1, IM2COL_ELEMENTS // max(1, ho * wo * geo[0] * geo[1] * c))
+        xc = np.ascontiguousarray(x)
+        if n <= per:
+            return rows_fn(nb, xc, geo).reshape(n, ho, wo, p.cout)
+        out = np.empty((n, ho, wo, p.cout), self.rq.dtype)
+        for i in range(0, n, per):
+            part = rows_fn(nb, xc[i:i + per], geo)
+            out[i:i + per] = part.reshape(-1, ho, wo, p.cout)
+        return out
+
+    def _int_rows(self, nb, x4, geo, shifts, base, planes, zp):
+        """uint8 x int8 GEMM(s) (:mod:`.int_gemm`, one per byte plane) and the fused epilogue:
+        ``(rows, cout)``."""
+        kh, kw, s, d, ho, wo, pt, pl = geo
+        rows, c = x4.shape[0] * ho * wo, x4.shape[3]
+        if self.gemm is None:
+            k = self.nplan.kernel
+            self.gemm = int_gemm.IntGemm(k.reshape(-1, k.shape[-1]))
+        out = np.empty((rows, self.nplan.cout), self.rq.dtype)
+        geo_args = (kh, kw, s[0], s[1], d[0], d[1], pt, pl, ho, wo)
+        if planes == 1:
+            if (self.type == "dense" or (kh == kw == 1 and list(s) == [1, 1])) and zp == 0 \
+                    and not np.any(shifts) and ho == x4.shape[1] and wo == x4.shape[2]:
+                cols = x4.reshape(rows, c)  # the input itself (no copy)
+            else:
+                cols = np.empty((rows, kh * kw * c), np.uint8)
+                nb.im2col_u8(x4, shifts, zp, *geo_args, cols)
+            nb.requant_rows(self.gemm(cols, zp), base, *self.rq.args(), out)
+            return out
+        lo = np.empty((rows, kh * kw * c), np.uint8)
+        hi = np.empty_like(lo)
+        nb.im2col_u8x2(x4, shifts, zp, *geo_args, lo, hi)
+        nb.requant_planes(self.gemm(hi, zp), self.gemm(lo, 0), base, *self.rq.args(), out)
+        return out
+
+    def _gemm_rows(self, nb, x4, geo, groups):
+        """GEMM(s) over im2col rows of ``x4`` and the fused epilogue: ``(rows, cout)``."""
+        p = self.nplan
+        kh, kw, s, d, ho, wo, pt, pl = geo
+        rows = x4.shape[0] * ho * wo
+        acc, accshift = None, 0
+        for g0, g1, base, gdt in groups:
+            dt = np.float32 if gdt == "float32" else np.float64
+            chans = np.ascontiguousarray(p.perm[g0:g1])
+            scl = np.ldexp(1.0, p.sorted_align[g0:g1] - base).astype(dt)
+            cols = np.empty((rows, kh * kw * (g1 - g0)), dt)
+            nb.im2col(x4, chans, scl, kh, kw, s[0], s[1], d[0], d[1], pt, pl, ho, wo, cols)
+            part = cols @ p.kmat(g0, g1, dt)
+            if len(groups) == 1:
+                acc, accshift = part, base
+            else:
+                part = part.astype(np.float64, copy=False)
+                if base:
+                    part *= 2.0 ** base
+                if acc is None:
+                    acc = part
+                else:
+                    acc += part
+        out = np.empty((rows, p.cout), self.rq.dtype)
+        nb.requant_rows(acc, accshift, *self.rq.args(), out)
+        return out
+
+
+def _absmax(nb, x2):
+    out = np.empty(x2.shape[1], np.int64)
+    nb.absmax_channels(np.ascontiguousarray(x2), out)
+    return out
+
+
+def _maxpool(nb, y, pool):
+    size, st = tuple(pool["pool_size"]), tuple(pool["strides"])
+    ho, pt, _ = ref.conv_geometry(y.shape[1], size[0], st[0], pool["padding"])
+    wo, pl, _ = ref.conv_geometry(y.shape[2], size[1], st[1], pool["padding"])
+    out = np.empty((y.shape[0], ho, wo, y.shape[3]), y.dtype)
+    nb.maxpool(y, size[0], size[1], st[0], st[1], pt, pl, out)
+    return out
+
+
+def _rows(x):
+    """A contiguous ``(rows, C)`` view of ``x`` (channels last)."""
+    x = np.ascontiguousarray(x)
+    return x.reshape(-1, x.shape[-1]) if x.ndim > 1 else x.reshape(1, -1)
+
+
+class _Elementwise:
+    """``shift`` / ``clip`` / ``affine`` / ``add`` (two same-shape inputs) / ``gap`` / ``input``
+    through the compiled row kernels; the reference for anything else."""
+
+    def __init__(self, op: Op):
+        self.op, self.kind = op, op.kind
+        self.cache: dict[int, object] = {}
+
+    def _consts(self, c: int):
+        got = self.cache.get(c)
+        if got is None:
+            got = self.cache[c] = self._build(c)
+        return got
+
+    def _build(self, c: int):
+        r, k = self.op.arrays, self.kind
+        if k == "shift":
+            rq = _Requant({"multiplier": np.ones(1, np.int64), "shift": r["shift"],
+                           "out_lo": r["out_lo"], "out_hi": r["out_hi"]}, c)
+            return rq if rq.ok else None
+        if k == "clip":
+            rq = _Requant({"multiplier": np.ones(1, np.int64), "shift": np.zeros(1, np.int64),
+                           "out_lo": r["lo"], "out_hi": r["hi"]}, c)
+            return rq if rq.ok else None
+        if k == "gap":
+            rq = _Requant(r, c)
+            return rq if rq.ok and _product_ok(2**40, rq.mult, rq.left) else None
+        if k == "affine":
+            vs = [_vec(r[n], c) for n in ("multiplier", "offset", "out_lo", "out_hi")]
+            parts = shift_parts(r["shift"], c)
+            if any(v is None for v in vs) or parts is None:
+                return None
+            return (*vs, *parts)
+        if k == "add":
+            if len(self.op.inputs) != 2:
+                return None
+            al = [_vec(r.get(f"align{i}", 0), c) for i in range(2)]
+            vs = [_vec(r[n], c) for n in ("out_lo", "out_hi")]
+            parts = shift_parts(r["shift"], c)
+            if any(v is None for v in (*al, *vs)) or parts is None or np.any(
+                    np.concatenate(al) < 0) or np.any(np.concatenate(al) > 40):
+                return None
+            return (*al, *parts, *vs)
+        if k == "input":
+            frac = _vec(r["frac"], c)
+            lo, hi = _vec(r["lo"], c), _vec(r["hi"], c)
+            if frac is None or lo is None or hi is None or np.any(np.abs(frac) > 1000):
+                return None
+            return (np.ldexp(1.0, frac), lo.astype(np.float64), hi.astype(np.float64),
+                    narrow_dtype(lo, hi))
+        return None
+
+    def __call__(self, xs):
+        nb = jit.backend()
+        x = xs[0]
+        c = x.shape[-1] if x.ndim > 1 else x.size
+        consts = self._consts(c) if nb is not None and x.size else None
+        if consts is not None and self.kind == "add" and (
+                xs[1].shape != x.shape or x.ndim < 2):
+            consts = None
+        if consts is None:
+            if self.kind == "input":
+                return run_op(self.op, xs)
+            return run_op(self.op, [v.astype(np.int64, copy=False) for v in xs])
+        k = self.kind
+        if k == "gap":
+            x3 = np.ascontiguousarray(x).reshape(x.shape[0], -1, c)
+            acc = np.empty((x.shape[0], c), np.int64)
+            nb.gap_sum(x3, acc)
+            out = np.empty((x.shape[0], c), consts.dtype)
+            nb.requant_rows(acc, 0, *consts.args(), out)
+            return out
+        rows = _rows(x)
+        if k in ("shift", "clip"):
+            out = np.empty(rows.shape, consts.dtype)
+            nb.requant_rows(rows, 0, *consts.args(), out)
+        elif k == "affine":
+            mult, offset, lo, hi, left, s1, up = consts
+            out = np.empty(rows.shape, narrow_dtype(lo, hi))
+            nb.affine_rows(rows, mult, offset, left, s1, up, lo, hi, out)
+        elif k == "add":
+            a0, a1, left, s1, up, lo, hi = consts
+            out = np.empty(rows.shape, narrow_dtype(lo, hi))
+            nb.add_rows(rows, _rows(xs[1]), a0, a1, left, s1, up, lo, hi, out)
+        else:  # input
+            scale, lo, hi, dt = consts
+            out = np.empty(rows.shape, dt)
+            nb.quantize_rows(rows, scale, lo, hi, out)
+        return out.reshape(x.shape)
+
+
+class _Maxpool:
+    def __init__(self, op: Op):
+        self.op = op
+
+    def __call__(self, xs):
+        nb = jit.backend()
+        x = xs[0]
+        if nb is None or x.ndim != 4 or x.size == 0:
+            return run_op(self.op, [x.astype(np.int64, copy=False)])
+        return _maxpool(nb, np.ascontiguousarray(x), self.op.attrs)
+
+
+#: Kinds whose reference kernels keep any integer dtype (pure data movement).
+DTYPE_FREE = ("reshape", "permute", "identity")
+ELEMENTWISE = ("shift", "clip", "affine", "add", "gap", "input")
+
+
+class FastPlan:
+    """Steps of every op of ``model`` (built once; see the module docstring)."""
+
+    def __init__(self, model):
+        self.model = model
+        self.steps = [self._step(op) for op in model.ops]
+
+    def _step(self, op: Op):
+        if op.kind == "neural":
+            return _NeuralStep(op, self.model._plan(op))
+        if op.kind in ELEMENTWISE:
+            return _Elementwise(op)
+        if op.kind == "maxpool":
+            return _Maxpool(op)
+        if op.kind in DTYPE_FREE or (op.kind == "concat" and not any(
+                k.startswith("shift") for k in op.arrays)):
+            return partial(_reference_any_dtype, op)
+        return partial(_reference, op)
+
+    def run(self, x) -> list[np.ndarray]:
+        """Integer outputs (int64) of one batch of float (or integer-valued) inputs."""
+        from fixedq.engine.model import check_neural_input
+
+        m = self.model
+        tensors = {m.ops[0].name: self.steps[0]([x])}
+        for i, (op, step) in enumerate(zip(m.ops[1:], self.steps[1:], strict=True), start=1):
+            xs = [tensors[t] for t in op.inputs]
+            try:
+                for j in range(len(xs)):
+                    off = op.arrays.get(f"in_offset{j}")
+                    if off is not None:
+                        xs[j] = xs[j].astype(np.int64) + off
+                if op.kind == "neural":
+                    conv1d = bool(op.attrs.get("conv1d"))
+                    check_neural_input(op, xs[0])
+                    x0 = xs[0][:, None] if conv1d else xs[0]
+                    check_transpose_size(op, x0)
+                    y = step(x0)
+                    y = y[:, 0] if conv1d else y
+                else:
+                    y = step(xs)
+                off = op.arrays.get("out_offset")
+                if off is not None:
+                    y = y.astype(np.int64) - off
+            except Exception as err:
+                text = str(err)
+                if not text.startswith(f"op {op.name!r}"):
+                    text = f"op {op.name!r} ({op.kind}): {text or type(err).__name__}"
+                raise ValueError(text) from err
+            tensors[op.name] = y
+            for t in set(op.inputs):
+                if m._last_use.get(t) == i:
+                    del tensors[t]
+        outs = []
+        for o in m.outputs:
+            v = tensors[o["tensor"]].astype(np.int64)
+            outs.append(v + np.asarray(o["offset"], np.int64) if o.get("offset") else v)
+        return outs
+
+
+def _reference(op: Op, xs):
+    return run_op(op, [v.astype(np.int64, copy=False) for v in xs])
+
+
+def _reference_any_dtype(op: Op, xs):
+    return run_op(op, xs)
