@@ -304,8 +304,11 @@ def _load(fh, limits: tuple[int, int]) -> Model:
     for rec in header["ops"]:
         arrs = {key: next(values) for key in rec["arrays"]}
         ops.append(Op(rec["name"], rec["kind"], list(rec["inputs"]), dict(rec["attrs"]), arrs))
-    return Model(ops, header["outputs"], header["input_shape"], header["input_dtype"],
-                 header["name"], header.get("target"), header.get("meta"))
+    from fixedq.engine.streaming import as_streaming  # stateful ops: a StreamingModel
+
+    return as_streaming(Model(ops, header["outputs"], header["input_shape"],
+                              header["input_dtype"], header["name"], header.get("target"),
+                              header.get("meta")))
 
 
 def _read_array(zf: zipfile.ZipFile, info: zipfile.ZipInfo, ref) -> np.ndarray:

@@ -99,9 +99,9 @@ def violations(model, target: Target) -> list[str]:
         if op.kind not in target.kinds:
             problems.append(f"{where}: op kind {op.kind!r} is not supported "
                             f"(allowed: {', '.join(target.kinds)})")
-        if op.kind == "neural":
-            if op.attrs["type"] not in target.neural_types:
-                problems.append(f"{where}: {op.attrs['type']} layers are not supported")
+        if op.kind == "neural" and op.attrs["type"] not in target.neural_types:
+            problems.append(f"{where}: {op.attrs['type']} layers are not supported")
+        if op.kind in ("neural", "buffer_conv"):  # weighted kinds: weight and accumulator bits
             wb = int(op.attrs["weight_bits"])
             allowed = target.input_weight_bits if op.name in firsts else target.weight_bits
             if wb not in allowed:

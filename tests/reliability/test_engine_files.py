@@ -82,6 +82,16 @@ def _seq() -> keras.Model:
     return keras.Model(x, L.Dense(3, name="fc")(y), name="seq")
 
 
+def _stream() -> keras.Model:
+    """A streaming program: buffer convs with integer FIFOs (buffer_conv, full and depthwise)."""
+    from fixedq.layers.temporal import BufferTempConv, DepthwiseBufferTempConv
+
+    x = keras.Input((4, 4, 2), name="frame")
+    y = L.ReLU(name="r")(BufferTempConv(3, 2, use_bias=True, name="tc")(x))
+    y = DepthwiseBufferTempConv(2, name="dtc")(y)
+    return keras.Model(x, L.Dense(3, name="fc")(L.Flatten(name="f")(y)), name="stream")
+
+
 @pytest.fixture(scope="module")
 def programs(tmp_path_factory, program):
     """Every engine op kind the converter produces, over three saved programs."""
@@ -93,6 +103,11 @@ def programs(tmp_path_factory, program):
         path = tmp_path_factory.mktemp("fqe") / f"{name}.fqe"
         engine.save(path)
         out[name] = (path, engine, data[:2])
+    clips = np.random.default_rng(0).normal(size=(16, 3, 4, 4, 2)).astype("float32")
+    engine = fe.convert(fixedq.quantize(_stream(), samples=clips, verbose=False))
+    path = tmp_path_factory.mktemp("fqe") / "stream.fqe"
+    engine.save(path)
+    out["stream"] = (path, engine, clips[:2])
     return out
 
 
@@ -156,7 +171,7 @@ def _zip_regions(raw: bytes, path) -> np.ndarray:
 
 #: (byte flips, truncations, JSON header edits) per program
 FUZZ = {"tiny": (2000, 150, 1000), "cnn": (600, 40, 400), "vit": (300, 30, 250),
-        "seq": (300, 30, 250)}
+        "seq": (300, 30, 250), "stream": (300, 30, 250)}
 #: op kinds no program of the fuzz contains ('shift': an OutputQuantizer the converter only
 #: writes when a concatenation re-grids an input; crafted by hand in the tests below)
 NOT_FUZZED = {"shift"}

@@ -112,3 +112,38 @@ def test_bad_inputs(quantized):
     with pytest.raises(ValueError, match="weight_rounding=True is not supported for streaming"):
         fixedq.quantize(_stream_model(), samples=_clips(np.random.default_rng(6), 2),
                         weight_rounding=True, verbose=False)
+
+
+def test_fqe_file_round_trip_and_validation(quantized, tmp_path):
+    _, q = quantized
+    engine = fe.convert(q)
+    path = tmp_path / "stream.fqe"
+    engine.save(path)
+    loaded = fe.load(path)
+    assert isinstance(loaded, StreamingModel)
+    clips = _clips(np.random.default_rng(7), n=3)
+    np.testing.assert_array_equal(loaded.predict(clips), engine.predict(clips))
+    op = next(o for o in loaded.ops if o.name == "tconv")
+    assert op.kind == "buffer_conv" and op.attrs["kernel_size"] == 3
+    from fixedq.engine import validate
+
+    header = {"input_shape": [None, 3, 4], "ops": [
+        {"name": "x", "kind": "input", "inputs": [], "attrs": {}, "arrays": {}},
+        {"name": "t", "kind": "buffer_conv", "inputs": ["x"], "attrs": {"kernel_size": 3},
+         "arrays": {"kernel": {"shape": [3, 4, 5]}}}]}
+    assert validate.check_shapes(header)[1] == (None, 3, 5)
+    header["ops"][1]["arrays"]["kernel"]["shape"] = [2, 4, 5]  # not kernel_size frames
+    with pytest.raises(ValueError, match=r"ops\[1\] \('t', buffer_conv\): kernel \[2, 4, 5\] "
+                                         "does not fit kernel_size 3"):
+        validate.check_shapes(header)
+
+
+def test_targets_accept_buffer_conv_on_akida2_only(quantized):
+    from fixedq.engine.targets import check_target
+
+    _, q = quantized
+    engine = fe.convert(q)
+    assert check_target(engine, "akida-2.0").name == "akida-2.0"
+    with pytest.raises(ValueError, match=r"'tconv' \(buffer_conv\): op kind 'buffer_conv' is "
+                                         "not supported"):
+        check_target(engine, "akida-1.0")
