@@ -1,5 +1,5 @@
 """Model-level API: quantize, calibrate, q-config dump/apply, load_model/save_model."""
 
-from fixedq.models.streaming import predict_clips, reset_buffers
+from fixedq.models.streaming import predict_clips, reset_buffers, unroll_clips
 
-__all__ = ["predict_clips", "reset_buffers"]
+__all__ = ["predict_clips", "reset_buffers", "unroll_clips"]

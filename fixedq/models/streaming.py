@@ -164,3 +164,57 @@ def streaming_quantize_options(bias_correction, weight_rounding):
             raise ValueError(f"{name}={value!r} is not supported for streaming models (it reads "
                              "frames without their past); use None or 'auto'")
     return None, None
+
+
+@keras.saving.register_keras_serializable(package="fixedq")
+class UnrolledClips(keras.layers.Layer):
+    """Runs a streaming model over every frame of a clip inside one call (training on clips).
+
+    Each call starts from zero state and hands the state from frame to frame as tensors
+    (:func:`fixedq.layers.temporal.state.unrolled`), so gradients flow through time; the
+    streaming model's own state variables are not touched. Built by :func:`unroll_clips`.
+    """
+
+    def __init__(self, model, **kwargs):
+        super().__init__(**kwargs)
+        self.model = model
+        self.supports_jit = False
+
+    def call(self, clips, training=None):
+        from fixedq.layers.temporal.state import unrolled
+
+        with unrolled():
+            outs = [self.model(clips[:, t], training=training) for t in range(clips.shape[1])]
+        return keras.ops.stack(outs, axis=1)
+
+    def compute_output_shape(self, input_shape):
+        out = self.model.compute_output_shape((input_shape[0], *input_shape[2:]))
+        return (out[0], input_shape[1], *out[1:])
+
+    def get_config(self):
+        return {**super().get_config(),
+                "model": keras.saving.serialize_keras_object(self.model)}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["model"] = keras.saving.deserialize_keras_object(config["model"])
+        return cls(**config)
+
+
+def unroll_clips(model: keras.Model, steps: int) -> keras.Model:
+    """A model over clips ``(N, steps, *frame)`` -> ``(N, steps, ...)`` that shares the layers
+    (and weights) of streaming ``model``: ``fit`` it on clips to train the streaming model
+    through time (float training or QAT of a quantized streaming model).
+
+    Example:
+        >>> trainer = unroll_clips(qmodel, steps=8)        # doctest: +SKIP
+        >>> trainer.compile("adam", "sparse_categorical_crossentropy")  # doctest: +SKIP
+        >>> trainer.fit(clips, per_frame_labels, epochs=2)  # doctest: +SKIP
+    """
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise ValueError(f"steps must be a positive integer (frames per clip), got {steps!r}")
+    frame = tuple(model.inputs[0].shape[1:])
+    x = keras.Input((int(steps), *frame), name=f"{model.name}_clips")
+    return keras.Model(x, UnrolledClips(model, name=f"{model.name}_unrolled")(x),
+                       name=f"{model.name}_over_clips")

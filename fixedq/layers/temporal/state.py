@@ -23,8 +23,28 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+
 import numpy as np
 import tensorflow as tf
+
+#: While a clip is unrolled (:func:`unrolled`): state tensors by state, instead of variables.
+_UNROLLED: contextvars.ContextVar[dict | None] = contextvars.ContextVar("fixedq_unrolled",
+                                                                       default=None)
+
+
+@contextlib.contextmanager
+def unrolled():
+    """Within this context every :class:`FrameState` starts at zeros and passes its state as
+    tensors from frame to frame (not through its variables): a clip unrolled frame by frame
+    in one graph then back-propagates through time (QAT on clips). The variables are left
+    untouched."""
+    token = _UNROLLED.set({})
+    try:
+        yield
+    finally:
+        _UNROLLED.reset(token)
 
 
 class FrameState:
@@ -41,6 +61,11 @@ class FrameState:
     def read(self, n):
         """The state for a batch of ``n`` frames: the stored one, or zeros if it holds another
         batch size (or was reset)."""
+        env = _UNROLLED.get()
+        if env is not None:
+            if id(self) in env:
+                return env[id(self)]
+            return tf.zeros(tf.concat([[tf.cast(n, tf.int32)], self.shape], 0), self.dtype)
         n = tf.cast(n, tf.int32)
         take = tf.where(tf.equal(self.count, n), n, 0)
         stored = self.value.value()[:take]
@@ -50,6 +75,10 @@ class FrameState:
     def write(self, new) -> None:
         """Store ``new`` (batch first) as the state."""
         new = tf.convert_to_tensor(new, self.dtype)
+        env = _UNROLLED.get()
+        if env is not None:
+            env[id(self)] = new
+            return
         self.value.assign(new)
         self.count.assign(tf.shape(new)[0])
 
