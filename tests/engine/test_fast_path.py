@@ -1,0 +1,261 @@
+"""The compiled dense path (fixedq/engine/fast/) equals the NumPy reference path on every
+element: random programs of every fast kernel at worst-case magnitudes, huge and negative
+shifts, ties, dead channels, active accumulator clips, batch 1 and odd shapes, run three ways
+(reference with ``FIXEDQ_ENGINE_COMPILED=0``, compiled with the integer GEMM, compiled with the
+float BLAS GEMM)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fixedq.engine import kernels
+from fixedq.engine.fast import int_gemm, jit
+from fixedq.engine.fast.plan import FastPlan, narrow_dtype
+from fixedq.engine.model import Model
+from fixedq.engine.ops import Op
+
+RANGES = [(0, 255), (-128, 127), (-(2**15), 2**15 - 1), (0, 15), (-(2**20), 2**20)]
+
+
+def _ints(rng, lo, hi, shape):
+    return rng.integers(lo, hi + 1, shape).astype(np.int64)
+
+
+def _requant_arrays(rng, c, out, huge=False):
+    lo, hi = out
+    shift = rng.integers(-3, 62 if huge else 24, c)
+    mult = rng.integers(1, 1 << int(rng.integers(1, 17)), c)
+    return {"multiplier": mult, "shift": shift, "out_lo": np.full(c, lo), "out_hi": np.full(c, hi)}
+
+
+class Builder:
+    """Random engine programs; tracks each tensor's integer range and channel count."""
+
+    def __init__(self, rng, c, in_range):
+        self.rng, self.ops, self.n = rng, [], 0
+        lo, hi = in_range
+        self.ops.append(Op("in", "input", [], {}, {"frac": rng.integers(-2, 6, c),
+                                                  "lo": np.full(c, lo), "hi": np.full(c, hi)}))
+        self.info = {"in": (c, lo, hi)}
+
+    def name(self):
+        self.n += 1
+        return f"t{self.n}"
+
+    def out(self):
+        return RANGES[int(self.rng.integers(len(RANGES)))]
+
+    def neural(self, src, kind, cout=5, k=3, strides=(1, 1), padding="same", dilation=(1, 1),
+               pool=None, align=True, acc_bits=31, huge=False, worst=False):
+        rng = self.rng
+        c, lo, hi = self.info[src]
+        wmax = 127 if rng.random() < 0.7 else 7
+        if kind == "dense":
+            kernel = _ints(rng, -wmax - 1, wmax, (c, cout))
+        elif kind == "depthwise":
+            kernel = _ints(rng, -wmax - 1, wmax, (k, k, c, 1))
+            cout = c
+        else:
+            kernel = _ints(rng, -wmax - 1, wmax, (k, k, c, cout))
+        if worst:
+            kernel[...] = -wmax - 1
+        kernel[..., 0] = 0 if cout > 1 else kernel[..., 0]  # a dead output channel
+        arrays = {"kernel": kernel, "bias": _ints(rng, -3000, 3000, cout)}
+        out = self.out()
+        arrays.update(_requant_arrays(rng, cout, out, huge))
+        al = None
+        if align and rng.random() < 0.7:
+            al = rng.integers(0, 9, c) if rng.random() < 0.5 else np.full(c, int(
+                rng.integers(0, 4)))
+            arrays["in_align"] = al
+        mags = np.full(c, max(abs(lo), abs(hi))) << (0 if al is None else al)
+        bound = kernels.linear_bound(kernel, kind, mags)
+        # shifts that map the accumulators onto the output range (every LSB visible), a few
+        # far beyond it (huge shifts: all outputs round to 0 or the tie)
+        top = [max(1, int(bound // 4) * int(m)).bit_length() for m in arrays["multiplier"]]
+        arrays["shift"] = np.clip(np.array(top) - max(1, out[1]).bit_length()
+                                  + rng.integers(-2, 2, cout), -3, 62)
+        if huge:
+            arrays["shift"][-1] = 62
+        if acc_bits == "tight":  # the accumulator clip is active
+            acc_bits = max(4, bound.bit_length() - 2)
+        attrs = {"type": kind, "accum_dtype": kernels.exact_dtype(bound), "accum_bound": bound,
+                 "acc_lo": -(1 << acc_bits), "acc_hi": (1 << acc_bits) - 1}
+        if kind != "dense":
+            attrs.update(strides=list(strides), padding=padding, dilation_rate=list(dilation))
+        if pool:
+            attrs["pool"] = pool
+        name = self.name()
+        self.ops.append(Op(name, "neural", [src], attrs, arrays))
+        self.info[name] = (cout, *out)
+        return name
+
+    def elementwise(self, kind, srcs):
+        rng = self.rng
+        c = self.info[srcs[0]][0]
+        out = self.out()
+        lo, hi = out
+        if kind == "add":
+            arrays = {"align0": rng.integers(0, 6, c), "align1": rng.integers(0, 6, c),
+                      "shift": rng.integers(-2, 8, c)}
+        elif kind == "affine":
+            arrays = {"multiplier": rng.integers(-300, 300, c), "offset": _ints(rng, -999, 999, c),
+                      "shift": rng.integers(-2, 12, c)}
+        elif kind == "gap":
+            arrays = {"multiplier": rng.integers(1, 5000, c), "shift": rng.integers(0, 30, c)}
+        elif kind == "shift":
+            arrays = {"shift": rng.integers(-3, 63, c)}
+        else:  # clip
+            arrays = {"lo": np.full(c, lo), "hi": np.full(c, hi)}
+        if kind != "clip":
+            arrays.update(out_lo=np.full(c, lo), out_hi=np.full(c, hi))
+        name = self.name()
+        self.ops.append(Op(name, kind, list(srcs), {}, arrays))
+        self.info[name] = (c, lo, hi)
+        return name
+
+    def maxpool(self, src, size=(2, 2), strides=(2, 2), padding="valid"):
+        name = self.name()
+        self.ops.append(Op(name, "maxpool", [src], {"pool_size": list(size),
+                                                   "strides": list(strides),
+                                                   "padding": padding}))
+        self.info[name] = self.info[src]
+        return name
+
+    def model(self, outs, shape):
+        outputs = [{"tensor": t, "frac": [0] * self.info[t][0], "name": t} for t in outs]
+        return Model(self.ops, outputs, (None, *shape))
+
+
+def _inputs(rng, shape, n, mode):
+    x = rng.normal(0, 40, (n, *shape))
+    if mode == "extreme":  # saturating both ways, infinities
+        x = np.where(rng.random(x.shape) < 0.5, -1e30, 1e30)
+        x.flat[:3] = [np.inf, -np.inf, 0.0]
+    elif mode == "ties":  # halves: round half up at every frac
+        x = np.round(x * 8) / 8 + 1 / 16
+    elif mode == "sparse":
+        x[rng.random(x.shape) < 0.9] = 0.0
+    return x.astype(np.float32)
+
+
+def _three_ways(model, x, monkeypatch):
+    monkeypatch.setenv(jit.ENV, "0")
+    assert model.fast_plan() is None
+    want = model.run_batch(x)
+    monkeypatch.setenv(jit.ENV, "1")
+    got = model.run_batch(x)
+    monkeypatch.setenv(int_gemm.ENV, "0")
+    got_float = model.run_batch(x)
+    monkeypatch.delenv(int_gemm.ENV)
+    for w, g, f in zip(want, got, got_float, strict=True):
+        assert g.dtype == np.int64
+        np.testing.assert_array_equal(g, w)
+        np.testing.assert_array_equal(f, w)
+    return want
+
+
+GEOMS = [((1, 1), "same", (1, 1)), ((2, 2), "same", (1, 1)), ((1, 1), "valid", (2, 2)),
+         ((2, 1), "valid", (1, 1)), ((3, 2), "same", (1, 2))]
+POOLS = [None, {"pool_size": [2, 2], "strides": [2, 2], "padding": "valid"},
+         {"pool_size": [3, 3], "strides": [2, 2], "padding": "same"}]
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("mode", ["random", "extreme", "ties", "sparse"])
+def test_random_cnn_programs(seed, mode, monkeypatch):
+    rng = np.random.default_rng(seed)
+    c = int(rng.integers(1, 6))
+    h, w = int(rng.integers(5, 12)), int(rng.integers(4, 11))
+    b = Builder(rng, c, RANGES[seed % 3])
+    strides, padding, dil = GEOMS[seed % len(GEOMS)]
+    k = int(rng.integers(1, 4))
+    t = b.neural("in", "conv2d", cout=int(rng.integers(1, 9)), k=k, strides=strides,
+                 padding=padding, dilation=dil, pool=POOLS[seed % 3],
+                 acc_bits=31 if seed % 2 else "tight", huge=seed % 3 == 0)
+    d = b.neural(t, "depthwise", k=3, strides=(1, 1) if seed % 2 else (2, 2),
+                 acc_bits=31 if seed % 3 else "tight")
+    e = b.neural(d, "conv2d", cout=b.info[d][0], k=1)
+    s = b.elementwise("add", [d, e])
+    a = b.elementwise("affine", [s])
+    r = b.elementwise("clip", [b.elementwise("shift", [a])])
+    g = b.elementwise("gap", [r])
+    y = b.neural(g, "dense", cout=int(rng.integers(1, 12)), huge=True)
+    model = b.model([t, d, e, s, a, r, g, y], (h, w, c))
+    for n in (1, 3):
+        _three_ways(model, _inputs(rng, (h, w, c), n, mode), monkeypatch)
+
+
+@pytest.mark.parametrize("rng_in", RANGES[:3])
+def test_worst_case_magnitudes_3x3x512(rng_in, monkeypatch):
+    """Every weight at -128, every input at the range's end: the largest accumulators (and
+    the exact int64 fallback past the float bounds when aligned)."""
+    rng = np.random.default_rng(7)
+    for align in (False, True):
+        b = Builder(rng, 512, rng_in)
+        t = b.neural("in", "conv2d", cout=3, k=3, worst=True, align=align, acc_bits=40)
+        model = b.model([t], (4, 5, 512))
+        _three_ways(model, _inputs(rng, (4, 5, 512), 2, "extreme"), monkeypatch)
+
+
+def test_maxpool_op_and_narrow_dtypes(monkeypatch):
+    rng = np.random.default_rng(3)
+    b = Builder(rng, 3, (-128, 127))
+    p = b.maxpool("in", (3, 3), (2, 2), "same")
+    q = b.maxpool(p, (2, 2), (1, 1), "valid")
+    model = b.model([q], (9, 7, 3))
+    _three_ways(model, _inputs(rng, (9, 7, 3), 2, "random"), monkeypatch)
+    assert narrow_dtype(0, 255) == np.uint8 and narrow_dtype(-129, 5) == np.int16
+
+
+def test_steps_fall_back_to_reference_for_other_kinds(monkeypatch):
+    """A kind without a compiled kernel (here 'permute', 'reshape', 'concat' with shifts and
+    a three-input add) runs on its reference kernel inside the plan."""
+    rng = np.random.default_rng(5)
+    b = Builder(rng, 4, (-128, 127))
+    t = b.neural("in", "conv2d", cout=4, k=3)
+    ops = b.ops
+    ops.append(Op("perm", "permute", [t], {"dims": [2, 1, 3]}))
+    ops.append(Op("cat", "concat", ["perm", "perm"], {"axis": -1},
+                  {"shift0": np.full(4, 1), "shift1": np.full(4, 0),
+                   "out_lo": np.full(4, -100), "out_hi": np.full(4, 100)}))
+    ops.append(Op("add3", "add", ["cat", "cat", "cat"], {},
+                  {"align0": np.zeros(8, np.int64), "align1": np.ones(8, np.int64),
+                   "align2": np.zeros(8, np.int64), "shift": np.full(8, 1),
+                   "out_lo": np.full(8, -500), "out_hi": np.full(8, 500)}))
+    ops.append(Op("flat", "reshape", ["add3"], {"target_shape": [-1]}))
+    model = Model(ops, [{"tensor": "flat", "frac": [0], "name": "flat"}], (None, 6, 5, 4))
+    plan = FastPlan(model)
+    assert [type(s).__name__ for s in plan.steps][-4:] == ["partial"] * 2 + [
+        "_Elementwise", "partial"]
+    _three_ways(model, _inputs(rng, (6, 5, 4), 2, "random"), monkeypatch)
+
+
+def test_predict_same_with_and_without_compiled_kernels(monkeypatch):
+    """predict (batching, float outputs) is identical with the kernels off: the pure NumPy
+    path numba-less installs run."""
+    rng = np.random.default_rng(11)
+    b = Builder(rng, 2, (0, 255))
+    t = b.neural("in", "conv2d", cout=6, k=3, pool=POOLS[1])
+    y = b.neural(b.elementwise("gap", [t]), "dense", cout=3)
+    model = b.model([y], (8, 8, 2))
+    x = _inputs(rng, (8, 8, 2), 7, "random")
+    fast = model.predict(x, batch_size=3)
+    monkeypatch.setenv(jit.ENV, "0")
+    np.testing.assert_array_equal(model.predict(x, batch_size=3), fast)
+    with pytest.raises(ValueError, match="NaN"):
+        model.run_batch(np.full((1, 8, 8, 2), np.nan, np.float32))
+    monkeypatch.setenv(jit.ENV, "1")
+    with pytest.raises(ValueError, match="NaN"):
+        model.run_batch(np.full((1, 8, 8, 2), np.nan, np.float32))
+
+
+def test_int_gemm_self_test_is_exact():
+    assert int_gemm.available()  # onnxruntime is in the dev extra; this CPU passes
+    rng = np.random.default_rng(0)
+    b = rng.integers(-128, 128, (300, 7)).astype(np.int8)
+    a = rng.integers(0, 256, (50, 300)).astype(np.uint8)
+    g = int_gemm.IntGemm(b)
+    for zp in (0, 128):
+        np.testing.assert_array_equal(g(a, zp), (a.astype(np.int64) - zp) @ b.astype(np.int64))
