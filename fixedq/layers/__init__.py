@@ -14,6 +14,7 @@ from fixedq.layers.affine import (
 from fixedq.layers.conv1d import QuantizedConv1D
 from fixedq.layers.depthwise_conv2d_transpose import DepthwiseConv2DTranspose
 from fixedq.layers.merge import QuantizedAdd, QuantizedConcatenate
+from fixedq.layers.multiply import QuantizedMultiply
 from fixedq.layers.neural import (
     QuantizedConv2D,
     QuantizedConv2DTranspose,
@@ -21,6 +22,8 @@ from fixedq.layers.neural import (
     QuantizedDepthwiseConv2D,
     QuantizedDepthwiseConv2DTranspose,
 )
+from fixedq.layers.operators import OperationLayer, TFOpLambda
+from fixedq.layers.padding import QuantizedZeroPadding
 from fixedq.layers.params import QuantizationParams
 from fixedq.layers.pooling import (
     QuantizedAveragePooling2D,

@@ -32,10 +32,15 @@ import h5py
 import keras
 
 from fixedq.io import atomic_path
+from fixedq.layers.operators import TFOpLambda
+from fixedq.models.tf_op_lambda import rewrite_tf_op_lambdas
 
 __all__ = ["from_tf_keras", "load_model", "save_model"]
 
 _SAVE_EXTENSIONS = (".keras", ".h5")
+
+#: Classes a rewritten tf-keras config names (see :mod:`fixedq.models.tf_op_lambda`).
+TF_OP_OBJECTS = {"TFOpLambda": TFOpLambda}
 
 # Keys that tf-keras writes in layer configs and Keras 3 rejects, with the values for which
 # dropping them is exact (``None`` means any value: the key is unused by that layer).
@@ -246,6 +251,7 @@ def _clean_legacy_config(config: dict) -> bool:
     """
     changed = False
     for layer in _walk_layers(config):
+        changed |= rewrite_tf_op_lambdas(layer["config"])
         changed |= _renumber_nested_model_nodes(layer["config"])
         changed |= _unwrap_single_io(layer["config"])
         rejected = _REJECTED_KEYS.get(layer["class_name"])
@@ -271,6 +277,7 @@ def _load_legacy_h5(
 ) -> keras.Model:
     """Load a tf-keras ``.h5`` file with Keras 3, after cleaning its config if needed."""
     config = copy.deepcopy(config)
+    custom_objects = {**TF_OP_OBJECTS, **(custom_objects or {})}
     if not _clean_legacy_config(config):
         return keras.saving.load_model(
             path, custom_objects=custom_objects, compile=compile, safe_mode=safe_mode

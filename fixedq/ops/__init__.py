@@ -23,7 +23,7 @@ OP_MODULES = (
     "input_quantizer", "conv2d", "conv1d", "depthwise_conv2d", "conv2d_transpose",
     "depthwise_conv2d_transpose", "dense", "batch_normalization", "rescaling", "relu",
     "max_pooling2d", "average_pooling2d", "global_average_pooling2d",
-    "global_average_pooling1d", "add", "concatenate", "reshape", "dropout",
+    "global_average_pooling1d", "add", "multiply", "concatenate", "zero_padding", "reshape", "dropout",
     "attention", "shiftmax", "layer_mad_normalization", "class_token", "add_position_embs",
     "extract_token", "buffer_temp_conv", "depthwise_buffer_temp_conv",
     "output_quantizer",

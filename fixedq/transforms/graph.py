@@ -27,6 +27,8 @@ import keras
 import numpy as np
 from keras import tree
 
+from fixedq.layers.operators import TFOpLambda
+
 __all__ = [
     "Ref",
     "GraphNode",
@@ -289,6 +291,7 @@ def read_graph(model: keras.Model) -> Graph:
         return x
 
     nodes = []
+    shapes: dict[Ref, tuple] = {}
     for layer, index in order:
         knode = layer._inbound_nodes[index]
         if isinstance(layer, keras.layers.InputLayer):
@@ -297,19 +300,23 @@ def read_graph(model: keras.Model) -> Graph:
             args = tree.map_structure(to_ref, knode.arguments.args)
             kwargs = tree.map_structure(to_ref, knode.arguments.kwargs)
         outputs = knode.outputs
-        nodes.append(
-            GraphNode(
-                name=layer.name,
-                cls=type(layer),
-                config=layer.get_config(),
-                weights=[(w.name, np.array(w.numpy())) for w in layer.weights],
-                args=args,
-                kwargs=kwargs,
-                output_shapes=[_shape(t) for t in outputs],
-                dtype=str(outputs[0].dtype) if outputs else "float32",
-                template=layer,
-            )
+        out_shapes = [_shape(t) for t in outputs]
+        node = GraphNode(
+            name=layer.name,
+            cls=type(layer),
+            config=layer.get_config() if isinstance(layer, keras.layers.Layer) else {},
+            weights=[(w.name, np.array(w.numpy())) for w in getattr(layer, "weights", [])],
+            args=args,
+            kwargs=kwargs,
+            output_shapes=out_shapes,
+            dtype=str(outputs[0].dtype) if outputs else "float32",
+            template=layer,
         )
+        if not isinstance(layer, keras.layers.Layer) or isinstance(layer, TFOpLambda):
+            _as_layer_node(node, layer, shapes)
+        nodes.append(node)
+        for i, shape in enumerate(out_shapes):
+            shapes[Ref(layer.name, i)] = shape
 
     inputs = [to_ref(t) for t in model.inputs]
     outputs = [to_ref(t) for t in model.outputs]
@@ -321,6 +328,30 @@ def read_graph(model: keras.Model) -> Graph:
         input_structure=_structure(model, "_inputs_struct", len(inputs)),
         output_structure=_structure(model, "_outputs_struct", len(outputs)),
     )
+
+
+def _as_layer_node(node: GraphNode, op, shapes: dict) -> None:
+    """Turn an operator node (a Keras 3 operation, or a loaded tf-keras ``TFOpLambda``) into
+    the standard layer computing it (see :mod:`fixedq.transforms.operator_nodes`), or into a
+    float :class:`~fixedq.layers.operators.OperationLayer` when there is none."""
+    from fixedq.transforms import operator_nodes
+
+    def is_ref(x):
+        return isinstance(x, Ref)
+
+    if isinstance(op, TFOpLambda):
+        call = operator_nodes.describe_tf_op(op, node.refs, is_ref)
+    else:
+        call = operator_nodes.describe_operation(op, node.args, node.kwargs, is_ref)
+    found = None
+    if call is not None:
+        found = operator_nodes.layer_for(call, node.name, node.output_shapes[0], shapes, is_ref)
+    if found is None and isinstance(op, TFOpLambda):
+        return  # a float layer already
+    if found is None:
+        found = operator_nodes.operation_layer(op, node.args, node.kwargs, is_ref)
+    node.cls, node.config, node.args, node.kwargs = found.cls, found.config, found.args, {}
+    node.weights, node.template = list(found.weights), None
 
 
 def make_layer(node: GraphNode) -> keras.layers.Layer:

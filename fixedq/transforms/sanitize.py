@@ -8,6 +8,8 @@ The order matters and is fixed:
 2. :func:`~fixedq.transforms.split_activations.split_activations` - fused activations become
    their own layer, so every weighted layer is linear (the precondition of 4) and its ReLU is
    visible to 5.
+   Then :func:`~fixedq.transforms.split_keepdims.split_keepdims` - a global pooling with
+   ``keepdims=True`` becomes the pooling + a ``Reshape`` (both quantized ops).
 3. :func:`~fixedq.transforms.fold_padding.fold_padding` - ``ZeroPadding2D`` + valid conv become a
    ``"same"`` conv (independent of 4, done first so 4 sees the final conv).
 4. :func:`~fixedq.transforms.fold_batchnorm.fold_batchnorm` - BN folded into the layer before.
@@ -44,6 +46,7 @@ from fixedq.transforms.graph import Graph, build_model, read_graph
 from fixedq.transforms.reorder_relu_maxpool import reorder_relu_maxpool
 from fixedq.transforms.report import Change, SanitizeReport
 from fixedq.transforms.split_activations import split_activations
+from fixedq.transforms.split_keepdims import split_keepdims
 
 __all__ = ["REWRITES", "sanitize"]
 
@@ -52,6 +55,7 @@ Rewrite = Callable[[Graph], list[Change]]
 REWRITES: tuple[Rewrite, ...] = (
     canonicalize_layers,
     split_activations,
+    split_keepdims,
     fold_padding,
     fold_batchnorm,
     reorder_relu_maxpool,

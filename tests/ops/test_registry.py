@@ -38,7 +38,8 @@ LEGACY_KINDS = {
 #: Ops added through the registry since (docs/architecture.md "How to add an op").
 NEW_KINDS = {L.Conv1D: "neural", L.AveragePooling2D: "avgpool",
              L.GlobalAveragePooling1D: "gap", BufferTempConv: "neural",
-             DepthwiseBufferTempConv: "neural"}
+             DepthwiseBufferTempConv: "neural", L.Multiply: "mul", L.ZeroPadding2D: "pad",
+             L.ZeroPadding1D: "pad"}
 
 
 def test_every_legacy_layer_keeps_its_kind():
@@ -48,7 +49,7 @@ def test_every_legacy_layer_keeps_its_kind():
     matched = {c for s in registry.all_ops() for c in s.float_layers}
     assert matched == set(LEGACY_KINDS) | set(NEW_KINDS)
     assert builders.REQUANTIZING == {"neural", "affine", "gap", "add", "attention", "madnorm",
-                                     "class_token", "add_pos", "avgpool"}
+                                     "class_token", "add_pos", "avgpool", "mul"}
 
 
 def test_config_conditions_fall_back():

@@ -50,15 +50,18 @@ def program(tmp_path_factory):
 
 
 def _cnn() -> keras.Model:
-    """Transposed conv (+ fused pool), BN (affine), ReLU6-like clip, depthwise, add, concat,
+    """Transposed conv (+ fused pool), BN (affine), ReLU6-like clip, zero padding, depthwise,
+    add, multiply, concat,
     max-pool, permute, average pooling ('same'), GAP, dropout (identity), dense."""
     x = keras.Input((6, 6, 2), name="img")
     a = L.ReLU(name="r1")(L.BatchNormalization(name="bn")(L.Conv2D(4, 3, padding="same",
                                                                    name="c1")(x)))
     b = L.MaxPooling2D(name="mp")(L.Conv2DTranspose(4, 3, strides=2, padding="same",
                                                     name="up")(a))
-    c = L.DepthwiseConv2D(3, padding="same", depth_multiplier=2, name="dw")(x)
-    s = L.Concatenate(name="cat")([L.Add(name="add")([b, c]), L.Conv2D(2, 1, name="c2")(x)])
+    c = L.DepthwiseConv2D(3, depth_multiplier=2, name="dw")(
+        L.ZeroPadding2D(((2, 0), (0, 2)), name="pad")(x))  # not 'same': a pad op
+    m = L.Multiply(name="mul")([L.Add(name="add")([b, c]), c])
+    s = L.Concatenate(name="cat")([m, L.Conv2D(2, 1, name="c2")(x)])
     s = L.MaxPooling2D(name="mp2")(L.ReLU(name="r2")(L.BatchNormalization(name="bn2")(s)))
     p = L.ReLU(max_value=2.0, name="r3")(L.Permute((2, 1, 3), name="perm")(s))
     p = L.AveragePooling2D(2, 1, padding="same", name="avg")(p)
