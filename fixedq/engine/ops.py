@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fixedq.engine import buffer_conv, kernels, transformer_ops
+from fixedq.engine import buffer_conv, kernels, recurrent, transformer_ops
 from fixedq.tensors.rounding import quantize_input, requantize, shift_round
 
 
@@ -319,6 +319,8 @@ KERNELS: dict[str, Kernel] = {
     "extract_token": Kernel("select one token (eq. 34)", transformer_ops.run_extract_token),
     "buffer_conv": Kernel("temporal conv over an integer FIFO of the last k frames + requantize "
                           "(streaming state, eq. 40)", buffer_conv.run_first_frame, _AKIDA2),
+    "recurrent": Kernel("complex diagonal recurrence with integer states, output Re(s) "
+                        "(streaming state, eq. 41)", recurrent.run_first_frame, _AKIDA2),
 }
 
 #: The ``type`` attribute of a ``neural`` op: one :class:`NeuralType` per type.

@@ -35,12 +35,13 @@ from __future__ import annotations
 import numpy as np
 
 from fixedq.engine.buffer_conv import buffer_conv_step
+from fixedq.engine.recurrent import recurrent_step
 from fixedq.engine.model import Model, dequantize
 from fixedq.engine.ops import Op, aligned_input, reject_nan
 from fixedq.progress import Progress
 
 #: Stateful op kinds (their kernels are in :data:`fixedq.engine.ops.KERNELS`).
-KINDS = ("buffer_conv",)
+KINDS = ("buffer_conv", "recurrent")
 
 
 def _record(stats: dict, op: Op, x: np.ndarray, fifo_nonzero: np.ndarray) -> None:
@@ -55,6 +56,17 @@ def _record(stats: dict, op: Op, x: np.ndarray, fifo_nonzero: np.ndarray) -> Non
     entry["sparsity"] = 1.0 - entry["events"] / entry["inputs"] if entry["inputs"] else 0.0
     entry["synops"] += int(fifo_nonzero) * outs
     entry["dense_macs"] += int(x.size) * k * outs
+
+
+def _record_recurrent(stats: dict, op: Op, x: np.ndarray) -> None:
+    """A recurrence updates every state each frame: 4 multiplies per value."""
+    entry = stats.setdefault(op.name, {"events": 0, "inputs": 0, "synops": 0, "dense_macs": 0,
+                                       "event_driven": False, "event_kernel": None})
+    entry["events"] += int(np.count_nonzero(x))
+    entry["inputs"] += int(x.size)
+    entry["sparsity"] = 1.0 - entry["events"] / entry["inputs"] if entry["inputs"] else 0.0
+    entry["synops"] += 4 * int(x.size)
+    entry["dense_macs"] += 4 * int(x.size)
 
 
 class StreamingModel(Model):
@@ -86,6 +98,14 @@ class StreamingModel(Model):
         if off is not None:
             x = x + off
         x = aligned_input(op, x)
+        if op.kind == "recurrent":
+            state = self.states.get(op.name)
+            y, new = recurrent_step(op, x, state)
+            if stats is not None:
+                _record_recurrent(stats, op, x)
+            self.states[op.name] = new
+            out_off = op.arrays.get("out_offset")
+            return y if out_off is None else y - out_off
         want = op.attrs.get("frame_shape")
         if want is not None and list(x.shape[1:]) != list(want):
             raise ValueError(f"op {op.name!r} (buffer_conv) expects frames of shape "

@@ -257,6 +257,9 @@ KIND_RULES: dict[str, tuple] = {
     "extract_token": (_other_attrs({"token": _small(0, MAX_DIM)}), (), (1, 1)),
     "buffer_conv": (_other_attrs({"kernel_size": _small(1, MAX_DIM)}),
                     ("kernel", "bias", "multiplier", "shift", "out_lo", "out_hi"), (1, 1)),
+    "recurrent": (_other_attrs({"coef_frac": _small(0, 62)}),
+                  ("a_re", "a_im", "in_shift", "out_shift", "state_hi", "out_lo", "out_hi"),
+                  (1, 1)),
 }
 
 

@@ -25,7 +25,7 @@ OP_MODULES = (
     "max_pooling2d", "average_pooling2d", "global_average_pooling2d",
     "global_average_pooling1d", "add", "multiply", "concatenate", "zero_padding", "reshape", "dropout",
     "attention", "shiftmax", "layer_mad_normalization", "class_token", "add_position_embs",
-    "extract_token", "buffer_temp_conv", "depthwise_buffer_temp_conv",
+    "extract_token", "buffer_temp_conv", "depthwise_buffer_temp_conv", "stateful_recurrent",
     "output_quantizer",
 )
 for _module in OP_MODULES:

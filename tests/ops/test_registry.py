@@ -16,7 +16,7 @@ from fixedq.engine.ops import KERNELS, NEURAL_TYPES, Op, run_op
 from fixedq.engine.targets import TARGETS
 from fixedq.layers import transformers as tr
 from fixedq.layers.depthwise_conv2d_transpose import DepthwiseConv2DTranspose
-from fixedq.layers.temporal import BufferTempConv, DepthwiseBufferTempConv
+from fixedq.layers.temporal import BufferTempConv, DepthwiseBufferTempConv, StatefulRecurrent
 from fixedq.models import builders
 from fixedq.ops import registry
 from fixedq.transforms.graph import read_graph
@@ -38,7 +38,8 @@ LEGACY_KINDS = {
 #: Ops added through the registry since (docs/architecture.md "How to add an op").
 NEW_KINDS = {L.Conv1D: "neural", L.AveragePooling2D: "avgpool",
              L.GlobalAveragePooling1D: "gap", BufferTempConv: "neural",
-             DepthwiseBufferTempConv: "neural", L.Multiply: "mul", L.ZeroPadding2D: "pad",
+             DepthwiseBufferTempConv: "neural", StatefulRecurrent: "recurrent",
+             L.Multiply: "mul", L.ZeroPadding2D: "pad",
              L.ZeroPadding1D: "pad"}
 
 
@@ -49,7 +50,8 @@ def test_every_legacy_layer_keeps_its_kind():
     matched = {c for s in registry.all_ops() for c in s.float_layers}
     assert matched == set(LEGACY_KINDS) | set(NEW_KINDS)
     assert builders.REQUANTIZING == {"neural", "affine", "gap", "add", "attention", "madnorm",
-                                     "class_token", "add_pos", "avgpool", "mul"}
+                                     "class_token", "add_pos", "avgpool", "mul",
+                                     "recurrent"}
 
 
 def test_config_conditions_fall_back():

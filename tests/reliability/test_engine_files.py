@@ -86,12 +86,18 @@ def _seq() -> keras.Model:
 
 
 def _stream() -> keras.Model:
-    """A streaming program: buffer convs with integer FIFOs (buffer_conv, full and depthwise)."""
-    from fixedq.layers.temporal import BufferTempConv, DepthwiseBufferTempConv
+    """A streaming program: buffer convs with integer FIFOs (buffer_conv, full and depthwise)
+    and a recurrence with integer states (recurrent)."""
+    from fixedq.layers.temporal import (
+        BufferTempConv,
+        DepthwiseBufferTempConv,
+        StatefulRecurrent,
+    )
 
     x = keras.Input((4, 4, 2), name="frame")
     y = L.ReLU(name="r")(BufferTempConv(3, 2, use_bias=True, name="tc")(x))
     y = DepthwiseBufferTempConv(2, name="dtc")(y)
+    y = StatefulRecurrent(name="ssm")(y)
     return keras.Model(x, L.Dense(3, name="fc")(L.Flatten(name="f")(y)), name="stream")
 
 

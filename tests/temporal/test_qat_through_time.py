@@ -61,3 +61,21 @@ def test_qat_through_time_improves_and_stays_bit_exact():
     assert not np.array_equal(q.get_layer("tc").get_weights()[0], weights)
     assert trainer.evaluate(clips, labels, verbose=0) < before
     np.testing.assert_array_equal(fe.convert(q).predict(clips), predict_clips(q, clips))
+
+
+def test_recurrent_qat_gradient_reaches_both_eigenvalue_parts():
+    from fixedq.layers.temporal import StatefulRecurrent
+
+    x = keras.Input((2, 2, 3))
+    rec = StatefulRecurrent(name="ssm")
+    model = keras.Model(x, L.Dense(2)(L.Flatten()(rec(x))))
+    rec.set_weights([np.array([0.8, 0.5, -0.3], "float32"),
+                     np.array([0.4, -0.6, 0.7], "float32")])
+    clips = np.random.default_rng(2).normal(size=(4, 4, 2, 2, 3)).astype("float32")
+    q = fixedq.quantize(model, samples=clips, verbose=False)
+    trainer = unroll_clips(q, 4)
+    layer = q.get_layer("ssm")
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(trainer(tf.constant(clips), training=True)[:, -1] ** 2)
+    g_re, g_im = tape.gradient(loss, [layer.a_real.value, layer.a_imag.value])
+    assert np.all(np.asarray(g_re) != 0) and np.all(np.asarray(g_im) != 0)

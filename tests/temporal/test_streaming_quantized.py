@@ -147,3 +147,67 @@ def test_targets_accept_buffer_conv_on_akida2_only(quantized):
     with pytest.raises(ValueError, match=r"'tconv' \(buffer_conv\): op kind 'buffer_conv' is "
                                          "not supported"):
         check_target(engine, "akida-1.0")
+
+
+def _recurrent_model():
+    from fixedq.layers.temporal import StatefulRecurrent
+
+    x = keras.Input((3, 3, 2))
+    y = L.Conv2D(4, 1, name="c")(x)
+    y = StatefulRecurrent(name="ssm")(y)
+    y = L.ReLU()(y)
+    y = BufferTempConv(3, 2, name="tc")(y)
+    return keras.Model(x, L.Dense(2, name="fc")(L.Flatten()(y)))
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_stateful_recurrent_quantized_bit_exact(bits, tmp_path):
+    from fixedq.layers.temporal.quantized_recurrent import QuantizedStatefulRecurrent
+
+    rng = np.random.default_rng(8)
+    model = _recurrent_model()
+    model.get_layer("ssm").set_weights([np.array([0.9, 0.5, -0.7, 0.0], "float32"),
+                                        np.array([0.3, -0.8, 0.6, 0.99], "float32")])
+    clips = rng.normal(size=(8, 12, 3, 3, 2)).astype("float32")
+    q = fixedq.quantize(model, fixedq.QuantizationParams(weight_bits=bits,
+                                                         activation_bits=bits),
+                        samples=clips, verbose=False)
+    assert isinstance(q.get_layer("ssm"), QuantizedStatefulRecurrent)
+    want = predict_clips(q, clips)
+    engine = fe.convert(q)
+    np.testing.assert_array_equal(engine.predict(clips), want)
+    np.testing.assert_array_equal(engine.predict(clips * 40), predict_clips(q, clips * 40))
+    engine.save(tmp_path / "r.fqe")
+    np.testing.assert_array_equal(fe.load(tmp_path / "r.fqe").predict(clips), want)
+    if bits == 8:  # 16-bit states: close to the float recurrence
+        ref = predict_clips(model, clips)
+        assert np.max(np.abs(want - ref)) < 0.15 * np.max(np.abs(ref))
+
+
+def test_quantized_recurrent_state_tracks_the_integer_reference():
+    """The Keras state equals eq. 41 computed with Python integers."""
+    from fixedq.tensors.rounding import shift_round
+
+    rng = np.random.default_rng(9)
+    model = _recurrent_model()
+    model.get_layer("ssm").set_weights([np.array([0.95, 0.2, -0.5, 0.7], "float32"),
+                                        np.array([0.2, 0.9, 0.5, -0.6], "float32")])
+    clips = rng.normal(size=(4, 6, 3, 3, 2)).astype("float32")
+    q = fixedq.quantize(model, samples=clips, verbose=False)
+    layer = q.get_layer("ssm")
+    p = layer.integer_params()
+    probe = keras.Model(q.inputs, [q.get_layer("c").output, layer.output])
+    reset_buffers(q)
+    s_re = s_im = np.zeros((4, 3, 3, 4), np.int64)
+    f_in = layer.input_spec0.max_frac
+    for t in range(6):
+        u_f, y_f = (np.asarray(a, np.float64) for a in probe.predict_on_batch(clips[:, t]))
+        u = np.round(u_f * 2.0**f_in).astype(np.int64)
+        n_re = np.clip(shift_round(p["a_re"] * s_re - p["a_im"] * s_im, p["coef_frac"])
+                       + shift_round(u, p["in_shift"]), -p["state_hi"], p["state_hi"])
+        n_im = np.clip(shift_round(p["a_re"] * s_im + p["a_im"] * s_re, p["coef_frac"]),
+                       -p["state_hi"], p["state_hi"])
+        s_re, s_im = n_re, n_im
+        y = np.clip(shift_round(s_re, p["out_shift"]), p["out_lo"], p["out_hi"])
+        np.testing.assert_array_equal(y_f * 2.0**layer.output_spec.frac_array(4), y)
+    reset_buffers(q)

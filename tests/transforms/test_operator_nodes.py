@@ -113,3 +113,21 @@ def test_operation_layer_refuses_a_non_keras_module():
     with pytest.raises(ValueError, match="must be a Keras module"):
         OperationLayer({"module": "os", "class_name": "system", "config": {}},
                        {"args": [], "kwargs": {}})
+
+
+def test_dynamic_spatial_size_is_pinned_not_a_crash():
+    """``(None, None, 3)`` with asymmetric padding, a keepdims mean and a broadcast product:
+    quantize pins the size-dependent mean to the samples' size (a warning naming it)."""
+    x = keras.Input((None, None, 3))
+    f = L.Conv2D(6, 3, strides=2)(L.ZeroPadding2D(((0, 1), (0, 1)))(x))
+    y = f * L.Conv2D(6, 1)(ops.mean(f, axis=(1, 2), keepdims=True))
+    model = keras.Model(x, L.GlobalAveragePooling2D()(y))
+    samples = np.random.default_rng(3).uniform(0, 255, (16, 16, 16, 3)).astype("float32")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        q = fixedq.quantize(model, fixedq.QuantizationParams(), samples)
+    pinned = [str(w.message) for w in caught if "dynamic dimensions" in str(w.message)]
+    assert len(pinned) == 1 and "'mean'" in pinned[0], pinned
+    assert tuple(q.inputs[0].shape) == (None, 16, 16, 3)
+    np.testing.assert_array_equal(fe.convert(q).predict(samples[:4]),
+                                  q.predict(samples[:4], verbose=0))
