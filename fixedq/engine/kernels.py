@@ -343,8 +343,11 @@ class NeuralPlan:
         self.acc_lo, self.acc_hi = float(a["acc_lo"]), float(a["acc_hi"])
         amax = min(top, max(abs(int(a["acc_lo"])), abs(int(a["acc_hi"])))) if self.acc_clip \
             else top
+        # float64 requantization is eq. 5's half-up rounding: other rules (eq. 5b, imported
+        # programs) run the reference tail
         self.float_requant = bool(np.all(mult >= 0)) and float_requant_ok(amax, mult, shift) \
-            and top < FLOAT64_EXACT and max(abs(a["acc_lo"]), abs(a["acc_hi"])) < FLOAT64_EXACT
+            and top < FLOAT64_EXACT and max(abs(a["acc_lo"]), abs(a["acc_hi"])) < FLOAT64_EXACT \
+            and a.get("rounding", "half_up") == "half_up"
         self.scale = mult.astype(np.float64) * np.ldexp(1.0, -shift)
         # without an accumulator clip, (acc + b)*scale + 1/2 == acc*scale + (b*scale + 1/2):
         # b*scale + 1/2 and acc*scale are exact and so is their sum (see requant)

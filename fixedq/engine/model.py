@@ -112,10 +112,12 @@ class Model:
     def fast_plan(self):
         """The compiled dense path's :class:`fixedq.engine.fast.plan.FastPlan` (built once per
         op list), or ``None`` when the compiled kernels are unavailable or disabled
-        (numba missing, ``FIXEDQ_ENGINE_COMPILED=0``)."""
+        (numba missing, ``FIXEDQ_ENGINE_COMPILED=0``), or when an op needs the reference
+        kernels: a rounding rule other than half up (eq. 5b) or rescaled add inputs (imported
+        programs, :mod:`fixedq.interop`)."""
         from fixedq.engine.fast import jit
 
-        if not jit.enabled():
+        if not jit.enabled() or any(_reference_only(op) for op in self.ops):
             return None
         key = tuple(id(op) for op in self.ops)
         if getattr(self, "_fast", None) is None or self._fast[0] != key:
@@ -278,6 +280,12 @@ class Model:
 
     def __repr__(self) -> str:
         return f"<fixedq.engine.Model {self.name!r}: {len(self.ops)} ops>"
+
+
+def _reference_only(op: Op) -> bool:
+    """Whether ``op`` runs on the reference kernels only (the compiled path rounds half up)."""
+    return op.attrs.get("rounding", "half_up") != "half_up" or (
+        op.kind == "add" and any(k.startswith("multiplier") for k in op.arrays))
 
 
 def dequantize(v: np.ndarray, frac) -> np.ndarray:

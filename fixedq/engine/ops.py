@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fixedq.engine import buffer_conv, kernels, recurrent, transformer_ops
-from fixedq.tensors.rounding import quantize_input, requantize, shift_round
+from fixedq.engine import buffer_conv, kernels, transformer_ops
+from fixedq.tensors.rounding import DEFAULT_ROUNDING, quantize_input, requantize, shift_round
 
 
 @dataclass
@@ -113,10 +113,18 @@ def aligned_input(op: Op, x: np.ndarray) -> np.ndarray:
     return np.left_shift(x, align)
 
 
-def fast_requantize(acc, multiplier, shift, lo, hi) -> np.ndarray:
+def rounding_of(op: Op) -> str:
+    """The op's requantization rounding rule (eq. 5b; attr ``rounding``, default half up)."""
+    return op.attrs.get("rounding", DEFAULT_ROUNDING)
+
+
+def fast_requantize(acc, multiplier, shift, lo, hi, rounding=DEFAULT_ROUNDING) -> np.ndarray:
     """:func:`fixedq.tensors.rounding.requantize` (eq. 7) with in-place int64 steps when every
-    shift is a right shift (identical results, less memory traffic)."""
+    shift is a right shift (identical results, less memory traffic); other rounding rules than
+    the default run the reference."""
     shift = np.asarray(shift, dtype=np.int64)
+    if rounding != DEFAULT_ROUNDING:
+        return requantize(acc, multiplier, shift, lo, hi, rounding)
     if np.any(shift < 0) or np.any(shift > 62):  # int64 shifts by >= 64 are not defined
         return requantize(acc, multiplier, shift, lo, hi)  # (files from before eq. 13b's cap)
     prod = np.multiply(acc, multiplier, dtype=np.int64)
@@ -138,7 +146,7 @@ def neural_output(op: Op, acc_linear: np.ndarray) -> np.ndarray:
     if top > a["acc_hi"] or -top < a["acc_lo"]:  # saturation can happen: apply it
         np.clip(acc, a["acc_lo"], a["acc_hi"], out=acc)
     y = fast_requantize(acc, op.arrays["multiplier"], op.arrays["shift"], op.arrays["out_lo"],
-                        op.arrays["out_hi"])
+                        op.arrays["out_hi"], rounding_of(op))
     pool = a.get("pool")
     if pool:
         y = kernels.max_pool2d(y, tuple(pool["pool_size"]), tuple(pool["strides"]),
@@ -174,48 +182,43 @@ def _run_input(op: Op, xs):
 def _run_affine(op: Op, xs):
     r = op.arrays
     v = xs[0] * r["multiplier"] + r["offset"]
-    return np.clip(shift_round(v, r["shift"]), r["out_lo"], r["out_hi"])
+    return np.clip(shift_round(v, r["shift"], rounding_of(op)), r["out_lo"], r["out_hi"])
 
 
 def _run_gap(op: Op, xs):
     r = op.arrays
     acc = xs[0].sum(axis=tuple(range(1, xs[0].ndim - 1)))  # (N, H, W, C) or (N, steps, C)
-    return requantize(acc, r["multiplier"], r["shift"], r["out_lo"], r["out_hi"])
+    return requantize(acc, r["multiplier"], r["shift"], r["out_lo"], r["out_hi"],
+                      rounding_of(op))
 
 
 def _run_avgpool(op: Op, xs):
     a, r = op.attrs, op.arrays
     acc = kernels.avg_pool_sum(xs[0], tuple(a["pool_size"]), tuple(a["strides"]),
                                a["padding"])
-    return requantize(acc, r["multiplier"], r["shift"], r["out_lo"], r["out_hi"])
+    return requantize(acc, r["multiplier"], r["shift"], r["out_lo"], r["out_hi"],
+                      rounding_of(op))
 
 
 def _run_add(op: Op, xs):
-    r = op.arrays
+    """Eq. 27: aligned exact sum + rounding shift. Imported programs (TFLite ADD) may rescale
+    each aligned input first (``multiplier_in<i>``, ``shift_in<i>``) and the sum with
+    ``multiplier`` (eq. 7 with the op's rounding rule instead of a plain shift)."""
+    r, rule = op.arrays, rounding_of(op)
     acc = None
     for i, x in enumerate(xs):
         v = np.left_shift(x, r[f"align{i}"])
+        if f"multiplier_in{i}" in r:
+            v = requantize(v, r[f"multiplier_in{i}"], r[f"shift_in{i}"], -(2**62), 2**62, rule)
         acc = v if acc is None else acc + v
-    return np.clip(shift_round(acc, r["shift"]), r["out_lo"], r["out_hi"])
-
-
-def _run_mul(op: Op, xs):
-    """Eq. 46: exact product of two broadcast tensors, rounding shift, clip."""
-    r = op.arrays
-    return np.clip(shift_round(xs[0] * xs[1], r["shift"]), r["out_lo"], r["out_hi"])
-
-
-def _run_pad(op: Op, xs):
-    """Zero padding of the spatial axes (``pads`` = [[top, bottom], [left, right]], or
-    [[before, after]] for steps). An asymmetric input arrives as ``v`` (its offset added
-    before the op), so the zeros are zeros of ``v``."""
-    pads = [(0, 0), *(tuple(p) for p in op.attrs["pads"]), (0, 0)]
-    return np.pad(xs[0], pads, constant_values=0)
+    if "multiplier" in r:
+        return requantize(acc, r["multiplier"], r["shift"], r["out_lo"], r["out_hi"], rule)
+    return np.clip(shift_round(acc, r["shift"], rule), r["out_lo"], r["out_hi"])
 
 
 def _run_shift(op: Op, xs):
     r = op.arrays
-    return np.clip(shift_round(xs[0], r["shift"]), r["out_lo"], r["out_hi"])
+    return np.clip(shift_round(xs[0], r["shift"], rounding_of(op)), r["out_lo"], r["out_hi"])
 
 
 def _run_concat(op: Op, xs):
@@ -223,7 +226,8 @@ def _run_concat(op: Op, xs):
     parts = []
     for i, x in enumerate(xs):
         if f"shift{i}" in r:
-            x = np.clip(shift_round(x, r[f"shift{i}"]), r["out_lo"], r["out_hi"])
+            x = np.clip(shift_round(x, r[f"shift{i}"], rounding_of(op)), r["out_lo"],
+                        r["out_hi"])
         parts.append(x)
     return np.concatenate(parts, axis=op.attrs["axis"])
 
@@ -296,9 +300,6 @@ KERNELS: dict[str, Kernel] = {
     "avgpool": Kernel("average pooling: exact window sum + requantize by 1/count",
                       _run_avgpool, _AKIDA2),
     "add": Kernel("aligned exact sum + rounding shift", _run_add, _AKIDA2),
-    "mul": Kernel("exact elementwise product (broadcasting) + rounding shift (eq. 46)",
-                  _run_mul, _AKIDA2),
-    "pad": Kernel("zero padding of the spatial axes", _run_pad, _AKIDA2),
     "shift": Kernel("rounding shift + clip (OutputQuantizer)", _run_shift, _AKIDA2),
     "concat": Kernel("concatenation (optionally re-gridded inputs)", _run_concat, _AKIDA2),
     "clip": Kernel("ReLU as an integer clip", _run_clip, _AKIDA),
@@ -319,8 +320,6 @@ KERNELS: dict[str, Kernel] = {
     "extract_token": Kernel("select one token (eq. 34)", transformer_ops.run_extract_token),
     "buffer_conv": Kernel("temporal conv over an integer FIFO of the last k frames + requantize "
                           "(streaming state, eq. 40)", buffer_conv.run_first_frame, _AKIDA2),
-    "recurrent": Kernel("complex diagonal recurrence with integer states, output Re(s) "
-                        "(streaming state, eq. 41)", recurrent.run_first_frame, _AKIDA2),
 }
 
 #: The ``type`` attribute of a ``neural`` op: one :class:`NeuralType` per type.

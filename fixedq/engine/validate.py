@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fixedq.engine.ops import KERNELS, NEURAL_TYPES
+from fixedq.tensors.rounding import ROUNDINGS
 
 #: Array encodings of the file format (``int4x2``: two signed 4-bit values per byte).
 ENCODINGS = {"int4x2": np.dtype(np.uint8), "int8": np.dtype(np.int8),
@@ -132,6 +133,8 @@ def _spec_attrs(a: dict, where: str) -> None:
             check_str(s, f"{where}.layers[{i}]")
     if "type" in a:
         check_str(a["type"], f"{where}.type")
+    if "rounding" in a:  # eq. 5b: only the requantizing kinds take it (absent: half up)
+        check_str(a["rounding"], f"{where}.rounding", ROUNDINGS)
     if "weight_bits" in a:  # the summary shows it with accum_dtype
         check_int(a["weight_bits"], f"{where}.weight_bits", 1, 64)
         check_str(a.get("accum_dtype"), f"{where}.accum_dtype", ACCUM_DTYPES)
@@ -209,15 +212,6 @@ def _dims(v, where: str) -> None:
         raise _bad(where, "a permutation of 1..rank", v)
 
 
-def _pads(v, where: str) -> None:
-    if not isinstance(v, list) or not 1 <= len(v) <= 2:
-        raise _bad(where, "[[before, after]] per spatial axis (1 or 2 axes)", v)
-    for i, p in enumerate(v):
-        check_ints(p, f"{where}[{i}]", 0, MAX_DIM, max_len=2)
-        if len(p) != 2:
-            raise _bad(f"{where}[{i}]", "[before, after]", p)
-
-
 def _small(lo: int, hi: int):
     return lambda v, where: check_int(v, where, lo, hi)
 
@@ -236,8 +230,6 @@ KIND_RULES: dict[str, tuple] = {
     "affine": (None, ("multiplier", "shift", "offset", "out_lo", "out_hi"), (1, 1)),
     "gap": (None, ("multiplier", "shift", "out_lo", "out_hi"), (1, 1)),
     "add": (None, ("shift", "out_lo", "out_hi", "align{i}"), (1, 1 << 16)),
-    "mul": (None, ("shift", "out_lo", "out_hi"), (2, 2)),
-    "pad": (_other_attrs({"pads": _pads}), (), (1, 1)),
     "shift": (None, ("shift", "out_lo", "out_hi"), (1, 1)),
     "concat": (_other_attrs({"axis": _small(0, MAX_RANK)}), (), (1, 1 << 16)),
     "clip": (None, ("lo", "hi"), (1, 1)),
@@ -257,9 +249,6 @@ KIND_RULES: dict[str, tuple] = {
     "extract_token": (_other_attrs({"token": _small(0, MAX_DIM)}), (), (1, 1)),
     "buffer_conv": (_other_attrs({"kernel_size": _small(1, MAX_DIM)}),
                     ("kernel", "bias", "multiplier", "shift", "out_lo", "out_hi"), (1, 1)),
-    "recurrent": (_other_attrs({"coef_frac": _small(0, 62)}),
-                  ("a_re", "a_im", "in_shift", "out_shift", "state_hi", "out_lo", "out_hi"),
-                  (1, 1)),
 }
 
 
@@ -296,6 +285,9 @@ def _op(rec, where: str, index: int, known: set[str]) -> list[ArrayRef]:
             raise _bad(f"{where}.inputs[{i}]", "the name of an earlier op", t)
     attrs = check_dict(rec.get("attrs"), f"{where}.attrs")
     _spec_attrs(attrs, f"{where}.attrs")
+    if "rounding" in attrs and kind not in ROUNDING_KINDS:
+        raise _bad(f"{where}.attrs.rounding", f"no rounding on a {kind!r} op (only "
+                   f"{list(ROUNDING_KINDS)} requantize)", attrs["rounding"])
     if check_attrs is not None:
         check_attrs(attrs, f"{where}.attrs")
     refs = _arrays(rec.get("arrays"), f"{where}.arrays")
@@ -374,6 +366,9 @@ def _check_input_shape(input_shape: list, ops: list) -> None:
             raise ValueError(f"input_shape: {input_shape} does not match "
                              f"ops[{i}].attrs.in_shape {want} (the op reading the input)")
 
+
+#: Kinds that requantize and so take a ``rounding`` attr (eq. 5b).
+ROUNDING_KINDS = ("neural", "affine", "gap", "avgpool", "add", "shift", "concat")
 
 #: Arrays whose values are shift amounts or alignments (checked by :func:`check_values`).
 SHIFT_ARRAYS = ("shift", "in_align", "out_shift", "frac")
@@ -510,17 +505,6 @@ def _merge(shapes, kind: str):
     return tuple(next((s[i] for s in shapes if s[i] is not None), None) for i in range(rank))
 
 
-def _broadcast(shapes):
-    a, b = shapes
-    _need(len(a) == len(b), f"inputs {_fmt(a)} and {_fmt(b)} of a mul op differ in rank")
-    out = []
-    for da, db in zip(a, b, strict=True):
-        _need(da is None or db is None or da == db or 1 in (da, db),
-              f"inputs {_fmt(a)} and {_fmt(b)} of a mul op do not broadcast")
-        out.append(db if da == 1 else da if db == 1 else da if da is not None else db)
-    return tuple(out)
-
-
 def _op_shape(rec: dict, arrays: dict, shapes: list):
     """Output shape (``None``: a dynamic dimension) and largest buffer of one op."""
     kind, a, x = rec["kind"], rec["attrs"], shapes[0] if shapes else None
@@ -540,13 +524,6 @@ def _op_shape(rec: dict, arrays: dict, shapes: list):
         return (None, ho, wo, x[3]), buffer
     if kind == "add":
         return _merge(shapes, kind), None
-    if kind == "mul":
-        return _broadcast(shapes), None
-    if kind == "pad":
-        _need(len(x) == len(a["pads"]) + 2, f"pads {a['pads']} do not fit {_fmt(x)}")
-        grown = [None if d is None else d + sum(p) for d, p in zip(x[1:-1], a["pads"],
-                                                                     strict=True)]
-        return (None, *grown, x[-1]), None
     if kind == "concat":
         return _concat_shape(a["axis"], shapes), None
     if kind == "reshape":

@@ -1,5 +1,8 @@
 """Interoperability of integer engine programs with other runtimes.
 
+:func:`import_tflite` reads a full-integer TFLite model into an engine program that reproduces
+TFLite's integer arithmetic (docs/interop.md).
+
 :func:`export_onnx` writes an engine program (:class:`fixedq.engine.Model` or a ``.fqe`` file)
 as a standard ONNX model whose onnxruntime outputs equal the engine's ``predict`` on every
 element (docs/interop.md). Nothing here imports TensorFlow; ``onnx`` is imported when an export
@@ -11,5 +14,6 @@ Example:
 """
 
 from fixedq.interop.onnx_export import EXPORTABLE_KINDS, export_onnx, to_onnx
+from fixedq.interop.tflite_import import import_tflite
 
-__all__ = ["EXPORTABLE_KINDS", "export_onnx", "to_onnx"]
+__all__ = ["EXPORTABLE_KINDS", "export_onnx", "import_tflite", "to_onnx"]

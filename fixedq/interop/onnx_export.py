@@ -141,6 +141,14 @@ class _Exporter:
                 raise ValueError(f"op {op.name!r} of kind {op.kind!r} cannot be exported to "
                                  f"ONNX ({detail}); exportable kinds: "
                                  f"{', '.join(EXPORTABLE_KINDS)}")
+            rule = op.attrs.get("rounding", "half_up")
+            extra = [k for k in op.arrays if k.startswith(("multiplier_in", "shift_in"))] \
+                or (["multiplier"] if op.kind == "add" and "multiplier" in op.arrays else [])
+            if rule != "half_up" or extra:  # imported programs (eq. 5b, TFLite's ADD)
+                raise ValueError(f"op {op.name!r} ({op.kind}) cannot be exported to ONNX: "
+                                 + (f"rounding {rule!r}" if rule != "half_up" else
+                                    f"rescaled add inputs {extra}")
+                                 + " (the export writes fixedq's half-up requantization only)")
         free = [i for i, d in enumerate(self.model.input_shape) if i and d is None]
         if free:
             raise ValueError(f"model {self.model.name!r} has free input axes {free} (input "

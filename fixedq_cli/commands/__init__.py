@@ -12,6 +12,7 @@ COMMANDS = [
     "convert",
     "run",
     "export",
+    "import",
     "inspect",
     "mixed_precision",
     "qat",

@@ -1,0 +1,235 @@
+"""import_tflite: real full-integer .tflite files from TFLiteConverter against tf.lite.Interpreter.
+
+Every model is a small tf-keras model converted in the test (post-training full-integer
+quantization with a representative dataset, ``inference_input_type=tf.int8``); the imported
+engine program must give the interpreter's int8 outputs on every element, with TFLite's
+reference kernels (``OpResolverType.BUILTIN_REF``: the arithmetic the importer reproduces,
+docs/interop.md). Bad files fail with one ``ValueError`` naming the problem.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+tfk = pytest.importorskip("tf_keras")
+
+import fixedq.engine  # noqa: E402
+from fixedq.interop import import_tflite  # noqa: E402
+from fixedq.interop.tflite_import import read_tflite  # noqa: E402
+
+REF = tf.lite.experimental.OpResolverType.BUILTIN_REF
+
+
+def convert(model, shape, n=40, scale=1.0, int8_io=True, seed=0) -> bytes:
+    rng = np.random.default_rng(seed)
+
+    def rep():
+        for _ in range(n):
+            yield [(rng.normal(size=(1, *shape)) * scale).astype(np.float32)]
+
+    conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = rep
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    if int8_io:
+        conv.inference_input_type = tf.int8
+        conv.inference_output_type = tf.int8
+    return conv.convert()
+
+
+def interpret(data: bytes, x: np.ndarray, resolver=REF) -> list[np.ndarray]:
+    it = tf.lite.Interpreter(model_content=data, experimental_op_resolver_type=resolver)
+    d = it.get_input_details()[0]
+    it.resize_tensor_input(d["index"], x.shape)
+    it.allocate_tensors()
+    it.set_tensor(d["index"], x.astype(d["dtype"]))
+    it.invoke()
+    outs = sorted(it.get_output_details(), key=lambda o: o["name"])
+    return [it.get_tensor(o["index"]).astype(np.int64) for o in outs]
+
+
+def int8_inputs(shape, n=200, seed=1) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    q = rng.integers(-128, 128, size=(n, *shape))
+    extremes = np.stack([np.full(shape, -128), np.full(shape, 127),
+                         np.indices(shape).sum(axis=0) % 2 * 255 - 128])
+    return np.concatenate([q, extremes])
+
+
+def engine_outputs(program, q) -> list[np.ndarray]:
+    out = program.predict(q, output="int", batch_size=64)
+    outs = out if isinstance(out, list) else [out]
+    order = np.argsort([o["name"] for o in program.outputs], kind="stable")
+    return [outs[i] for i in order]
+
+
+def assert_all_equal(program, data: bytes, q) -> None:
+    ref = interpret(data, q)
+    got = engine_outputs(program, q)
+    assert len(got) == len(ref)
+    for g, r in zip(got, ref, strict=True):
+        assert g.shape == r.shape
+        diff = np.abs(g - r)
+        assert not diff.any(), f"{int((diff > 0).sum())} of {diff.size} differ (max {diff.max()})"
+
+
+@pytest.fixture(scope="module")
+def cnn():
+    """conv+relu, depthwise+relu6, add, max/avg pooling (same, 3x3 stride 2), concat, mean,
+    flatten, dense+relu, dense; two outputs."""
+    tfk.utils.set_random_seed(3)
+    inp = tfk.Input((12, 12, 3))
+    x = tfk.layers.Conv2D(8, 3, padding="same", activation="relu")(inp)
+    y = tfk.layers.DepthwiseConv2D(3, padding="same", activation="relu6")(x)
+    z = tfk.layers.Add()([x, y])
+    a = tfk.layers.MaxPooling2D(2)(z)
+    b = tfk.layers.AveragePooling2D(3, strides=2, padding="same")(z)
+    c = tfk.layers.Concatenate()([a, tfk.layers.AveragePooling2D(2)(z)])
+    c = tfk.layers.Conv2D(6, 3, strides=2, padding="valid")(c)
+    g = tfk.layers.GlobalAveragePooling2D()(c)
+    f = tfk.layers.Dense(7, activation="relu")(tfk.layers.Flatten()(b))
+    out1 = tfk.layers.Dense(5, name="logits")(tfk.layers.Concatenate()([g, f]))
+    out2 = tfk.layers.Dense(3, name="aux")(f)
+    model = tfk.Model(inp, [out1, out2])
+    return convert(model, (12, 12, 3), scale=2.0)
+
+
+def test_cnn_equals_the_reference_interpreter_on_every_element(cnn):
+    program = import_tflite(cnn)
+    kinds = {op.kind for op in program.ops}
+    assert {"neural", "add", "maxpool", "avgpool", "concat", "gap", "reshape"} <= kinds
+    rules = {(op.kind, op.attrs.get("type")): op.attrs.get("rounding") for op in program.ops
+             if op.kind in ("neural", "add", "gap", "avgpool")}
+    assert rules == {("neural", "conv2d"): "tflite", ("neural", "depthwise"): "tflite",
+                     ("neural", "dense"): "half_up", ("add", None): "tflite",
+                     ("gap", None): "tflite", ("avgpool", None): "half_away"}
+    assert_all_equal(program, cnn, int8_inputs((12, 12, 3)))
+
+
+def test_mobilenet_v2_equals_the_reference_interpreter():
+    tfk.utils.set_random_seed(4)
+    model = tfk.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, weights=None,
+                                         classes=10, classifier_activation=None)
+    data = convert(model, (32, 32, 3), n=16)
+    program = import_tflite(data)
+    names = [program.ops[i].kind for i in range(len(program.ops))]
+    assert names.count("neural") == 53  # 52 convs (PADs folded into 4 of them) + the dense
+    assert_all_equal(program, data, int8_inputs((32, 32, 3), n=40))
+
+
+def test_float_io_model_imports_between_quantize_and_dequantize():
+    tfk.utils.set_random_seed(5)
+    inp = tfk.Input((6, 6, 2))
+    x = tfk.layers.Conv2D(4, 3, activation="relu")(inp)
+    model = tfk.Model(inp, tfk.layers.Dense(3)(tfk.layers.Flatten()(x)))
+    data = convert(model, (6, 6, 2), int8_io=False)
+    program = import_tflite(data)
+    meta = program.meta["tflite"]
+    assert meta["float_input"] and meta["outputs"][0]["dequantized"]
+    x = np.random.default_rng(0).normal(size=(50, 6, 6, 2)).astype(np.float32) * 2
+    it = tf.lite.Interpreter(model_content=data, experimental_op_resolver_type=REF,
+                             experimental_preserve_all_tensors=True)
+    it.resize_tensor_input(it.get_input_details()[0]["index"], x.shape)
+    it.allocate_tensors()
+    it.set_tensor(it.get_input_details()[0]["index"], x)
+    it.invoke()
+    by_name = {t["name"]: t["index"] for t in it.get_tensor_details()}
+    q_in = it.get_tensor(by_name[meta["input"]["tensor"]]).astype(np.int64)
+    q_out = it.get_tensor(by_name[program.outputs[0]["tensor"]]).astype(np.int64)
+    np.testing.assert_array_equal(program.predict(q_in, output="int"), q_out)
+    # the float output is the dequantized int8 output
+    scale, zp = meta["outputs"][0]["scale"], meta["outputs"][0]["zero_point"]
+    got = np.float32(scale) * (q_out - zp).astype(np.float32)
+    np.testing.assert_array_equal(got, it.get_tensor(it.get_output_details()[0]["index"]))
+
+
+def test_saved_program_runs_with_events_and_the_cli(cnn, tmp_path):
+    src = tmp_path / "cnn.tflite"
+    src.write_bytes(cnn)
+    out = tmp_path / "cnn.fqe"
+    proc = subprocess.run([sys.executable, "-m", "fixedq_cli.main", "import", "-m", src, "-o",
+                           out], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "cnn.fqe" in proc.stdout
+    program = fixedq.engine.load(out)
+    q = int8_inputs((12, 12, 3), n=30)
+    direct = engine_outputs(import_tflite(src), q)
+    for a, b in zip(engine_outputs(program, q), direct, strict=True):
+        np.testing.assert_array_equal(a, b)
+    events = program.predict(q, output="int", mode="event")
+    for a, b in zip(events, program.predict(q, output="int"), strict=True):
+        np.testing.assert_array_equal(a, b)
+    stats = program.event_stats(q[:8])
+    assert {s["kind"] for s in stats} >= {"neural", "add", "gap"}
+    assert all(s["name"] for s in stats)
+    np.save(tmp_path / "q.npy", q.astype(np.float32))
+    run = subprocess.run([sys.executable, "-m", "fixedq_cli.main", "run", "-m", out, "-sa",
+                          tmp_path / "q.npy", "--events", "--json"], capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout)
+    logits = program.predict(q, output="int")
+    logits = logits[[o["name"] for o in program.outputs].index(report["output"])]
+    assert report["predictions"] == logits.reshape(len(q), -1).argmax(axis=1).tolist()
+    assert report["events"]
+
+
+def test_bad_files_are_one_clear_error(cnn, tmp_path):
+    with pytest.raises(ValueError, match="not a TFLite model"):
+        import_tflite(b"PK\x03\x04 this is a zip")
+    with pytest.raises(ValueError, match="truncated or corrupt"):
+        import_tflite(cnn[: len(cnn) // 3])
+    bad = tmp_path / "bad.tflite"
+    bad.write_bytes(cnn[:200])
+    out = tmp_path / "bad.fqe"
+    proc = subprocess.run([sys.executable, "-m", "fixedq_cli.main", "import", "-m", bad, "-o",
+                           out], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("fixedq import: error:")]
+    assert len(errors) == 1 and "truncated or corrupt TFLite file" in errors[0]
+    assert not out.exists()
+
+
+def test_float_and_unsupported_models_are_refused():
+    tfk.utils.set_random_seed(6)
+    inp = tfk.Input((4, 4, 2))
+    x = tfk.layers.Conv2D(3, 3, padding="same", activation="tanh")(inp)
+    model = tfk.Model(inp, x)
+    float_data = tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    with pytest.raises(ValueError, match="float TFLite model"):
+        import_tflite(float_data)
+    with pytest.raises(ValueError, match="TANH is not supported"):
+        import_tflite(convert(model, (4, 4, 2)))
+    inp = tfk.Input((5, 5, 2))
+    x = tfk.layers.ZeroPadding2D(((2, 0), (0, 1)))(inp)
+    model = tfk.Model(inp, tfk.layers.Conv2D(3, 3)(x))
+    with pytest.raises(ValueError, match="PAD"):
+        import_tflite(convert(model, (5, 5, 2)))
+
+
+def test_rounding_attr_is_validated_in_files(cnn, tmp_path):
+    program = import_tflite(cnn)
+    path = tmp_path / "p.fqe"
+    program.save(path)
+    assert fixedq.engine.load(path).ops[1].attrs["rounding"] == "tflite"
+    op = next(o for o in program.ops if o.kind == "maxpool")
+    op.attrs["rounding"] = "half_even"
+    program.save(path)
+    with pytest.raises(ValueError, match=r"attrs\.rounding.*no rounding on a 'maxpool' op"):
+        fixedq.engine.load(path)
+    op.attrs.pop("rounding")
+    program.ops[1].attrs["rounding"] = "nearest"
+    program.save(path)
+    with pytest.raises(ValueError, match=r"attrs\.rounding: expected one of"):
+        fixedq.engine.load(path)
+
+
+def test_reader_uses_tensorflows_schema(cnn):
+    model = read_tflite(cnn)
+    assert type(model).__name__ == "ModelT" and len(model.subgraphs) == 1
