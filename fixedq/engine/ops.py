@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fixedq.engine import buffer_conv, kernels, transformer_ops
+from fixedq.engine import buffer_conv, kernels, recurrent, transformer_ops
 from fixedq.tensors.rounding import DEFAULT_ROUNDING, quantize_input, requantize, shift_round
 
 
@@ -216,6 +216,20 @@ def _run_add(op: Op, xs):
     return np.clip(shift_round(acc, r["shift"], rule), r["out_lo"], r["out_hi"])
 
 
+def _run_mul(op: Op, xs):
+    """Eq. 46: exact product of two broadcast tensors, rounding shift, clip."""
+    r = op.arrays
+    return np.clip(shift_round(xs[0] * xs[1], r["shift"]), r["out_lo"], r["out_hi"])
+
+
+def _run_pad(op: Op, xs):
+    """Zero padding of the spatial axes (``pads`` = [[top, bottom], [left, right]], or
+    [[before, after]] for steps). An asymmetric input arrives as ``v`` (its offset added
+    before the op), so the zeros are zeros of ``v``."""
+    pads = [(0, 0), *(tuple(p) for p in op.attrs["pads"]), (0, 0)]
+    return np.pad(xs[0], pads, constant_values=0)
+
+
 def _run_shift(op: Op, xs):
     r = op.arrays
     return np.clip(shift_round(xs[0], r["shift"], rounding_of(op)), r["out_lo"], r["out_hi"])
@@ -300,6 +314,9 @@ KERNELS: dict[str, Kernel] = {
     "avgpool": Kernel("average pooling: exact window sum + requantize by 1/count",
                       _run_avgpool, _AKIDA2),
     "add": Kernel("aligned exact sum + rounding shift", _run_add, _AKIDA2),
+    "mul": Kernel("exact elementwise product (broadcasting) + rounding shift (eq. 46)",
+                  _run_mul, _AKIDA2),
+    "pad": Kernel("zero padding of the spatial axes", _run_pad, _AKIDA2),
     "shift": Kernel("rounding shift + clip (OutputQuantizer)", _run_shift, _AKIDA2),
     "concat": Kernel("concatenation (optionally re-gridded inputs)", _run_concat, _AKIDA2),
     "clip": Kernel("ReLU as an integer clip", _run_clip, _AKIDA),
@@ -320,6 +337,8 @@ KERNELS: dict[str, Kernel] = {
     "extract_token": Kernel("select one token (eq. 34)", transformer_ops.run_extract_token),
     "buffer_conv": Kernel("temporal conv over an integer FIFO of the last k frames + requantize "
                           "(streaming state, eq. 40)", buffer_conv.run_first_frame, _AKIDA2),
+    "recurrent": Kernel("complex diagonal recurrence with integer states, output Re(s) "
+                        "(streaming state, eq. 41)", recurrent.run_first_frame, _AKIDA2),
 }
 
 #: The ``type`` attribute of a ``neural`` op: one :class:`NeuralType` per type.

@@ -212,6 +212,15 @@ def _dims(v, where: str) -> None:
         raise _bad(where, "a permutation of 1..rank", v)
 
 
+def _pads(v, where: str) -> None:
+    if not isinstance(v, list) or not 1 <= len(v) <= 2:
+        raise _bad(where, "[[before, after]] per spatial axis (1 or 2 axes)", v)
+    for i, p in enumerate(v):
+        check_ints(p, f"{where}[{i}]", 0, MAX_DIM, max_len=2)
+        if len(p) != 2:
+            raise _bad(f"{where}[{i}]", "[before, after]", p)
+
+
 def _small(lo: int, hi: int):
     return lambda v, where: check_int(v, where, lo, hi)
 
@@ -230,6 +239,8 @@ KIND_RULES: dict[str, tuple] = {
     "affine": (None, ("multiplier", "shift", "offset", "out_lo", "out_hi"), (1, 1)),
     "gap": (None, ("multiplier", "shift", "out_lo", "out_hi"), (1, 1)),
     "add": (None, ("shift", "out_lo", "out_hi", "align{i}"), (1, 1 << 16)),
+    "mul": (None, ("shift", "out_lo", "out_hi"), (2, 2)),
+    "pad": (_other_attrs({"pads": _pads}), (), (1, 1)),
     "shift": (None, ("shift", "out_lo", "out_hi"), (1, 1)),
     "concat": (_other_attrs({"axis": _small(0, MAX_RANK)}), (), (1, 1 << 16)),
     "clip": (None, ("lo", "hi"), (1, 1)),
@@ -249,6 +260,9 @@ KIND_RULES: dict[str, tuple] = {
     "extract_token": (_other_attrs({"token": _small(0, MAX_DIM)}), (), (1, 1)),
     "buffer_conv": (_other_attrs({"kernel_size": _small(1, MAX_DIM)}),
                     ("kernel", "bias", "multiplier", "shift", "out_lo", "out_hi"), (1, 1)),
+    "recurrent": (_other_attrs({"coef_frac": _small(0, 62)}),
+                  ("a_re", "a_im", "in_shift", "out_shift", "state_hi", "out_lo", "out_hi"),
+                  (1, 1)),
 }
 
 
@@ -505,6 +519,17 @@ def _merge(shapes, kind: str):
     return tuple(next((s[i] for s in shapes if s[i] is not None), None) for i in range(rank))
 
 
+def _broadcast(shapes):
+    a, b = shapes
+    _need(len(a) == len(b), f"inputs {_fmt(a)} and {_fmt(b)} of a mul op differ in rank")
+    out = []
+    for da, db in zip(a, b, strict=True):
+        _need(da is None or db is None or da == db or 1 in (da, db),
+              f"inputs {_fmt(a)} and {_fmt(b)} of a mul op do not broadcast")
+        out.append(db if da == 1 else da if db == 1 else da if da is not None else db)
+    return tuple(out)
+
+
 def _op_shape(rec: dict, arrays: dict, shapes: list):
     """Output shape (``None``: a dynamic dimension) and largest buffer of one op."""
     kind, a, x = rec["kind"], rec["attrs"], shapes[0] if shapes else None
@@ -524,6 +549,13 @@ def _op_shape(rec: dict, arrays: dict, shapes: list):
         return (None, ho, wo, x[3]), buffer
     if kind == "add":
         return _merge(shapes, kind), None
+    if kind == "mul":
+        return _broadcast(shapes), None
+    if kind == "pad":
+        _need(len(x) == len(a["pads"]) + 2, f"pads {a['pads']} do not fit {_fmt(x)}")
+        grown = [None if d is None else d + sum(p) for d, p in zip(x[1:-1], a["pads"],
+                                                                     strict=True)]
+        return (None, *grown, x[-1]), None
     if kind == "concat":
         return _concat_shape(a["axis"], shapes), None
     if kind == "reshape":
