@@ -35,9 +35,9 @@ from __future__ import annotations
 import numpy as np
 
 from fixedq.engine.buffer_conv import buffer_conv_step
-from fixedq.engine.recurrent import recurrent_step
 from fixedq.engine.model import Model, dequantize
 from fixedq.engine.ops import Op, aligned_input, reject_nan
+from fixedq.engine.recurrent import recurrent_step
 from fixedq.progress import Progress
 
 #: Stateful op kinds (their kernels are in :data:`fixedq.engine.ops.KERNELS`).
