@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import os
+import time
 from functools import partial
 
 import numpy as np
@@ -130,16 +131,22 @@ class Model:
         """Integer outputs of one batch (no batching, no dequantization)."""
         return self._run_batch(x, mode, stats, checked=False)
 
-    def _run_batch(self, x, mode, stats, checked) -> list[np.ndarray]:
+    def _run_batch(self, x, mode, stats, checked, times=None) -> list[np.ndarray]:
         fast = self.fast_plan() if mode == "dense" and stats is None else None
         if fast is not None:
             if not checked:
                 reject_nan(x)
-            return fast.run(x)
+            return fast.run(x, times)
+        t0 = time.perf_counter()
         tensors = {self.ops[0].name: run_op(self.ops[0], [x])}
+        if times is not None:
+            times[self.ops[0].name] = times.get(self.ops[0].name, 0.0) + time.perf_counter() - t0
         for i, op in enumerate(self.ops[1:], start=1):
             try:  # a crafted program fails with a ValueError naming the op, never a traceback
+                t0 = time.perf_counter()
                 y = self._run(op, [tensors[t] for t in op.inputs], mode, stats)
+                if times is not None:
+                    times[op.name] = times.get(op.name, 0.0) + time.perf_counter() - t0
             except Exception as err:
                 text = str(err)
                 if not text.startswith(f"op {op.name!r}"):
@@ -208,6 +215,25 @@ class Model:
                                                                   strict=True)]
         return results[0] if len(results) == 1 else results
 
+    def profile(self, x, batch_size: int = 32, mode: str = "dense") -> list[dict]:
+        """Per-op wall time of ``predict(x)``: one dict per op in execution order with
+        ``name``, ``kind``, ``type`` (neural type or ``""``), ``seconds`` and ``share`` (of the
+        ops' total).
+
+        Example:
+            >>> rows = model.profile(x)                                # doctest: +SKIP
+            >>> max(rows, key=lambda r: r["seconds"])["name"]          # doctest: +SKIP
+            'block_1_expand'
+        """
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        times: dict[str, float] = {}
+        self._execute(x, batch_size, mode, None, False, times)
+        total = sum(times.values()) or 1.0
+        return [{"name": op.name, "kind": op.kind, "type": op.attrs.get("type", ""),
+                 "seconds": times.get(op.name, 0.0),
+                 "share": times.get(op.name, 0.0) / total} for op in self.ops]
+
     def event_stats(self, x, batch_size: int = 32, mode: str = "event") -> list[dict]:
         """Per-op event statistics over ``x`` (see :mod:`fixedq.engine.events`)."""
         stats: dict = {}
@@ -215,7 +241,7 @@ class Model:
         return [dict(name=op.name, kind=op.kind, **stats[op.name])
                 for op in self.ops[1:] if op.name in stats]
 
-    def _execute(self, x, batch_size, mode, stats, verbose) -> list[np.ndarray]:
+    def _execute(self, x, batch_size, mode, stats, verbose, times=None) -> list[np.ndarray]:
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
                 or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -227,7 +253,7 @@ class Model:
         results = None
         bar = Progress(f"{self.name}: predict", total=n, unit="samples", enabled=verbose)
         for start in range(0, n, batch_size):
-            outs = self._run_batch(arr[start:start + batch_size], mode, stats, True)
+            outs = self._run_batch(arr[start:start + batch_size], mode, stats, True, times)
             if results is None:
                 results = [np.empty((n, *o.shape[1:]), dtype=np.int64) for o in outs]
             for r, o in zip(results, outs, strict=True):

@@ -29,6 +29,7 @@ files). TensorFlow is never imported.
 examples:
   fixedq run -m model.fqe -sa test.npz
   fixedq run -m model.fqe -sa x.npy --labels y.npy -bs 256 --events
+  fixedq run -m model.fqe -sa test.npz --profile
   fixedq run -m model.fqe -sa test.npz --json"""
 
 SHOW_PREDICTIONS = 10
@@ -45,6 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="class labels for accuracy (default: the .npz array 'y')")
     parser.add_argument("--events", action="store_true",
                         help="also report per-op event statistics (events, sparsity, synops)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also print the per-op time breakdown (a second, timed pass)")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object instead of text")
 
@@ -59,6 +62,7 @@ def _predicted_classes(y: np.ndarray) -> np.ndarray:
 def run(args) -> int:
     import fixedq.engine
     from fixedq.engine.events import format_stats
+    from fixedq.engine.profile import format_profile
 
     if args.labels:
         x = read_samples(args.samples)
@@ -80,6 +84,8 @@ def run(args) -> int:
         report["accuracy"] = float(np.mean(pred == labels))
     if args.events:
         report["events"] = model.event_stats(x, batch_size=args.batch_size)
+    if args.profile:
+        report["profile"] = model.profile(x, batch_size=args.batch_size)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -94,5 +100,7 @@ def run(args) -> int:
         print(f"accuracy: {report['accuracy']:.4f} ({correct}/{len(labels)})")
     if args.events:
         print(format_stats(report["events"]))
+    if args.profile:
+        print(format_profile(report["profile"]))
     sys.stdout.flush()
     return 0

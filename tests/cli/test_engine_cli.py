@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_cli import _assert_one_line_error, run_batch, run_cli
+from test_cli import run_batch, run_cli
 
 
 def _digest(path: Path) -> str:
@@ -53,7 +53,8 @@ def engine_files(cli_files, tmp_path_factory):
 
 def test_run_matches_keras_accuracy_without_tensorflow(engine_files):
     d = engine_files["dir"]
-    argv = ["run", "-m", str(engine_files["fqe"]), "-sa", str(d / "test.npz"), "-bs", "100"]
+    argv = ["run", "-m", str(engine_files["fqe"]), "-sa", str(d / "test.npz"), "-bs", "100",
+            "--profile"]
     code = ("import sys\n"
             "from fixedq_cli.main import main\n"
             f"rc = main({argv!r})\n"
@@ -74,12 +75,21 @@ def test_run_matches_keras_accuracy_without_tensorflow(engine_files):
     assert lines[0].startswith(f"{n} samples, output ")
     assert any(line.startswith("predicted classes: ") for line in lines)
     assert any(line.startswith("class histogram: 0: ") for line in lines)
+    # --profile: one row per op (the op names of the .fqe), a total and the per-kind shares
+    import fixedq.engine as fe
+
+    names = [op.name for op in fe.load(engine_files["fqe"]).ops]
+    start = lines.index(next(ln for ln in lines if ln.startswith("op ") and "share" in ln))
+    rows = lines[start + 2:start + 2 + len(names)]
+    assert [r.split()[0] for r in rows] == names
+    assert all(r.endswith("%") for r in rows)
+    assert lines[-3].startswith("total ") and lines[-2].startswith("by kind: neural/")
 
 
 def test_run_json_events_with_label_file(engine_files):
     d = engine_files["dir"]
     result = run_cli("run", "-m", engine_files["fqe"], "-sa", d / "x.npy",
-                     "--labels", d / "y.npy", "--events", "--json")
+                     "--labels", d / "y.npy", "--events", "--profile", "--json")
     assert result.code == 0, result.err
     report = json.loads(result.out)
     y = engine_files["y"]
@@ -89,9 +99,12 @@ def test_run_json_events_with_label_file(engine_files):
     assert np.mean(np.array(report["predictions"]) == y) == report["accuracy"]
     assert report["events"] and all({"name", "kind", "events", "sparsity", "synops"}
                                     <= set(row) for row in report["events"])
+    prof = report["profile"]
+    assert [r["kind"] for r in prof][0] == "input" and all(r["seconds"] >= 0 for r in prof)
+    assert sum(r["share"] for r in prof) == pytest.approx(1.0)
 
 
-def test_bad_inputs_fail_before_tensorflow(engine_files, tmp_path):
+def test_bad_inputs_fail_before_tensorflow(engine_files, tmp_path, one_line_error):
     d = engine_files["dir"]
     fqe, qmodel = engine_files["fqe"], engine_files["qmodel"]
     corrupt = tmp_path / "corrupt.fqe"
@@ -120,14 +133,14 @@ def test_bad_inputs_fail_before_tensorflow(engine_files, tmp_path):
     results, tf_imported = run_batch([argv for argv, _ in cases])
     assert not tf_imported
     for (_argv, fragments), result in zip(cases, results, strict=True):
-        _assert_one_line_error(result, *fragments)
+        one_line_error(result, *fragments)
     assert _digest(qmodel) == digest
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["corrupt.fqe", "foreign.fqe", "wrong.npz", "short.npy"])  # nothing half-written
 
 
-def test_convert_float_model_is_one_line_error(cli_files, tmp_path):
+def test_convert_float_model_is_one_line_error(cli_files, tmp_path, one_line_error):
     out = tmp_path / "float.fqe"
     result = run_cli("convert", "-m", cli_files.model, "-o", out)
-    _assert_one_line_error(result, "not quantized")
+    one_line_error(result, "not quantized")
     assert not out.exists()

@@ -37,6 +37,7 @@ Example:
 
 from __future__ import annotations
 
+import time
 from functools import partial
 
 import numpy as np
@@ -434,14 +435,19 @@ class FastPlan:
             return partial(_reference_any_dtype, op)
         return partial(_reference, op)
 
-    def run(self, x) -> list[np.ndarray]:
-        """Integer outputs (int64) of one batch of float (or integer-valued) inputs."""
+    def run(self, x, times: dict | None = None) -> list[np.ndarray]:
+        """Integer outputs (int64) of one batch of float (or integer-valued) inputs; with
+        ``times``, each op's wall seconds are added to ``times[op.name]``."""
         from fixedq.engine.model import check_neural_input
 
         m = self.model
+        t0 = time.perf_counter()
         tensors = {m.ops[0].name: self.steps[0]([x])}
+        if times is not None:
+            times[m.ops[0].name] = times.get(m.ops[0].name, 0.0) + time.perf_counter() - t0
         for i, (op, step) in enumerate(zip(m.ops[1:], self.steps[1:], strict=True), start=1):
             xs = [tensors[t] for t in op.inputs]
+            t0 = time.perf_counter()
             try:
                 for j in range(len(xs)):
                     off = op.arrays.get(f"in_offset{j}")
@@ -465,6 +471,8 @@ class FastPlan:
                     text = f"op {op.name!r} ({op.kind}): {text or type(err).__name__}"
                 raise ValueError(text) from err
             tensors[op.name] = y
+            if times is not None:
+                times[op.name] = times.get(op.name, 0.0) + time.perf_counter() - t0
             for t in set(op.inputs):
                 if m._last_use.get(t) == i:
                     del tensors[t]
