@@ -79,8 +79,9 @@ class Model:
         return last
 
     # ------------------------------------------------------------------ inputs
-    def check_input(self, x) -> np.ndarray:
-        """Validate ``x`` (shape and dtype) and return it as an array of the model's input dtype.
+    def check_input(self, x, convert: bool = True) -> np.ndarray:
+        """Validate ``x`` (shape and dtype) and return it as an array of the model's input dtype
+        (``convert=False``: as it is, e.g. to convert batch by batch).
 
         Raises:
             TypeError: non-numeric data (bool, complex, strings, objects).
@@ -95,6 +96,8 @@ class Model:
                                         for w, g in zip(want[1:], arr.shape[1:], strict=True)):
             raise ValueError(f"model {self.name!r} expects inputs of shape "
                              f"{_shape_str(want)}, got {arr.shape}")
+        if not convert:
+            return arr
         with np.errstate(over="ignore"):  # beyond the input dtype: ±inf, which saturates
             return arr.astype(self.input_dtype, copy=False)
 
@@ -245,15 +248,23 @@ class Model:
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
                 or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        arr = self.check_input(x)
-        reject_nan(arr)  # before any batch runs: the count covers all of x
+        arr = self.check_input(x, convert=False)
         n = arr.shape[0]
         if n == 0:
             raise ValueError("predict got an empty batch (0 samples)")
+        # before any batch runs, the NaN count covers all of x; counted and converted batch by
+        # batch so that no temporary grows with N (peak memory independent of N)
+        if arr.dtype.kind == "f":
+            nans = sum(int(np.count_nonzero(np.isnan(arr[i:i + batch_size])))
+                       for i in range(0, n, batch_size))
+            if nans:
+                reject_nan(np.full(nans, np.nan))
         results = None
         bar = Progress(f"{self.name}: predict", total=n, unit="samples", enabled=verbose)
         for start in range(0, n, batch_size):
-            outs = self._run_batch(arr[start:start + batch_size], mode, stats, True, times)
+            with np.errstate(over="ignore"):  # beyond the input dtype: ±inf, which saturates
+                xb = arr[start:start + batch_size].astype(self.input_dtype, copy=False)
+            outs = self._run_batch(xb, mode, stats, True, times)
             if results is None:
                 results = [np.empty((n, *o.shape[1:]), dtype=np.int64) for o in outs]
             for r, o in zip(results, outs, strict=True):

@@ -259,3 +259,26 @@ def test_int_gemm_self_test_is_exact():
     g = int_gemm.IntGemm(b)
     for zp in (0, 128):
         np.testing.assert_array_equal(g(a, zp), (a.astype(np.int64) - zp) @ b.astype(np.int64))
+
+
+@pytest.mark.parametrize("compiled", ["1", "0"])
+def test_predict_peak_memory_independent_of_n(compiled, monkeypatch):
+    """float64 inputs are checked for NaN and converted batch by batch: predict's peak memory
+    (tracemalloc, NumPy buffers included) grows with N only by the output arrays."""
+    import tracemalloc
+
+    monkeypatch.setenv(jit.ENV, compiled)
+    rng = np.random.default_rng(2)
+    b = Builder(rng, 2, (0, 255))
+    t = b.neural("in", "conv2d", cout=4, k=3)
+    model = b.model([b.elementwise("gap", [t])], (16, 16, 2))
+    x = rng.normal(0, 50, (600, 16, 16, 2))  # float64: 3 MiB
+    peaks = {}
+    for n in (60, 600):
+        model.predict(x[:n], batch_size=20)
+        tracemalloc.start()
+        y = model.predict(x[:n], batch_size=20)
+        peaks[n] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        out_bytes = y.nbytes * 3  # int64 results + float32 output
+    assert peaks[600] - peaks[60] < out_bytes + 64 * 1024, peaks
