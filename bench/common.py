@@ -112,9 +112,22 @@ def compile_for_training(keras, model, lr):
                   metrics=["accuracy"])
 
 
-def train_float(keras, name, x, y, epochs: int, seed: int):
-    """The bench's float recipe: ``ARCHS[name]``, Adam cosine-decayed 2e-3 -> 0, batch 64."""
+def deterministic(keras, seed: int) -> None:
+    """Seed Python, NumPy and the backend and make TensorFlow's ops deterministic (for the
+    whole process), so that a float model trains to the same weights on every run of a bench
+    on the same machine and software (without it, thread scheduling in TF's reductions moved
+    the bench models' accuracies by a few tenths from run to run)."""
     keras.utils.set_random_seed(seed)
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+
+
+def train_float(keras, name, x, y, epochs: int, seed: int):
+    """The bench's float recipe: ``ARCHS[name]``, Adam cosine-decayed 2e-3 -> 0, batch 64,
+    trained deterministically (:func:`deterministic`)."""
+    deterministic(keras, seed)
     model = ARCHS[name](keras)
     steps = epochs * -(-len(x) // 64)
     compile_for_training(keras, model, keras.optimizers.schedules.CosineDecay(2e-3, steps))
@@ -167,3 +180,72 @@ def accuracy_metric(x, y, batch=250):
         return 100.0 * float(np.mean(np.argmax(logits, -1) == y))
 
     return accuracy
+
+
+# --------------------------------------------------------------------------- engine benches
+
+#: Batch of the engine benches (bench/engine_bench.py, bench/onnx_bench.py).
+ENGINE_BATCH = 100
+#: Pause before each timed call of :func:`interleaved_medians` (seconds).
+PAUSE = 0.2
+
+
+def engine_configs():
+    """The engine benches' two quantizations: 8-bit per-axis and 4-bit per-tensor."""
+    from fixedq.layers.params import QuantizationParams
+
+    return (("8-bit per-axis", QuantizationParams()),
+            ("4-bit per-tensor", QuantizationParams(weight_bits=4, activation_bits=4,
+                                                    per_tensor_activations=True)))
+
+
+def engine_cnn(keras, bias=None):
+    """The engine bench CNN: 28x28x1 -> Conv 32 -> pool -> Conv 64 -> pool -> Conv 64 -> GAP
+    -> Dense 10 (ReLUs after the convs); ``bias`` sets every conv bias (SNN-like thresholds)."""
+    L = keras.layers
+    x = keras.Input((28, 28, 1))
+    y = L.Conv2D(32, 3, padding="same")(x)
+    y = L.ReLU()(y)
+    y = L.MaxPooling2D()(y)
+    y = L.Conv2D(64, 3, padding="same")(y)
+    y = L.ReLU()(y)
+    y = L.MaxPooling2D()(y)
+    y = L.Conv2D(64, 3, padding="same")(y)
+    y = L.ReLU()(y)
+    y = L.GlobalAveragePooling2D()(y)
+    model = keras.Model(x, L.Dense(10)(y), name="cnn")
+    if bias is not None:
+        for layer in model.layers:
+            if isinstance(layer, L.Conv2D):
+                w, b = layer.get_weights()
+                layer.set_weights([w, np.full_like(b, bias)])
+    return model
+
+
+def interleaved_medians(fns: dict, repeats: int) -> dict:
+    """Median wall seconds of each callable; the callables run interleaved, after one warm-up.
+
+    Each timed call starts after a pause of :data:`PAUSE` seconds: OpenBLAS worker threads
+    spin-wait ~0.1 s after a multithreaded GEMM and would steal one of the 2 cores from
+    whatever runs next (measured: the first event-path run after a dense run took 2x longer
+    than the next ones), so without the pause each run would pay for its predecessor.
+    """
+    for f in fns.values():
+        f()
+    times = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, f in fns.items():
+            time.sleep(PAUSE)
+            t0 = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t0)
+    return {k: float(np.median(v)) for k, v in times.items()}
+
+
+def blas_one_thread():
+    """A context limiting NumPy's BLAS to one thread (threadpoolctl), or ``None`` without it."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return None
+    return threadpool_limits(limits=1, user_api="blas")

@@ -11,7 +11,7 @@ medians of ``--repeats`` runs are compared, so machine load hits all of them ali
   ``engine.predict`` on a small MNIST-size CNN, 8-bit per-axis and 4-bit per-tensor.
   Targets: engine >= 0.5x float Keras and >= 2x quantized Keras.
 - Event-driven vs dense engine path (``mode="event"`` vs ``"dense"``; interleaved runs each
-  after a short pause, see :func:`medians`) on inputs with >= 90 %
+  after a short pause, see :func:`common.interleaved_medians`) on inputs with >= 90 %
   zeros: (a) the same CNN with SNN-style negative thresholds (conv biases -0.07) on sparse
   stroke images (95 % zeros), where every neural layer's input is >= 90 % zeros; (b) its first
   conv layer alone; (c) the plain bench CNN on a 90 %-sparse uniform-noise input, where only
@@ -28,7 +28,6 @@ import contextlib
 import os
 import sys
 import tempfile
-import time
 from functools import partial
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -36,43 +35,31 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+from common import (  # noqa: E402
+    ENGINE_BATCH,
+    PAUSE,
+    blas_one_thread,
+    engine_cnn,
+    engine_configs,
+    interleaved_medians,
+)
 from md_section import replace_section  # noqa: E402
 
 import fixedq  # noqa: E402
 import fixedq.engine as fe  # noqa: E402
 from fixedq.engine import compiled_events, events  # noqa: E402
 from fixedq.engine.ops import neural_output  # noqa: E402
-from fixedq.layers.params import QuantizationParams  # noqa: E402
 
 L = keras.layers
 DOC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "benchmarks.md")
 START, END = "<!-- engine:start -->", "<!-- engine:end -->"
-BATCH = 100
-PAUSE = 0.2
-CONFIGS = (("8-bit per-axis", QuantizationParams()),
-           ("4-bit per-tensor", QuantizationParams(weight_bits=4, activation_bits=4,
-                                                   per_tensor_activations=True)))
+BATCH = ENGINE_BATCH
+CONFIGS = engine_configs()
 
 
 def cnn(bias=None):
-    """28x28x1 -> Conv 32 -> pool -> Conv 64 -> pool -> Conv 64 -> GAP -> Dense 10."""
-    x = keras.Input((28, 28, 1))
-    y = L.Conv2D(32, 3, padding="same")(x)
-    y = L.ReLU()(y)
-    y = L.MaxPooling2D()(y)
-    y = L.Conv2D(64, 3, padding="same")(y)
-    y = L.ReLU()(y)
-    y = L.MaxPooling2D()(y)
-    y = L.Conv2D(64, 3, padding="same")(y)
-    y = L.ReLU()(y)
-    y = L.GlobalAveragePooling2D()(y)
-    model = keras.Model(x, L.Dense(10)(y), name="cnn")
-    if bias is not None:
-        for layer in model.layers:
-            if isinstance(layer, L.Conv2D):
-                w, b = layer.get_weights()
-                layer.set_weights([w, np.full_like(b, bias)])
-    return model
+    """The engine bench CNN (:func:`common.engine_cnn`)."""
+    return engine_cnn(keras, bias)
 
 
 def strokes(n, rng, size=28, k=3):
@@ -85,26 +72,6 @@ def strokes(n, rng, size=28, k=3):
             pts = np.rint(p0 + t * (p1 - p0)).astype(int)
             x[i, pts[:, 0], pts[:, 1], 0] = rng.uniform(0.5, 1, len(pts))
     return x
-
-
-def medians(fns: dict, repeats: int) -> dict:
-    """Median wall seconds of each callable; the callables run interleaved, after one warm-up.
-
-    Each timed call starts after a pause of :data:`PAUSE` seconds: OpenBLAS worker threads
-    spin-wait ~0.1 s after a multithreaded GEMM and would steal one of the 2 cores from
-    whatever runs next (measured: the first event-path run after a dense run took 2x longer
-    than the next ones), so without the pause each run would pay for its predecessor.
-    """
-    for f in fns.values():
-        f()
-    times = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, f in fns.items():
-            time.sleep(PAUSE)
-            t0 = time.perf_counter()
-            f()
-            times[k].append(time.perf_counter() - t0)
-    return {k: float(np.median(v)) for k, v in times.items()}
 
 
 def file_ratio(model, engine) -> float:
@@ -123,9 +90,10 @@ def throughput(repeats, rng):
         q = fixedq.quantize(model, qp, samples=x, verbose=False)
         e = fe.convert(q)
         assert np.array_equal(e.predict(x, batch_size=BATCH), q.predict(x, verbose=0))
-        t = medians({"float": lambda: model.predict(x, batch_size=BATCH, verbose=0),
-                     "quant": lambda: q.predict(x, batch_size=BATCH, verbose=0),  # noqa: B023
-                     "engine": lambda: e.predict(x, batch_size=BATCH)}, repeats)  # noqa: B023
+        t = interleaved_medians({
+            "float": lambda: model.predict(x, batch_size=BATCH, verbose=0),
+            "quant": lambda: q.predict(x, batch_size=BATCH, verbose=0),  # noqa: B023
+            "engine": lambda: e.predict(x, batch_size=BATCH)}, repeats)  # noqa: B023
         rows.append({"model": label, "float": BATCH / t["float"], "quant": BATCH / t["quant"],
                      "engine": BATCH / t["engine"], "size": file_ratio(model, e)})
     return rows
@@ -147,11 +115,8 @@ def one_core():
     """A context running both engine paths on one thread: NumPy's BLAS limited with
     threadpoolctl and the compiled event kernel's thread split off; None without
     threadpoolctl."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return None
-    return _one_thread(threadpool_limits(limits=1, user_api="blas"))
+    limit = blas_one_thread()
+    return None if limit is None else _one_thread(limit)
 
 
 def event_case(name, model, x, calib, repeats, first_op_only=False):
@@ -171,12 +136,12 @@ def event_case(name, model, x, calib, repeats, first_op_only=False):
     else:
         fns = {"dense": lambda: e.predict(x, batch_size=BATCH),
                "event": lambda: e.predict(x, batch_size=BATCH, mode="event")}
-    t = medians(fns, repeats)
+    t = interleaved_medians(fns, repeats)
     limit = one_core()
     one = None
     if limit is not None:
         with limit:
-            one = medians(fns, repeats)
+            one = interleaved_medians(fns, repeats)
     return {"case": name, "dense": t["dense"], "event": t["event"],
             "one": None if one is None else one["dense"] / one["event"],
             "sparsity": [round(r["sparsity"], 3) for r in stats],

@@ -3,13 +3,13 @@
 Run from the repository root: ``python bench/onnx_bench.py`` (writes the ``onnx`` section of
 docs/benchmarks.md); ``--no-write`` prints it only; ``--repeats N`` sets the repeats.
 
-The engine bench CNN (``bench/engine_bench.py``: 28x28x1 -> Conv 32 -> pool -> Conv 64 -> pool
+The engine bench CNN (``common.engine_cnn``: 28x28x1 -> Conv 32 -> pool -> Conv 64 -> pool
 -> Conv 64 -> GAP -> Dense 10) at 8-bit per-axis and 4-bit per-tensor is quantized, converted
 and exported with :func:`fixedq.interop.to_onnx`; onnxruntime's outputs are asserted equal to
 the engine's on every element (float32 and int64 outputs) before timing. Throughput of
 ``engine.predict`` and ``InferenceSession.run`` at batch 100 and batch 1 (a run of batch 1 is
 ``SINGLES`` single-image calls), medians of interleaved runs in one process, each after a short
-pause (``engine_bench.medians``).
+pause (``common.interleaved_medians``).
 """
 
 from __future__ import annotations
@@ -24,7 +24,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
-from engine_bench import BATCH, CONFIGS, cnn, medians  # noqa: E402
+from common import (  # noqa: E402
+    ENGINE_BATCH,
+    blas_one_thread,
+    engine_cnn,
+    engine_configs,
+    interleaved_medians,
+)
 from md_section import replace_section  # noqa: E402
 
 import fixedq  # noqa: E402
@@ -34,26 +40,18 @@ from fixedq.interop import to_onnx  # noqa: E402
 DOC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "benchmarks.md")
 START, END = "<!-- onnx:start -->", "<!-- onnx:end -->"
 SINGLES = 20
+BATCH = ENGINE_BATCH
 
 
 def session(proto):
     return ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
 
 
-def blas_one_thread():
-    """A context limiting NumPy's BLAS to one thread (threadpoolctl), or None."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return None
-    return threadpool_limits(limits=1, user_api="blas")
-
-
 def rows(repeats, rng):
     x = rng.uniform(0, 1, size=(BATCH, 28, 28, 1)).astype("float32")
-    model = cnn()
+    model = engine_cnn(keras)
     out = []
-    for label, qp in CONFIGS:
+    for label, qp in engine_configs():
         e = fe.convert(fixedq.quantize(model, qp, samples=x, verbose=False))
         proto = to_onnx(e)
         s = session(proto)
@@ -61,7 +59,7 @@ def rows(repeats, rng):
             got = session(to_onnx(e, output)).run(None, {"input": x})[0]
             assert np.array_equal(got, e.predict(x, output=output, batch_size=BATCH))
         ones = [x[i:i + 1] for i in range(SINGLES)]
-        t = medians({
+        t = interleaved_medians({
             "engine": lambda: e.predict(x, batch_size=BATCH),  # noqa: B023
             "ort": lambda: s.run(None, {"input": x}),  # noqa: B023
             "engine1": lambda: [e.predict(v) for v in ones],  # noqa: B023
@@ -71,8 +69,8 @@ def rows(repeats, rng):
         limit = blas_one_thread()
         if limit is not None:  # OpenBLAS threads on tiny GEMMs stall under load: one thread
             with limit:
-                one = SINGLES / medians({"engine1": lambda: [e.predict(v) for v in ones]},  # noqa: B023
-                                        repeats)["engine1"]
+                one = SINGLES / interleaved_medians(
+                    {"engine1": lambda: [e.predict(v) for v in ones]}, repeats)["engine1"]  # noqa: B023
         out.append({"model": label, "nodes": len(proto.graph.node),
                     "engine": BATCH / t["engine"], "ort": BATCH / t["ort"],
                     "engine1": SINGLES / t["engine1"], "ort1": SINGLES / t["ort1"],

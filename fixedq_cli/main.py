@@ -72,8 +72,10 @@ def _raise_terminated(signum, frame):
 
 @contextlib.contextmanager
 def _sigterm_raises():
-    """While a command runs (main thread only), SIGTERM raises :class:`Terminated`."""
-    if threading.current_thread() is not threading.main_thread():
+    """While a command runs (main thread only), SIGTERM raises :class:`Terminated`; an ignored
+    SIGTERM (``SIG_IGN`` inherited from the parent, e.g. ``nohup``) stays ignored."""
+    if threading.current_thread() is not threading.main_thread() \
+            or signal.getsignal(signal.SIGTERM) is signal.SIG_IGN:
         yield
         return
     previous = signal.signal(signal.SIGTERM, _raise_terminated)

@@ -243,9 +243,9 @@ def weight_errors(layer: QuantizedNeuralLayer) -> tuple[TensorError, TensorError
 def _float_reference(float_model):
     """The float model as ``quantize`` sees it, and ``{layer: relu_layer_name}`` fusions."""
     from fixedq.models.quantize import as_keras3, fused_relus
-    from fixedq.models.split_separable import split_separable
     from fixedq.transforms import sanitize
     from fixedq.transforms.graph import build_model, read_graph
+    from fixedq.transforms.split_separable import split_separable
 
     model = as_keras3(float_model)
     sanitized, _ = sanitize(model)

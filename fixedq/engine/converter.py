@@ -23,7 +23,7 @@ from fixedq.engine.model import Model
 from fixedq.engine.ops import Op
 from fixedq.layers.quantizers import Dequantizer, InputQuantizer
 from fixedq.ops import registry  # importing fixedq.ops registers every op
-from fixedq.ops.common import i64 as _i64
+from fixedq.ops.common import i64
 from fixedq.transforms.graph import read_graph
 
 #: Every quantized layer class a converted model may hold: the registered ops' layers (those
@@ -39,7 +39,7 @@ def _offset(spec, channels: int) -> np.ndarray | None:
     """Per-channel window start ``lo`` of an asymmetric tensor, else ``None``."""
     if spec is None or spec.lo is None:
         return None
-    return _i64(np.broadcast_to(spec.lo_array(), (channels,)))
+    return i64(np.broadcast_to(spec.lo_array(), (channels,)))
 
 
 def _check_structure(qmodel, graph) -> None:
@@ -78,46 +78,30 @@ def _check_structure(qmodel, graph) -> None:
                          + "\n  - ".join(problems))
 
 
-def _layer_op(layer, node, ins: list[str], specs: dict, channels: int) -> Op:
-    """The engine op of one (non-Dequantizer) quantized layer, made by its registered op."""
+def _owner(layer, node):
+    """The registered op (:class:`fixedq.ops.OpSpec`) that converts quantized ``layer``."""
     spec = registry.for_layer(layer)
     if spec is None or spec.to_engine is None:
         raise ValueError(f"layer {node.name!r} ({type(layer).__name__}) has no engine op")
-    return spec.to_engine(layer, node, ins, specs, channels)
+    return spec
 
 
-def _fold_offsets(ops: list[Op], offsets: dict[str, np.ndarray], outputs: list[dict]) -> None:
-    """Asymmetric tensors travel as ``u = v - lo`` (eq. 37). A neural op reading one folds
-    ``sum w * lo`` into its bias: computed exactly with the reference linear op on a constant
-    ``lo`` image, it is a per-channel vector, or a (Ho, Wo, Cout) bias map where zero padding
-    makes border outputs see fewer taps. Other ops get ``in_offset<i>`` (``v = u + lo`` before
-    they run); producers get ``out_offset``; model outputs get ``offset``."""
-    from fixedq.engine.ops import aligned_input, linear
-
+def _fold_offsets(ops: list[Op], owners: dict, offsets: dict[str, np.ndarray],
+                  outputs: list[dict]) -> None:
+    """Asymmetric tensors travel as ``u = v - lo`` (eq. 37). An op whose registered op folds
+    an offset (``OpSpec.fold_input_offset``; neural ops: into the bias) takes its first
+    input's ``lo`` that way; other inputs get ``in_offset<i>`` (``v = u + lo`` before the op
+    runs); producers get ``out_offset``; model outputs get ``offset``."""
     for op in ops:
         if op.name in offsets:
             op.arrays["out_offset"] = offsets[op.name]
+        fold = owners[op.name].fold_input_offset
         for i, t in enumerate(op.inputs):
             lo = offsets.get(t)
             if lo is None:
                 continue
-            if op.kind == "neural" and i == 0:
-                dynamic = None in op.attrs["in_shape"]
-                shape = (1, *_fold_shape(op)) if dynamic else (1, *op.attrs["in_shape"])
-                x_lo = np.broadcast_to(lo, shape).astype(np.int64)
-                fold = linear(op, aligned_input(op, x_lo))[0]
-                flat = fold.reshape(-1, fold.shape[-1])
-                bias = op.arrays["bias"]
-                if np.all(flat == flat[0]):
-                    op.arrays["bias"] = _i64(bias + flat[0])
-                elif dynamic:
-                    raise ValueError(
-                        f"layer {op.name!r} reads an asymmetric tensor through zero padding "
-                        f"and its input size {tuple(op.attrs['in_shape'])} is dynamic: the "
-                        "folded offset depends on the size. Quantize a model with a fixed "
-                        "input shape, e.g. keras.Input((224, 224, 3))")
-                else:
-                    op.arrays["bias"] = _i64(bias + fold)
+            if fold is not None and i == 0:
+                fold(op, lo)
             else:
                 op.arrays[f"in_offset{i}"] = lo
     for out in outputs:
@@ -125,22 +109,10 @@ def _fold_offsets(ops: list[Op], offsets: dict[str, np.ndarray], outputs: list[d
             out["offset"] = offsets[out["tensor"]].tolist()
 
 
-def _fold_shape(op: Op) -> list[int]:
-    """A stand-in size for the dynamic dimensions of a neural op's input: large enough for
-    interior outputs (a constant fold there and at the borders means a size-free fold)."""
-    a = op.attrs
-    k = op.arrays["kernel"].shape
-    extent = [(k[i] - 1) * a.get("dilation_rate", [1, 1])[i] + 1 for i in range(2)] \
-        if a["type"] != "dense" else [1, 1]
-    dims = list(op.attrs["in_shape"])
-    spatial = range(len(dims) - 1)
-    first = 1 if a.get("conv1d") else 0  # a Conv1D's steps are the conv2d's width
-    return [3 * extent[min(i + first, 1)] + 2 * max(a.get("strides", [1, 1])) if dims[i] is None
-            else dims[i] for i in spatial] + [dims[-1]]
-
-
-def _fuse_pools(ops: list[Op], outputs: list[dict]) -> list[Op]:
-    """Fold a MaxPool2D into the neural op before it when it is that op's only consumer."""
+def _fuse(ops: list[Op], owners: dict, outputs: list[dict]) -> list[Op]:
+    """Fold an op into the op before it when the registered producer ``absorbs`` it (a
+    MaxPool2D into a conv-type neural op) and it is that op's only consumer; the absorbed
+    op's ``epilogue`` gives the attrs it adds (once: an op absorbs at most one epilogue)."""
     consumers: dict[str, int] = {}
     for op in ops:
         for t in op.inputs:
@@ -148,15 +120,17 @@ def _fuse_pools(ops: list[Op], outputs: list[dict]) -> list[Op]:
     out_tensors = {o["tensor"] for o in outputs}
     result: list[Op] = []
     where: dict[str, int] = {}
+    fused: set[str] = set()
     for op in ops:
-        prev = result[where[op.inputs[0]]] if op.kind == "maxpool" else None
-        if (prev is not None and prev.kind == "neural" and prev.attrs["type"] != "dense"
-                and not prev.attrs.get("pool") and consumers[prev.name] == 1
-                and prev.name not in out_tensors):
-            attrs = dict(prev.attrs)
-            attrs["layers"] = prev.layers + [op.name]
-            attrs["pool"] = {k: op.attrs[k] for k in ("pool_size", "strides", "padding")}
-            merged = Op(op.name, "neural", prev.inputs, attrs, prev.arrays)
+        spec = owners[op.name]
+        prev = result[where[op.inputs[0]]] if op.inputs and op.inputs[0] in where else None
+        if (prev is not None and spec.name in owners[prev.name].absorbs
+                and spec.epilogue is not None and prev.name not in fused
+                and consumers[prev.name] == 1 and prev.name not in out_tensors):
+            attrs = {**prev.attrs, **spec.epilogue(op), "layers": prev.layers + [op.name]}
+            merged = Op(op.name, prev.kind, prev.inputs, attrs, prev.arrays)
+            owners[op.name] = owners[prev.name]
+            fused.add(op.name)
             index = where.pop(prev.name)
             result[index] = merged
             where[op.name] = index
@@ -173,7 +147,8 @@ def convert(qmodel, target=None, fuse: bool = True) -> Model:
         qmodel: a model returned by :func:`fixedq.quantize` (or loaded from its ``.keras``).
         target: ``None``, a profile name (see :data:`fixedq.engine.targets.TARGETS`) or a
             :class:`~fixedq.engine.targets.Target`; the model is checked against it.
-        fuse: fold max-pooling into the neural op before it.
+        fuse: fold ops into the op before them where the registry says so (max-pooling into
+            a conv-type neural op).
 
     Raises:
         TypeError: ``qmodel`` is not a Keras model.
@@ -195,6 +170,7 @@ def convert(qmodel, target=None, fuse: bool = True) -> Model:
     alias: dict[str, str] = {}  # Dequantizer / InputLayer name -> tensor it exposes
     ops: list[Op] = []
     offsets: dict[str, np.ndarray] = {}  # asymmetric tensors -> per-channel lo
+    owners: dict = {}  # op name -> the registered op (OpSpec) that made it
     input_node = None
     for node in graph.nodes:
         layer = qmodel.get_layer(node.name)
@@ -206,7 +182,8 @@ def convert(qmodel, target=None, fuse: bool = True) -> Model:
             alias[node.name] = ins[0]
             continue
         channels = int(node.output_shapes[0][-1])
-        op = _layer_op(layer, node, ins, specs, channels)
+        owners[node.name] = _owner(layer, node)
+        op = owners[node.name].to_engine(layer, node, ins, specs, channels)
         if op.kind == "neural":
             # None for a dynamic dimension: the integer ops run at any size
             op.attrs["linear_shape"] = [_dim(d) for d in node.output_shapes[0][1:]]
@@ -221,9 +198,9 @@ def convert(qmodel, target=None, fuse: bool = True) -> Model:
         tensor = alias[ref.name]
         frac = specs[tensor].frac_array(int(graph.node(ref.name).output_shapes[0][-1]))
         outputs.append({"tensor": tensor, "frac": frac.tolist(), "name": ref.name})
-    _fold_offsets(ops, offsets, outputs)
+    _fold_offsets(ops, owners, offsets, outputs)
     if fuse:
-        ops = _fuse_pools(ops, outputs)
+        ops = _fuse(ops, owners, outputs)
     input_shape = tuple(input_node.output_shapes[0])
     from fixedq.engine.streaming import as_streaming  # stateful ops: a StreamingModel
 

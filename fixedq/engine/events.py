@@ -173,7 +173,7 @@ def _reached(active: np.ndarray, kernel_hw, s, d, padding, out_hw) -> np.ndarray
     _, *pw = kernels.conv_geometry(w, kw, s[1], padding, d[1])
     ap = np.pad(active, ((0, 0), tuple(ph), tuple(pw)))[..., None]
     out = np.zeros((active.shape[0], ho, wo), dtype=bool)
-    for _, view in kernels._taps(ap, (kh, kw), s, d, (ho, wo)):
+    for _, view in kernels.taps(ap, (kh, kw), s, d, (ho, wo)):
         out |= view[..., 0]
     return out
 
@@ -706,7 +706,7 @@ def _synops_estimate(op, x: np.ndarray) -> int:
                                     a["dilation_rate"][1])
     cp = np.pad(cnt, ((0, 0), tuple(ph), tuple(pw), (0, 0)))
     total = 0
-    for _, view in kernels._taps(cp, (kh, kw), a["strides"], a["dilation_rate"], (ho, wo)):
+    for _, view in kernels.taps(cp, (kh, kw), a["strides"], a["dilation_rate"], (ho, wo)):
         total += int(view.sum())
     return total * fan_out
 

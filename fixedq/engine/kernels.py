@@ -65,8 +65,8 @@ def _pad(x: np.ndarray, ph: tuple[int, int], pw: tuple[int, int], value=0) -> np
     return np.pad(x, ((0, 0), ph, pw, (0, 0)), constant_values=value)
 
 
-def _taps(xp: np.ndarray, k: tuple[int, int], s: tuple[int, int], d: tuple[int, int],
-          out: tuple[int, int]):
+def taps(xp: np.ndarray, k: tuple[int, int], s: tuple[int, int], d: tuple[int, int],
+         out: tuple[int, int]):
     """Yield ``((a, b), view)`` for each kernel tap: the strided input window of that tap."""
     for a in range(k[0]):
         for b in range(k[1]):
@@ -102,7 +102,7 @@ def conv2d(x, kernel, strides, padding, dilation, dtype) -> np.ndarray:
             cols = xp[:, ::strides[0], ::strides[1], :][:, :ho, :wo, :]
         else:
             cols = np.empty((m, ho, wo, kh * kw, c), dtype=cast)
-            for (a, b), view in _taps(xp, (kh, kw), strides, dilation, (ho, wo)):
+            for (a, b), view in taps(xp, (kh, kw), strides, dilation, (ho, wo)):
                 cols[:, :, :, a * kw + b, :] = view
         res = _matmul(cols.reshape(m * ho * wo, kh * kw * c), kmat, dtype)
         out[start:start + m] = res.reshape(m, ho, wo, cout)
@@ -119,7 +119,7 @@ def depthwise_conv2d(x, kernel, strides, padding, dilation, dtype) -> np.ndarray
     xp = _pad(x.astype(cast, copy=False), tuple(ph), tuple(pw))
     k = kernel.astype(cast)
     acc = np.zeros((n, ho, wo, c, mult), dtype=cast)
-    for (a, b), view in _taps(xp, (kh, kw), strides, dilation, (ho, wo)):
+    for (a, b), view in taps(xp, (kh, kw), strides, dilation, (ho, wo)):
         acc += view[..., None] * k[a, b]
     return _to_int(acc.reshape(n, ho, wo, c * mult))
 
@@ -182,7 +182,7 @@ def max_pool2d(x, pool, strides, padding) -> np.ndarray:
     low = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
     xp = _pad(x, tuple(ph), tuple(pw), low)
     out = None
-    for _, view in _taps(xp, pool, strides, (1, 1), (ho, wo)):
+    for _, view in taps(xp, pool, strides, (1, 1), (ho, wo)):
         out = view.copy() if out is None else np.maximum(out, view, out=out)
     return out
 
@@ -200,7 +200,7 @@ def avg_pool_sum(x, pool, strides, padding) -> np.ndarray:
     wo, *pw = conv_geometry(w, pool[1], strides[1], padding)
     xp = _pad(np.asarray(x, dtype=np.int64), tuple(ph), tuple(pw))
     out = None
-    for _, view in _taps(xp, pool, strides, (1, 1), (ho, wo)):
+    for _, view in taps(xp, pool, strides, (1, 1), (ho, wo)):
         out = view.copy() if out is None else np.add(out, view, out=out)
     return out
 
@@ -295,7 +295,7 @@ def _windows(xp: np.ndarray, k, s, d, out) -> np.ndarray:
         return np.ascontiguousarray(v).reshape(rows, c)
     if c == 1:
         cols = np.empty((n, out[0], out[1], k[0] * k[1]), dtype=xp.dtype)
-        for (a, b), view in _taps(xp, k, s, d, out):
+        for (a, b), view in taps(xp, k, s, d, out):
             cols[..., a * k[1] + b] = view[..., 0]
         return cols.reshape(rows, k[0] * k[1])
     eff = ((k[0] - 1) * d[0] + 1, (k[1] - 1) * d[1] + 1)
@@ -489,7 +489,7 @@ class NeuralPlan:
         xp = _pad(x.astype(dt), tuple(ph), tuple(pw))
         k = self.kernel.astype(dt)
         acc = np.zeros((n, ho, wo, c, mult), dtype=dt)
-        for (ta, tb), view in _taps(xp, (kh, kw), s, d, (ho, wo)):
+        for (ta, tb), view in taps(xp, (kh, kw), s, d, (ho, wo)):
             acc += view[..., None] * k[ta, tb]
         if np.any(self.align):  # per-channel power of two: exact in float
             acc *= np.ldexp(1.0, self.align).astype(dt)[:, None]

@@ -117,6 +117,8 @@ def _guarded() -> Iterator[_SignalGuard]:
             old = signal.getsignal(signum)
             if old is None:  # installed outside Python: cannot be restored, leave it
                 continue
+            if old is signal.SIG_IGN:  # ignored by the parent (nohup, `&` in a script): the
+                continue  # process must not die of it now; the write completes
             previous[signum] = old
             signal.signal(signum, guard.handler)
     try:
@@ -131,8 +133,10 @@ def _guarded() -> Iterator[_SignalGuard]:
 def signals_raise() -> Iterator[None]:
     """Within the block, SIGTERM raises :class:`Terminated` and SIGINT ``KeyboardInterrupt``.
 
-    Only in the main thread (elsewhere it does nothing); the previous handlers are restored on
-    exit. Used by :func:`atomic_path`; useful around any work that must clean up.
+    Only in the main thread (elsewhere it does nothing); a signal the process ignores
+    (``SIG_IGN``, e.g. inherited from ``nohup`` or a shell's background job) stays ignored; the
+    previous handlers are restored on exit. Used by :func:`atomic_path`; useful around any work
+    that must clean up.
 
     Example:
         >>> with signals_raise():

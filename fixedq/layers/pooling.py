@@ -32,6 +32,20 @@ from fixedq.tensors.rounding import to_multiplier_shift
 
 
 @keras.saving.register_keras_serializable(package="fixedq")
+
+def _averaged(layer, sums, float_mean, training):
+    """The output of an average-pooling layer from its exact integer window ``sums``: requantized
+    by the layer's ``1/count`` multiplier/shift (eq. 26b) and dequantized; in training, the
+    clipped float mean ``float_mean()`` carries the straight-through gradient."""
+    y = kops.requantize(ops.cast(sums, "int64"), layer._mult, layer._shift, layer._lo,
+                        layer._hi)
+    out = from_integers(y, layer._f_out, layer.compute_dtype)
+    if not training:
+        return out
+    lo = from_integers(layer._lo, layer._f_out, layer.compute_dtype)
+    hi = from_integers(layer._hi, layer._f_out, layer.compute_dtype)
+    return straight_through(ops.clip(float_mean(), lo, hi), out)
+
 class QuantizedMaxPool2D(QuantizedLayer):
     """MaxPool2D on on-grid floats: the max of grid values is a grid value (spec unchanged)."""
 
@@ -80,14 +94,8 @@ class QuantizedGlobalAveragePooling2D(QuantizedLayer):
 
     def call(self, inputs, training=None):
         v = to_channel_integers(inputs, self.input_spec0, self._dtype_exact)
-        acc = ops.cast(ops.sum(v, axis=self._axes), "int64")
-        y = kops.requantize(acc, self._mult, self._shift, self._lo, self._hi)
-        out = from_integers(y, self._f_out, self.compute_dtype)
-        if not training:
-            return out
-        lo = from_integers(self._lo, self._f_out, self.compute_dtype)
-        hi = from_integers(self._hi, self._f_out, self.compute_dtype)
-        return straight_through(ops.clip(ops.mean(inputs, axis=self._axes), lo, hi), out)
+        return _averaged(self, ops.sum(v, axis=self._axes),
+                        lambda: ops.mean(inputs, axis=self._axes), training)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], input_shape[-1])
@@ -183,15 +191,9 @@ class QuantizedAveragePooling2D(QuantizedLayer):
 
     def call(self, inputs, training=None):
         v = to_channel_integers(inputs, self.input_spec0, self._dtype_exact)
-        acc = ops.cast(self._window_sum(v), "int64")
-        y = kops.requantize(acc, self._mult, self._shift, self._lo, self._hi)
-        out = from_integers(y, self._f_out, self.compute_dtype)
-        if not training:
-            return out
-        lo = from_integers(self._lo, self._f_out, self.compute_dtype)
-        hi = from_integers(self._hi, self._f_out, self.compute_dtype)
-        mean = ops.average_pool(inputs, self.pool_size, self.strides, self.padding)
-        return straight_through(ops.clip(mean, lo, hi), out)
+        return _averaged(self, self._window_sum(v),
+                        lambda: ops.average_pool(inputs, self.pool_size, self.strides,
+                                                 self.padding), training)
 
     def compute_output_shape(self, input_shape):
         return keras.layers.AveragePooling2D(self.pool_size, self.strides,

@@ -26,10 +26,10 @@ from fixedq.models.calibrate import RangeStats
 from fixedq.models.calibration_methods import CalibrationMethod, select_range
 from fixedq.models.qconfig_schema import SETTINGS, QConfigError, check_activation_bits
 from fixedq.models.qconfig_schema import check_frac_bits as _check_frac
-from fixedq.models.split_separable import DW_SUFFIX
 from fixedq.models.weight_rounding import apply_recorded_rounding
 from fixedq.ops import registry  # importing fixedq.ops registers every op
 from fixedq.transforms.graph import Graph, GraphNode
+from fixedq.transforms.split_separable import DW_SUFFIX
 
 #: Kinds of layers that requantize their output with calibrated frac_bits (from the registry).
 REQUANTIZING = frozenset(registry.requantizing_kinds())
@@ -187,7 +187,10 @@ def dequantizer(producer: str) -> Dequantizer:
     return Dequantizer(name=f"{producer}_dequantizer")
 
 
-def _output_spec(node: GraphNode, ctx: BuildContext, signed: bool):
+def activation_bits(node: GraphNode, ctx: BuildContext) -> int:
+    """The total activation bits of ``node``'s output: its q-config/override value, else the
+    default (``output_bits`` for a model output; at least 8 for the depthwise half of a split
+    SeparableConv2D, whose output is never seen outside it; else ``activation_bits``)."""
     name = node.name
     if name in ctx.outputs:
         default = ctx.qparams.output_bits
@@ -195,7 +198,12 @@ def _output_spec(node: GraphNode, ctx: BuildContext, signed: bool):
         default = max(8, ctx.qparams.activation_bits)  # inside a split SeparableConv2D
     else:
         default = ctx.qparams.activation_bits
-    bits = ctx.override(name, "activation_bits", default)
+    return ctx.override(name, "activation_bits", default)
+
+
+def _output_spec(node: GraphNode, ctx: BuildContext, signed: bool):
+    name = node.name
+    bits = activation_bits(node, ctx)
     relu = ctx.fused.get(name)
     max_value = None
     if relu is not None and ctx.graph is not None:

@@ -34,7 +34,6 @@ from fixedq.models import builders
 from fixedq.models.bias_correction import BiasCorrection, clip_kernels, correct_biases
 from fixedq.models.calibrate import RangeStats, calibrate
 from fixedq.models.calibration_methods import CalibrationMethod
-from fixedq.models.fold_rescaling import fold_rescaling
 from fixedq.models.qconfig_schema import (
     QCONFIG_FORMAT,
     QCONFIG_VERSION,
@@ -46,11 +45,11 @@ from fixedq.models.qconfig_schema import (
 from fixedq.models.range_alignment import align_ranges, apply_alignment
 from fixedq.models.range_alignment import wanted as alignment_wanted
 from fixedq.models.samples import DEFAULT_NUM_SAMPLES, iter_batches, random_samples
-from fixedq.models.split_separable import split_separable
 from fixedq.models.streaming import calibrate_clips, is_streaming, streaming_quantize_options
 from fixedq.models.weight_rounding import WeightRounding, optimize_rounding
 from fixedq.ops import registry
 from fixedq.transforms import sanitize
+from fixedq.transforms.fold_rescaling import fold_rescaling
 from fixedq.transforms.graph import (
     Graph,
     build_model,
@@ -59,6 +58,7 @@ from fixedq.transforms.graph import (
     read_graph,
 )
 from fixedq.transforms.smooth_quant import smooth_quant as smooth_quant_transform
+from fixedq.transforms.split_separable import split_separable
 
 _METHOD_KEYS = set(CalibrationMethod.__dataclass_fields__)
 
@@ -190,8 +190,17 @@ def _stats_from_config(layers: dict) -> dict[str, RangeStats]:
     return stats
 
 
-#: Kinds whose integer parameters depend on the spatial size (GAP's 1/(H*W) multiplier).
-_SIZE_DEPENDENT = ("gap",)
+def _size_dependent(node) -> bool:
+    """Its op's integer parameters depend on the spatial size (GAP's 1/(H*W) multiplier)."""
+    spec = registry.for_node(node)
+    return spec is not None and spec.size_dependent
+
+
+def _call_inputs(node, ins: list):
+    """The inputs as ``node``'s layer was called: a list when it was called with a list (merge
+    layers, even of one tensor) or on several tensors, else the one tensor."""
+    listed = bool(node.args) and isinstance(node.args[0], (list, tuple))
+    return ins if listed or len(ins) > 1 else ins[0]
 
 
 def _pin_dynamic_input(graph, samples, q_config) -> None:
@@ -208,7 +217,7 @@ def _pin_dynamic_input(graph, samples, q_config) -> None:
     dyn = [i for i, d in enumerate(shape) if i > 0 and d is None]
     if not dyn:
         return
-    needs = [n.name for n in graph.nodes if builders.kind_of(n) in _SIZE_DEPENDENT
+    needs = [n.name for n in graph.nodes if _size_dependent(n)
              and any(d is None for d in (graph.input_shape(n) or ())[1:-1])]
     if not needs and (samples is not None or q_config is not None):
         return
@@ -593,7 +602,7 @@ def _build(graph: Graph, qp: QuantizationParams, stats, fused, layer_cfg, name,
             else:
                 ins = [values[r.name][0] for r in refs]
                 ins = [q(t) if q is not None else t for q, t in zip(pre, ins, strict=True)]
-                out = layer(ins if len(ins) > 1 or kind == "add" else ins[0])
+                out = layer(_call_inputs(node, ins))
                 builders.set_weights(layer, node)
                 values[node.name] = (out, spec)
                 continue
@@ -603,8 +612,7 @@ def _build(graph: Graph, qp: QuantizationParams, stats, fused, layer_cfg, name,
                           "layer runs in float", stacklevel=4)
         layer = make_layer(node)
         ins = [as_float(r.name) for r in refs]
-        out = layer(ins if len(ins) > 1 or node.cls in (keras.layers.Add,
-                                                       keras.layers.Concatenate) else ins[0])
+        out = layer(_call_inputs(node, ins))
         if node.weights:
             layer.set_weights([w for _, w in node.weights])
         values[node.name] = (out, None)

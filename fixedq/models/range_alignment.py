@@ -39,21 +39,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import keras
 import numpy as np
 
 from fixedq.layers.spec import frac_bits_for_range
 from fixedq.models import builders
 from fixedq.models.asymmetric import select_window
 from fixedq.models.calibration_methods import select_range
-from fixedq.models.split_separable import DW_SUFFIX
+from fixedq.ops import registry
 from fixedq.transforms.fold_batchnorm import scale_output_channels
 from fixedq.transforms.graph import Graph, GraphNode
 
-L = keras.layers
-#: Kernel axis of the input channels of the layers that can absorb ``1/s`` on their inputs.
-_IN_AXIS = {L.Conv2D: 2, L.DepthwiseConv2D: 2, L.Dense: 0, L.Conv2DTranspose: 3}
-_TRANSPARENT = {"relu", "maxpool", "dropout", "gap", "add"}
 _MARGIN = 1.0 - 2.0**-20  # stay strictly below the grid top despite float rounding
 
 
@@ -66,9 +61,25 @@ class ChannelGroup:
     consumers: tuple[str, ...]
 
 
+def _in_axis(node: GraphNode) -> int | None:
+    """The kernel axis of ``node``'s input channels when it can absorb ``1/s`` on its inputs
+    (``OpSpec.in_channel_axis`` of its op), else ``None``."""
+    spec = registry.for_node(node)
+    if spec is None or spec.in_channel_axis is None or node.weight("kernel") is None:
+        return None
+    return spec.in_channel_axis
+
+
 def _producible(node: GraphNode) -> bool:
-    return (builders.kind_of(node) == "neural" and node.cls in _IN_AXIS
-            and node.weight("kernel") is not None)
+    return _in_axis(node) is not None
+
+
+def _transparent(node: GraphNode) -> bool:
+    """Channel factors pass through ``node`` (its op is ``channel_homogeneous`` and it has no
+    ``max_value`` clip)."""
+    spec = registry.for_node(node)
+    return (spec is not None and spec.channel_homogeneous
+            and node.config.get("max_value") is None)
 
 
 def _group_from(graph: Graph, start: str, relu_max: set[str]) -> ChannelGroup | None:
@@ -79,11 +90,9 @@ def _group_from(graph: Graph, start: str, relu_max: set[str]) -> ChannelGroup | 
         node = graph.node(name)
         if graph.is_output(name) or name in relu_max:
             return None
-        kind = builders.kind_of(node)
         if _producible(node):
             producers.add(name)
-        elif kind in _TRANSPARENT and not (kind == "relu" and node.config.get("max_value")
-                                           is not None):
+        elif _transparent(node):
             for ref in node.refs:
                 if ref.name not in tensors:
                     tensors.add(ref.name)
@@ -91,13 +100,12 @@ def _group_from(graph: Graph, start: str, relu_max: set[str]) -> ChannelGroup | 
         else:
             return None
         for user in graph.consumers(name):
-            ukind = builders.kind_of(user)
-            if ukind == "neural":
-                if (user.cls not in _IN_AXIS or len(user.refs) != 1
-                        or user.folded_input is not None or user.weight("kernel") is None):
+            if builders.kind_of(user) == "neural":
+                if (_in_axis(user) is None or len(user.refs) != 1
+                        or user.folded_input is not None):
                     return None
                 consumers.add(user.name)
-            elif ukind in _TRANSPARENT:
+            elif _transparent(user):
                 if user.name not in tensors:
                     tensors.add(user.name)
                     todo.append(user.name)
@@ -150,12 +158,8 @@ def _signedness(graph: Graph, fused: dict[str, str], stats) -> dict[str, bool]:
     return signed
 
 
-def _value_bits(name: str, node: GraphNode, signed: bool, ctx: builders.BuildContext) -> int:
-    if name.endswith(DW_SUFFIX) and node.cls is L.DepthwiseConv2D:
-        default = max(8, ctx.qparams.activation_bits)
-    else:
-        default = ctx.qparams.activation_bits
-    bits = ctx.override(name, "activation_bits", default)
+def _value_bits(node: GraphNode, signed: bool, ctx: builders.BuildContext) -> int:
+    bits = builders.activation_bits(node, ctx)
     return bits - 1 if signed else bits
 
 
@@ -192,7 +196,7 @@ def group_scales(group: ChannelGroup, graph: Graph, stats, ctx: builders.BuildCo
                                              ctx.qparams.asymmetric_activations)
         if per_tensor or "frac_bits" in cfg or "range" in cfg or "window" in cfg:
             return None
-        vb = _value_bits(name, node, signed[name], ctx)
+        vb = _value_bits(node, signed[name], ctx)
         if asym:  # an n-bit window [low, high] fills like a symmetric range (high-low)/2, n-1
             low, high = select_window(stats[name], ctx.method_for(name), vb + 1)
             rng = (high - low) / 2.0
@@ -217,7 +221,7 @@ def group_scales(group: ChannelGroup, graph: Graph, stats, ctx: builders.BuildCo
 def _scale_in(node: GraphNode, factor: np.ndarray) -> None:
     kernel = node.weight("kernel").astype(np.float64)
     shape = [1] * kernel.ndim
-    axis = _IN_AXIS[node.cls]
+    axis = _in_axis(node)
     shape[axis] = kernel.shape[axis]
     node.weights = [(k, (kernel * factor.reshape(shape)).astype(v.dtype) if k == "kernel" else v)
                     for k, v in node.weights]

@@ -16,4 +16,4 @@ from fixedq.ops.neural import conv_args, neural_op
 SPEC = neural_op(
     "conv2d", keras.layers.Conv2D, QuantizedConv2D, "conv2d",
     lambda node, common: QuantizedConv2D(node.config["filters"], **conv_args(node), **common),
-    "2-D convolution + bias + requantize (+ fused ReLU / max-pool)")
+    "2-D convolution + bias + requantize (+ fused ReLU / max-pool)", in_channel_axis=2)

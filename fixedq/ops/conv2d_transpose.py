@@ -17,4 +17,4 @@ SPEC = neural_op(
     "conv2d_transpose", keras.layers.Conv2DTranspose, QuantizedConv2DTranspose, "transpose",
     lambda node, common: QuantizedConv2DTranspose(node.config["filters"], **conv_args(node),
                                                   **common),
-    "transposed 2-D convolution + bias + requantize")
+    "transposed 2-D convolution + bias + requantize", in_channel_axis=3)

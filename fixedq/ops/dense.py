@@ -16,4 +16,4 @@ from fixedq.ops.neural import neural_op
 SPEC = neural_op(
     "dense", keras.layers.Dense, QuantizedDense, "dense",
     lambda node, common: QuantizedDense(node.config["units"], **common),
-    "fully connected + bias + requantize (+ fused ReLU)")
+    "fully connected + bias + requantize (+ fused ReLU)", in_channel_axis=0)

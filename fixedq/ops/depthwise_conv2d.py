@@ -17,4 +17,5 @@ SPEC = neural_op(
     "depthwise_conv2d", keras.layers.DepthwiseConv2D, QuantizedDepthwiseConv2D, "depthwise",
     lambda node, common: QuantizedDepthwiseConv2D(
         depth_multiplier=node.config["depth_multiplier"], **conv_args(node), **common),
-    "depthwise 2-D convolution + bias + requantize (SeparableConv2D is split into it)")
+    "depthwise 2-D convolution + bias + requantize (SeparableConv2D is split into it)",
+    in_channel_axis=2)

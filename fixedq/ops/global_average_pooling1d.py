@@ -14,24 +14,8 @@ import keras
 
 from fixedq.layers.pooling import QuantizedGlobalAveragePooling1D
 from fixedq.ops.global_average_pooling2d import SPEC as GAP2D
+from fixedq.ops.global_average_pooling2d import builder
 from fixedq.ops.registry import MAXPOOL_RELU, RELU, OpSpec, register
-
-
-def _accepts(node) -> str | None:
-    if node.config.get("keepdims"):
-        return "keepdims=True"
-    if node.config.get("data_format", "channels_last") != "channels_last":
-        return f"data_format {node.config.get('data_format')!r} (only channels_last)"
-    return None
-
-
-def _build(node, in_specs, ctx):
-    spec0 = in_specs[0]
-    spec, bits = ctx.output_spec(node, signed=spec0.signed)
-    layer = QuantizedGlobalAveragePooling1D(
-        scale_bits=ctx.qparams.scale_bits, input_specs=[spec0], output_spec=spec,
-        name=node.name, qconfig=ctx.entry(node.name, activation_bits=bits))
-    return layer, spec, [None]
 
 
 def _example(rng):
@@ -46,7 +30,8 @@ SPEC = register(OpSpec(
     name="global_average_pooling1d", kind="gap",
     float_layers=(keras.layers.GlobalAveragePooling1D,),
     quantized_layers=(QuantizedGlobalAveragePooling1D,), engine_kinds=("gap",),
-    accepts=_accepts, requantizes=True, fuses=(RELU, MAXPOOL_RELU), build=_build,
-    to_engine=GAP2D.to_engine,
+    accepts=GAP2D.accepts, requantizes=True, fuses=(RELU, MAXPOOL_RELU),
+    build=builder(QuantizedGlobalAveragePooling1D),
+    to_engine=GAP2D.to_engine, channel_homogeneous=True, size_dependent=True,
     description="global average pooling over steps: exact sum, 1/steps folded into the "
                 "requantization", example=_example))

@@ -20,13 +20,19 @@ def _accepts(node) -> str | None:
     return "keepdims=True" if node.config.get("keepdims") else None
 
 
-def _build(node, in_specs, ctx):
-    spec0 = in_specs[0]
-    spec, bits = ctx.output_spec(node, signed=spec0.signed)
-    layer = QuantizedGlobalAveragePooling2D(
-        scale_bits=ctx.qparams.scale_bits, input_specs=[spec0], output_spec=spec,
-        name=node.name, qconfig=ctx.entry(node.name, activation_bits=bits))
-    return layer, spec, [None]
+def builder(layer_cls: type):
+    """The ``build`` of a global average pooling op that makes a ``layer_cls`` layer (its
+    output as signed as its input, calibrated frac_bits)."""
+
+    def build(node, in_specs, ctx):
+        spec0 = in_specs[0]
+        spec, bits = ctx.output_spec(node, signed=spec0.signed)
+        layer = layer_cls(scale_bits=ctx.qparams.scale_bits, input_specs=[spec0],
+                          output_spec=spec, name=node.name,
+                          qconfig=ctx.entry(node.name, activation_bits=bits))
+        return layer, spec, [None]
+
+    return build
 
 
 def _to_engine(layer, node, ins, specs, channels) -> Op:
@@ -39,6 +45,7 @@ SPEC = register(OpSpec(
     name="global_average_pooling2d", kind="gap",
     float_layers=(keras.layers.GlobalAveragePooling2D,),
     quantized_layers=(QuantizedGlobalAveragePooling2D,), engine_kinds=("gap",),
-    accepts=_accepts, requantizes=True, fuses=(RELU, MAXPOOL_RELU), build=_build,
-    to_engine=_to_engine,
+    accepts=_accepts, requantizes=True, fuses=(RELU, MAXPOOL_RELU),
+    build=builder(QuantizedGlobalAveragePooling2D),
+    to_engine=_to_engine, channel_homogeneous=True, size_dependent=True,
     description="global average pooling: exact sum, 1/(H*W) folded into the requantization"))

@@ -32,7 +32,13 @@ def _to_engine(layer, node, ins, specs, channels) -> Op:
                                           "padding": layer.padding})
 
 
+def _epilogue(op: Op) -> dict:
+    """The ``pool`` attrs a conv-type neural op takes when it absorbs this op."""
+    return {"pool": {k: op.attrs[k] for k in ("pool_size", "strides", "padding")}}
+
+
 SPEC = register(OpSpec(
     name="max_pooling2d", kind="maxpool", float_layers=(keras.layers.MaxPooling2D,),
     quantized_layers=(QuantizedMaxPool2D,), engine_kinds=("maxpool",), build=_build,
-    to_engine=_to_engine, description="2-D max pooling on integers"))
+    to_engine=_to_engine, epilogue=_epilogue, channel_homogeneous=True,
+    description="2-D max pooling on integers"))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from fixedq.engine import kernels
-from fixedq.engine.ops import Op
+from fixedq.engine.ops import Op, aligned_input, linear
 from fixedq.ops.common import i64, spec_attrs
 from fixedq.ops.registry import MAXPOOL_RELU, RELU, OpSpec, register
 
@@ -105,13 +105,60 @@ def to_engine(layer, node, ins, specs, channels) -> Op:
     return Op(node.name, "neural", [ins[0]], attrs, arrays)
 
 
+def fold_input_offset(op: Op, lo: np.ndarray) -> None:
+    """Fold the window start ``lo`` of an asymmetric input into a neural op's bias.
+
+    The engine then feeds ``u = v - lo`` (eq. 37), so ``sum w * lo`` joins the bias: computed
+    exactly with the engine's linear op on a constant ``lo`` image, it is a per-channel vector,
+    or a (Ho, Wo, Cout) bias map where zero padding makes border outputs see fewer taps.
+
+    Raises:
+        ValueError: the fold depends on the size (zero padding) and the input size is dynamic.
+    """
+    dynamic = None in op.attrs["in_shape"]
+    shape = (1, *_fold_shape(op)) if dynamic else (1, *op.attrs["in_shape"])
+    x_lo = np.broadcast_to(lo, shape).astype(np.int64)
+    fold = linear(op, aligned_input(op, x_lo))[0]
+    flat = fold.reshape(-1, fold.shape[-1])
+    bias = op.arrays["bias"]
+    if np.all(flat == flat[0]):
+        op.arrays["bias"] = i64(bias + flat[0])
+    elif dynamic:
+        raise ValueError(
+            f"layer {op.name!r} reads an asymmetric tensor through zero padding "
+            f"and its input size {tuple(op.attrs['in_shape'])} is dynamic: the "
+            "folded offset depends on the size. Quantize a model with a fixed "
+            "input shape, e.g. keras.Input((224, 224, 3))")
+    else:
+        op.arrays["bias"] = i64(bias + fold)
+
+
+def _fold_shape(op: Op) -> list[int]:
+    """A stand-in size for the dynamic dimensions of a neural op's input: large enough for
+    interior outputs (a constant fold there and at the borders means a size-free fold)."""
+    a = op.attrs
+    k = op.arrays["kernel"].shape
+    extent = [(k[i] - 1) * a.get("dilation_rate", [1, 1])[i] + 1 for i in range(2)] \
+        if a["type"] != "dense" else [1, 1]
+    dims = list(op.attrs["in_shape"])
+    spatial = range(len(dims) - 1)
+    first = 1 if a.get("conv1d") else 0  # a Conv1D's steps are the conv2d's width
+    return [3 * extent[min(i + first, 1)] + 2 * max(a.get("strides", [1, 1])) if dims[i] is None
+            else dims[i] for i in spatial] + [dims[-1]]
+
+
 _TYPES: dict[type, str] = {}
+#: Neural types whose engine op can end with a fused max-pool (``neural_output``'s ``pool``).
+_POOLED_TYPES = ("conv2d", "depthwise", "transpose")
 
 
 def neural_op(name: str, float_layer: type, quantized_layer: type, neural_type: str | None,
-              make, description: str, example=None) -> OpSpec:
+              make, description: str, example=None, in_channel_axis: int | None = None
+              ) -> OpSpec:
     """Register a neural op; ``neural_type`` ``None`` means it has no engine op yet;
-    ``example`` is :attr:`OpSpec.example`."""
+    ``example`` is :attr:`OpSpec.example`; ``in_channel_axis`` is
+    :attr:`OpSpec.in_channel_axis` (the kernel axis of the input channels, when range
+    alignment may scale them)."""
     if neural_type is not None:
         _TYPES[quantized_layer] = neural_type
     return register(OpSpec(
@@ -121,4 +168,6 @@ def neural_op(name: str, float_layer: type, quantized_layer: type, neural_type: 
         neural_type=neural_type, accepts=accepts, requantizes=True,
         fuses=(RELU, MAXPOOL_RELU), weighted=True, build=builder(make),
         set_weights=set_weights, to_engine=to_engine if neural_type is not None else None,
-        description=description, example=example))
+        absorbs=("max_pooling2d",) if neural_type in _POOLED_TYPES else (),
+        fold_input_offset=fold_input_offset if neural_type is not None else None,
+        in_channel_axis=in_channel_axis, description=description, example=example))

@@ -51,6 +51,22 @@ class OpSpec:
         set_weights: ``set_weights(layer, node)`` copies the float weights (``None``: none).
         to_engine: ``to_engine(layer, node, ins, specs, channels) -> Op`` (``None``: the
             quantized layer has no engine op yet).
+        absorbs: names of the ops whose engine op the converter folds into this op's engine
+            op when this op's output feeds only that op (conv-type neural ops absorb
+            ``max_pooling2d`` as a fused pool).
+        epilogue: for an op that others absorb: ``epilogue(op) -> attrs``, the attributes its
+            engine ``op`` adds to the absorbing op (``max_pooling2d``: ``{"pool": {...}}``).
+        fold_input_offset: ``fold_input_offset(op, lo)`` folds the window start ``lo`` of an
+            asymmetric first input (eq. 37) into the engine ``op``'s parameters (neural ops:
+            into the bias). ``None``: the engine adds ``lo`` back before the op runs
+            (``in_offset<i>``).
+        in_channel_axis: kernel axis of the input channels of a weighted op that can absorb a
+            per-input-channel factor (range alignment); ``None``: it cannot.
+        channel_homogeneous: scaling an input channel by ``s > 0`` scales the same output
+            channel by ``s`` (ReLU without ``max_value``, max/global pooling, Dropout, Add):
+            range alignment passes channel factors through it.
+        size_dependent: its integer parameters depend on the input's spatial size (global
+            average pooling's ``1/(H*W)``): a dynamic input size is pinned before calibration.
         description: one line for the docs' table.
         example: optional ``example(rng) -> (float keras.Model, samples)``: a tiny float model
             that exercises this op and calibration samples for it. The shared layer harness
@@ -72,6 +88,12 @@ class OpSpec:
     fuses: tuple[tuple[str, ...], ...] = ()
     weighted: bool = False
     neural_type: str | None = None
+    absorbs: tuple[str, ...] = ()
+    epilogue: Callable | None = None
+    fold_input_offset: Callable | None = None
+    in_channel_axis: int | None = None
+    channel_homogeneous: bool = False
+    size_dependent: bool = False
     description: str = ""
     example: Callable | None = None
 

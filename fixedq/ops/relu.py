@@ -39,4 +39,5 @@ def _to_engine(layer, node, ins, specs, channels) -> Op:
 SPEC = register(OpSpec(
     name="relu", kind="relu", float_layers=(keras.layers.ReLU,),
     quantized_layers=(QuantizedReLU,), engine_kinds=("clip",), accepts=_accepts,
-    build=_build, to_engine=_to_engine, description="ReLU / ReLU(max_value) as an integer clip"))
+    build=_build, to_engine=_to_engine, channel_homogeneous=True,
+    description="ReLU / ReLU(max_value) as an integer clip"))

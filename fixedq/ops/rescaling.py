@@ -1,5 +1,5 @@
 """Rescaling -> QuantizedRescaling -> engine ``affine`` op. (A Rescaling right before a neural
-layer is usually folded into it first, see :mod:`fixedq.models.fold_rescaling`.)
+layer is usually folded into it first, see :mod:`fixedq.transforms.fold_rescaling`.)
 
 Example:
     >>> from fixedq.ops.registry import by_name

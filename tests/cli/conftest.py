@@ -12,6 +12,29 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
+def assert_one_line_error(result, *fragments) -> None:
+    """A CLI run failed as the CLI promises for bad input: exit code 2, one ``error:`` line on
+    stderr naming every fragment, no traceback, nothing on stdout. ``result`` is a
+    ``test_cli.Result`` or a ``cli_driver.py`` result dict."""
+    if isinstance(result, dict):
+        code, out, err = result["code"], result["out"], result["err"]
+    else:
+        code, out, err = result.code, result.out, result.err
+    assert code == 2, result
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert "error:" in lines[0] and "Traceback" not in err, err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    assert out == "", out
+
+
+@pytest.fixture
+def one_line_error():
+    """:func:`assert_one_line_error` for the tests of this folder."""
+    return assert_one_line_error
+
+
 @dataclass
 class CLIFiles:
     dir: Path

@@ -40,14 +40,6 @@ def _digest(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _assert_one_line_error(result, *fragments):
-    assert result.code == 2, result
-    lines = [line for line in result.err.splitlines() if line.strip()]
-    assert len(lines) == 1, result.err
-    assert "error:" in lines[0] and "Traceback" not in result.err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    assert result.out == ""
 
 
 def run_batch(cases, cwd=None) -> tuple[list[Result], bool]:
@@ -101,7 +93,7 @@ def test_installed_script_version():
 # --- bad input that fails before TensorFlow is imported ------------------------------------
 
 
-def test_bad_input_before_tensorflow(cli_files, tmp_path):
+def test_bad_input_before_tensorflow(cli_files, tmp_path, one_line_error):
     d = cli_files.dir
     before = {p.name: _digest(p) for p in d.iterdir()}
     text_file = tmp_path / "notes.keras"
@@ -144,10 +136,10 @@ def test_bad_input_before_tensorflow(cli_files, tmp_path):
     ]
     # Two as separate processes, all in one process that must never import TensorFlow.
     for args, fragment in cases[:1] + cases[4:5]:
-        _assert_one_line_error(run_cli(*args), fragment)
+        one_line_error(run_cli(*args), fragment)
     results, tf_imported = run_batch([args for args, _ in cases])
     for (_args, fragment), result in zip(cases, results, strict=True):
-        _assert_one_line_error(result, fragment)
+        one_line_error(result, fragment)
     assert not tf_imported
     assert {p.name: _digest(p) for p in d.iterdir()} == before  # nothing written or changed
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
@@ -308,8 +300,8 @@ def test_check_json_reports_saturation(batch, cli_files):
     ("unknown_layers", ("no_such_layer",)),
     ("config_of_float_model", ("is not a fixedq quantized model",)),
 ])
-def test_bad_input_after_loading(batch, cli_files, name, fragments):
-    _assert_one_line_error(batch[1][name], *fragments)
+def test_bad_input_after_loading(batch, cli_files, name, fragments, one_line_error):
+    one_line_error(batch[1][name], *fragments)
 
 
 def test_no_partial_outputs(batch, cli_files):

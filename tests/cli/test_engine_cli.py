@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_cli import _assert_one_line_error, run_batch, run_cli
+from test_cli import run_batch, run_cli
 
 
 def _digest(path: Path) -> str:
@@ -104,7 +104,7 @@ def test_run_json_events_with_label_file(engine_files):
     assert sum(r["share"] for r in prof) == pytest.approx(1.0)
 
 
-def test_bad_inputs_fail_before_tensorflow(engine_files, tmp_path):
+def test_bad_inputs_fail_before_tensorflow(engine_files, tmp_path, one_line_error):
     d = engine_files["dir"]
     fqe, qmodel = engine_files["fqe"], engine_files["qmodel"]
     corrupt = tmp_path / "corrupt.fqe"
@@ -133,14 +133,14 @@ def test_bad_inputs_fail_before_tensorflow(engine_files, tmp_path):
     results, tf_imported = run_batch([argv for argv, _ in cases])
     assert not tf_imported
     for (_argv, fragments), result in zip(cases, results, strict=True):
-        _assert_one_line_error(result, *fragments)
+        one_line_error(result, *fragments)
     assert _digest(qmodel) == digest
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["corrupt.fqe", "foreign.fqe", "wrong.npz", "short.npy"])  # nothing half-written
 
 
-def test_convert_float_model_is_one_line_error(cli_files, tmp_path):
+def test_convert_float_model_is_one_line_error(cli_files, tmp_path, one_line_error):
     out = tmp_path / "float.fqe"
     result = run_cli("convert", "-m", cli_files.model, "-o", out)
-    _assert_one_line_error(result, "not quantized")
+    one_line_error(result, "not quantized")
     assert not out.exists()

@@ -23,12 +23,6 @@ def run_batch(cases, cwd=None):
     return report["results"], report["tensorflow_imported"]
 
 
-def _one_line_error(result, *fragments):
-    assert result["code"] == 2, result
-    lines = [line for line in result["err"].splitlines() if line.strip()]
-    assert len(lines) == 1 and "error:" in lines[0], result["err"]
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -107,12 +101,12 @@ def test_mixed_precision_cost_mode(runs):
     assert 16 in result["weight_bits"].values()
 
 
-def test_wrong_models(runs):
-    _one_line_error(runs[1]["swapped"], "is a quantized model")
-    _one_line_error(runs[1]["float_q"], "is not a fixedq quantized model")
+def test_wrong_models(runs, one_line_error):
+    one_line_error(runs[1]["swapped"], "is a quantized model")
+    one_line_error(runs[1]["float_q"], "is not a fixedq quantized model")
 
 
-def test_bad_input_fails_before_tensorflow(cli_files, tmp_path):
+def test_bad_input_fails_before_tensorflow(cli_files, tmp_path, one_line_error):
     m, q, sa = cli_files.model, cli_files.qmodel, cli_files.samples
     np.savez(tmp_path / "nolabels.npz", x=np.zeros((4, 8, 8, 1), "float32"))
     cases = [
@@ -128,6 +122,6 @@ def test_bad_input_fails_before_tensorflow(cli_files, tmp_path):
     ]
     results, tf_imported = run_batch([args for args, _ in cases])
     for (_, fragment), res in zip(cases, results, strict=True):
-        _one_line_error(res, fragment)
+        one_line_error(res, fragment)
     assert not tf_imported
     assert sorted(p.name for p in tmp_path.iterdir()) == ["nolabels.npz"]

@@ -21,12 +21,6 @@ def run_batch(cases):
     return json.loads(proc.stdout)["results"]
 
 
-def _one_line_error(result, *fragments):
-    assert result["code"] == 2, result
-    lines = [line for line in result["err"].splitlines() if line.strip()]
-    assert len(lines) == 1 and "error:" in lines[0], result["err"]
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -90,18 +84,18 @@ def test_qat_end_to_end(runs, cli_files):
     assert (d / "out_val.keras").is_file()
 
 
-def test_qat_errors(runs):
+def test_qat_errors(runs, one_line_error):
     d, r = runs
-    _one_line_error(r["float"], "not a fixedq quantized model")
+    one_line_error(r["float"], "not a fixedq quantized model")
     assert not (d / "float_out.keras").exists()
-    _one_line_error(r["mismatch"], "90 rows for 100 samples")
-    _one_line_error(r["nolabels"], "no labels")
-    _one_line_error(r["overwrite"], "refusing to overwrite the input")
-    _one_line_error(r["bad_lr"], "positive learning rate")
-    _one_line_error(r["teacher_q"], "is a quantized model")
+    one_line_error(r["mismatch"], "90 rows for 100 samples")
+    one_line_error(r["nolabels"], "no labels")
+    one_line_error(r["overwrite"], "refusing to overwrite the input")
+    one_line_error(r["bad_lr"], "positive learning rate")
+    one_line_error(r["teacher_q"], "is a quantized model")
     assert not (d / "tq.keras").exists()
-    _one_line_error(r["teacher_missing"], "model file not found")
-    _one_line_error(r["bad_distill"], "weight in [0, 1]")
+    one_line_error(r["teacher_missing"], "model file not found")
+    one_line_error(r["bad_distill"], "weight in [0, 1]")
 
 
 def test_qat_with_a_teacher(runs):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_cli import _assert_one_line_error, run_cli  # the CLI in a fresh process
+from test_cli import run_cli  # the CLI in a fresh process
 
 
 @pytest.fixture(scope="module")
@@ -21,12 +21,12 @@ def config(cli_files):
     ("frac_bits", 40, ["'conv2'", "'frac_bits'", "for this layer", "40"]),
 ])
 def test_bad_qconfig_exits_2_one_line_nothing_written(cli_files, config, tmp_path, key, value,
-                                                      fragments):
+                                                      fragments, one_line_error):
     cfg = json.loads(json.dumps(config))
     cfg["layers"]["conv2"][key] = value
     path = tmp_path / "bad.json"
     path.write_text(json.dumps(cfg))
     out = tmp_path / "out.keras"
     result = run_cli("quantize", "-m", cli_files.model, "-c", path, "-s", out)
-    _assert_one_line_error(result, *fragments)
+    one_line_error(result, *fragments)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.json"]

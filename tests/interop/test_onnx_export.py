@@ -109,16 +109,9 @@ def test_cnn_exact(qp):
     assert_exact(engine, edge_inputs(engine, x, rng))
 
 
-def test_unfused_ops_affine_clip_pool_reshape_permute_multi_output():
+def test_unfused_ops_affine_clip_pool_reshape_permute_multi_output(affine_skip):
     x_in = keras.Input((8, 8, 3))
-    y = L.Rescaling(1 / 127.5, offset=-1.0)(x_in)
-    y = L.BatchNormalization()(y)
-    a = L.Conv2D(4, 3, padding="same")(y)
-    b = L.Conv2D(4, 1)(y)
-    y = L.Add()([a, b])
-    y = L.BatchNormalization()(y)
-    y = L.ReLU(max_value=1.5)(y)
-    y = L.MaxPooling2D()(y)
+    y = L.MaxPooling2D()(affine_skip.block(x_in))
     z = L.Concatenate(axis=1)([y, y])
     z = L.ReLU(max_value=1.0)(z)
     z = L.Conv2DTranspose(3, 2, strides=3, padding="valid")(z)
@@ -131,16 +124,12 @@ def test_unfused_ops_affine_clip_pool_reshape_permute_multi_output():
     head_b = L.GlobalAveragePooling2D(name="head_b")(y)
     model = keras.Model(x_in, [head_a, head_b])
     rng = np.random.default_rng(1)
-    for layer in model.layers:
-        if isinstance(layer, L.BatchNormalization):
-            c = layer.gamma.shape[0]
-            layer.set_weights([rng.uniform(-2, 2, c), rng.normal(size=c),
-                               rng.normal(size=c), rng.uniform(0.2, 3, c)])
-        if layer.name == "head_a":  # a dead and a near-dead channel (M = 0, S = 62)
-            w, bias = layer.get_weights()
-            w[:, 0] = 0.0
-            w[:, 1] = 1e-20
-            layer.set_weights([w, bias])
+    affine_skip.randomize_batchnorms(model, rng)
+    head = model.get_layer("head_a")  # a dead and a near-dead channel (M = 0, S = 62)
+    w, bias = head.get_weights()
+    w[:, 0] = 0.0
+    w[:, 1] = 1e-20
+    head.set_weights([w, bias])
     xs = rng.integers(0, 256, size=(40, 8, 8, 3)).astype("float32")
     engine = _quantized(model, QuantizationParams(per_tensor_activations=True), xs)
     kinds = {op.kind for op in engine.ops}

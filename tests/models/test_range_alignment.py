@@ -8,9 +8,9 @@ import pytest
 
 from fixedq import QuantizationParams, dump_config, load_model, quantize, save_model
 from fixedq.models.range_alignment import apply_alignment, channel_groups
-from fixedq.models.split_separable import split_separable
 from fixedq.transforms import sanitize
 from fixedq.transforms.graph import build_model, read_graph
+from fixedq.transforms.split_separable import split_separable
 
 QP4 = QuantizationParams(input_weight_bits=8, weight_bits=4, activation_bits=4)
 

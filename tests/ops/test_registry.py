@@ -157,3 +157,37 @@ def test_new_ops_config_conditions_fall_back():
                                     L.AveragePooling2D(2, name="b")(xd)]))
     kinds = {n.name: builders.kind_of(n) for n in g.nodes}
     assert kinds["a"] == "unsupported" and kinds["b"] == "avgpool"
+
+
+def test_converter_fusion_and_offset_fields():
+    """The converter's pool fusion and offset folding read OpSpec fields: conv-type neural ops
+    absorb max_pooling2d (its epilogue gives the ``pool`` attrs), neural ops fold an
+    asymmetric input's offset into the bias; range alignment and dynamic-size pinning read
+    in_channel_axis / channel_homogeneous / size_dependent."""
+    for spec in registry.all_ops():
+        for name in spec.absorbs:
+            assert registry.by_name(name).epilogue is not None, (spec.name, name)
+        assert spec.in_channel_axis is None or spec.weighted, spec.name
+        assert spec.fold_input_offset is None or spec.engine_kinds, spec.name
+    assert registry.by_name("conv2d").absorbs == ("max_pooling2d",)
+    assert registry.by_name("dense").absorbs == ()
+    assert {s.name for s in registry.all_ops() if s.size_dependent} >= {
+        "global_average_pooling2d", "global_average_pooling1d"}
+    x = keras.Input((8, 8, 2), name="x")
+    a = L.Conv2D(3, 3, padding="same", name="a")(x)
+    pa = L.MaxPooling2D(name="pa")(a)                     # a's only consumer: fused
+    b = L.Conv2D(3, 3, padding="same", name="b")(pa)
+    pb = L.MaxPooling2D(name="pb")(b)                     # b also feeds c: kept apart
+    c = L.Conv2D(2, 1, name="c")(b)
+    out = L.Concatenate(name="cat")([L.Flatten(name="fp")(pb), L.Flatten(name="fc")(c)])
+    model = keras.Model(x, L.Dense(2, name="d")(out))
+    samples = np.random.default_rng(0).normal(size=(16, 8, 8, 2)).astype("float32")
+    q = fixedq.quantize(model, samples=samples, verbose=False)
+    engine = converter.convert(q)
+    ops = {op.name: op for op in engine.ops}
+    assert ops["pa"].kind == "neural" and ops["pa"].layers == ["a", "pa"]
+    assert ops["pa"].attrs["pool"] == {"pool_size": [2, 2], "strides": [2, 2],
+                                       "padding": "valid"}
+    assert ops["pb"].kind == "maxpool" and "b" in ops
+    assert np.array_equal(engine.predict(samples), q.predict(samples, verbose=0))
+    assert len(converter.convert(q, fuse=False).ops) == len(engine.ops) + 1

@@ -114,23 +114,12 @@ def test_dense_2d_and_3d_reshape_permute_dropout(tmp_path):
     check_parity(model, _samples((24,)), Q8T, tmp_path=tmp_path)
 
 
-def test_batchnorm_unfoldable_and_rescaling_with_offset():
+def test_batchnorm_unfoldable_and_rescaling_with_offset(affine_skip):
     x = keras.Input((8, 8, 3))
-    y = L.Rescaling(1 / 127.5, offset=-1.0)(x)
-    y = L.BatchNormalization()(y)
-    a = L.Conv2D(4, 3, padding="same")(y)
-    b = L.Conv2D(4, 1)(y)
-    y = L.Add()([a, b])
-    y = L.BatchNormalization()(y)
-    y = L.ReLU(max_value=1.5)(y)
-    y = L.GlobalAveragePooling2D()(y)
+    y = L.GlobalAveragePooling2D()(affine_skip.block(x))
     model = keras.Model(x, L.Dense(3)(y))
     rng = np.random.default_rng(1)
-    for layer in model.layers:
-        if isinstance(layer, L.BatchNormalization):
-            c = layer.gamma.shape[0]
-            layer.set_weights([rng.uniform(-2, 2, c), rng.normal(size=c),
-                               rng.normal(size=c), rng.uniform(0.2, 3, c)])
+    affine_skip.randomize_batchnorms(model, rng)
     xs = rng.integers(0, 256, size=(40, 8, 8, 3)).astype("float32")
     engine, qmodel = check_parity(model, xs)
     kinds = [op.kind for op in engine.ops]

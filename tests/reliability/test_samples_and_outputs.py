@@ -250,6 +250,39 @@ def test_exception_removes_the_temporary_file(tmp_path):
     assert (tmp_path / "b.txt").read_text() == "b"
 
 
+def test_an_ignored_signal_stays_ignored(tmp_path):
+    """A process started with SIGINT/SIGTERM ignored (nohup, a shell's background job) keeps
+    ignoring them during an atomic write: the write completes and SIG_IGN is still set after
+    (a real process, real signals sent to itself in the middle of the write)."""
+    code = (
+        "import os, signal, sys\n"
+        "from fixedq.io.atomic import atomic_path\n"
+        "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "with atomic_path(sys.argv[1]) as tmp:\n"
+        "    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN\n"
+        "    open(tmp, 'w').write('half')\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    open(tmp, 'a').write(' and the rest')\n"
+        "assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN\n"
+        "assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN\n"
+        "print('done')\n")
+    target = tmp_path / "out.txt"
+    proc = subprocess.run([sys.executable, "-c", code, str(target)], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout == "done\n", proc.stderr
+    assert target.read_text() == "half and the rest"
+    assert _leftovers(tmp_path, {"out.txt"}) == []
+    # the same write with default handlers is interrupted and leaves nothing behind
+    plain = code.replace("signal.signal(signal.SIGINT, signal.SIG_IGN)\n", "").replace(
+        "    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN\n", "")
+    proc = subprocess.run([sys.executable, "-c", plain, str(tmp_path / "other.txt")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "KeyboardInterrupt" in proc.stderr
+    assert _leftovers(tmp_path, {"out.txt"}) == []
+
+
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
 def test_umask_gives_the_mode_of_a_plain_open(tmp_path, umask, mode):
     old = os.umask(umask)
@@ -322,7 +355,9 @@ _SLOW_WRITER = textwrap.dedent("""
 @pytest.mark.parametrize("signum, code, word, ignored", [
     (signal.SIGTERM, 143, "terminated", False),
     (signal.SIGINT, 130, "interrupted", False),
-    (signal.SIGINT, 130, "interrupted", True),  # SIGINT ignored (e.g. a background job)
+    # SIGINT ignored by the parent (a shell's background job): it stays ignored, the write
+    # goes on; a SIGTERM then stops it cleanly
+    (signal.SIGINT, 143, "terminated", True),
 ], ids=["sigterm", "sigint", "sigint-ignored"])
 def test_signal_during_write(tmp_path, signum, code, word, ignored):
     target = tmp_path / "out.bin"
@@ -342,6 +377,11 @@ def test_signal_during_write(tmp_path, signum, code, word, ignored):
         assert len(_leftovers(tmp_path, {"out.bin"})) == 1  # the hidden temporary file
         time.sleep(0.2)
         proc.send_signal(signum)
+        if ignored:
+            time.sleep(1.0)
+            assert proc.poll() is None  # still writing: the ignored signal did nothing
+            assert len(_leftovers(tmp_path, {"out.bin"})) == 1
+            proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
     finally:
         proc.kill()

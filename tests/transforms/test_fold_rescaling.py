@@ -6,7 +6,7 @@ import pytest
 
 import fixedq
 from fixedq import quantize
-from fixedq.models.fold_rescaling import fold_rescaling
+from fixedq.transforms.fold_rescaling import fold_rescaling
 from fixedq.transforms.graph import build_model, read_graph
 
 RNG = np.random.default_rng(0)
