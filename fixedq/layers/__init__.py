@@ -61,6 +61,10 @@ from fixedq.layers.transformers import (
 )
 
 __all__ = [
+    "OperationLayer",
+    "QuantizedMultiply",
+    "QuantizedZeroPadding",
+    "TFOpLambda",
     "AddPositionEmbs",
     "Attention",
     "ClassToken",

@@ -22,8 +22,7 @@ from typing import Any
 
 import keras
 import numpy as np
-from keras import ops
-from keras import tree
+from keras import ops, tree
 
 __all__ = ["TF_FUNCTIONS", "OperationLayer", "TFOpLambda", "TensorSlot"]
 

@@ -186,10 +186,7 @@ def _check_model(model: Any) -> None:
     if isinstance(model, Functional):
         return
     if isinstance(model, keras.Model):
-        raise TypeError(
-            f"sanitize needs a functional or Sequential Keras 3 model; received a subclassed "
-            f"model of class {type(model).__name__!r} whose graph cannot be read"
-        )
+        return
     raise TypeError(
         f"expected a keras.Model (Keras 3, functional or Sequential); received "
         f"{type(model).__module__}.{type(model).__name__}"
@@ -229,12 +226,22 @@ def pack_structure(structure: Any, tensors: list) -> Any:
 def read_graph(model: keras.Model) -> Graph:
     """Read ``model`` (functional or built Sequential) into a :class:`Graph` without changing it.
 
+    A subclassed model is traced into a functional graph first
+    (:func:`fixedq.transforms.trace.trace_subclassed`).
+
     Raises:
-        TypeError: ``model`` is not a Keras 3 functional/Sequential model.
+        TypeError: ``model`` is not a Keras 3 model, or is a subclassed model whose ``call`` is
+            not a plain graph of layers.
         ValueError: a layer is called more than once in the graph (shared layers), or the model
             is an unbuilt Sequential.
     """
     _check_model(model)
+    from keras.src.models.functional import Functional
+
+    if not isinstance(model, (Functional, keras.Sequential)):
+        from fixedq.transforms.trace import trace_subclassed
+
+        model = trace_subclassed(model)  # or a TypeError saying how to make it functional
     chosen: dict[int, int] = {}  # id(layer) -> node index used by this model
     layers_by_name: dict[str, Any] = {}
     order: list[tuple[Any, int]] = []

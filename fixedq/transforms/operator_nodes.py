@@ -17,6 +17,8 @@ reshape / expand_dims / squeeze            ``Reshape`` (batch axis kept)
 transpose (batch axis first)               ``Permute``
 mean over (H, W) or over steps             ``GlobalAveragePooling2D/1D(keepdims)``
 ``x[:, i]`` on (B, N, D) tokens             ``ExtractToken(i)``
+relu / relu6                               ``ReLU`` (``max_value=6``)
+sigmoid, tanh, silu, hard_sigmoid(_silu)   ``Activation`` (integer tables)
 ========================================  ==========================================
 
 Anything else stays a float layer (:class:`~fixedq.layers.operators.OperationLayer` for Keras 3
@@ -51,7 +53,12 @@ L = keras.layers
 _KERAS_OPS = {"Add": "add", "Subtract": "subtract", "Multiply": "multiply",
               "TrueDivide": "divide", "Divide": "divide", "Concatenate": "concatenate",
               "Reshape": "reshape", "Transpose": "transpose", "Mean": "mean",
-              "GetItem": "getitem", "ExpandDims": "reshape", "Squeeze": "reshape"}
+              "GetItem": "getitem", "ExpandDims": "reshape", "Squeeze": "reshape",
+              "Relu": "relu", "Relu6": "relu6", "Sigmoid": "sigmoid", "Tanh": "tanh",
+              "Silu": "silu", "HardSigmoid": "hard_sigmoid", "HardSilu": "hard_silu"}
+
+#: Elementwise activations (``keras.ops.relu(x)``, ...): read as ``ReLU`` or ``Activation``.
+_ACTIVATIONS = ("sigmoid", "tanh", "silu", "hard_sigmoid", "hard_silu")
 
 #: tf-keras TFOpLambda function -> canonical name.
 _TF_OPS = {"__operators__.add": "add", "math.add": "add", "math.subtract": "subtract",
@@ -245,6 +252,10 @@ def layer_for(call: OpCall, name: str, out_shape: tuple, shapes: dict, is_ref) -
     refs = [x for x in call.operands if is_ref(x)]
     if len(refs) != len(call.operands):
         return None
+    if call.op in ("relu", "relu6"):
+        return _layer(L.ReLU, name, (refs[0],), max_value=6.0 if call.op == "relu6" else None)
+    if call.op in _ACTIVATIONS:
+        return _layer(L.Activation, name, (refs[0],), activation=call.op)
     if call.op == "concatenate":
         return _layer(L.Concatenate, name, (list(refs),), axis=int(call.params["axis"]))
     shape = shapes[refs[0]]

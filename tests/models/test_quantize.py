@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import fixedq.engine as fe
 from fixedq import QuantizationParams, dump_config, load_model, quantize, save_model
 from fixedq.layers.neural import QuantizedConv2D, QuantizedDepthwiseConv2D
 from fixedq.layers.quantizers import Dequantizer
@@ -169,19 +170,23 @@ def test_bad_arguments(trained_cnn, digits):
         quantize(trained_cnn, q_config=cfg, verbose=False)
 
 
-def test_subclassed_model_rejected():
+def test_subclassed_model_is_traced_and_quantized():
     class Net(keras.Model):
         def __init__(self):
             super().__init__()
-            self.fc = keras.layers.Dense(2)
+            self.fc = keras.layers.Dense(4)
+            self.out = keras.layers.Dense(2)
 
         def call(self, x):
-            return self.fc(x)
+            return self.out(keras.ops.relu(self.fc(x)))
 
     net = Net()
-    net(np.zeros((1, 3), "float32"))
-    with pytest.raises(TypeError, match="subclassed"):
-        quantize(net, samples=np.zeros((4, 3), "float32"), verbose=False)
+    x = np.random.default_rng(0).normal(size=(64, 3)).astype("float32")
+    net(x[:1])
+    q = quantize(net, samples=x, verbose=False)
+    assert [type(layer).__name__ for layer in q.layers].count("Dequantizer") == 1
+    np.testing.assert_array_equal(fe.convert(q).predict(x), q.predict(x, verbose=0))
+    assert np.abs(q.predict(x, verbose=0) - net.predict(x, verbose=0)).max() < 0.1
 
 
 def test_qat_fit_improves_4bit_and_reloads(trained_cnn, digits, tmp_path):

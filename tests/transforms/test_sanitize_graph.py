@@ -57,19 +57,43 @@ def test_unbuilt_sequential_rejected():
         sanitize(keras.Sequential([keras.layers.Dense(3)]))
 
 
-def test_subclassed_model_rejected():
+def test_subclassed_model_is_traced_into_a_functional_graph():
     class Mine(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = keras.layers.Dense(2, name="fc")
+            self.relu = keras.layers.ReLU(name="act")
+
+        def call(self, x):
+            return self.relu(self.dense(x) * 2.0)
+
+    model = Mine()
+    x = np.random.default_rng(0).normal(size=(4, 3)).astype("float32")
+    model(x)
+    new_model, _ = sanitize(model)
+    assert [type(layer).__name__ for layer in new_model.layers][1:] == ["Dense", "Rescaling",
+                                                                         "ReLU"]
+    np.testing.assert_allclose(new_model.predict(x, verbose=0), model.predict(x, verbose=0),
+                               rtol=1e-6)
+
+
+def test_subclassed_model_with_tensor_control_flow_is_one_clear_error():
+    class Branchy(keras.Model):
         def __init__(self):
             super().__init__()
             self.dense = keras.layers.Dense(2)
 
         def call(self, x):
-            return self.dense(x)
+            if keras.ops.sum(x) > 0:  # a Python branch on a tensor value
+                return self.dense(x)
+            return -self.dense(x)
 
-    model = Mine()
-    model(np.zeros((1, 3), "float32"))
-    with pytest.raises(TypeError, match="'Mine'"):
+    model = Branchy()
+    model(np.ones((1, 3), "float32"))
+    with pytest.raises(TypeError, match=r"\(Branchy\).*not a plain graph.*functional model"):
         sanitize(model)
+    with pytest.raises(ValueError, match="not built"):
+        sanitize(Branchy())
 
 
 def test_non_model_rejected():
