@@ -176,8 +176,10 @@ class _NeuralStep:
 
     def _depthwise(self, nb, x):
         c = x.shape[-1]
-        m = _absmax(nb, x.reshape(-1, c))
-        bound = int((self.abs_k * m).max(initial=0))
+        bound = int(self.abs_k.max(initial=0)) * _dtype_absmax(x.dtype)  # static first
+        if bound >= INT32_EXACT:  # the batch's own bound
+            m = _absmax(nb, x.reshape(-1, c))
+            bound = int((self.abs_k * m).max(initial=0))
         if bound >= INT64_SAFE:
             return None
         if bound < INT32_EXACT and self.k32 is not None:
@@ -192,21 +194,26 @@ class _NeuralStep:
 
     def _gemm(self, nb, x):
         p, c = self.nplan, x.shape[-1]
-        m = _absmax(nb, x.reshape(-1, c))
         if self.int8 and x.dtype in (np.uint8, np.int8) and int_gemm.available():
             # every channel fed as x << (a_c - base): one uint8 plane if all fit 8 bits, else
-            # two byte planes (values up to 16 bits); wider spreads take the float path
+            # two byte planes (values up to 16 bits); wider spreads take the float path. The
+            # dtype's range decides when it can (no pass over the data), else the batch's.
             base = int(self.nplan.align.min(initial=0))
             shifts = self.nplan.align - base
-            if int(shifts.max(initial=0)) <= 16:
-                top = int((m << shifts).max(initial=0))
+            dmax = int(shifts.max(initial=0))
+            if dmax <= 16:
                 signed = x.dtype == np.int8
-                planes = 1 if top <= (127 if signed else 255) else (
-                    2 if top <= (2**15 - 1 if signed else 2**16 - 1) else 0)
+                info = np.iinfo(x.dtype)  # the dtype's range, shifted, decides if it can
+                planes = _planes(int(info.min) << dmax, int(info.max) << dmax, signed)
+                if planes == 0:  # else the batch's own range (one pass over the data)
+                    m = _absmax(nb, x.reshape(-1, c))
+                    top = int((m << shifts).max(initial=0))
+                    planes = _planes(-top if signed else 0, top, signed)
                 if planes:
                     return self._tiled(nb, x, partial(
                         self._int_rows, shifts=np.ascontiguousarray(shifts), base=base,
                         planes=planes, zp=128 if signed else 0))
+        m = _absmax(nb, x.reshape(-1, c))
         groups, total = p._groups(m[p.perm].astype(np.float64))
         if total >= ref.FLOAT64_EXACT:
             return None
@@ -285,6 +292,28 @@ class _NeuralStep:
         out = np.empty((rows, p.cout), self.rq.dtype)
         nb.requant_rows(acc, accshift, *self.rq.args(), out)
         return out
+
+
+def _planes(lo: int, hi: int, signed: bool) -> int:
+    """Byte planes (1 or 2; 0: neither) holding values in ``[lo, hi]`` (signed: int8/int16,
+    else uint8/uint16).
+
+    Example:
+        >>> _planes(-128, 127, True), _planes(0, 256, False), _planes(-32768 * 2, 0, True)
+        (1, 2, 0)
+    """
+    for n, bits in ((1, 8), (2, 16)):
+        lim_lo, lim_hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (
+            0, (1 << bits) - 1)
+        if lim_lo <= lo and hi <= lim_hi:
+            return n
+    return 0
+
+
+def _dtype_absmax(dt) -> int:
+    """Largest ``|v|`` of the integer dtype ``dt`` (128 for int8)."""
+    info = np.iinfo(dt)
+    return max(-int(info.min), int(info.max))
 
 
 def _absmax(nb, x2):
