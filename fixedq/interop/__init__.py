@@ -1,7 +1,7 @@
 """Interoperability of integer engine programs with other runtimes.
 
 :func:`import_tflite` reads a full-integer TFLite model into an engine program that reproduces
-TFLite's integer arithmetic (docs/interop.md).
+TFLite's integer arithmetic, :func:`import_onnx` an ONNX QDQ model (docs/interop.md).
 
 :func:`export_onnx` writes an engine program (:class:`fixedq.engine.Model` or a ``.fqe`` file)
 as a standard ONNX model whose onnxruntime outputs equal the engine's ``predict`` on every
@@ -14,6 +14,7 @@ Example:
 """
 
 from fixedq.interop.onnx_export import EXPORTABLE_KINDS, export_onnx, to_onnx
+from fixedq.interop.onnx_import import import_onnx
 from fixedq.interop.tflite_import import import_tflite
 
-__all__ = ["EXPORTABLE_KINDS", "export_onnx", "import_tflite", "to_onnx"]
+__all__ = ["EXPORTABLE_KINDS", "export_onnx", "import_onnx", "import_tflite", "to_onnx"]

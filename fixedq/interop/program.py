@@ -65,8 +65,7 @@ class ProgramBuilder:
         self.ops: list[Op] = []
         self.names: set[str] = set()
         self.tensor: dict = {}
-        first = self.add(Op(input_name, "input", [], {"value_bits": max(lo.bit_length(),
-                                                                       hi.bit_length()),
+        first = self.add(Op(input_name, "input", [], {"value_bits": int(hi).bit_length(),
                                                       "signed": lo < 0, "out_frac": [0]},
                             {"frac": np.array([0]), "lo": np.array([lo]),
                              "hi": np.array([hi])}))
