@@ -66,8 +66,10 @@ class Builder:
         arrays.update(_requant_arrays(rng, cout, out, huge))
         al = None
         if align and rng.random() < 0.7:
-            al = rng.integers(0, 9, c) if rng.random() < 0.5 else np.full(c, int(
-                rng.integers(0, 4)))
+            # spreads up to 8 bits (two byte planes from the dtype alone) and up to 12 (the
+            # batch's own range decides: one, two planes or the float GEMM)
+            al = rng.integers(0, int(rng.choice([9, 13])), c) if rng.random() < 0.5 else \
+                np.full(c, int(rng.integers(0, 4)))
             arrays["in_align"] = al
         mags = np.full(c, max(abs(lo), abs(hi))) << (0 if al is None else al)
         bound = kernels.linear_bound(kernel, kind, mags)
@@ -282,3 +284,21 @@ def test_predict_peak_memory_independent_of_n(compiled, monkeypatch):
         tracemalloc.stop()
         out_bytes = y.nbytes * 3  # int64 results + float32 output
     assert peaks[600] - peaks[60] < out_bytes + 64 * 1024, peaks
+
+
+@pytest.mark.parametrize("in_range", [(0, 255), (-128, 127)])
+@pytest.mark.parametrize("scale", [0.05, 2.0, 300.0])
+def test_wide_alignment_spreads_choose_planes_from_the_batch(in_range, scale, monkeypatch):
+    """Alignment spreads of 9-12 bits: the batch's own range decides between one byte plane
+    (small values), two planes and the float GEMM (full-range values)."""
+    rng = np.random.default_rng(int(scale * 10))
+    c = 6
+    b = Builder(rng, c, in_range)
+    b.ops[0].arrays["frac"] = np.zeros(c, np.int64)
+    t = b.neural("in", "conv2d", cout=5, k=3, align=False, acc_bits=40)
+    b.ops[-1].arrays["in_align"] = np.array([0, 12, 3, 9, 0, 11])
+    b.ops[-1].attrs["accum_bound"] = kernels.linear_bound(
+        b.ops[-1].arrays["kernel"], "conv2d", np.full(c, 255) << b.ops[-1].arrays["in_align"])
+    model = b.model([t], (7, 6, c))
+    x = (rng.normal(0, scale, (3, 7, 6, c))).astype(np.float32)
+    _three_ways(model, x, monkeypatch)
