@@ -206,6 +206,11 @@ def test_float_and_unsupported_models_are_refused():
         import_tflite(float_data)
     with pytest.raises(ValueError, match="TANH is not supported"):
         import_tflite(convert(model, (4, 4, 2)))
+    inp = tfk.Input((6,))
+    model = tfk.Model(inp, tfk.layers.Dense(3, activation="sigmoid")(inp))
+    with pytest.raises(ValueError, match="op 1 \\(LOGISTIC\\): TFLite operator LOGISTIC is not "
+                       "supported"):
+        import_tflite(convert(model, (6,)))
     inp = tfk.Input((5, 5, 2))
     x = tfk.layers.ZeroPadding2D(((2, 0), (0, 1)))(inp)
     model = tfk.Model(inp, tfk.layers.Conv2D(3, 3)(x))
