@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fixedq.engine import buffer_conv, kernels, recurrent, transformer_ops
+from fixedq.engine import buffer_conv, kernels, recurrent, table_ops, transformer_ops
 from fixedq.tensors.rounding import DEFAULT_ROUNDING, quantize_input, requantize, shift_round
 
 
@@ -335,6 +335,10 @@ KERNELS: dict[str, Kernel] = {
     "add_pos": Kernel("add integer position embeddings + rounding shift (eq. 33)",
                       transformer_ops.run_add_pos),
     "extract_token": Kernel("select one token (eq. 34)", transformer_ops.run_extract_token),
+    "table": Kernel("elementwise function as an integer table over the input integers (eq. 38)",
+                    table_ops.run_table),
+    "softmax": Kernel("softmax: exp table, exact sum, rounded integer division (eq. 39)",
+                      table_ops.run_softmax),
     "buffer_conv": Kernel("temporal conv over an integer FIFO of the last k frames + requantize "
                           "(streaming state, eq. 40)", buffer_conv.run_first_frame, _AKIDA2),
     "recurrent": Kernel("complex diagonal recurrence with integer states, output Re(s) "

@@ -32,7 +32,7 @@ def softmax_int(v: np.ndarray, table: np.ndarray, align: np.ndarray, shift: int,
     d = v.max(axis=-1, keepdims=True) - v
     t = np.minimum(shift_round(d, shift), table.size - 1)
     e = np.take(table, t)
-    total = e.sum(axis=-1, keepdims=True)
+    total = np.maximum(e.sum(axis=-1, keepdims=True), 1)  # >= 2^E unless the table is damaged
     p = np.floor_divide(e * np.int64(1 << (out_frac + 1)) + total, 2 * total)
     return np.clip(p, lo, hi)
 

@@ -56,7 +56,7 @@ IR_VERSION = 8
 #: Engine op kinds :func:`to_onnx` exports; any other kind is a ``ValueError`` naming the op.
 EXPORTABLE_KINDS = ("input", "neural", "affine", "gap", "add", "shift", "concat", "clip",
                     "maxpool", "reshape", "permute", "identity", "shiftmax", "attention",
-                    "madnorm", "class_token", "add_pos", "extract_token")
+                    "madnorm", "class_token", "add_pos", "extract_token", "table", "softmax")
 OUTPUTS = ("float", "int")
 INPUT_NAME = "input"
 
@@ -625,6 +625,31 @@ class _Exporter:
         o = g.node("Reshape", [o, self.ic([0, n_q, -1])], op.name)
         y = self.clip_i64(self.shift_round_i64(o, r["out_shift"]), r["out_lo"], r["out_hi"])
         return self.f64(y), np.maximum(_per_channel(r["out_lo"]), _per_channel(r["out_hi"]))
+
+    def op_table(self, op: Op, xs, bs):
+        """Eq. 38: Gather of the flat table at ``v + base`` (index clipped as the engine)."""
+        r, g = op.arrays, self.g
+        idx = g.node("Add", [self.i64(xs[0]), self.ic(r["base"])], op.name)
+        idx = self.clip_i64(idx, 0, int(r["table"].size) - 1)
+        y = g.node("Gather", [self.ic(r["table"]), idx], op.name, axis=0)
+        return self.f64(y), np.maximum(np.abs(_per_channel(r["out_lo"])),
+                                       np.abs(_per_channel(r["out_hi"])))
+
+    def op_softmax(self, op: Op, xs, bs):
+        """Eq. 39 in int64: aligned max, exp table, exact sum, floor division via Mod."""
+        a, r, g = op.attrs, op.arrays, self.g
+        v = self.shl(self.i64(xs[0]), r["in_align"])
+        mx = g.node("ReduceMax", [v], op.name, axes=[-1], keepdims=1)
+        t = self.shift_round_i64(g.node("Sub", [mx, v], op.name), int(a["shift"]))
+        t = g.node("Min", [t, self.ic(int(r["exp_table"].size) - 1)], op.name)
+        e = g.node("Gather", [self.ic(r["exp_table"]), t], op.name, axis=0)
+        total = g.node("ReduceSum", [e, self.ic([-1])], op.name, keepdims=1)
+        total = g.node("Max", [total, self.ic(1)], op.name)
+        num = g.node("Add", [g.node("Mul", [e, self.ic(1 << (int(a["prob_frac"]) + 1))],
+                                    op.name), total], op.name)
+        p = self.floordiv(num, g.node("Mul", [total, self.ic(2)], op.name))
+        y = self.clip_i64(p, int(a["out_lo"]), int(a["out_hi"]))
+        return self.f64(y), np.array([float(a["out_hi"])])
 
     def op_madnorm(self, op: Op, xs, bs):
         a, r, g = op.attrs, op.arrays, self.g

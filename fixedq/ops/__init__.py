@@ -21,7 +21,8 @@ from fixedq.ops.registry import OpSpec, all_ops, by_name, for_layer, for_node, k
 #: The op modules, one per operation; importing one registers it (order = the docs' table).
 OP_MODULES = (
     "input_quantizer", "conv2d", "conv1d", "depthwise_conv2d", "conv2d_transpose",
-    "depthwise_conv2d_transpose", "dense", "batch_normalization", "rescaling", "relu",
+    "depthwise_conv2d_transpose", "dense", "batch_normalization", "rescaling", "normalization",
+    "relu", "activation", "leaky_relu", "prelu", "elu", "softmax",
     "max_pooling2d", "average_pooling2d", "global_average_pooling2d",
     "global_average_pooling1d", "add", "multiply", "concatenate", "zero_padding", "reshape",
     "dropout",

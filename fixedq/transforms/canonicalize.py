@@ -1,6 +1,7 @@
 """Rewrite 1: replace ``Activation``/``Lambda`` layers by the equivalent standard layer.
 
-- ``Activation("relu")`` → ``ReLU()``; ``Activation("relu6")`` → ``ReLU(max_value=6)``.
+- ``Activation("relu")`` → ``ReLU()``; ``Activation("relu6")`` → ``ReLU(max_value=6)``;
+  ``Activation("softmax")`` → ``Softmax()`` (over the last axis).
 - ``Lambda`` layers are identified by probing (:mod:`fixedq.transforms.lambda_probe`) and become
   ``ReLU``, ``ReLU(max_value=6)``, ``Permute``, ``Reshape`` or ``Add`` only when the probe
   matches exactly; anything else is left in place (quantization will stop before it).
@@ -25,7 +26,7 @@ from fixedq.transforms.graph import Graph, GraphNode, Ref, new_node
 from fixedq.transforms.lambda_probe import identify_lambda
 from fixedq.transforms.report import Change
 
-__all__ = ["canonicalize_layers", "relu_for_activation"]
+__all__ = ["canonicalize_layers", "layer_for_activation", "relu_for_activation"]
 
 NAME = "canonicalize_layers"
 
@@ -40,6 +41,26 @@ def relu_for_activation(activation, name: str, dtype=None) -> keras.layers.ReLU 
         return keras.layers.ReLU(name=name, dtype=dtype)
     if fn is keras.activations.relu6:
         return keras.layers.ReLU(max_value=6.0, name=name, dtype=dtype)
+    return None
+
+
+def layer_for_activation(activation, name: str, dtype=None) -> keras.layers.Layer | None:
+    """The standard layer equal to the activation ``activation``: ``ReLU`` (relu, relu6) or
+    ``Softmax`` (softmax over the last axis); ``None`` for any other.
+
+    Example:
+        >>> type(layer_for_activation("softmax", "s")).__name__
+        'Softmax'
+    """
+    relu = relu_for_activation(activation, name, dtype)
+    if relu is not None:
+        return relu
+    try:
+        fn = keras.activations.get(activation)
+    except (ValueError, TypeError):
+        return None
+    if fn is keras.activations.softmax:
+        return keras.layers.Softmax(axis=-1, name=name, dtype=dtype)
     return None
 
 
@@ -88,7 +109,7 @@ def canonicalize_layers(graph: Graph) -> list[Change]:
     for index, node in enumerate(list(graph.nodes)):
         if node.cls is keras.layers.Activation:
             activation = node.config.get("activation")
-            new = relu_for_activation(activation, node.name, node.config.get("dtype"))
+            new = layer_for_activation(activation, node.name, node.config.get("dtype"))
             before = f"Activation({activation})"
         elif node.cls is keras.layers.Lambda:
             new = _lambda_replacement(graph, node)

@@ -3,8 +3,9 @@
 ``Conv2D(activation="relu")`` (also ``Dense``, ``DepthwiseConv2D``, ``SeparableConv2D``,
 ``Conv2DTranspose`` and fixedq's ``DepthwiseConv2DTranspose``) becomes the same layer with
 ``activation=None`` followed by a new layer named ``<layer>_relu`` (``ReLU``, with
-``max_value=6`` for relu6) or ``<layer>_activation`` (an ``Activation`` layer for anything else,
-which quantization treats as unsupported). Readers of the old layer now read the new one.
+``max_value=6`` for relu6), ``<layer>_softmax`` (``Softmax``) or ``<layer>_activation`` (an
+``Activation`` layer for anything else: quantized as an integer table when the function has
+one, e.g. gelu, swish, sigmoid). Readers of the old layer now read the new one.
 
 Example:
     >>> import keras
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import keras
 
-from fixedq.transforms.canonicalize import relu_for_activation
+from fixedq.transforms.canonicalize import layer_for_activation
 from fixedq.transforms.graph import Graph, Ref, new_node
 from fixedq.transforms.report import Change
 
@@ -57,6 +58,15 @@ def is_linear_activation(activation) -> bool:
         return False
 
 
+def relu_like(activation) -> bool:
+    """Whether ``activation`` is relu or relu6 (its split layer is named ``<layer>_relu``)."""
+    try:
+        fn = keras.activations.get(activation)
+    except (ValueError, TypeError):
+        return False
+    return fn in (keras.activations.relu, keras.activations.relu6)
+
+
 def split_activations(graph: Graph) -> list[Change]:
     """Split fused activations in ``graph`` (in place); one :class:`Change` per split layer."""
     classes = weighted_layer_classes()
@@ -66,12 +76,14 @@ def split_activations(graph: Graph) -> list[Change]:
             continue
         activation = node.config["activation"]
         dtype = node.config.get("dtype")
-        layer = relu_for_activation(activation, graph.unique_name(f"{node.name}_relu"), dtype)
+        short = "relu" if relu_like(activation) else "softmax"
+        layer = layer_for_activation(activation, graph.unique_name(f"{node.name}_{short}"),
+                                     dtype)
         if layer is None:
             layer = keras.layers.Activation(
                 activation, name=graph.unique_name(f"{node.name}_activation"), dtype=dtype
             )
-        kind = "ReLU" if isinstance(layer, keras.layers.ReLU) else "Activation"
+        kind = type(layer).__name__
         node.config = {**node.config, "activation": "linear"}
         graph.redirect(node.name, layer.name)
         graph.insert_after(

@@ -37,7 +37,9 @@ LEGACY_KINDS = {
 }
 #: Ops added through the registry since (docs/architecture.md "How to add an op").
 NEW_KINDS = {L.Conv1D: "neural", L.AveragePooling2D: "avgpool",
-             L.GlobalAveragePooling1D: "gap", BufferTempConv: "neural",
+             L.GlobalAveragePooling1D: "gap",
+             L.Normalization: "affine", L.Activation: "table", L.LeakyReLU: "table",
+             L.PReLU: "table", L.ELU: "table", L.Softmax: "softmax", BufferTempConv: "neural",
              DepthwiseBufferTempConv: "neural", StatefulRecurrent: "recurrent",
              L.Multiply: "mul", L.ZeroPadding2D: "pad",
              L.ZeroPadding1D: "pad"}
@@ -50,7 +52,7 @@ def test_every_legacy_layer_keeps_its_kind():
     matched = {c for s in registry.all_ops() for c in s.float_layers}
     assert matched == set(LEGACY_KINDS) | set(NEW_KINDS)
     assert builders.REQUANTIZING == {"neural", "affine", "gap", "add", "attention", "madnorm",
-                                     "class_token", "add_pos", "avgpool", "mul",
+                                     "class_token", "add_pos", "avgpool", "table", "mul",
                                      "recurrent"}
 
 

@@ -56,7 +56,7 @@ def test_mobilenet_like(helpers):
     assert "stem_pad" not in names and "dw_pad" not in names
     assert isinstance(new_model.get_layer("residual"), keras.layers.Add)
     assert isinstance(new_model.get_layer("flatten"), keras.layers.Reshape)
-    assert isinstance(new_model.get_layer("head_activation"), keras.layers.Activation)
+    assert isinstance(new_model.get_layer("head_softmax"), keras.layers.Softmax)
     assert "drop" in names
     assert names.index("pool") < names.index("sep_relu")
     assert new_model.get_layer("stem").padding == "same"
