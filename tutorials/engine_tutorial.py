@@ -9,9 +9,13 @@ Steps:
 3. Convert it to an integer engine model checked against the ``akida-1.0`` profile.
 4. Check that the engine's outputs equal the quantized Keras model's, bit for bit.
 5. Save / reload the ``.fqe`` file (loading it needs no TensorFlow) and print event statistics.
+6. Export the engine program to ONNX; onnxruntime's outputs equal the engine's.
+7. Import the same float CNN quantized by TFLiteConverter (int8): the imported program's outputs
+   equal the TFLite interpreter's, and it gets event statistics like any engine program.
 
 The same steps on the command line: ``fixedq convert -m q.keras -t akida-1.0`` then
-``fixedq run -m q.fqe -sa test.npz --events``.
+``fixedq run -m q.fqe -sa test.npz --events``, ``fixedq export -m q.fqe`` and
+``fixedq import -m model_int8.tflite``.
 """
 
 import os
@@ -84,3 +88,59 @@ with tempfile.TemporaryDirectory() as tmp:
 assert np.array_equal(reloaded.predict(x_test, batch_size=100), e_out)
 print("reloaded engine model gives the same outputs")
 print(format_stats(reloaded.event_stats(x_test, batch_size=100)))
+
+# 6. Export the engine program to ONNX: onnxruntime gives the engine's outputs ------------------
+try:
+    import onnxruntime as ort
+
+    from fixedq.interop import export_onnx
+except ImportError:  # pip install "fixedq[onnx]"
+    ort = None
+    print("(onnx / onnxruntime not installed: skipping the ONNX steps)")
+if ort is not None:
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_path = os.path.join(tmp, "digits_cnn.onnx")
+        export_onnx(engine, onnx_path)
+        sess = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+        o_out = sess.run(None, {sess.get_inputs()[0].name: x_test})[0]
+    print(f"onnxruntime == engine on every element: {np.array_equal(o_out, e_out)}")
+    if not np.array_equal(o_out, e_out):
+        raise SystemExit("onnxruntime does not reproduce the engine")
+
+# 7. Import a model quantized by TFLite: the same float CNN, full-integer TFLite ---------------
+# TFLiteConverter quantizes with its own scales and zero points; fixedq.interop.import_tflite
+# reads the .tflite file into an engine program with TFLite's integer arithmetic, so the
+# engine's int8 outputs equal the TFLite interpreter's (reference kernels), and the program
+# gets the engine's tools (summary, event statistics, fixedq run). CLI: fixedq import -m x.tflite
+import tensorflow as tf  # noqa: E402
+
+from fixedq.interop import import_tflite  # noqa: E402
+
+with tempfile.TemporaryDirectory() as tmp:
+    model.export(os.path.join(tmp, "saved"), verbose=False)
+    converter = tf.lite.TFLiteConverter.from_saved_model(os.path.join(tmp, "saved"))
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([s[None]] for s in x_train[:200])
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = converter.inference_output_type = tf.int8
+    tflite_bytes = converter.convert()
+imported = import_tflite(tflite_bytes, name="digits_cnn_tflite")
+print(imported.summary())
+meta = imported.meta["tflite"]
+scale, zero = meta["input"]["scale"], meta["input"]["zero_point"]
+q_test = np.clip(np.round(x_test / scale) + zero, -128, 127).astype(np.int8)  # int8 input
+interpreter = tf.lite.Interpreter(
+    model_content=tflite_bytes,
+    experimental_op_resolver_type=tf.lite.experimental.OpResolverType.BUILTIN_REF)
+interpreter.resize_tensor_input(interpreter.get_input_details()[0]["index"], q_test.shape)
+interpreter.allocate_tensors()
+interpreter.set_tensor(interpreter.get_input_details()[0]["index"], q_test)
+interpreter.invoke()
+t_out = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+i_out = imported.predict(q_test, output="int", batch_size=100)
+print(f"imported TFLite program == TFLite interpreter (int8, every element): "
+      f"{np.array_equal(i_out, t_out)}")
+if not np.array_equal(i_out, t_out):
+    raise SystemExit("the imported program does not reproduce the TFLite interpreter")
+print(f"TFLite int8 accuracy:        {100 * np.mean(i_out.argmax(axis=1) == y_test):.2f}%")
+print(format_stats(imported.event_stats(q_test, batch_size=100)))

@@ -14,7 +14,8 @@ as TFLite's integer division does.
 Ops: CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED, ADD, MAX_POOL_2D, AVERAGE_POOL_2D, MEAN
 (over H and W), RESHAPE, CONCATENATION, PAD (folded into the VALID convolution that follows it
 as SAME padding), QUANTIZE (int8 -> int8 requantization; float -> int8 only as the first op)
-and DEQUANTIZE (int8 -> float, last ops only), with fused RELU, RELU6 and RELU_N1_TO_1.
+and DEQUANTIZE (int8 -> float, last ops only), with fused RELU, RELU6 and RELU_N1_TO_1;
+SHAPE/STRIDED_SLICE/PACK computing a RESHAPE's int32 shape are skipped (Keras 3 Flatten).
 Anything else (LOGISTIC and SOFTMAX included: not read yet) is a ``ValueError`` naming the op.
 
 The program's input is the model's int8 input tensor (a leading float QUANTIZE is left to the
@@ -45,6 +46,9 @@ from fixedq.interop.program import ProgramBuilder, multipliers, neural_attrs
 SUPPORTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "MAX_POOL_2D",
                  "AVERAGE_POOL_2D", "MEAN", "RESHAPE", "CONCATENATION", "QUANTIZE",
                  "DEQUANTIZE", "PAD")
+#: Operators that only compute int32 shapes (a dynamic-batch Flatten: SHAPE -> STRIDED_SLICE ->
+#: PACK -> RESHAPE): skipped, as RESHAPE takes its output tensor's static shape.
+SHAPE_OPS = ("SHAPE", "STRIDED_SLICE", "PACK")
 #: ``ADD``'s inputs are shifted left by 20 bits before their rescaling (TFLite's int8 add).
 ADD_LEFT_SHIFT = 20
 MAX_AVGPOOL_COUNT = 1 << 22
@@ -464,6 +468,8 @@ class _Importer:
         for k, op in enumerate(ops):
             name = self.opname(op)
             what = f"op {k} ({name})"
+            if name in SHAPE_OPS and all(self.t[i].type == "INT32" for i in op.outputs):
+                continue  # shape arithmetic (RESHAPE uses its output's static shape)
             if name not in SUPPORTED_OPS:
                 raise ValueError(f"{what}: TFLite operator {name} is not supported; the "
                                  f"importer reads {', '.join(SUPPORTED_OPS)}")
