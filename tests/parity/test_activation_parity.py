@@ -195,3 +195,28 @@ def test_gelu_tanh_approximation_hand_built():
     ref = FUNCTIONS["gelu"].numpy(xs[:-4, 0].astype(np.float64), approximate=True)
     inside = ref < 127 / 32
     assert np.abs(y[:-4, 0][inside] - ref[inside]).max() <= 0.5 / 32 + 1e-9
+
+
+def test_efficientnet_like_stem_with_squeeze_excitation():
+    """Rescaling -> Normalization -> Conv(swish) -> DepthwiseConv(swish) -> squeeze-and-
+    excitation (GAP keepdims, Conv swish, Conv sigmoid, Multiply) -> Conv -> softmax, as in
+    EfficientNetB0: every layer integer, engine == Keras."""
+    rng = np.random.default_rng(4)
+    x = keras.Input((8, 8, 3))
+    norm = L.Normalization(axis=-1)
+    norm.adapt(rng.uniform(0, 1, size=(64, 8, 8, 3)))
+    y = norm(L.Rescaling(1 / 255)(x))
+    y = L.Conv2D(8, 3, strides=2, padding="same", activation="swish")(y)
+    y = L.DepthwiseConv2D(3, padding="same", activation="swish")(y)
+    s = L.GlobalAveragePooling2D(keepdims=True)(y)
+    s = L.Conv2D(4, 1, activation="swish")(s)
+    s = L.Conv2D(8, 1, activation="sigmoid")(s)
+    y = L.Multiply()([y, s])
+    y = L.GlobalAveragePooling2D()(L.Conv2D(6, 1)(y))
+    model = keras.Model(x, L.Dense(5, activation="softmax")(y))
+    xs = rng.uniform(0, 255, size=(32, 8, 8, 3)).astype("float32")
+    q = _quantize(model, xs)
+    names = [type(layer).__name__ for layer in q.layers]
+    assert "QuantizedNormalization" in names and "QuantizedMultiply" in names, names
+    assert names.count("QuantizedActivation") == 4 and names[-1] == "Dequantizer"
+    _assert_exact(q, np.concatenate([xs, xs[:4] * 0, xs[:4] * 10]))
