@@ -45,6 +45,17 @@ from fixedq.layers.table import (
     QuantizedLeakyReLU,
     QuantizedPReLU,
 )
+from fixedq.layers.temporal import (
+    BufferTempConv,
+    DepthwiseBufferTempConv,
+    PleiadesLayer,
+    StatefulRecurrent,
+)
+from fixedq.layers.temporal.quantized import (
+    QuantizedBufferTempConv,
+    QuantizedDepthwiseBufferTempConv,
+)
+from fixedq.layers.temporal.quantized_recurrent import QuantizedStatefulRecurrent
 from fixedq.layers.transformers import (
     AddPositionEmbs,
     Attention,
@@ -61,6 +72,13 @@ from fixedq.layers.transformers import (
 )
 
 __all__ = [
+    "BufferTempConv",
+    "DepthwiseBufferTempConv",
+    "PleiadesLayer",
+    "QuantizedBufferTempConv",
+    "QuantizedDepthwiseBufferTempConv",
+    "QuantizedStatefulRecurrent",
+    "StatefulRecurrent",
     "OperationLayer",
     "QuantizedMultiply",
     "QuantizedZeroPadding",
