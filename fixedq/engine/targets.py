@@ -117,6 +117,10 @@ def violations(model, target: Target) -> list[str]:
             if bits not in allowed:
                 what = "input" if op.kind == "input" else "activation"
                 problems.append(f"{where}: {bits}-bit {what}s, allowed {list(allowed)}")
+        rule = op.attrs.get("rounding", "half_up")
+        if rule != "half_up":  # eq. 5b: programs imported from TFLite / ONNX
+            problems.append(f"{where}: requantization rounding {rule!r}; the profile "
+                            "requantizes half up (eq. 5), so the op would not map bit-exactly")
         if target.per_tensor_activations and len(set(op.attrs.get("out_frac", [0]))) > 1:
             problems.append(f"{where}: per-axis activations (frac_bits vary by channel); the "
                             "target needs per-tensor activations")

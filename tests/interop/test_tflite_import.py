@@ -180,6 +180,17 @@ def test_saved_program_runs_with_events_and_the_cli(cnn, tmp_path):
     assert report["events"]
 
 
+def test_target_profiles_list_what_would_not_map(cnn):
+    from fixedq.engine.targets import TARGETS, violations
+
+    program = import_tflite(cnn)
+    for name in ("akida-1.0", "akida-2.0"):
+        problems = violations(program, TARGETS[name])
+        rounding = [p for p in problems if "requantization rounding 'tflite'" in p]
+        assert rounding and all(p.startswith("'") for p in problems)
+    assert any("8-bit activations" in p for p in violations(program, TARGETS["akida-1.0"]))
+
+
 def test_bad_files_are_one_clear_error(cnn, tmp_path):
     with pytest.raises(ValueError, match="not a TFLite model"):
         import_tflite(b"PK\x03\x04 this is a zip")
