@@ -26,6 +26,10 @@ HELP = "quantize a float Keras model (.keras/.h5) to a FixedPoint model"
 DESCRIPTION = """\
 Quantize a float Keras model to FixedPoint (integer-only) layers and save it.
 
+For a streaming model (temporal layers with FIFO/recurrent state, docs/tenn.md) the samples
+may be clips (N, T, *frame): they are streamed frame by frame, each batch of clips from a
+clean state.
+
 Without -sa, calibration uses random samples (with a warning): give real samples in a .npz
 file (its arrays are concatenated) for a useful model. The output goes next to the input as
 <model>_i<I>_w<W>_a<A>.<ext> (or <model>_<config>.<ext> with -c) unless -s is given; the input
@@ -142,7 +146,12 @@ def run(args) -> int:
         if len(model.inputs) != 1:
             raise CLIError(f"model {model.name!r} has {len(model.inputs)} inputs; quantize "
                            "supports one")
-        check_samples_shape(samples, model.inputs[0].shape, args.samples)
+        shape = tuple(model.inputs[0].shape)
+        from fixedq.models.streaming import is_streaming
+
+        if is_streaming(model) and samples.ndim == len(shape) + 1:  # clips (N, T, *frame)
+            shape = (shape[0], None, *shape[1:])
+        check_samples_shape(samples, shape, args.samples)
     num_samples = args.num_samples
     if samples is not None:
         num_samples = min(num_samples, len(samples))  # progress then ends at 100%

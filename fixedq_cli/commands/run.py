@@ -30,7 +30,8 @@ examples:
   fixedq run -m model.fqe -sa test.npz
   fixedq run -m model.fqe -sa x.npy --labels y.npy -bs 256 --events
   fixedq run -m model.fqe -sa test.npz --profile
-  fixedq run -m model.fqe -sa test.npz --json"""
+  fixedq run -m model.fqe -sa test.npz --json
+  fixedq run -m stream.fqe -sa clips.npz --frames all    (streaming model, clips (N, T, ...))"""
 
 SHOW_PREDICTIONS = 10
 
@@ -50,6 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also print the per-op time breakdown (a second, timed pass)")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object instead of text")
+    parser.add_argument("--frames", choices=("last", "all"), default="last",
+                        help="streaming models, samples as clips (N, T, *frame): report the "
+                             "last frame's outputs of each clip (default) or every frame's")
 
 
 def _predicted_classes(y: np.ndarray) -> np.ndarray:
@@ -63,6 +67,7 @@ def run(args) -> int:
     import fixedq.engine
     from fixedq.engine.events import format_stats
     from fixedq.engine.profile import format_profile
+    from fixedq.engine.streaming import StreamingModel
 
     if args.labels:
         x = read_samples(args.samples)
@@ -70,9 +75,18 @@ def run(args) -> int:
     else:
         x, labels = read_labelled_samples(args.samples)
     model = fixedq.engine.load(args.model)
+    streaming = isinstance(model, StreamingModel)
+    if not streaming and args.frames == "all":
+        raise ValueError(f"--frames all needs a streaming model (with FIFO/recurrent state); "
+                         f"{args.model!r} has none")
+    if streaming and args.profile:
+        raise ValueError("--profile does not support streaming models yet")
     outputs = model.predict(x, batch_size=args.batch_size)
     if isinstance(outputs, list):
         outputs = outputs[0]
+    per_frame = None
+    if streaming and x.ndim == len(model.input_shape) + 1:  # clips: outputs (N, T, ...)
+        per_frame, outputs = outputs, outputs[:, -1]
     output_name = model.outputs[0]["name"]
     pred = _predicted_classes(outputs)
     classes, counts = np.unique(pred, return_counts=True)
@@ -82,6 +96,15 @@ def run(args) -> int:
               "histogram": {str(int(c)): int(k) for c, k in zip(classes, counts, strict=True)}}
     if labels is not None:
         report["accuracy"] = float(np.mean(pred == labels))
+    if per_frame is not None:
+        frame_pred = np.stack([_predicted_classes(per_frame[:, t])
+                               for t in range(per_frame.shape[1])], axis=1)
+        report["frames"] = int(per_frame.shape[1])
+        if args.frames == "all":
+            report["frame_predictions"] = frame_pred.tolist()
+            if labels is not None:
+                report["frame_accuracy"] = [float(np.mean(frame_pred[:, t] == labels))
+                                            for t in range(frame_pred.shape[1])]
     if args.events:
         report["events"] = model.event_stats(x, batch_size=args.batch_size)
     if args.profile:
@@ -91,6 +114,9 @@ def run(args) -> int:
         return 0
     print(f"{report['samples']} samples, output {output_name!r} of shape "
           f"{tuple(report['output_shape'])}")
+    if per_frame is not None:
+        print(f"streaming: {report['samples']} clips of {report['frames']} frames, each from a "
+              f"clean state; results of the last frame")
     shown = " ".join(str(p) for p in pred[:SHOW_PREDICTIONS])
     more = " ..." if len(pred) > SHOW_PREDICTIONS else ""
     print(f"predicted classes: {shown}{more}")
@@ -98,6 +124,12 @@ def run(args) -> int:
     if labels is not None:
         correct = int(np.sum(pred == labels))
         print(f"accuracy: {report['accuracy']:.4f} ({correct}/{len(labels)})")
+    if "frame_predictions" in report:
+        for i, row in enumerate(report["frame_predictions"][:SHOW_PREDICTIONS]):
+            print(f"clip {i}: classes per frame {' '.join(map(str, row))}")
+        if "frame_accuracy" in report:
+            print("accuracy per frame: " + " ".join(f"{a:.4f}"
+                                                    for a in report["frame_accuracy"]))
     if args.events:
         print(format_stats(report["events"]))
     if args.profile:
