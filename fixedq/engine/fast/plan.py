@@ -513,7 +513,13 @@ class FastPlan:
 
 
 def _reference(op: Op, xs):
-    return run_op(op, [v.astype(np.int64, copy=False) for v in xs])
+    """The op's reference kernel on int64 inputs; its output narrowed to the smallest dtype
+    holding the values it actually has (so the next op can take a narrow, e.g. int8 GEMM)."""
+    y = run_op(op, [v.astype(np.int64, copy=False) for v in xs])
+    if y.dtype != np.int64 or y.size == 0:
+        return y
+    dt = narrow_dtype(y.min(), y.max())
+    return y.astype(dt) if dt != y.dtype else y
 
 
 def _reference_any_dtype(op: Op, xs):
