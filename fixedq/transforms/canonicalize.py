@@ -2,6 +2,8 @@
 
 - ``Activation("relu")`` → ``ReLU()``; ``Activation("relu6")`` → ``ReLU(max_value=6)``;
   ``Activation("softmax")`` → ``Softmax()`` (over the last axis).
+- ``ReLU(negative_slope=a)`` (no threshold, no max_value) → ``LeakyReLU(a)``: the same function,
+  quantized as an integer table.
 - ``Lambda`` layers are identified by probing (:mod:`fixedq.transforms.lambda_probe`) and become
   ``ReLU``, ``ReLU(max_value=6)``, ``Permute``, ``Reshape`` or ``Add`` only when the probe
   matches exactly; anything else is left in place (quantization will stop before it).
@@ -64,9 +66,21 @@ def layer_for_activation(activation, name: str, dtype=None) -> keras.layers.Laye
     return None
 
 
+def _leaky_for_relu(node: GraphNode) -> keras.layers.Layer | None:
+    """``LeakyReLU(a)`` for a ``ReLU(negative_slope=a)`` without threshold and max_value."""
+    cfg = node.config
+    slope = cfg.get("negative_slope") or 0.0
+    if not slope or cfg.get("threshold") or cfg.get("max_value") is not None:
+        return None
+    return keras.layers.LeakyReLU(negative_slope=float(slope), name=node.name,
+                                  dtype=cfg.get("dtype"))
+
+
 def _describe(layer: keras.layers.Layer) -> str:
     if isinstance(layer, keras.layers.ReLU):
         return "ReLU(max_value=6.0)" if layer.max_value is not None else "ReLU()"
+    if isinstance(layer, keras.layers.LeakyReLU):
+        return f"LeakyReLU({layer.negative_slope})"
     if isinstance(layer, keras.layers.Permute):
         return f"Permute({tuple(layer.dims)})"
     if isinstance(layer, keras.layers.Reshape):
@@ -111,6 +125,9 @@ def canonicalize_layers(graph: Graph) -> list[Change]:
             activation = node.config.get("activation")
             new = layer_for_activation(activation, node.name, node.config.get("dtype"))
             before = f"Activation({activation})"
+        elif node.cls is keras.layers.ReLU:
+            new = _leaky_for_relu(node)
+            before = f"ReLU(negative_slope={node.config.get('negative_slope')})"
         elif node.cls is keras.layers.Lambda:
             new = _lambda_replacement(graph, node)
             before = "Lambda"

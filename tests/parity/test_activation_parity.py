@@ -65,6 +65,7 @@ LAYERS = {  # name -> layer factory over a one-feature input
     "elu_layer": lambda: L.ELU(alpha=0.5),
     "relu6": lambda: L.Activation("relu6"),  # an integer clip, not a table
     "bounded_relu": lambda: L.ReLU(max_value=1.5),
+    "relu_negative_slope": lambda: L.ReLU(negative_slope=0.25),  # sanitize: LeakyReLU(0.25)
 }
 
 
