@@ -211,3 +211,18 @@ def test_quantized_recurrent_state_tracks_the_integer_reference():
         y = np.clip(shift_round(s_re, p["out_shift"]), p["out_lo"], p["out_hi"])
         np.testing.assert_array_equal(y_f * 2.0**layer.output_spec.frac_array(4), y)
     reset_buffers(q)
+
+
+def test_histogram_calibration_and_qconfig_replay_on_clips():
+    """A histogram method reads the clips twice (frame by frame); the dumped q-config
+    reproduces the model bit for bit without samples."""
+    rng = np.random.default_rng(10)
+    model = _stream_model()
+    clips = _clips(rng, 8)
+    q = fixedq.quantize(model, samples=clips, calibration="mse", verbose=False)
+    config = fixedq.dump_config(q)
+    again = fixedq.quantize(model, q_config=config, verbose=False)
+    test = _clips(rng, 3)
+    np.testing.assert_array_equal(predict_clips(again, test), predict_clips(q, test))
+    with pytest.raises(TypeError, match="clips given as a NumPy array"):
+        fixedq.quantize(model, samples=(c for c in clips), verbose=False)
