@@ -221,3 +221,24 @@ def test_efficientnet_like_stem_with_squeeze_excitation():
     assert "QuantizedNormalization" in names and "QuantizedMultiply" in names, names
     assert names.count("QuantizedActivation") == 4 and names[-1] == "Dequantizer"
     _assert_exact(q, np.concatenate([xs, xs[:4] * 0, xs[:4] * 10]))
+
+
+def test_qat_trains_through_tables_and_softmax():
+    """fit on a quantized model with table layers and a final softmax: the straight-through
+    gradient reaches the weights before them (they change, PReLU's alpha too), the loss falls,
+    and the engine still equals Keras after training."""
+    rng = np.random.default_rng(5)
+    x = keras.Input((6,))
+    y = L.PReLU()(L.Dense(8, activation="gelu")(x))
+    model = keras.Model(x, L.Dense(3, activation="softmax")(L.Activation("tanh")(y)))
+    xs = rng.normal(size=(256, 6)).astype("float32")
+    labels = (xs[:, 0] > 0).astype("int32") + (xs[:, 1] > 0.5)
+    q = _quantize(model, xs)
+    before = [w.numpy().copy() for w in q.trainable_weights]
+    q.compile(keras.optimizers.Adam(0.01), "sparse_categorical_crossentropy")
+    first = q.evaluate(xs, labels, verbose=0)
+    q.fit(xs, labels, epochs=3, batch_size=32, verbose=0)
+    assert q.evaluate(xs, labels, verbose=0) < first
+    after = q.trainable_weights
+    assert all(not np.array_equal(b, a.numpy()) for b, a in zip(before, after, strict=True))
+    _assert_exact(q, xs)
