@@ -58,6 +58,17 @@ PER_FRAME = (L.Dense, L.ReLU, L.Activation, L.Dropout, L.LeakyReLU, L.ELU, L.PRe
              L.LayerNormalization, L.Concatenate, L.BatchNormalization, L.SpatialDropout3D)
 
 
+#: Layers that, applied to a clip, treat its time axis (axis 1) as a spatial axis.
+TIME_AS_SPACE = (L.Conv1D, L.Conv2D, L.DepthwiseConv1D, L.DepthwiseConv2D, L.SeparableConv1D,
+                 L.SeparableConv2D, L.Conv1DTranspose, L.Conv2DTranspose, L.MaxPooling1D,
+                 L.MaxPooling2D, L.AveragePooling1D, L.AveragePooling2D,
+                 L.GlobalAveragePooling1D, L.GlobalAveragePooling2D, L.GlobalMaxPooling1D,
+                 L.GlobalMaxPooling2D, L.ZeroPadding1D, L.ZeroPadding2D, L.Cropping1D,
+                 L.Cropping2D, L.UpSampling1D, L.UpSampling2D)
+#: Layers that move or merge the time axis.
+TIME_MOVERS = (L.Flatten, L.Reshape, L.Permute, L.RepeatVector, L.Cropping3D, L.UpSampling3D)
+
+
 def _fail(node: GraphNode, why: str):
     raise ValueError(f"to_streaming: layer {node.name!r} ({node.cls.__name__}) {why}")
 
@@ -228,6 +239,13 @@ def to_streaming(model: keras.Model) -> keras.Model:
             if node.cls is L.SpatialDropout3D:
                 node.cls, node.config = L.Dropout, {"name": node.name,
                                                     "rate": node.config["rate"]}
+        elif node.cls in TIME_AS_SPACE:
+            _fail(node, "would run its kernel over the time axis (axis 1 of the clip, a "
+                  "non-leading axis for it): wrap per-frame layers in TimeDistributed, and "
+                  "convolve time with a causal (k, 1, 1) Conv3D")
+        elif node.cls in TIME_MOVERS:
+            _fail(node, "moves or merges the time axis (axis 1); wrap per-frame reshapes in "
+                  "TimeDistributed")
         else:
             _fail(node, "is not supported by to_streaming (known: Conv3D, PleiadesLayer, "
                   "ZeroPadding3D, 3-D pooling over space, TimeDistributed, StatefulRecurrent "

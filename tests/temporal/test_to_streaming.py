@@ -94,6 +94,9 @@ def _wrap(*layers, shape=(4, 5, 5, 2)):
     ([L.AveragePooling3D((2, 1, 1), name="ap")], r"'ap' .* pools over time"),
     ([L.GlobalAveragePooling3D(name="g")], r"'g' \(GlobalAveragePooling3D\) is not supported"),
     ([_pad(2), L.ReLU(name="r")], r"'r' \(ReLU\) reads a time-padded tensor"),
+    ([L.TimeDistributed(L.Flatten()), L.Conv1D(2, 3, name="c1")],
+     r"'c1' \(Conv1D\) would run its kernel over the time axis"),
+    ([L.Reshape((4, 50), name="rs")], r"'rs' \(Reshape\) moves or merges the time axis"),
 ])
 def test_bad_clip_models_name_the_layer(layers, match):
     model = _wrap(*layers)
