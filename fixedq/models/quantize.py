@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import keras
 import numpy as np
+from keras import tree
 
 from fixedq.layers.base import is_quantized_layer
 from fixedq.layers.params import QuantizationParams
@@ -52,6 +53,7 @@ from fixedq.transforms import sanitize
 from fixedq.transforms.fold_rescaling import fold_rescaling
 from fixedq.transforms.graph import (
     Graph,
+    Ref,
     build_model,
     make_layer,
     pack_structure,
@@ -201,6 +203,20 @@ def _call_inputs(node, ins: list):
     layers, even of one tensor) or on several tensors, else the one tensor."""
     listed = bool(node.args) and isinstance(node.args[0], (list, tuple))
     return ins if listed or len(ins) > 1 else ins[0]
+
+
+def _way_out(node) -> str:
+    """What to do about an unsupported node that is an operation or a custom layer."""
+    if node.cls.__name__ == "OperationLayer":
+        op = node.config.get("operation", {}).get("class_name", "?")
+        return (f" (keras.ops {op} has no integer version: replace it by a supported layer, or "
+                "keep this part in float)")
+    if not node.cls.__module__.startswith("keras."):
+        return (" (a custom layer is one float operation to quantize: build its body from "
+                "Keras layers and keras.ops in the functional model, e.g. a class token as "
+                "fixedq.layers.ClassToken and position embeddings as x + embedding weights, so "
+                "each part is quantized)")
+    return ""
 
 
 def _pin_dynamic_input(graph, samples, q_config) -> None:
@@ -590,6 +606,7 @@ def _build(graph: Graph, qp: QuantizationParams, stats, fused, layer_cfg, name,
             spec = registry.for_float(node.cls)  # a known layer with a setting it cannot take
             why = spec.reason(node) if spec is not None else None
             reason = f"{node.cls.__name__} is not supported" + (f" with {why}" if why else "")
+            reason += _way_out(node) if spec is None else ""
         elif any(s is None for s in in_specs):
             reason = None  # already float upstream: stay float silently
         else:
@@ -611,8 +628,12 @@ def _build(graph: Graph, qp: QuantizationParams, stats, fused, layer_cfg, name,
                           f"({node.cls.__name__}): {reason}; a Dequantizer is inserted and the "
                           "layer runs in float", stacklevel=4)
         layer = make_layer(node)
-        ins = [as_float(r.name) for r in refs]
-        out = layer(_call_inputs(node, ins))
+
+        def filled(x):  # the float layer is called as in the float model (MultiHeadAttention)
+            return as_float(x.name) if isinstance(x, Ref) else x
+
+        out = layer(*tree.map_structure(filled, node.args),
+                    **tree.map_structure(filled, node.kwargs))
         if node.weights:
             layer.set_weights([w for _, w in node.weights])
         values[node.name] = (out, None)

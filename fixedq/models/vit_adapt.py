@@ -146,6 +146,8 @@ def adapt_vit(model: keras.Model, softmax: str = "shiftmax", norm: str = "mad") 
     copies: list[tuple] = []  # (new layer, weights to set after the model is built)
 
     def clone(layer):
+        if not isinstance(layer, keras.layers.Layer):
+            return layer  # an operation node (x + pos, x * y): called again as it is
         cfg = layer.get_config()
         if isinstance(layer, L.LayerNormalization) and norm == "mad":
             axis = cfg.get("axis", -1)
