@@ -16,7 +16,8 @@ Ops: CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED, ADD, MAX_POOL_2D, AVERAGE_POOL
 as SAME padding), QUANTIZE (int8 -> int8 requantization; float -> int8 only as the first op)
 and DEQUANTIZE (int8 -> float, last ops only), with fused RELU, RELU6 and RELU_N1_TO_1;
 SHAPE/STRIDED_SLICE/PACK computing a RESHAPE's int32 shape are skipped (Keras 3 Flatten).
-Anything else (LOGISTIC and SOFTMAX included: not read yet) is a ``ValueError`` naming the op.
+LOGISTIC is an exact 256-entry table (eq. 38), SOFTMAX the engine's softmax (eq. 39, equal
+except near ties). Anything else is a ``ValueError`` naming the op.
 
 The program's input is the model's int8 input tensor (a leading float QUANTIZE is left to the
 caller: its scale and zero point are in ``model.meta["tflite"]``), its outputs the int8
@@ -45,7 +46,7 @@ from fixedq.interop.program import ProgramBuilder, multipliers, neural_attrs
 #: TFLite builtin operators :func:`import_tflite` reads.
 SUPPORTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "MAX_POOL_2D",
                  "AVERAGE_POOL_2D", "MEAN", "RESHAPE", "CONCATENATION", "QUANTIZE",
-                 "DEQUANTIZE", "PAD")
+                 "DEQUANTIZE", "PAD", "LOGISTIC", "SOFTMAX")
 #: Operators that only compute int32 shapes (a dynamic-batch Flatten: SHAPE -> STRIDED_SLICE ->
 #: PACK -> RESHAPE): skipped, as RESHAPE takes its output tensor's static shape.
 SHAPE_OPS = ("SHAPE", "STRIDED_SLICE", "PACK")
@@ -441,6 +442,46 @@ class _Importer:
         self.emit(Op(out.name, "concat", [self.src(i, what) for i in op.inputs],
                      {"axis": axis}), op.outputs[0])
 
+    def logistic(self, op, what: str) -> None:
+        """The 256-entry table of TFLite's int8 LOGISTIC (``PopulateLookupTable``): float32
+        ``s_x·(q − zp_x)``, ``1 / (1 + exp(−x))`` (exp correctly rounded to float32),
+        ``round(· × (1/s_y))`` half away from zero, ``+ zp_y``, clamped (eq. 38)."""
+        x, out = self.t[op.inputs[0]], self.t[op.outputs[0]]
+        for t in (x, out):
+            self.int8(t, what)
+        v = np.arange(-128, 128)
+        deq = np.float32(x.s) * (v - x.zp).astype(np.float32)
+        e = np.exp(-deq.astype(np.float64)).astype(np.float32)
+        sig = (np.float32(1) / (np.float32(1) + e)).astype(np.float32)
+        scaled = sig * (np.float32(1) / np.float32(out.s))
+        rounded = np.sign(scaled) * np.floor(np.abs(scaled) + np.float32(0.5))
+        table = np.clip(rounded.astype(np.int64) + out.zp, -128, 127)
+        arrays = {"table": table, "base": np.array([128]), "out_lo": np.array([-128]),
+                  "out_hi": np.array([127])}
+        self.emit(Op(out.name, "table", [self.src(op.inputs[0], what)],
+                     {"layers": [out.name]}, arrays), op.outputs[0])
+
+    def softmax(self, op, what: str) -> None:
+        """TFLite's int8 SOFTMAX (output scale 1/256, zero point -128) as eq. 39: an exp table
+        of the 256 differences ``max − q`` (``round(exp(−β·s_x·d)·2^30)``), exact sum,
+        ``round_half_up(256·e/Σe)`` − 128. TFLite's kernel approximates the same value; the
+        two differ only near rounding ties (docs/interop.md gives the measured rate)."""
+        x, out = self.t[op.inputs[0]], self.t[op.outputs[0]]
+        for t in (x, out):
+            self.int8(t, what)
+        if not (np.float32(out.s) == np.float32(1 / 256) and out.zp == -128):
+            raise ValueError(f"{what}: an int8 SOFTMAX output has scale 1/256 and zero point "
+                             f"-128, got {out.s} and {out.zp}")
+        beta = float(op.builtinOptions.beta) if op.builtinOptions is not None else 1.0
+        d = np.arange(256, dtype=np.float64)
+        table = np.floor(np.exp(-beta * float(np.float32(x.s)) * d) * 2.0**30 + 0.5)
+        attrs = {"shift": 0, "prob_frac": 8, "out_lo": 0, "out_hi": 255,
+                 "layers": [out.name]}
+        arrays = {"exp_table": table.astype(np.int64), "in_align": np.array([0]),
+                  "out_offset": np.array([128])}
+        self.emit(Op(out.name, "softmax", [self.src(op.inputs[0], what)], attrs, arrays),
+                  op.outputs[0])
+
     # ------------------------------------------------------------------ program
     def run(self) -> Model:
         g = self.g
@@ -498,6 +539,10 @@ class _Importer:
                 self.reshape(op, what)
             elif name == "CONCATENATION":
                 self.concat(op, what)
+            elif name == "LOGISTIC":
+                self.logistic(op, what)
+            elif name == "SOFTMAX":
+                self.softmax(op, what)
             else:  # pragma: no cover - every name of SUPPORTED_OPS has a branch above
                 raise AssertionError(name)
         outs, meta_out = [], []
