@@ -192,8 +192,11 @@ def _checked(model: keras.Model, data, name: str, classes: int | None):
 
 
 def _is_probability_output(model: keras.Model, outputs: np.ndarray) -> bool:
-    """A softmax last layer, or outputs that are rows of probabilities."""
+    """A softmax last layer (a quantized model's integer softmax before its output
+    Dequantizer included), or outputs that are rows of probabilities."""
     last = model.layers[-1]
+    if type(last).__name__ == "Dequantizer" and len(model.layers) > 1:
+        last = model.layers[-2]  # quantize puts the output's Dequantizer right after it
     kind = type(last).__name__.lower()
     activation = getattr(last, "activation", None)
     name = getattr(activation, "__name__", str(activation)).lower()

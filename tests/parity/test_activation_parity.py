@@ -242,3 +242,16 @@ def test_qat_trains_through_tables_and_softmax():
     after = q.trainable_weights
     assert all(not np.array_equal(b, a.numpy()) for b, a in zip(before, after, strict=True))
     _assert_exact(q, xs)
+
+
+def test_qat_sees_the_integer_softmax_as_probabilities():
+    """fixedq.qat infers its loss from the output: a 4-bit integer softmax (rows sum to 1 only
+    within 2^-4 per class) is still recognized as probabilities, not logits."""
+    from fixedq.models.qat import _is_probability_output
+
+    x = keras.Input((6,))
+    model = keras.Model(x, L.Dense(10, activation="softmax")(L.Dense(8)(x)))
+    xs = np.random.default_rng(6).normal(size=(64, 6)).astype("float32")
+    q = _quantize(model, xs, output_bits=4)
+    assert isinstance(q.layers[-2], QuantizedSoftmax)
+    assert _is_probability_output(q, np.asarray(q(xs)))
