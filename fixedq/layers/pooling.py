@@ -31,8 +31,6 @@ from fixedq.tensors import kops
 from fixedq.tensors.rounding import to_multiplier_shift
 
 
-@keras.saving.register_keras_serializable(package="fixedq")
-
 def _averaged(layer, sums, float_mean, training):
     """The output of an average-pooling layer from its exact integer window ``sums``: requantized
     by the layer's ``1/count`` multiplier/shift (eq. 26b) and dequantized; in training, the
@@ -46,6 +44,8 @@ def _averaged(layer, sums, float_mean, training):
     hi = from_integers(layer._hi, layer._f_out, layer.compute_dtype)
     return straight_through(ops.clip(float_mean(), lo, hi), out)
 
+
+@keras.saving.register_keras_serializable(package="fixedq")
 class QuantizedMaxPool2D(QuantizedLayer):
     """MaxPool2D on on-grid floats: the max of grid values is a grid value (spec unchanged)."""
 
