@@ -222,6 +222,17 @@ def _run_mul(op: Op, xs):
     return np.clip(shift_round(xs[0] * xs[1], r["shift"]), r["out_lo"], r["out_hi"])
 
 
+def _run_gmp(op: Op, xs):
+    """Global max pooling: the largest integer per channel over the spatial axes / steps."""
+    return xs[0].max(axis=tuple(range(1, xs[0].ndim - 1)))
+
+
+def _run_upsample(op: Op, xs):
+    """Nearest-neighbour upsampling: every integer repeated ``size`` times along H and W."""
+    sh, sw = op.attrs["size"]
+    return np.repeat(np.repeat(xs[0], sh, axis=1), sw, axis=2)
+
+
 def _run_pad(op: Op, xs):
     """Zero padding of the spatial axes (``pads`` = [[top, bottom], [left, right]], or
     [[before, after]] for steps). An asymmetric input arrives as ``v`` (its offset added
@@ -317,6 +328,9 @@ KERNELS: dict[str, Kernel] = {
     "mul": Kernel("exact elementwise product (broadcasting) + rounding shift (eq. 46)",
                   _run_mul, _AKIDA2),
     "pad": Kernel("zero padding of the spatial axes", _run_pad, _AKIDA2),
+    "gmp": Kernel("global max pooling (2-D or over steps)", _run_gmp, _AKIDA2),
+    "upsample": Kernel("nearest-neighbour upsampling (integers repeated)", _run_upsample,
+                       _AKIDA2),
     "shift": Kernel("rounding shift + clip (OutputQuantizer)", _run_shift, _AKIDA2),
     "concat": Kernel("concatenation (optionally re-gridded inputs)", _run_concat, _AKIDA2),
     "clip": Kernel("ReLU as an integer clip", _run_clip, _AKIDA),

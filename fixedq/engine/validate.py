@@ -241,6 +241,9 @@ KIND_RULES: dict[str, tuple] = {
     "add": (None, ("shift", "out_lo", "out_hi", "align{i}"), (1, 1 << 16)),
     "mul": (None, ("shift", "out_lo", "out_hi"), (2, 2)),
     "pad": (_other_attrs({"pads": _pads}), (), (1, 1)),
+    "gmp": (None, (), (1, 1)),
+    "upsample": (_other_attrs({"size": lambda v, where: check_ints(v, where, 1, 1 << 16,
+                                                                   length=2)}), (), (1, 1)),
     "shift": (None, ("shift", "out_lo", "out_hi"), (1, 1)),
     "concat": (_other_attrs({"axis": _small(0, MAX_RANK)}), (), (1, 1 << 16)),
     "clip": (None, ("lo", "hi"), (1, 1)),
@@ -555,6 +558,15 @@ def _op_shape(rec: dict, arrays: dict, shapes: list):
         return _merge(shapes, kind), None
     if kind == "mul":
         return _broadcast(shapes), None
+    if kind == "gmp":
+        _need(len(x) in (3, 4), f"expects a rank-3 (N, steps, C) or rank-4 (N, H, W, C) input, "
+              f"got {_fmt(x)}")
+        return (None, x[-1]), None
+    if kind == "upsample":
+        _need(len(x) == 4, f"expects a rank-4 (N, H, W, C) input, got {_fmt(x)}")
+        sh, sw = a["size"]
+        return (None, None if x[1] is None else x[1] * sh, None if x[2] is None else x[2] * sw,
+                x[3]), None
     if kind == "pad":
         _need(len(x) == len(a["pads"]) + 2, f"pads {a['pads']} do not fit {_fmt(x)}")
         grown = [None if d is None else d + sum(p) for d, p in zip(x[1:-1], a["pads"],

@@ -13,6 +13,7 @@ from fixedq.layers.affine import (
 )
 from fixedq.layers.conv1d import QuantizedConv1D
 from fixedq.layers.depthwise_conv2d_transpose import DepthwiseConv2DTranspose
+from fixedq.layers.global_max_pooling import QuantizedGlobalMaxPooling
 from fixedq.layers.merge import QuantizedAdd, QuantizedConcatenate
 from fixedq.layers.multiply import QuantizedMultiply
 from fixedq.layers.neural import (
@@ -70,6 +71,7 @@ from fixedq.layers.transformers import (
     QuantizedShiftmax,
     Shiftmax,
 )
+from fixedq.layers.upsampling import QuantizedUpSampling2D
 
 __all__ = [
     "BufferTempConv",
@@ -82,6 +84,8 @@ __all__ = [
     "OperationLayer",
     "QuantizedMultiply",
     "QuantizedZeroPadding",
+    "QuantizedGlobalMaxPooling",
+    "QuantizedUpSampling2D",
     "TFOpLambda",
     "AddPositionEmbs",
     "Attention",

@@ -42,7 +42,8 @@ NEW_KINDS = {L.Conv1D: "neural", L.AveragePooling2D: "avgpool",
              L.PReLU: "table", L.ELU: "table", L.Softmax: "softmax", BufferTempConv: "neural",
              DepthwiseBufferTempConv: "neural", StatefulRecurrent: "recurrent",
              L.Multiply: "mul", L.ZeroPadding2D: "pad",
-             L.ZeroPadding1D: "pad"}
+             L.ZeroPadding1D: "pad",
+             L.GlobalMaxPooling2D: "gmp", L.GlobalMaxPooling1D: "gmp", L.UpSampling2D: "upsample"}
 
 
 def test_every_legacy_layer_keeps_its_kind():

@@ -65,7 +65,9 @@ def _cnn() -> keras.Model:
     s = L.MaxPooling2D(name="mp2")(L.ReLU(name="r2")(L.BatchNormalization(name="bn2")(s)))
     p = L.ReLU(max_value=2.0, name="r3")(L.Permute((2, 1, 3), name="perm")(s))
     p = L.AveragePooling2D(2, 1, padding="same", name="avg")(p)
-    g = L.Dropout(0.1, name="drop")(L.GlobalAveragePooling2D(name="gap")(p))
+    p = L.UpSampling2D((1, 2), name="up2")(p)
+    g = L.Dropout(0.1, name="drop")(L.Concatenate(name="cat2")([
+        L.GlobalAveragePooling2D(name="gap")(p), L.GlobalMaxPooling2D(name="gmp")(p)]))
     return keras.Model(x, L.Dense(3, name="fc")(g), name="cnn")
 
 
