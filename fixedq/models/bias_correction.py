@@ -29,6 +29,7 @@ import numpy as np
 from keras import ops
 
 from fixedq.layers.neural import QuantizedNeuralLayer
+from fixedq.models import layerwise
 from fixedq.progress import Progress
 
 
@@ -117,14 +118,27 @@ def apply_recorded_bias_correction(layer: QuantizedNeuralLayer, entry: dict) -> 
         layer.bias.assign(layer.bias.numpy() + delta)
 
 
-def _channel_mean(x) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
-    return x.reshape(-1, x.shape[-1]).mean(axis=0)
+def _channel_sums(parts) -> tuple[np.ndarray, int]:
+    """Per-channel float64 sums of sub-batches and the number of values per channel."""
+    total, count = None, 0
+    for part in parts:
+        x = np.asarray(ops.convert_to_numpy(part), dtype=np.float64)
+        x = x.reshape(-1, x.shape[-1])
+        total = x.sum(axis=0) if total is None else total + x.sum(axis=0)
+        count += len(x)
+    return total, count
 
 
 def correct_biases(float_model: keras.Model, qmodel: keras.Model, frames: np.ndarray,
                    options: BiasCorrection, verbose: bool = True) -> list[str]:
-    """Correct the biases of ``qmodel``'s neural layers in place; returns the layer names."""
+    """Correct the biases of ``qmodel``'s neural layers in place; returns the layer names.
+
+    Both models run one operation at a time on the frames
+    (:class:`fixedq.models.layerwise.LayerwiseRun`; at most
+    :func:`fixedq.models.weight_rounding.frame_cap` frames), so each layer sees the inputs the
+    layers before it give after their correction, and memory holds only live tensors."""
+    from fixedq.models.weight_rounding import frame_cap
+
     layers = [ly for ly in qmodel.layers if isinstance(ly, QuantizedNeuralLayer)
               and ly.use_bias and ly.name in {f.name for f in float_model.layers}]
     if not layers:
@@ -138,26 +152,30 @@ def correct_biases(float_model: keras.Model, qmodel: keras.Model, frames: np.nda
             if layer.qconfig.get("weight_clip_std") is None:  # not clipped before rounding
                 clip_layer_kernel(layer, options.weight_clip_std)
                 layer.qconfig["weight_clip_std"] = float(options.weight_clip_std)
-    probe = keras.Model(float_model.inputs,
-                        [float_model.get_layer(ly.name).output for ly in layers])
-    outs = probe.predict(frames, verbose=0, batch_size=64)
-    targets = [_channel_mean(o) for o in (outs if len(layers) > 1 else [outs])]
+    frames = np.asarray(frames)[:frame_cap([qmodel, float_model])]
+    chunk = min(layerwise.chunk_for(m, len(frames)) for m in (qmodel, float_model))
+    frun = layerwise.LayerwiseRun(float_model, frames, chunk)
+    targets = []
+    for layer in layers:
+        total, count = _channel_sums(frun.value(float_model.get_layer(layer.name).output))
+        targets.append(total / max(count, 1))
+    del frun
     deltas = {ly.name: np.zeros(ly.channels) for ly in layers}
     originals = {ly.name: ly.bias.numpy() for ly in layers}
-    feeds = [keras.Model(qmodel.inputs, layer.input) for layer in layers]
-    frames_t = ops.convert_to_tensor(frames)
     bar = Progress("bias correction", total=options.iterations * len(layers), unit="layers",
                    enabled=verbose)
     for it in range(options.iterations):
-        for i, (layer, feed) in enumerate(zip(layers, feeds, strict=True)):
-            x_in = feed(frames_t, training=False)
+        qrun = layerwise.LayerwiseRun(qmodel, frames, chunk)
+        for i, layer in enumerate(layers):
+            x_parts = qrun.value(layer.input)
             w_q, scale, *_ = layer.quantized_weights()
             w_deq = ops.cast(ops.cast(w_q, "float64") * scale, "float32")
-            z = layer.linear(x_in, w_deq) + layer.bias
-            delta = targets[i] - _channel_mean(ops.convert_to_numpy(z))
+            total, count = _channel_sums(layer.linear(x, w_deq) + layer.bias for x in x_parts)
+            delta = targets[i] - total / max(count, 1)
             layer.bias.assign(layer.bias.numpy() + delta.astype(np.float32))
             deltas[layer.name] += delta
-            bar.update(it * len(layers) + i + 1, f"pass {it + 1}/{options.iterations}")
+            bar.update(it * len(layers) + i + 1,
+                       f"pass {it + 1}/{options.iterations}, {len(frames)} frames")
     bar.close()
     for layer in layers:  # one float32 add of the total, as apply_recorded_bias_correction
         total = deltas[layer.name].astype(np.float32)

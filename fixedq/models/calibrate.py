@@ -1,5 +1,13 @@
 """Calibration: per-channel running min/max of chosen tensors of a float model, streamed.
 
+Memory does not grow with the number of samples: batches are streamed, and only statistics
+are kept (per-channel extremes, one per-channel maximum per batch, histograms). The extremes
+are reduced inside the model (a probe whose outputs are the per-channel min and max of each
+recorded tensor), so no activation map leaves TensorFlow; each batch runs in sub-batches of at
+most :func:`chunk_size` samples (activation memory bounded by :data:`MEMORY_BUDGET`). The
+statistics do not depend on how a batch is split: min, max and histogram counts are exact
+under any split, and ``batch_pos``/``batch_neg`` hold one entry per batch of ``batch_size``.
+
 Example:
     >>> import keras, numpy as np
     >>> x = keras.Input((3,), name="x")
@@ -11,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import keras
@@ -39,7 +48,11 @@ class RangeStats:
 
     def update(self, batch: np.ndarray) -> None:
         axes = tuple(range(batch.ndim - 1))
-        lo, hi = batch.min(axis=axes), batch.max(axis=axes)
+        self.update_range(batch.min(axis=axes), batch.max(axis=axes))
+
+    def update_range(self, lo: np.ndarray, hi: np.ndarray) -> None:
+        """Add one batch given by its per-channel minimum ``lo`` and maximum ``hi``."""
+        lo, hi = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
         self.minimum = np.minimum(self.minimum, lo)
         self.maximum = np.maximum(self.maximum, hi)
         self.batch_pos.append(hi)
@@ -131,8 +144,6 @@ def calibrate(model: keras.Model, samples, layer_names=None, num_samples: int = 
     missing = [n for n in names if n not in {layer.name for layer in model.layers}]
     if missing:
         raise ValueError(f"layers {missing} are not in model {model.name!r}")
-    probe = keras.Model(model.inputs, [model.get_layer(n).output for n in names]) if names \
-        else None
     stats: dict[str, RangeStats] = {}
     per_pass = min(num_samples, len(samples)) if isinstance(samples, np.ndarray) \
         else num_samples
@@ -140,27 +151,90 @@ def calibrate(model: keras.Model, samples, layer_names=None, num_samples: int = 
     done = 0
     bar = Progress("calibrating", total=total, unit="samples", enabled=verbose)
     passes = ("ranges", "histograms") if histograms else ("ranges",)
+    outputs = [model.get_layer(n).output for n in names]
     for which in passes:
         if which == "histograms" and not (isinstance(samples, np.ndarray)
                                           or hasattr(samples, "as_numpy_iterator")):
             raise ValueError("histogram calibration methods read the samples twice: pass a "
                              "NumPy array or a tf.data.Dataset, not a generator")
+        if which == "ranges":
+            probe = _extremes_probe(model, outputs)
+            chunk = chunk_size(LIVE_TENSORS * max(map(_elements, [*outputs, *model.inputs])))
+        else:
+            probe = keras.Model(model.inputs, outputs) if names else None
+            chunk = chunk_size(sum(map(_elements, outputs))
+                               + LIVE_TENSORS * max(map(_elements, [*outputs, *model.inputs])))
         for batch in iter_batches(samples, model.inputs[0].shape, num_samples, batch_size,
                                   epochs):
-            outputs = probe.predict_on_batch(batch) if probe is not None else []
-            if len(names) == 1:
-                outputs = [outputs]
-            for name, out in zip([input_name, *names], [batch, *outputs], strict=True):
-                out = np.asarray(out, dtype=np.float64)
-                if which == "histograms":
-                    stats[name].add_histogram(out, bins)
-                elif name not in stats:
-                    axes = tuple(range(out.ndim - 1))
-                    lo, hi = out.min(axis=axes), out.max(axis=axes)
-                    stats[name] = RangeStats(lo, hi, [hi], [-lo])
-                else:
-                    stats[name].update(out)
+            if which == "ranges":
+                _add_ranges(stats, input_name, names, probe, batch, chunk)
+            else:
+                for start in range(0, len(batch), chunk):
+                    part = batch[start:start + chunk]
+                    outs = probe.predict_on_batch(part) if probe is not None else []
+                    if len(names) == 1:
+                        outs = [outs]
+                    for name, out in zip([input_name, *names], [part, *outs], strict=True):
+                        stats[name].add_histogram(np.asarray(out), bins)
+                    del outs
             done += len(batch)
             bar.update(done)
     bar.close()
     return stats
+
+
+#: Bytes of activations one sub-batch of calibration may hold (see :func:`chunk_size`).
+MEMORY_BUDGET = 256 * 2**20
+#: Live activation maps assumed per sample while the probe runs (the widest tensor times this).
+LIVE_TENSORS = 6
+
+
+def chunk_size(elements: int, budget: int | None = None) -> int:
+    """Samples per sub-batch when one sample holds ``elements`` activation values at a time
+    (12 bytes each: float32 in TensorFlow plus a float64 copy) within ``budget`` bytes
+    (default :data:`MEMORY_BUDGET`); at least 1.
+
+    Example:
+        >>> chunk_size(6 * 112 * 112 * 96)  # MobileNetV2 @ 224: 6 maps of its widest tensor
+        3
+    """
+    budget = MEMORY_BUDGET if budget is None else budget
+    return max(1, int(budget // (12 * max(int(elements), 1))))
+
+
+def _elements(tensor) -> int:
+    return math.prod(d or 1 for d in tensor.shape[1:])
+
+
+def _extremes_probe(model: keras.Model, outputs) -> keras.Model | None:
+    """A model whose outputs are ``(min, max)`` over every axis but the last of each tensor."""
+    if not outputs:
+        return None
+    reduced = []
+    for out in outputs:
+        axes = tuple(range(max(len(out.shape) - 1, 1)))
+        reduced += [keras.ops.min(out, axis=axes), keras.ops.max(out, axis=axes)]
+    return keras.Model(model.inputs, reduced)
+
+
+def _add_ranges(stats: dict, input_name: str, names: list, probe, batch: np.ndarray,
+                chunk: int) -> None:
+    """One batch's per-channel extremes (over sub-batches of ``chunk``) into ``stats``."""
+    axes = tuple(range(max(batch.ndim - 1, 1)))
+    lows = {input_name: batch.min(axis=axes)}
+    highs = {input_name: batch.max(axis=axes)}
+    for start in range(0, len(batch), chunk):
+        if probe is None:
+            break
+        outs = probe.predict_on_batch(batch[start:start + chunk])
+        for i, name in enumerate(names):
+            lo, hi = np.asarray(outs[2 * i]), np.asarray(outs[2 * i + 1])
+            lows[name] = lo if name not in lows else np.minimum(lows[name], lo)
+            highs[name] = hi if name not in highs else np.maximum(highs[name], hi)
+    for name in (input_name, *names):
+        lo = np.asarray(lows[name], np.float64)
+        hi = np.asarray(highs[name], np.float64)
+        if name not in stats:
+            stats[name] = RangeStats(lo, hi, [hi], [-lo])
+        else:
+            stats[name].update_range(lo, hi)

@@ -55,6 +55,7 @@ from fixedq.layers.neural import (
     QuantizedNeuralLayer,
 )
 from fixedq.layers.params import dataclass_from_dict
+from fixedq.models import layerwise
 from fixedq.progress import Progress
 
 METHODS = ("gptq", "local")
@@ -159,21 +160,42 @@ def _same_pads(size: int, k: int, stride: int, dilation: int) -> tuple[int, int]
     return total // 2, total - total // 2
 
 
-def patches(layer: QuantizedNeuralLayer, x: np.ndarray) -> np.ndarray:
-    """Input patches of a conv layer: ``(N·H'·W', kh, kw, C)`` (float64), as the conv reads.
-
-    Example:
-        >>> patches(conv_layer, x).shape  # doctest: +SKIP
-        (N * H_out * W_out, 3, 3, C)
-    """
+def _grid(layer: QuantizedNeuralLayer, x: np.ndarray):
+    """``(x padded as the conv reads it (float64), out height, out width)``."""
     x = np.asarray(x, np.float64)
     kh, kw = layer.kernel_size
     (sh, sw), (dh, dw) = layer.strides, layer.dilation_rate
     if layer.padding == "same":
         ph, pw = _same_pads(x.shape[1], kh, sh, dh), _same_pads(x.shape[2], kw, sw, dw)
-        x = np.pad(x, ((0, 0), ph, pw, (0, 0)))
+        if any(ph + pw):
+            x = np.pad(x, ((0, 0), ph, pw, (0, 0)))
     oh = (x.shape[1] - (kh - 1) * dh - 1) // sh + 1
     ow = (x.shape[2] - (kw - 1) * dw - 1) // sw + 1
+    return x, oh, ow
+
+
+def patches(layer: QuantizedNeuralLayer, x: np.ndarray, sel: np.ndarray | None = None
+            ) -> np.ndarray:
+    """Input patches of a conv layer: ``(N·H'·W', kh, kw, C)`` (float64), as the conv reads;
+    with a boolean ``sel`` over those rows only the selected ones (built directly, in order).
+
+    Example:
+        >>> patches(conv_layer, x).shape  # doctest: +SKIP
+        (N * H_out * W_out, 3, 3, C)
+    """
+    kh, kw = layer.kernel_size
+    (sh, sw), (dh, dw) = layer.strides, layer.dilation_rate
+    x, oh, ow = _grid(layer, x)
+    if sel is not None:
+        n, rest = np.divmod(np.flatnonzero(sel), oh * ow)
+        r, c = np.divmod(rest, ow)
+        out = np.empty((len(n), kh, kw, x.shape[3]))
+        for i in range(kh):
+            for j in range(kw):
+                out[:, i, j, :] = x[n, r * sh + i * dh, c * sw + j * dw, :]
+        return out
+    if (kh, kw, sh, sw) == (1, 1, 1, 1):  # a 1x1 conv reads its input as it is
+        return x.reshape(-1, 1, 1, x.shape[3])
     out = np.empty((x.shape[0], oh, ow, kh, kw, x.shape[3]))
     for i in range(kh):
         for j in range(kw):
@@ -182,32 +204,163 @@ def patches(layer: QuantizedNeuralLayer, x: np.ndarray) -> np.ndarray:
     return out.reshape(-1, kh, kw, x.shape[3])
 
 
-def _rows_of(layer: QuantizedNeuralLayer, x: np.ndarray) -> np.ndarray:
-    """``(groups, n, d)`` input rows of ``layer`` for inputs ``x`` (one group unless depthwise)."""
+def _rows_of(layer: QuantizedNeuralLayer, x: np.ndarray, sel: np.ndarray | None = None
+             ) -> np.ndarray:
+    """``(groups, n, d)`` input rows of ``layer`` for inputs ``x`` (one group unless
+    depthwise); with a boolean ``sel`` over the rows, only the selected ones."""
     if isinstance(layer, QuantizedDense):
-        return np.asarray(x, np.float64).reshape(1, -1, x.shape[-1])
-    p = patches(layer, x)
+        rows = np.asarray(x, np.float64).reshape(1, -1, x.shape[-1])
+        return rows if sel is None else rows[:, sel]
     if isinstance(layer, QuantizedDepthwiseConv2D):
-        return p.reshape(p.shape[0], -1, p.shape[-1]).transpose(2, 0, 1)  # (C, n, kh*kw)
+        return _depthwise_rows(layer, x, sel)
+    p = patches(layer, x, sel)
     return p.reshape(1, p.shape[0], -1)
 
 
-#: Work budget of :func:`input_moments` in multiply-adds per moment matrix (``rows * d^2``,
-#: about a second of BLAS on 2 cores): a layer whose calibration frames give more patch rows
-#: than ``max(MOMENT_BUDGET / d^2, MIN_ROWS_PER_DIM * d)`` uses a seeded random subset of that
-#: many rows. The bench models (d <= 96, <= 50,176 rows) are never subsampled; a 3x3x256 conv on
-#: 16x16 inputs is (9,216 of 65,536 rows).
-MOMENT_BUDGET = 1e10
+def _depthwise_rows(layer: QuantizedNeuralLayer, x: np.ndarray, sel: np.ndarray | None
+                    ) -> np.ndarray:
+    """``(C, n, kh*kw)`` rows of a depthwise conv with the values of :func:`patches`.
+
+    A view of a channel-major array whose rows are contiguous along ``n``, so each channel's
+    ``X^T X`` is one BLAS call (a strided view of the patches took numpy's non-BLAS loop:
+    34 s for 25 frames of 112x112x96; this takes 3 s)."""
+    kh, kw = layer.kernel_size
+    (sh, sw), (dh, dw) = layer.strides, layer.dilation_rate
+    x, oh, ow = _grid(layer, x)
+    height, width = x.shape[1], x.shape[2]
+    xt = np.ascontiguousarray(x.transpose(3, 0, 1, 2)).reshape(x.shape[3], -1)  # (C, N·H·W)
+    idx = np.flatnonzero(sel) if sel is not None else np.arange(x.shape[0] * oh * ow)
+    n, rest = np.divmod(idx, oh * ow)
+    r, c = np.divmod(rest, ow)
+    out = np.empty((x.shape[3], kh * kw, len(idx)))  # (C, taps, n): rows of taps contiguous
+    for i in range(kh):
+        for j in range(kw):
+            flat = (n * height + r * sh + i * dh) * width + c * sw + j * dw
+            np.take(xt, flat, axis=1, out=out[:, i * kw + j, :])
+    return out.transpose(0, 2, 1)
+
+
+def _rows_per_sample(layer: QuantizedNeuralLayer, x: np.ndarray) -> int:
+    """Rows one sample like ``x[0]`` gives (without building them)."""
+    if isinstance(layer, QuantizedDense):
+        return math.prod(x.shape[1:-1])
+    _, oh, ow = _grid(layer, x[:1, :, :, :1])
+    return oh * ow
+
+
+#: Work budget of :func:`input_moments` in multiply-adds per layer (``rows * groups * d^2``,
+#: well under a second of BLAS on 2 cores): a layer whose calibration frames give more patch rows
+#: than ``max(MOMENT_BUDGET / (groups * d^2), MIN_ROWS_PER_DIM * d)`` uses a seeded random
+#: subset of that many rows (only those rows are built). The bench models (d <= 96, <= 50,176
+#: rows, depthwise groups <= 64) are never subsampled; a 3x3 depthwise conv on 112x112x96 with
+#: 20 frames keeps about half of its rows.
+MOMENT_BUDGET = 1e9
 MIN_ROWS_PER_DIM = 4
+#: Bytes of float64 input patches :class:`Moments` builds at a time: fewer than ``chunk``
+#: samples per piece when one sample's patches are large (e.g. 1 sample of a 3x3 depthwise
+#: conv on 112x112x96: 87 MB); the bench models (28x28 inputs) keep pieces of 16.
+PATCH_BUDGET = 64 * 2**20
 
 
-def _row_fraction(layer: QuantizedNeuralLayer, x: np.ndarray) -> float:
-    """Fraction of patch rows :func:`input_moments` keeps (1: all), see :data:`MOMENT_BUDGET`."""
+def _row_fraction(layer: QuantizedNeuralLayer, x: np.ndarray, frames: int | None = None
+                  ) -> float:
+    """Fraction of patch rows :func:`input_moments` keeps (1: all) from ``frames`` samples
+    like ``x[:1]``, see :data:`MOMENT_BUDGET`."""
     probe = _rows_of(layer, x[:1])
-    d = probe.shape[-1]
-    total = probe.shape[1] * len(x)
-    cap = max(MOMENT_BUDGET / (d * d), MIN_ROWS_PER_DIM * d)
+    groups, d = probe.shape[0], probe.shape[-1]
+    total = probe.shape[1] * (len(x) if frames is None else frames)
+    cap = max(MOMENT_BUDGET / (groups * d * d), MIN_ROWS_PER_DIM * d)
     return 1.0 if total <= cap else cap / total
+
+
+class Moments:
+    """Streamed :func:`input_moments`: feed a layer's inputs in any sub-batches with
+    :meth:`add`, read :meth:`result`. ``frames`` is the total number of samples that will be
+    fed (it sets the row subsampling of :data:`MOMENT_BUDGET`); the samples are processed in
+    pieces of ``chunk`` whatever the sub-batches, so the result is the same for any split.
+
+    Example:
+        >>> acc = Moments(dense_layer, frames=4)  # doctest: +SKIP
+        >>> acc.add(x[:3]); acc.add(x[3:]); acc.result().shape  # doctest: +SKIP
+        (1, 3, 3)
+    """
+
+    def __init__(self, layer: QuantizedNeuralLayer, frames: int, center: bool = False,
+                 with_float: bool = False, chunk: int = 16):
+        self.layer, self.frames, self.center = layer, int(frames), center
+        self.with_float, self.chunk = with_float, int(chunk)
+        self.keep: float | None = None
+        self.rng = np.random.default_rng(0)
+        self.parts: list | None = None
+        self.n = 0
+        self.pending: list[tuple[np.ndarray, np.ndarray | None]] = []
+        self.pending_len = 0
+
+    def add(self, x: np.ndarray, x_float: np.ndarray | None = None) -> None:
+        """Feed the inputs ``x`` (and the float model's ``x_float``) of more samples."""
+        x = np.asarray(x)
+        if self.keep is None:
+            self.keep = _row_fraction(self.layer, x[:1], self.frames)
+            probe = _rows_of(self.layer, x[:1])
+            self.chunk = max(1, min(self.chunk, int(PATCH_BUDGET // (8 * probe.size))))
+        self.pending.append((x, None if x_float is None else np.asarray(x_float)))
+        self.pending_len += len(x)
+        while self.pending_len >= self.chunk:
+            self._take(self.chunk)
+
+    def _take(self, count: int) -> None:
+        xs, fs, got = [], [], 0
+        while got < count:
+            x, xf = self.pending[0]
+            take = min(count - got, len(x))
+            xs.append(x[:take])
+            fs.append(None if xf is None else xf[:take])
+            if take == len(x):
+                self.pending.pop(0)
+            else:
+                self.pending[0] = (x[take:], None if xf is None else xf[take:])
+            got += take
+        self.pending_len -= count
+        x = xs[0] if len(xs) == 1 else np.concatenate(xs)
+        xf = None
+        if self.with_float:
+            xf = fs[0] if len(fs) == 1 else np.concatenate(fs)
+        self._accumulate(x, xf)
+
+    def _accumulate(self, x: np.ndarray, x_float: np.ndarray | None) -> None:
+        sel = None
+        if self.keep < 1:  # the same draws as selecting from all rows, without building them
+            sel = self.rng.random(len(x) * _rows_per_sample(self.layer, x)) < self.keep
+        rows = _rows_of(self.layer, x, sel)
+        rows_t = rows.transpose(0, 2, 1)  # (matmul runs in BLAS; einsum here did not)
+        parts = [rows_t @ rows, rows.sum(axis=1)]
+        if x_float is not None:
+            rows_f = _rows_of(self.layer, x_float, sel)
+            parts += [rows_t @ rows_f, rows_f.sum(axis=1)]
+        if self.parts is None:
+            self.parts = parts
+        else:
+            self.parts = [a + b for a, b in zip(self.parts, parts, strict=True)]
+        self.n += rows.shape[1]
+
+    def result(self):
+        """``H`` (``(groups, d, d)``), or ``(H, C)`` when fed with float inputs."""
+        if self.pending_len:
+            self._take(self.pending_len)
+        if self.parts is None:
+            raise ValueError(f"layer {self.layer.name!r}: no inputs were fed")
+        n = max(self.n, 1)
+        total, first, *rest = self.parts
+        h = total / n
+        if self.center:
+            h = h - np.einsum("gd,ge->gde", first / n, first / n)
+        if not rest:
+            return h
+        cross, first_f = rest
+        c = cross / n
+        if self.center:
+            c = c - np.einsum("gd,ge->gde", first / n, first_f / n)
+        return h, c
 
 
 def input_moments(layer: QuantizedNeuralLayer, x: np.ndarray, center: bool = False,
@@ -218,43 +371,16 @@ def input_moments(layer: QuantizedNeuralLayer, x: np.ndarray, center: bool = Fal
     DepthwiseConv2D: one ``kh·kw`` group per input channel. ``center``: the covariance.
     With ``x_float`` (the float model's inputs of the layer, same samples) returns
     ``(H, C)`` with the cross moment ``C = X^T X_f / n``. Streamed over ``chunk`` samples at a
-    time (patches are ``kh·kw`` times the input).
+    time (patches are ``kh·kw`` times the input); :class:`Moments` takes the samples in
+    sub-batches.
 
     Example:
         >>> input_moments(dense_layer, np.ones((4, 3))).shape  # doctest: +SKIP
         (1, 3, 3)
     """
-    total = cross = first = first_f = None
-    n = 0
-    keep = _row_fraction(layer, x)
-    rng = np.random.default_rng(0)
-    for start in range(0, len(x), chunk):
-        rows = _rows_of(layer, x[start:start + chunk])
-        sel = rng.random(rows.shape[1]) < keep if keep < 1 else slice(None)
-        rows = rows[:, sel]
-        rows_t = rows.transpose(0, 2, 1)  # (matmul runs in BLAS; einsum here did not)
-        parts = [rows_t @ rows, rows.sum(axis=1)]
-        if x_float is not None:
-            rows_f = _rows_of(layer, x_float[start:start + chunk])[:, sel]
-            parts += [rows_t @ rows_f, rows_f.sum(axis=1)]
-        if total is None:
-            total, first, *rest = parts
-            cross, first_f = rest if rest else (None, None)
-        else:
-            total, first = total + parts[0], first + parts[1]
-            if x_float is not None:
-                cross, first_f = cross + parts[2], first_f + parts[3]
-        n += rows.shape[1]
-    n = max(n, 1)
-    h = total / n
-    if center:
-        h = h - np.einsum("gd,ge->gde", first / n, first / n)
-    if x_float is None:
-        return h
-    c = cross / n
-    if center:
-        c = c - np.einsum("gd,ge->gde", first / n, first_f / n)
-    return h, c
+    acc = Moments(layer, len(x), center, x_float is not None, chunk)
+    acc.add(x, x_float)
+    return acc.result()
 
 
 # --------------------------------------------------------------------------- the optimization
@@ -380,7 +506,8 @@ def _ls_target(rows: np.ndarray, h: np.ndarray, c: np.ndarray, damp: float) -> n
 
 def optimize_layer(layer: QuantizedNeuralLayer, x: np.ndarray, options: WeightRounding,
                    x_float: np.ndarray | None = None):
-    """Integer kernel for ``layer`` given its inputs ``x``; ``(w_q, nearest, h)`` (int64).
+    """Integer kernel for ``layer`` given its inputs ``x`` (or their streamed :class:`Moments`);
+    ``(w_q, nearest, h)`` (int64).
 
     With ``x_float`` (and ``options.target == "float"``) the float model's output is the
     target."""
@@ -388,15 +515,108 @@ def optimize_layer(layer: QuantizedNeuralLayer, x: np.ndarray, options: WeightRo
     scale = np.asarray(ops.convert_to_numpy(scale), np.float64)
     eff = np.asarray(ops.convert_to_numpy(layer.effective_kernel()), np.float64)
     w = eff / scale
-    use_float = x_float is not None and options.target == "float"
-    moments = input_moments(layer, x, options.center, x_float if use_float else None)
+    if isinstance(x, Moments):  # already streamed
+        moments, use_float = x.result(), x.with_float
+    else:
+        use_float = x_float is not None and options.target == "float"
+        moments = input_moments(layer, x, options.center, x_float if use_float else None)
     h, c = moments if use_float else (moments, None)
     rows, fixed = _rows(layer, w), _rows(layer, _tops(layer, eff))
     q = np.empty(rows.shape, np.int64)
+    if rows.shape[0] > 1:  # depthwise: every channel's small problem at once
+        q[:] = _optimize_groups(rows, h, c, layer.qmax, options, fixed)
+        return _unrows(layer, q, w.shape), np.asarray(ops.convert_to_numpy(w_q), np.int64), h
     for g in range(rows.shape[0]):
         target = None if c is None else _ls_target(rows[g], h[g], c[g], options.damp)
         q[g], _ = optimize_rows(rows[g], h[g], layer.qmax, options, fixed[g], target)
     return _unrows(layer, q, w.shape), np.asarray(ops.convert_to_numpy(w_q), np.int64), h
+
+
+def _optimize_groups(w: np.ndarray, h: np.ndarray, c: np.ndarray | None, qmax: int,
+                     options: WeightRounding, fixed: np.ndarray) -> np.ndarray:
+    """:func:`optimize_rows` (with :func:`_ls_target` when ``c`` is given) for ``G`` groups at
+    once: ``w``/``fixed`` ``(G, m, d)``, ``h``/``c`` ``(G, d, d)``; the same steps group by
+    group, vectorized over the groups (a depthwise layer has one small problem per channel)."""
+    w = np.asarray(w, np.float64)
+    eye = np.eye(w.shape[2])
+    nearest = np.clip(np.floor(w + 0.5), -qmax, qmax)
+    target = w
+    if c is not None:
+        lam = options.damp * np.maximum(np.mean(np.einsum("gii->gi", h), axis=1), 1e-30) + 1e-12
+        rhs = c @ w.transpose(0, 2, 1) + lam[:, None, None] * w.transpose(0, 2, 1)
+        target = np.linalg.solve(h + lam[:, None, None] * eye, rhs).transpose(0, 2, 1)
+        target = np.where(fixed, nearest, target)
+    q = nearest
+    if options.method == "gptq":
+        q = _gptq_groups(target, h, qmax, fixed, options.damp, nearest)
+    q = _local_groups(q, target, h, qmax, fixed, options.sweeps)
+    energy = lambda v: (((v - target) @ h) * (v - target)).sum(axis=-1)  # noqa: E731
+    better = energy(q) < energy(nearest)
+    return np.where(better[..., None], q, nearest).astype(np.int64)
+
+
+def _gptq_groups(w, h, qmax, fixed, damp, nearest):
+    """:func:`_gptq` over a leading group axis (a group whose ``H`` fails keeps ``nearest``)."""
+    g_, m, d = w.shape
+    h = h.copy()
+    diag = np.einsum("gii->gi", h).copy()
+    dead = diag <= 0
+    idx = np.arange(d)
+    h[:, idx, idx] = np.where(dead, 1.0, diag)
+    h += (damp * np.maximum(np.mean(np.einsum("gii->gi", h), axis=1), 1e-30))[:, None, None] \
+        * np.eye(d)
+    order = np.argsort(-np.einsum("gii->gi", h), axis=1, kind="stable")
+    hp = np.take_along_axis(np.take_along_axis(h, order[:, :, None], 1), order[:, None, :], 2)
+    ok = np.ones(g_, bool)
+    u = np.zeros_like(hp)
+    try:
+        u = np.linalg.cholesky(np.linalg.inv(hp)).transpose(0, 2, 1)
+    except np.linalg.LinAlgError:
+        for k in range(g_):
+            try:
+                u[k] = np.linalg.cholesky(np.linalg.inv(hp[k])).T
+            except np.linalg.LinAlgError:
+                ok[k] = False
+                u[k] = np.eye(d)
+    work = np.take_along_axis(w, order[:, None, :], 2).copy()
+    fix = np.take_along_axis(fixed, order[:, None, :], 2)
+    tgt = np.clip(np.floor(work + 0.5), -qmax, qmax)
+    q = np.zeros_like(work)
+    for j in range(d):
+        col = np.clip(np.floor(work[:, :, j] + 0.5), -qmax, qmax)
+        col = np.where(fix[:, :, j], tgt[:, :, j], col)
+        q[:, :, j] = col
+        err = (work[:, :, j] - col) / u[:, j, j][:, None]
+        work[:, :, j:] -= err[:, :, None] * u[:, None, j, j:]
+    out = np.empty_like(q)
+    np.put_along_axis(out, np.broadcast_to(order[:, None, :], q.shape), q, 2)
+    return np.where(ok[:, None, None], out, nearest)
+
+
+def _local_groups(q, w, h, qmax, fixed, sweeps):
+    """:func:`_local` over a leading group axis."""
+    q = q.copy()
+    g = (q - w) @ h
+    diag = np.einsum("gii->gi", h)
+    for _ in range(sweeps):
+        changed = False
+        for j in range(q.shape[2]):
+            dj = diag[:, j][:, None]
+            best = np.zeros(q.shape[:2])
+            gain = np.zeros(q.shape[:2])
+            for step in (-1.0, 1.0):
+                delta = 2.0 * step * g[:, :, j] + dj
+                ok = ((np.abs(q[:, :, j] + step) <= qmax) & ~fixed[:, :, j]
+                      & (delta < gain - 1e-12 * dj) & (dj > 0))
+                best = np.where(ok, step, best)
+                gain = np.where(ok, delta, gain)
+            if np.any(best != 0):
+                changed = True
+                q[:, :, j] += best
+                g += best[:, :, None] * h[:, j, None, :]
+        if not changed:
+            break
+    return q
 
 
 def _tops(layer, eff: np.ndarray) -> np.ndarray:
@@ -526,13 +746,38 @@ def output_error(layer, x, w_q) -> float:
     return _reconstruction(layer, input_moments(layer, x, False), np.asarray(w_q, np.int64))
 
 
+#: Bytes the cached layer inputs of the frames may take in :func:`optimize_rounding` (the live
+#: tensors of the quantized and the float model, float32): more frames than fit are not used.
+#: The bench models (28x28 inputs) keep all 256 default frames; MobileNetV2 1.0 @ 224 keeps
+#: 21 (bench/studies/frame_cap_study.py: what fewer frames cost on the bench models).
+CACHE_BUDGET = 320 * 2**20
+
+
+def frame_cap(models, budget: int | None = None) -> int:
+    """How many frames :func:`optimize_rounding` / bias correction may cache for ``models``
+    (run side by side): ``budget`` (default :data:`CACHE_BUDGET`) over their peak live float32
+    elements per frame.
+
+    Example:
+        >>> x = keras.Input((224, 224, 3))
+        >>> frame_cap([keras.Model(x, keras.layers.Conv2D(32, 3, strides=2)(x))])
+        153
+    """
+    budget = CACHE_BUDGET if budget is None else budget
+    per_frame = 4 * sum(layerwise.live_elements(m) for m in models if m is not None)
+    return max(1, int(budget // max(per_frame, 1)))
+
+
 def optimize_rounding(qmodel: keras.Model, frames: np.ndarray, options: WeightRounding,
                       verbose: bool = True, float_model: keras.Model | None = None
                       ) -> dict[str, dict]:
     """Optimize the integer weights of ``qmodel``'s low-bit layers in place (execution order).
 
     ``float_model`` (the float model ``qmodel`` was made from, after the same graph rewrites,
-    layer names matching) is needed for ``target="float"``.
+    layer names matching) is needed for ``target="float"``. The models run once, one operation
+    at a time (:class:`fixedq.models.layerwise.LayerwiseRun`): each layer's inputs come from
+    the layers before it as already optimized. At most :func:`frame_cap` of the ``frames`` are
+    used (memory: :data:`CACHE_BUDGET`).
 
     Returns ``{layer: {"before": E_nearest, "after": E_opt, "changed": n}}`` with the output
     energies on the frames; each optimized layer's q-config gets ``weight_rounding``.
@@ -547,21 +792,27 @@ def optimize_rounding(qmodel: keras.Model, frames: np.ndarray, options: WeightRo
         raise ValueError("weight_rounding target='float' needs the float model")
     float_names = {ly.name for ly in float_model.layers} if float_model is not None else set()
     report: dict[str, dict] = {}
-    frames_t = ops.convert_to_tensor(frames)
-    bar = Progress("weight rounding", total=len(layers), unit="layers",
-                   enabled=verbose and bool(layers))
+    if not layers:
+        return report
+    use_float = options.target == "float" and float_model is not None
+    models = [qmodel, float_model if use_float else None]
+    frames = np.asarray(frames)[:frame_cap(models)]
+    chunk = min(layerwise.chunk_for(m, len(frames)) for m in models if m is not None)
+    qrun = layerwise.LayerwiseRun(qmodel, frames, chunk)
+    frun = layerwise.LayerwiseRun(float_model, frames, chunk) if use_float else None
+    bar = Progress("weight rounding", total=len(layers), unit="layers", enabled=verbose)
     for i, layer in enumerate(layers):
-        feed = keras.Model(qmodel.inputs[0], layer.input)
-        x = np.asarray(ops.convert_to_numpy(feed(frames_t, training=False)), np.float64)
-        x_float = None
-        if options.target == "float" and float_model is not None \
-                and layer.name in float_names:
-            ffeed = keras.Model(float_model.inputs[0], float_model.get_layer(layer.name).input)
-            x_float = np.asarray(ops.convert_to_numpy(ffeed(frames_t, training=False)),
-                                 np.float64)
-            if x_float.shape != x.shape:
-                x_float = None
-        w_q, nearest, h = optimize_layer(layer, x, options, x_float)
+        x_parts = qrun.value(layer.input)
+        f_parts = None
+        if frun is not None and layer.name in float_names:
+            f_parts = frun.value(float_model.get_layer(layer.name).input)
+            if tuple(f_parts[0].shape) != tuple(x_parts[0].shape):
+                f_parts = None
+        acc = Moments(layer, len(frames), options.center, f_parts is not None)
+        for k, part in enumerate(x_parts):
+            acc.add(ops.convert_to_numpy(part),
+                    None if f_parts is None else ops.convert_to_numpy(f_parts[k]))
+        w_q, nearest, h = optimize_layer(layer, acc, options)
         report[layer.name] = {"before": _reconstruction(layer, h, nearest),
                               "after": _reconstruction(layer, h, w_q),
                               "changed": int(np.count_nonzero(w_q != nearest))}
@@ -570,6 +821,6 @@ def optimize_rounding(qmodel: keras.Model, frames: np.ndarray, options: WeightRo
                                             "keep_latent": options.keep_latent,
                                             "weight_bits": layer.weight_bits,
                                             "kernel": encode(w_q)}
-        bar.update(i + 1)
+        bar.update(i + 1, f"{len(frames)} frames")
     bar.close()
     return report
