@@ -5,6 +5,9 @@ The order matters and is fixed:
 1. :func:`~fixedq.transforms.canonicalize.canonicalize_layers` - ``Activation``/``Lambda``
    layers become ``ReLU``/``Permute``/``Reshape``/``Add``, so the later rewrites only need to
    recognise standard layers (e.g. an ``Activation("relu")`` before a pool is reordered by 5).
+   Then :func:`~fixedq.transforms.one_d_as_2d.one_d_as_2d` - ``DepthwiseConv1D``,
+   ``SeparableConv1D``, ``MaxPooling1D``, ``AveragePooling1D`` as their 2-D layers over a
+   ``(1, steps)`` image between two ``Reshape`` layers.
 2. :func:`~fixedq.transforms.split_activations.split_activations` - fused activations become
    their own layer, so every weighted layer is linear (the precondition of 4) and its ReLU is
    visible to 5.
@@ -43,6 +46,7 @@ from fixedq.transforms.canonicalize import canonicalize_layers
 from fixedq.transforms.fold_batchnorm import fold_batchnorm
 from fixedq.transforms.fold_padding import fold_padding
 from fixedq.transforms.graph import Graph, build_model, read_graph
+from fixedq.transforms.one_d_as_2d import one_d_as_2d
 from fixedq.transforms.reorder_relu_maxpool import reorder_relu_maxpool
 from fixedq.transforms.report import Change, SanitizeReport
 from fixedq.transforms.split_activations import split_activations
@@ -54,6 +58,7 @@ Rewrite = Callable[[Graph], list[Change]]
 
 REWRITES: tuple[Rewrite, ...] = (
     canonicalize_layers,
+    one_d_as_2d,
     split_activations,
     split_keepdims,
     fold_padding,
