@@ -132,3 +132,19 @@ def test_dynamic_spatial_size_is_pinned_not_a_crash():
     assert tuple(q.inputs[0].shape) == (None, 16, 16, 3)
     np.testing.assert_array_equal(fe.convert(q).predict(samples[:4]),
                                   q.predict(samples[:4], verbose=0))
+
+
+def test_subtract_of_tensors_is_quantized_as_add_of_a_negation():
+    x = keras.Input((6,))
+    a, b = L.Dense(4, name="fa")(x), L.Dense(4, name="fb")(x)
+    model = keras.Model(x, L.Dense(2, name="out")(a - b))
+    samples = np.random.default_rng(4).normal(size=(64, 6)).astype("float32")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        q = fixedq.quantize(model, fixedq.QuantizationParams(), samples)
+    names = [type(layer).__name__ for layer in q.layers]
+    assert names.count("Dequantizer") == 1 and "QuantizedAdd" in names
+    np.testing.assert_array_equal(fe.convert(q).predict(samples), q.predict(samples, verbose=0))
+    float_out = model.predict(samples, verbose=0)
+    assert np.abs(q.predict(samples, verbose=0) - float_out).max() < 0.05 * np.abs(
+        float_out).max()
