@@ -1,4 +1,6 @@
-"""The elementwise functions fixedq runs as integer tables (DESIGN.md decision 9, eq. 38).
+"""The elementwise functions fixedq runs as integer tables (DESIGN.md decision 9, eq. 38):
+every elementwise activation of ``keras.activations`` (relu/relu6 are clips, softmax has its
+own op; glu, sparsemax, log_softmax and threshold are not elementwise or need arguments).
 
 Each :class:`TableFunction` has a float64 NumPy definition (what the table entries are
 computed from, once, at build time), the Keras definition it reproduces (used for the
@@ -79,6 +81,21 @@ def _celu(x, alpha=1.0):
     return np.maximum(x, 0.0) + a * np.expm1(np.minimum(x, 0.0) / a)
 
 
+def _sparse_plus(x):
+    return np.where(x <= -1, 0.0, np.where(x < 1, 0.25 * (x + 1.0) ** 2, x))
+
+
+def _shrink(x, threshold=0.5, soft=True):
+    t = _f32(threshold)
+    if not soft:
+        return np.where(np.abs(x) > t, x, 0.0)
+    return np.where(x > t, x - t, np.where(x < -t, x + t, 0.0))
+
+
+def _keras_shrink(fn):
+    return lambda x, threshold=0.5: fn(x, threshold=_f32(threshold))
+
+
 @dataclass(frozen=True)
 class TableFunction:
     """One elementwise function.
@@ -129,12 +146,28 @@ FUNCTIONS: dict[str, TableFunction] = {f.name: f for f in (
     TableFunction("elu", _elu, _keras_elu, True, {"alpha": 1.0}),
     TableFunction("selu", _selu, _k(ops.selu), True),
     TableFunction("celu", _celu, _keras_celu, True, {"alpha": 1.0}),
+    TableFunction("linear", lambda x: x, lambda x: x, True),
+    TableFunction("exponential", np.exp, _k(ops.exp), False),
+    TableFunction("hard_tanh", lambda x: np.clip(x, -1.0, 1.0), _k(ops.hard_tanh), True),
+    TableFunction("log_sigmoid", lambda x: -_softplus(-x), _k(ops.log_sigmoid), True),
+    TableFunction("tanh_shrink", lambda x: x - np.tanh(x), _k(ops.tanh_shrink), True),
+    TableFunction("squareplus", lambda x, b=4.0: (x + np.sqrt(x * x + _f32(b))) / 2,
+                  lambda x, b=4.0: ops.squareplus(x, b=_f32(b)), False, {"b": 4.0}),
+    TableFunction("sparse_plus", _sparse_plus, _k(ops.sparse_plus), False),
+    TableFunction("sparse_sigmoid", lambda x: np.clip(0.5 * (x + 1.0), 0.0, 1.0),
+                  _k(ops.sparse_sigmoid), False),
+    TableFunction("soft_shrink", _shrink, _keras_shrink(ops.soft_shrink), True,
+                  {"threshold": 0.5}),
+    TableFunction("hard_shrink", lambda x, threshold=0.5: _shrink(x, threshold, soft=False),
+                  _keras_shrink(ops.hard_shrink), True, {"threshold": 0.5}),
 )}
 
 #: Keras activation functions (as ``keras.activations.get`` returns them) -> table name.
 _BY_KERAS = {getattr(activations, n): n for n in (
     "sigmoid", "hard_sigmoid", "silu", "hard_silu", "gelu", "tanh", "softplus", "softsign",
-    "mish", "leaky_relu", "elu", "selu", "celu") if hasattr(activations, n)}
+    "mish", "leaky_relu", "elu", "selu", "celu", "linear", "exponential", "hard_tanh",
+    "log_sigmoid", "tanh_shrink", "squareplus", "sparse_plus", "sparse_sigmoid", "soft_shrink",
+    "hard_shrink") if hasattr(activations, n)}
 
 
 def for_activation(activation) -> tuple[str, dict] | None:

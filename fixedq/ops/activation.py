@@ -1,5 +1,7 @@
 """``Activation(name)`` of an elementwise function (sigmoid, hard_sigmoid, silu/swish,
-hard_silu/hard_swish, gelu, tanh, softplus, softsign, mish, elu, selu, celu, leaky_relu) ->
+hard_silu/hard_swish, gelu, tanh, softplus, softsign, mish, elu, selu, celu, leaky_relu, and
+the other elementwise Keras activations: linear, exponential, hard_tanh, log_sigmoid,
+tanh_shrink, squareplus, sparse_plus, sparse_sigmoid, soft_shrink, hard_shrink) ->
 QuantizedActivation -> engine ``table`` op (eq. 38). ``Activation("relu")``/``("relu6")`` and
 ``("softmax")`` are rewritten to ``ReLU``/``Softmax`` layers by ``sanitize`` first; fused
 ``activation=`` arguments of Dense/Conv layers are split into such layers.
