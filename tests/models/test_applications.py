@@ -1,6 +1,6 @@
 """keras.applications networks (random weights, small inputs) come out integer-only and run
 bit-exactly in the engine: ResNet50 (its ZeroPadding2D(3) before a stride-2 valid conv is not
-foldable into 'same' and becomes a pad op)."""
+foldable into 'same' and becomes a pad op) and MobileNetV3Small (squeeze-and-excitation)."""
 
 import time
 import warnings
@@ -32,3 +32,22 @@ def test_application_is_integer_only_and_engine_exact(name):
     x = np.concatenate([_images(1, seed=1), np.zeros((1, 32, 32, 3), "float32")])
     np.testing.assert_array_equal(fe.convert(q).predict(x), q.predict(x, verbose=0))
     print(f"{name}: {time.perf_counter() - start:.1f} s")
+
+
+def test_mobilenet_v3_small_squeeze_excitation_is_integer_only_and_engine_exact():
+    """MobileNetV3Small: hard-sigmoid written with operators (ReLU6(x + 3) * 1/6, read as
+    Rescaling/ReLU/Rescaling), squeeze-and-excitation gates (GlobalAveragePooling2D(keepdims)
+    -> Conv -> hard-sigmoid -> Multiply), hard-swish tables, asymmetric ZeroPadding2D. The
+    model is cut at the logits (its final Activation(None) is a float 'linear' layer)."""
+    full = keras.applications.MobileNetV3Small(input_shape=(32, 32, 3), weights=None,
+                                               classifier_activation=None)
+    model = keras.Model(full.input, full.get_layer("predictions").input)
+    samples = _images(4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # nothing falls back to float
+        q = fixedq.quantize(model, fixedq.QuantizationParams(), samples)
+    names = [type(layer).__name__ for layer in q.layers]
+    assert names.count("Dequantizer") == 1 and names[-1] == "Dequantizer"
+    assert names.count("QuantizedMultiply") == 9  # the SE gates; hard-swish is a table
+    x = np.concatenate([_images(1, seed=1), np.zeros((1, 32, 32, 3), "float32")])
+    np.testing.assert_array_equal(fe.convert(q).predict(x), q.predict(x, verbose=0))
