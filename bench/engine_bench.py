@@ -15,8 +15,13 @@ equal to the quantized Keras model's on the bench batch, element for element; th
 timed call, and the medians of ``--repeats`` runs are compared. Batch 1 is the edge latency
 (one frame per ``predict`` call, what a user's loop waits); 32 and 100 are throughput.
 
-Also measured: the event path vs the new dense path on inputs with >= 90 % zeros, and the peak
-Python-heap memory (tracemalloc) of ``engine.predict`` at N = 100 and N = 1000 (batch 32).
+Also measured: the event path vs the new dense path on inputs with >= 90 % zeros, the peak
+Python-heap memory (tracemalloc) of ``engine.predict`` at N = 100 and N = 1000 (batch 32), and,
+when a virtual environment with akida 2.19.3 exists (``--akida-python``, default
+``/work/akida-venv/bin/python``), BrainChip's akida software engine on the DS-CNN- and
+MobileNetV2-style MNIST nets (bench/akida_child.py, run with that environment's Python).
+``--reuse-log LOG`` takes the per-model rows from an earlier run's stdout and measures only
+akida, the event rows and memory (the section then says so).
 """
 
 from __future__ import annotations
@@ -296,6 +301,55 @@ def memory_rows() -> list[dict]:
     return rows
 
 
+# --------------------------------------------------------------------------- akida
+
+
+AKIDA_PYTHON = "/work/akida-venv/bin/python"
+#: The models bench/akida_child.py builds (the same architectures as here).
+AKIDA_MODELS = ("ds_cnn_mnist", "mbv2_mnist")
+
+
+def akida_rows(python: str | None, repeats: int) -> list[dict] | None:
+    """akida 2.19.3's software engine timed by bench/akida_child.py in its own virtual
+    environment (``python``); ``None`` when there is none."""
+    if not python or not os.path.exists(python):
+        return None
+    child = os.path.join(os.path.dirname(os.path.abspath(__file__)), "akida_child.py")
+    try:
+        out = subprocess.run([python, child, "--repeats", str(repeats), "--models",
+                              ",".join(AKIDA_MODELS)], capture_output=True, text=True,
+                             timeout=1200)
+    except subprocess.TimeoutExpired:
+        return [{"name": m, "error": "timed out"} for m in AKIDA_MODELS]
+    rows = [json.loads(ln) for ln in out.stdout.splitlines() if ln.startswith("{")]
+    return rows or [{"name": m, "error": (out.stderr.strip().splitlines() or ["?"])[-1][:200]}
+                    for m in AKIDA_MODELS]
+
+
+def akida_section(results, akida) -> list[str]:
+    if akida is None:
+        return ["", "akida: not measured (no virtual environment with akida 2.19.3 at "
+                f"{AKIDA_PYTHON}; see bench/akida_child.py)."]
+    out = ["", "BrainChip's akida 2.19.3 software engine (quantizeml 1.2.5 8-bit, cnn2snn "
+           "2.19.3, TensorFlow 2.19, in its own virtual environment; `akida_model.predict` on "
+           "uint8 inputs, same architectures, random-init weights, medians; "
+           "bench/akida_child.py) vs the engine's dense path (rows above):", "",
+           "| model | batch | akida (ms) | engine dense (ms) | engine/akida (≥ 2×) |",
+           "|---|---|---|---|---|"]
+    ours = {r["name"]: {row["batch"]: row for row in r.get("rows", [])} for r in results}
+    for a in akida:
+        label = MODELS[a["name"]][1]
+        if "error" in a:
+            out.append(f"| {label} | — | {a['error']} | | |")
+            continue
+        for b, sec in a["seconds"].items():
+            row = ours.get(a["name"], {}).get(int(b))
+            eng = f"{row['dense'] * 1e3:.1f}" if row else "—"
+            ratio = _ratio(sec, row["dense"]) if row else "—"
+            out.append(f"| {label} | {b} | {sec * 1e3:.1f} | {eng} | {ratio} |")
+    return out
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -303,7 +357,7 @@ def _ratio(a, b):
     return f"{a / b:.2f}×"
 
 
-def section(results, ev, mem, repeats, load, backend) -> str:
+def section(results, ev, mem, repeats, load, backend, akida=None, note="") -> str:
     out = ["## Integer engine (`bench/engine_bench.py`, issue 14)", "",
            f"2 shared cores (load average {load[0]:.1f} at the start, {load[1]:.1f} at the end "
            f"of the run: other engineers' jobs ran alongside, so absolute numbers are noisy; "
@@ -340,6 +394,7 @@ def section(results, ev, mem, repeats, load, backend) -> str:
     out += ["", f"Target engine ≥ 1.0× float Keras at batch 32 and 100: met on {len(met)} of "
             f"{len(ok)} measured rows; at batch 1 (latency): "
             f"{sum(row['float'] >= row['dense'] for row in one)} of {len(one)}."]
+    out += akida_section(results, akida)
     out += ["", "Event path vs the dense path on inputs with ≥ 90 % zeros (8-bit bench CNN; "
             "dense = the compiled dense path above):", "",
             "| case | batch | dense (ms) | event (ms) | event speed-up (≥ 2×) | input sparsity "
@@ -353,6 +408,8 @@ def section(results, ev, mem, repeats, load, backend) -> str:
             "| N | peak (MiB) | of which the output array (MiB) |", "|---|---|---|"]
     for r in mem:
         out.append(f"| {r['n']} | {r['peak_mb']:.2f} | {r['output_mb']:.2f} |")
+    if note:
+        out += ["", note]
     return "\n".join(out) + "\n"
 
 
@@ -374,6 +431,11 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--no-write", action="store_true", help="print the section only")
+    parser.add_argument("--akida-python", default=AKIDA_PYTHON,
+                        help="python of a virtual environment with akida (skipped if missing)")
+    parser.add_argument("--reuse-log", metavar="LOG",
+                        help="take the per-model rows from an earlier run's stdout (its JSON "
+                             "lines) instead of running them again")
     args = parser.parse_args(argv)
     if args.case:
         print(json.dumps(case(args.case, args.repeats, args.quick)))
@@ -383,15 +445,23 @@ def main(argv=None) -> int:
     if unknown:
         parser.error(f"unknown models {unknown}; known: {sorted(MODELS)}")
     load0 = os.getloadavg()[0]
-    results = []
-    for name in names:
-        r = run_child(name, args.repeats, args.quick, args.timeout)
-        print(json.dumps(r), flush=True)
-        results.append(r)
+    results, note = [], ""
+    if args.reuse_log:
+        with open(args.reuse_log) as f:
+            results = [json.loads(ln) for ln in f if ln.startswith('{"name"')]
+        note = (f"The model rows above come from an earlier run of this script ({args.reuse_log}"
+                "); akida, the event rows and the memory rows were measured right after it, in "
+                "a second run (same machine, its own load).")
+    else:
+        for name in names:
+            r = run_child(name, args.repeats, args.quick, args.timeout)
+            print(json.dumps(r), flush=True)
+            results.append(r)
+    akida = akida_rows(args.akida_python, args.repeats)
     ev = event_rows(args.repeats)
     mem = memory_rows()
     text = section(results, ev, mem, args.repeats, (load0, os.getloadavg()[0]),
-                   backend_name())
+                   backend_name(), akida, note)
     print(text)
     if not args.no_write:
         replace_section(DOC, START, END, text)
