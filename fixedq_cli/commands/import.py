@@ -50,10 +50,13 @@ def run(args) -> int:
     out = output_file(out, [src], extensions=(".fqe",), what="engine file")
     import fixedq.interop
 
-    if fmt == "TFLite":
-        program = fixedq.interop.import_tflite(src)
-    else:
-        program = fixedq.interop.import_onnx(src)
+    try:
+        if fmt == "TFLite":
+            program = fixedq.interop.import_tflite(src)
+        else:
+            program = fixedq.interop.import_onnx(src)
+    except ImportError as err:  # onnx (fixedq[onnx]) or TensorFlow's schema missing
+        raise CLIError(str(err)) from None
     program.save(out)  # written atomically: never a half-written file
     print(f"imported {src} ({fmt}) -> {out} ({len(program.ops)} engine ops, outputs "
           f"{', '.join(o['name'] for o in program.outputs)}); the program reads and returns the "
