@@ -223,16 +223,18 @@ def _short(err, n: int = 240) -> str:
     return text[:n] + ("..." if len(text) > n else "")
 
 
-def quantize_case(model, bits: int, x, warns_out: list):
+def quantize_case(model, bits: int, x, warns_out: list, cpu_out: list | None = None):
     import warnings
 
     import fixedq
 
+    cpu_out = [] if cpu_out is None else cpu_out
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         qmodel = fixedq.quantize(model, qparams(bits), samples=x, verbose=True)
         seconds = time.perf_counter() - t0
+    cpu_out.append(time.process_time() - c0)
     warns_out.extend(str(w.message) for w in caught if "quantize" in str(w.message))
     return qmodel, seconds
 
@@ -249,10 +251,12 @@ def case_main(name: str, bits: int, small: bool) -> dict:
     x = preprocess(keras, name, random_images(shape, N_CALIB))
     row["rss_before_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     warns: list = []
+    cpu: list = []
     row["load"] = os.getloadavg()[0]
     try:
-        qmodel, row["quantize_s"] = quantize_case(model, bits, x, warns)
+        qmodel, row["quantize_s"] = quantize_case(model, bits, x, warns, cpu)
         row["load"] = max(row["load"], os.getloadavg()[0])
+        row["quantize_cpu_s"] = cpu[0]
     except Exception as err:  # noqa: BLE001 - a crash is a row
         row["error"] = f"quantize: {type(err).__name__}: {_short(err)}"
         return row
@@ -371,12 +375,13 @@ def render(case_rows: list[dict], train_rows: list[dict], not_run: list[str], me
              "quantize is the `base` column). Layers: operations of the float model; folded ones "
              "(BatchNormalization, fused ReLU) count as quantized. Load = the machine's "
              "1-minute load average during quantize (2 cores: above 2, the times are "
-             "inflated by other jobs).", ""]
+             "inflated by other jobs); CPU s = the process's CPU time in quantize (all "
+             "threads; `-` where not recorded).", ""]
     if meta.get("small"):
         lines += ["**Development run at small inputs (`--small`), not the real sizes.**", ""]
     lines += ["| model | input | bits | layers quantized / total | float fallbacks (by type) | "
-              "quantize s | load | base GB | peak GB | engine bit-exact | error |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "quantize s | CPU s | load | base GB | peak GB | engine bit-exact | error |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in case_rows:
         shape = "x".join(str(d) for d in r.get("input", []))
         cov = f"{r['quantized']} / {r['total']}" if "total" in r else "-"
@@ -385,7 +390,9 @@ def render(case_rows: list[dict], train_rows: list[dict], not_run: list[str], me
         base = f"{r['rss_before_mb'] / 1024:.2f}" if "rss_before_mb" in r else "-"
         err = r.get("error", "").replace("|", "\\|")
         load = f"{r['load']:.0f}" if "load" in r else "-"
-        lines.append(f"| {r['model']} | {shape} | {r['bits']} | {cov} | {fb} | {qs} | {load} | "
+        cpu = f"{r['quantize_cpu_s']:.0f}" if "quantize_cpu_s" in r else "-"
+        lines.append(f"| {r['model']} | {shape} | {r['bits']} | {cov} | {fb} | {qs} | {cpu} | "
+                     f"{load} | "
                      f"{base} | {r['peak_gb']:.2f} | {r.get('exact', '-')} | {err} |")
     if not_run:
         lines += ["", "Not run (out of time on the shared machine): " + ", ".join(not_run) + "."]
