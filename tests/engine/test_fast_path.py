@@ -302,3 +302,27 @@ def test_wide_alignment_spreads_choose_planes_from_the_batch(in_range, scale, mo
     model = b.model([t], (7, 6, c))
     x = (rng.normal(0, scale, (3, 7, 6, c))).astype(np.float32)
     _three_ways(model, x, monkeypatch)
+
+
+def test_micro_batches_give_the_same_integers(monkeypatch):
+    """A batch whose largest tensor passes MICRO_ELEMENTS runs in micro-batches (7 samples in
+    3 + 3 + 1 here): same integers as in one piece and as the reference."""
+    from fixedq.engine.fast import plan as fast_plan
+
+    rng = np.random.default_rng(4)
+    b = Builder(rng, 3, (0, 255))
+    t = b.neural("in", "conv2d", cout=8, k=3)
+    model = b.model([t, b.neural(b.elementwise("gap", [t]), "dense", cout=4)], (6, 5, 3))
+    x = _inputs(rng, (6, 5, 3), 7, "random")
+    whole = model.run_batch(x)
+    plan = model.fast_plan()
+    assert plan.per_sample == 6 * 5 * 8
+    monkeypatch.setattr(fast_plan, "MICRO_ELEMENTS", 3 * 6 * 5 * 8)
+    calls = []
+    run_one = plan._run
+    monkeypatch.setattr(plan, "_run", lambda v, times: calls.append(len(v)) or run_one(v, times))
+    parts = model.run_batch(x)
+    assert calls == [3, 3, 1]
+    for w, p in zip(whole, parts, strict=True):
+        np.testing.assert_array_equal(p, w)
+    _three_ways(model, x, monkeypatch)

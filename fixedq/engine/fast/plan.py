@@ -48,6 +48,8 @@ from fixedq.engine.ops import Op, check_transpose_size, neural_output, run_op
 
 #: Largest im2col block (elements) built at once; larger batches run in chunks.
 IM2COL_ELEMENTS = 1 << 22
+#: Largest intermediate tensor (elements) of a micro-batch (see :meth:`FastPlan.run`).
+MICRO_ELEMENTS = 1 << 22
 INT32_EXACT = 2**31
 INT64_SAFE = 2**62
 
@@ -451,6 +453,8 @@ class FastPlan:
     def __init__(self, model):
         self.model = model
         self.steps = [self._step(op) for op in model.ops]
+        #: largest intermediate tensor per sample (elements), measured as batches run
+        self.per_sample = 0
 
     def _step(self, op: Op):
         if op.kind == "neural":
@@ -466,12 +470,25 @@ class FastPlan:
 
     def run(self, x, times: dict | None = None) -> list[np.ndarray]:
         """Integer outputs (int64) of one batch of float (or integer-valued) inputs; with
-        ``times``, each op's wall seconds are added to ``times[op.name]``."""
+        ``times``, each op's wall seconds are added to ``times[op.name]``.
+
+        A batch whose largest intermediate tensor would pass :data:`MICRO_ELEMENTS` runs in
+        micro-batches (measured on the first batch): the working set stays in cache (MobileNetV2
+        1.0 @ 224, 32 images: 1.8-2.9 s in one piece, 0.5-0.6 s in micro-batches of 2-4)."""
+        n = x.shape[0]
+        micro = max(1, MICRO_ELEMENTS // self.per_sample) if self.per_sample else n
+        if n <= micro:
+            return self._run(x, times)
+        parts = [self._run(x[i:i + micro], times) for i in range(0, n, micro)]
+        return [np.concatenate(p) for p in zip(*parts, strict=True)]
+
+    def _run(self, x, times: dict | None) -> list[np.ndarray]:
         from fixedq.engine.model import check_neural_input
 
         m = self.model
         t0 = time.perf_counter()
         tensors = {m.ops[0].name: self.steps[0]([x])}
+        biggest = tensors[m.ops[0].name].size
         if times is not None:
             times[m.ops[0].name] = times.get(m.ops[0].name, 0.0) + time.perf_counter() - t0
         for i, (op, step) in enumerate(zip(m.ops[1:], self.steps[1:], strict=True), start=1):
@@ -500,11 +517,14 @@ class FastPlan:
                     text = f"op {op.name!r} ({op.kind}): {text or type(err).__name__}"
                 raise ValueError(text) from err
             tensors[op.name] = y
+            biggest = max(biggest, y.size)
             if times is not None:
                 times[op.name] = times.get(op.name, 0.0) + time.perf_counter() - t0
             for t in set(op.inputs):
                 if m._last_use.get(t) == i:
                     del tensors[t]
+        if x.shape[0]:
+            self.per_sample = max(self.per_sample, -(-biggest // x.shape[0]))
         outs = []
         for o in m.outputs:
             v = tensors[o["tensor"]].astype(np.int64)
