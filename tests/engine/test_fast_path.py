@@ -326,3 +326,32 @@ def test_micro_batches_give_the_same_integers(monkeypatch):
     for w, p in zip(whole, parts, strict=True):
         np.testing.assert_array_equal(p, w)
     _three_ways(model, x, monkeypatch)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_table_and_mul_kernels(seed, monkeypatch):
+    """``table`` (eq. 38, indices clipped like np.take) and ``mul`` (eq. 46: same-shape and
+    squeeze-excite (N, 1, 1, C) broadcast, unsupported broadcasts on the reference)."""
+    rng = np.random.default_rng(seed)
+    c = 5
+    b = Builder(rng, c, RANGES[seed % 3])
+    t = b.neural("in", "conv2d", cout=c, k=3)
+    lo, hi = b.info[t][1:]
+    span = hi - lo + 1
+    table = _ints(rng, -(2**14), 2**14, span * c + 3)
+    b.ops.append(Op("tab", "table", [t], {}, {"table": table,
+                                             "base": -lo + span * np.arange(c) - (seed == 1)}))
+    b.info["tab"] = (c, -(2**14), 2**14)
+    g = b.elementwise("gap", ["tab"])
+    b.ops.append(Op("se", "reshape", [g], {"target_shape": [1, 1, c]}))
+    mul = {"shift": rng.integers(0, 20, c), "out_lo": np.full(c, -(2**15)),
+           "out_hi": np.full(c, 2**15 - 1)}
+    b.ops.append(Op("m1", "mul", ["tab", "se"], {}, dict(mul)))
+    b.ops.append(Op("m2", "mul", ["m1", "tab"], {}, dict(mul)))
+    b.ops.append(Op("m3", "mul", ["m2", "m2"], {}, dict(mul)))
+    b.info.update({k: (c, -(2**15), 2**15 - 1) for k in ("m1", "m2", "m3")})
+    model = b.model(["tab", "m1", "m2", "m3"], (7, 6, c))
+    steps = [type(s).__name__ for s in FastPlan(model).steps]
+    assert steps.count("_Table") == 1 and steps.count("_Mul") == 3
+    for mode in ("random", "extreme", "ties"):
+        _three_ways(model, _inputs(rng, (7, 6, c), 2, mode), monkeypatch)

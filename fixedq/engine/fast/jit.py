@@ -28,7 +28,7 @@ ENV = "FIXEDQ_ENGINE_COMPILED"
 #: instead, the kernels release the GIL).
 NAMES = ("requant_rows", "add_rows", "affine_rows", "gap_sum", "quantize_rows",
          "absmax_channels", "im2col", "im2col_u8", "im2col_u8x2", "requant_planes",
-         "depthwise_rows", "maxpool")
+         "depthwise_rows", "maxpool", "table_rows", "mul_rows")
 
 
 def requested() -> bool:

@@ -253,3 +253,29 @@ def maxpool(x, ph, pw, sh, sw, pt, pl, out):
                         for t in range(c):
                             if x[b0, ih, iw, t] > out[b0, i, j, t]:
                                 out[b0, i, j, t] = x[b0, ih, iw, t]
+
+
+def table_rows(x, table, base, out):
+    """Eq. 38: ``out[r, c] = table[clip(x[r, c] + base[c], 0, len - 1)]`` (as ``np.take`` with
+    ``mode="clip"``)."""
+    rows, c = x.shape
+    top = table.shape[0] - 1
+    for r in prange(rows):
+        for j in range(c):
+            i = np.int64(x[r, j]) + base[j]
+            out[r, j] = table[min(max(i, 0), top)]
+
+
+def mul_rows(x0, x1, left, s1, up, lo, hi, out):
+    """Eq. 46: ``clip(shift_round(x0 * x1, S), lo, hi)`` over ``(N, S, C)`` arrays, ``x1``
+    of ``(N, S, C)`` or ``(N, 1, C)`` (one value per sample and channel, squeeze-excite)."""
+    n, s, c = x0.shape
+    one = x1.shape[1] == 1
+    for b in prange(n):
+        for i in range(s):
+            k = 0 if one else i
+            for j in range(c):
+                v = np.int64(x0[b, i, j]) * np.int64(x1[b, k, j])
+                p = ((v << left[j]) >> s1[j])
+                p = (p + up[j]) >> up[j]
+                out[b, i, j] = min(max(p, lo[j]), hi[j])

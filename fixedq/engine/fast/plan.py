@@ -430,6 +430,65 @@ class _Elementwise:
         return out.reshape(x.shape)
 
 
+class _Table:
+    """``table`` (eq. 38) as a compiled gather; the reference when the arrays are not a flat
+    table and per-channel (or scalar) bases."""
+
+    def __init__(self, op: Op):
+        self.op = op
+        t = np.asarray(op.arrays["table"])
+        self.table = np.ascontiguousarray(t.astype(narrow_dtype(t.min(), t.max()))) \
+            if t.ndim == 1 and t.size else None
+        self.bases: dict[int, np.ndarray | None] = {}
+
+    def __call__(self, xs):
+        nb, x = jit.backend(), xs[0]
+        c = x.shape[-1] if x.ndim > 1 else 0
+        base = self.bases.setdefault(c, _vec(self.op.arrays["base"], c) if c else None)
+        if nb is None or self.table is None or base is None or x.size == 0:
+            return _reference(self.op, xs)
+        rows = _rows(x)
+        out = np.empty(rows.shape, self.table.dtype)
+        nb.table_rows(rows, self.table, base, out)
+        return out.reshape(x.shape)
+
+
+class _Mul:
+    """``mul`` (eq. 46) of two same-shape tensors or a tensor and a per-sample channel vector
+    (squeeze-excite); the reference for other broadcasts."""
+
+    def __init__(self, op: Op):
+        self.op = op
+        self.consts: dict[int, tuple | None] = {}
+
+    def _build(self, c):
+        r = self.op.arrays
+        parts = shift_parts(r["shift"], c)
+        lo, hi = _vec(r["out_lo"], c), _vec(r["out_hi"], c)
+        if parts is None or lo is None or hi is None:
+            return None
+        return (*parts, lo, hi)
+
+    def __call__(self, xs):
+        nb = jit.backend()
+        a, b = xs if len(xs) == 2 else (xs[0], None)
+        ok = nb is not None and b is not None and a.ndim >= 2 and a.ndim == b.ndim \
+            and a.shape[0] == b.shape[0] and a.shape[-1] == b.shape[-1] and a.size \
+            and (b.shape == a.shape or all(d == 1 for d in b.shape[1:-1]))
+        if ok and a.shape != b.shape and np.prod(b.shape[1:-1]) != 1:
+            ok = False
+        consts = self.consts.setdefault(a.shape[-1], self._build(a.shape[-1])) if ok else None
+        if consts is None:
+            return _reference(self.op, xs)
+        n, c = a.shape[0], a.shape[-1]
+        a3 = np.ascontiguousarray(a).reshape(n, -1, c)
+        b3 = np.ascontiguousarray(b).reshape(n, -1, c)
+        left, s1, up, lo, hi = consts
+        out = np.empty(a3.shape, narrow_dtype(lo, hi))
+        nb.mul_rows(a3, b3, left, s1, up, lo, hi, out)
+        return out.reshape(a.shape)
+
+
 class _Maxpool:
     def __init__(self, op: Op):
         self.op = op
@@ -463,6 +522,10 @@ class FastPlan:
             return _Elementwise(op)
         if op.kind == "maxpool":
             return _Maxpool(op)
+        if op.kind == "table":
+            return _Table(op)
+        if op.kind == "mul":
+            return _Mul(op)
         if op.kind in DTYPE_FREE or (op.kind == "concat" and not any(
                 k.startswith("shift") for k in op.arrays)):
             return partial(_reference_any_dtype, op)
