@@ -436,6 +436,7 @@ def main(argv=None) -> int:
     parser.add_argument("--reuse-log", metavar="LOG",
                         help="take the per-model rows from an earlier run's stdout (its JSON "
                              "lines) instead of running them again")
+    parser.add_argument("--rerun", default="", help="with --reuse-log: models to run again")
     args = parser.parse_args(argv)
     if args.case:
         print(json.dumps(case(args.case, args.repeats, args.quick)))
@@ -445,18 +446,20 @@ def main(argv=None) -> int:
     if unknown:
         parser.error(f"unknown models {unknown}; known: {sorted(MODELS)}")
     load0 = os.getloadavg()[0]
-    results, note = [], ""
+    results, note, old = [], "", {}
     if args.reuse_log:
         with open(args.reuse_log) as f:
-            results = [json.loads(ln) for ln in f if ln.startswith('{"name"')]
-        note = (f"The model rows above come from an earlier run of this script ({args.reuse_log}"
-                "); akida, the event rows and the memory rows were measured right after it, in "
-                "a second run (same machine, its own load).")
-    else:
-        for name in names:
-            r = run_child(name, args.repeats, args.quick, args.timeout)
-            print(json.dumps(r), flush=True)
-            results.append(r)
+            old = {r["name"]: r for r in (json.loads(ln) for ln in f
+                                          if ln.startswith('{"name"'))}
+        rerun = set(args.rerun.split(",")) if args.rerun else set()
+        old = {k: v for k, v in old.items() if k not in rerun and k in names}
+        note = ("Rows of " + ", ".join(MODELS[k][1] for k in old) + f" come from an earlier run "
+                f"of this script ({os.path.basename(args.reuse_log)}, same code paths for them);"
+                " the others, akida, the event rows and the memory rows from this run.")
+    for name in names:
+        r = old.get(name) or run_child(name, args.repeats, args.quick, args.timeout)
+        print(json.dumps(r), flush=True)
+        results.append(r)
     akida = akida_rows(args.akida_python, args.repeats)
     ev = event_rows(args.repeats)
     mem = memory_rows()
