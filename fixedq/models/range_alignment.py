@@ -137,24 +137,18 @@ def channel_groups(graph: Graph, fused: dict[str, str]) -> list[ChannelGroup]:
 
 
 def _signedness(graph: Graph, fused: dict[str, str], stats) -> dict[str, bool]:
-    """Whether each node's quantized output is signed (the rules of ``builders``)."""
+    """Whether each node's quantized output is signed: its op's ``output_sign`` rule
+    (:class:`fixedq.ops.registry.OpSpec`); unsupported nodes are signed."""
     signed: dict[str, bool] = {}
     for node in graph.nodes:
-        kind = builders.kind_of(node)
-        ins = [signed.get(r.name, True) for r in node.refs]
         if node.is_input:
             st = stats.get(node.name)
             signed[node.name] = st is None or bool(np.any(st.minimum < 0))
-        elif kind == "neural":
-            signed[node.name] = node.name not in fused
-        elif kind == "relu":
-            signed[node.name] = False
-        elif kind in ("maxpool", "dropout", "gap", "reshape"):
-            signed[node.name] = ins[0] if ins else True
-        elif kind == "add":
-            signed[node.name] = any(ins)
-        else:
-            signed[node.name] = True
+            continue
+        spec = registry.for_node(node)
+        ins = [signed.get(r.name, True) for r in node.refs]
+        signed[node.name] = True if spec is None else spec.signed_output(
+            node, ins, node.name in fused)
     return signed
 
 

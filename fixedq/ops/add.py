@@ -38,7 +38,8 @@ def _to_engine(layer, node, ins, specs, channels) -> Op:
 
 
 SPEC = register(OpSpec(
-    name="add", kind="add", float_layers=(keras.layers.Add,), quantized_layers=(QuantizedAdd,),
+    name="add", kind="add", output_sign="any_input", float_layers=(keras.layers.Add,),
+    quantized_layers=(QuantizedAdd,),
     engine_kinds=("add",), requantizes=True, fuses=(RELU, MAXPOOL_RELU), build=_build,
     to_engine=_to_engine, channel_homogeneous=True,
     description="elementwise sum of aligned inputs + rounding shift"))

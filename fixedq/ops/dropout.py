@@ -27,6 +27,6 @@ def _to_engine(layer, node, ins, specs, channels) -> Op:
 
 
 SPEC = register(OpSpec(
-    name="dropout", kind="dropout", float_layers=(keras.layers.Dropout,),
+    name="dropout", kind="dropout", output_sign="input", float_layers=(keras.layers.Dropout,),
     quantized_layers=(QuantizedDropout,), engine_kinds=("identity",), build=_build,
     to_engine=_to_engine, channel_homogeneous=True, description="dropout (identity at inference)"))

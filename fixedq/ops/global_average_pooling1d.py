@@ -27,7 +27,7 @@ def _example(rng):
 
 
 SPEC = register(OpSpec(
-    name="global_average_pooling1d", kind="gap",
+    name="global_average_pooling1d", kind="gap", output_sign="input",
     float_layers=(keras.layers.GlobalAveragePooling1D,),
     quantized_layers=(QuantizedGlobalAveragePooling1D,), engine_kinds=("gap",),
     accepts=GAP2D.accepts, requantizes=True, fuses=(RELU, MAXPOOL_RELU),

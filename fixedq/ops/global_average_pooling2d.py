@@ -42,7 +42,7 @@ def _to_engine(layer, node, ins, specs, channels) -> Op:
 
 
 SPEC = register(OpSpec(
-    name="global_average_pooling2d", kind="gap",
+    name="global_average_pooling2d", kind="gap", output_sign="input",
     float_layers=(keras.layers.GlobalAveragePooling2D,),
     quantized_layers=(QuantizedGlobalAveragePooling2D,), engine_kinds=("gap",),
     accepts=_accepts, requantizes=True, fuses=(RELU, MAXPOOL_RELU),

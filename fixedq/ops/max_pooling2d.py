@@ -38,7 +38,8 @@ def _epilogue(op: Op) -> dict:
 
 
 SPEC = register(OpSpec(
-    name="max_pooling2d", kind="maxpool", float_layers=(keras.layers.MaxPooling2D,),
+    name="max_pooling2d", kind="maxpool", output_sign="input",
+    float_layers=(keras.layers.MaxPooling2D,),
     quantized_layers=(QuantizedMaxPool2D,), engine_kinds=("maxpool",), build=_build,
     to_engine=_to_engine, epilogue=_epilogue, channel_homogeneous=True,
     description="2-D max pooling on integers"))

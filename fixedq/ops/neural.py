@@ -162,7 +162,7 @@ def neural_op(name: str, float_layer: type, quantized_layer: type, neural_type: 
     if neural_type is not None:
         _TYPES[quantized_layer] = neural_type
     return register(OpSpec(
-        name=name, kind="neural", float_layers=(float_layer,),
+        name=name, kind="neural", output_sign="fused_relu", float_layers=(float_layer,),
         quantized_layers=(quantized_layer,),
         engine_kinds=("neural",) if neural_type is not None else (),
         neural_type=neural_type, accepts=accepts, requantizes=True,

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 #: (ReLU and max-pool commute, so the ReLU moves into the op's requantization clip).
 RELU = ("relu",)
 MAXPOOL_RELU = ("maxpool", "relu")
+#: The rules of :attr:`OpSpec.output_sign`.
+OUTPUT_SIGNS = ("signed", "unsigned", "input", "any_input", "fused_relu")
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,11 @@ class OpSpec:
             range alignment passes channel factors through it.
         size_dependent: its integer parameters depend on the input's spatial size (global
             average pooling's ``1/(H*W)``): a dynamic input size is pinned before calibration.
+        output_sign: whether its quantized output is signed, as range alignment must know
+            before anything is built (one of :data:`OUTPUT_SIGNS`): ``"signed"`` (the
+            default), ``"unsigned"`` (ReLU), ``"input"`` (that of its first input: pooling,
+            Dropout, reshapes), ``"any_input"`` (signed if any input is: Add),
+            ``"fused_relu"`` (unsigned exactly when a ReLU is fused into it: neural ops).
         description: one line for the docs' table.
         example: optional ``example(rng) -> (float keras.Model, samples)``: a tiny float model
             that exercises this op and calibration samples for it. The shared layer harness
@@ -94,8 +101,27 @@ class OpSpec:
     in_channel_axis: int | None = None
     channel_homogeneous: bool = False
     size_dependent: bool = False
+    output_sign: str = "signed"
     description: str = ""
     example: Callable | None = None
+
+    def __post_init__(self):
+        if self.output_sign not in OUTPUT_SIGNS:
+            raise ValueError(f"op {self.name!r}: output_sign {self.output_sign!r} is not one of "
+                             f"{OUTPUT_SIGNS}")
+
+    def signed_output(self, node, inputs_signed: list[bool], relu_fused: bool) -> bool:
+        """Whether this op's quantized output is signed (:attr:`output_sign`'s rule)."""
+        rule = self.output_sign
+        if rule == "unsigned":
+            return False
+        if rule == "input":
+            return inputs_signed[0] if inputs_signed else True
+        if rule == "any_input":
+            return any(inputs_signed)
+        if rule == "fused_relu":
+            return not relu_fused
+        return True
 
     def reason(self, node) -> str | None:
         """Why ``node`` cannot be quantized by this op (``None`` when it can)."""

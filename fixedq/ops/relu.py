@@ -37,7 +37,7 @@ def _to_engine(layer, node, ins, specs, channels) -> Op:
 
 
 SPEC = register(OpSpec(
-    name="relu", kind="relu", float_layers=(keras.layers.ReLU,),
+    name="relu", kind="relu", output_sign="unsigned", float_layers=(keras.layers.ReLU,),
     quantized_layers=(QuantizedReLU,), engine_kinds=("clip",), accepts=_accepts,
     build=_build, to_engine=_to_engine, channel_homogeneous=True,
     description="ReLU / ReLU(max_value) as an integer clip"))

@@ -51,11 +51,11 @@ def _to_engine(layer, node, ins, specs, channels) -> Op:
 
 
 SPEC = register(OpSpec(
-    name="reshape", kind="reshape", float_layers=(L.Flatten, L.Reshape),
+    name="reshape", kind="reshape", output_sign="input", float_layers=(L.Flatten, L.Reshape),
     quantized_layers=(QuantizedFlatten, QuantizedReshape), engine_kinds=("reshape",),
     build=_build, to_engine=_to_engine,
     description="Flatten / Reshape: integers move, frac_bits follow"))
 PERMUTE = register(OpSpec(
-    name="permute", kind="reshape", float_layers=(L.Permute,),
+    name="permute", kind="reshape", output_sign="input", float_layers=(L.Permute,),
     quantized_layers=(QuantizedPermute,), engine_kinds=("permute",), build=_build,
     to_engine=_to_engine, description="axis permutation: integers move, frac_bits follow"))

@@ -62,7 +62,7 @@ def register_buffer_conv(name: str, float_layer: type, quantized_layer: type, ma
     """Register a buffer-conv op (kind ``neural``: weight bits, calibration and q-config as
     the other neural layers)."""
     return register(OpSpec(
-        name=name, kind="neural", float_layers=(float_layer,),
+        name=name, kind="neural", output_sign="fused_relu", float_layers=(float_layer,),
         quantized_layers=(quantized_layer,), engine_kinds=("buffer_conv",),
         accepts=_accepts, requantizes=True, fuses=(RELU,), weighted=True,
         build=builder(make), set_weights=set_weights, to_engine=to_engine,
