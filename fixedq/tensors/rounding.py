@@ -33,8 +33,9 @@ ROUND_LIMIT = float(2**62)
 #: requantizing ops). ``half_up`` is fixedq's own (eq. 5, the default everywhere); the others
 #: reproduce imported programs: ``half_even`` (ONNX QLinear/QDQ), ``half_away`` (TFLite's
 #: ``RoundingDivideByPOT`` and integer divisions) and ``tflite`` (eq. 7b: TFLite's
-#: ``SaturatingRoundingDoublingHighMul`` then ``RoundingDivideByPOT``).
-ROUNDINGS = ("half_up", "half_even", "half_away", "tflite")
+#: ``SaturatingRoundingDoublingHighMul`` then ``RoundingDivideByPOT``) and ``fp32`` (eq. 7c:
+#: XNNPACK's float32 requantization, the only rule with float arithmetic on the value path).
+ROUNDINGS = ("half_up", "half_even", "half_away", "tflite", "fp32")
 DEFAULT_ROUNDING = "half_up"
 
 
@@ -161,6 +162,9 @@ def shift_round(v, shift, rounding: str = DEFAULT_ROUNDING) -> np.ndarray:
     computed as ``((v >> (s-1)) + 1) >> 1`` (= ``floor((v + 2^(s-1)) / 2^s)``): no add can
     overflow, and every shift ``s >= 64`` is defined (the result is 0, as ``|v| < 2^63``).
 
+    ``rounding="fp32"`` is eq. 7c with ``M = 1`` (float32 arithmetic, see
+    :func:`requantize_fp32`). The integer rules follow.
+
     ``rounding`` (eq. 5b) changes only what happens on exact ties ``v / 2^s = k + 1/2``:
     ``half_up`` gives ``k + 1``, ``half_even`` the even one of ``k, k + 1``, ``half_away`` the
     one farther from zero (``tflite`` is ``half_away`` here: TFLite's ``RoundingDivideByPOT``).
@@ -181,6 +185,8 @@ def shift_round(v, shift, rounding: str = DEFAULT_ROUNDING) -> np.ndarray:
     """
     v = np.asarray(v, dtype=np.int64)
     s = np.asarray(shift, dtype=np.int64)
+    if rounding == "fp32":
+        return requantize_fp32(v, 1, s)
     left = np.maximum(-s, 0)
     if np.any(left):
         v = np.left_shift(v, left)
@@ -250,6 +256,8 @@ def requantize(acc, multiplier, shift, lo, hi, rounding: str = DEFAULT_ROUNDING)
     """
     if rounding == "tflite":
         return np.clip(requantize_tflite(acc, multiplier, shift), lo, hi)
+    if rounding == "fp32":
+        return requantize_fp32(acc, multiplier, shift, lo, hi)
     prod = np.asarray(acc, dtype=np.int64) * np.asarray(multiplier, dtype=np.int64)
     return np.clip(shift_round(prod, shift, rounding), lo, hi)
 
@@ -277,3 +285,67 @@ def requantize_tflite(acc, multiplier, shift) -> np.ndarray:
     x = np.left_shift(np.asarray(acc, dtype=np.int64), np.maximum(e, 0))
     high = shift_round(x * np.asarray(multiplier, dtype=np.int64), 31)
     return shift_round(high, np.maximum(-e, 0), "half_away")
+
+
+def fp32_scale(multiplier, shift) -> np.ndarray:
+    """The float32 scale of eq. 7c: ``float32(M · 2^-S)`` (exact when ``M < 2^24``, the
+    significand of a float32 scale; :func:`float32_multiplier_shift` gives that form).
+
+    Example:
+        >>> fp32_scale(np.array([3]), np.array([4])).tolist()
+        [0.1875]
+    """
+    m = np.asarray(multiplier, dtype=np.int64).astype(np.float64)
+    return np.ldexp(m, -np.asarray(shift, dtype=np.int64)).astype(np.float32)
+
+
+def float32_multiplier_shift(scale) -> tuple[np.ndarray, np.ndarray]:
+    """``(M, S)`` with ``M · 2^-S == scale`` exactly, for float32 scales (``M < 2^24``).
+
+    The engine stores eq. 7c's float32 scales this way: the integer significand and shift of
+    the float32 value, so a program file holds only integers and the scale is recovered
+    exactly by :func:`fp32_scale`. Zero gives ``(0, 0)``.
+
+    Example:
+        >>> [a.tolist() for a in float32_multiplier_shift(np.float32([0.1875, 0.1, 0.0]))]
+        [[3, 13421773, 0], [4, 27, 0]]
+    """
+    scale = np.asarray(scale, dtype=np.float32).astype(np.float64)
+    if not np.all(np.isfinite(scale)) or np.any(scale < 0):
+        raise ValueError(f"float32 scales must be finite and >= 0, got {scale.ravel()[:3]}")
+    mant, exp = np.frexp(scale)  # scale = mant * 2^exp, mant in [0.5, 1)
+    m = np.ldexp(mant, 24).astype(np.int64)  # exact: a float32 has 24 significand bits
+    s = 24 - exp.astype(np.int64)
+    while True:  # strip trailing zero bits (the smallest M; same value)
+        even = (m != 0) & (m % 2 == 0)
+        if not np.any(even):
+            break
+        m = np.where(even, m // 2, m)
+        s = np.where(even, s - 1, s)
+    return m, np.where(m == 0, 0, s)
+
+
+def requantize_fp32(acc, multiplier, shift, lo=None, hi=None) -> np.ndarray:
+    """XNNPACK's ``fp32`` requantization (eq. 7c), exactly: float32 arithmetic by design.
+
+    ``y = sat(rint(float32(float32(acc) · float32(M · 2^-S))))``: the accumulator is rounded to
+    float32 (nearest, ties to even: exact for ``|acc| <= 2^24``), multiplied by the float32
+    scale in float32 (one IEEE rounding), rounded to the nearest integer with ties to even
+    (XNNPACK's magic-number add ``+ 12582912.0f`` or ``lrintf``; clamping first, as XNNPACK
+    does, gives the same result because the bounds are integers) and clipped to ``[lo, hi]``
+    when they are given. IEEE float32 is deterministic, so NumPy's float32 reproduces it bit
+    for bit; unlike fixedq's integer rules, this one is float arithmetic on purpose (to equal
+    TFLite's default XNNPACK delegate).
+
+    Example:
+        >>> m, s = float32_multiplier_shift(np.float32([0.5]))
+        >>> requantize_fp32(np.array([1, 3, -1, -3, 5]), m, s).tolist()   # ties to even
+        [0, 2, 0, -2, 2]
+        >>> requantize_fp32(np.array([16777217]), 1, 0).tolist()   # float32(2^24 + 1) = 2^24
+        [16777216]
+    """
+    acc32 = np.asarray(acc, dtype=np.int64).astype(np.float32)
+    prod = acc32 * fp32_scale(multiplier, shift)  # float32 * float32 -> float32
+    prod = np.clip(prod, np.float32(-ROUND_LIMIT), np.float32(ROUND_LIMIT))  # no overflow
+    out = np.rint(prod).astype(np.int64)
+    return out if lo is None else np.clip(out, lo, hi)

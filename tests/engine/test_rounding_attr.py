@@ -65,6 +65,20 @@ def test_rules_differ_on_ties_only():
     assert got["half_up"] == default
     assert got["half_even"] == [2, -2, 3, -3, 4, -4]
     assert got["half_away"] == [3, -3, 3, -3, 4, -4]
+    op.attrs["rounding"] = "fp32"  # eq. 7c: float32 arithmetic, ties to even
+    assert run_op(op, [x]).tolist() == got["half_even"]
+
+
+@pytest.mark.parametrize("bad", ["xnnpack", "float32", "FP32"])
+def test_fp32_rule_is_validated_by_name(bad, tmp_path):
+    program = _neural_program("fp32")
+    path = tmp_path / "p.fqe"
+    program.save(path)
+    assert fe.load(path).ops[1].attrs["rounding"] == "fp32"
+    program.ops[1].attrs["rounding"] = bad
+    program.save(path)
+    with pytest.raises(ValueError, match=r"attrs\.rounding: expected one of .*'fp32'"):
+        fe.load(path)
 
 
 def _neural_program(rule: str | None) -> Model:

@@ -190,3 +190,71 @@ def test_double_rounding_differs_from_a_single_rounding():
 def test_unknown_rounding_is_refused(bad):
     with pytest.raises(ValueError, match="rounding must be one of"):
         rounding.shift_round(np.array([3]), 1, bad)
+
+
+# ---------------------------------------------------------------------------- eq. 7c: fp32
+def fp32_by_definition(acc: int, scale32: np.float32) -> int:
+    """Eq. 7c without NumPy float32 arithmetic: ``float32(acc)`` and the float32 product each
+    as one correct rounding of the exact value (a float64 holds ``acc`` below 2^53 and the
+    product of two 24-bit significands exactly, and float64 -> float32 rounds once, ties to
+    even), then the exact rational rounded half to even."""
+    a32 = float(np.float64(acc).astype(np.float32))  # |acc| < 2^53: float64(acc) is exact
+    prod = Fraction(a32) * Fraction(float(scale32))  # exact
+    assert Fraction(float(np.float64(a32) * np.float64(scale32))) == prod  # 48 bits: exact
+    p32 = float(np.float64(float(prod)).astype(np.float32))
+    return exact_round(Fraction(p32), "half_even")
+
+
+FP32_SCALES = st.floats(2.0**-40, 2.0**8, width=32, allow_subnormal=False)
+
+
+@SETTINGS
+@given(st.integers(-(2**40), 2**40), FP32_SCALES)
+@example(1, np.float32(0.5)).via("1/2: tie to 0")
+@example(3, np.float32(0.5)).via("3/2: tie to 2")
+@example(-5, np.float32(0.5)).via("-5/2: tie to -2")
+@example(2**24 + 1, np.float32(1.0)).via("float32(2^24 + 1) = 2^24")
+@example(2**31 - 1, np.float32(2.0**-8)).via("int32 max accumulator")
+def test_requantize_fp32_is_float32_arithmetic_by_definition(acc, scale):
+    m, s = rounding.float32_multiplier_shift(np.float32(scale))
+    assert int(m) < 2**24 and (int(m) % 2 == 1)  # the odd significand: exact, unique
+    assert Fraction(int(m)) / Fraction(2) ** int(s) == Fraction(float(np.float32(scale)))
+    want = fp32_by_definition(acc, np.float32(scale))
+    assert int(rounding.requantize_fp32(np.array([acc]), m, s)[0]) == want
+    assert int(rounding.requantize(np.array([acc]), m, s, -(2**40), 2**40, "fp32")[0]) == \
+        max(-(2**40), min(2**40, want))
+
+
+@SETTINGS
+@given(st.integers(-(2**23), 2**23), st.integers(0, 30))
+def test_fp32_equals_half_even_where_float32_is_exact(v, s):
+    """``|v| < 2^24`` and a power-of-two scale: every float32 step is exact, so eq. 7c is the
+    integer rule half-even (the float arithmetic adds no error of its own there)."""
+    assert int(rounding.shift_round(np.array([v]), s, "fp32")[0]) == \
+        int(rounding.shift_round(np.array([v]), s, "half_even")[0])
+
+
+def test_fp32_differs_from_the_exact_rules_where_float32_rounds():
+    # 2^24 + 1 is not a float32: XNNPACK's float32(acc) drops the 1 before scaling
+    assert rounding.requantize_fp32(np.array([2**24 + 1]), 1, 0).tolist() == [2**24]
+    assert rounding.requantize(np.array([2**24 + 1]), 1, 0, -(2**40), 2**40,
+                               "half_even").tolist() == [2**24 + 1]
+    # the float32 product rounds: 0.1f * 5 is exactly 0.5 in float32, a tie rounded to 0,
+    # though the exact 0.1f · 5 = 0.50000000745... is above one half
+    m, s = rounding.float32_multiplier_shift(np.float32(0.1))
+    assert rounding.requantize_fp32(np.array([5]), m, s).tolist() == [0]
+    assert rounding.requantize(np.array([5]), m, s, -9, 9, "half_even").tolist() == [1]
+
+
+def test_fp32_saturates_without_overflow():
+    m, s = rounding.float32_multiplier_shift(np.float32(255.0))
+    got = rounding.requantize(np.array([2**62, -(2**62), 0]), m, s, -128, 127, "fp32")
+    assert got.tolist() == [127, -128, 0]
+    assert rounding.requantize_fp32(np.array([2**62]), m, s).tolist() == [2**62]
+
+
+def test_float32_multiplier_shift_refuses_bad_scales():
+    with pytest.raises(ValueError, match="finite and >= 0"):
+        rounding.float32_multiplier_shift(np.array([-1.0]))
+    with pytest.raises(ValueError, match="finite and >= 0"):
+        rounding.float32_multiplier_shift(np.array([np.inf]))
