@@ -19,6 +19,11 @@ SHAPE/STRIDED_SLICE/PACK computing a RESHAPE's int32 shape are skipped (Keras 3 
 LOGISTIC is an exact 256-entry table (eq. 38), SOFTMAX the engine's softmax (eq. 39, equal
 except near ties). Anything else is a ``ValueError`` naming the op.
 
+``kernels="xnnpack"`` reproduces TFLite's default interpreter instead, which delegates int8 ops
+to XNNPACK (measured, docs/interop.md): CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED and MEAN use
+XNNPACK's float32 requantization (``rounding="fp32"``, eq. 7c, with float32 scales), ADD
+XNNPACK's integer add (:func:`xnnpack_add_arrays`); the other ops compute as the reference.
+
 The program's input is the model's int8 input tensor (a leading float QUANTIZE is left to the
 caller: its scale and zero point are in ``model.meta["tflite"]``), its outputs the int8
 outputs (``predict(x, output="int")``), dequantized by the scales in the same metadata.
@@ -42,6 +47,7 @@ from fixedq.engine.kernels import conv_geometry
 from fixedq.engine.model import Model
 from fixedq.engine.ops import Op
 from fixedq.interop.program import ProgramBuilder, multipliers, neural_attrs
+from fixedq.tensors.rounding import float32_multiplier_shift
 
 #: TFLite builtin operators :func:`import_tflite` reads.
 SUPPORTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "MAX_POOL_2D",
@@ -53,6 +59,9 @@ SHAPE_OPS = ("SHAPE", "STRIDED_SLICE", "PACK")
 #: ``ADD``'s inputs are shifted left by 20 bits before their rescaling (TFLite's int8 add).
 ADD_LEFT_SHIFT = 20
 MAX_AVGPOOL_COUNT = 1 << 22
+#: The interpreter arithmetics :func:`import_tflite` reproduces (``kernels=``): TFLite's
+#: reference kernels, or its default interpreter, which delegates int8 ops to XNNPACK.
+KERNELS = ("reference", "xnnpack")
 
 
 class _Tensor:
@@ -146,8 +155,9 @@ def read_tflite(path_or_bytes):
 
 
 class _Importer:
-    def __init__(self, model, schema, name: str):
+    def __init__(self, model, schema, name: str, kernels: str = "reference"):
         self.m, self.schema = model, schema
+        self.xnn = kernels == "xnnpack"
         self.g = model.subgraphs[0]
         if len(model.subgraphs) != 1:
             raise ValueError(f"the model has {len(model.subgraphs)} subgraphs; the importer "
@@ -259,6 +269,14 @@ class _Importer:
         else:  # PopulateConvolutionQuantizationParams: double products
             scale = np.float64(np.float32(x.s)) * w_scale / np.float64(np.float32(out.s))
         mult, shift = multipliers(scale)
+        if self.xnn:  # XNNPACK: float32 s_x·s_w[c] / s_y, fp32 requantization (eq. 7c)
+            w32 = np.broadcast_to(w.scale.astype(np.float32), (cout,))
+            scale32 = np.float32(x.s) * w32 / np.float32(out.s)
+            if np.any(scale32 < np.float32(2.0**-32)) or np.any(scale32 >= np.float32(256)):
+                raise ValueError(f"{what}: requantization scale outside XNNPACK's "
+                                 f"[2^-32, 256) ({scale32.min()!r} .. {scale32.max()!r}); "
+                                 "import with kernels='reference'")
+            mult, shift = float32_multiplier_shift(scale32)
         lo, hi = self.act_range(opt.fusedActivationFunction, out, what)
         src = self.src(src_index, what)
         in_shape = self.t[src_index].shape[1:]
@@ -269,7 +287,7 @@ class _Importer:
                 raise ValueError(f"{what}: keep_num_dims is not supported")
         # the reference FULLY_CONNECTED rounds once, half up (measured: its outputs equal
         # eq. 7 on every element where eq. 7b differs); convolutions use eq. 7b
-        rule = "half_up" if kind == "dense" else "tflite"
+        rule = "fp32" if self.xnn else "half_up" if kind == "dense" else "tflite"
         attrs = neural_attrs(kind, kernel, x.zp, -128, 127, out.name, rule, in_shape, **conv)
         arrays = {"kernel": kernel, "bias": bias if bias is not None else
                   np.zeros(cout, np.int64), "multiplier": mult, "shift": shift,
@@ -329,6 +347,16 @@ class _Importer:
         if a.shape != c.shape:
             raise ValueError(f"{what}: broadcasting ADD ({a.shape} + {c.shape}) is not "
                              "supported")
+        lo, hi = self.act_range(op.builtinOptions.fusedActivationFunction, out, what)
+        if self.xnn:
+            arrays = xnnpack_add_arrays(a.s, c.s, out.s)
+            arrays.update(out_lo=np.array([lo - out.zp]), out_hi=np.array([hi - out.zp]))
+            attrs = {"rounding": "half_up", "value_bits": 7, "signed": True,
+                     "out_frac": [0], "layers": [out.name]}
+            ins = [self.src(i, what) for i in op.inputs[:2]]
+            self.emit(self.offsets(Op(out.name, "add", ins, attrs, arrays), [a, c], out),
+                      op.outputs[0])
+            return
         twice = np.float64(np.float32(2) * max(np.float32(a.s), np.float32(c.s)))
         arrays = {"align0": np.array([ADD_LEFT_SHIFT]), "align1": np.array([ADD_LEFT_SHIFT])}
         for i, t in enumerate((a, c)):
@@ -413,6 +441,11 @@ class _Importer:
                   "out_lo": np.array([-128 - out.zp]), "out_hi": np.array([127 - out.zp])}
         attrs = {"rounding": "tflite", "value_bits": 7, "signed": True, "out_frac": [0],
                  "layers": [out.name]}
+        if self.xnn:  # XNNPACK: float32 s_x / (s_y · count), fp32 requantization (eq. 7c)
+            m32, s32 = float32_multiplier_shift(
+                [np.float32(x.s) / (np.float32(out.s) * np.float32(count))])
+            arrays.update(multiplier=m32, shift=s32)
+            attrs["rounding"] = "fp32"
         y = self.offsets(Op(out.name, "gap", [self.src(op.inputs[0], what)], attrs, arrays),
                          [x], out)
         name = self.b.add(y)
@@ -558,6 +591,40 @@ class _Importer:
         return self.b.build(outs, meta)
 
 
+def xnnpack_add_arrays(scale_a: float, scale_b: float, scale_out: float) -> dict:
+    """The ``add`` op arrays of XNNPACK's int8 add (``qs8`` vadd, integer arithmetic).
+
+    XNNPACK takes the float32 ratios ``r_i = s_i / s_y``, a shift ``S = 20 − e`` from the
+    float32 exponent ``e`` of the larger ratio, multipliers ``M_i = lrintf(r_i · 2^S)`` (ties to
+    even) and computes ``((q_a − zp_a)·M_a + (q_b − zp_b)·M_b + 2^(S−1)) >> S`` (one rounding,
+    half up) plus ``zp_y``. Here: ``multiplier_in<i> = M_i`` with ``shift_in<i> = 0`` (an
+    exact product), ``multiplier = 1``, ``shift = S``, rounding ``half_up``.
+
+    Ratios outside XNNPACK's ``[2^-10, 2^8)`` are a ``ValueError`` (XNNPACK does not take such
+    an ADD).
+
+    Example:
+        >>> r = xnnpack_add_arrays(0.5, 0.25, 1.0)   # ratios 0.5 and 0.25: e = -1, S = 21
+        >>> int(r["multiplier_in0"][0]), int(r["multiplier_in1"][0]), int(r["shift"][0])
+        (1048576, 524288, 21)
+    """
+    ra = np.float32(scale_a) / np.float32(scale_out)
+    rb = np.float32(scale_b) / np.float32(scale_out)
+    for r in (ra, rb):
+        if not 2.0**-10 <= float(r) < 2.0**8:
+            raise ValueError(f"ADD: input/output scale ratio {float(r)!r} is outside "
+                             "XNNPACK's [2^-10, 2^8) (the default interpreter would not "
+                             "delegate this ADD); import with kernels='reference'")
+    _, e = np.frexp(max(ra, rb))  # max = m·2^e, m in [0.5, 1): the float32 exponent is e - 1
+    shift = 20 - (int(e) - 1)
+    mults = [int(np.rint(np.ldexp(np.float64(r), shift))) for r in (ra, rb)]
+    arrays = {"align0": np.array([0]), "align1": np.array([0]),
+              "multiplier": np.array([1]), "shift": np.array([shift])}
+    for i, m in enumerate(mults):
+        arrays[f"multiplier_in{i}"], arrays[f"shift_in{i}"] = np.array([m]), np.array([0])
+    return arrays
+
+
 def division_multiplier(counts: np.ndarray, amax: int) -> tuple[np.ndarray, int]:
     """``(M, S)`` with ``round_half_away(a · M · 2^-S) == round_half_away(a / n)`` for every
     integer ``|a| <= amax`` and count ``n`` (TFLite's integer division ``(a ± n/2) / n``).
@@ -593,12 +660,17 @@ def window_counts(hw, geo: dict) -> np.ndarray:
     return np.outer(dims[0], dims[1]).astype(np.int64)
 
 
-def import_tflite(path: str | os.PathLike | bytes, name: str | None = None) -> Model:
+def import_tflite(path: str | os.PathLike | bytes, name: str | None = None,
+                  kernels: str = "reference") -> Model:
     """Read a full-integer TFLite model into an engine program with TFLite's arithmetic.
 
     Args:
         path: a ``.tflite`` file (or its bytes).
         name: program name (default: the file's stem).
+        kernels: whose arithmetic to reproduce: ``"reference"`` (TFLite's reference kernels,
+            ``OpResolverType.BUILTIN_REF``) or ``"xnnpack"`` (the default interpreter, which
+            delegates int8 convolutions, dense layers, ADD, ... to XNNPACK: float32
+            requantization, eq. 7c). docs/interop.md lists what each computes.
 
     Returns:
         A :class:`fixedq.engine.Model` whose ``predict(q, output="int")`` on the model's int8
@@ -608,10 +680,12 @@ def import_tflite(path: str | os.PathLike | bytes, name: str | None = None) -> M
         ValueError: not a TFLite file, truncated or corrupt, a float model, or an operator,
             option or quantization the importer does not read (the message names it).
     """
+    if kernels not in KERNELS:
+        raise ValueError(f"kernels must be one of {list(KERNELS)}, got {kernels!r}")
     model = read_tflite(path)
     if name is None:
         name = "tflite" if isinstance(path, (bytes, bytearray)) else Path(path).stem
     try:
-        return _Importer(model, tflite_schema(), name).run()
+        return _Importer(model, tflite_schema(), name, kernels).run()
     except (IndexError, AttributeError, TypeError) as err:  # a damaged but parseable file
         raise ValueError(f"corrupt TFLite model ({type(err).__name__}: {err})") from None

@@ -24,6 +24,9 @@ from fixedq.interop import import_tflite  # noqa: E402
 from fixedq.interop.tflite_import import read_tflite  # noqa: E402
 
 REF = tf.lite.experimental.OpResolverType.BUILTIN_REF
+#: The default interpreter: int8 CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED / ADD / MEAN
+#: go to the XNNPACK delegate (``kernels="xnnpack"``).
+AUTO = tf.lite.experimental.OpResolverType.AUTO
 
 
 def convert(model, shape, n=40, scale=1.0, int8_io=True, seed=0) -> bytes:
@@ -69,8 +72,8 @@ def engine_outputs(program, q) -> list[np.ndarray]:
     return [outs[i] for i in order]
 
 
-def assert_all_equal(program, data: bytes, q) -> None:
-    ref = interpret(data, q)
+def assert_all_equal(program, data: bytes, q, resolver=REF) -> None:
+    ref = interpret(data, q, resolver)
     got = engine_outputs(program, q)
     assert len(got) == len(ref)
     for g, r in zip(got, ref, strict=True):
@@ -120,7 +123,52 @@ def test_mobilenet_v2_equals_the_reference_interpreter():
     program = import_tflite(data)
     names = [program.ops[i].kind for i in range(len(program.ops))]
     assert names.count("neural") == 53  # 52 convs (PADs folded into 4 of them) + the dense
-    assert_all_equal(program, data, int8_inputs((32, 32, 3), n=40))
+    q = int8_inputs((32, 32, 3), n=40)
+    assert_all_equal(program, data, q)
+    xnn = import_tflite(data, kernels="xnnpack")
+    assert_all_equal(xnn, data, q, AUTO)
+
+
+def count_differing(program, data: bytes, q, resolver) -> int:
+    ref = interpret(data, q, resolver)
+    return sum(int((g != r).sum()) for g, r in zip(engine_outputs(program, q), ref,
+                                                   strict=True))
+
+
+def test_cnn_xnnpack_kernels_equal_the_default_interpreter_on_every_element(cnn):
+    program = import_tflite(cnn, kernels="xnnpack")
+    rules = {(op.kind, op.attrs.get("type")): op.attrs.get("rounding") for op in program.ops
+             if op.kind in ("neural", "add", "gap", "avgpool")}
+    assert rules == {("neural", "conv2d"): "fp32", ("neural", "depthwise"): "fp32",
+                     ("neural", "dense"): "fp32", ("add", None): "half_up",
+                     ("gap", None): "fp32", ("avgpool", None): "half_away"}
+    q = int8_inputs((12, 12, 3))
+    assert_all_equal(program, cnn, q, AUTO)
+    # the two arithmetics really differ on this model (so both assertions can fail)
+    assert count_differing(import_tflite(cnn), cnn, q, AUTO) > 0
+    assert count_differing(program, cnn, q, REF) > 0
+
+
+def test_xnnpack_dense_and_add_rules_on_their_own():
+    """XNNPACK's dense (fp32) and int8 add (lrintf multipliers of the float32 ratios, one
+    half-up shift) are visible as such: the conv, add and dense outputs are all model outputs,
+    and the reference arithmetic differs from the default interpreter on some of them."""
+    tfk.utils.set_random_seed(1)
+    inp = tfk.Input((6, 6, 8))
+    c = tfk.layers.Conv2D(8, 1, name="a_conv")(inp)
+    a = tfk.layers.Add(name="b_add")([c, inp])
+    d = tfk.layers.Dense(48, name="c_d1")(tfk.layers.Flatten()(a))
+    d = tfk.layers.Dense(32, activation="relu", name="d_d2")(d)
+    data = convert(tfk.Model(inp, [c, a, d]), (6, 6, 8), scale=2.0)
+    q = int8_inputs((6, 6, 8), n=600)
+    assert_all_equal(import_tflite(data, kernels="xnnpack"), data, q, AUTO)
+    assert count_differing(import_tflite(data), data, q, AUTO) > 0
+
+
+def test_kernels_argument_is_checked(cnn):
+    with pytest.raises(ValueError, match=r"kernels must be one of \['reference', 'xnnpack'\], "
+                       r"got 'XNNPACK'"):
+        import_tflite(cnn, kernels="XNNPACK")
 
 
 def test_logistic_is_an_exact_table_and_softmax_is_within_one_lsb():
@@ -203,6 +251,32 @@ def test_saved_program_runs_with_events_and_the_cli(cnn, tmp_path):
     assert report["events"]
 
 
+def test_cli_kernels_option(cnn, tmp_path):
+    src = tmp_path / "cnn.tflite"
+    src.write_bytes(cnn)
+    out = tmp_path / "cnn_xnn.fqe"
+    proc = subprocess.run([sys.executable, "-m", "fixedq_cli.main", "import", "-m", src, "-o",
+                           out, "--kernels", "xnnpack"], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    program = fixedq.engine.load(out)
+    assert {op.attrs.get("rounding") for op in program.ops if op.kind == "neural"} == {"fp32"}
+    assert_all_equal(program, cnn, int8_inputs((12, 12, 3), n=30), AUTO)
+    bad = subprocess.run([sys.executable, "-m", "fixedq_cli.main", "import", "-m", src, "-o",
+                          tmp_path / "x.fqe", "--kernels", "fast"], capture_output=True,
+                         text=True, timeout=300)
+    assert bad.returncode == 2 and "--kernels" in bad.stderr
+    assert not (tmp_path / "x.fqe").exists()
+    onnx_file = tmp_path / "m.onnx"
+    onnx_file.write_bytes(b"not used")
+    wrong = subprocess.run([sys.executable, "-m", "fixedq_cli.main", "import", "-m", onnx_file,
+                            "-o", tmp_path / "y.fqe", "--kernels", "xnnpack"],
+                           capture_output=True, text=True, timeout=300)
+    assert wrong.returncode == 2
+    assert "--kernels applies to .tflite models only" in wrong.stderr
+    assert len(wrong.stderr.strip().splitlines()) == 1 and not (tmp_path / "y.fqe").exists()
+
+
 def test_target_profiles_list_what_would_not_map(cnn):
     from fixedq.engine.targets import TARGETS, violations
 
@@ -267,3 +341,13 @@ def test_rounding_attr_is_validated_in_files(cnn, tmp_path):
 def test_reader_uses_tensorflows_schema(cnn):
     model = read_tflite(cnn)
     assert type(model).__name__ == "ModelT" and len(model.subgraphs) == 1
+
+
+def test_xnnpack_add_outside_xnnpacks_scale_range_is_refused():
+    from fixedq.interop.tflite_import import xnnpack_add_arrays
+
+    with pytest.raises(ValueError, match=r"ADD: input/output scale ratio 9\.99999\d*e-05 "
+                       r"is outside XNNPACK's \[2\^-10, 2\^8\)"):
+        xnnpack_add_arrays(1e-4, 0.5, 1.0)
+    with pytest.raises(ValueError, match="outside XNNPACK's"):
+        xnnpack_add_arrays(0.5, 300.0, 1.0)
