@@ -119,6 +119,11 @@ def test_mobilenet_v2_equals_the_reference_interpreter():
     tfk.utils.set_random_seed(4)
     model = tfk.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, weights=None,
                                          classes=10, classifier_activation=None)
+    # two inner tensors are outputs too: the logits of this untrained net agree under every
+    # TFLite arithmetic, its inner tensors do not (the reference differs from XNNPACK there)
+    model = tfk.Model(model.input, [model.get_layer("block_2_add").output,
+                                    model.get_layer("block_10_project_BN").output,
+                                    model.output])
     data = convert(model, (32, 32, 3), n=16)
     program = import_tflite(data)
     names = [program.ops[i].kind for i in range(len(program.ops))]
@@ -127,6 +132,7 @@ def test_mobilenet_v2_equals_the_reference_interpreter():
     assert_all_equal(program, data, q)
     xnn = import_tflite(data, kernels="xnnpack")
     assert_all_equal(xnn, data, q, AUTO)
+    assert count_differing(program, data, q, AUTO) > 0
 
 
 def count_differing(program, data: bytes, q, resolver) -> int:
