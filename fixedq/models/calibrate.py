@@ -207,14 +207,25 @@ def _elements(tensor) -> int:
 
 
 def _extremes_probe(model: keras.Model, outputs) -> keras.Model | None:
-    """A model whose outputs are ``(min, max)`` over every axis but the last of each tensor."""
+    """A model whose outputs are ``(min, max)`` over every axis but the last of each tensor.
+
+    The reduced axes are kept (size 1): under a ``tf.distribute`` strategy every replica's
+    extremes come back stacked on axis 0 and :func:`_add_ranges` reduces over them.
+    """
     if not outputs:
         return None
     reduced = []
     for out in outputs:
         axes = tuple(range(max(len(out.shape) - 1, 1)))
-        reduced += [keras.ops.min(out, axis=axes), keras.ops.max(out, axis=axes)]
+        reduced += [keras.ops.min(out, axis=axes, keepdims=True),
+                    keras.ops.max(out, axis=axes, keepdims=True)]
     return keras.Model(model.inputs, reduced)
+
+
+def _over_replicas(value, reduce) -> np.ndarray:
+    """Reduce a probe output ``(replicas, 1, ..., 1, C)`` (or ``(replicas,)``) to ``(C,)``."""
+    arr = np.asarray(value)
+    return reduce(arr.reshape(-1, *arr.shape[max(arr.ndim - 1, 1):]), axis=0)
 
 
 def _add_ranges(stats: dict, input_name: str, names: list, probe, batch: np.ndarray,
@@ -228,7 +239,7 @@ def _add_ranges(stats: dict, input_name: str, names: list, probe, batch: np.ndar
             break
         outs = probe.predict_on_batch(batch[start:start + chunk])
         for i, name in enumerate(names):
-            lo, hi = np.asarray(outs[2 * i]), np.asarray(outs[2 * i + 1])
+            lo, hi = _over_replicas(outs[2 * i], np.min), _over_replicas(outs[2 * i + 1], np.max)
             lows[name] = lo if name not in lows else np.minimum(lows[name], lo)
             highs[name] = hi if name not in highs else np.maximum(highs[name], hi)
     for name in (input_name, *names):
