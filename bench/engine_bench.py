@@ -38,11 +38,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
+from common import PAUSE, interleaved_medians  # noqa: E402
 from md_section import replace_section  # noqa: E402
 
 DOC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "benchmarks.md")
 START, END = "<!-- engine:start -->", "<!-- engine:end -->"
-PAUSE = 0.2
 BIG = 224
 #: name -> (input shape, description)
 MODELS = {
@@ -140,25 +140,6 @@ def vit(keras, shape, patch=4, dim=64, heads=4, blocks=4, mlp=128):
     return keras.Model(inp, L.Dense(10)(x), name="vit")
 
 
-# --------------------------------------------------------------------------- timing
-
-
-def medians(fns: dict, repeats: int) -> dict:
-    """Median wall seconds of each callable, run interleaved after one warm-up each; each timed
-    call starts after a :data:`PAUSE` (idle BLAS/onnxruntime threads of the previous call
-    would otherwise steal a core)."""
-    for f in fns.values():
-        f()
-    times = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, f in fns.items():
-            time.sleep(PAUSE)
-            t0 = time.perf_counter()
-            f()
-            times[k].append(time.perf_counter() - t0)
-    return {k: float(np.median(v)) for k, v in times.items()}
-
-
 def case(name: str, repeats: int, quick: bool) -> dict:
     """One model in this process: quantize, convert, check, time (see the module docstring)."""
     import keras
@@ -199,7 +180,7 @@ def case(name: str, repeats: int, quick: bool) -> dict:
                "dense": lambda xb=xb: e.predict(xb, batch_size=len(xb))}
         if event:
             fns["event"] = lambda xb=xb: e.predict(xb, batch_size=len(xb), mode="event")
-        t = medians(fns, min(repeats, 3) if big and b > 1 else repeats)
+        t = interleaved_medians(fns, min(repeats, 3) if big and b > 1 else repeats)
         rows.append({"batch": b, **t})
     return {"name": name, "status": "ok", "quantize_s": t_quant, "rows": rows,
             "ops": len(e.ops), "kinds": sorted({op.kind for op in e.ops})}
@@ -272,7 +253,7 @@ def event_rows(repeats: int) -> list[dict]:
         stats = [r for r in e.event_stats(x, batch_size=100) if r["kind"] == "neural"]
         for b in (1, 100):
             xb = x[:b]
-            t = medians({"dense": lambda xb=xb, e=e: e.predict(xb, batch_size=len(xb)),
+            t = interleaved_medians({"dense": lambda xb=xb, e=e: e.predict(xb, batch_size=len(xb)),
                          "event": lambda xb=xb, e=e: e.predict(xb, batch_size=len(xb),
                                                                mode="event")}, repeats)
             out.append({"case": label, "batch": b, **t,
