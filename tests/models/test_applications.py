@@ -18,23 +18,34 @@ def _images(n, seed=0):
     return np.random.default_rng(seed).uniform(0, 255, (n, 32, 32, 3)).astype("float32")
 
 
+def _integer_only(model):
+    """8-bit quantize with no float fallback (a fallback warning fails the test); the
+    quantized model and its layer class names (one Dequantizer, at the end)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        q = fixedq.quantize(model, fixedq.QuantizationParams(), _images(4))
+    names = [type(layer).__name__ for layer in q.layers]
+    assert names.count("Dequantizer") == 1 and names[-1] == "Dequantizer"
+    return q, names
+
+
+def _assert_engine_exact(q):
+    """The engine equals quantized Keras on a random image and an all-zero one."""
+    x = np.concatenate([_images(1, seed=1), np.zeros((1, 32, 32, 3), "float32")])
+    np.testing.assert_array_equal(fe.convert(q).predict(x), q.predict(x, verbose=0))
+
+
 @pytest.mark.parametrize("name", ["ResNet50", "EfficientNetB0"])
 def test_application_is_integer_only_and_engine_exact(name):
     start = time.perf_counter()
     model = getattr(keras.applications, name)(input_shape=(32, 32, 3), weights=None,
                                               classifier_activation=None)
-    samples = _images(4)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", UserWarning)  # nothing falls back to float
-        q = fixedq.quantize(model, fixedq.QuantizationParams(), samples)
-    names = [type(layer).__name__ for layer in q.layers]
-    assert names.count("Dequantizer") == 1 and names[-1] == "Dequantizer"
+    q, names = _integer_only(model)
     if name == "ResNet50":  # ZeroPadding2D(3) before the 7x7 stride-2 conv: not 'same'
         assert "QuantizedZeroPadding" in names
     else:  # squeeze-and-excitation: sigmoid table -> Multiply (its paddings fold into 'same')
         assert names.count("QuantizedMultiply") == 16
-    x = np.concatenate([_images(1, seed=1), np.zeros((1, 32, 32, 3), "float32")])
-    np.testing.assert_array_equal(fe.convert(q).predict(x), q.predict(x, verbose=0))
+    _assert_engine_exact(q)
     print(f"{name}: {time.perf_counter() - start:.1f} s")
 
 
@@ -46,12 +57,6 @@ def test_mobilenet_v3_small_squeeze_excitation_is_integer_only_and_engine_exact(
     full = keras.applications.MobileNetV3Small(input_shape=(32, 32, 3), weights=None,
                                                classifier_activation=None)
     model = keras.Model(full.input, full.get_layer("predictions").input)
-    samples = _images(4)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", UserWarning)  # nothing falls back to float
-        q = fixedq.quantize(model, fixedq.QuantizationParams(), samples)
-    names = [type(layer).__name__ for layer in q.layers]
-    assert names.count("Dequantizer") == 1 and names[-1] == "Dequantizer"
+    q, names = _integer_only(model)
     assert names.count("QuantizedMultiply") == 9  # the SE gates; hard-swish is a table
-    x = np.concatenate([_images(1, seed=1), np.zeros((1, 32, 32, 3), "float32")])
-    np.testing.assert_array_equal(fe.convert(q).predict(x), q.predict(x, verbose=0))
+    _assert_engine_exact(q)
