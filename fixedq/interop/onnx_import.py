@@ -162,15 +162,21 @@ class _Importer:
             op.arrays["out_offset"] = np.array([-zp_out], dtype=np.int64)
         return op
 
-    # ------------------------------------------------------------------ nodes
-    def conv(self, node, what: str) -> None:
-        x = self.act(node.input[0], what)
+    def symmetric_weights(self, node, what: str):
+        """``(w, scale, axis)`` of ``node``'s second input: a DequantizeLinear of a constant
+        with zero points 0."""
         wdq = self.producer_dq(node.input[1])
         if wdq is None:
             raise ValueError(f"{what}: the weights must be a DequantizeLinear of a constant")
         w, ws, wzp, axis = self.dq_const(wdq, what)
         if np.any(wzp):
             raise ValueError(f"{what}: weight zero points must be 0 (symmetric weights)")
+        return w, ws, axis
+
+    # ------------------------------------------------------------------ nodes
+    def conv(self, node, what: str) -> None:
+        x = self.act(node.input[0], what)
+        w, ws, axis = self.symmetric_weights(node, what)
         attrs = {a.name: self.onnx.helper.get_attribute_value(a) for a in node.attribute}
         group = int(attrs.get("group", 1))
         cout, cin_g, kh, kw = w.shape
@@ -251,12 +257,7 @@ class _Importer:
         if len(x.shape) != 2:
             raise ValueError(f"{what}: {node.op_type} of a rank-{len(x.shape)} input is not "
                              "supported (flatten first)")
-        wdq = self.producer_dq(node.input[1])
-        if wdq is None:
-            raise ValueError(f"{what}: the weights must be a DequantizeLinear of a constant")
-        w, ws, wzp, axis = self.dq_const(wdq, what)
-        if np.any(wzp):
-            raise ValueError(f"{what}: weight zero points must be 0 (symmetric weights)")
+        w, ws, axis = self.symmetric_weights(node, what)
         attrs = {a.name: self.onnx.helper.get_attribute_value(a) for a in node.attribute}
         if node.op_type == "Gemm":
             if attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0 or \
