@@ -26,6 +26,7 @@ from fixedq.engine.ops import (
     Op,
     check_transpose_size,
     neural_output,
+    op_error,
     reject_nan,
     run_op,
 )
@@ -151,10 +152,7 @@ class Model:
                 if times is not None:
                     times[op.name] = times.get(op.name, 0.0) + time.perf_counter() - t0
             except Exception as err:
-                text = str(err)
-                if not text.startswith(f"op {op.name!r}"):
-                    text = f"op {op.name!r} ({op.kind}): {text or type(err).__name__}"
-                raise ValueError(text) from err
+                raise op_error(op, err) from err
             tensors[op.name] = y
             for t in set(op.inputs):
                 if self._last_use.get(t) == i:

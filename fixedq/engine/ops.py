@@ -57,6 +57,20 @@ class Op:
         return np.asarray(self.attrs.get("out_frac", [0]), dtype=np.int64)
 
 
+def op_error(op: Op, err: Exception) -> ValueError:
+    """The ``ValueError`` that reports ``err`` raised while running ``op``, its message starting
+    with the op's name and kind (a message that already names the op is kept).
+
+    Example:
+        >>> str(op_error(Op("conv", "neural", ["x"]), IndexError("index 9 is out of bounds")))
+        "op 'conv' (neural): index 9 is out of bounds"
+    """
+    text = str(err)
+    if not text.startswith(f"op {op.name!r}"):
+        text = f"op {op.name!r} ({op.kind}): {text or type(err).__name__}"
+    return ValueError(text)
+
+
 def linear(op: Op, x: np.ndarray) -> np.ndarray:
     """The exact linear part (no bias) of a ``neural`` op on aligned input integers ``x``."""
     if op.attrs.get("conv1d"):  # Conv1D: a conv2d over a (1, steps) image

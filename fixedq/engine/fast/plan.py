@@ -44,7 +44,7 @@ import numpy as np
 
 from fixedq.engine import kernels as ref
 from fixedq.engine.fast import int_gemm, jit
-from fixedq.engine.ops import Op, check_transpose_size, neural_output, run_op
+from fixedq.engine.ops import Op, check_transpose_size, neural_output, op_error, run_op
 
 #: Largest im2col block (elements) built at once; larger batches run in chunks.
 IM2COL_ELEMENTS = 1 << 22
@@ -575,10 +575,7 @@ class FastPlan:
                 if off is not None:
                     y = y.astype(np.int64) - off
             except Exception as err:
-                text = str(err)
-                if not text.startswith(f"op {op.name!r}"):
-                    text = f"op {op.name!r} ({op.kind}): {text or type(err).__name__}"
-                raise ValueError(text) from err
+                raise op_error(op, err) from err
             tensors[op.name] = y
             biggest = max(biggest, y.size)
             if times is not None:
