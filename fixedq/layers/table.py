@@ -137,10 +137,15 @@ class QuantizedTable(QuantizedLayer):
         super().build(input_shape)
 
     def phi(self, x: np.ndarray, channel: int) -> np.ndarray:
-        raise NotImplementedError
+        """The float64 function of ``channel`` on input values ``x`` (the table's entries
+        before rounding). Abstract: every subclass (activation, LeakyReLU, ELU, PReLU)
+        defines it."""
+        raise NotImplementedError(f"{type(self).__name__} must define phi()")
 
     def float_call(self, x):
-        raise NotImplementedError
+        """The float function on a tensor (the straight-through gradient's path). Abstract:
+        every subclass defines it."""
+        raise NotImplementedError(f"{type(self).__name__} must define float_call()")
 
     def tables(self) -> tuple[np.ndarray, np.ndarray]:
         """``(table, base)`` of eq. 38 for this layer's specs."""
