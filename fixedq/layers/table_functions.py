@@ -1,6 +1,8 @@
 """The elementwise functions fixedq runs as integer tables (DESIGN.md decision 9, eq. 38):
 every elementwise activation of ``keras.activations`` (relu/relu6 are clips, softmax has its
-own op; glu, sparsemax, log_softmax and threshold are not elementwise or need arguments).
+own op; glu, sparsemax, log_softmax and threshold are not elementwise or need arguments), and
+:func:`tf_keras_hard_sigmoid`, tf-keras' ``hard_sigmoid`` (``clip(0.2 x + 0.5, 0, 1)``, not
+Keras 3's ``relu6(x + 3) / 6``), which tf-keras files loaded by ``fixedq.load_model`` use.
 
 Each :class:`TableFunction` has a float64 NumPy definition (what the table entries are
 computed from, once, at build time), the Keras definition it reproduces (used for the
@@ -26,10 +28,12 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import keras
 import numpy as np
 from keras import activations, ops
 
-__all__ = ["FUNCTIONS", "TableFunction", "check_params", "for_activation"]
+__all__ = ["FUNCTIONS", "TableFunction", "check_params", "for_activation",
+           "tf_keras_hard_sigmoid"]
 
 _SQRT2 = math.sqrt(2.0)
 _GELU_C = math.sqrt(2.0 / math.pi)
@@ -47,6 +51,25 @@ def _sigmoid(x):
 
 def _hard_sigmoid(x):
     return np.clip(x + 3.0, 0.0, 6.0) / 6.0  # one correctly rounded division: exact ties
+
+
+def _tf_keras_hard_sigmoid(x):
+    return np.clip(_f32(0.2) * x + 0.5, 0.0, 1.0)
+
+
+@keras.saving.register_keras_serializable(package="fixedq", name="tf_keras_hard_sigmoid")
+def tf_keras_hard_sigmoid(x):
+    """tf-keras' (Keras 2) ``hard_sigmoid``: ``clip(0.2 x + 0.5, 0, 1)`` in the input's dtype,
+    as ``tf_keras.backend.hard_sigmoid`` computes it. Keras 3 redefined ``hard_sigmoid`` as
+    ``relu6(x + 3) / 6``; :func:`fixedq.load_model` maps the name in tf-keras files to this
+    function so that a loaded model computes what it computed in tf-keras.
+
+    Example:
+        >>> import numpy as np
+        >>> np.asarray(tf_keras_hard_sigmoid(np.array([-3.0, 0.0, 1.0], "float32"))).tolist()
+        [0.0, 0.5, 0.699999988079071]
+    """
+    return ops.clip(ops.add(ops.multiply(x, 0.2), 0.5), 0.0, 1.0)
 
 
 def _hard_silu(x):
@@ -135,6 +158,8 @@ def _keras_celu(x, alpha=1.0):
 FUNCTIONS: dict[str, TableFunction] = {f.name: f for f in (
     TableFunction("sigmoid", _sigmoid, _k(ops.sigmoid), False),
     TableFunction("hard_sigmoid", _hard_sigmoid, _k(ops.hard_sigmoid), False),
+    TableFunction("tf_keras_hard_sigmoid", _tf_keras_hard_sigmoid, _k(tf_keras_hard_sigmoid),
+                  False),
     TableFunction("silu", lambda x: x * _sigmoid(x), _k(ops.silu), True),
     TableFunction("hard_silu", _hard_silu, _k(ops.hard_silu), True),
     TableFunction("gelu", _gelu, _k(ops.gelu), True, {"approximate": False}),
@@ -168,6 +193,7 @@ _BY_KERAS = {getattr(activations, n): n for n in (
     "mish", "leaky_relu", "elu", "selu", "celu", "linear", "exponential", "hard_tanh",
     "log_sigmoid", "tanh_shrink", "squareplus", "sparse_plus", "sparse_sigmoid", "soft_shrink",
     "hard_shrink") if hasattr(activations, n)}
+_BY_KERAS[tf_keras_hard_sigmoid] = "tf_keras_hard_sigmoid"
 
 
 def for_activation(activation) -> tuple[str, dict] | None:

@@ -3,7 +3,9 @@
 fixedq runs on Keras 3, but many models are still made with tf-keras. This module accepts:
 
 - ``.keras`` and ``.h5`` files written by Keras 3 (loaded by Keras itself);
-- ``.h5`` files written by tf-keras. Keras 3 refuses those that contain ``DepthwiseConv2D`` or
+- ``.h5`` files written by tf-keras (a ``hard_sigmoid`` activation in them keeps tf-keras'
+  definition, ``clip(0.2 x + 0.5, 0, 1)``, which Keras 3's name no longer means). Keras 3
+  refuses those that contain ``DepthwiseConv2D`` or
   ``SeparableConv2D`` (their tf-keras configs carry a ``groups`` key and unused ``kernel_*``
   keys). The ``model_config`` JSON is read with h5py, the rejected keys are removed, and the
   cleaned copy (same weights, same layer names) is loaded by Keras 3's legacy-h5 reader;
@@ -33,6 +35,7 @@ import keras
 
 from fixedq.io import atomic_path
 from fixedq.layers.operators import TFOpLambda
+from fixedq.layers.table_functions import tf_keras_hard_sigmoid
 from fixedq.models.tf_op_lambda import rewrite_tf_op_lambdas
 
 __all__ = ["from_tf_keras", "load_model", "save_model"]
@@ -241,10 +244,31 @@ def _renumber_nested_model_nodes(model_config: dict) -> bool:
     return changed
 
 
+#: Layer-config keys that name an activation function.
+_ACTIVATION_KEYS = ("activation", "recurrent_activation")
+
+
+def _keep_tf_keras_activations(layer_config: dict) -> bool:
+    """tf-keras' ``hard_sigmoid`` is ``clip(0.2 x + 0.5, 0, 1)``; Keras 3 reads the same name
+    as ``relu6(x + 3) / 6``, a different function. Point every ``"hard_sigmoid"`` activation
+    of a tf-keras config at :func:`fixedq.layers.table_functions.tf_keras_hard_sigmoid`, so the
+    loaded model computes what the tf-keras model computed. Return True if changed."""
+    changed = False
+    for key in _ACTIVATION_KEYS:
+        value = layer_config.get(key)
+        if isinstance(value, dict) and value.get("class_name") == "function":
+            value = value.get("config")
+        if value == "hard_sigmoid":
+            layer_config[key] = keras.activations.serialize(tf_keras_hard_sigmoid)
+            changed = True
+    return changed
+
+
 def _clean_legacy_config(config: dict) -> bool:
     """Adapt, in place, a tf-keras model config for Keras 3. Return True if changed.
 
-    Removes the layer-config keys that Keras 3 rejects and unwraps single inputs/outputs.
+    Removes the layer-config keys that Keras 3 rejects, unwraps single inputs/outputs and
+    keeps tf-keras' ``hard_sigmoid`` (:func:`_keep_tf_keras_activations`).
 
     Raises ValueError when a key carries a value that Keras 3 cannot represent (e.g. a
     transposed convolution with ``groups != 1``).
@@ -254,6 +278,7 @@ def _clean_legacy_config(config: dict) -> bool:
         changed |= rewrite_tf_op_lambdas(layer["config"])
         changed |= _renumber_nested_model_nodes(layer["config"])
         changed |= _unwrap_single_io(layer["config"])
+        changed |= _keep_tf_keras_activations(layer["config"])
         rejected = _REJECTED_KEYS.get(layer["class_name"])
         if not rejected:
             continue

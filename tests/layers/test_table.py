@@ -12,6 +12,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+import tf_keras
 
 from fixedq.layers.spec import QSpec
 from fixedq.layers.table import (
@@ -31,6 +32,8 @@ def _reference(name: str, params: dict, x: np.ndarray) -> np.ndarray:
     of the NumPy one the tables use); parameters rounded to float32 as the layers do."""
     t = tf.constant(x, tf.float64)
     p = {k: (v if isinstance(v, bool) else float(np.float32(v))) for k, v in params.items()}
+    if name == "tf_keras_hard_sigmoid":  # tf-keras' own definition (clip(0.2 x + 0.5, 0, 1))
+        return np.asarray(tf_keras.activations.hard_sigmoid(t), dtype=np.float64)
     fn = keras.activations.get(name)
     return np.asarray(fn(t, **p), dtype=np.float64)
 
