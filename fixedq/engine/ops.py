@@ -25,7 +25,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fixedq.engine import buffer_conv, kernels, recurrent, table_ops, transformer_ops
+from fixedq.engine import (
+    buffer_conv,
+    kernels,
+    layernorm,
+    recurrent,
+    table_ops,
+    transformer_ops,
+)
 from fixedq.tensors.rounding import DEFAULT_ROUNDING, quantize_input, requantize, shift_round
 
 
@@ -358,6 +365,9 @@ KERNELS: dict[str, Kernel] = {
                         "(eq. 30)", transformer_ops.run_attention),
     "madnorm": Kernel("layer MAD normalization: integer mean, MAD, rounded division (eq. 31)",
                       transformer_ops.run_madnorm),
+    "layernorm": Kernel("layer normalization: exact mean and variance, integer reciprocal "
+                        "square root, rounded division, affine (eq. 47)",
+                        layernorm.run_layernorm),
     "class_token": Kernel("prepend an integer class token, re-gridded input (eq. 32)",
                           transformer_ops.run_class_token),
     "add_pos": Kernel("add integer position embeddings + rounding shift (eq. 33)",

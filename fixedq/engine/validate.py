@@ -258,6 +258,9 @@ KIND_RULES: dict[str, tuple] = {
     "madnorm": (_other_attrs({"eps_int": _small(0, 2**62),
                               "norm_frac": _small(0, 62)}),
                 ("in_align", "multiplier", "shift", "offset", "out_lo", "out_hi"), (1, 1)),
+    "layernorm": (_other_attrs({"eps_int": _small(0, 2**62),
+                                "norm_frac": _small(0, 20)}),
+                  ("in_align", "multiplier", "shift", "offset", "out_lo", "out_hi"), (1, 1)),
     "class_token": (None, ("token", "shift", "out_lo", "out_hi"), (1, 1)),
     "add_pos": (None, ("pos", "in_align", "shift", "out_lo", "out_hi"), (1, 1)),
     "extract_token": (_other_attrs({"token": _small(0, MAX_DIM)}), (), (1, 1)),
@@ -591,7 +594,7 @@ def _op_shape(rec: dict, arrays: dict, shapes: list):
         _need(x[1] is None or a["token"] < x[1],
               f"token {a['token']} is past the {x[1]} tokens of {_fmt(x)}")
         return (None, x[2]), None
-    return x, None  # elementwise: affine, shift, clip, identity, shiftmax, madnorm, add_pos
+    return x, None  # elementwise: affine, shift, clip, identity, shiftmax, (layer)norm, add_pos
 
 
 def check_shapes(header: dict, max_values: int | None = None) -> list[tuple]:

@@ -14,6 +14,7 @@ from fixedq.layers.affine import (
 from fixedq.layers.conv1d import QuantizedConv1D
 from fixedq.layers.depthwise_conv2d_transpose import DepthwiseConv2DTranspose
 from fixedq.layers.global_max_pooling import QuantizedGlobalMaxPooling
+from fixedq.layers.layer_normalization import QuantizedLayerNormalization
 from fixedq.layers.merge import QuantizedAdd, QuantizedConcatenate
 from fixedq.layers.multiply import QuantizedMultiply
 from fixedq.layers.neural import (
@@ -125,6 +126,7 @@ __all__ = [
     "QuantizedRescaling",
     "QuantizedActivation",
     "QuantizedELU",
+    "QuantizedLayerNormalization",
     "QuantizedLeakyReLU",
     "QuantizedNormalization",
     "QuantizedPReLU",

@@ -27,7 +27,8 @@ OP_MODULES = (
     "global_average_pooling1d", "global_max_pooling", "upsampling2d",
     "add", "multiply", "concatenate", "zero_padding", "reshape",
     "dropout",
-    "attention", "shiftmax", "layer_mad_normalization", "class_token", "add_position_embs",
+    "attention", "shiftmax", "layer_normalization", "layer_mad_normalization", "class_token",
+    "add_position_embs",
     "extract_token", "buffer_temp_conv", "depthwise_buffer_temp_conv", "stateful_recurrent",
     "output_quantizer",
 )

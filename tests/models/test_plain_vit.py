@@ -1,7 +1,7 @@
 """A plain Keras 3 ViT as the Keras examples write it (patches by a strided Conv2D,
 ``x + Embedding(arange)`` position embeddings, ``MultiHeadAttention(x, x)``,
 ``LayerNormalization``, an MLP, ``GlobalAveragePooling1D``): ``quantize`` takes it directly
-(falling back to float at the first LayerNormalization with one warning), and after
+(falling back to float at the MultiHeadAttention with one warning), and after
 ``adapt_vit`` it is integer-only and engine bit-exact. (The MLP uses ReLU here; GELU is an
 integer table of the activation work.)"""
 
@@ -42,8 +42,9 @@ def test_plain_vit_quantizes_directly_with_one_fallback_warning():
         warnings.simplefilter("always")
         q = fixedq.quantize(model, fixedq.QuantizationParams(), samples)
     stops = [str(w.message) for w in caught if "quantization stops" in str(w.message)]
-    assert len(stops) == 1 and "'ln1' (LayerNormalization)" in stops[0], stops
+    assert len(stops) == 1 and "'mha' (MultiHeadAttention)" in stops[0], stops
     names = [type(layer).__name__ for layer in q.layers]
+    assert "QuantizedLayerNormalization" in names  # quantized directly (eq. 47)
     assert "QuantizedAddPositionEmbs" in names  # x + Embedding(arange) read as an op
     float_out = model.predict(samples, verbose=0)
     assert np.abs(q.predict(samples, verbose=0) - float_out).max() < 0.1 * np.abs(

@@ -43,7 +43,8 @@ NEW_KINDS = {L.Conv1D: "neural", L.AveragePooling2D: "avgpool",
              DepthwiseBufferTempConv: "neural", StatefulRecurrent: "recurrent",
              L.Multiply: "mul", L.ZeroPadding2D: "pad",
              L.ZeroPadding1D: "pad",
-             L.GlobalMaxPooling2D: "gmp", L.GlobalMaxPooling1D: "gmp", L.UpSampling2D: "upsample"}
+             L.GlobalMaxPooling2D: "gmp", L.GlobalMaxPooling1D: "gmp", L.UpSampling2D: "upsample",
+             L.LayerNormalization: "layernorm"}
 
 
 def test_every_legacy_layer_keeps_its_kind():
@@ -54,7 +55,7 @@ def test_every_legacy_layer_keeps_its_kind():
     assert matched == set(LEGACY_KINDS) | set(NEW_KINDS)
     assert builders.REQUANTIZING == {"neural", "affine", "gap", "add", "attention", "madnorm",
                                      "class_token", "add_pos", "avgpool", "table", "mul",
-                                     "recurrent"}
+                                     "recurrent", "layernorm"}
 
 
 def test_config_conditions_fall_back():
