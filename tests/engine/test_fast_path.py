@@ -328,6 +328,39 @@ def test_micro_batches_give_the_same_integers(monkeypatch):
     _three_ways(model, x, monkeypatch)
 
 
+def test_parallel_micro_batches_give_the_same_integers(monkeypatch):
+    """Batches split over the worker threads (forced here for a small batch): every
+    micro-batch runs in a worker, the integers equal the reference's and one piece's."""
+    import threading
+
+    from fixedq.engine.fast import plan as fast_plan
+
+    rng = np.random.default_rng(5)
+    b = Builder(rng, 3, (0, 255))
+    t = b.neural("in", "conv2d", cout=8, k=3)
+    d = b.neural(b.elementwise("gap", [b.neural(t, "depthwise")]), "dense", cout=4)
+    model = b.model([t, d], (6, 5, 3))
+    x = _inputs(rng, (6, 5, 3), 13, "random")
+    want = _three_ways(model, x, monkeypatch)
+    monkeypatch.setattr(fast_plan, "PARALLEL_ELEMENTS", 0)
+    monkeypatch.setattr(fast_plan, "THREADS", 2)
+    plan = model.fast_plan()
+    sizes, threads = [], set()
+    run_one = plan._run
+
+    def spy(v, times):
+        sizes.append(len(v))
+        threads.add(threading.current_thread().name)
+        return run_one(v, times)
+
+    monkeypatch.setattr(plan, "_run", spy)
+    got = model.run_batch(x)
+    assert sum(sizes) == 13 and len(sizes) == fast_plan.CHUNKS * fast_plan.THREADS
+    assert all(name.startswith("fixedq-engine") for name in threads)
+    for w, g in zip(want, got, strict=True):
+        np.testing.assert_array_equal(g, w)
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_table_and_mul_kernels(seed, monkeypatch):
     """``table`` (eq. 38, indices clipped like np.take) and ``mul`` (eq. 46: same-shape and

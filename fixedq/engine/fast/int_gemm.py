@@ -23,6 +23,7 @@ Example:
 from __future__ import annotations
 
 import os
+import threading
 from functools import lru_cache
 
 import numpy as np
@@ -31,7 +32,8 @@ import numpy as np
 ENV = "FIXEDQ_ENGINE_INT_GEMM"
 #: Largest reduction length whose uint8 x int8 sums stay below 2^31.
 MAX_K = (2**31 - 1) // (255 * 128)
-#: onnxruntime threads per GEMM (the machine's cores, at most 2).
+#: onnxruntime threads of a GEMM run alone (the machine's cores, at most 2); GEMMs running
+#: inside the plan's data-parallel workers use one thread each.
 THREADS = min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
               else os.cpu_count() or 1)
 
@@ -46,7 +48,7 @@ def available() -> bool:
     return requested() and _self_test()
 
 
-def _session(b: np.ndarray):
+def _session(b: np.ndarray, threads: int = 1):
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
@@ -60,7 +62,7 @@ def _session(b: np.ndarray):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     so = ort.SessionOptions()
-    so.intra_op_num_threads = THREADS
+    so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.log_severity_level = 3
@@ -70,17 +72,23 @@ def _session(b: np.ndarray):
 
 class IntGemm:
     """``y = (a - zp) @ b`` exactly in int32 for uint8 ``a`` ``(rows, K)`` and a fixed int8
-    ``b`` ``(K, N)`` (a session built on first use)."""
+    ``b`` ``(K, N)``: one onnxruntime session per thread count, built on first use (thread
+    safe: sessions run concurrently)."""
 
     def __init__(self, b: np.ndarray):
         self.b = np.ascontiguousarray(b, dtype=np.int8)
-        self._sess = None
+        self._sess: dict[int, object] = {}
+        self._lock = threading.Lock()
         self._zp = {z: np.array(z, np.uint8) for z in (0, 128)}
 
-    def __call__(self, a: np.ndarray, zp: int) -> np.ndarray:
-        if self._sess is None:
-            self._sess = _session(self.b)
-        return self._sess.run(None, {"a": np.ascontiguousarray(a), "zp": self._zp[zp]})[0]
+    def __call__(self, a: np.ndarray, zp: int, threads: int = 1) -> np.ndarray:
+        sess = self._sess.get(threads)
+        if sess is None:
+            with self._lock:
+                sess = self._sess.get(threads)
+                if sess is None:
+                    sess = self._sess[threads] = _session(self.b, threads)
+        return sess.run(None, {"a": np.ascontiguousarray(a), "zp": self._zp[zp]})[0]
 
 
 @lru_cache(maxsize=1)
@@ -102,8 +110,9 @@ def _self_test() -> bool:
         g = IntGemm(b)
         for zp in (0, 128):
             want = (a.astype(np.int64) - zp) @ b.astype(np.int64)
-            if not np.array_equal(g(a, zp).astype(np.int64), want):
-                return False
+            for threads in sorted({1, THREADS}):
+                if not np.array_equal(g(a, zp, threads).astype(np.int64), want):
+                    return False
     except Exception:  # noqa: BLE001 - any failure of the optional backend: not used
         return False
     return True

@@ -18,6 +18,11 @@ path, none of which changes an integer:
   else the int64 reference).
 - depthwise (multiplier 1): a direct kernel with int32 accumulators when the batch bound is
   below 2^31, int64 below 2^62.
+- **Data-parallel micro-batches** (opt-in, ``FIXEDQ_ENGINE_THREADS=2``): a batch runs as
+  micro-batches on :data:`THREADS` worker threads, each through the whole program (the
+  compiled kernels and onnxruntime release the GIL; every GEMM inside a worker is
+  single-threaded). A micro-batch's outputs depend only on
+  its own samples, so the integers do not depend on the split.
 
 A step's preconditions are checked when the plan is built (shifts in ``[-62, 62]``, products
 ``|acc| * M * 2^left`` below 2^63, per-channel parameter vectors, no spatial bias map) or per
@@ -37,8 +42,11 @@ Example:
 
 from __future__ import annotations
 
+import os
+import threading
 import time
-from functools import partial
+from concurrent.futures import ThreadPoolExecutor
+from functools import cache, partial
 
 import numpy as np
 
@@ -52,6 +60,48 @@ IM2COL_ELEMENTS = 1 << 22
 MICRO_ELEMENTS = 1 << 22
 INT32_EXACT = 2**31
 INT64_SAFE = 2**62
+#: Environment variable: worker threads of the data-parallel micro-batches (default 1: off).
+THREADS_ENV = "FIXEDQ_ENGINE_THREADS"
+
+
+def _threads_from_env() -> int:
+    """``FIXEDQ_ENGINE_THREADS`` as a thread count in [1, 64] (default 1; bad values: 1)."""
+    try:
+        return min(64, max(1, int(os.environ.get(THREADS_ENV, "1"))))
+    except ValueError:
+        return 1
+
+
+#: Worker threads of the data-parallel micro-batches. Off by default: on the shared 2-core
+#: bench machine under load, 2 workers ran MobileNetV2 0.35 @ 96 at 0.6-0.7x the speed of one
+#: (each GIL hand-off between the workers waits for the OS to schedule the other thread).
+THREADS = _threads_from_env()
+#: Smallest batch (elements of its largest intermediate tensor) split over the workers.
+PARALLEL_ELEMENTS = 1 << 16
+#: Micro-batches per worker thread at least (as far as the batch has samples): the workers
+#: take them from one queue, so a worker that the OS deschedules (2 shared cores) delays
+#: only its current micro-batch.
+CHUNKS = 3
+#: Smallest GEMM (multiply-adds) that runs on :data:`int_gemm.THREADS` threads when it runs
+#: alone (outside the workers, e.g. batch 1).
+SOLO_GEMM_MACS = 1 << 24
+
+
+class _Context(threading.local):
+    solo = True  # False inside the data-parallel workers
+
+
+_CTX = _Context()
+
+
+@cache
+def _pool(workers: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fixedq-engine")
+
+
+def _in_worker(fn, *args):
+    _CTX.solo = False
+    return fn(*args)
 
 
 def narrow_dtype(lo, hi) -> np.dtype:
@@ -253,6 +303,8 @@ class _NeuralStep:
             self.gemm = int_gemm.IntGemm(k.reshape(-1, k.shape[-1]))
         out = np.empty((rows, self.nplan.cout), self.rq.dtype)
         geo_args = (kh, kw, s[0], s[1], d[0], d[1], pt, pl, ho, wo)
+        threads = int_gemm.THREADS if _CTX.solo and \
+            rows * kh * kw * c * self.nplan.cout >= SOLO_GEMM_MACS else 1
         if planes == 1:
             if (self.type == "dense" or (kh == kw == 1 and list(s) == [1, 1])) and zp == 0 \
                     and not np.any(shifts) and ho == x4.shape[1] and wo == x4.shape[2]:
@@ -260,12 +312,13 @@ class _NeuralStep:
             else:
                 cols = np.empty((rows, kh * kw * c), np.uint8)
                 nb.im2col_u8(x4, shifts, zp, *geo_args, cols)
-            nb.requant_rows(self.gemm(cols, zp), base, *self.rq.args(), out)
+            nb.requant_rows(self.gemm(cols, zp, threads), base, *self.rq.args(), out)
             return out
         lo = np.empty((rows, kh * kw * c), np.uint8)
         hi = np.empty_like(lo)
         nb.im2col_u8x2(x4, shifts, zp, *geo_args, lo, hi)
-        nb.requant_planes(self.gemm(hi, zp), self.gemm(lo, 0), base, *self.rq.args(), out)
+        nb.requant_planes(self.gemm(hi, zp, threads), self.gemm(lo, 0, threads), base,
+                          *self.rq.args(), out)
         return out
 
     def _gemm_rows(self, nb, x4, geo, groups):
@@ -533,16 +586,37 @@ class FastPlan:
 
     def run(self, x, times: dict | None = None) -> list[np.ndarray]:
         """Integer outputs (int64) of one batch of float (or integer-valued) inputs; with
-        ``times``, each op's wall seconds are added to ``times[op.name]``.
+        ``times``, each op's wall seconds are added to ``times[op.name]`` (then the
+        micro-batches run one after the other on the calling thread).
 
         A batch whose largest intermediate tensor would pass :data:`MICRO_ELEMENTS` runs in
-        micro-batches (measured on the first batch): the working set stays in cache (MobileNetV2
-        1.0 @ 224, 32 images: 1.8-2.9 s in one piece, 0.5-0.6 s in micro-batches of 2-4)."""
+        micro-batches (the per-sample size is measured on the first sample the plan runs): the
+        working set stays in cache (MobileNetV2 1.0 @ 224, 32 images: 1.8-2.9 s in one piece,
+        0.5-0.6 s in micro-batches of 2-4). A batch of at least :data:`PARALLEL_ELEMENTS` is
+        also split into a multiple of :data:`THREADS` micro-batches run by the worker
+        threads."""
         n = x.shape[0]
+        if not self.per_sample and n > 1:  # measure one sample first
+            head = self._run(x[:1], times)
+            return [np.concatenate(p) for p in zip(head, self.run(x[1:], times), strict=True)]
         micro = max(1, MICRO_ELEMENTS // self.per_sample) if self.per_sample else n
-        if n <= micro:
+        workers = THREADS if times is None and _CTX.solo and n > 1 and \
+            n * self.per_sample >= PARALLEL_ELEMENTS else 1
+        count = -(-n // micro)
+        if workers > 1:  # CHUNKS per worker (a descheduled worker's share is taken over)
+            count = max(count, min(n, CHUNKS * workers))
+        if count == 1:
             return self._run(x, times)
-        parts = [self._run(x[i:i + micro], times) for i in range(0, n, micro)]
+        if workers > 1:  # equal sizes
+            cut = [n * i // count for i in range(count + 1)]
+            chunks = [x[a:b] for a, b in zip(cut[:-1], cut[1:], strict=True)]
+        else:
+            chunks = [x[i:i + micro] for i in range(0, n, micro)]
+        if workers > 1:
+            futures = [_pool(workers).submit(_in_worker, self._run, c, None) for c in chunks]
+            parts = [f.result() for f in futures]
+        else:
+            parts = [self._run(c, times) for c in chunks]
         return [np.concatenate(p) for p in zip(*parts, strict=True)]
 
     def _run(self, x, times: dict | None) -> list[np.ndarray]:
