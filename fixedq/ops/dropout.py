@@ -1,4 +1,6 @@
-"""Dropout -> QuantizedDropout -> engine ``identity`` op (a no-op at inference).
+"""Dropout and Identity (also ``Activation("linear")``/``Activation(None)``, which sanitize
+rewrites to ``Identity``) -> QuantizedDropout -> engine ``identity`` op (a no-op at inference:
+the integers pass through, no table, no requantization).
 
 Example:
     >>> from fixedq.ops.registry import by_name
@@ -27,6 +29,8 @@ def _to_engine(layer, node, ins, specs, channels) -> Op:
 
 
 SPEC = register(OpSpec(
-    name="dropout", kind="dropout", output_sign="input", float_layers=(keras.layers.Dropout,),
+    name="dropout", kind="dropout", output_sign="input",
+    float_layers=(keras.layers.Dropout, keras.layers.Identity),
     quantized_layers=(QuantizedDropout,), engine_kinds=("identity",), build=_build,
-    to_engine=_to_engine, channel_homogeneous=True, description="dropout (identity at inference)"))
+    to_engine=_to_engine, channel_homogeneous=True,
+    description="dropout / Identity / linear activation (identity at inference)"))

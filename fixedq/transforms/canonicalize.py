@@ -1,7 +1,9 @@
 """Rewrite 1: replace ``Activation``/``Lambda`` layers by the equivalent standard layer.
 
 - ``Activation("relu")`` → ``ReLU()``; ``Activation("relu6")`` → ``ReLU(max_value=6)``;
-  ``Activation("softmax")`` → ``Softmax()`` (over the last axis).
+  ``Activation("softmax")`` → ``Softmax()`` (over the last axis); ``Activation("linear")`` and
+  ``Activation(None)`` (keras.applications' ``classifier_activation=None``) → ``Identity()``,
+  which passes the integers through unchanged.
 - ``ReLU(negative_slope=a)`` (no threshold, no max_value) → ``LeakyReLU(a)``: the same function,
   quantized as an integer table.
 - ``Lambda`` layers are identified by probing (:mod:`fixedq.transforms.lambda_probe`) and become
@@ -47,12 +49,15 @@ def relu_for_activation(activation, name: str, dtype=None) -> keras.layers.ReLU 
 
 
 def layer_for_activation(activation, name: str, dtype=None) -> keras.layers.Layer | None:
-    """The standard layer equal to the activation ``activation``: ``ReLU`` (relu, relu6) or
-    ``Softmax`` (softmax over the last axis); ``None`` for any other.
+    """The standard layer equal to the activation ``activation``: ``ReLU`` (relu, relu6),
+    ``Softmax`` (softmax over the last axis) or ``Identity`` (linear, ``None``); ``None`` for
+    any other.
 
     Example:
         >>> type(layer_for_activation("softmax", "s")).__name__
         'Softmax'
+        >>> type(layer_for_activation(None, "p")).__name__
+        'Identity'
     """
     relu = relu_for_activation(activation, name, dtype)
     if relu is not None:
@@ -63,6 +68,8 @@ def layer_for_activation(activation, name: str, dtype=None) -> keras.layers.Laye
         return None
     if fn is keras.activations.softmax:
         return keras.layers.Softmax(axis=-1, name=name, dtype=dtype)
+    if fn is keras.activations.linear:
+        return keras.layers.Identity(name=name, dtype=dtype)
     return None
 
 

@@ -52,11 +52,16 @@ def test_application_is_integer_only_and_engine_exact(name):
 def test_mobilenet_v3_small_squeeze_excitation_is_integer_only_and_engine_exact():
     """MobileNetV3Small: hard-sigmoid written with operators (ReLU6(x + 3) * 1/6, read as
     Rescaling/ReLU/Rescaling), squeeze-and-excitation gates (GlobalAveragePooling2D(keepdims)
-    -> Conv -> hard-sigmoid -> Multiply), hard-swish tables, asymmetric ZeroPadding2D. The
-    model is cut at the logits (its final Activation(None) is a float 'linear' layer)."""
-    full = keras.applications.MobileNetV3Small(input_shape=(32, 32, 3), weights=None,
-                                               classifier_activation=None)
-    model = keras.Model(full.input, full.get_layer("predictions").input)
+    -> Conv -> hard-sigmoid -> Multiply), hard-swish tables, asymmetric ZeroPadding2D, and the
+    final Activation(None) ('linear'), an identity that passes the logits' integers through
+    (not a table, not a float layer): the whole model is integer-only."""
+    model = keras.applications.MobileNetV3Small(input_shape=(32, 32, 3), weights=None,
+                                                classifier_activation=None)
     q, names = _integer_only(model)
     assert names.count("QuantizedMultiply") == 9  # the SE gates; hard-swish is a table
+    predictions = q.get_layer("predictions")
+    assert type(predictions).__name__ == "QuantizedDropout"  # the identity op
+    assert predictions.output_spec == predictions.input_specs[0]
+    engine = fe.convert(q)
+    assert [op.kind for op in engine.ops if op.name == "predictions"] == ["identity"]
     _assert_engine_exact(q)

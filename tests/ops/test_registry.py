@@ -44,7 +44,7 @@ NEW_KINDS = {L.Conv1D: "neural", L.AveragePooling2D: "avgpool",
              L.Multiply: "mul", L.ZeroPadding2D: "pad",
              L.ZeroPadding1D: "pad",
              L.GlobalMaxPooling2D: "gmp", L.GlobalMaxPooling1D: "gmp", L.UpSampling2D: "upsample",
-             L.LayerNormalization: "layernorm"}
+             L.LayerNormalization: "layernorm", L.Identity: "dropout"}
 
 
 def test_every_legacy_layer_keeps_its_kind():

@@ -20,6 +20,7 @@ from fixedq.layers import (
     Dequantizer,
     InputQuantizer,
     QuantizedActivation,
+    QuantizedDropout,
     QuantizedReLU,
     QuantizedSoftmax,
 )
@@ -66,6 +67,7 @@ LAYERS = {  # name -> layer factory over a one-feature input
     "prelu_layer": lambda: L.PReLU(alpha_initializer=keras.initializers.Constant(-0.3)),
     "elu_layer": lambda: L.ELU(alpha=0.5),
     "relu6": lambda: L.Activation("relu6"),  # an integer clip, not a table
+    # act_linear: sanitize makes Activation("linear") an Identity (integers pass through)
     "bounded_relu": lambda: L.ReLU(max_value=1.5),
     "relu_negative_slope": lambda: L.ReLU(negative_slope=0.25),  # sanitize: LeakyReLU(0.25)
 }
@@ -88,7 +90,8 @@ def test_every_input_integer(bits):
     want = [np.asarray(t) for t in q(xs)]  # eager: one trace per branch would cost more
     got = engine.predict(xs, batch_size=1 << 17)
     floats = [np.asarray(t, np.float64) for t in model(xs[:-4])]
-    layers = [layer for layer in q.layers if isinstance(layer, QuantizedTable | QuantizedReLU)]
+    kinds = QuantizedTable | QuantizedReLU | QuantizedDropout  # act_linear: the identity
+    layers = [layer for layer in q.layers if isinstance(layer, kinds)]
     assert len(layers) == len(names)
     for name, w, g, f, layer in zip(names, want, got, floats, layers, strict=True):
         assert np.array_equal(w, g), f"{name}: {np.count_nonzero(w != g)} elements differ"

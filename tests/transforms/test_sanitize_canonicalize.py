@@ -110,3 +110,33 @@ def test_identify_lambda_unknown_dims():
     reshape = keras.layers.Lambda(lambda t: ops.reshape(t, (ops.shape(t)[0], -1)))
     assert identify_lambda(reshape, [(None, None, 4)], "r") is None
     assert isinstance(identify_lambda(reshape, [(None, 3, 4)], "r"), keras.layers.Reshape)
+
+
+@pytest.mark.parametrize("activation", ["linear", None])
+def test_linear_activation_becomes_identity_and_passes_integers_through(helpers, activation):
+    """Activation("linear") / Activation(None) (keras.applications' classifier_activation=None)
+    become Identity: quantized as a pass-through (no table, no requantization: the output spec
+    is the input's) and the engine op is ``identity``."""
+    import numpy as np
+
+    import fixedq
+    import fixedq.engine as fe
+
+    x = keras.Input((6,), name="x")
+    h = keras.layers.Dense(5, name="d")(x)
+    model = keras.Model(x, keras.layers.Activation(activation, name="l")(h))
+    new_model, report = sanitize(model)
+    assert isinstance(new_model.get_layer("l"), keras.layers.Identity)
+    assert [c.layers for c in report] == [("l",)]
+    helpers.assert_same_function(model, new_model)
+    rng = np.random.default_rng(0)
+    xs = rng.normal(size=(32, 6)).astype("float32")
+    q = fixedq.quantize(model, fixedq.QuantizationParams(), xs)
+    layer = q.get_layer("l")
+    assert layer.output_spec == layer.input_specs[0] == q.get_layer("d").output_spec
+    engine = fe.convert(q)
+    assert [op.kind for op in engine.ops if op.name == "l"] == ["identity"]
+    probe = np.concatenate([xs, 100 * xs[:4], np.zeros_like(xs[:1])])
+    np.testing.assert_array_equal(engine.predict(probe), q.predict(probe, verbose=0))
+    dense_only = keras.Model(q.input, q.get_layer("d").output).predict(probe, verbose=0)
+    np.testing.assert_array_equal(q.predict(probe, verbose=0), dense_only)  # unchanged values
