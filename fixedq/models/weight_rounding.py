@@ -6,7 +6,8 @@ that read correlated inputs can cancel. For each quantized layer with weights at
 ``weight_bits <= max_bits``, in execution order, this module takes the layer's inputs ``X`` *as
 the quantized model computes them* (the earlier layers already optimized) on ``frames``
 calibration samples, forms the input second-moment matrix ``H = X^T X / n`` (per input
-patch: ``kh·kw·cin`` for Conv2D, ``kh·kw`` per channel for DepthwiseConv2D, ``cin`` for Dense;
+patch: ``kh·kw·cin`` for Conv2D, ``k·cin`` for Conv1D, ``kh·kw`` per channel for
+DepthwiseConv2D, ``cin`` for Dense: the op's ``weight_rows`` layout in the registry;
 with ``center=True`` the covariance, i.e. the error left after bias correction removes the mean
 shift) and, per output channel with scale ``s``, minimizes the quadratic
 
@@ -48,18 +49,27 @@ import keras
 import numpy as np
 from keras import ops
 
-from fixedq.layers.neural import (
-    QuantizedConv2D,
-    QuantizedDense,
-    QuantizedDepthwiseConv2D,
-    QuantizedNeuralLayer,
-)
+from fixedq.layers.neural import QuantizedNeuralLayer
 from fixedq.layers.params import dataclass_from_dict
 from fixedq.models import layerwise
+from fixedq.ops import registry
 from fixedq.progress import Progress
 
 METHODS = ("gptq", "local")
-_SUPPORTED = (QuantizedConv2D, QuantizedDepthwiseConv2D, QuantizedDense)
+
+
+def rows_layout(layer) -> str | None:
+    """How weight rounding reads ``layer`` (its op's :attr:`~fixedq.ops.OpSpec.weight_rows`:
+    ``"dense"``, ``"conv2d"``, ``"conv1d"`` or ``"depthwise"``); ``None``: the layer is left
+    at nearest rounding (no op, or an op without a rows layout, e.g. transposed convs).
+
+    Example:
+        >>> from fixedq.layers.neural import QuantizedDense
+        >>> rows_layout(QuantizedDense(4)), rows_layout(keras.layers.Dense(4))
+        ('dense', None)
+    """
+    spec = registry.for_layer(layer)
+    return None if spec is None else spec.weight_rows
 
 
 @dataclass(frozen=True)
@@ -160,11 +170,21 @@ def _same_pads(size: int, k: int, stride: int, dilation: int) -> tuple[int, int]
     return total // 2, total - total // 2
 
 
+def _geometry(layer: QuantizedNeuralLayer):
+    """``((kh, kw), (sh, sw), (dh, dw))`` of a conv layer; a 1-D conv is a ``(1, k)`` conv
+    over a ``(1, steps)`` image."""
+    if rows_layout(layer) == "conv1d":
+        return ((1, layer.kernel_size[0]), (1, layer.strides[0]),
+                (1, layer.dilation_rate[0]))
+    return tuple(layer.kernel_size), tuple(layer.strides), tuple(layer.dilation_rate)
+
+
 def _grid(layer: QuantizedNeuralLayer, x: np.ndarray):
-    """``(x padded as the conv reads it (float64), out height, out width)``."""
+    """``(x padded as the conv reads it (float64, NHWC), out height, out width)``."""
     x = np.asarray(x, np.float64)
-    kh, kw = layer.kernel_size
-    (sh, sw), (dh, dw) = layer.strides, layer.dilation_rate
+    if rows_layout(layer) == "conv1d":
+        x = x[:, None]
+    (kh, kw), (sh, sw), (dh, dw) = _geometry(layer)
     if layer.padding == "same":
         ph, pw = _same_pads(x.shape[1], kh, sh, dh), _same_pads(x.shape[2], kw, sw, dw)
         if any(ph + pw):
@@ -183,8 +203,7 @@ def patches(layer: QuantizedNeuralLayer, x: np.ndarray, sel: np.ndarray | None =
         >>> patches(conv_layer, x).shape  # doctest: +SKIP
         (N * H_out * W_out, 3, 3, C)
     """
-    kh, kw = layer.kernel_size
-    (sh, sw), (dh, dw) = layer.strides, layer.dilation_rate
+    (kh, kw), (sh, sw), (dh, dw) = _geometry(layer)
     x, oh, ow = _grid(layer, x)
     if sel is not None:
         n, rest = np.divmod(np.flatnonzero(sel), oh * ow)
@@ -208,10 +227,11 @@ def _rows_of(layer: QuantizedNeuralLayer, x: np.ndarray, sel: np.ndarray | None 
              ) -> np.ndarray:
     """``(groups, n, d)`` input rows of ``layer`` for inputs ``x`` (one group unless
     depthwise); with a boolean ``sel`` over the rows, only the selected ones."""
-    if isinstance(layer, QuantizedDense):
+    layout = rows_layout(layer)
+    if layout == "dense":
         rows = np.asarray(x, np.float64).reshape(1, -1, x.shape[-1])
         return rows if sel is None else rows[:, sel]
-    if isinstance(layer, QuantizedDepthwiseConv2D):
+    if layout == "depthwise":
         return _depthwise_rows(layer, x, sel)
     p = patches(layer, x, sel)
     return p.reshape(1, p.shape[0], -1)
@@ -224,8 +244,7 @@ def _depthwise_rows(layer: QuantizedNeuralLayer, x: np.ndarray, sel: np.ndarray 
     A view of a channel-major array whose rows are contiguous along ``n``, so each channel's
     ``X^T X`` is one BLAS call (a strided view of the patches took numpy's non-BLAS loop:
     34 s for 25 frames of 112x112x96; this takes 3 s)."""
-    kh, kw = layer.kernel_size
-    (sh, sw), (dh, dw) = layer.strides, layer.dilation_rate
+    (kh, kw), (sh, sw), (dh, dw) = _geometry(layer)
     x, oh, ow = _grid(layer, x)
     height, width = x.shape[1], x.shape[2]
     xt = np.ascontiguousarray(x.transpose(3, 0, 1, 2)).reshape(x.shape[3], -1)  # (C, N·H·W)
@@ -242,9 +261,9 @@ def _depthwise_rows(layer: QuantizedNeuralLayer, x: np.ndarray, sel: np.ndarray 
 
 def _rows_per_sample(layer: QuantizedNeuralLayer, x: np.ndarray) -> int:
     """Rows one sample like ``x[0]`` gives (without building them)."""
-    if isinstance(layer, QuantizedDense):
+    if rows_layout(layer) == "dense":
         return math.prod(x.shape[1:-1])
-    _, oh, ow = _grid(layer, x[:1, :, :, :1])
+    _, oh, ow = _grid(layer, x[:1, ..., :1])
     return oh * ow
 
 
@@ -483,14 +502,14 @@ def optimize_rows(w: np.ndarray, h: np.ndarray, qmax: int, options: WeightRoundi
 
 def _rows(layer, kernel: np.ndarray) -> np.ndarray:
     """Kernel -> ``(groups, m, d)`` rows that share one moment matrix per group."""
-    if isinstance(layer, QuantizedDepthwiseConv2D):  # (kh, kw, C, mult) -> (C, mult, kh*kw)
+    if rows_layout(layer) == "depthwise":  # (kh, kw, C, mult) -> (C, mult, kh*kw)
         kh, kw, c, mult = kernel.shape
         return kernel.reshape(kh * kw, c, mult).transpose(1, 2, 0)
     return kernel.reshape(-1, kernel.shape[-1]).T[None]  # (1, out, d)
 
 
 def _unrows(layer, rows: np.ndarray, shape) -> np.ndarray:
-    if isinstance(layer, QuantizedDepthwiseConv2D):
+    if rows_layout(layer) == "depthwise":
         kh, kw, c, mult = shape
         return rows.transpose(2, 0, 1).reshape(shape)
     return rows[0].T.reshape(shape)
@@ -782,7 +801,7 @@ def optimize_rounding(qmodel: keras.Model, frames: np.ndarray, options: WeightRo
     Returns ``{layer: {"before": E_nearest, "after": E_opt, "changed": n}}`` with the output
     energies on the frames; each optimized layer's q-config gets ``weight_rounding``.
     """
-    layers = [ly for ly in qmodel.layers if isinstance(ly, _SUPPORTED)
+    layers = [ly for ly in qmodel.layers if rows_layout(ly) is not None
               and ly.weight_bits <= options.max_bits]
     done = [ly.name for ly in layers if ly.qconfig.get("weight_rounding") is not None]
     if done:

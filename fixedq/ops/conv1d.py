@@ -30,4 +30,4 @@ SPEC = neural_op(
     "conv1d", keras.layers.Conv1D, QuantizedConv1D, "conv2d",
     lambda node, common: QuantizedConv1D(node.config["filters"], **conv_args(node), **common),
     "1-D convolution (a conv2d over a (1, W) image) + bias + requantize (+ fused ReLU); "
-    "not 'causal'", example=_example)
+    "not 'causal'", example=_example, weight_rows="conv1d")

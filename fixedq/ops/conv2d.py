@@ -16,4 +16,5 @@ from fixedq.ops.neural import conv_args, neural_op
 SPEC = neural_op(
     "conv2d", keras.layers.Conv2D, QuantizedConv2D, "conv2d",
     lambda node, common: QuantizedConv2D(node.config["filters"], **conv_args(node), **common),
-    "2-D convolution + bias + requantize (+ fused ReLU / max-pool)", in_channel_axis=2)
+    "2-D convolution + bias + requantize (+ fused ReLU / max-pool)", in_channel_axis=2,
+    weight_rows="conv2d")

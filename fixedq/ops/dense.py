@@ -16,4 +16,5 @@ from fixedq.ops.neural import neural_op
 SPEC = neural_op(
     "dense", keras.layers.Dense, QuantizedDense, "dense",
     lambda node, common: QuantizedDense(node.config["units"], **common),
-    "fully connected + bias + requantize (+ fused ReLU)", in_channel_axis=0)
+    "fully connected + bias + requantize (+ fused ReLU)", in_channel_axis=0,
+    weight_rows="dense")

@@ -18,4 +18,4 @@ SPEC = neural_op(
     lambda node, common: QuantizedDepthwiseConv2D(
         depth_multiplier=node.config["depth_multiplier"], **conv_args(node), **common),
     "depthwise 2-D convolution + bias + requantize (SeparableConv2D is split into it)",
-    in_channel_axis=2)
+    in_channel_axis=2, weight_rows="depthwise")

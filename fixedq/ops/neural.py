@@ -153,12 +153,12 @@ _POOLED_TYPES = ("conv2d", "depthwise", "transpose")
 
 
 def neural_op(name: str, float_layer: type, quantized_layer: type, neural_type: str | None,
-              make, description: str, example=None, in_channel_axis: int | None = None
-              ) -> OpSpec:
+              make, description: str, example=None, in_channel_axis: int | None = None,
+              weight_rows: str | None = None) -> OpSpec:
     """Register a neural op; ``neural_type`` ``None`` means it has no engine op yet;
     ``example`` is :attr:`OpSpec.example`; ``in_channel_axis`` is
     :attr:`OpSpec.in_channel_axis` (the kernel axis of the input channels, when range
-    alignment may scale them)."""
+    alignment may scale them); ``weight_rows`` is :attr:`OpSpec.weight_rows`."""
     if neural_type is not None:
         _TYPES[quantized_layer] = neural_type
     return register(OpSpec(
@@ -170,4 +170,5 @@ def neural_op(name: str, float_layer: type, quantized_layer: type, neural_type: 
         set_weights=set_weights, to_engine=to_engine if neural_type is not None else None,
         absorbs=("max_pooling2d",) if neural_type in _POOLED_TYPES else (),
         fold_input_offset=fold_input_offset if neural_type is not None else None,
-        in_channel_axis=in_channel_axis, description=description, example=example))
+        in_channel_axis=in_channel_axis, weight_rows=weight_rows, description=description,
+        example=example))

@@ -26,6 +26,12 @@ RELU = ("relu",)
 MAXPOOL_RELU = ("maxpool", "relu")
 #: The rules of :attr:`OpSpec.output_sign`.
 OUTPUT_SIGNS = ("signed", "unsigned", "input", "any_input", "fused_relu")
+#: How weight rounding (:mod:`fixedq.models.weight_rounding`) reads a weighted op's inputs and
+#: kernel as rows of one least-squares problem per group: ``"dense"`` (inputs' last axis, kernel
+#: ``(in, out)``), ``"conv2d"`` (input patches, kernel ``(kh, kw, in, out)``), ``"conv1d"`` (the
+#: same over a ``(1, steps)`` image, kernel ``(k, in, out)``), ``"depthwise"`` (one group per
+#: channel, kernel ``(kh, kw, channels, multiplier)``).
+WEIGHT_ROWS = ("dense", "conv2d", "conv1d", "depthwise")
 
 
 @dataclass(frozen=True)
@@ -74,6 +80,8 @@ class OpSpec:
             default), ``"unsigned"`` (ReLU), ``"input"`` (that of its first input: pooling,
             Dropout, reshapes), ``"any_input"`` (signed if any input is: Add),
             ``"fused_relu"`` (unsigned exactly when a ReLU is fused into it: neural ops).
+        weight_rows: for a weighted op, how weight rounding reads its inputs and kernel (one of
+            :data:`WEIGHT_ROWS`); ``None``: weight rounding leaves the op at nearest rounding.
         description: one line for the docs' table.
         example: optional ``example(rng) -> (float keras.Model, samples)``: a tiny float model
             that exercises this op and calibration samples for it. The shared layer harness
@@ -102,6 +110,7 @@ class OpSpec:
     channel_homogeneous: bool = False
     size_dependent: bool = False
     output_sign: str = "signed"
+    weight_rows: str | None = None
     description: str = ""
     example: Callable | None = None
 
@@ -109,6 +118,10 @@ class OpSpec:
         if self.output_sign not in OUTPUT_SIGNS:
             raise ValueError(f"op {self.name!r}: output_sign {self.output_sign!r} is not one of "
                              f"{OUTPUT_SIGNS}")
+        if self.weight_rows is not None and (self.weight_rows not in WEIGHT_ROWS
+                                             or not self.weighted):
+            raise ValueError(f"op {self.name!r}: weight_rows {self.weight_rows!r} needs a "
+                             f"weighted op and one of {WEIGHT_ROWS}")
 
     def signed_output(self, node, inputs_signed: list[bool], relu_fused: bool) -> bool:
         """Whether this op's quantized output is signed (:attr:`output_sign`'s rule)."""

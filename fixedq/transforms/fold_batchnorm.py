@@ -11,6 +11,7 @@ layer                         kernel shape                 output channel
 ============================  ===========================  =================================
 Dense                         (in, out)                    axis -1
 Conv2D                        (kh, kw, in/groups, out)     axis -1
+Conv1D                        (k, in/groups, out)          axis -1
 Conv2DTranspose               (kh, kw, out, in)            axis 2
 DepthwiseConv2D               (kh, kw, in, mult)           ``in_index * mult + m`` (axes 2, 3)
 SeparableConv2D               pointwise (1, 1, in*m, out)  axis -1 of the pointwise kernel
@@ -46,6 +47,7 @@ NAME = "fold_batchnorm"
 _KERNEL = {
     "Dense": ("kernel",),
     "Conv2D": ("kernel",),
+    "Conv1D": ("kernel",),
     "Conv2DTranspose": ("kernel",),
     "DepthwiseConv2D": ("kernel", "depthwise_kernel"),
     "SeparableConv2D": ("pointwise_kernel",),

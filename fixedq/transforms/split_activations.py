@@ -31,21 +31,20 @@ NAME = "split_activations"
 
 
 def weighted_layer_classes() -> tuple[type, ...]:
-    """Layer classes whose fused activation is split (and into which BN can be folded)."""
-    classes: list[type] = [
-        keras.layers.Conv2D,
-        keras.layers.Dense,
-        keras.layers.DepthwiseConv2D,
-        keras.layers.SeparableConv2D,
-        keras.layers.Conv2DTranspose,
-    ]
-    try:
-        from fixedq.layers import DepthwiseConv2DTranspose
-    except ImportError:  # pragma: no cover - layer not available in this build
-        pass
-    else:
-        classes.append(DepthwiseConv2DTranspose)
-    return tuple(classes)
+    """Layer classes whose fused activation is split (and into which BN can be folded): the
+    float layers of every weighted op of the registry, plus ``SeparableConv2D`` (``quantize``
+    splits it into two weighted ops).
+
+    Example:
+        >>> import keras
+        >>> keras.layers.Conv1D in weighted_layer_classes()
+        True
+    """
+    from fixedq.ops import all_ops  # the registry imports layers; keep transforms light
+
+    classes = [cls for spec in all_ops() if spec.weighted for cls in spec.float_layers]
+    classes.append(keras.layers.SeparableConv2D)
+    return tuple(dict.fromkeys(classes))
 
 
 def is_linear_activation(activation) -> bool:

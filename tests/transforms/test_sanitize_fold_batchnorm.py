@@ -65,6 +65,23 @@ def test_depthwise_channel_order_is_checked_against_keras(helpers):
     helpers.assert_same_function(model, new_model)
 
 
+def test_conv1d_activation_is_split_and_batchnorm_folded(helpers):
+    # a keyword-spotting style block: Conv1D(activation="relu") -> BN is Conv1D -> ReLU -> BN;
+    # after the split the BN still reads the ReLU, so only a BN right after a linear Conv1D folds
+    x = keras.Input((12, 4))
+    y = keras.layers.Conv1D(6, 3, padding="same", activation="relu", name="c1")(x)
+    y = keras.layers.Conv1D(5, 3, strides=2, name="c2")(y)
+    y = keras.layers.BatchNormalization(epsilon=1e-2, name="bn")(y)
+    model = keras.Model(x, y)
+    helpers.randomize_batchnorm(model)
+    helpers.randomize_biases(model)
+    new_model, report = sanitize(model)
+    assert [c.layers for c in report] == [("c1", "c1_relu"), ("c2", "bn")]
+    assert [(type(ly).__name__, ly.name) for ly in new_model.layers[1:]] == [
+        ("Conv1D", "c1"), ("ReLU", "c1_relu"), ("Conv1D", "c2")]
+    helpers.assert_same_function(model, new_model)
+
+
 def test_not_folded_when_bn_has_other_inputs_or_layer_other_readers(helpers):
     x = keras.Input((6, 6, 3))
     c = keras.layers.Conv2D(4, 3, name="c")(x)
