@@ -144,3 +144,9 @@ if not np.array_equal(i_out, t_out):
     raise SystemExit("the imported program does not reproduce the TFLite interpreter")
 print(f"TFLite int8 accuracy:        {100 * np.mean(i_out.argmax(axis=1) == y_test):.2f}%")
 print(format_stats(imported.event_stats(q_test, batch_size=100)))
+# The check report of its integers (CLI: fixedq check -m imported.fqe -sa q.npy --target ...):
+# accumulator headroom per op, saturation on the samples, and what would not map to akida-2.0.
+imported_report = fe.check_program(imported, q_test[:500], target="akida-2.0")
+print(imported_report.format_table())
+if not any(p.kind == "target" for p in imported_report.problems):
+    raise SystemExit("an int8 TFLite program should not fit akida-2.0 as it is (rounding)")

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 from fixedq.engine.fileformat import FORMAT, VERSION, load, save
 from fixedq.engine.model import Model, dequantize
+from fixedq.engine.program_check import check_program
 from fixedq.engine.targets import TARGETS, Target, check_target
 
-__all__ = ["FORMAT", "Model", "TARGETS", "Target", "VERSION", "check_target", "convert",
-           "dequantize", "load", "save"]
+__all__ = ["FORMAT", "Model", "TARGETS", "Target", "VERSION", "check_program", "check_target",
+           "convert", "dequantize", "load", "save"]
 
 
 def convert(qmodel, target=None, fuse: bool = True) -> Model:
