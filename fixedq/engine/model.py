@@ -114,9 +114,9 @@ class Model:
             plan = self._plans[op.name] = NeuralPlan(op)
         return plan
 
-    def fast_plan(self):
-        """The compiled dense path's :class:`fixedq.engine.fast.plan.FastPlan` (built once per
-        op list), or ``None`` when the compiled kernels are unavailable or disabled
+    def fast_plan(self, mode: str = "dense"):
+        """The compiled path's :class:`fixedq.engine.fast.plan.FastPlan` for ``mode`` (built
+        once per op list), or ``None`` when the compiled kernels are unavailable or disabled
         (numba missing, ``FIXEDQ_ENGINE_COMPILED=0``), or when an op needs the reference
         kernels: a rounding rule other than half up (eq. 5b) or rescaled add inputs (imported
         programs, :mod:`fixedq.interop`)."""
@@ -124,19 +124,20 @@ class Model:
 
         if not jit.enabled() or any(_reference_only(op) for op in self.ops):
             return None
-        key = tuple(id(op) for op in self.ops)
-        if getattr(self, "_fast", None) is None or self._fast[0] != key:
+        key = (tuple(id(op) for op in self.ops), mode)
+        cache = self.__dict__.setdefault("_fast", {})
+        if cache.get(mode, (None,))[0] != key:
             from fixedq.engine.fast.plan import FastPlan
 
-            self._fast = (key, FastPlan(self))
-        return self._fast[1]
+            cache[mode] = (key, FastPlan(self, mode))
+        return cache[mode][1]
 
     def run_batch(self, x, mode: str = "dense", stats: dict | None = None) -> list[np.ndarray]:
         """Integer outputs of one batch (no batching, no dequantization)."""
         return self._run_batch(x, mode, stats, checked=False)
 
     def _run_batch(self, x, mode, stats, checked, times=None) -> list[np.ndarray]:
-        fast = self.fast_plan() if mode == "dense" and stats is None else None
+        fast = self.fast_plan(mode) if stats is None else None
         if fast is not None:
             if not checked:
                 reject_nan(x)

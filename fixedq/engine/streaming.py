@@ -82,7 +82,7 @@ class StreamingModel(Model):
         """The shape of one frame batch, ``(None, H, W, C)``."""
         return self.input_shape
 
-    def fast_plan(self):
+    def fast_plan(self, mode: str = "dense"):
         """Stateful ops run on the reference kernels (no compiled whole-model plan)."""
         return None
 

@@ -560,17 +560,24 @@ ELEMENTWISE = ("shift", "clip", "affine", "add", "gap", "input")
 
 
 class FastPlan:
-    """Steps of every op of ``model`` (built once; see the module docstring)."""
+    """Steps of every op of ``model`` (built once; see the module docstring); ``mode="event"``
+    runs conv2d/dense steps on events when it pays (:mod:`fixedq.engine.fast.events`)."""
 
-    def __init__(self, model):
-        self.model = model
+    def __init__(self, model, mode: str = "dense"):
+        self.model, self.mode = model, mode
         self.steps = [self._step(op) for op in model.ops]
         #: largest intermediate tensor per sample (elements), measured as batches run
         self.per_sample = 0
 
     def _step(self, op: Op):
         if op.kind == "neural":
-            return _NeuralStep(op, self.model._plan(op))
+            step = _NeuralStep(op, self.model._plan(op))
+            if self.mode == "event":  # conv2d / dense on events (fast/events.py)
+                from fixedq.engine.fast.events import EventStep
+
+                event = EventStep(step)
+                return event if event.ok else step
+            return step
         if op.kind in ELEMENTWISE:
             return _Elementwise(op)
         if op.kind == "maxpool":

@@ -1,0 +1,249 @@
+"""The compiled event path: conv2d / dense steps that visit only the non-zero inputs.
+
+In ``mode="event"`` the compiled plan (:class:`fixedq.engine.fast.plan.FastPlan`) wraps each
+conv2d and dense step of the dense plan in an :class:`EventStep`. Per batch it counts the
+events (non-zero input integers) and, when a cost model (:data:`COST_NS`) expects the scatter
+to beat the dense GEMM, runs :mod:`.event_kernels`: every event adds ``v * w`` into the
+integer accumulators of the outputs it reaches, and the reached outputs are requantized with
+the dense path's fused epilogue; the others get ``requant(0)``. Otherwise (and whenever the
+dense step would not run its compiled kernel) the dense step runs. Either way the integers
+are the dense path's, bit for bit:
+
+- the weights are ``w * 2^a_c`` (the input channel's alignment folded in, exact) in int32
+  when ``max_o sum |w * 2^a_c| * max|x_c|`` is below 2^31 (the dtype's range first, else the
+  batch's own), int64 below 2^62, else the dense step runs; every partial sum is bounded by
+  that sum, so no order of additions overflows;
+- the epilogue is the dense step's (same constants, int64 scalar steps), whose no-wrap
+  precondition was proven when the plan was built.
+
+Fused max-pooling runs after the requantization, as in the dense step. The compiled kernels
+release the GIL; batches of several samples are split over :data:`THREADS` threads.
+
+Example:
+    >>> import numpy as np
+    >>> from fixedq.engine.ops import Op
+    >>> from fixedq.engine.model import Model
+    >>> ops = [Op("in", "input", [], {}, {"frac": np.array([0]), "lo": np.array([0]),
+    ...                                   "hi": np.array([255])}),
+    ...        Op("fc", "neural", ["in"], {"type": "dense", "accum_dtype": "float32",
+    ...            "acc_lo": -2**31, "acc_hi": 2**31 - 1},
+    ...           {"kernel": np.array([[1, 2], [3, 4]]), "bias": np.array([1, 1]),
+    ...            "multiplier": np.array([1, 1]), "shift": np.array([0, 0]),
+    ...            "out_lo": np.array([-128, -128]), "out_hi": np.array([127, 127])})]
+    >>> m = Model(ops, [{"tensor": "fc", "frac": [0, 0], "name": "fc"}], (None, 2))
+    >>> m.predict(np.array([[0.0, 5.0], [0.0, 0.0]]), mode="event", output="int").tolist()
+    [[16, 21], [1, 1]]
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from types import SimpleNamespace
+
+import numpy as np
+
+from fixedq.engine import kernels as ref
+from fixedq.engine.fast import event_kernels, jit
+from fixedq.engine.fast import kernels as fast_kernels
+
+INT32_EXACT = 2**31
+INT64_SAFE = 2**62
+
+#: Rough costs (ns per output value or per synapse, one core, measured with
+#: bench/engine_bench.py's event rows on this machine): the dense conv's work per output
+#: value and per multiply-add (im2col + int8 GEMM + epilogue), the event kernel's per output
+#: value (the ``requant(0)`` fill) and per event synapse (one ``acc += v * w`` row element).
+COST_NS = {"dense_value": 1.5, "dense_mac": 0.03, "event_value": 0.4, "event_mac": 0.25}
+
+#: Threads a batch of several samples is split over (the kernels release the GIL).
+THREADS = min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+              else os.cpu_count() or 1)
+#: Event synapses below which a batch is not split over threads.
+MIN_SPLIT = 200_000
+
+
+@lru_cache(maxsize=1)
+def _compiled():
+    try:
+        import numba
+    except ImportError:  # pragma: no cover - depends on the environment
+        return None
+    names = ("conv_events", "dense_events", "count_nonzero")
+
+    def build(cache):
+        return SimpleNamespace(**{n: numba.njit(cache=cache, nogil=True, error_model="numpy")(
+            getattr(event_kernels, n)) for n in names})
+
+    try:
+        return build(True)
+    except RuntimeError:  # pragma: no cover - no writable cache location
+        return build(False)
+
+
+def backend():
+    """The compiled event kernels, or ``None`` (numba missing, or the compiled kernels
+    disabled by ``FIXEDQ_ENGINE_COMPILED=0``)."""
+    return _compiled() if jit.requested() else None
+
+
+_POOLS: dict = {}
+
+
+def _pool():
+    """This process's worker threads (a forked child makes its own)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    key = (os.getpid(), THREADS)
+    if key not in _POOLS:
+        _POOLS.clear()
+        _POOLS[key] = ThreadPoolExecutor(max_workers=max(1, THREADS - 1),
+                                         thread_name_prefix="fixedq-event-steps")
+    return _POOLS[key]
+
+
+def _parts(n: int, synapses: float) -> list[tuple[int, int]]:
+    k = THREADS if n >= 2 and synapses >= MIN_SPLIT else 1
+    cuts = np.linspace(0, n, k + 1).astype(np.int64)
+    return [(int(cuts[i]), int(cuts[i + 1])) for i in range(k) if cuts[i + 1] > cuts[i]]
+
+
+def _run_parts(fn, parts):
+    futures = [_pool().submit(fn, a, b) for a, b in parts[1:]]
+    fn(*parts[0])
+    for f in futures:
+        f.result()
+
+
+class EventStep:
+    """A conv2d/dense step of the dense plan (``dense``: its ``_NeuralStep``) run on events
+    when the cost model prefers it; see the module docstring."""
+
+    def __init__(self, dense):
+        self.dense = dense
+        self.op = dense.op
+        self.ok = bool(dense.fast) and dense.type in ("conv2d", "dense")
+        if not self.ok:
+            return
+        p = dense.nplan
+        k = p.kernel  # (kh, kw, cin, cout) or (cin, cout)
+        self.cout = int(k.shape[-1])
+        if float(np.abs(k).max(initial=0)) * 2.0 ** int(p.align.max(initial=0)) >= INT64_SAFE:
+            self.ok = False  # aligned weights past int64: the dense step's exact fallback
+            return
+        shape = (1,) * (k.ndim - 2) + (-1, 1)
+        self.k64 = np.ascontiguousarray(k * np.left_shift(np.int64(1), p.align).reshape(shape))
+        # per input channel, per output: sum over taps of |w * 2^a| -> (cin, cout), in float64
+        # (bounds are compared with 2^31 and 2^62; a product by max |x| cannot wrap)
+        self.abs_w = np.abs(self.k64).reshape(-1, k.shape[-2], self.cout).sum(
+            axis=0).astype(np.float64)
+        self.k32 = np.ascontiguousarray(self.k64.astype(np.int32)) \
+            if np.abs(self.k64).max(initial=0) < INT32_EXACT else None
+        rq = dense.rq
+        self.rq_args = rq.args()
+        self.out_dtype = rq.dtype
+        const = np.empty((1, self.cout), rq.dtype)
+        fast_kernels.requant_rows(np.zeros((1, self.cout), np.int64), 0, *rq.args(), const)
+        self.const = const[0].astype(np.int64)
+        self.taps = int(np.prod(k.shape[:2])) if dense.type == "conv2d" else 1
+        self._bounds: dict[str, float] = {}
+        self._reach: dict[tuple, tuple] = {}
+        #: the kernel of the last call: "events" or "dense"
+        self.last = None
+
+    # ------------------------------------------------------------------ choice
+    def _weights(self, x, nb):
+        """Aligned weights in an exact accumulator dtype for ``x``, or ``None``."""
+        key = x.dtype.str
+        bound = self._bounds.get(key)
+        if bound is None:
+            info = np.iinfo(x.dtype)
+            top = max(-int(info.min), int(info.max))
+            bound = self._bounds[key] = float(self.abs_w.sum(axis=0).max(initial=0)) * top
+        if bound >= INT32_EXACT:  # the batch's own per-channel maxima
+            m = np.abs(x.reshape(-1, x.shape[-1]).astype(np.int64)).max(axis=0)
+            bound = float((self.abs_w * m[:, None]).sum(axis=0).max(initial=0))
+        if bound < INT32_EXACT and self.k32 is not None:
+            return self.k32
+        return self.k64 if bound < INT64_SAFE else None
+
+    def _worth(self, x, nnz: int, out_values: int) -> bool:
+        c = COST_NS
+        cin = x.shape[-1]
+        per_event = self.cout * self.taps / (self._stride_area() if self.dense.type ==
+                                             "conv2d" else 1)
+        dense = out_values * (c["dense_value"] + self.taps * cin * c["dense_mac"])
+        event = out_values * c["event_value"] + nnz * per_event * c["event_mac"]
+        return event < dense
+
+    def _stride_area(self) -> int:
+        s = self.op.attrs["strides"]
+        return max(1, int(s[0]) * int(s[1]))
+
+    # ------------------------------------------------------------------ execution
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        nb = backend() if self.ok else None
+        if nb is None or x.dtype.kind not in "iu" or x.size == 0:
+            self.last = "dense"
+            return self.dense(x)
+        xc = np.ascontiguousarray(x)
+        nnz = int(nb.count_nonzero(xc.reshape(-1)))
+        if self.dense.type == "dense":
+            rows = xc.size // xc.shape[-1]
+            out_values = rows * self.cout
+        else:
+            geo = self.dense._geometry(xc)
+            out_values = xc.shape[0] * geo[4] * geo[5] * self.cout
+        w = self._weights(xc, nb) if self._worth(xc, nnz, out_values) else None
+        if w is None:
+            self.last = "dense"
+            return self.dense(x)
+        self.last = "events"
+        synapses = float(nnz) * self.cout * self.taps
+        if self.dense.type == "dense":
+            return self._dense_events(nb, xc, w, synapses)
+        return self._conv_events(nb, xc, w, geo, synapses)
+
+    def _dense_events(self, nb, x, w, synapses):
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, x.shape[-1])
+        out = np.empty((x2.shape[0], self.cout), self.out_dtype)
+
+        def part(a, b):
+            acc = np.zeros(self.cout, w.dtype)
+            nb.dense_events(x2[a:b], w, acc, self.const, *self.rq_args, out[a:b])
+
+        _run_parts(part, _parts(x2.shape[0], synapses))
+        return out.reshape(*lead, self.cout)
+
+    def _conv_events(self, nb, x, w, geo, synapses):
+        kh, kw, s, d, ho, wo, pt, pl = geo
+        n = x.shape[0]
+        pool, ho2, wo2 = np.zeros(8, np.int64), ho, wo
+        if self.dense.pool:  # fused max pool (after the requantization, as the dense step)
+            pa = self.dense.pool
+            size, st = tuple(pa["pool_size"]), tuple(pa["strides"])
+            ho2, ppt, _ = ref.conv_geometry(ho, size[0], st[0], pa["padding"])
+            wo2, ppl, _ = ref.conv_geometry(wo, size[1], st[1], pa["padding"])
+            pool = np.array([size[0], size[1], st[0], st[1], ppt, ppl, ho2, wo2], np.int64)
+        out = np.empty((n, ho2 * wo2, self.cout), self.out_dtype)
+
+        key = x.shape[1:3]
+        tables = self._reach.get(key)
+        if tables is None:
+            if len(self._reach) >= 4:  # many image sizes: memory stays bounded
+                self._reach.clear()
+            tables = self._reach[key] = (
+                event_kernels.reach(x.shape[1], kh, s[0], d[0], pt, ho),
+                event_kernels.reach(x.shape[2], kw, s[1], d[1], pl, wo))
+
+        def part(a, b):
+            acc = np.zeros((ho * wo, self.cout), w.dtype)
+            mark = np.zeros(ho * wo, np.bool_)
+            touched = np.empty(ho * wo, np.int64)
+            val = np.empty((ho * wo if pool[0] else 1, self.cout), self.out_dtype)
+            nb.conv_events(x[a:b], w, *tables, ho, wo, self.const, *self.rq_args, out[a:b],
+                           acc, mark, touched, pool, val)
+
+        _run_parts(part, _parts(n, synapses))
+        return out.reshape(n, ho2, wo2, self.cout)

@@ -1,0 +1,168 @@
+"""The compiled event path (fixedq/engine/fast/events.py) equals the NumPy reference path on
+every element: random conv/dense programs on sparse inputs at worst-case magnitudes, all-zero
+frames, single events, fully dense frames, int32 / int64 accumulators and the fallback past
+2^62, split over threads; the quantized Keras model on a sparse CNN."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_fast_path import GEOMS, POOLS, RANGES, Builder
+
+from fixedq.engine.fast import events, jit
+
+pytestmark = pytest.mark.skipif(events.backend() is None, reason="numba not installed")
+
+
+@pytest.fixture
+def always_events(monkeypatch):
+    """The cost model always picks the event kernel (so that it runs on every input)."""
+    monkeypatch.setitem(events.COST_NS, "dense_value", 1e9)
+
+
+def _reference(model, x, monkeypatch):
+    monkeypatch.setenv(jit.ENV, "0")
+    want = model.run_batch(x)
+    monkeypatch.setenv(jit.ENV, "1")
+    return want
+
+
+def _event_steps(model):
+    return [s for s in model.fast_plan("event").steps if isinstance(s, events.EventStep)]
+
+
+def _check(model, x, monkeypatch, ran="events"):
+    want = _reference(model, x, monkeypatch)
+    got = model.run_batch(x, mode="event")
+    for w, g in zip(want, got, strict=True):
+        assert g.dtype == np.int64
+        np.testing.assert_array_equal(g, w)
+    if ran is not None:
+        assert {s.last for s in _event_steps(model)} == {ran}
+
+
+def _sparse(rng, shape, lo, hi, zero_frac):
+    x = rng.integers(lo, hi + 1, shape).astype(np.float32)
+    x[rng.random(shape) < zero_frac] = 0.0
+    return x
+
+
+def _cnn(seed, c_in=None):
+    rng = np.random.default_rng(seed)
+    c = c_in or int(rng.integers(1, 6))
+    h, w = int(rng.integers(5, 12)), int(rng.integers(4, 11))
+    b = Builder(rng, c, RANGES[seed % len(RANGES)])
+    strides, padding, dil = GEOMS[seed % len(GEOMS)]
+    t = b.neural("in", "conv2d", cout=int(rng.integers(1, 9)), k=int(rng.integers(1, 4)),
+                 strides=strides, padding=padding, dilation=dil, pool=POOLS[seed % 3],
+                 acc_bits=31 if seed % 2 else "tight", huge=seed % 3 == 0)
+    u = b.neural(t, "conv2d", cout=4, k=3, acc_bits=31)
+    g = b.elementwise("gap", [u])
+    y = b.neural(g, "dense", cout=int(rng.integers(1, 12)), huge=True)
+    return b.model([t, u, y], (h, w, c)), rng, (h, w, c), RANGES[seed % len(RANGES)]
+
+
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("zero_frac", [0.0, 0.9, 0.99, 1.0])
+def test_random_programs_equal_reference(seed, zero_frac, always_events, monkeypatch):
+    """Dense frames (no zeros), >= 90 % zeros, single events and all-zero frames; every
+    geometry, fused pool, tight accumulator clip and huge shift of the builder."""
+    model, rng, shape, (lo, hi) = _cnn(seed)
+    for n in (1, 3):
+        x = _sparse(rng, (n, *shape), lo, hi, zero_frac)
+        x[x == 0] = 0.0
+        _check(model, x, monkeypatch)
+
+
+def test_single_event_at_every_position(always_events, monkeypatch):
+    model, rng, shape, _ = _cnn(4, c_in=2)
+    h, w, c = shape
+    x = np.zeros((h * w, h, w, c), np.float32)
+    for p in range(h * w):
+        x[p, p // w, p % w, p % c] = 100.0
+    _check(model, x, monkeypatch)
+
+
+@pytest.mark.parametrize("rng_in", RANGES[:3])
+@pytest.mark.parametrize("align", [False, True])
+def test_worst_case_magnitudes(rng_in, align, always_events, monkeypatch):
+    """Every weight at -128, every event at the range's end, 3x3x64 and 1-channel inputs:
+    int32 when the bound allows, int64 past 2^31 (aligned 16-bit inputs)."""
+    rng = np.random.default_rng(3)
+    for c in (1, 64):
+        b = Builder(rng, c, rng_in)
+        t = b.neural("in", "conv2d", cout=3, k=3, worst=True, align=align, acc_bits=40)
+        model = b.model([t], (5, 6, c))
+        x = np.where(rng.random((2, 5, 6, c)) < 0.5, 1e30, -1e30).astype(np.float32)
+        x[rng.random(x.shape) < 0.9] = 0.0
+        _check(model, x, monkeypatch)
+
+
+def test_accumulator_dtype_choice(monkeypatch):
+    """int32 weights below 2^31, int64 below 2^62, none (the dense step) beyond."""
+    rng = np.random.default_rng(0)
+    b = Builder(rng, 2, (-(2**15), 2**15 - 1))
+    t = b.neural("in", "dense", cout=2, align=False)
+    model = b.model([t], (2,))
+    step = _event_steps(model)[0]
+    x = np.array([[1, 1]], np.int16)
+    step._bounds.clear()
+    assert step._weights(x, None).dtype == np.int32
+    step.abs_w = np.full_like(step.abs_w, 2**20)
+    step._bounds.clear()
+    assert step._weights(x, None).dtype == np.int32          # by the batch (max |x| = 1)
+    assert step._weights(np.array([[2**15 - 1, 0]], np.int16), None).dtype == np.int64
+    step.abs_w = np.full_like(step.abs_w, 2**50)
+    step._bounds.clear()
+    assert step._weights(np.array([[2**15 - 1, 0]], np.int16), None) is None
+
+
+def test_threads_split_and_cost_model(monkeypatch):
+    model, rng, shape, (lo, hi) = _cnn(1)
+    monkeypatch.setattr(events, "MIN_SPLIT", 0)
+    monkeypatch.setattr(events, "THREADS", 2)
+    monkeypatch.setitem(events.COST_NS, "dense_value", 1e9)
+    x = _sparse(rng, (5, *shape), lo, hi, 0.9)
+    _check(model, x, monkeypatch)
+    monkeypatch.setitem(events.COST_NS, "dense_value", 0.0)
+    monkeypatch.setitem(events.COST_NS, "dense_mac", 0.0)
+    _check(model, x, monkeypatch, ran="dense")     # the cost model picks the dense step
+
+
+def test_disabled_compiled_kernels_run_reference(monkeypatch):
+    model, rng, shape, (lo, hi) = _cnn(2)
+    x = _sparse(rng, (2, *shape), lo, hi, 0.9)
+    want = model.run_batch(x)
+    monkeypatch.setenv(jit.ENV, "0")
+    assert events.backend() is None and model.fast_plan("event") is None
+    for w, g in zip(want, model.run_batch(x, mode="event"), strict=True):
+        np.testing.assert_array_equal(g, w)
+
+
+def test_quantized_keras_parity_on_sparse_cnn():
+    """A thresholded 8-bit CNN on stroke-like images (every layer >= 80 % zeros): the event
+    path equals quantized Keras, and its conv layers ran on events."""
+    import keras
+
+    import fixedq
+    import fixedq.engine as fe
+
+    rng = np.random.default_rng(0)
+    x_in = keras.Input((16, 16, 1))
+    y = keras.layers.Conv2D(8, 3, padding="same", activation="relu",
+                            bias_initializer=keras.initializers.Constant(-0.3))(x_in)
+    y = keras.layers.MaxPooling2D()(y)
+    y = keras.layers.Conv2D(8, 3, padding="same", activation="relu",
+                            bias_initializer=keras.initializers.Constant(-0.3))(y)
+    y = keras.layers.Dense(5)(keras.layers.Flatten()(y))
+    model = keras.Model(x_in, y)
+    x = np.zeros((40, 16, 16, 1), np.float32)
+    for i in range(40):
+        r = rng.integers(2, 14, 6)
+        x[i, r[:3], r[3:], 0] = rng.uniform(0.5, 1, 3)
+    q = fixedq.quantize(model, samples=x, verbose=False)
+    e = fe.convert(q)
+    want = q.predict(x, verbose=0)
+    np.testing.assert_array_equal(e.predict(x, batch_size=40, mode="event"), want)
+    ran = [s.last for s in _event_steps(e)]
+    assert ran[:2] == ["events", "events"], ran
