@@ -54,9 +54,10 @@ OPSET = 17
 #: ONNX IR version written (the one of opset 17; older runtimes read it).
 IR_VERSION = 8
 #: Engine op kinds :func:`to_onnx` exports; any other kind is a ``ValueError`` naming the op.
-EXPORTABLE_KINDS = ("input", "neural", "affine", "gap", "add", "shift", "concat", "clip",
-                    "maxpool", "reshape", "permute", "identity", "shiftmax", "attention",
-                    "madnorm", "class_token", "add_pos", "extract_token", "table", "softmax")
+EXPORTABLE_KINDS = ("input", "neural", "affine", "gap", "avgpool", "add", "mul", "shift",
+                    "concat", "clip", "maxpool", "gmp", "pad", "upsample", "reshape", "permute",
+                    "identity", "shiftmax", "attention", "madnorm", "class_token", "add_pos",
+                    "extract_token", "table", "softmax")
 OUTPUTS = ("float", "int")
 INPUT_NAME = "input"
 
@@ -192,11 +193,11 @@ class _Exporter:
         o = np.zeros(1, np.int64) if offset is None else np.asarray(offset, dtype=np.int64)
         if np.any(s > 63) or np.any(s < -62):
             self.fail(op, f"shifts outside [-62, 63] ({s.min()}..{s.max()})")
-        both = np.broadcast_shapes(np.shape(bound)[-1:], m.shape[-1:], s.shape[-1:],
-                                   o.shape[-1:])
-        chan = both[-1] if both else 1
-        p = np.broadcast_to(bound, (chan,)) * _per_channel(m, chan) + _per_channel(o, chan)
-        ss = np.broadcast_to(s.reshape(-1), (chan,))
+        # per element of the broadcast (M, O, S) arrays: per channel, or per position and
+        # channel (average pooling's 'same' border divisors)
+        p = np.asarray(bound, dtype=np.float64) * np.abs(m.astype(np.float64)) \
+            + np.abs(o.astype(np.float64))
+        p, ss = np.broadcast_arrays(p, s)
         need = np.where(ss > 0, p + np.ldexp(1.0, np.maximum(ss, 1) - 1),
                         2 * p * np.ldexp(1.0, -np.minimum(ss, 0)) + 1)
         need = np.where(p == 0, 0.0, need)
@@ -459,6 +460,64 @@ class _Exporter:
         y = self.requant(op, acc, bs[0] * int(np.prod(shape[:-1])), r["shift"], r["out_lo"],
                          r["out_hi"], mult=r["multiplier"])
         return y, np.maximum(_per_channel(r["out_lo"]), _per_channel(r["out_hi"]))
+
+    def op_avgpool(self, op: Op, xs, bs):
+        """Exact window sums (zero padding for 'same') + requantization by the per-channel or
+        per-position ``(M, S)`` of 1/count (eq. 26b)."""
+        a, r, g = op.attrs, op.arrays, self.g
+        pool, strides = tuple(a["pool_size"]), tuple(a["strides"])
+        h, w = self.shapes[op.inputs[0]][:2]
+        ho, *ph = conv_geometry(h, pool[0], strides[0], a["padding"])
+        wo, *pw = conv_geometry(w, pool[1], strides[1], a["padding"])
+        v = xs[0]
+        if any(ph) or any(pw):
+            v = g.node("Pad", [v, g.const([0, ph[0], pw[0], 0, 0, ph[1], pw[1], 0], np.int64),
+                               g.const(0.0, np.float64)], op.name, mode="constant")
+        views = self.taps(v, pool, strides, (1, 1), (ho, wo), op.name)
+        acc = views[0] if len(views) == 1 else g.node("Sum", views, op.name)
+        bound = bs[0] * (pool[0] * pool[1])
+        if not _below(bound, F64_EXACT):
+            self.fail(op, "its window sums can reach 2^53")
+        y = self.requant(op, acc, bound, r["shift"], r["out_lo"], r["out_hi"],
+                         mult=r["multiplier"])
+        return y, np.maximum(_per_channel(r["out_lo"]), _per_channel(r["out_hi"]))
+
+    def op_mul(self, op: Op, xs, bs):
+        """Eq. 46: the exact product (broadcasting as the engine), rounding shift, clip."""
+        r = op.arrays
+        c0, c1 = bs[0].size, bs[1].size
+        chan = max(c0, c1)
+        bound = np.broadcast_to(bs[0], (chan,)) * np.broadcast_to(bs[1], (chan,)) \
+            if c0 in (1, chan) and c1 in (1, chan) else np.array([bs[0].max() * bs[1].max()])
+        if not _below(bound, F64_EXACT):
+            self.fail(op, "its products can reach 2^53")
+        prod = self.g.node("Mul", [xs[0], xs[1]], op.name)
+        y = self.requant(op, prod, bound, r["shift"], r["out_lo"], r["out_hi"])
+        return y, np.maximum(_per_channel(r["out_lo"]), _per_channel(r["out_hi"]))
+
+    def op_gmp(self, op: Op, xs, bs):
+        rank = len(self.shapes[op.inputs[0]]) + 1
+        y = self.g.node("ReduceMax", [xs[0]], op.name, axes=list(range(1, rank - 1)),
+                        keepdims=0)
+        return y, bs[0]
+
+    def op_pad(self, op: Op, xs, bs):
+        pads = [[int(p) for p in pair] for pair in op.attrs["pads"]]
+        begin = [0, *(p[0] for p in pads), 0]
+        end = [0, *(p[1] for p in pads), 0]
+        y = self.g.node("Pad", [xs[0], self.g.const(begin + end, np.int64),
+                                self.g.const(0.0, np.float64)], op.name, mode="constant")
+        return y, bs[0]
+
+    def op_upsample(self, op: Op, xs, bs):
+        """Nearest neighbour: (N, H, 1, W, 1, C) expanded to (N, H, sh, W, sw, C)."""
+        sh, sw = (int(v) for v in op.attrs["size"])
+        h, w, c = self.shapes[op.inputs[0]]
+        g = self.g
+        v = g.node("Reshape", [xs[0], g.const([0, h, 1, w, 1, c], np.int64)], op.name)
+        v = g.node("Expand", [v, g.const([1, 1, sh, 1, sw, 1], np.int64)], op.name)
+        y = g.node("Reshape", [v, g.const([0, h * sh, w * sw, c], np.int64)], op.name)
+        return y, bs[0]
 
     def op_add(self, op: Op, xs, bs):
         r = op.arrays

@@ -137,6 +137,58 @@ def test_unfused_ops_affine_clip_pool_reshape_permute_multi_output(affine_skip):
     assert_exact(engine, edge_inputs(engine, xs, rng))
 
 
+def _pool_mul_pad_upsample_cnn():
+    """avgpool ('valid' and 'same': per-position divisors), mul (same shape and the SE
+    broadcast), pad (asymmetric, not foldable), upsample, gmp."""
+    x = keras.Input((12, 12, 3))
+    y = L.ReLU()(L.Conv2D(6, 3, padding="same")(x))
+    a = L.AveragePooling2D(2)(y)
+    b = L.AveragePooling2D(3, strides=2, padding="same")(y)
+    m = L.Multiply()([a, b])
+    gate = L.Conv2D(6, 1, activation="sigmoid")(L.GlobalAveragePooling2D(keepdims=True)(m))
+    se = L.Multiply()([m, gate])
+    p = L.ZeroPadding2D(((1, 0), (2, 1)))(se)
+    u = L.UpSampling2D((2, 3))(p)
+    c = L.Conv2D(4, 3, strides=2)(u)
+    y = L.Concatenate()([L.GlobalMaxPooling2D()(c), L.GlobalMaxPooling2D()(p)])
+    return keras.Model(x, L.Dense(5)(y), name="pool_mul_pad_upsample")
+
+
+@pytest.mark.parametrize("qp", [Q8, Q4, Q4T, Q8A],
+                         ids=["q8-per-axis", "q4-per-axis", "q4-per-tensor", "asymmetric"])
+def test_avgpool_mul_pad_upsample_gmp_exact(qp):
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(48, 12, 12, 3)).astype("float32")
+    engine = _quantized(_pool_mul_pad_upsample_cnn(), qp, x)
+    kinds = [op.kind for op in engine.ops]
+    for kind in ("avgpool", "mul", "pad", "upsample", "gmp"):
+        assert kind in kinds, (kind, kinds)
+    assert kinds.count("avgpool") == 2 and kinds.count("mul") == 2
+    assert_exact(engine, edge_inputs(engine, x, rng))
+
+
+def test_pad_and_gmp_over_steps_exact():
+    x_in = keras.Input((10, 3))
+    y = L.ZeroPadding1D((2, 1))(L.Dense(4)(x_in))
+    model = keras.Model(x_in, L.Dense(2)(L.GlobalMaxPooling1D()(y)))
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(32, 10, 3)).astype("float32")
+    engine = _quantized(model, Q8, x)
+    assert {"pad", "gmp"} <= {op.kind for op in engine.ops}
+    assert_exact(engine, edge_inputs(engine, x, rng))
+
+
+def test_mul_products_past_2_53_refused():
+    """A hand-made mul whose inputs' product can pass 2^53 is refused naming the op."""
+    wide = Op("in", "input", [], {"dtype": "float32"}, {
+        "frac": np.array([0]), "lo": np.array([-(2**30)]), "hi": np.array([2**30])})
+    mul = Op("m", "mul", ["in", "in"], {}, {"shift": np.array([0]),
+                                           "out_lo": np.array([-(2**62)]),
+                                           "out_hi": np.array([2**62])})
+    with pytest.raises(ValueError, match=r"op 'm' \(mul\).*2\^53"):
+        to_onnx(_program([wide, mul]))
+
+
 @pytest.mark.parametrize("qp", [Q8A], ids=["asymmetric"])
 def test_asymmetric_offsets(qp):
     x_in = keras.Input((10, 10, 2))
