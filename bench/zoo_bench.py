@@ -218,6 +218,30 @@ def engine_check(qmodel, x) -> str:
     return "yes" if bad == 0 and want.shape == got.shape else f"no ({bad} of {want.size} differ)"
 
 
+def onnx_check(qmodel, x) -> str:
+    """Export the engine program to ONNX and run it in onnxruntime: "yes" (every element equal
+    to the engine, float outputs), "no (k of n differ)" or "no (<stage>: <error>)"."""
+    import numpy as np
+
+    import fixedq.engine as fe
+
+    try:
+        import onnxruntime as ort
+
+        from fixedq.interop import to_onnx
+
+        engine = fe.convert(qmodel)
+        proto = to_onnx(engine)
+        sess = ort.InferenceSession(proto.SerializeToString(),
+                                    providers=["CPUExecutionProvider"])
+        got = sess.run(None, {sess.get_inputs()[0].name: np.asarray(x, np.float32)})[0]
+    except Exception as err:  # noqa: BLE001 - reported, not raised
+        return f"no ({type(err).__name__}: {_short(err, 160)})"
+    want = np.asarray(engine.predict(x))
+    bad = int(np.count_nonzero(want != got))
+    return "yes" if bad == 0 and want.shape == got.shape else f"no ({bad} of {want.size} differ)"
+
+
 def _short(err, n: int = 240) -> str:
     text = " ".join(line.strip() for line in str(err).strip().splitlines())
     return text[:n] + ("..." if len(text) > n else "")
@@ -263,6 +287,7 @@ def case_main(name: str, bits: int, small: bool) -> dict:
     row["warnings"] = [_short(w, 200) for w in warns][:5]
     row.update(coverage(model, qmodel))
     row["exact"] = engine_check(qmodel, x[:N_EXACT])
+    row["onnx"] = onnx_check(qmodel, x[:N_EXACT])
     return row
 
 
@@ -383,8 +408,9 @@ def render(case_rows: list[dict], train_rows: list[dict], not_run: list[str], me
     if meta.get("small"):
         lines += ["**Development run at small inputs (`--small`), not the real sizes.**", ""]
     lines += ["| model | input | bits | layers quantized / total | float fallbacks (by type) | "
-              "quantize s | CPU s | load | base GB | peak GB | engine bit-exact | error |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "quantize s | CPU s | load | base GB | peak GB | engine bit-exact | "
+              "onnxruntime == engine | error |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in case_rows:
         shape = "x".join(str(d) for d in r.get("input", []))
         cov = f"{r['quantized']} / {r['total']}" if "total" in r else "-"
@@ -396,7 +422,8 @@ def render(case_rows: list[dict], train_rows: list[dict], not_run: list[str], me
         cpu = f"{r['quantize_cpu_s']:.0f}" if "quantize_cpu_s" in r else "-"
         lines.append(f"| {r['model']} | {shape} | {r['bits']} | {cov} | {fb} | {qs} | {cpu} | "
                      f"{load} | "
-                     f"{base} | {r['peak_gb']:.2f} | {r.get('exact', '-')} | {err} |")
+                     f"{base} | {r['peak_gb']:.2f} | {r.get('exact', '-')} | "
+                     f"{r.get('onnx', '-')} | {err} |")
     if not_run:
         lines += ["", "Not run (out of time on the shared machine): " + ", ".join(not_run) + "."]
     if train_rows:
@@ -430,6 +457,9 @@ def targets(case_rows: list[dict], train_rows: list[dict]) -> list[str]:
         ok = (r.get("exact") == "yes" and not r.get("fallback") and "error" not in r)
         out.append(f"{r['model']} {r['bits']}-bit integer-only and engine bit-exact: "
                    f"{'pass' if ok else '**FAIL**'}")
+        if "onnx" in r:  # issue 16: the exported program equals the engine on every element
+            out.append(f"{r['model']} {r['bits']}-bit ONNX export == engine (onnxruntime): "
+                       f"{'pass' if r['onnx'] == 'yes' else '**FAIL**'}")
     for r in train_rows:
         if r.get("q8") is not None and "float" in r:
             drop = r["float"] - r["q8"]
