@@ -2,10 +2,15 @@
 
 On a terminal, :class:`Progress` redraws one line in place (``\\r``, at most 10 times a second)
 and ends it with a newline. When the stream is not a terminal (a CI log, a file, a pipe) it
-writes nothing while the stage runs and **one line when it ends**, so logs never get a long
-line of carriage returns::
+writes **one line when the stage ends**, so logs never get a long line of carriage returns::
 
     calibrating: 1024/1024 samples in 3.2 s
+
+and, for a stage that runs longer than :data:`LOG_SECONDS`, one ``(running)`` line per
+:data:`LOG_SECONDS` while it runs, so a log shows that a long stage is alive and how far it
+got (written from :meth:`Progress.update`, i.e. between units of work)::
+
+    weight rounding (running): 12/53 layers (conv4_block1_2_conv), 61 s so far
 
 Every long stage of fixedq (calibration, weight rounding, bias correction, inspection, the
 engine's ``predict(verbose=True)``) reports through this class.
@@ -28,6 +33,8 @@ import time
 __all__ = ["Progress"]
 
 _REDRAW_SECONDS = 0.1
+#: Seconds between the ``(running)`` lines of a long stage in a log (not a terminal).
+LOG_SECONDS = 30.0
 _WIDTH = 30
 
 
@@ -65,6 +72,7 @@ class Progress:
         self.detail = ""
         self._start = time.perf_counter()
         self._last_draw = 0.0
+        self._last_log = self._start
 
     def __enter__(self) -> Progress:
         return self
@@ -94,9 +102,16 @@ class Progress:
         """Set the amount done so far (and an optional short detail, e.g. ``"pass 2/3"``)."""
         self.done = int(done)
         self.detail = detail
-        if not self.live:
+        if not self.enabled:
             return
         now = time.perf_counter()
+        if not self.live:
+            if now - self._last_log >= LOG_SECONDS:
+                self._last_log = now
+                line = self._line().replace(f"{self.stage}:", f"{self.stage} (running):", 1)
+                self.stream.write(f"{line}, {now - self._start:.0f} s so far\n")
+                self.stream.flush()
+            return
         finished = self.total is not None and self.done >= self.total
         if now - self._last_draw >= _REDRAW_SECONDS or finished:
             self._last_draw = now

@@ -54,3 +54,23 @@ def test_an_exception_still_ends_the_line():
     except RuntimeError:
         pass
     assert log.getvalue().startswith("weight rounding: 2/4 layers in ")
+
+
+def test_a_long_stage_in_a_log_writes_running_lines(monkeypatch):
+    import fixedq.progress as progress
+
+    monkeypatch.setattr(progress, "LOG_SECONDS", 0.0)  # every update is "long enough"
+    log = io.StringIO()
+    with Progress("weight rounding", total=3, unit="layers", stream=log) as bar:
+        for i, name in enumerate(("conv1", "conv2", "fc"), start=1):
+            bar.update(i, detail=name)
+    lines = log.getvalue().splitlines()
+    assert [ln.split(",")[0] for ln in lines[:3]] == [
+        "weight rounding (running): 1/3 layers (conv1)",
+        "weight rounding (running): 2/3 layers (conv2)",
+        "weight rounding (running): 3/3 layers (fc)"]
+    assert all(ln.endswith(" s so far") for ln in lines[:3]) and "\r" not in log.getvalue()
+    assert len(lines) == 4 and lines[3].startswith("weight rounding: 3/3 layers (fc) in ")
+    # on a terminal the live bar is the progress: no running lines
+    assert "running" not in _run(_Terminal())
+    assert _run(io.StringIO(), enabled=False) == ""

@@ -840,6 +840,6 @@ def optimize_rounding(qmodel: keras.Model, frames: np.ndarray, options: WeightRo
                                             "keep_latent": options.keep_latent,
                                             "weight_bits": layer.weight_bits,
                                             "kernel": encode(w_q)}
-        bar.update(i + 1, f"{len(frames)} frames")
+        bar.update(i + 1, f"{layer.name}, {len(frames)} frames")
     bar.close()
     return report

@@ -75,7 +75,8 @@ def test_progress_in_a_log_is_one_line_per_stage(files):
                      "-s", d / "q_log.keras")
     assert result.returncode == 0, result.stderr
     assert "\r" not in result.stderr
-    stages = [line.split(":")[0] for line in result.stderr.splitlines()]
+    stages = [line.split(":")[0] for line in result.stderr.splitlines()
+              if "(running):" not in line]  # a long stage's heartbeat lines (> 30 s)
     assert stages[:3] == ["calibrating", "weight rounding", "bias correction"]
     assert len(stages) == len(set(stages))
 
