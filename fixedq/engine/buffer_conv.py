@@ -30,13 +30,17 @@ def buffer_conv_step(op, x: np.ndarray, fifo: np.ndarray | None,
                      event: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """One frame of a ``buffer_conv`` op: ``(output, new FIFO)``.
 
-    ``x``: aligned input integers ``(N, ..., C)``; ``fifo``: ``(N, k - 1, ..., C)`` or
-    ``None`` (zeros). With ``event``, only pixels with a non-zero window are computed.
+    ``x``: input integers ``(N, ..., C)`` (before the alignment ``in_align``); ``fifo``:
+    ``(N, k - 1, ..., C)`` of the previous inputs, or ``None`` (zeros). With ``event``, only
+    pixels with a non-zero window are computed.
     """
+    from fixedq.engine.ops import aligned_input, neural_output  # (ops imports this module)
+
     k = int(op.attrs["kernel_size"])
     if fifo is None or fifo.shape[0] != x.shape[0] or fifo.shape[2:] != x.shape[1:]:
         fifo = np.zeros((x.shape[0], k - 1, *x.shape[1:]), np.int64)
-    window = np.concatenate([fifo, x[:, None]], axis=1)  # (N, k, ..., C), oldest first
+    raw = np.concatenate([fifo, x[:, None]], axis=1).astype(np.int64, copy=False)
+    window = aligned_input(op, raw)  # (N, k, ..., C), oldest first
     kernel = op.arrays["kernel"]
     dtype = op.attrs.get("accum_dtype", "int64")
     if op.attrs.get("depthwise"):
@@ -53,14 +57,10 @@ def buffer_conv_step(op, x: np.ndarray, fifo: np.ndarray | None,
         else:
             acc = kernels.dense(flat, kernel.reshape(k * c, f), dtype)
         acc = acc.reshape((*x.shape[:-1], f))
-    from fixedq.engine.ops import neural_output  # (ops imports this module)
-
-    return neural_output(op, np.asarray(acc, np.int64)), window[:, 1:]
+    return neural_output(op, np.asarray(acc, np.int64)), raw[:, 1:]
 
 
 def run_first_frame(op, xs):
     """One frame from a clean FIFO (stateless use; streaming programs run through
     :class:`fixedq.engine.streaming.StreamingModel`)."""
-    from fixedq.engine.ops import aligned_input
-
-    return buffer_conv_step(op, aligned_input(op, xs[0]), None)[0]
+    return buffer_conv_step(op, xs[0], None)[0]

@@ -13,7 +13,10 @@ one integer FIFO per ``buffer_conv`` op, of the last ``kernel_size - 1`` aligned
   any non-zero input); ``event_stats(clips)`` counts events per op over every frame.
 
 The FIFO stores the input integers of the op (their ``value_bits``: 8 bits for 8-bit
-activations), aligned to the op's ``in_frac``; the accumulation is docs/numerics.md eq. 40.
+activations) before the alignment to the op's ``in_frac``; the accumulation is
+docs/numerics.md eq. 40. ``predict``/``step`` run on the compiled plan when numba is installed
+(:mod:`fixedq.engine.fast.stateful`: the same state, the same integers); ``event_stats`` and
+``FIXEDQ_ENGINE_COMPILED=0`` run the reference kernels below.
 
 Example:
     >>> import numpy as np
@@ -82,10 +85,6 @@ class StreamingModel(Model):
         """The shape of one frame batch, ``(None, H, W, C)``."""
         return self.input_shape
 
-    def fast_plan(self, mode: str = "dense"):
-        """Stateful ops run on the reference kernels (no compiled whole-model plan)."""
-        return None
-
     def reset(self) -> None:
         """Clear every state: the next frame starts a new sequence."""
         self.states.clear()
@@ -111,7 +110,8 @@ class StreamingModel(Model):
             raise ValueError(f"op {op.name!r} (buffer_conv) expects frames of shape "
                              f"(N, {', '.join(map(str, want))}), got {x.shape}")
         fifo = self.states.get(op.name)
-        y, new = buffer_conv_step(op, x, fifo, event=mode == "event")
+        y, new = buffer_conv_step(op, xs[0] if off is None else xs[0] + off, fifo,
+                                  event=mode == "event")
         if stats is not None:
             window_nz = np.count_nonzero(x) + (np.count_nonzero(fifo) if fifo is not None
                                                and fifo.shape[0] == x.shape[0] else 0)
@@ -157,7 +157,7 @@ class StreamingModel(Model):
             raise ValueError(f"output must be one of ('float', 'int'), got {output!r}")
         return outs[0] if len(outs) == 1 else outs
 
-    def _clips(self, x, batch_size, mode, stats, verbose):
+    def _clips(self, x, batch_size, mode, stats, verbose, times=None):
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
                 or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -173,7 +173,8 @@ class StreamingModel(Model):
                 self.reset()
                 batch = arr[start:start + batch_size]
                 for t in range(steps):
-                    outs = self.run_batch(np.ascontiguousarray(batch[:, t]), mode, stats)
+                    outs = self._run_batch(np.ascontiguousarray(batch[:, t]), mode, stats,
+                                           True, times)
                     if results is None:
                         results = [np.empty((n, steps, *o.shape[1:]), np.int64) for o in outs]
                     for r, o in zip(results, outs, strict=True):
@@ -194,6 +195,18 @@ class StreamingModel(Model):
         if frames:
             results = [r[:, 0] for r in results]
         return self._finish(results, output)
+
+    def profile(self, x, batch_size: int = 32, mode: str = "dense") -> list[dict]:
+        """Per-op wall time of ``predict(x)`` over every frame of clips ``x`` (frames: one-frame
+        clips), rows as :meth:`fixedq.engine.Model.profile` gives them."""
+        if mode not in ("dense", "event"):
+            raise ValueError(f"mode must be one of ('dense', 'event'), got {mode!r}")
+        times: dict[str, float] = {}
+        self._clips(x, batch_size, mode, None, False, times)
+        total = sum(times.values()) or 1.0
+        return [{"name": op.name, "kind": op.kind, "type": op.attrs.get("type", ""),
+                 "seconds": times.get(op.name, 0.0),
+                 "share": times.get(op.name, 0.0) / total} for op in self.ops]
 
     def event_stats(self, x, batch_size: int = 32, mode: str = "event") -> list[dict]:
         """Per-op event statistics over every frame of clips ``x``."""

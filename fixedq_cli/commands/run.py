@@ -79,8 +79,6 @@ def run(args) -> int:
     if not streaming and args.frames == "all":
         raise ValueError(f"--frames all needs a streaming model (with FIFO/recurrent state); "
                          f"{args.model!r} has none")
-    if streaming and args.profile:
-        raise ValueError("--profile does not support streaming models yet")
     outputs = model.predict(x, batch_size=args.batch_size)
     if isinstance(outputs, list):
         outputs = outputs[0]

@@ -1,7 +1,7 @@
 """The compiled event path (fixedq/engine/fast/events.py) equals the NumPy reference path on
 every element: random conv/dense programs on sparse inputs at worst-case magnitudes, all-zero
 frames, single events, fully dense frames, int32 / int64 accumulators and the fallback past
-2^62, split over threads; the quantized Keras model on a sparse CNN."""
+2^62; the quantized Keras model on a sparse CNN."""
 
 from __future__ import annotations
 
@@ -117,10 +117,8 @@ def test_accumulator_dtype_choice(monkeypatch):
     assert step._weights(np.array([[2**15 - 1, 0]], np.int16), None) is None
 
 
-def test_threads_split_and_cost_model(monkeypatch):
+def test_cost_model_choice(monkeypatch):
     model, rng, shape, (lo, hi) = _cnn(1)
-    monkeypatch.setattr(events, "MIN_SPLIT", 0)
-    monkeypatch.setattr(events, "THREADS", 2)
     monkeypatch.setitem(events.COST_NS, "dense_value", 1e9)
     x = _sparse(rng, (5, *shape), lo, hi, 0.9)
     _check(model, x, monkeypatch)

@@ -16,8 +16,9 @@ are the dense path's, bit for bit:
 - the epilogue is the dense step's (same constants, int64 scalar steps), whose no-wrap
   precondition was proven when the plan was built.
 
-Fused max-pooling runs after the requantization, as in the dense step. The compiled kernels
-release the GIL; batches of several samples are split over :data:`THREADS` threads.
+Fused max-pooling runs after the requantization, as in the dense step. The kernels run on the
+calling thread (split over the 2 cores of the loaded bench machine, a batch of the TENN bench
+ran 6x slower: every hand-off between threads waited for the OS scheduler).
 
 Example:
     >>> import numpy as np
@@ -37,7 +38,6 @@ Example:
 
 from __future__ import annotations
 
-import os
 from functools import lru_cache
 from types import SimpleNamespace
 
@@ -55,13 +55,6 @@ INT64_SAFE = 2**62
 #: value and per multiply-add (im2col + int8 GEMM + epilogue), the event kernel's per output
 #: value (the ``requant(0)`` fill) and per event synapse (one ``acc += v * w`` row element).
 COST_NS = {"dense_value": 1.5, "dense_mac": 0.03, "event_value": 0.4, "event_mac": 0.25}
-
-#: Threads a batch of several samples is split over (the kernels release the GIL).
-THREADS = min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-              else os.cpu_count() or 1)
-#: Event synapses below which a batch is not split over threads.
-MIN_SPLIT = 200_000
-
 
 @lru_cache(maxsize=1)
 def _compiled():
@@ -85,34 +78,6 @@ def backend():
     """The compiled event kernels, or ``None`` (numba missing, or the compiled kernels
     disabled by ``FIXEDQ_ENGINE_COMPILED=0``)."""
     return _compiled() if jit.requested() else None
-
-
-_POOLS: dict = {}
-
-
-def _pool():
-    """This process's worker threads (a forked child makes its own)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    key = (os.getpid(), THREADS)
-    if key not in _POOLS:
-        _POOLS.clear()
-        _POOLS[key] = ThreadPoolExecutor(max_workers=max(1, THREADS - 1),
-                                         thread_name_prefix="fixedq-event-steps")
-    return _POOLS[key]
-
-
-def _parts(n: int, synapses: float) -> list[tuple[int, int]]:
-    k = THREADS if n >= 2 and synapses >= MIN_SPLIT else 1
-    cuts = np.linspace(0, n, k + 1).astype(np.int64)
-    return [(int(cuts[i]), int(cuts[i + 1])) for i in range(k) if cuts[i + 1] > cuts[i]]
-
-
-def _run_parts(fn, parts):
-    futures = [_pool().submit(fn, a, b) for a, b in parts[1:]]
-    fn(*parts[0])
-    for f in futures:
-        f.result()
 
 
 class EventStep:
@@ -144,7 +109,7 @@ class EventStep:
         self.out_dtype = rq.dtype
         const = np.empty((1, self.cout), rq.dtype)
         fast_kernels.requant_rows(np.zeros((1, self.cout), np.int64), 0, *rq.args(), const)
-        self.const = const[0].astype(np.int64)
+        self.const = np.ascontiguousarray(const[0])  # in the output dtype
         self.taps = int(np.prod(k.shape[:2])) if dense.type == "conv2d" else 1
         self._bounds: dict[str, float] = {}
         self._reach: dict[tuple, tuple] = {}
@@ -199,24 +164,20 @@ class EventStep:
             self.last = "dense"
             return self.dense(x)
         self.last = "events"
-        synapses = float(nnz) * self.cout * self.taps
         if self.dense.type == "dense":
-            return self._dense_events(nb, xc, w, synapses)
-        return self._conv_events(nb, xc, w, geo, synapses)
+            return self._dense_events(nb, xc, w)
+        return self._conv_events(nb, xc, w, geo)
 
-    def _dense_events(self, nb, x, w, synapses):
+    def _dense_events(self, nb, x, w):
         lead = x.shape[:-1]
         x2 = x.reshape(-1, x.shape[-1])
         out = np.empty((x2.shape[0], self.cout), self.out_dtype)
 
-        def part(a, b):
-            acc = np.zeros(self.cout, w.dtype)
-            nb.dense_events(x2[a:b], w, acc, self.const, *self.rq_args, out[a:b])
-
-        _run_parts(part, _parts(x2.shape[0], synapses))
+        acc = np.zeros(self.cout, w.dtype)
+        nb.dense_events(x2, w, acc, self.const, *self.rq_args, out)
         return out.reshape(*lead, self.cout)
 
-    def _conv_events(self, nb, x, w, geo, synapses):
+    def _conv_events(self, nb, x, w, geo):
         kh, kw, s, d, ho, wo, pt, pl = geo
         n = x.shape[0]
         pool, ho2, wo2 = np.zeros(8, np.int64), ho, wo
@@ -237,13 +198,10 @@ class EventStep:
                 event_kernels.reach(x.shape[1], kh, s[0], d[0], pt, ho),
                 event_kernels.reach(x.shape[2], kw, s[1], d[1], pl, wo))
 
-        def part(a, b):
-            acc = np.zeros((ho * wo, self.cout), w.dtype)
-            mark = np.zeros(ho * wo, np.bool_)
-            touched = np.empty(ho * wo, np.int64)
-            val = np.empty((ho * wo if pool[0] else 1, self.cout), self.out_dtype)
-            nb.conv_events(x[a:b], w, *tables, ho, wo, self.const, *self.rq_args, out[a:b],
-                           acc, mark, touched, pool, val)
-
-        _run_parts(part, _parts(n, synapses))
+        acc = np.zeros((ho * wo, self.cout), w.dtype)
+        mark = np.zeros(ho * wo, np.bool_)
+        touched = np.empty(ho * wo, np.int64)
+        val = np.empty((ho * wo if pool[0] else 1, self.cout), self.out_dtype)
+        nb.conv_events(x, w, *tables, ho, wo, self.const, *self.rq_args, out, acc, mark,
+                       touched, pool, val)
         return out.reshape(n, ho2, wo2, self.cout)

@@ -557,6 +557,8 @@ class _Maxpool:
 #: Kinds whose reference kernels keep any integer dtype (pure data movement).
 DTYPE_FREE = ("reshape", "permute", "identity")
 ELEMENTWISE = ("shift", "clip", "affine", "add", "gap", "input")
+#: Stateful kinds (fixedq.engine.streaming.KINDS): their state is in ``model.states``.
+STATEFUL = ("buffer_conv", "recurrent")
 
 
 class FastPlan:
@@ -565,6 +567,7 @@ class FastPlan:
 
     def __init__(self, model, mode: str = "dense"):
         self.model, self.mode = model, mode
+        self.stateful = False  # a stateful step: batches never split (the state is per batch)
         self.steps = [self._step(op) for op in model.ops]
         #: largest intermediate tensor per sample (elements), measured as batches run
         self.per_sample = 0
@@ -578,6 +581,11 @@ class FastPlan:
                 event = EventStep(step)
                 return event if event.ok else step
             return step
+        if op.kind in STATEFUL:  # streaming programs (fast/stateful.py)
+            from fixedq.engine.fast.stateful import stateful_step
+
+            self.stateful = True
+            return stateful_step(op, self)
         if op.kind in ELEMENTWISE:
             return _Elementwise(op)
         if op.kind == "maxpool":
@@ -603,6 +611,8 @@ class FastPlan:
         also split into a multiple of :data:`THREADS` micro-batches run by the worker
         threads."""
         n = x.shape[0]
+        if self.stateful:
+            return self._run(x, times)
         if not self.per_sample and n > 1:  # measure one sample first
             head = self._run(x[:1], times)
             return [np.concatenate(p) for p in zip(head, self.run(x[1:], times), strict=True)]
