@@ -363,22 +363,27 @@ class Moments:
         self.n += rows.shape[1]
 
     def result(self):
-        """``H`` (``(groups, d, d)``), or ``(H, C)`` when fed with float inputs."""
+        """``H`` (``(groups, d, d)``), or ``(H, C)`` when fed with float inputs; once (the
+        accumulated sums become the result)."""
         if self.pending_len:
             self._take(self.pending_len)
         if self.parts is None:
-            raise ValueError(f"layer {self.layer.name!r}: no inputs were fed")
+            why = "result() was already read" if self.n else "no inputs were fed"
+            raise ValueError(f"layer {self.layer.name!r}: {why}")
         n = max(self.n, 1)
         total, first, *rest = self.parts
-        h = total / n
+        self.parts = None  # the sums become the result in place (d = 4608: 170 MB each)
+        h = total
+        h /= n
         if self.center:
-            h = h - np.einsum("gd,ge->gde", first / n, first / n)
+            h -= np.einsum("gd,ge->gde", first / n, first / n)
         if not rest:
             return h
         cross, first_f = rest
-        c = cross / n
+        c = cross
+        c /= n
         if self.center:
-            c = c - np.einsum("gd,ge->gde", first / n, first_f / n)
+            c -= np.einsum("gd,ge->gde", first / n, first_f / n)
         return h, c
 
 
@@ -418,13 +423,16 @@ def _gptq(w: np.ndarray, h: np.ndarray, qmax: int, fixed: np.ndarray, damp: floa
     diag = np.diag(h).copy()
     dead = diag <= 0
     h[dead, dead] = 1.0
-    h += damp * max(float(np.mean(np.diag(h))), 1e-30) * np.eye(d)
+    h[np.diag_indices(d)] += damp * max(float(np.mean(np.diag(h))), 1e-30)
     order = np.argsort(-np.diag(h), kind="stable")
     hp = h[np.ix_(order, order)]
+    del h  # large layers (d = 4608): keep at most three d x d arrays alive
     try:
-        u = np.linalg.cholesky(np.linalg.inv(hp)).T  # upper: H^-1 = U^T U
+        hp = np.linalg.inv(hp)
+        u = np.linalg.cholesky(hp).T  # upper: H^-1 = U^T U
     except np.linalg.LinAlgError:
         return None
+    del hp
     work = w[:, order].copy()
     fix = fixed[:, order]
     target = np.clip(np.floor(w[:, order] + 0.5), -qmax, qmax)  # nearest at fixed positions
@@ -459,10 +467,11 @@ def _local(q: np.ndarray, w: np.ndarray, h: np.ndarray, qmax: int, fixed: np.nda
                                                                         * diag[j])
                 best = np.where(ok, step, best)
                 gain = np.where(ok, delta, gain)
-            if np.any(best != 0):
+            moved = np.flatnonzero(best)
+            if moved.size:  # only the rows that moved change their gradient (same values)
                 changed = True
-                q[:, j] += best
-                g += best[:, None] * h[j][None, :]
+                q[moved, j] += best[moved]
+                g[moved] += best[moved, None] * h[j][None, :]
         if not changed:
             break
     return q
@@ -520,7 +529,9 @@ def _ls_target(rows: np.ndarray, h: np.ndarray, c: np.ndarray, damp: float) -> n
     toward ``w`` with ``λ = damp·mean(diag H)``."""
     d = h.shape[0]
     lam = damp * max(float(np.mean(np.diag(h))), 1e-30) + 1e-12
-    return np.linalg.solve(h + lam * np.eye(d), c @ rows.T + lam * rows.T).T
+    a = h.copy()  # H + λI with one d x d temporary (d = 4608: 170 MB)
+    a[np.diag_indices(d)] += lam
+    return np.linalg.solve(a, c @ rows.T + lam * rows.T).T
 
 
 def optimize_layer(layer: QuantizedNeuralLayer, x: np.ndarray, options: WeightRounding,
@@ -545,9 +556,11 @@ def optimize_layer(layer: QuantizedNeuralLayer, x: np.ndarray, options: WeightRo
     if rows.shape[0] > 1:  # depthwise: every channel's small problem at once
         q[:] = _optimize_groups(rows, h, c, layer.qmax, options, fixed)
         return _unrows(layer, q, w.shape), np.asarray(ops.convert_to_numpy(w_q), np.int64), h
+    targets = [None if c is None else _ls_target(rows[g], h[g], c[g], options.damp)
+               for g in range(rows.shape[0])]
+    moments = c = None  # C is no longer needed: free it before the rounding
     for g in range(rows.shape[0]):
-        target = None if c is None else _ls_target(rows[g], h[g], c[g], options.damp)
-        q[g], _ = optimize_rows(rows[g], h[g], layer.qmax, options, fixed[g], target)
+        q[g], _ = optimize_rows(rows[g], h[g], layer.qmax, options, fixed[g], targets[g])
     return _unrows(layer, q, w.shape), np.asarray(ops.convert_to_numpy(w_q), np.int64), h
 
 

@@ -182,6 +182,8 @@ def test_moments_are_the_same_for_any_split_of_the_samples(trained_cnn, digits):
             acc.add(xin[lo:hi])
             acc_c.add(xin[lo:hi], xin[lo:hi] * 1.01)
         np.testing.assert_array_equal(acc.result(), whole_h)
+        with pytest.raises(ValueError, match="already read"):
+            acc.result()  # computed in place, once
         for got, want in zip(acc_c.result(), whole_hc, strict=True):
             np.testing.assert_array_equal(got, want)
 
