@@ -21,7 +21,13 @@ import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from fixedq.tensors.limits import ACTIVATION_BITS, FRAC_BITS, OUTPUT_BITS, WEIGHT_BITS
+from fixedq.tensors.limits import (
+    ACTIVATION_BITS,
+    FRAC_BITS,
+    OUTPUT_BITS,
+    STATE_BITS,
+    WEIGHT_BITS,
+)
 
 QCONFIG_FORMAT = "fixedq-qconfig"
 QCONFIG_VERSION = 1
@@ -159,6 +165,9 @@ SETTINGS: dict[str, Setting] = {s.key: s for s in (
             "recorded weight clipping, in standard deviations (re-applied)"),
     Setting("range_alignment", "object", "model input only", _dict, False,
             "recorded range-alignment factors (re-applied)"),
+    Setting("state_bits", "int", _span(STATE_BITS), _int_in(*STATE_BITS), True,
+            "bits of a StatefulRecurrent's integer state (docs/numerics.md eq. 41b); "
+            "StatefulRecurrent layers only"),
 )}
 
 #: Keys ``quantize(overrides=...)`` accepts (the others are results recorded by quantize).

@@ -157,6 +157,10 @@ def _check_against_graph(layer_cfg: dict, graph: Graph, fused: dict[str, str]) -
             if key in cfg and kind not in ("neural", "unsupported"):
                 raise QConfigError(f"{where}: layer {name!r}, key {key!r}: layer {name!r} "
                                    f"({node.cls.__name__}) has no weights, got {cfg[key]!r:.60}")
+        if "state_bits" in cfg and kind != "recurrent":
+            raise QConfigError(f"{where}: layer {name!r}, key 'state_bits': only "
+                               f"StatefulRecurrent layers have an integer state; layer "
+                               f"{name!r} is a {node.cls.__name__}, got {cfg['state_bits']!r:.60}")
         if "range_alignment" in cfg and name != input_name:
             raise QConfigError(f"{where}: layer {name!r}, key 'range_alignment': only the model "
                                f"input ({input_name!r}) records it")

@@ -1,5 +1,6 @@
 """StatefulRecurrent (streaming, ``clip=False``) -> QuantizedStatefulRecurrent -> engine
-``recurrent`` op: integer complex diagonal recurrence with 16-bit states (eq. 41). The clip
+``recurrent`` op: integer complex diagonal recurrence with ``state_bits``-wide states (eq. 41;
+16 by default, the q-config key ``state_bits`` per layer). The clip
 mode (``clip=True``) stays float: convert the model with ``to_streaming`` first.
 
 Example:
@@ -19,7 +20,8 @@ from fixedq.layers.temporal.quantized_recurrent import QuantizedStatefulRecurren
 from fixedq.ops.common import i64, spec_attrs
 from fixedq.ops.registry import OpSpec, register
 
-#: Bits of the integer state (docs/numerics.md eq. 41b).
+#: Default bits of the integer state (docs/numerics.md eq. 41b); the q-config key
+#: ``state_bits`` sets them per layer (fixedq.tensors.limits.STATE_BITS).
 STATE_BITS = 16
 
 
@@ -34,9 +36,10 @@ def _accepts(node) -> str | None:
 
 def _build(node, in_specs, ctx):
     spec, bits = ctx.output_spec(node, signed=True)
+    state_bits = int(ctx.override(node.name, "state_bits", STATE_BITS))
     layer = QuantizedStatefulRecurrent(
-        state_bits=STATE_BITS, input_specs=[in_specs[0]], output_spec=spec, name=node.name,
-        qconfig=ctx.entry(node.name, activation_bits=bits))
+        state_bits=state_bits, input_specs=[in_specs[0]], output_spec=spec, name=node.name,
+        qconfig=ctx.entry(node.name, activation_bits=bits, state_bits=state_bits))
     return layer, spec, [None]
 
 
@@ -76,6 +79,6 @@ SPEC = register(OpSpec(
     quantized_layers=(QuantizedStatefulRecurrent,), engine_kinds=("recurrent",),
     accepts=_accepts, requantizes=True, build=_build, set_weights=_set_weights,
     to_engine=_to_engine,
-    description="complex diagonal recurrence s = A s + u, output Re(s): 16-bit integer "
-                "states, 16-bit eigenvalues, requantized output; streaming",
+    description="complex diagonal recurrence s = A s + u, output Re(s): integer states "
+                "(state_bits, default 16), 16-bit eigenvalues, requantized output; streaming",
     example=_example))

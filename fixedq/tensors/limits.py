@@ -22,6 +22,9 @@ ACTIVATION_BITS = (1, 16)
 #: The model's outputs (the last quantized layers before the Dequantizer): on-grid float32
 #: tensors hold integers exactly up to 2^24, and nothing reads them as a table.
 OUTPUT_BITS = (1, 24)
+#: The integer state of a StatefulRecurrent (signed, eq. 41b): the layer keeps it as on-grid
+#: float32 values, exact up to 24 bits; 4 leaves a sign and 3 magnitude bits.
+STATE_BITS = (4, 24)
 #: Accumulators (signed) and the integer multipliers that replace float scales.
 BUFFER_BITS = (8, 48)
 SCALE_BITS = (1, 16)

@@ -226,3 +226,52 @@ def test_histogram_calibration_and_qconfig_replay_on_clips():
     np.testing.assert_array_equal(predict_clips(again, test), predict_clips(q, test))
     with pytest.raises(TypeError, match="clips given as a NumPy array"):
         fixedq.quantize(model, samples=(c for c in clips), verbose=False)
+
+
+@pytest.mark.parametrize("state_bits", [8, 12, 24])
+def test_state_bits_from_the_q_config(state_bits, tmp_path):
+    """``state_bits`` per layer (overrides and q-config replay): the layer, the engine op
+    (its saturation bound) and the .fqe follow it, bit-exact with Keras at worst-case inputs."""
+    rng = np.random.default_rng(11)
+    model = _recurrent_model()
+    model.get_layer("ssm").set_weights([np.array([0.97, 0.5, -0.7, 0.0], "float32"),
+                                        np.array([0.2, -0.8, 0.6, 0.99], "float32")])
+    clips = rng.normal(size=(6, 10, 3, 3, 2)).astype("float32")
+    q = fixedq.quantize(model, samples=clips, verbose=False,
+                        overrides={"ssm": {"state_bits": state_bits}})
+    layer = q.get_layer("ssm")
+    assert layer.state_bits == state_bits
+    config = fixedq.dump_config(q)
+    assert config["layers"]["ssm"]["state_bits"] == state_bits
+    engine = fe.convert(q)
+    op = next(op for op in engine.ops if op.kind == "recurrent")
+    assert op.attrs["state_bits"] == state_bits
+    assert int(op.arrays["state_hi"][0]) == 2 ** (state_bits - 1) - 1
+    for x in (clips, clips * 1000):  # the state saturates at +-state_hi in both
+        np.testing.assert_array_equal(engine.predict(x), predict_clips(q, x))
+    engine.save(tmp_path / "r.fqe")
+    np.testing.assert_array_equal(fe.load(tmp_path / "r.fqe").predict(clips),
+                                  predict_clips(q, clips))
+    replay = fixedq.quantize(model, samples=clips, verbose=False, q_config=config)
+    assert replay.get_layer("ssm").state_bits == state_bits
+    default = fixedq.quantize(model, samples=clips, verbose=False)
+    assert default.get_layer("ssm").state_bits == 16
+
+
+@pytest.mark.parametrize("value", [3, 25, 16.0, "16", True, None])
+def test_bad_state_bits_are_refused_naming_the_value(value):
+    model = _recurrent_model()
+    clips = np.zeros((2, 2, 3, 3, 2), "float32")
+    with pytest.raises(ValueError, match=r"layer 'ssm', key 'state_bits': must be an integer "
+                                         r"in \[4, 24\]"):
+        fixedq.quantize(model, samples=clips, verbose=False,
+                        overrides={"ssm": {"state_bits": value}})
+
+
+def test_state_bits_on_another_layer_is_refused():
+    model = _recurrent_model()
+    clips = np.zeros((2, 2, 3, 3, 2), "float32")
+    with pytest.raises(ValueError, match=r"layer 'c', key 'state_bits': only StatefulRecurrent "
+                                         r"layers have an integer state; layer 'c' is a Conv2D"):
+        fixedq.quantize(model, samples=clips, verbose=False,
+                        overrides={"c": {"state_bits": 12}})
