@@ -44,8 +44,8 @@ from fixedq.tensors import kops
 from fixedq.tensors.rounding import round_half_up
 
 __all__ = ["MAX_TABLE_BITS", "MAX_TABLE_ENTRIES", "QuantizedActivation", "QuantizedELU",
-           "QuantizedLeakyReLU", "QuantizedPReLU", "QuantizedTable", "integer_tables", "narrow",
-           "table_input_size"]
+           "QuantizedLeakyReLU", "QuantizedPReLU", "QuantizedTable", "element_tables",
+           "integer_tables", "narrow", "table_input_size"]
 
 #: Widest table input: 2^16 integers per channel.
 MAX_TABLE_BITS = 16
@@ -210,20 +210,84 @@ class QuantizedELU(QuantizedActivation):
     default_function = "elu"
 
 
+def element_tables(alpha: np.ndarray, in_spec: QSpec, out_spec: QSpec,
+                   channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """PReLU's tables with one ``alpha`` per element (``alpha`` of shape ``(..., channels)``,
+    leading axes possibly 1 = shared): the flat table of eq. 38 and ``base`` of ``alpha``'s
+    shape. Elements with equal ``(alpha, f, lo, g, lo', hi')`` share a table.
+
+    Raises:
+        ValueError: the distinct tables exceed :data:`MAX_TABLE_ENTRIES` entries.
+
+    Example:
+        >>> t, base = element_tables(np.array([[0.5], [0.5], [0.0]], np.float32),
+        ...                          QSpec(2, True, (0,)), QSpec(3, True, (1,)), 1)
+        >>> t.tolist(), base.tolist()
+        ([0, 0, 0, 0, 0, 2, 4, 6, -4, -3, -2, -1, 0, 2, 4, 6], [[12], [12], [4]])
+    """
+    alpha = np.asarray(alpha, dtype=np.float32)
+    f_in, f_out = in_spec.frac_array(channels), out_spec.frac_array(channels)
+    lo, _ = output_bounds(in_spec, channels)
+    out_lo, out_hi = output_bounds(out_spec, channels)
+    size = table_input_size(in_spec, channels)
+    chan = np.broadcast_to(np.arange(channels), alpha.shape)
+    keys = np.stack([alpha.astype(np.float64).ravel(), *(
+        np.asarray(a, np.float64)[chan].ravel() for a in (f_in, lo, f_out, out_lo, out_hi))],
+        axis=1)
+    unique, ids = np.unique(keys, axis=0, return_inverse=True)
+    if len(unique) * size > MAX_TABLE_ENTRIES:
+        raise ValueError(f"{len(unique)} distinct PReLU tables of {size} entries exceed "
+                         f"{MAX_TABLE_ENTRIES} entries; share alpha over more axes "
+                         "(shared_axes) or use fewer activation bits before this layer")
+    steps = np.arange(size, dtype=np.float64)
+    a, f, low, g, o_lo, o_hi = (unique[:, i:i + 1] for i in range(6))
+    x = np.ldexp(low + steps, -f.astype(np.int64))  # alpha·x is exact in float64
+    y = np.where(x >= 0, x, a * x)
+    rows = np.clip(round_half_up(np.ldexp(y, g.astype(np.int64))), o_lo, o_hi)
+    base = ids.reshape(alpha.shape).astype(np.int64) * size - lo[chan]
+    return rows.ravel().astype(np.int64), base
+
+
 @keras.saving.register_keras_serializable(package="fixedq")
 class QuantizedPReLU(QuantizedTable):
-    """``PReLU`` with one trainable ``alpha`` per channel: ``x`` for ``x >= 0``, else
-    ``alpha_c * x``. The engine gets one table per channel (eq. 38); the Keras layer evaluates
-    the same entry formula on the fly, ``sat(round_half_up(alpha_c * v * 2^(g_c - f_c)))``,
-    so that ``alpha`` trains with QAT. ``alpha`` is float32 and ``v`` has at most 17 bits:
-    ``alpha * v`` is exact in float64, so both executors round the same exact value."""
+    """``PReLU`` with a trainable ``alpha``: ``x`` for ``x >= 0``, else ``alpha * x``. With one
+    alpha per channel (``alpha_shape`` None) the engine gets one table per channel (eq. 38);
+    with ``alpha_shape`` (the float layer's alpha shape without the batch axis, e.g.
+    ``(H, W, C)`` for Keras' default ``shared_axes=None``, 1 on shared axes) one table per
+    distinct ``(alpha, channel spec)`` and a ``base`` of that shape (:func:`element_tables`).
+    The Keras layer evaluates the same entry formula on the fly,
+    ``sat(round_half_up(alpha * v * 2^(g_c - f_c)))``, so that ``alpha`` trains with QAT.
+    ``alpha`` is float32 and ``v`` has at most 17 bits: ``alpha * v`` is exact in float64, so
+    both executors round the same exact value."""
 
     per_channel = True
 
+    def __init__(self, alpha_shape=None, **kwargs):
+        super().__init__(**kwargs)
+        self.alpha_shape = None if alpha_shape is None else tuple(int(d) for d in alpha_shape)
+
     def build(self, input_shape):
-        self.alpha = self.add_weight(name="alpha", shape=(int(input_shape[-1]),),
-                                     initializer="zeros")
+        channels = int(input_shape[-1])
+        shape = (channels,) if self.alpha_shape is None else self.alpha_shape
+        if shape[-1] != channels or len(shape) > len(input_shape) - 1 or any(
+                d not in (1, int(n)) for d, n in zip(shape[:-1], input_shape[1:-1],
+                                                     strict=False)):
+            raise ValueError(f"{self.name}: alpha_shape {list(shape)} does not fit the input "
+                             f"shape {list(input_shape)}")
+        self.alpha = self.add_weight(name="alpha", shape=shape, initializer="zeros")
         super().build(input_shape)
+
+    def tables(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.alpha_shape is None:
+            return super().tables()
+        return element_tables(self.alpha.numpy(), self.input_spec0, self.output_spec,
+                              self.channels)
+
+    def get_config(self):
+        config = super().get_config()
+        if self.alpha_shape is not None:
+            config["alpha_shape"] = list(self.alpha_shape)
+        return config
 
     def phi(self, x, channel):
         a = float(np.asarray(self.alpha.numpy(), dtype=np.float32)[channel])

@@ -32,8 +32,8 @@ import keras
 import numpy as np
 from keras import activations, ops
 
-__all__ = ["FUNCTIONS", "TableFunction", "check_params", "for_activation",
-           "tf_keras_hard_sigmoid"]
+__all__ = ["FUNCTIONS", "ReLUFunction", "TableFunction", "check_params", "for_activation",
+           "output_signed", "tf_keras_hard_sigmoid"]
 
 _SQRT2 = math.sqrt(2.0)
 _GELU_C = math.sqrt(2.0 / math.pi)
@@ -70,6 +70,63 @@ def tf_keras_hard_sigmoid(x):
         [0.0, 0.5, 0.699999988079071]
     """
     return ops.clip(ops.add(ops.multiply(x, 0.2), 0.5), 0.0, 1.0)
+
+
+def _relu(x, negative_slope=0.0, max_value=None, threshold=0.0):
+    """``keras.activations.relu`` with all its parameters (Keras 3's and tf-keras' formula):
+    ``x`` above the threshold (0 below), clipped to ``[0, max_value]`` when given, minus
+    ``negative_slope * relu(threshold - x)``."""
+    s, t = _f32(negative_slope), _f32(threshold)
+    y = np.where(x > t, x, 0.0) if t != 0 else np.maximum(x, 0.0)
+    if max_value is not None:
+        y = np.clip(y, 0.0, _f32(max_value))
+    if s != 0:
+        y = y - s * np.maximum(t - x, 0.0)
+    return y
+
+
+def _keras_relu(x, negative_slope=0.0, max_value=None, threshold=0.0):
+    return activations.relu(x, negative_slope=_f32(negative_slope), threshold=_f32(threshold),
+                            max_value=None if max_value is None else _f32(max_value))
+
+
+@keras.saving.register_keras_serializable(package="fixedq")
+class ReLUFunction:
+    """``keras.layers.ReLU(max_value, negative_slope, threshold)`` as an activation function
+    object (serializable, so an ``Activation`` layer can hold it). ``sanitize`` rewrites the
+    ReLU layers that are not a plain clip (a threshold, or a negative slope with a
+    ``max_value``) to ``Activation(ReLUFunction(...))``, which ``quantize`` turns into the
+    integer table of the ``relu`` function; it computes exactly what the layer computed
+    (``keras.activations.relu`` with the same arguments).
+
+    Example:
+        >>> import numpy as np
+        >>> f = ReLUFunction(negative_slope=0.5, threshold=1.0)
+        >>> np.asarray(f(np.array([-1.0, 0.5, 2.0], "float32"))).tolist()
+        [-1.0, -0.25, 2.0]
+    """
+
+    def __init__(self, negative_slope: float = 0.0, max_value: float | None = None,
+                 threshold: float = 0.0):
+        self.negative_slope = float(negative_slope)
+        self.max_value = None if max_value is None else float(max_value)
+        self.threshold = float(threshold)
+
+    def __call__(self, x):
+        return activations.relu(x, negative_slope=self.negative_slope,
+                                max_value=self.max_value, threshold=self.threshold)
+
+    def params(self) -> dict:
+        """The ``relu`` table function's parameters."""
+        return {"negative_slope": self.negative_slope, "max_value": self.max_value,
+                "threshold": self.threshold}
+
+    def get_config(self) -> dict:
+        return self.params()
+
+    @classmethod
+    def from_config(cls, config: dict) -> ReLUFunction:
+        return cls(**config)
 
 
 def _hard_silu(x):
@@ -160,6 +217,8 @@ FUNCTIONS: dict[str, TableFunction] = {f.name: f for f in (
     TableFunction("hard_sigmoid", _hard_sigmoid, _k(ops.hard_sigmoid), False),
     TableFunction("tf_keras_hard_sigmoid", _tf_keras_hard_sigmoid, _k(tf_keras_hard_sigmoid),
                   False),
+    TableFunction("relu", _relu, _keras_relu, True,
+                  {"negative_slope": 0.0, "max_value": None, "threshold": 0.0}),
     TableFunction("silu", lambda x: x * _sigmoid(x), _k(ops.silu), True),
     TableFunction("hard_silu", _hard_silu, _k(ops.hard_silu), True),
     TableFunction("gelu", _gelu, _k(ops.gelu), True, {"approximate": False}),
@@ -207,6 +266,8 @@ def for_activation(activation) -> tuple[str, dict] | None:
         fn = activations.get(activation)
     except (ValueError, TypeError):
         return None
+    if isinstance(fn, ReLUFunction):
+        return "relu", check_params("relu", fn.params())
     name = _BY_KERAS.get(fn)
     if name is None:
         return None
@@ -234,6 +295,8 @@ def check_params(name: str, params: dict | None) -> dict:
                          f"got {sorted(unknown)}")
     out = {**fn.params, **params}
     for key, value in out.items():
+        if key == "max_value" and value is None:  # relu without an upper clip
+            continue
         if key == "approximate":
             if not isinstance(value, bool):
                 raise ValueError(f"{name}: approximate must be true or false, got {value!r}")
@@ -243,3 +306,18 @@ def check_params(name: str, params: dict | None) -> dict:
         else:
             out[key] = float(value)
     return out
+
+
+def output_signed(name: str, params: dict | None) -> bool:
+    """Whether function ``name`` with ``params`` can give negative outputs (the table's output
+    spec is then signed). ``relu``: with a negative slope, or a negative threshold without a
+    ``max_value`` clip.
+
+    Example:
+        >>> output_signed("relu", {"threshold": 0.5}), output_signed("relu", {"threshold": -1.0})
+        (False, True)
+    """
+    if name == "relu":
+        p = check_params(name, params)
+        return p["negative_slope"] != 0 or (p["threshold"] < 0 and p["max_value"] is None)
+    return FUNCTIONS[name].signed

@@ -17,7 +17,7 @@ from __future__ import annotations
 import keras
 
 from fixedq.layers.table import QuantizedActivation
-from fixedq.layers.table_functions import FUNCTIONS, for_activation
+from fixedq.layers.table_functions import FUNCTIONS, for_activation, output_signed
 from fixedq.ops.registry import OpSpec, register
 from fixedq.ops.table import table_builder, table_to_engine
 
@@ -36,7 +36,7 @@ def _make(node, common):
 
 
 def _signed(node) -> bool:
-    return FUNCTIONS[for_activation(node.config["activation"])[0]].signed
+    return output_signed(*for_activation(node.config["activation"]))
 
 
 def _example(rng):

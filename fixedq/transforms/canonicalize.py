@@ -5,7 +5,10 @@
   ``Activation(None)`` (keras.applications' ``classifier_activation=None``) → ``Identity()``,
   which passes the integers through unchanged.
 - ``ReLU(negative_slope=a)`` (no threshold, no max_value) → ``LeakyReLU(a)``: the same function,
-  quantized as an integer table.
+  quantized as an integer table. A ``ReLU`` with a threshold, or with a negative slope and a
+  ``max_value`` (not a clip, not a LeakyReLU) → ``Activation(ReLUFunction(...))``
+  (:class:`fixedq.layers.table_functions.ReLUFunction`: ``keras.activations.relu`` with the
+  same arguments), quantized as the integer table of that function.
 - ``Lambda`` layers are identified by probing (:mod:`fixedq.transforms.lambda_probe`) and become
   ``ReLU``, ``ReLU(max_value=6)``, ``Permute``, ``Reshape`` or ``Add`` only when the probe
   matches exactly; anything else is left in place (quantization will stop before it).
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import keras
 
+from fixedq.layers.table_functions import ReLUFunction
 from fixedq.transforms.graph import Graph, GraphNode, Ref, new_node
 from fixedq.transforms.lambda_probe import identify_lambda
 from fixedq.transforms.report import Change
@@ -83,11 +87,26 @@ def _leaky_for_relu(node: GraphNode) -> keras.layers.Layer | None:
                                   dtype=cfg.get("dtype"))
 
 
+def _table_for_relu(node: GraphNode) -> keras.layers.Layer | None:
+    """``Activation(ReLUFunction(...))`` for a ``ReLU`` that is neither a clip nor a LeakyReLU:
+    a non-zero threshold, or a negative slope together with a ``max_value``."""
+    cfg = node.config
+    slope = float(cfg.get("negative_slope") or 0.0)
+    threshold = float(cfg.get("threshold") or 0.0)
+    max_value = cfg.get("max_value")
+    if not threshold and not (slope and max_value is not None):
+        return None
+    fn = ReLUFunction(slope, None if max_value is None else float(max_value), threshold)
+    return keras.layers.Activation(fn, name=node.name, dtype=cfg.get("dtype"))
+
+
 def _describe(layer: keras.layers.Layer) -> str:
     if isinstance(layer, keras.layers.ReLU):
         return "ReLU(max_value=6.0)" if layer.max_value is not None else "ReLU()"
     if isinstance(layer, keras.layers.LeakyReLU):
         return f"LeakyReLU({layer.negative_slope})"
+    if isinstance(layer, keras.layers.Activation) and isinstance(layer.activation, ReLUFunction):
+        return f"Activation(ReLUFunction({layer.activation.params()}))"
     if isinstance(layer, keras.layers.Permute):
         return f"Permute({tuple(layer.dims)})"
     if isinstance(layer, keras.layers.Reshape):
@@ -133,8 +152,10 @@ def canonicalize_layers(graph: Graph) -> list[Change]:
             new = layer_for_activation(activation, node.name, node.config.get("dtype"))
             before = f"Activation({activation})"
         elif node.cls is keras.layers.ReLU:
-            new = _leaky_for_relu(node)
-            before = f"ReLU(negative_slope={node.config.get('negative_slope')})"
+            new = _leaky_for_relu(node) or _table_for_relu(node)
+            before = (f"ReLU(negative_slope={node.config.get('negative_slope')}, "
+                      f"max_value={node.config.get('max_value')}, "
+                      f"threshold={node.config.get('threshold')})")
         elif node.cls is keras.layers.Lambda:
             new = _lambda_replacement(graph, node)
             before = "Lambda"

@@ -1,6 +1,7 @@
 """Rewrite 5: swap ``ReLU → MaxPooling2D`` into ``MaxPooling2D → ReLU``.
 
-A ReLU (also with ``max_value``, a threshold >= 0 or a slope >= 0) is a non-decreasing
+A ReLU (also with ``max_value``, a threshold >= 0 or a slope >= 0; also as the
+``Activation(ReLUFunction)`` rewrite 1 makes of a thresholded one) is a non-decreasing
 function applied element-wise, and max pooling takes maxima of windows (padding never wins a
 maximum in TensorFlow's ``"same"`` pooling), so ``maxpool(relu(x)) == relu(maxpool(x))``
 exactly. Pooling first lets the ReLU run on fewer values and leaves the pool on the signed
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import keras
 
+from fixedq.layers.table_functions import for_activation
 from fixedq.transforms.graph import Graph, Ref
 from fixedq.transforms.report import Change
 
@@ -31,13 +33,26 @@ __all__ = ["reorder_relu_maxpool"]
 NAME = "reorder_relu_maxpool"
 
 
+def _relu_params(node) -> dict | None:
+    """The ReLU parameters of a ``ReLU`` layer, or of the ``Activation(ReLUFunction)`` that
+    canonicalization (rewrite 1) makes of one; ``None`` for any other node."""
+    if node.cls is keras.layers.ReLU:
+        return node.config
+    if node.cls is keras.layers.Activation:
+        fn = for_activation(node.config.get("activation"))
+        if fn is not None and fn[0] == "relu":
+            return fn[1]
+    return None
+
+
 def _monotonic_relu(node) -> bool:
-    if node.cls is not keras.layers.ReLU or not node.plain_call or len(node.refs) != 1:
+    params = _relu_params(node)
+    if params is None or not node.plain_call or len(node.refs) != 1:
         return False
     # x >= threshold ? x : slope * (x - threshold) is non-decreasing iff slope >= 0 and the
     # value jumps up (not down) at the threshold, i.e. threshold >= 0.
-    slope = node.config.get("negative_slope") or 0.0
-    threshold = node.config.get("threshold") or 0.0
+    slope = params.get("negative_slope") or 0.0
+    threshold = params.get("threshold") or 0.0
     return float(slope) >= 0.0 and float(threshold) >= 0.0
 
 
