@@ -21,7 +21,8 @@ when a virtual environment with akida 2.19.3 exists (``--akida-python``, default
 ``/work/akida-venv/bin/python``), BrainChip's akida software engine on the DS-CNN- and
 MobileNetV2-style MNIST nets (bench/akida_child.py, run with that environment's Python).
 ``--reuse-log LOG`` takes the per-model rows from an earlier run's stdout and measures only
-akida, the event rows and memory (the section then says so).
+akida, the event rows and memory (the section then says so); ``--events-only`` measures the
+event rows alone and rewrites their table (its own markers inside the section).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from md_section import replace_section  # noqa: E402
 
 DOC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "benchmarks.md")
 START, END = "<!-- engine:start -->", "<!-- engine:end -->"
+EV_START, EV_END = "<!-- engine-events:start -->", "<!-- engine-events:end -->"
 BIG = 224
 #: name -> (input shape, description)
 MODELS = {
@@ -256,9 +258,32 @@ def event_rows(repeats: int) -> list[dict]:
             t = interleaved_medians({"dense": lambda xb=xb, e=e: e.predict(xb, batch_size=len(xb)),
                          "event": lambda xb=xb, e=e: e.predict(xb, batch_size=len(xb),
                                                                mode="event")}, repeats)
-            out.append({"case": label, "batch": b, **t,
+            e.predict(xb, batch_size=len(xb), mode="event")
+            plan = e.fast_plan("event")
+            kernels = [getattr(s, "last", None) or "dense" for op, s in
+                       zip(e.ops, plan.steps, strict=True) if op.kind == "neural"] \
+                if plan is not None else ["reference"]
+            out.append({"case": label, "batch": b, **t, "kernels": kernels,
                         "sparsity": [round(r["sparsity"], 3) for r in stats]})
     return out
+
+
+def event_section(ev, repeats, load) -> str:
+    """The event table (its own markers inside the engine section: ``--events-only``
+    rewrites it alone)."""
+    out = ["Event path vs the dense path on inputs with ≥ 90 % zeros (8-bit bench CNN; "
+           "dense = the compiled dense path; event = the same plan with conv2d/dense steps on "
+           "events when its cost model prefers them, `fixedq/engine/fast/events.py`; medians "
+           f"of {repeats} interleaved runs, load average {load[0]:.1f} / {load[1]:.1f} at "
+           "start / end):", "",
+           "| case | batch | dense (ms) | event (ms) | event speed-up (≥ 2×) | input sparsity "
+           "per neural layer | kernel per neural layer |", "|---|---|---|---|---|---|---|"]
+    for r in ev:
+        out.append(f"| {r['case']} | {r['batch']} | {r['dense'] * 1e3:.2f} | "
+                   f"{r['event'] * 1e3:.2f} | {_ratio(r['dense'], r['event'])} | "
+                   f"{', '.join(map(str, r['sparsity']))} | "
+                   f"{', '.join(r.get('kernels', []))} |")
+    return "\n".join(out) + "\n"
 
 
 def memory_rows() -> list[dict]:
@@ -376,14 +401,7 @@ def section(results, ev, mem, repeats, load, backend, akida=None, note="") -> st
             f"{len(ok)} measured rows; at batch 1 (latency): "
             f"{sum(row['float'] >= row['dense'] for row in one)} of {len(one)}."]
     out += akida_section(results, akida)
-    out += ["", "Event path vs the dense path on inputs with ≥ 90 % zeros (8-bit bench CNN; "
-            "dense = the compiled dense path above):", "",
-            "| case | batch | dense (ms) | event (ms) | event speed-up (≥ 2×) | input sparsity "
-            "per neural layer |", "|---|---|---|---|---|---|"]
-    for r in ev:
-        out.append(f"| {r['case']} | {r['batch']} | {r['dense'] * 1e3:.1f} | "
-                   f"{r['event'] * 1e3:.1f} | {_ratio(r['dense'], r['event'])} | "
-                   f"{', '.join(map(str, r['sparsity']))} |")
+    out += ["", EV_START, event_section(ev, repeats, load).rstrip(), EV_END]
     out += ["", "Peak memory of `engine.predict` (tracemalloc, NumPy buffers included; "
             "MobileNetV2-style MNIST net, batch_size 32):", "",
             "| N | peak (MiB) | of which the output array (MiB) |", "|---|---|---|"]
@@ -418,9 +436,19 @@ def main(argv=None) -> int:
                         help="take the per-model rows from an earlier run's stdout (its JSON "
                              "lines) instead of running them again")
     parser.add_argument("--rerun", default="", help="with --reuse-log: models to run again")
+    parser.add_argument("--events-only", action="store_true",
+                        help="measure the event rows only and rewrite their table")
     args = parser.parse_args(argv)
     if args.case:
         print(json.dumps(case(args.case, args.repeats, args.quick)))
+        return 0
+    if args.events_only:
+        load0 = os.getloadavg()[0]
+        ev = event_rows(args.repeats)
+        text = event_section(ev, args.repeats, (load0, os.getloadavg()[0]))
+        print(text)
+        if not args.no_write:
+            replace_section(DOC, EV_START, EV_END, text)
         return 0
     names = [m for m in args.models.split(",") if m]
     unknown = [m for m in names if m not in MODELS]

@@ -96,6 +96,10 @@ def test_worst_case_magnitudes(rng_in, align, always_events, monkeypatch):
         x = np.where(rng.random((2, 5, 6, c)) < 0.5, 1e30, -1e30).astype(np.float32)
         x[rng.random(x.shape) < 0.9] = 0.0
         _check(model, x, monkeypatch)
+        if not align and rng_in[1] <= 255:  # 8-bit inputs, |w| = 128: 16-bit products
+            step = _event_steps(model)[0]
+            xq = model.fast_plan("event").steps[0]([x])
+            assert step._weights(xq, None).dtype == np.int16
 
 
 def test_accumulator_dtype_choice(monkeypatch):

@@ -47,14 +47,16 @@ def count_nonzero(x):
     return n
 
 
-def conv_events(x, w, ri, rj, ho, wo, const, bias, clip_acc, acc_lo, acc_hi, mult, left,
-                s1, up, lo, hi, out, acc, mark, touched, pool, val):
+def conv_events(x, w, narrow, ri, rj, ho, wo, const, bias, clip_acc, acc_lo, acc_hi, mult,
+                left, s1, up, lo, hi, out, acc, mark, touched, pool, val):
     """Event-driven conv2d of NHWC ``x`` into ``out`` ``(n, ho*wo, cout)``, or with a fused
     max pool ``(n, ho2*wo2, cout)`` when ``pool = (ph, pw, sh, sw, pt, pl, ho2, wo2)`` has
     ``ph > 0`` (positions outside the conv output are ignored, as in the dense maxpool; a
     window without a reached pixel is ``const``).
 
-    ``w``: ``(kh, kw, cin, cout)`` aligned weights in the accumulator dtype; ``ri`` ``(h,
+    ``w``: ``(kh, kw, cin, cout)`` aligned weights in the accumulator dtype, or int16 with
+    ``narrow`` when the caller proved ``|x| * |w| < 2^15`` (every product exact in 16 bits,
+    added into int32 accumulators); ``ri`` ``(h,
     kh)`` / ``rj`` ``(w, kw)``: the output row / column input row / column ``i`` reaches
     through tap ``a`` (``-1``: none; see :func:`reach`); ``acc`` ``(ho*wo, cout)`` zeros,
     ``mark`` ``(ho*wo,)`` False and ``touched`` ``(ho*wo,)``: scratch per sample, left as
@@ -84,8 +86,12 @@ def conv_events(x, w, ri, rj, ho, wo, const, bias, clip_acc, acc_lo, acc_hi, mul
                                 mark[o] = True
                                 touched[nt] = o
                                 nt += 1
-                            for t in range(cout):
-                                acc[o, t] += va * w[a, b, ch, t]
+                            if narrow:  # |v * w| < 2^15: 16-bit products (exact)
+                                for t in range(cout):
+                                    acc[o, t] += np.int16(va * w[a, b, ch, t])
+                            else:
+                                for t in range(cout):
+                                    acc[o, t] += va * w[a, b, ch, t]
         ob = out[bi]
         dst = val if pool[0] > 0 else ob
         if pool[0] == 0:

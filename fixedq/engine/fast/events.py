@@ -12,7 +12,9 @@ are the dense path's, bit for bit:
 - the weights are ``w * 2^a_c`` (the input channel's alignment folded in, exact) in int32
   when ``max_o sum |w * 2^a_c| * max|x_c|`` is below 2^31 (the dtype's range first, else the
   batch's own), int64 below 2^62, else the dense step runs; every partial sum is bounded by
-  that sum, so no order of additions overflows;
+  that sum, so no order of additions overflows. A conv with 8-bit inputs and aligned weights
+  in ``[-128, 128]`` multiplies in 16 bits (``|x * w| <= 255 * 128 < 2^15``) into the int32
+  accumulators;
 - the epilogue is the dense step's (same constants, int64 scalar steps), whose no-wrap
   precondition was proven when the plan was built.
 
@@ -38,6 +40,7 @@ Example:
 
 from __future__ import annotations
 
+import threading
 from functools import lru_cache
 from types import SimpleNamespace
 
@@ -102,8 +105,11 @@ class EventStep:
         # (bounds are compared with 2^31 and 2^62; a product by max |x| cannot wrap)
         self.abs_w = np.abs(self.k64).reshape(-1, k.shape[-2], self.cout).sum(
             axis=0).astype(np.float64)
-        self.k32 = np.ascontiguousarray(self.k64.astype(np.int32)) \
-            if np.abs(self.k64).max(initial=0) < INT32_EXACT else None
+        kmax = int(np.abs(self.k64).max(initial=0))
+        self.k32 = np.ascontiguousarray(self.k64.astype(np.int32)) if kmax < INT32_EXACT \
+            else None
+        # 16-bit products for 8-bit inputs: |x| <= 255 and |w| <= 128 give |x*w| < 2^15
+        self.k16 = np.ascontiguousarray(self.k64.astype(np.int16)) if kmax <= 128 else None
         rq = dense.rq
         self.rq_args = rq.args()
         self.out_dtype = rq.dtype
@@ -113,6 +119,7 @@ class EventStep:
         self.taps = int(np.prod(k.shape[:2])) if dense.type == "conv2d" else 1
         self._bounds: dict[str, float] = {}
         self._reach: dict[tuple, tuple] = {}
+        self._local = threading.local()
         #: the kernel of the last call: "events" or "dense"
         self.last = None
 
@@ -128,6 +135,9 @@ class EventStep:
         if bound >= INT32_EXACT:  # the batch's own per-channel maxima
             m = np.abs(x.reshape(-1, x.shape[-1]).astype(np.int64)).max(axis=0)
             bound = float((self.abs_w * m[:, None]).sum(axis=0).max(initial=0))
+        if bound < INT32_EXACT and self.k16 is not None and x.dtype in (np.uint8, np.int8) \
+                and self.dense.type == "conv2d":
+            return self.k16
         if bound < INT32_EXACT and self.k32 is not None:
             return self.k32
         return self.k64 if bound < INT64_SAFE else None
@@ -177,31 +187,47 @@ class EventStep:
         nb.dense_events(x2, w, acc, self.const, *self.rq_args, out)
         return out.reshape(*lead, self.cout)
 
-    def _conv_events(self, nb, x, w, geo):
-        kh, kw, s, d, ho, wo, pt, pl = geo
-        n = x.shape[0]
-        pool, ho2, wo2 = np.zeros(8, np.int64), ho, wo
-        if self.dense.pool:  # fused max pool (after the requantization, as the dense step)
-            pa = self.dense.pool
-            size, st = tuple(pa["pool_size"]), tuple(pa["strides"])
-            ho2, ppt, _ = ref.conv_geometry(ho, size[0], st[0], pa["padding"])
-            wo2, ppl, _ = ref.conv_geometry(wo, size[1], st[1], pa["padding"])
-            pool = np.array([size[0], size[1], st[0], st[1], ppt, ppl, ho2, wo2], np.int64)
-        out = np.empty((n, ho2 * wo2, self.cout), self.out_dtype)
-
-        key = x.shape[1:3]
-        tables = self._reach.get(key)
-        if tables is None:
+    def _shape_consts(self, hw, geo):
+        """Per input size (cached, at most 4): the reach tables and the pool constants."""
+        got = self._reach.get(hw)
+        if got is None:
+            kh, kw, s, d, ho, wo, pt, pl = geo
+            pool, ho2, wo2 = np.zeros(8, np.int64), ho, wo
+            if self.dense.pool:  # fused max pool (after the requantization, as the dense step)
+                pa = self.dense.pool
+                size, st = tuple(pa["pool_size"]), tuple(pa["strides"])
+                ho2, ppt, _ = ref.conv_geometry(ho, size[0], st[0], pa["padding"])
+                wo2, ppl, _ = ref.conv_geometry(wo, size[1], st[1], pa["padding"])
+                pool = np.array([size[0], size[1], st[0], st[1], ppt, ppl, ho2, wo2], np.int64)
             if len(self._reach) >= 4:  # many image sizes: memory stays bounded
                 self._reach.clear()
-            tables = self._reach[key] = (
-                event_kernels.reach(x.shape[1], kh, s[0], d[0], pt, ho),
-                event_kernels.reach(x.shape[2], kw, s[1], d[1], pl, wo))
+            got = self._reach[hw] = (event_kernels.reach(hw[0], kh, s[0], d[0], pt, ho),
+                                     event_kernels.reach(hw[1], kw, s[1], d[1], pl, wo),
+                                     pool, ho2, wo2)
+        return got
 
-        acc = np.zeros((ho * wo, self.cout), w.dtype)
-        mark = np.zeros(ho * wo, np.bool_)
-        touched = np.empty(ho * wo, np.int64)
-        val = np.empty((ho * wo if pool[0] else 1, self.cout), self.out_dtype)
-        nb.conv_events(x, w, *tables, ho, wo, self.const, *self.rq_args, out, acc, mark,
+    def _scratch(self, rows, acc_dtype, pooled):
+        """This thread's scratch for ``rows`` output pixels (the kernel leaves ``acc`` zero
+        and ``mark`` False, so they are reused as they are)."""
+        key = (rows, np.dtype(acc_dtype).str, pooled)
+        cache = self._local.__dict__.setdefault("scratch", {})
+        got = cache.get(key)
+        if got is None:
+            if len(cache) >= 4:
+                cache.clear()
+            got = cache[key] = (np.zeros((rows, self.cout), acc_dtype),
+                                np.zeros(rows, np.bool_), np.empty(rows, np.int64),
+                                np.empty((rows if pooled else 1, self.cout), self.out_dtype))
+        return got
+
+    def _conv_events(self, nb, x, w, geo):
+        ho, wo = geo[4], geo[5]
+        n = x.shape[0]
+        ri, rj, pool, ho2, wo2 = self._shape_consts(x.shape[1:3], geo)
+        out = np.empty((n, ho2 * wo2, self.cout), self.out_dtype)
+        narrow = w.dtype == np.int16
+        acc, mark, touched, val = self._scratch(ho * wo, np.int32 if narrow else w.dtype,
+                                                bool(pool[0]))
+        nb.conv_events(x, w, narrow, ri, rj, ho, wo, self.const, *self.rq_args, out, acc, mark,
                        touched, pool, val)
         return out.reshape(n, ho2, wo2, self.cout)
