@@ -363,6 +363,9 @@ KERNELS: dict[str, Kernel] = {
                        "(eq. 29)", transformer_ops.run_shiftmax),
     "attention": Kernel("multi-head attention: exact QK^T, requantized scores, shiftmax, PV "
                         "(eq. 30)", transformer_ops.run_attention),
+    "attention_softmax": Kernel("multi-head attention (Keras MultiHeadAttention): exact QK^T, "
+                                "requantized scores, integer softmax, PV (eq. 30b)",
+                                transformer_ops.run_attention_softmax),
     "madnorm": Kernel("layer MAD normalization: integer mean, MAD, rounded division (eq. 31)",
                       transformer_ops.run_madnorm),
     "layernorm": Kernel("layer normalization: exact mean and variance, integer reciprocal "

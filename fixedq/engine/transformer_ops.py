@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from fixedq.engine.kernels import exact_dtype
+from fixedq.engine.table_ops import softmax_int
 from fixedq.tensors.rounding import shift_round
 
 
@@ -69,13 +70,28 @@ def run_shiftmax(op, xs: list[np.ndarray]) -> np.ndarray:
 def run_attention(op, xs: list[np.ndarray]) -> np.ndarray:
     """Eq. 30: multi-head attention of an ``attention`` op's (q, k, v) integers."""
     a, r = op.attrs, op.arrays
+    return _attention(op, xs, lambda s: shiftmax_int(
+        s, int(a["score_frac"]), r["exp_table"], int(a["exp_bits"]), int(a["k_max"]),
+        int(a["prob_frac"]), int(a["prob_hi"])))
+
+
+def run_attention_softmax(op, xs: list[np.ndarray]) -> np.ndarray:
+    """Eq. 30b: multi-head attention with the integer softmax of eq. 39 on the scores (Keras
+    ``MultiHeadAttention``)."""
+    a, r = op.attrs, op.arrays
+    zero = np.zeros(1, dtype=np.int64)
+    return _attention(op, xs, lambda s: softmax_int(
+        s, r["exp_table"], zero, 0, int(a["prob_frac"]), 0, int(a["prob_hi"])))
+
+
+def _attention(op, xs: list[np.ndarray], probabilities) -> np.ndarray:
+    a, r = op.attrs, op.arrays
     h = int(a["num_heads"])
     q, k, v = (_heads(_align(x, r[f"align{i}"]), h) for i, x in enumerate(xs))
     scores = exact_matmul(q, k.transpose(0, 1, 3, 2), int(a["score_bound"]))
     s = shift_round(scores * np.int64(a["score_multiplier"]), int(a["score_shift"]))
     s = np.clip(s, a["acc_lo"], a["acc_hi"])
-    p = shiftmax_int(s, int(a["score_frac"]), r["exp_table"], int(a["exp_bits"]),
-                     int(a["k_max"]), int(a["prob_frac"]), int(a["prob_hi"]))
+    p = probabilities(s)
     o = exact_matmul(p, v, int(a["out_bound"]))
     b, _, n, _ = o.shape
     o = o.transpose(0, 2, 1, 3).reshape(b, n, -1)

@@ -255,6 +255,9 @@ KIND_RULES: dict[str, tuple] = {
     "shiftmax": (_shiftmax_rule, ("in_align", "exp_table"), (1, 1)),
     "attention": (_attention_attrs, ("align{i}", "exp_table", "out_shift", "out_lo", "out_hi"),
                   (3, 3)),
+    "attention_softmax": (_attention_attrs, ("align{i}", "exp_table", "out_shift", "out_lo",
+                                             "out_hi"),
+                  (3, 3)),
     "madnorm": (_other_attrs({"eps_int": _small(0, 2**62),
                               "norm_frac": _small(0, 62)}),
                 ("in_align", "multiplier", "shift", "offset", "out_lo", "out_hi"), (1, 1)),
@@ -325,7 +328,8 @@ def _op(rec, where: str, index: int, known: set[str]) -> list[ArrayRef]:
         rank = 2 if attrs["type"] == "dense" else 4
         if len(have["kernel"].shape) != rank:
             raise _bad(f"{where}.arrays.kernel.shape", f"rank {rank}", list(have["kernel"].shape))
-    if kind in ("shiftmax", "attention") and have["exp_table"].size < 2 ** attrs["score_frac"]:
+    if (kind in ("shiftmax", "attention", "attention_softmax")
+            and have["exp_table"].size < 2 ** attrs["score_frac"]):
         raise _bad(f"{where}.arrays.exp_table.shape",
                    f"at least 2^score_frac = {2 ** attrs['score_frac']} values",
                    list(have["exp_table"].shape))
@@ -585,7 +589,7 @@ def _op_shape(rec: dict, arrays: dict, shapes: list):
     if kind == "permute":
         _need(len(a["dims"]) == len(x) - 1, f"dims {a['dims']} do not permute {_fmt(x)}")
         return (None, *(x[d] for d in a["dims"])), None
-    if kind == "attention":
+    if kind in ("attention", "attention_softmax"):
         return _attention_shape(a, shapes), None
     if kind in ("class_token", "extract_token"):
         _need(len(x) == 3, f"expects rank-3 (N, tokens, channels) inputs, got {_fmt(x)}")

@@ -35,7 +35,8 @@ from fixedq.layers.base import (
 from fixedq.tensors import kops
 from fixedq.tensors.rounding import round_half_up
 
-__all__ = ["NEWTON_STEPS", "QuantizedLayerNormalization", "isqrt_newton", "layer_norm_bound"]
+__all__ = ["NEWTON_STEPS", "QuantizedLayerNormalization", "floor_log2", "isqrt_newton",
+           "layer_norm_bound"]
 
 #: Integer Newton steps of the square root from ``2^31`` (6 reach ``floor`` or ``floor + 1``
 #: for every ``n`` in ``[2^60, 2^62)``; one final comparison makes it exact).
@@ -69,12 +70,14 @@ def isqrt_newton(n):
     return x - ops.cast(x * x > n, "int64")
 
 
-def _floor_log2(w):
-    """``floor(log2 w)`` of int64 ``1 <= w < 2^62`` by comparisons (eq. 47b)."""
-    k = ops.zeros_like(w)
-    for i in range(1, 62):
-        k = k + ops.cast(w >= (1 << i), "int64")
-    return k
+def floor_log2(w):
+    """``floor(log2 w)`` of int64 ``1 <= w < 2^62`` (eq. 47b): the float64 exponent (exact
+    bits, the conversion may round ``w`` up to a power of two), then one integer correction
+    each way -- the same integer as the engine's comparisons, in a small graph."""
+    k = kops.frexp_exponent(ops.cast(w, "float64")) - 1
+    one = ops.ones_like(w)
+    k = k - ops.cast(ops.left_shift(one, k) > w, "int64")
+    return k + ops.cast(ops.left_shift(one, k + 1) <= w, "int64")
 
 
 @keras.saving.register_keras_serializable(package="fixedq")
@@ -132,7 +135,7 @@ class QuantizedLayerNormalization(QuantizedLayer):
         c = dim * v - ops.sum(v, axis=-1, keepdims=True)
         w = dim * ops.sum(c * c, axis=-1, keepdims=True) + self._eps_int
         w = ops.maximum(w, 1)
-        a = ops.floor_divide(61 - _floor_log2(w), 2)
+        a = ops.floor_divide(61 - floor_log2(w), 2)
         r = isqrt_newton(ops.left_shift(w, 2 * a))
         num = c * np.int64(dim) * ops.left_shift(ops.ones_like(a), a + self.norm_frac)
         return ops.floor_divide(2 * num + r, 2 * r)

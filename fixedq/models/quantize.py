@@ -60,6 +60,7 @@ from fixedq.transforms.graph import (
     read_graph,
 )
 from fixedq.transforms.smooth_quant import smooth_quant as smooth_quant_transform
+from fixedq.transforms.split_attention import unsupported_reason as attention_reason
 from fixedq.transforms.split_separable import split_separable
 
 _METHOD_KEYS = set(CalibrationMethod.__dataclass_fields__)
@@ -209,12 +210,24 @@ def _call_inputs(node, ins: list):
     return ins if listed or len(ins) > 1 else ins[0]
 
 
-def _way_out(node) -> str:
-    """What to do about an unsupported node that is an operation or a custom layer."""
+#: keras.ops that build a class token from a weight (broadcast to the batch, then concatenated).
+_TOKEN_OPS = ("BroadcastTo", "Tile", "ZerosLike", "OnesLike", "Repeat", "GetItem", "Zeros",
+              "Ones", "Full", "FullLike")
+
+
+def _way_out(node, graph: Graph) -> str:
+    """What to do about an unsupported node: an operation, a custom layer, or a
+    MultiHeadAttention call that ``sanitize`` could not split."""
+    if node.cls is keras.layers.MultiHeadAttention:
+        why = attention_reason(node, graph)
+        return (f" ({why}: MultiHeadAttention is quantized when it is a plain self- or "
+                "cross-attention call, see docs/transformers.md)") if why else ""
     if node.cls.__name__ == "OperationLayer":
         op = node.config.get("operation", {}).get("class_name", "?")
+        token = ("; a class token prepended with keras.ops is fixedq.layers.ClassToken(), a "
+                 "Keras layer that quantizes" if op in _TOKEN_OPS else "")
         return (f" (keras.ops {op} has no integer version: replace it by a supported layer, or "
-                "keep this part in float)")
+                f"keep this part in float{token})")
     if not node.cls.__module__.startswith("keras."):
         return (" (a custom layer is one float operation to quantize: build its body from "
                 "Keras layers and keras.ops in the functional model, e.g. a class token as "
@@ -610,7 +623,7 @@ def _build(graph: Graph, qp: QuantizationParams, stats, fused, layer_cfg, name,
             spec = registry.for_float(node.cls)  # a known layer with a setting it cannot take
             why = spec.reason(node) if spec is not None else None
             reason = f"{node.cls.__name__} is not supported" + (f" with {why}" if why else "")
-            reason += _way_out(node) if spec is None else ""
+            reason += _way_out(node, graph) if spec is None else ""
         elif any(s is None for s in in_specs):
             reason = None  # already float upstream: stay float silently
         else:

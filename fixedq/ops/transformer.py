@@ -40,10 +40,12 @@ def requantizing_builder(make):
 
 
 def transformer_op(name: str, kind: str, float_layer: type, quantized_layer: type, build,
-                   requantizes: bool, description: str, accepts=None) -> OpSpec:
-    """Register a transformer op (engine kind = ``kind``)."""
+                   requantizes: bool, description: str, accepts=None,
+                   extra_kinds: tuple[str, ...] = (), example=None) -> OpSpec:
+    """Register a transformer op (engine kind = ``kind``, plus ``extra_kinds`` it may give)."""
     return register(OpSpec(
         name=name, kind=kind, float_layers=(float_layer,), quantized_layers=(quantized_layer,),
-        engine_kinds=(kind,), accepts=accepts, requantizes=requantizes,
+        engine_kinds=(kind, *extra_kinds), accepts=accepts, requantizes=requantizes,
         fuses=(RELU, MAXPOOL_RELU) if requantizes else (), build=build,
-        set_weights=set_weights, to_engine=to_engine, description=description))
+        set_weights=set_weights, to_engine=to_engine, description=description,
+        example=example))

@@ -18,6 +18,7 @@ transpose (batch axis first)               ``Permute``
 mean over (H, W) or over steps             ``GlobalAveragePooling2D/1D(keepdims)``
 ``x[:, i]`` on (B, N, D) tokens             ``ExtractToken(i)``
 relu / relu6                               ``ReLU`` (``max_value=6``)
+image.extract_patches (2-D, channels_last) ``Conv2D`` with a one-hot kernel
 sigmoid, tanh, silu, hard_sigmoid(_silu)   ``Activation`` (integer tables)
 ========================================  ==========================================
 
@@ -55,7 +56,8 @@ _KERAS_OPS = {"Add": "add", "Subtract": "subtract", "Multiply": "multiply",
               "Reshape": "reshape", "Transpose": "transpose", "Mean": "mean",
               "GetItem": "getitem", "ExpandDims": "reshape", "Squeeze": "reshape",
               "Relu": "relu", "Relu6": "relu6", "Sigmoid": "sigmoid", "Tanh": "tanh",
-              "Silu": "silu", "HardSigmoid": "hard_sigmoid", "HardSilu": "hard_silu"}
+              "Silu": "silu", "HardSigmoid": "hard_sigmoid", "HardSilu": "hard_silu",
+              "ExtractPatches": "extract_patches"}
 
 #: Elementwise activations (``keras.ops.relu(x)``, ...): read as ``ReLU`` or ``Activation``.
 _ACTIVATIONS = ("sigmoid", "tanh", "silu", "hard_sigmoid", "hard_silu")
@@ -115,6 +117,10 @@ def describe_operation(op, args: tuple, kwargs: dict, is_ref) -> OpCall | None:
         params["key"] = args[1]
         operands = operands[:1]
     elif name == "reshape":
+        operands = operands[:1]
+    elif name == "extract_patches":
+        params = {k: getattr(op, k) for k in ("size", "strides", "dilation_rate", "padding",
+                                               "data_format")}
         operands = operands[:1]
     return _normalise(OpCall(name, operands, params), is_ref)
 
@@ -272,7 +278,29 @@ def layer_for(call: OpCall, name: str, out_shape: tuple, shapes: dict, is_ref) -
         return _mean(call, name, shape)
     if call.op == "getitem":
         return _getitem(call, name, shape)
+    if call.op == "extract_patches":
+        return _patches(call, name, shape)
     return None
+
+
+def _patches(call: OpCall, name: str, shape: tuple) -> LayerCall | None:
+    """``keras.ops.image.extract_patches`` on a (B, H, W, C) image as the ``Conv2D`` with the
+    one-hot kernel ``K[i, j, c, (i*kw + j)*C + c] = 1`` (the patch's (row, column, channel)
+    order): the same values, and a quantized ``neural`` op (weights exactly +-1)."""
+    p = call.params
+    size = tuple(p["size"]) if isinstance(p["size"], (list, tuple)) else (p["size"],) * 2
+    if len(shape) != 4 or len(size) != 2 or p["data_format"] != "channels_last" \
+            or shape[-1] is None:
+        return None
+    kh, kw, c = int(size[0]), int(size[1]), int(shape[-1])
+    kernel = np.zeros((kh, kw, c, kh * kw * c), dtype=np.float32)
+    for i in range(kh):
+        for j in range(kw):
+            for ch in range(c):
+                kernel[i, j, ch, (i * kw + j) * c + ch] = 1.0
+    return _layer(L.Conv2D, name, (call.operands[0],), [("kernel", kernel)],
+                  filters=kh * kw * c, kernel_size=(kh, kw), strides=p["strides"] or size,
+                  padding=p["padding"], dilation_rate=p["dilation_rate"], use_bias=False)
 
 
 def operation_layer(op, args: tuple, kwargs: dict, is_ref) -> LayerCall:

@@ -9,7 +9,8 @@ The order matters and is fixed:
    ``SeparableConv1D``, ``MaxPooling1D``, ``AveragePooling1D`` as their 2-D layers over a
    ``(1, steps)`` image between two ``Reshape`` layers.
    Then :func:`~fixedq.transforms.subtract_as_add.subtract_as_add` - ``a - b`` as
-   ``a + Rescaling(-1)(b)``.
+   ``a + Rescaling(-1)(b)``, and :func:`~fixedq.transforms.split_attention.split_attention` -
+   ``MultiHeadAttention`` as ``Dense`` q/k/v + ``Attention(softmax="softmax")`` + ``Dense``.
 2. :func:`~fixedq.transforms.split_activations.split_activations` - fused activations become
    their own layer, so every weighted layer is linear (the precondition of 4) and its ReLU is
    visible to 5.
@@ -52,6 +53,7 @@ from fixedq.transforms.one_d_as_2d import one_d_as_2d
 from fixedq.transforms.reorder_relu_maxpool import reorder_relu_maxpool
 from fixedq.transforms.report import Change, SanitizeReport
 from fixedq.transforms.split_activations import split_activations
+from fixedq.transforms.split_attention import split_attention
 from fixedq.transforms.split_keepdims import split_keepdims
 from fixedq.transforms.subtract_as_add import subtract_as_add
 
@@ -63,6 +65,7 @@ REWRITES: tuple[Rewrite, ...] = (
     canonicalize_layers,
     one_d_as_2d,
     subtract_as_add,
+    split_attention,
     split_activations,
     split_keepdims,
     fold_padding,

@@ -19,7 +19,11 @@ import fixedq
 import fixedq.engine as fe
 from fixedq.engine import layernorm as eng
 from fixedq.engine.ops import Op, run_op
-from fixedq.layers.layer_normalization import QuantizedLayerNormalization, isqrt_newton
+from fixedq.layers.layer_normalization import (
+    QuantizedLayerNormalization,
+    floor_log2,
+    isqrt_newton,
+)
 from fixedq.layers.spec import QSpec
 from fixedq.ops import by_name
 from fixedq.ops.common import i64
@@ -68,6 +72,17 @@ def test_isqrt_is_the_exact_floor_in_both_executors(n):
     assert int(eng.isqrt_newton(np.array([n]))[0]) == want
     got = ops.convert_to_numpy(isqrt_newton(ops.convert_to_tensor([n], "int64")))
     assert int(got[0]) == want
+
+
+def test_floor_log2_is_exact_next_to_every_power_of_two():
+    """The Keras twin reads a float64 exponent (which rounds 2^k - 1 up for k > 53) and
+    corrects it; the engine counts comparisons: both give floor(log2 w) exactly."""
+    w = sorted({v for k in range(0, 62) for v in (2**k - 1, 2**k, 2**k + 1)
+                if 1 <= v < 2**62} | {2**62 - 1})
+    want = [v.bit_length() - 1 for v in w]
+    assert eng.floor_log2(np.array(w, np.int64)).tolist() == want
+    got = ops.convert_to_numpy(floor_log2(ops.convert_to_tensor(w, "int64")))
+    assert got.tolist() == want
 
 
 @settings(max_examples=40, deadline=None)

@@ -81,10 +81,12 @@ def _vit() -> keras.Model:
 
 def _seq() -> keras.Model:
     """Conv1D (a conv2d over a (1, steps) image), GlobalAveragePooling1D (gap over steps), an
-    elementwise table (GELU), softmax, LayerNormalization over the channels (layernorm)."""
+    elementwise table (GELU), softmax, LayerNormalization over the channels (layernorm), Keras
+    MultiHeadAttention (attention_softmax)."""
     x = keras.Input((12, 3), name="steps")
     y = L.ReLU(name="r")(L.Conv1D(4, 3, strides=2, padding="same", name="c1d")(x))
     y = L.LayerNormalization(name="ln")(L.Conv1D(4, 2, name="c1d2")(y))
+    y = L.MultiHeadAttention(2, 2, name="mha")(y, y)
     y = L.GlobalAveragePooling1D(name="gap1d")(y)
     y = L.Activation("gelu", name="act")(L.Dense(5, name="fc0")(y))
     return keras.Model(x, L.Softmax(name="probs")(L.Dense(3, name="fc")(y)), name="seq")

@@ -69,3 +69,15 @@ def shiftmax_int(d, score_frac: int, table: np.ndarray, exp_bits: int, k_max: in
 def round_div(num, den):
     """``round_half_up(num / den)`` for int64 ``den > 0``: ``floor((2 num + den) / (2 den))``."""
     return ops.floor_divide(2 * num + den, 2 * den)
+
+
+def softmax_int(s, table: np.ndarray, out_frac: int, out_hi: int):
+    """Eq. 39 (eq. 30b) on int64 scores ``s`` along the last axis, table grid = their frac_bits:
+    ``e = X[min(max s - s, L - 1)]``, ``p = sat(round_half_up(e 2^g / sum e))``."""
+    s = ops.cast(s, "int64")
+    d = ops.max(s, axis=-1, keepdims=True) - s
+    e = ops.take(ops.convert_to_tensor(table, dtype="int64"),
+                 ops.minimum(d, np.int64(table.size - 1)))
+    total = ops.sum(e, axis=-1, keepdims=True)
+    p = ops.floor_divide(e * np.int64(1 << (out_frac + 1)) + total, 2 * total)
+    return ops.clip(p, 0, out_hi)

@@ -32,6 +32,7 @@ from fixedq.layers.base import (
     to_channel_integers,
     to_integers,
 )
+from fixedq.layers.softmax import EXP_BITS, exp_table
 from fixedq.layers.transformers import float_layers as fl
 from fixedq.layers.transformers import intops
 from fixedq.tensors import kops
@@ -129,14 +130,25 @@ class QuantizedAttention(_TransformerLayer):
     Scores ``q k^T`` are exact; they are requantized to ``score_frac`` frac_bits with the
     ``1/sqrt(d)`` scale folded into one multiplier/shift, go through the integer shiftmax
     (probabilities of ``prob_bits`` unsigned bits), and ``p v`` (exact) is shifted to the
-    calibrated output spec.
+    calibrated output spec. With ``softmax="softmax"`` (Keras ``MultiHeadAttention``, split by
+    ``sanitize``) the probabilities are the integer softmax of eq. 39 (exp table, exact sum,
+    rounded division; eq. 30b) and the engine kind is ``attention_softmax``.
     """
 
     engine_kind = "attention"
 
+    @property
+    def kind(self) -> str:
+        """The engine op kind: ``attention`` (shiftmax) or ``attention_softmax``."""
+        return "attention" if self.softmax == "shiftmax" else "attention_softmax"
+
     def __init__(self, num_heads: int = 1, score_frac: int = 8, exp_bits: int = 15,
-                 prob_bits: int = 8, buffer_bits: int = 32, scale_bits: int = 8, **kwargs):
+                 prob_bits: int = 8, buffer_bits: int = 32, scale_bits: int = 8,
+                 softmax: str = "shiftmax", **kwargs):
         super().__init__(**kwargs)
+        if softmax not in ("shiftmax", "softmax"):
+            raise ValueError(f"softmax must be 'shiftmax' or 'softmax', got {softmax!r}")
+        self.softmax = softmax
         self.num_heads = int(num_heads)
         self.score_frac = int(score_frac)
         self.exp_bits = int(exp_bits)
@@ -170,8 +182,13 @@ class QuantizedAttention(_TransformerLayer):
             raise ValueError(f"layer {self.name!r}: scaled scores could overflow int64")
         top = 1 << (self.buffer_bits - 1)
         self._acc_lo, self._acc_hi = -top, top - 1
-        self._p = shiftmax_params(self.score_frac, self.exp_bits, self.prob_bits, int(nk))
-        self._table = intops.exp2_table(self.score_frac, self.exp_bits)
+        if self.softmax == "shiftmax":
+            self._p = shiftmax_params(self.score_frac, self.exp_bits, self.prob_bits, int(nk))
+            self._table = intops.exp2_table(self.score_frac, self.exp_bits)
+        else:  # eq. 39 on the scores: table grid = score_frac, k_max unused
+            self._p = {"score_frac": self.score_frac, "exp_bits": EXP_BITS, "k_max": 0,
+                       "prob_frac": self.prob_bits, "prob_hi": (1 << self.prob_bits) - 1}
+            self._table = exp_table(self.score_frac, EXP_BITS)
         self._out_bound = int(nk) * self._p["prob_hi"] * sv.aligned_max_abs()
         self._out_dtype = exact_float_dtype(self._out_bound, f"layer {self.name!r} output")
         self._f_out = self.output_spec.frac_array(dim)
@@ -188,15 +205,18 @@ class QuantizedAttention(_TransformerLayer):
         scores = ops.cast(ops.matmul(qh, ops.transpose(kh, (0, 1, 3, 2))), "int64")
         s = kops.shift_round(scores * np.int64(self._mult), self._shift)
         s = ops.clip(s, self._acc_lo, self._acc_hi)
-        probs = intops.shiftmax_int(s, self.score_frac, self._table, self.exp_bits, p["k_max"],
-                                    p["prob_frac"], p["prob_hi"])
+        if self.softmax == "shiftmax":
+            probs = intops.shiftmax_int(s, self.score_frac, self._table, self.exp_bits,
+                                        p["k_max"], p["prob_frac"], p["prob_hi"])
+        else:
+            probs = intops.softmax_int(s, self._table, p["prob_frac"], p["prob_hi"])
         o = ops.cast(ops.matmul(ops.cast(probs, self._out_dtype), vh), "int64")
         y = kops.saturate(kops.shift_round(fl.merge_heads(o), self._out_shift), self._lo,
                           self._hi)
         out = from_integers(y, self._f_out, self.compute_dtype)
         if not training:
             return out
-        z = fl.attention_float(q, k, v, h, "shiftmax")
+        z = fl.attention_float(q, k, v, h, self.softmax)
         return straight_through(_clip_float(z, self._lo, self._hi, self._f_out,
                                             self.compute_dtype), out)
 
@@ -211,10 +231,10 @@ class QuantizedAttention(_TransformerLayer):
         arrays = {f"align{i}": _i64(a) for i, a in enumerate(self._aligns)}
         arrays.update(exp_table=self._table, out_shift=_i64(self._out_shift),
                       out_lo=_i64(self._lo), out_hi=_i64(self._hi))
-        return self.engine_kind, attrs, arrays
+        return self.kind, attrs, arrays
 
     def get_config(self):
-        return {**super().get_config(), "num_heads": self.num_heads,
+        return {**super().get_config(), "num_heads": self.num_heads, "softmax": self.softmax,
                 "score_frac": self.score_frac, "exp_bits": self.exp_bits,
                 "prob_bits": self.prob_bits, "buffer_bits": self.buffer_bits,
                 "scale_bits": self.scale_bits}

@@ -71,14 +71,16 @@ def test_qat_trains_transformer_parameters():
     assert np.array_equal(v, np.round(v))
 
 
-def test_softmax_attention_stops_quantization_with_warning():
+def test_softmax_attention_is_quantized_to_the_integer_softmax():
+    """Attention(softmax="softmax") has an integer path (eq. 30b): no warning, engine exact."""
+    import fixedq.engine as fe
+
     model = _vit(softmax="softmax")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
         qmodel = fixedq.quantize(model, samples=X, verbose=False)
-    msgs = [str(w.message) for w in caught]
-    assert any("b0_att" in m and "shiftmax" in m for m in msgs), msgs
-    assert qmodel.predict(X, verbose=0).shape == (48, 3)
+    assert qmodel.get_layer("b0_att").softmax == "softmax"
+    np.testing.assert_array_equal(fe.convert(qmodel).predict(X), qmodel.predict(X, verbose=0))
 
 
 def test_build_vit_bad_sizes():
