@@ -117,12 +117,12 @@ class Model:
     def fast_plan(self, mode: str = "dense"):
         """The compiled path's :class:`fixedq.engine.fast.plan.FastPlan` for ``mode`` (built
         once per op list), or ``None`` when the compiled kernels are unavailable or disabled
-        (numba missing, ``FIXEDQ_ENGINE_COMPILED=0``), or when an op needs the reference
-        kernels: a rounding rule other than half up (eq. 5b) or rescaled add inputs (imported
-        programs, :mod:`fixedq.interop`)."""
+        (numba missing, ``FIXEDQ_ENGINE_COMPILED=0``). Every rounding rule (eq. 5b, 7b, 7c)
+        runs compiled; an op the plan has no compiled kernel for runs its reference kernel
+        inside the plan."""
         from fixedq.engine.fast import jit
 
-        if not jit.enabled() or any(_reference_only(op) for op in self.ops):
+        if not jit.enabled():
             return None
         key = (tuple(id(op) for op in self.ops), mode)
         cache = self.__dict__.setdefault("_fast", {})
@@ -316,12 +316,6 @@ class Model:
 
     def __repr__(self) -> str:
         return f"<fixedq.engine.Model {self.name!r}: {len(self.ops)} ops>"
-
-
-def _reference_only(op: Op) -> bool:
-    """Whether ``op`` runs on the reference kernels only (the compiled path rounds half up)."""
-    return op.attrs.get("rounding", "half_up") != "half_up" or (
-        op.kind == "add" and any(k.startswith("multiplier") for k in op.arrays))
 
 
 def dequantize(v: np.ndarray, frac) -> np.ndarray:

@@ -90,7 +90,8 @@ class EventStep:
     def __init__(self, dense):
         self.dense = dense
         self.op = dense.op
-        self.ok = bool(dense.fast) and dense.type in ("conv2d", "dense")
+        self.ok = bool(dense.fast) and dense.type in ("conv2d", "dense") and dense.rq.plain \
+            and not dense.xoff  # (other rounding rules and offsets: the dense step)
         if not self.ok:
             return
         p = dense.nplan
@@ -111,7 +112,7 @@ class EventStep:
         # 16-bit products for 8-bit inputs: |x| <= 255 and |w| <= 128 give |x*w| < 2^15
         self.k16 = np.ascontiguousarray(self.k64.astype(np.int16)) if kmax <= 128 else None
         rq = dense.rq
-        self.rq_args = rq.args()
+        self.rq_args = rq.half_up_args()
         self.out_dtype = rq.dtype
         const = np.empty((1, self.cout), rq.dtype)
         fast_kernels.requant_rows(np.zeros((1, self.cout), np.int64), 0, *rq.args(), const)

@@ -6,8 +6,9 @@ present: ~8x float32 BLAS on this machine). The result is exact whenever no int3
 can overflow, which the caller proves (``K * 255 * 128 < 2^31``), **and** the CPU kernel does
 not saturate intermediate 16-bit pair sums (the pre-VNNI AVX2 ``vpmaddubsw`` path does).
 :func:`available` therefore runs a worst-case self-test once per process (every product at
-its extremes, both zero points) and refuses the backend if any element differs from int64
-arithmetic; signed inputs are fed as ``x + 128`` with a zero point of 128.
+its extremes, zero points 0, 128 and 255) and refuses the backend if any element differs
+from int64 arithmetic; signed inputs are fed as ``x + 128`` with a zero point of 128 (minus
+an input offset folded into it).
 
 Example:
     >>> import numpy as np
@@ -71,9 +72,9 @@ def _session(b: np.ndarray, threads: int = 1):
 
 
 class IntGemm:
-    """``y = (a - zp) @ b`` exactly in int32 for uint8 ``a`` ``(rows, K)`` and a fixed int8
-    ``b`` ``(K, N)``: one onnxruntime session per thread count, built on first use (thread
-    safe: sessions run concurrently)."""
+    """``y = (a - zp) @ b`` exactly in int32 for uint8 ``a`` ``(rows, K)``, a zero point
+    ``zp`` in [0, 255] and a fixed int8 ``b`` ``(K, N)``: one onnxruntime session per thread
+    count, built on first use (thread safe: sessions run concurrently)."""
 
     def __init__(self, b: np.ndarray):
         self.b = np.ascontiguousarray(b, dtype=np.int8)
@@ -88,7 +89,10 @@ class IntGemm:
                 sess = self._sess.get(threads)
                 if sess is None:
                     sess = self._sess[threads] = _session(self.b, threads)
-        return sess.run(None, {"a": np.ascontiguousarray(a), "zp": self._zp[zp]})[0]
+        z = self._zp.get(zp)
+        if z is None:
+            z = self._zp[zp] = np.array(zp, np.uint8)
+        return sess.run(None, {"a": np.ascontiguousarray(a), "zp": z})[0]
 
 
 @lru_cache(maxsize=1)
@@ -108,7 +112,7 @@ def _self_test() -> bool:
                         rng.integers(0, 256, (4, k))]).astype(np.uint8)
     try:
         g = IntGemm(b)
-        for zp in (0, 128):
+        for zp in (0, 128, 255):
             want = (a.astype(np.int64) - zp) @ b.astype(np.int64)
             for threads in sorted({1, THREADS}):
                 if not np.array_equal(g(a, zp, threads).astype(np.int64), want):

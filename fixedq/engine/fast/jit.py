@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from functools import lru_cache
-from types import SimpleNamespace
+from types import FunctionType, SimpleNamespace
 
 from fixedq.engine.fast import kernels
 
@@ -29,6 +29,8 @@ ENV = "FIXEDQ_ENGINE_COMPILED"
 NAMES = ("requant_rows", "add_rows", "affine_rows", "gap_sum", "quantize_rows",
          "absmax_channels", "im2col", "im2col_u8", "im2col_u8x2", "requant_planes",
          "depthwise_rows", "maxpool", "table_rows", "mul_rows")
+#: The requantizing kernels: compiled once per rounding rule (``backend().rule[code]``).
+RULED = ("requant_rows", "add_rows", "affine_rows", "requant_planes", "depthwise_rows")
 
 
 def requested() -> bool:
@@ -60,11 +62,28 @@ def _compiled():
         return None
 
     def build(cache):
-        fns = {}
-        for name in NAMES:
-            fns[name] = numba.njit(cache=cache, nogil=True, error_model="numpy")(
-                getattr(kernels, name))
-        return SimpleNamespace(**fns)
+        opts = {"cache": cache, "nogil": True, "error_model": "numpy"}
+
+        def compiled(fn, scope, suffix=""):
+            # a copy of ``fn`` reading ``scope`` as its globals (own name: own cache entry)
+            copy = FunctionType(fn.__code__, scope, fn.__name__, fn.__defaults__,
+                                fn.__closure__)
+            copy.__qualname__ = fn.__qualname__ + suffix
+            return numba.njit(**opts)(copy)
+
+        fns = {name: compiled(getattr(kernels, name), vars(kernels))
+               for name in NAMES if name not in RULED}
+        # the requantizing kernels: one variant per rounding rule, compiled lazily on first
+        # use, each with requant_value bound to its rule's function
+        rules = {}
+        for code in kernels.RULES.values():
+            scope = dict(vars(kernels))
+            # (LLVM inlines it; numba's own inline="always" stopped the loops vectorizing: 15x)
+            scope["requant_value"] = compiled(kernels.RULE_FUNCTIONS[code], scope)
+            rules[code] = SimpleNamespace(**{
+                name: compiled(getattr(kernels, name), scope, f"__rule{code}")
+                for name in RULED})
+        return SimpleNamespace(**fns, rule=rules)
 
     try:  # on-disk cache next to the module when writable
         return build(True)

@@ -2,20 +2,32 @@
 
 Each function is plain Python over NumPy arrays so that it can also be read (and, slowly, run)
 without numba. Every integer step is the reference equation in ``int64``
-(:mod:`fixedq.tensors.rounding`): the rounding right shift ``((v >> (s-1)) + 1) >> 1`` (eq. 5)
-is written branch-free with per-channel constants ``s1 = max(s-1, 0)``, ``up = [s > 0]`` and
-``left = max(-s, 0)``: ``((((v << left) >> s1) + up) >> up)`` is ``shift_round(v, s)`` for every
-``-63 < s < 64`` (the plans hand other shifts to the reference kernels). Outputs are written
-into caller-provided arrays of the narrowest dtype holding ``[lo, hi]``.
+(:mod:`fixedq.tensors.rounding`). The requantization of one value is :func:`requant_value`,
+which every kernel calls (:mod:`.jit` compiles it first and hands it to the kernels): the
+rounding right shift ``((v >> (s-1)) + 1) >> 1`` (eq. 5) is written branch-free with
+per-channel constants ``s1 = max(s-1, 0)``, ``up = [s > 0]`` and ``left = max(-s, 0)``:
+``((((v << left) >> s1) + up) >> up)`` is ``shift_round(v, s)`` for every ``-63 < s < 64``
+(the plans hand other shifts to the reference kernels); the rounding rule of eq. 5b (an
+integer code, :data:`RULES`) then corrects the ties, or selects eq. 7b's second stage or
+eq. 7c's float32 product. Outputs are written into caller-provided arrays of the narrowest
+dtype holding ``[lo, hi]`` (minus the output offset).
+
+The per-channel constants travel as one ``(8, C)`` int64 array ``q`` (rows :data:`Q_ROWS`:
+multiplier, left, s1, up, second shift ``r2`` of eq. 7b, ``lo``, ``hi``, output offset
+``post``) and a float32 vector ``sc`` (eq. 7c's scale).
 
 Example:
     >>> import numpy as np
     >>> acc = np.array([[5.0, -5.0]]); out = np.empty((1, 2), np.int8)
-    >>> one, zero = np.ones(2, np.int64), np.zeros(2, np.int64)
-    >>> requant_rows(acc, 0, zero, False, 0, 0, one, zero, zero, one,
-    ...              np.full(2, -128), np.full(2, 127), out)   # 5/2 -> 3, -5/2 -> -2
-    >>> out.tolist()
+    >>> q = np.array([[1, 1], [0, 0], [0, 0], [1, 1], [0, 0], [-128, -128], [127, 127],
+    ...               [0, 0]])
+    >>> zero = np.zeros(2, np.int64)
+    >>> requant_rows(acc, 0, zero, False, 0, 0, q, np.zeros(2, np.float32), 0, out)
+    >>> out.tolist()                                     # half up: 5/2 -> 3, -5/2 -> -2
     [[3, -2]]
+    >>> requant_rows(acc, 0, zero, False, 0, 0, q, np.zeros(2, np.float32), 2, out)
+    >>> out.tolist()                                     # half away: 3, -3
+    [[3, -3]]
 """
 
 from __future__ import annotations
@@ -27,43 +39,109 @@ try:  # numba's parallel range when compiled; plain range when read as Python
 except ImportError:  # pragma: no cover - depends on the environment
     prange = range
 
+#: Rounding rule codes (eq. 5b, 7b, 7c) of :func:`requant_value`.
+RULES = {"half_up": 0, "half_even": 1, "half_away": 2, "tflite": 3, "fp32": 4}
+#: Rows of the per-channel constant array ``q``.
+Q_ROWS = ("mult", "left", "s1", "up", "r2", "lo", "hi", "post")
+#: eq. 7c's clip of the float32 product before rounding (``rounding.ROUND_LIMIT``).
+LIMIT32 = np.float32(2.0**62)
+def rq_half_up(v, j, m, left, s1, up, r2, lo, hi, post, sc, rule):
+    """Eq. 5/7: ``clip(shift_round(v * M, S), lo, hi) - post`` (rule 0)."""
+    w = (v * m[j]) << left[j]
+    p = ((w >> s1[j]) + up[j]) >> up[j]
+    return min(max(p, lo[j]), hi[j]) - post[j]
 
-def requant_rows(acc, accshift, bias, clip_acc, acc_lo, acc_hi, mult, left, s1, up, lo, hi,
-                 out):
-    """``out[r, c] = clip(shift_round(clip?((acc[r, c] << accshift) + bias[c]) * M[c], S[c]),
-    lo, hi)`` (eqs. 7, 10-14); ``acc`` is float (holding exact integers) or integer,
-    ``(rows, C)``; ``accshift`` is a group's common power of two (exact)."""
+
+def rq_half_even(v, j, m, left, s1, up, r2, lo, hi, post, sc, rule):
+    """Eq. 5b, half to even (rule 1): half up, one less on the ties it rounds to odd."""
+    w = (v * m[j]) << left[j]
+    s = s1[j]
+    p = ((w >> s) + up[j]) >> up[j]
+    # branch-free (a branch here stopped the loops vectorizing: 40x slower)
+    tie = np.int64((w & ((np.int64(2) << s) - 1)) == (np.int64(1) << s)) & up[j]
+    p -= tie & p
+    return min(max(p, lo[j]), hi[j]) - post[j]
+
+
+def rq_half_away(v, j, m, left, s1, up, r2, lo, hi, post, sc, rule):
+    """Eq. 5b, half away from zero (rule 2): half up, one less on the negative ties."""
+    w = (v * m[j]) << left[j]
+    s = s1[j]
+    p = ((w >> s) + up[j]) >> up[j]
+    tie = np.int64((w & ((np.int64(2) << s) - 1)) == (np.int64(1) << s)) & up[j]
+    p -= tie & np.int64(w < 0)
+    return min(max(p, lo[j]), hi[j]) - post[j]
+
+
+def rq_tflite(v, j, m, left, s1, up, r2, lo, hi, post, sc, rule):
+    """Eq. 7b (rule 3): ``h = (v << l) * M / 2^31`` half up (``left``/``s1``/``up`` hold
+    ``l``, 30, 1), then ``h / 2^r2`` half away from zero."""
+    w = (v * m[j]) << left[j]
+    h = ((w >> s1[j]) + up[j]) >> up[j]
+    r = r2[j]
+    if r > 0:  # (one branch per channel, taken or not for all rows)
+        p = ((h >> (r - 1)) + 1) >> 1
+        tie = np.int64((h & ((np.int64(1) << r) - 1)) == (np.int64(1) << (r - 1)))
+        p -= tie & np.int64(h < 0)
+    else:
+        p = h
+    return min(max(p, lo[j]), hi[j]) - post[j]
+
+
+def rq_fp32(v, j, m, left, s1, up, r2, lo, hi, post, sc, rule):
+    """Eq. 7c (rule 4): ``rint(float32(float32(v) * sc[j]))`` (float32 by design)."""
+    f = np.float32(v) * sc[j]
+    f = min(max(f, -LIMIT32), LIMIT32)
+    p = np.int64(np.rint(f))
+    return min(max(p, lo[j]), hi[j]) - post[j]
+
+
+#: The one-value requantization of each rule code (:data:`RULES` order).
+RULE_FUNCTIONS = (rq_half_up, rq_half_even, rq_half_away, rq_tflite, rq_fp32)
+
+
+def requant_value(v, j, m, left, s1, up, r2, lo, hi, post, sc, rule):
+    """``clip(round_rule(v * M[j] / 2^S[j]), lo[j], hi[j]) - post[j]`` for one int64 ``v``
+    under the rule code ``rule`` (:data:`RULE_FUNCTIONS`). :mod:`.jit` compiles each kernel
+    once per rule with this name bound to that rule's function (straight-line code the loops
+    vectorize); read as Python, it dispatches here."""
+    return RULE_FUNCTIONS[rule](v, j, m, left, s1, up, r2, lo, hi, post, sc, rule)
+
+
+def requant_rows(acc, accshift, bias, clip_acc, acc_lo, acc_hi, q, sc, rule, out):
+    """``out[r, c] = requant_value(clip?((acc[r, c] << accshift) + bias[c]))`` (eqs. 7,
+    10-14); ``acc`` is float (holding exact integers) or integer, ``(rows, C)``; ``accshift``
+    is a group's common power of two (exact)."""
     rows, c = acc.shape
+    m, left, s1, up, r2, lo, hi, post = q[0], q[1], q[2], q[3], q[4], q[5], q[6], q[7]
     for r in prange(rows):
         for j in range(c):
             v = (np.int64(acc[r, j]) << accshift) + bias[j]
             if clip_acc:
                 v = min(max(v, acc_lo), acc_hi)
-            p = (((v * mult[j]) << left[j]) >> s1[j])
-            p = (p + up[j]) >> up[j]
-            out[r, j] = min(max(p, lo[j]), hi[j])
+            out[r, j] = requant_value(v, j, m, left, s1, up, r2, lo, hi, post, sc, rule)
 
 
-def add_rows(x0, x1, a0, a1, left, s1, up, lo, hi, out):
-    """Two-input ``add`` (eq. 8 aligned sum + eq. 5 shift + clip), ``(rows, C)`` arrays."""
+def add_rows(x0, x1, a0, a1, q, sc, rule, out):
+    """Two-input ``add`` (eq. 8 aligned sum + eq. 5 shift + clip; ``q``'s multiplier is 1),
+    ``(rows, C)`` arrays."""
     rows, c = x0.shape
+    m, left, s1, up, r2, lo, hi, post = q[0], q[1], q[2], q[3], q[4], q[5], q[6], q[7]
     for r in prange(rows):
         for j in range(c):
             v = (np.int64(x0[r, j]) << a0[j]) + (np.int64(x1[r, j]) << a1[j])
-            p = ((v << left[j]) >> s1[j])
-            p = (p + up[j]) >> up[j]
-            out[r, j] = min(max(p, lo[j]), hi[j])
+            out[r, j] = requant_value(v, j, m, left, s1, up, r2, lo, hi, post, sc, rule)
 
 
-def affine_rows(x, mult, offset, left, s1, up, lo, hi, out):
-    """Per-channel integer affine: ``clip(shift_round(x*M + O, S), lo, hi)``."""
+def affine_rows(x, mult, offset, q, sc, rule, out):
+    """Per-channel integer affine: ``clip(shift_round(x*M + O, S), lo, hi)`` (``q``'s
+    multiplier is 1, the product is taken here)."""
     rows, c = x.shape
+    m, left, s1, up, r2, lo, hi, post = q[0], q[1], q[2], q[3], q[4], q[5], q[6], q[7]
     for r in prange(rows):
         for j in range(c):
             v = np.int64(x[r, j]) * mult[j] + offset[j]
-            p = ((v << left[j]) >> s1[j])
-            p = (p + up[j]) >> up[j]
-            out[r, j] = min(max(p, lo[j]), hi[j])
+            out[r, j] = requant_value(v, j, m, left, s1, up, r2, lo, hi, post, sc, rule)
 
 
 def gap_sum(x, out):
@@ -131,11 +209,12 @@ def im2col(x, chans, scl, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, out):
                             out[r, base + t] = x[b0, ih, iw, chans[t]] * scl[t]
 
 
-def im2col_u8(x, shifts, add, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, out):
+def im2col_u8(x, shifts, add, pad, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, out):
     """:func:`im2col` into uint8 columns for an integer GEMM: ``(x[..., c] << shifts[c]) +
     add`` (``add`` = 128 for signed inputs, read back through the GEMM's zero point; 0 for
-    unsigned ones); positions outside the image hold ``add`` (the value 0). The caller proves
-    that every shifted value fits 8 bits."""
+    unsigned ones); positions outside the image hold ``pad`` (the GEMM's zero point: the value
+    0, also for an input offset folded into it). The caller proves that every shifted value
+    fits 8 bits."""
     n, h, w, c = x.shape
     for row in prange(n * ho):
         b0 = row // ho
@@ -149,7 +228,7 @@ def im2col_u8(x, shifts, add, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, out):
                     base = (a * kw + b) * c
                     if ih < 0 or ih >= h or iw < 0 or iw >= w:
                         for t in range(c):
-                            out[r, base + t] = add
+                            out[r, base + t] = pad
                     else:
                         for t in range(c):
                             out[r, base + t] = (np.int64(x[b0, ih, iw, t]) << shifts[t]) + add
@@ -180,28 +259,29 @@ def im2col_u8x2(x, shifts, add, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, lo, hi):
                             hi[r, base + t] = (v >> 8) + add
 
 
-def requant_planes(acc_hi, acc_lo, accshift, bias, clip_acc, acc_lo_, acc_hi_, mult, left, s1,
-                   up, lo, hi, out):
+def requant_planes(acc_hi, acc_lo, accshift, bias, clip_acc, acc_lo_, acc_hi_, q, sc, rule,
+                   out):
     """:func:`requant_rows` of ``acc = (256 * acc_hi + acc_lo) << accshift`` (two byte-plane
     GEMMs combined in int64)."""
     rows, c = acc_hi.shape
+    m, left, s1, up, r2, lo, hi, post = q[0], q[1], q[2], q[3], q[4], q[5], q[6], q[7]
     for r in prange(rows):
         for j in range(c):
             v = (((np.int64(acc_hi[r, j]) << 8) + acc_lo[r, j]) << accshift) + bias[j]
             if clip_acc:
                 v = min(max(v, acc_lo_), acc_hi_)
-            p = (((v * mult[j]) << left[j]) >> s1[j])
-            p = (p + up[j]) >> up[j]
-            out[r, j] = min(max(p, lo[j]), hi[j])
+            out[r, j] = requant_value(v, j, m, left, s1, up, r2, lo, hi, post, sc, rule)
 
 
-def depthwise_rows(x, k, accz, sh, sw, dh, dw, pt, pl, ho, wo, bias, clip_acc, acc_lo,
-                   acc_hi, mult, left, s1, up, lo, hi, out):
-    """Depthwise conv (channel multiplier 1) with the requantization fused: ``k`` is the
-    ``(kh, kw, C)`` kernel with each channel's alignment folded in (``w * 2^a_c``, exact),
-    ``accz`` a zero of the accumulator dtype (int32 when the bound allows, else int64)."""
+def depthwise_rows(x, xoff, k, accz, sh, sw, dh, dw, pt, pl, ho, wo, bias, clip_acc, acc_lo,
+                   acc_hi, q, sc, rule, out):
+    """Depthwise conv (channel multiplier 1) of ``x + xoff`` (an input offset, eq. 37;
+    padding is 0 after it) with the requantization fused: ``k`` is the ``(kh, kw, C)`` kernel
+    with each channel's alignment folded in (``w * 2^a_c``, exact), ``accz`` a zero of the
+    accumulator dtype (int32 when the bound allows, else int64)."""
     n, h, w, c = x.shape
     kh, kw = k.shape[0], k.shape[1]
+    m, left, s1, up, r2, lo, hi, post = q[0], q[1], q[2], q[3], q[4], q[5], q[6], q[7]
     for row in prange(n * ho):
         b0 = row // ho
         i = row % ho
@@ -216,15 +296,14 @@ def depthwise_rows(x, k, accz, sh, sw, dh, dw, pt, pl, ho, wo, bias, clip_acc, a
                     if iw < 0 or iw >= w:
                         continue
                     for t in range(c):
-                        acc[j, t] += x[b0, ih, iw, t] * k[a, b, t]
+                        acc[j, t] += (x[b0, ih, iw, t] + xoff) * k[a, b, t]
         for j in range(wo):
             for t in range(c):
                 v = np.int64(acc[j, t]) + bias[t]
                 if clip_acc:
                     v = min(max(v, acc_lo), acc_hi)
-                p = (((v * mult[t]) << left[t]) >> s1[t])
-                p = (p + up[t]) >> up[t]
-                out[b0, i, j, t] = min(max(p, lo[t]), hi[t])
+                out[b0, i, j, t] = requant_value(v, t, m, left, s1, up, r2, lo, hi, post,
+                                                 sc, rule)
 
 
 def maxpool(x, ph, pw, sh, sw, pt, pl, out):

@@ -51,8 +51,9 @@ from functools import cache, partial
 import numpy as np
 
 from fixedq.engine import kernels as ref
-from fixedq.engine.fast import int_gemm, jit
-from fixedq.engine.ops import Op, check_transpose_size, neural_output, op_error, run_op
+from fixedq.engine.fast import int_gemm, jit, kernels
+from fixedq.engine.ops import Op, check_transpose_size, neural_output, op_error, rounding_of, run_op
+from fixedq.tensors.rounding import fp32_scale
 
 #: Largest im2col block (elements) built at once; larger batches run in chunks.
 IM2COL_ELEMENTS = 1 << 22
@@ -147,25 +148,79 @@ def _product_ok(amax: int, mult, left) -> bool:
     return int(amax) * top < 2**63
 
 
-class _Requant:
-    """Per-channel epilogue constants of an op with ``multiplier/shift/out_lo/out_hi``."""
+def rule_code(rule: str, two_stage: bool = True) -> int | None:
+    """The :data:`kernels.RULES` code of a rounding rule (eq. 5b), ``None`` if unknown.
+    ``tflite`` is eq. 7b's two roundings where a multiplier requantizes (``two_stage``: the
+    neural and gap ops) and half away from zero on a plain shift (as ``shift_round``).
 
-    def __init__(self, arrays, c: int, bias=None, acc_clip=False, acc_lo=0, acc_hi=0):
+    Example:
+        >>> rule_code("half_even"), rule_code("tflite"), rule_code("tflite", False)
+        (1, 3, 2)
+    """
+    if rule == "tflite" and not two_stage:
+        return kernels.RULES["half_away"]
+    return kernels.RULES.get(rule)
+
+
+class _Requant:
+    """Per-channel epilogue constants (:func:`kernels.requant_value`) of an op with
+    ``multiplier/shift/out_lo/out_hi`` and the rounding rule ``rule`` (eq. 5b/7b/7c);
+    ``post`` is an output offset subtracted after the clip."""
+
+    def __init__(self, arrays, c: int, bias=None, acc_clip=False, acc_lo=0, acc_hi=0,
+                 rule: str = "half_up", two_stage: bool = True, post=None):
         self.ok = False
-        mult, lo, hi = (_vec(arrays[k], c) for k in ("multiplier", "out_lo", "out_hi"))
-        parts = shift_parts(arrays["shift"], c)
+        mult, shift, lo, hi = (_vec(arrays[k], c)
+                               for k in ("multiplier", "shift", "out_lo", "out_hi"))
         bias = np.zeros(c, np.int64) if bias is None else _vec(bias, c)
-        if any(v is None for v in (mult, lo, hi, parts, bias)):
+        post = np.zeros(c, np.int64) if post is None else _vec(post, c)
+        code = rule_code(rule, two_stage)
+        if any(v is None for v in (mult, shift, lo, hi, bias, post)) or code is None:
             return
+        zeros = np.zeros(c, np.int64)
+        self.sc = np.zeros(c, np.float32)
+        r2 = zeros
+        if code == kernels.RULES["fp32"]:  # eq. 7c: float32 product, no integer product
+            parts = (zeros, zeros, zeros)
+            self.sc = np.ascontiguousarray(fp32_scale(mult, shift), dtype=np.float32)
+        elif code == kernels.RULES["tflite"]:  # eq. 7b: (v << l)·M / 2^31, then >> r2
+            left, r2 = np.maximum(31 - shift, 0), np.maximum(shift - 31, 0)
+            if np.any(left > 62) or np.any(r2 > 62):
+                return
+            parts = (left, np.full(c, 30, np.int64), np.ones(c, np.int64))
+        else:
+            parts = shift_parts(shift, c)
+            if parts is None:
+                return
         self.mult, self.lo, self.hi, self.bias = mult, lo, hi, bias
-        self.left, self.s1, self.up = parts
+        self.left = parts[0]
+        self.fp32 = code == kernels.RULES["fp32"]
+        self.q = np.ascontiguousarray(np.stack([mult, *parts, r2, lo, hi, post]))
+        self.rule = code
         self.acc_clip, self.acc_lo, self.acc_hi = bool(acc_clip), int(acc_lo), int(acc_hi)
-        self.dtype = narrow_dtype(lo, hi)
+        self.dtype = narrow_dtype(lo - post, hi - post)
         self.ok = True
 
+    def product_ok(self, amax: int) -> bool:
+        """No int64 wrap in the epilogue for accumulators up to ``amax`` in magnitude."""
+        return self.fp32 or _product_ok(amax, self.mult, self.left)
+
     def args(self):
-        return (self.bias, self.acc_clip, self.acc_lo, self.acc_hi, self.mult, self.left,
-                self.s1, self.up, self.lo, self.hi)
+        return (self.bias, self.acc_clip, self.acc_lo, self.acc_hi, self.q, self.sc,
+                self.rule)
+
+    @property
+    def plain(self) -> bool:
+        """Half up (eq. 5/7) without an output offset: :meth:`half_up_args` describe it."""
+        return self.rule == kernels.RULES["half_up"] and not np.any(self.q[7])
+
+    def half_up_args(self):
+        """``(bias, clip, acc_lo, acc_hi, M, left, s1, up, lo, hi)``: the epilogue constants of
+        the half-up kernels that take them one by one (the event kernels); valid when
+        :attr:`plain`."""
+        q = self.q
+        return (self.bias, self.acc_clip, self.acc_lo, self.acc_hi, q[0], q[1], q[2], q[3],
+                q[5], q[6])
 
 
 class _NeuralStep:
@@ -182,15 +237,24 @@ class _NeuralStep:
             self.type == "depthwise" and k.shape[3] == 1)
         bias = np.asarray(r["bias"], np.int64)
         acc_lo, acc_hi = int(a["acc_lo"]), int(a["acc_hi"])
+        # imported programs (eq. 37): a scalar input offset and an output offset, folded into
+        # the kernels (the GEMM's zero point, the depthwise sum, the epilogue)
+        off_in, off_out = r.get("in_offset0"), r.get("out_offset")
+        self.xoff = int(np.asarray(off_in).ravel()[0]) if off_in is not None and np.size(
+            off_in) and np.all(np.asarray(off_in) == np.asarray(off_in).ravel()[0]) else None
+        self.handles_offsets = off_in is None or self.xoff is not None
+        if off_in is None:
+            self.xoff = 0
+        self.post = None if off_out is None else _vec(off_out, cout)
         self.rq = _Requant(r, cout, bias if bias.ndim <= 1 else None, nplan.acc_clip,
-                           acc_lo, acc_hi)
-        if not self.rq.ok or bias.ndim > 1:
-            self.fast = False
+                           acc_lo, acc_hi, rounding_of(op), post=self.post)
+        if not self.rq.ok or bias.ndim > 1 or (off_out is not None and self.post is None):
+            self.fast = self.handles_offsets = False
             return
         top = int(a.get("accum_bound", 1 << 62)) + int(np.abs(bias).max(initial=0))
         amax = min(top, max(abs(acc_lo), abs(acc_hi))) if nplan.acc_clip else top
-        if not _product_ok(amax, self.rq.mult, self.rq.left):
-            self.fast = False
+        if not self.rq.product_ok(amax):
+            self.fast = self.handles_offsets = False
             return
         self.pool = a.get("pool")
         self.gemm = None
@@ -207,13 +271,18 @@ class _NeuralStep:
 
     # ------------------------------------------------------------------ execution
     def __call__(self, x: np.ndarray) -> np.ndarray:
+        """The op's output integers (minus its ``out_offset`` when :attr:`handles_offsets`:
+        then ``x`` is the input before its ``in_offset0``)."""
         nb = jit.backend()
         y = None
         if self.fast and nb is not None:
             y = self._depthwise(nb, x) if self.type == "depthwise" else self._gemm(nb, x)
         if y is None:  # reference (also the exact int64 fallback past the float bounds)
             x64 = x.astype(np.int64, copy=False)
-            return self.nplan.finish(self.nplan.linear(x64), self.ref)
+            if self.xoff:
+                x64 = x64 + self.xoff
+            y = self.nplan.finish(self.nplan.linear(x64), self.ref)
+            return y - self.post if self.post is not None and self.handles_offsets else y
         if self.pool:
             y = _maxpool(nb, y, self.pool)
         return y
@@ -227,10 +296,11 @@ class _NeuralStep:
         return kh, kw, s, d, ho, wo, pt, pl
 
     def _depthwise(self, nb, x):
-        c = x.shape[-1]
-        bound = int(self.abs_k.max(initial=0)) * _dtype_absmax(x.dtype)  # static first
-        if bound >= INT32_EXACT:  # the batch's own bound
-            m = _absmax(nb, x.reshape(-1, c))
+        c, xoff = x.shape[-1], self.xoff
+        # static first (the dtype's range), else the batch's own bound
+        bound = int(self.abs_k.max(initial=0)) * (_dtype_absmax(x.dtype) + abs(xoff))
+        if bound >= INT32_EXACT:
+            m = _absmax(nb, x.reshape(-1, c)) + abs(xoff)
             bound = int((self.abs_k * m).max(initial=0))
         if bound >= INT64_SAFE:
             return None
@@ -240,12 +310,21 @@ class _NeuralStep:
             k, z = self.k64, np.zeros(1, np.int64)
         kh, kw, s, d, ho, wo, pt, pl = self._geometry(x)
         out = np.empty((x.shape[0], ho, wo, c), self.rq.dtype)
-        nb.depthwise_rows(np.ascontiguousarray(x), k, z, s[0], s[1], d[0], d[1], pt, pl, ho, wo,
-                          *self.rq.args(), out)
+        nb.rule[self.rq.rule].depthwise_rows(np.ascontiguousarray(x), xoff, k, z, s[0], s[1],
+                                             d[0], d[1], pt, pl, ho, wo, *self.rq.args(), out)
         return out
 
     def _gemm(self, nb, x):
         p, c = self.nplan, x.shape[-1]
+        if self.xoff:  # an input offset: folded into the zero point of one uint8 plane
+            base = int(self.nplan.align.min(initial=0))
+            zp = (128 if x.dtype == np.int8 else 0) - self.xoff
+            if self.int8 and x.dtype in (np.uint8, np.int8) and 0 <= zp <= 255 and \
+                    not np.any(self.nplan.align - base) and int_gemm.available():
+                return self._tiled(nb, x, partial(
+                    self._int_rows, shifts=np.zeros(c, np.int64), base=base, planes=1,
+                    zp=zp, add=128 if x.dtype == np.int8 else 0))
+            x = x.astype(np.int64) + self.xoff
         if self.int8 and x.dtype in (np.uint8, np.int8) and int_gemm.available():
             # every channel fed as x << (a_c - base): one uint8 plane if all fit 8 bits, else
             # two byte planes (values up to 16 bits); wider spreads take the float path. The
@@ -264,7 +343,7 @@ class _NeuralStep:
                 if planes:
                     return self._tiled(nb, x, partial(
                         self._int_rows, shifts=np.ascontiguousarray(shifts), base=base,
-                        planes=planes, zp=128 if signed else 0))
+                        planes=planes, zp=128 if signed else 0, add=128 if signed else 0))
         m = _absmax(nb, x.reshape(-1, c))
         groups, total = p._groups(m[p.perm].astype(np.float64))
         if total >= ref.FLOAT64_EXACT:
@@ -293,9 +372,10 @@ class _NeuralStep:
             out[i:i + per] = part.reshape(-1, ho, wo, p.cout)
         return out
 
-    def _int_rows(self, nb, x4, geo, shifts, base, planes, zp):
+    def _int_rows(self, nb, x4, geo, shifts, base, planes, zp, add):
         """uint8 x int8 GEMM(s) (:mod:`.int_gemm`, one per byte plane) and the fused epilogue:
-        ``(rows, cout)``."""
+        ``(rows, cout)``. The uint8 columns hold ``(x << shift) + add`` and the GEMM subtracts
+        ``zp`` (``zp - add`` is the input offset; padding holds ``zp``: the value 0)."""
         kh, kw, s, d, ho, wo, pt, pl = geo
         rows, c = x4.shape[0] * ho * wo, x4.shape[3]
         if self.gemm is None:
@@ -306,19 +386,21 @@ class _NeuralStep:
         threads = int_gemm.THREADS if _CTX.solo and \
             rows * kh * kw * c * self.nplan.cout >= SOLO_GEMM_MACS else 1
         if planes == 1:
-            if (self.type == "dense" or (kh == kw == 1 and list(s) == [1, 1])) and zp == 0 \
+            if (self.type == "dense" or (kh == kw == 1 and list(s) == [1, 1])) and add == 0 \
                     and not np.any(shifts) and ho == x4.shape[1] and wo == x4.shape[2]:
                 cols = x4.reshape(rows, c)  # the input itself (no copy)
             else:
                 cols = np.empty((rows, kh * kw * c), np.uint8)
-                nb.im2col_u8(x4, shifts, zp, *geo_args, cols)
-            nb.requant_rows(self.gemm(cols, zp, threads), base, *self.rq.args(), out)
+                nb.im2col_u8(x4, shifts, add, zp, *geo_args, cols)
+            nb.rule[self.rq.rule].requant_rows(self.gemm(cols, zp, threads), base,
+                                               *self.rq.args(), out)
             return out
         lo = np.empty((rows, kh * kw * c), np.uint8)
         hi = np.empty_like(lo)
         nb.im2col_u8x2(x4, shifts, zp, *geo_args, lo, hi)
-        nb.requant_planes(self.gemm(hi, zp, threads), self.gemm(lo, 0, threads), base,
-                          *self.rq.args(), out)
+        nb.rule[self.rq.rule].requant_planes(self.gemm(hi, zp, threads),
+                                             self.gemm(lo, 0, threads), base, *self.rq.args(),
+                                             out)
         return out
 
     def _gemm_rows(self, nb, x4, geo, groups):
@@ -345,7 +427,7 @@ class _NeuralStep:
                 else:
                     acc += part
         out = np.empty((rows, p.cout), self.rq.dtype)
-        nb.requant_rows(acc, accshift, *self.rq.args(), out)
+        nb.rule[self.rq.rule].requant_rows(acc, accshift, *self.rq.args(), out)
         return out
 
 
@@ -399,6 +481,8 @@ class _Elementwise:
     def __init__(self, op: Op):
         self.op, self.kind = op, op.kind
         self.cache: dict[int, object] = {}
+        #: the output offset (eq. 37) is subtracted here (input offsets: by the plan)
+        self.folds_out_offset = "out_offset" in op.arrays and op.kind != "input"
 
     def _consts(self, c: int):
         got = self.cache.get(c)
@@ -407,44 +491,49 @@ class _Elementwise:
         return got
 
     def _build(self, c: int):
-        r, k = self.op.arrays, self.kind
+        r, k, op = self.op.arrays, self.kind, self.op
+        one = np.ones(1, np.int64)
+        post = r.get("out_offset") if self.folds_out_offset else None
+        rq = None
         if k == "shift":
-            rq = _Requant({"multiplier": np.ones(1, np.int64), "shift": r["shift"],
-                           "out_lo": r["out_lo"], "out_hi": r["out_hi"]}, c)
-            return rq if rq.ok else None
-        if k == "clip":
-            rq = _Requant({"multiplier": np.ones(1, np.int64), "shift": np.zeros(1, np.int64),
-                           "out_lo": r["lo"], "out_hi": r["hi"]}, c)
-            return rq if rq.ok else None
-        if k == "gap":
-            rq = _Requant(r, c)
-            return rq if rq.ok and _product_ok(2**40, rq.mult, rq.left) else None
-        if k == "affine":
-            vs = [_vec(r[n], c) for n in ("multiplier", "offset", "out_lo", "out_hi")]
-            parts = shift_parts(r["shift"], c)
-            if any(v is None for v in vs) or parts is None:
+            rq = _Requant({"multiplier": one, "shift": r["shift"], "out_lo": r["out_lo"],
+                           "out_hi": r["out_hi"]}, c, rule=rounding_of(op), two_stage=False,
+                          post=post)
+        elif k == "clip":
+            rq = _Requant({"multiplier": one, "shift": 0 * one, "out_lo": r["lo"],
+                           "out_hi": r["hi"]}, c, post=post)
+        elif k == "gap":
+            rq = _Requant(r, c, rule=rounding_of(op), post=post)  # products: checked per batch
+        elif k == "affine":
+            mult, offset = _vec(r["multiplier"], c), _vec(r["offset"], c)
+            rq = _Requant({"multiplier": one, "shift": r["shift"], "out_lo": r["out_lo"],
+                           "out_hi": r["out_hi"]}, c, rule=rounding_of(op), two_stage=False,
+                          post=post)
+            if mult is None or offset is None:
                 return None
-            return (*vs, *parts)
-        if k == "add":
-            if len(self.op.inputs) != 2:
-                return None
+            rq.extra = (mult, offset)
+        elif k == "add":
+            if len(op.inputs) != 2 or any(n.startswith("multiplier") for n in r):
+                return None  # rescaled inputs (imported programs): the reference
             al = [_vec(r.get(f"align{i}", 0), c) for i in range(2)]
-            vs = [_vec(r[n], c) for n in ("out_lo", "out_hi")]
-            parts = shift_parts(r["shift"], c)
-            if any(v is None for v in (*al, *vs)) or parts is None or np.any(
-                    np.concatenate(al) < 0) or np.any(np.concatenate(al) > 40):
+            if any(v is None for v in al) or np.any(np.concatenate(al) < 0) or np.any(
+                    np.concatenate(al) > 40):
                 return None
-            return (*al, *parts, *vs)
-        if k == "input":
+            rq = _Requant({"multiplier": one, "shift": r["shift"], "out_lo": r["out_lo"],
+                           "out_hi": r["out_hi"]}, c, rule=rounding_of(op), two_stage=False,
+                          post=post)
+            rq.extra = tuple(al)
+        elif k == "input":
             frac = _vec(r["frac"], c)
             lo, hi = _vec(r["lo"], c), _vec(r["hi"], c)
             if frac is None or lo is None or hi is None or np.any(np.abs(frac) > 1000):
                 return None
             return (np.ldexp(1.0, frac), lo.astype(np.float64), hi.astype(np.float64),
                     narrow_dtype(lo, hi))
-        return None
+        return rq if rq is not None and rq.ok else None
 
     def __call__(self, xs):
+        """The op's output (minus its ``out_offset`` when :attr:`folds_out_offset`)."""
         nb = jit.backend()
         x = xs[0]
         c = x.shape[-1] if x.ndim > 1 else x.size
@@ -455,31 +544,34 @@ class _Elementwise:
         if consts is None:
             if self.kind == "input":
                 return run_op(self.op, xs)
-            return run_op(self.op, [v.astype(np.int64, copy=False) for v in xs])
+            y = _reference(self.op, xs)
+            return _narrow(y - self.op.arrays["out_offset"]) if self.folds_out_offset else y
         k = self.kind
         if k == "gap":
             x3 = np.ascontiguousarray(x).reshape(x.shape[0], -1, c)
             acc = np.empty((x.shape[0], c), np.int64)
             nb.gap_sum(x3, acc)
+            if not consts.product_ok(int(np.abs(acc).max(initial=0))):
+                y = run_op(self.op, [x.astype(np.int64)])
+                return y - self.op.arrays["out_offset"] if self.folds_out_offset else y
             out = np.empty((x.shape[0], c), consts.dtype)
-            nb.requant_rows(acc, 0, *consts.args(), out)
+            nb.rule[consts.rule].requant_rows(acc, 0, *consts.args(), out)
             return out
         rows = _rows(x)
-        if k in ("shift", "clip"):
-            out = np.empty(rows.shape, consts.dtype)
-            nb.requant_rows(rows, 0, *consts.args(), out)
-        elif k == "affine":
-            mult, offset, lo, hi, left, s1, up = consts
-            out = np.empty(rows.shape, narrow_dtype(lo, hi))
-            nb.affine_rows(rows, mult, offset, left, s1, up, lo, hi, out)
-        elif k == "add":
-            a0, a1, left, s1, up, lo, hi = consts
-            out = np.empty(rows.shape, narrow_dtype(lo, hi))
-            nb.add_rows(rows, _rows(xs[1]), a0, a1, left, s1, up, lo, hi, out)
-        else:  # input
+        if k == "input":
             scale, lo, hi, dt = consts
             out = np.empty(rows.shape, dt)
             nb.quantize_rows(rows, scale, lo, hi, out)
+            return out.reshape(x.shape)
+        out = np.empty(rows.shape, consts.dtype)
+        if k in ("shift", "clip"):
+            nb.rule[consts.rule].requant_rows(rows, 0, *consts.args(), out)
+        elif k == "affine":
+            nb.rule[consts.rule].affine_rows(rows, *consts.extra, consts.q, consts.sc,
+                                             consts.rule, out)
+        else:  # add
+            nb.rule[consts.rule].add_rows(rows, _rows(xs[1]), *consts.extra, consts.q,
+                                          consts.sc, consts.rule, out)
         return out.reshape(x.shape)
 
 
@@ -649,8 +741,9 @@ class FastPlan:
             xs = [tensors[t] for t in op.inputs]
             t0 = time.perf_counter()
             try:
+                folds = getattr(step, "handles_offsets", False)
                 for j in range(len(xs)):
-                    off = op.arrays.get(f"in_offset{j}")
+                    off = None if folds else op.arrays.get(f"in_offset{j}")
                     if off is not None:
                         xs[j] = xs[j].astype(np.int64) + off
                 if op.kind == "neural":
@@ -662,7 +755,8 @@ class FastPlan:
                     y = y[:, 0] if conv1d else y
                 else:
                     y = step(xs)
-                off = op.arrays.get("out_offset")
+                off = None if folds or getattr(step, "folds_out_offset", False) else \
+                    op.arrays.get("out_offset")
                 if off is not None:
                     y = y.astype(np.int64) - off
             except Exception as err:
@@ -686,7 +780,11 @@ class FastPlan:
 def _reference(op: Op, xs):
     """The op's reference kernel on int64 inputs; its output narrowed to the smallest dtype
     holding the values it actually has (so the next op can take a narrow, e.g. int8 GEMM)."""
-    y = run_op(op, [v.astype(np.int64, copy=False) for v in xs])
+    return _narrow(run_op(op, [v.astype(np.int64, copy=False) for v in xs]))
+
+
+def _narrow(y):
+    """An int64 ``y`` in the smallest dtype holding its values (others unchanged)."""
     if y.dtype != np.int64 or y.size == 0:
         return y
     dt = narrow_dtype(y.min(), y.max())

@@ -1,0 +1,176 @@
+"""The compiled dense path takes the rounding rule as a parameter (eq. 5b, 7b, 7c): for every
+rule, programs of every compiled requantizing kernel (conv2d / dense GEMM epilogues with one
+and two byte planes and the float GEMM, depthwise, gap, shift, affine, add) equal the NumPy
+reference kernels on every element, with many exact ties, worst-case magnitudes and the input
+and output offsets of imported programs (eq. 37) folded into the kernels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fixedq.engine import kernels
+from fixedq.engine.fast import int_gemm, jit
+from fixedq.engine.fast.plan import _Elementwise, _NeuralStep
+from fixedq.engine.model import Model
+from fixedq.engine.ops import Op
+from fixedq.tensors.rounding import ROUNDINGS, float32_multiplier_shift
+
+INT32 = (-(2**31), 2**31 - 1)
+
+
+def _scales(rng, rule, c, tie_rich):
+    """``(multiplier, shift)`` of the rule's kind: Q31 for tflite (half of the channels
+    ``M = 2^30``: every odd product is a first-stage tie), float32 significands for fp32
+    (``M = 1``: exact halves), small multipliers and shifts elsewhere (ties every 2^S)."""
+    if rule == "tflite":
+        m = rng.integers(2**30, 2**31, c)
+        s = rng.integers(28, 40, c)
+        if tie_rich:
+            m[::2] = 2**30
+        return m, s
+    if rule == "fp32":
+        f = rng.uniform(2.0**-12, 4.0, c).astype(np.float32)
+        if tie_rich:
+            f[::2] = np.float32(2.0) ** -rng.integers(1, 4, f[::2].size).astype(np.float32)
+        return float32_multiplier_shift(f)
+    m = rng.integers(1, 8, c)
+    s = rng.integers(1, 4, c) if tie_rich else rng.integers(-2, 20, c)
+    return m, s
+
+
+def _program(rng, rule, signed, offsets, tie_rich, c=6, hw=(7, 6)):
+    """input -> conv2d 3x3 -> depthwise -> dense-like 1x1 conv -> add(skip) -> affine ->
+    shift -> gap -> dense, each requantizing op with ``rule``."""
+    lo, hi = (-128, 127) if signed else (0, 255)
+    ops = [Op("in", "input", [], {}, {"frac": np.zeros(c, np.int64), "lo": np.full(c, lo),
+                                      "hi": np.full(c, hi)})]
+    prev, prev_c = "in", c
+
+    def neural(name, kind, src, cin, cout, k=3, wmax=127):
+        shape = {"dense": (cin, cout), "depthwise": (k, k, cin, 1)}.get(kind, (k, k, cin, cout))
+        kernel = rng.integers(-wmax - 1, wmax + 1, shape)
+        if rng.random() < 0.3:
+            kernel[...] = -wmax - 1  # worst case
+        cout = cin if kind == "depthwise" else cout
+        m, s = _scales(rng, rule, cout, tie_rich)
+        arrays = {"kernel": kernel, "bias": rng.integers(-3000, 3000, cout), "multiplier": m,
+                  "shift": s, "out_lo": np.full(cout, lo), "out_hi": np.full(cout, hi)}
+        mag = 255 + (128 if offsets else 0)
+        bound = kernels.linear_bound(kernel, kind, np.full(cin, mag))
+        attrs = {"type": kind, "accum_dtype": kernels.exact_dtype(bound),
+                 "accum_bound": int(bound), "acc_lo": INT32[0], "acc_hi": INT32[1],
+                 "rounding": rule}
+        if kind != "dense":
+            attrs.update(strides=[1, 1], padding="same", dilation_rate=[1, 1])
+        if offsets:  # eq. 37 as the TFLite importer writes it: -zp in, -zp out
+            zin, zout = (int(v) for v in rng.integers(-100, 100, 2))
+            arrays["in_offset0"] = np.array([-zin])
+            arrays["out_offset"] = np.array([-zout])
+            arrays["out_lo"] = np.full(cout, lo - zout)
+            arrays["out_hi"] = np.full(cout, hi - zout)
+        ops.append(Op(name, "neural", [src], attrs, arrays))
+        return name, cout
+
+    a, ca = neural("conv", "conv2d", prev, prev_c, 5)
+    b, cb = neural("dw", "depthwise", a, ca, ca)
+    d, cd = neural("pw", "conv2d", b, cb, 5, k=1)
+    m, s = _scales(rng, "half_up", cd, tie_rich)
+    el_rule = rule
+    lims = {"out_lo": np.full(cd, -(2**20)), "out_hi": np.full(cd, 2**20)}
+    ops.append(Op("sum", "add", [d, a], {"rounding": el_rule},
+                  {"align0": rng.integers(0, 3, cd), "align1": rng.integers(0, 3, cd),
+                   "shift": rng.integers(1, 4, cd), **lims}))
+    ops.append(Op("aff", "affine", ["sum"], {"rounding": el_rule},
+                  {"multiplier": rng.integers(-300, 300, cd), "offset": rng.integers(-999, 999, cd),
+                   "shift": rng.integers(1, 12, cd), **lims}))
+    ops.append(Op("sh", "shift", ["aff"], {"rounding": el_rule},
+                  {"shift": rng.integers(1, 6, cd), "out_lo": np.full(cd, lo),
+                   "out_hi": np.full(cd, hi)}))
+    gm, gs = _scales(rng, rule, cd, tie_rich)
+    ops.append(Op("gap", "gap", ["sh"], {"rounding": rule},
+                  {"multiplier": gm, "shift": gs if rule in ("tflite", "fp32") else gs + 5,
+                   "out_lo": np.full(cd, lo), "out_hi": np.full(cd, hi)}))
+    f, _ = neural("fc", "dense", "gap", cd, 4)
+    outs = [{"tensor": t, "frac": [0] * n, "name": t} for t, n in ((f, 4), ("sh", cd),
+                                                                      (b, cb))]
+    return Model(ops, outs, (None, *hw, c))
+
+
+def _inputs(rng, shape, n, signed, tie_rich):
+    lo, hi = (-128, 127) if signed else (0, 255)
+    x = rng.integers(lo, hi + 1, (n, *shape)).astype(np.float32)
+    if not tie_rich:  # saturating extremes
+        x[rng.random(x.shape) < 0.4] = hi
+        x[rng.random(x.shape) < 0.2] = lo
+    return x
+
+
+def _compare(model, x, monkeypatch):
+    monkeypatch.setenv(jit.ENV, "0")
+    assert model.fast_plan() is None
+    want = model.run_batch(x)
+    monkeypatch.setenv(jit.ENV, "1")
+    plan = model.fast_plan()
+    for step in plan.steps:  # every requantizing op has its compiled kernel
+        if isinstance(step, _NeuralStep):
+            assert step.fast and step.handles_offsets, step.op.name
+        if isinstance(step, _Elementwise) and step.kind != "input":
+            assert step._consts(step.op.arrays["shift"].size) is not None, step.op.name
+    got = model.run_batch(x)
+    monkeypatch.setenv(int_gemm.ENV, "0")
+    got_float = model.run_batch(x)
+    monkeypatch.delenv(int_gemm.ENV)
+    for w, g, f in zip(want, got, got_float, strict=True):
+        np.testing.assert_array_equal(g, w)
+        np.testing.assert_array_equal(f, w)
+    return want
+
+
+@pytest.mark.parametrize("rule", ROUNDINGS)
+@pytest.mark.parametrize("signed", [False, True])
+@pytest.mark.parametrize("offsets", [False, True])
+def test_every_rule_compiled_equals_reference(rule, signed, offsets, monkeypatch):
+    for seed, tie_rich in ((0, True), (1, True), (2, False)):
+        rng = np.random.default_rng([seed, ROUNDINGS.index(rule), signed, offsets])
+        model = _program(rng, rule, signed, offsets, tie_rich)
+        x = _inputs(rng, (7, 6, 6), 5, signed, tie_rich)
+        _compare(model, x, monkeypatch)
+
+
+@pytest.mark.parametrize("rule, other", [("half_even", "half_up"), ("half_away", "half_up"),
+                                         ("tflite", "half_away"), ("fp32", "half_up")])
+def test_ties_are_exercised_and_rules_differ(rule, other, monkeypatch):
+    """The tie-rich programs do round ties: the same program under another rule gives other
+    integers (so a kernel ignoring the rule fails the test above)."""
+    rng = np.random.default_rng(7)
+    model = _program(rng, rule, True, False, True)
+    x = _inputs(rng, (7, 6, 6), 5, True, True)
+    got = _compare(model, x, monkeypatch)
+    for op in model.ops:
+        if "rounding" in op.attrs:
+            op.attrs["rounding"] = other
+    model.__dict__.pop("_fast", None)  # the rule changed in place: a new plan
+    changed = _compare(model, x, monkeypatch)
+    assert any(not np.array_equal(a, b) for a, b in zip(got, changed, strict=True))
+
+
+def test_imported_int8_conv_uses_one_plane_with_the_offset_in_the_zero_point(monkeypatch):
+    """An int8 input with an input offset runs one uint8 GEMM whose zero point is
+    ``128 - offset`` (padding included): the GEMM is called once per tile."""
+    rng = np.random.default_rng(3)
+    model = _program(rng, "tflite", True, True, False)
+    x = _inputs(rng, (7, 6, 6), 4, True, False)
+    _compare(model, x, monkeypatch)
+    calls = []
+    real = int_gemm.IntGemm.__call__
+
+    def spy(self, a, zp, threads=1):
+        calls.append(zp)
+        return real(self, a, zp, threads)
+
+    monkeypatch.setattr(int_gemm.IntGemm, "__call__", spy)
+    model.run_batch(x)
+    conv = model.ops[1]
+    assert len(calls) == 3  # conv, pw, fc: one plane each
+    assert calls[0] == 128 - int(conv.arrays["in_offset0"][0])
