@@ -174,3 +174,49 @@ def test_imported_int8_conv_uses_one_plane_with_the_offset_in_the_zero_point(mon
     conv = model.ops[1]
     assert len(calls) == 3  # conv, pw, fc: one plane each
     assert calls[0] == 128 - int(conv.arrays["in_offset0"][0])
+
+
+@pytest.mark.parametrize("rule", ["tflite", "half_up", "fp32", "half_even"])
+def test_rescaled_add_of_imported_programs(rule, monkeypatch):
+    """``add`` with rescaled inputs (TFLite's ADD: each input ``<< 20`` then requantized by
+    eq. 7b, the sum requantized; XNNPACK's: exact input products, one half-up shift; the
+    one-input requantizing ``add`` of QUANTIZE), int8 inputs with zero points, compiled ==
+    reference; a wider input takes the reference inside the plan."""
+    rng = np.random.default_rng(ROUNDINGS.index(rule))
+    base = _program(rng, "tflite", True, True, True)
+    c = 5
+    ops = list(base.ops[:4])  # in, conv (int8, offsets), dw, pw (int8, offsets)
+    m_in, s_in = _scales(rng, "tflite" if rule == "tflite" else rule, c, True)
+    m_out, s_out = _scales(rng, rule, c, True)
+    if rule == "tflite":
+        s_in = s_in + 20  # the inputs were shifted left by 20 first
+    arrays = {"align0": np.array([20 if rule == "tflite" else 0]),
+              "align1": np.array([20 if rule == "tflite" else 0]),
+              "multiplier_in0": m_in, "shift_in0": s_in,
+              "multiplier_in1": np.roll(m_in, 1), "shift_in1": np.roll(s_in, 1),
+              "multiplier": m_out, "shift": s_out + (20 if rule == "tflite" else 0),
+              "out_lo": np.full(c, -128 - 7), "out_hi": np.full(c, 127 - 7),
+              "in_offset0": np.array([-int(rng.integers(-100, 100))]),
+              "in_offset1": np.array([-int(rng.integers(-100, 100))]),
+              "out_offset": np.array([-7])}
+    ops.append(Op("add2", "add", ["pw", "conv"], {"rounding": rule}, arrays))
+    one = {"align0": np.array([0]), "multiplier": m_out, "shift": s_out,
+           "out_lo": np.full(c, -128 + 3), "out_hi": np.full(c, 127 + 3),
+           "in_offset0": np.array([-7]), "out_offset": np.array([3])}
+    ops.append(Op("add1", "add", ["add2"], {"rounding": rule}, one))
+    model = Model(ops, [{"tensor": t, "frac": [0] * c, "name": t} for t in ("add2", "add1")],
+                  base.input_shape)
+    for tie_rich in (True, False):
+        x = _inputs(rng, (7, 6, 6), 5, True, tie_rich)
+        _compare(model, x, monkeypatch)
+    plan = model.fast_plan()
+    for step in plan.steps[-2:]:
+        assert step.handles_offsets and step._consts(c) is not None
+    # an int16 input: the reference inside the plan, same integers
+    monkeypatch.setenv(jit.ENV, "0")
+    want = model.run_batch(x)
+    monkeypatch.setenv(jit.ENV, "1")
+    wide = [np.full((5, 7, 6, c), 300, np.int16), np.zeros((5, 7, 6, c), np.int16)]
+    np.testing.assert_array_equal(
+        plan.steps[-2](wide), plan.steps[-2]._offsets_reference(wide))
+    assert len(want) == 2

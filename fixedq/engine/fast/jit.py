@@ -30,7 +30,8 @@ NAMES = ("requant_rows", "add_rows", "affine_rows", "gap_sum", "quantize_rows",
          "absmax_channels", "im2col", "im2col_u8", "im2col_u8x2", "requant_planes",
          "depthwise_rows", "maxpool", "table_rows", "mul_rows")
 #: The requantizing kernels: compiled once per rounding rule (``backend().rule[code]``).
-RULED = ("requant_rows", "add_rows", "affine_rows", "requant_planes", "depthwise_rows")
+RULED = ("requant_rows", "add_rows", "affine_rows", "requant_planes", "depthwise_rows",
+         "add_scaled_rows")
 
 
 def requested() -> bool:

@@ -133,6 +133,31 @@ def add_rows(x0, x1, a0, a1, q, sc, rule, out):
             out[r, j] = requant_value(v, j, m, left, s1, up, r2, lo, hi, post, sc, rule)
 
 
+def add_scaled_rows(x0, x1, n_in, off0, off1, al, scaled, qi, sci, q, sc, rule, out):
+    """``add`` with rescaled inputs (imported programs, e.g. TFLite's ADD): each input
+    ``v_i = (x_i + off_i) << al[i]``, requantized by its own constants ``qi[i]`` when
+    ``scaled[i]`` (eq. 7/7b/7c without a clip), summed, and the sum requantized by ``q``;
+    ``n_in`` is 1 or 2 (``x1`` unused for 1)."""
+    rows, c = x0.shape
+    m, left, s1, up, r2, lo, hi, post = q[0], q[1], q[2], q[3], q[4], q[5], q[6], q[7]
+    ma, la, sa, ua, ra, loa, hia, pa = (qi[0, 0], qi[0, 1], qi[0, 2], qi[0, 3], qi[0, 4],
+                                        qi[0, 5], qi[0, 6], qi[0, 7])
+    mb, lb, sb, ub, rb, lob, hib, pb = (qi[1, 0], qi[1, 1], qi[1, 2], qi[1, 3], qi[1, 4],
+                                        qi[1, 5], qi[1, 6], qi[1, 7])
+    sca, scb = sci[0], sci[1]
+    for r in prange(rows):
+        for j in range(c):
+            v = (np.int64(x0[r, j]) + off0) << al[0, j]
+            if scaled[0]:
+                v = requant_value(v, j, ma, la, sa, ua, ra, loa, hia, pa, sca, rule)
+            if n_in == 2:
+                u = (np.int64(x1[r, j]) + off1) << al[1, j]
+                if scaled[1]:
+                    u = requant_value(u, j, mb, lb, sb, ub, rb, lob, hib, pb, scb, rule)
+                v += u
+            out[r, j] = requant_value(v, j, m, left, s1, up, r2, lo, hi, post, sc, rule)
+
+
 def affine_rows(x, mult, offset, q, sc, rule, out):
     """Per-channel integer affine: ``clip(shift_round(x*M + O, S), lo, hi)`` (``q``'s
     multiplier is 1, the product is taken here)."""

@@ -468,6 +468,14 @@ def _maxpool(nb, y, pool):
     return out
 
 
+def _scalar(a) -> int | None:
+    """A per-tensor offset as an int (all entries equal), else ``None``."""
+    a = np.asarray(a, np.int64).ravel()
+    if a.size == 0:
+        return 0
+    return int(a[0]) if np.all(a == a[0]) else None
+
+
 def _rows(x):
     """A contiguous ``(rows, C)`` view of ``x`` (channels last)."""
     x = np.ascontiguousarray(x)
@@ -483,6 +491,11 @@ class _Elementwise:
         self.cache: dict[int, object] = {}
         #: the output offset (eq. 37) is subtracted here (input offsets: by the plan)
         self.folds_out_offset = "out_offset" in op.arrays and op.kind != "input"
+        #: an add with rescaled inputs (imported): its input offsets are added here too
+        self.scaled = op.kind == "add" and any(k.startswith("multiplier") for k in op.arrays)
+        self.offs = [_scalar(op.arrays.get(f"in_offset{i}", 0)) for i in range(len(op.inputs))]
+        self.handles_offsets = self.scaled and len(op.inputs) in (1, 2) and all(
+            o is not None for o in self.offs)
 
     def _consts(self, c: int):
         got = self.cache.get(c)
@@ -512,9 +525,11 @@ class _Elementwise:
             if mult is None or offset is None:
                 return None
             rq.extra = (mult, offset)
+        elif k == "add" and self.handles_offsets:
+            return self._build_scaled(c, post)
         elif k == "add":
-            if len(op.inputs) != 2 or any(n.startswith("multiplier") for n in r):
-                return None  # rescaled inputs (imported programs): the reference
+            if len(op.inputs) != 2 or self.scaled:
+                return None
             al = [_vec(r.get(f"align{i}", 0), c) for i in range(2)]
             if any(v is None for v in al) or np.any(np.concatenate(al) < 0) or np.any(
                     np.concatenate(al) > 40):
@@ -532,20 +547,89 @@ class _Elementwise:
                     narrow_dtype(lo, hi))
         return rq if rq is not None and rq.ok else None
 
+    def _build_scaled(self, c: int, post):
+        """Constants of :func:`kernels.add_scaled_rows`, or ``None`` (the reference)."""
+        r, n, rule = self.op.arrays, len(self.op.inputs), rounding_of(self.op)
+        big = np.array([2**62])
+        al = [_vec(r.get(f"align{i}", 0), c) for i in range(n)]
+        if any(a is None for a in al) or np.any(np.concatenate(al) < 0) or np.any(
+                np.concatenate(al) > 40):
+            return None
+        qi, sci, scaled, top = [], [], [], 0
+        for i in range(n):
+            amax = (255 + abs(self.offs[i])) << int(al[i].max(initial=0))  # 8-bit (checked)
+            if f"multiplier_in{i}" in r:
+                rq = _Requant({"multiplier": r[f"multiplier_in{i}"], "shift": r[f"shift_in{i}"],
+                               "out_lo": -big, "out_hi": big}, c, rule=rule)
+                if not rq.ok or not rq.product_ok(amax):
+                    return None
+                m, sh = _vec(r[f"multiplier_in{i}"], c), _vec(r[f"shift_in{i}"], c)
+                # |requantized| <= |v|·M·2^-S, plus the roundings (and float32's 2^-24)
+                amax = max((abs(int(mm)) * amax >> max(int(ss), 0)) << max(-int(ss), 0)
+                           for mm, ss in zip(m, sh, strict=True))
+                amax += (amax >> 20) + 2
+                qi.append(rq.q)
+                sci.append(rq.sc)
+                scaled.append(True)
+            else:
+                qi.append(np.zeros((8, c), np.int64))
+                sci.append(np.zeros(c, np.float32))
+                scaled.append(False)
+            top += amax
+        if "multiplier" in r:
+            rq = _Requant(r, c, rule=rule, post=post)
+        else:
+            rq = _Requant({"multiplier": np.ones(1, np.int64), "shift": r["shift"],
+                           "out_lo": r["out_lo"], "out_hi": r["out_hi"]}, c, rule=rule,
+                          two_stage=False, post=post)
+        if not rq.ok or not rq.product_ok(top):
+            return None
+        while len(qi) < 2:
+            qi.append(qi[0])
+            sci.append(sci[0])
+            al.append(al[0])
+            scaled.append(False)
+        rq.extra = (np.ascontiguousarray(np.stack(al)), np.array(scaled),
+                    np.ascontiguousarray(np.stack(qi)), np.ascontiguousarray(np.stack(sci)))
+        return rq
+
+    def _offsets_reference(self, xs):
+        """Reference kernel of a step that folds its offsets (they are applied here)."""
+        xs = [v.astype(np.int64) + o for v, o in zip(xs, self.offs, strict=True)]
+        y = run_op(self.op, xs)
+        off = self.op.arrays.get("out_offset")
+        return _narrow(y if off is None else y - off)
+
     def __call__(self, xs):
-        """The op's output (minus its ``out_offset`` when :attr:`folds_out_offset`)."""
+        """The op's output (minus its ``out_offset`` when :attr:`folds_out_offset`; from
+        inputs before their ``in_offset<i>`` when :attr:`handles_offsets`)."""
         nb = jit.backend()
         x = xs[0]
         c = x.shape[-1] if x.ndim > 1 else x.size
         consts = self._consts(c) if nb is not None and x.size else None
         if consts is not None and self.kind == "add" and (
-                xs[1].shape != x.shape or x.ndim < 2):
+                (len(xs) > 1 and xs[1].shape != x.shape) or x.ndim < 2):
+            consts = None
+        if consts is not None and self.handles_offsets and any(  # bounds assume 8 bits
+                v.dtype not in (np.int8, np.uint8) for v in xs):
             consts = None
         if consts is None:
             if self.kind == "input":
                 return run_op(self.op, xs)
+            if self.handles_offsets:
+                return self._offsets_reference(xs)
             y = _reference(self.op, xs)
             return _narrow(y - self.op.arrays["out_offset"]) if self.folds_out_offset else y
+        if self.handles_offsets:
+            al, scaled, qi, sci = consts.extra
+            rows = _rows(x)
+            out = np.empty(rows.shape, consts.dtype)
+            x1 = _rows(xs[1]) if len(xs) > 1 else rows
+            offs = self.offs + [0]
+            nb.rule[consts.rule].add_scaled_rows(rows, x1, len(xs), offs[0], offs[1], al,
+                                                 scaled, qi, sci, consts.q, consts.sc,
+                                                 consts.rule, out)
+            return out.reshape(x.shape)
         k = self.kind
         if k == "gap":
             x3 = np.ascontiguousarray(x).reshape(x.shape[0], -1, c)
