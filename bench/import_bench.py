@@ -201,9 +201,7 @@ def section(results, repeats, load) -> str:
               "compiled dense path, which takes each op's rounding rule (eq. 5b/7b/7c) as a "
               "parameter and folds the zero points (eq. 37) into its kernels; *engine, "
               "reference kernels* is the NumPy reference path (`FIXEDQ_ENGINE_COMPILED=0`), "
-              "where imported programs ran before. Both give the same integers. An imported "
-              "ADD with rescaled inputs (TFLite's) still runs its reference kernel inside the "
-              "compiled plan."]
+              "where imported programs ran before. Both give the same integers."]
     return "\n".join(lines) + "\n"
 
 
