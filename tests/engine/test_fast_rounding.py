@@ -220,3 +220,25 @@ def test_rescaled_add_of_imported_programs(rule, monkeypatch):
     np.testing.assert_array_equal(
         plan.steps[-2](wide), plan.steps[-2]._offsets_reference(wide))
     assert len(want) == 2
+
+
+@pytest.mark.parametrize("case", ["per_channel_in_offset", "product_past_int64"])
+def test_offsets_of_steps_on_the_reference(case, monkeypatch):
+    """A neural step that cannot fold its offsets (a per-channel input offset) or runs the
+    reference (a multiplier whose product could pass 2^63): the offsets are applied once."""
+    rng = np.random.default_rng(11)
+    model = _program(rng, "half_even", True, True, False)
+    conv = model.ops[1]
+    if case == "per_channel_in_offset":
+        conv.arrays["in_offset0"] = rng.integers(-50, 50, conv.arrays["kernel"].shape[2])
+    else:
+        conv.arrays["multiplier"] = np.full_like(conv.arrays["multiplier"], 2**45)
+        conv.arrays["shift"] = np.full_like(conv.arrays["shift"], 62)
+    x = _inputs(rng, (7, 6, 6), 3, True, False)
+    monkeypatch.setenv(jit.ENV, "0")
+    want = model.run_batch(x)
+    monkeypatch.setenv(jit.ENV, "1")
+    step = model.fast_plan().steps[1]
+    assert not step.handles_offsets and step.xoff == 0 and step.post is None
+    for w, g in zip(want, model.run_batch(x), strict=True):
+        np.testing.assert_array_equal(g, w)

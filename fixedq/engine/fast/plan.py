@@ -243,18 +243,20 @@ class _NeuralStep:
         self.xoff = int(np.asarray(off_in).ravel()[0]) if off_in is not None and np.size(
             off_in) and np.all(np.asarray(off_in) == np.asarray(off_in).ravel()[0]) else None
         self.handles_offsets = off_in is None or self.xoff is not None
-        if off_in is None:
-            self.xoff = 0
         self.post = None if off_out is None else _vec(off_out, cout)
+        if off_in is None or not self.handles_offsets:  # (per-channel: the plan adds them)
+            self.xoff = 0
+        if not self.handles_offsets:
+            self.post = None
         self.rq = _Requant(r, cout, bias if bias.ndim <= 1 else None, nplan.acc_clip,
                            acc_lo, acc_hi, rounding_of(op), post=self.post)
         if not self.rq.ok or bias.ndim > 1 or (off_out is not None and self.post is None):
-            self.fast = self.handles_offsets = False
+            self._reference_only()
             return
         top = int(a.get("accum_bound", 1 << 62)) + int(np.abs(bias).max(initial=0))
         amax = min(top, max(abs(acc_lo), abs(acc_hi))) if nplan.acc_clip else top
         if not self.rq.product_ok(amax):
-            self.fast = self.handles_offsets = False
+            self._reference_only()
             return
         self.pool = a.get("pool")
         self.gemm = None
@@ -268,6 +270,11 @@ class _NeuralStep:
             self.k32 = np.ascontiguousarray(kk.astype(np.int32)) \
                 if np.abs(kk).max(initial=0) < INT32_EXACT else None
             self.abs_k = np.abs(kk).sum(axis=(0, 1))  # per channel (exact int64)
+
+    def _reference_only(self):
+        """The reference kernel for every batch; the plan applies the offsets."""
+        self.fast = self.handles_offsets = False
+        self.xoff, self.post = 0, None
 
     # ------------------------------------------------------------------ execution
     def __call__(self, x: np.ndarray) -> np.ndarray:
