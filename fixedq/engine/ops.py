@@ -34,6 +34,7 @@ from fixedq.engine import (
     transformer_ops,
 )
 from fixedq.tensors.rounding import DEFAULT_ROUNDING, quantize_input, requantize, shift_round
+from fixedq.tensors.slicing import slice_key
 
 
 @dataclass
@@ -299,6 +300,14 @@ def _run_identity(op: Op, xs):
     return xs[0]
 
 
+def _run_slice(op: Op, xs):
+    """Strided slice of the non-batch axes (normalized ``begin``/``end``/``strides``, integer
+    indices on the ``shrink`` axes): the integers are copied."""
+    a = op.attrs
+    key = slice_key(a["begin"], a["end"], a["strides"], a.get("shrink", []))
+    return np.ascontiguousarray(xs[0][(slice(None), *key)])
+
+
 @dataclass(frozen=True)
 class Kernel:
     """The engine side of one op kind.
@@ -359,6 +368,8 @@ KERNELS: dict[str, Kernel] = {
     "reshape": Kernel("reshape / flatten", _run_reshape, _AKIDA),
     "permute": Kernel("axis permutation", _run_permute, _AKIDA2),
     "identity": Kernel("no-op (Dropout at inference)", _run_identity, _AKIDA),
+    "slice": Kernel("strided slice / integer index of the non-batch axes (integers copied)",
+                    _run_slice),
     "shiftmax": Kernel("integer shiftmax: exp2 table + shifts, power-of-two normalization "
                        "(eq. 29)", transformer_ops.run_shiftmax),
     "attention": Kernel("multi-head attention: exact QK^T, requantized scores, shiftmax, PV "

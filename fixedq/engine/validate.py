@@ -221,6 +221,17 @@ def _pads(v, where: str) -> None:
             raise _bad(f"{where}[{i}]", "[before, after]", p)
 
 
+def _slice_attrs(a: dict, where: str) -> None:
+    for key in ("begin", "end"):
+        check_ints(a.get(key), f"{where}.{key}", -1, MAX_DIM, max_len=MAX_RANK)
+    check_ints(a.get("strides"), f"{where}.strides", -MAX_DIM, MAX_DIM, max_len=MAX_RANK)
+    check_ints(a.get("shrink", []), f"{where}.shrink", 1, MAX_RANK, max_len=MAX_RANK)
+    n = len(a["begin"])
+    if len(a["end"]) != n or len(a["strides"]) != n or 0 in a["strides"]:
+        raise _bad(where, "begin, end and non-zero strides, one per non-batch axis",
+                   {k: a.get(k) for k in ("begin", "end", "strides")})
+
+
 def _small(lo: int, hi: int):
     return lambda v, where: check_int(v, where, lo, hi)
 
@@ -252,6 +263,7 @@ KIND_RULES: dict[str, tuple] = {
     "reshape": (_other_attrs({"target_shape": check_shape}), (), (1, 1)),
     "permute": (_other_attrs({"dims": _dims}), (), (1, 1)),
     "identity": (None, (), (1, 1)),
+    "slice": (_slice_attrs, (), (1, 1)),
     "shiftmax": (_shiftmax_rule, ("in_align", "exp_table"), (1, 1)),
     "attention": (_attention_attrs, ("align{i}", "exp_table", "out_shift", "out_lo", "out_hi"),
                   (3, 3)),
@@ -544,6 +556,25 @@ def _broadcast(shapes):
     return tuple(out)
 
 
+def _slice_shape(a: dict, x: tuple) -> tuple:
+    """Output shape of a ``slice`` op; every index must lie inside a static input axis."""
+    _need(len(a["begin"]) == len(x) - 1, f"a slice of {len(a['begin'])} axes does not fit "
+          f"{_fmt(x)}")
+    shrink = set(a.get("shrink", []))
+    out = [None]
+    for axis, (b, e, s) in enumerate(zip(a["begin"], a["end"], a["strides"], strict=True),
+                                     start=1):
+        n = x[axis]
+        _need(n is not None, f"a slice needs static axes, got {_fmt(x)}")
+        idx = range(b, e, s)
+        _need(all(0 <= i < n for i in (idx[0], idx[-1])) if len(idx) else 0 <= b <= n,
+              f"slice {b}:{e}:{s} of axis {axis} is outside its {n} entries")
+        _need(axis not in shrink or len(idx) == 1, f"shrunk axis {axis} must select one entry")
+        if axis not in shrink:
+            out.append(len(idx))
+    return tuple(out)
+
+
 def _op_shape(rec: dict, arrays: dict, shapes: list):
     """Output shape (``None``: a dynamic dimension) and largest buffer of one op."""
     kind, a, x = rec["kind"], rec["attrs"], shapes[0] if shapes else None
@@ -589,6 +620,8 @@ def _op_shape(rec: dict, arrays: dict, shapes: list):
     if kind == "permute":
         _need(len(a["dims"]) == len(x) - 1, f"dims {a['dims']} do not permute {_fmt(x)}")
         return (None, *(x[d] for d in a["dims"])), None
+    if kind == "slice":
+        return _slice_shape(a, x), None
     if kind in ("attention", "attention_softmax"):
         return _attention_shape(a, shapes), None
     if kind in ("class_token", "extract_token"):

@@ -56,8 +56,8 @@ IR_VERSION = 8
 #: Engine op kinds :func:`to_onnx` exports; any other kind is a ``ValueError`` naming the op.
 EXPORTABLE_KINDS = ("input", "neural", "affine", "gap", "avgpool", "add", "mul", "shift",
                     "concat", "clip", "maxpool", "gmp", "pad", "upsample", "reshape", "permute",
-                    "identity", "shiftmax", "attention", "madnorm", "class_token", "add_pos",
-                    "extract_token", "table", "softmax")
+                    "slice", "identity", "shiftmax", "attention", "madnorm", "class_token",
+                    "add_pos", "extract_token", "table", "softmax")
 OUTPUTS = ("float", "int")
 INPUT_NAME = "input"
 
@@ -569,6 +569,28 @@ class _Exporter:
         dims = [int(d) for d in op.attrs["dims"]]
         y = self.g.node("Transpose", [xs[0]], op.name, perm=[0, *dims])
         return y, (bs[0] if dims[-1] == len(dims) else np.array([bs[0].max()]))
+
+    def op_slice(self, op: Op, xs, bs):
+        """ONNX ``Slice`` (a negative stride down to index 0 ends at INT64_MIN, which ONNX
+        clamps to -1), then ``Squeeze`` of the integer-indexed axes."""
+        a, g = op.attrs, self.g
+        shrink = [int(v) for v in a.get("shrink", [])]
+        n = len(a["begin"])
+        ends = [int(e) if int(e) >= 0 else int(np.iinfo(np.int64).min) for e in a["end"]]
+        y = g.node("Slice", [xs[0], g.const([int(b) for b in a["begin"]], np.int64),
+                             g.const(ends, np.int64), g.const(list(range(1, n + 1)), np.int64),
+                             g.const([int(v) for v in a["strides"]], np.int64)], op.name)
+        if shrink:
+            y = g.node("Squeeze", [y, g.const(shrink, np.int64)], op.name)
+        c_in = self.shapes[op.inputs[0]][-1]
+        bound = np.asarray(bs[0], dtype=np.float64).reshape(-1)
+        if n in shrink:  # one channel left; the output's last axis is another input axis
+            idx = int(a["begin"][-1])
+            bound = np.array([bound[idx] if bound.size == c_in else bound.max(initial=0.0)])
+        elif bound.size == c_in:  # per channel: the kept channels, in order
+            bound = bound[list(range(int(a["begin"][-1]), int(a["end"][-1]),
+                                     int(a["strides"][-1])))]
+        return y, bound
 
     def op_identity(self, op: Op, xs, bs):
         return xs[0], bs[0]

@@ -40,6 +40,7 @@ from fixedq.layers.reshaping import (
     QuantizedPermute,
     QuantizedReshape,
 )
+from fixedq.layers.slicing import QuantizedStridedSlice, StridedSlice
 from fixedq.layers.softmax import QuantizedSoftmax
 from fixedq.layers.table import (
     QuantizedActivation,
@@ -88,6 +89,8 @@ __all__ = [
     "QuantizedGlobalMaxPooling",
     "QuantizedUpSampling2D",
     "TFOpLambda",
+    "StridedSlice",
+    "QuantizedStridedSlice",
     "AddPositionEmbs",
     "Attention",
     "ClassToken",

@@ -224,6 +224,10 @@ def _way_out(node, graph: Graph) -> str:
                 "cross-attention call, see docs/transformers.md)") if why else ""
     if node.cls.__name__ == "OperationLayer":
         op = node.config.get("operation", {}).get("class_name", "?")
+        if op == "GetItem":
+            return (" (only static strided slices of the non-batch axes are quantized, e.g. "
+                    "x[:, 1:], x[..., :k], x[:, ::2, 0]; this key adds an axis (None), indexes "
+                    "the batch axis, uses a tensor index or a dynamic axis)")
         token = ("; a class token prepended with keras.ops is fixedq.layers.ClassToken(), a "
                  "Keras layer that quantizes" if op in _TOKEN_OPS else "")
         return (f" (keras.ops {op} has no integer version: replace it by a supported layer, or "

@@ -25,7 +25,7 @@ OP_MODULES = (
     "relu", "activation", "leaky_relu", "prelu", "elu", "softmax",
     "max_pooling2d", "average_pooling2d", "global_average_pooling2d",
     "global_average_pooling1d", "global_max_pooling", "upsampling2d",
-    "add", "multiply", "concatenate", "zero_padding", "reshape",
+    "add", "multiply", "concatenate", "zero_padding", "reshape", "strided_slice",
     "dropout",
     "attention", "shiftmax", "layer_normalization", "layer_mad_normalization", "class_token",
     "add_position_embs",

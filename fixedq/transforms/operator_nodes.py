@@ -17,6 +17,7 @@ reshape / expand_dims / squeeze            ``Reshape`` (batch axis kept)
 transpose (batch axis first)               ``Permute``
 mean over (H, W) or over steps             ``GlobalAveragePooling2D/1D(keepdims)``
 ``x[:, i]`` on (B, N, D) tokens             ``ExtractToken(i)``
+other static slices, strides, ``...``      ``StridedSlice`` (integers copied)
 relu / relu6                               ``ReLU`` (``max_value=6``)
 image.extract_patches (2-D, channels_last) ``Conv2D`` with a one-hot kernel
 sigmoid, tanh, silu, hard_sigmoid(_silu)   ``Activation`` (integer tables)
@@ -44,7 +45,9 @@ import numpy as np
 from keras import tree
 
 from fixedq.layers.operators import OperationLayer, TensorSlot, TFOpLambda
+from fixedq.layers.slicing import StridedSlice
 from fixedq.layers.transformers import AddPositionEmbs, ExtractToken
+from fixedq.tensors.slicing import normalize_key
 
 __all__ = ["OpCall", "describe_operation", "describe_tf_op", "layer_for"]
 
@@ -244,7 +247,10 @@ def _getitem(call: OpCall, name: str, shape: tuple) -> LayerCall | None:
         if shape[1] is not None and not -shape[1] <= token < shape[1]:
             return None
         return _layer(ExtractToken, name, (call.operands[0],), token=token)
-    return None
+    spec = normalize_key(key, tuple(shape))
+    if spec is None:
+        return None
+    return _layer(StridedSlice, name, (call.operands[0],), **spec)
 
 
 def layer_for(call: OpCall, name: str, out_shape: tuple, shapes: dict, is_ref) -> \

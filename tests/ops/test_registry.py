@@ -16,6 +16,7 @@ from fixedq.engine.ops import KERNELS, NEURAL_TYPES, Op, run_op
 from fixedq.engine.targets import TARGETS
 from fixedq.layers import transformers as tr
 from fixedq.layers.depthwise_conv2d_transpose import DepthwiseConv2DTranspose
+from fixedq.layers.slicing import StridedSlice
 from fixedq.layers.temporal import BufferTempConv, DepthwiseBufferTempConv, StatefulRecurrent
 from fixedq.models import builders
 from fixedq.ops import registry
@@ -44,7 +45,8 @@ NEW_KINDS = {L.Conv1D: "neural", L.AveragePooling2D: "avgpool",
              L.Multiply: "mul", L.ZeroPadding2D: "pad",
              L.ZeroPadding1D: "pad",
              L.GlobalMaxPooling2D: "gmp", L.GlobalMaxPooling1D: "gmp", L.UpSampling2D: "upsample",
-             L.LayerNormalization: "layernorm", L.Identity: "dropout"}
+             L.LayerNormalization: "layernorm", L.Identity: "dropout",
+             StridedSlice: "reshape"}
 
 
 def test_every_legacy_layer_keeps_its_kind():

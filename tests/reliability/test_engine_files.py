@@ -52,7 +52,8 @@ def program(tmp_path_factory):
 def _cnn() -> keras.Model:
     """Transposed conv (+ fused pool), BN (affine), ReLU6-like clip, zero padding, depthwise,
     add, multiply, concat,
-    max-pool, permute, average pooling ('same'), GAP, dropout (identity), dense."""
+    max-pool, permute, average pooling ('same'), upsampling, a strided slice, GAP, dropout
+    (identity), dense."""
     x = keras.Input((6, 6, 2), name="img")
     a = L.ReLU(name="r1")(L.BatchNormalization(name="bn")(L.Conv2D(4, 3, padding="same",
                                                                    name="c1")(x)))
@@ -65,7 +66,7 @@ def _cnn() -> keras.Model:
     s = L.MaxPooling2D(name="mp2")(L.ReLU(name="r2")(L.BatchNormalization(name="bn2")(s)))
     p = L.ReLU(max_value=2.0, name="r3")(L.Permute((2, 1, 3), name="perm")(s))
     p = L.AveragePooling2D(2, 1, padding="same", name="avg")(p)
-    p = L.UpSampling2D((1, 2), name="up2")(p)
+    p = L.UpSampling2D((1, 2), name="up2")(p)[:, 1:, ::2]  # an operator slice: 'slice'
     g = L.Dropout(0.1, name="drop")(L.Concatenate(name="cat2")([
         L.GlobalAveragePooling2D(name="gap")(p), L.GlobalMaxPooling2D(name="gmp")(p)]))
     return keras.Model(x, L.Dense(3, name="fc")(g), name="cnn")
