@@ -26,6 +26,7 @@ import numpy as np
 import fixedq
 import fixedq.engine as fe
 from fixedq.engine.events import format_stats
+from fixedq.engine.profile import format_profile
 from fixedq.event_digits import load_event_digits
 from fixedq.layers.temporal import PleiadesLayer
 from fixedq.models import predict_clips, unroll_clips
@@ -104,6 +105,8 @@ live = engine.step(xte[:1, 0])  # one frame at a time, state kept between calls
 print(f"engine bit-exact with quantized Keras over {STEPS} frames; first live frame "
       f"-> class {int(np.argmax(live))}")
 print(format_stats(engine.event_stats(xte[:32])))
+# per-op time over every frame (the compiled plan; `fixedq run --profile` prints the same)
+print(format_profile(engine.profile(xte[:64], batch_size=64)))
 with tempfile.TemporaryDirectory() as tmp:
     path = os.path.join(tmp, "tenn.fqe")
     engine.save(path)
