@@ -111,6 +111,15 @@ def test_plain_vit_quantizes_directly_integer_only_and_engine_exact(patches, hea
         np.testing.assert_array_equal(fe.load(tmp_path / "vit.fqe").predict(x), want)
 
 
+@pytest.mark.parametrize("qp", [fixedq.QuantizationParams(asymmetric_activations=True),
+                                fixedq.QuantizationParams(activation_bits=16)])
+def test_plain_vit_asymmetric_and_16_bit_activations_are_engine_exact(qp):
+    q = _quantize_quietly(keras_io_vit(), qp, _images(32))
+    _assert_integer_only(q)
+    x = _probe()
+    np.testing.assert_array_equal(fe.convert(q).predict(x), q.predict(x, verbose=0))
+
+
 def test_class_token_layer_and_token_head_are_integer_only():
     model = keras_io_vit(class_token=True, head="token")
     q = _quantize_quietly(model, fixedq.QuantizationParams(), _images(64))
