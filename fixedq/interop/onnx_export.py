@@ -56,8 +56,9 @@ IR_VERSION = 8
 #: Engine op kinds :func:`to_onnx` exports; any other kind is a ``ValueError`` naming the op.
 EXPORTABLE_KINDS = ("input", "neural", "affine", "gap", "avgpool", "add", "mul", "shift",
                     "concat", "clip", "maxpool", "gmp", "pad", "upsample", "reshape", "permute",
-                    "slice", "identity", "shiftmax", "attention", "madnorm", "class_token",
-                    "add_pos", "extract_token", "table", "softmax")
+                    "slice", "identity", "shiftmax", "attention", "attention_softmax",
+                    "madnorm", "layernorm", "class_token", "add_pos", "extract_token", "table",
+                    "softmax")
 OUTPUTS = ("float", "int")
 INPUT_NAME = "input"
 
@@ -684,6 +685,29 @@ class _Exporter:
         return self.f64(y), np.array([float(a["prob_hi"])])
 
     def op_attention(self, op: Op, xs, bs):
+        a, r = op.attrs, op.arrays
+        return self.attention(op, xs, lambda sc: self.shiftmax_i64(
+            sc, int(a["score_frac"]), r["exp_table"], int(a["exp_bits"]), int(a["k_max"]),
+            int(a["prob_frac"]), int(a["prob_hi"])))
+
+    def op_attention_softmax(self, op: Op, xs, bs):
+        """Eq. 30b: the scores' integer softmax (eq. 39, table grid = score grid)."""
+        a, r, g = op.attrs, op.arrays, self.g
+
+        def probabilities(sc):
+            mx = g.node("ReduceMax", [sc], op.name, axes=[-1], keepdims=1)
+            t = g.node("Min", [g.node("Sub", [mx, sc], op.name),
+                               self.ic(int(r["exp_table"].size) - 1)], op.name)
+            e = g.node("Gather", [self.ic(r["exp_table"]), t], op.name, axis=0)
+            total = g.node("ReduceSum", [e, self.ic([-1])], op.name, keepdims=1)
+            num = g.node("Add", [g.node("Mul", [e, self.ic(1 << (int(a["prob_frac"]) + 1))],
+                                        op.name), total], op.name)
+            p = self.floordiv(num, g.node("Mul", [total, self.ic(2)], op.name))
+            return self.clip_i64(p, 0, int(a["prob_hi"]))
+
+        return self.attention(op, xs, probabilities)
+
+    def attention(self, op: Op, xs, probabilities):
         a, r, g = op.attrs, op.arrays, self.g
         h = int(a["num_heads"])
         n_q, c = self.shapes[op.inputs[0]]
@@ -699,8 +723,7 @@ class _Exporter:
         sc = g.node("Mul", [scores, self.ic(int(a["score_multiplier"]))], op.name)
         sc = self.clip_i64(self.shift_round_i64(sc, int(a["score_shift"])), a["acc_lo"],
                            a["acc_hi"])
-        p = self.shiftmax_i64(sc, int(a["score_frac"]), r["exp_table"], int(a["exp_bits"]),
-                              int(a["k_max"]), int(a["prob_frac"]), int(a["prob_hi"]))
+        p = probabilities(sc)
         o = g.node("MatMul", [p, v], op.name)
         o = g.node("Transpose", [o], op.name, perm=[0, 2, 1, 3])
         o = g.node("Reshape", [o, self.ic([0, n_q, -1])], op.name)
@@ -748,6 +771,42 @@ class _Exporter:
         w = g.node("Add", [g.node("Mul", [z, self.ic(r["multiplier"])], op.name),
                            self.ic(r["offset"])], op.name)
         y = self.clip_i64(self.shift_round_i64(w, r["shift"]), r["out_lo"], r["out_hi"])
+        return self.f64(y), np.maximum(_per_channel(r["out_lo"]), _per_channel(r["out_hi"]))
+
+    def op_layernorm(self, op: Op, xs, bs):
+        """Eq. 47 in int64: exact c and W, floor(log2 W) by comparisons, the mantissa shift,
+        six integer Newton steps (all positive: Div is the floor) and the final correction,
+        the rounded division by Mod + Div, the affine (28)."""
+        a, r, g = op.attrs, op.arrays, self.g
+        v = self.shl(self.i64(xs[0]), r["in_align"])
+        dim = self.shapes[op.inputs[0]][-1]
+        total = g.node("ReduceSum", [v, self.ic([-1])], op.name, keepdims=1)
+        c = g.node("Sub", [g.node("Mul", [v, self.ic(dim)], op.name), total], op.name)
+        sq = g.node("ReduceSum", [g.node("Mul", [c, c], op.name), self.ic([-1])], op.name,
+                    keepdims=1)
+        w = g.node("Max", [g.node("Add", [g.node("Mul", [sq, self.ic(dim)], op.name),
+                                          self.ic(int(a["eps_int"]))], op.name),
+                           self.ic(1)], op.name)
+        log2 = None
+        for i in range(1, 62):
+            ge = self.i64(g.node("GreaterOrEqual", [w, self.ic(1 << i)], op.name))
+            log2 = ge if log2 is None else g.node("Add", [log2, ge], op.name)
+        shift = self.floordiv(g.node("Sub", [self.ic(61), log2], op.name), self.ic(2))
+        n = g.node("Mul", [w, self.pow2_var(g.node("Mul", [shift, self.ic(2)], op.name))],
+                   op.name)
+        x = self.ic(1 << 31)
+        for _ in range(6):
+            x = g.node("Div", [g.node("Add", [x, g.node("Div", [n, x], op.name)], op.name),
+                               self.ic(2)], op.name)
+        x = g.node("Sub", [x, self.i64(g.node("Greater", [g.node("Mul", [x, x], op.name), n],
+                                                op.name))], op.name)
+        scale = self.pow2_var(g.node("Add", [shift, self.ic(int(a["norm_frac"]))], op.name))
+        num = g.node("Mul", [g.node("Mul", [c, self.ic(dim)], op.name), scale], op.name)
+        num = g.node("Add", [g.node("Mul", [num, self.ic(2)], op.name), x], op.name)
+        z = self.floordiv(num, g.node("Mul", [x, self.ic(2)], op.name))
+        out = g.node("Add", [g.node("Mul", [z, self.ic(r["multiplier"])], op.name),
+                             self.ic(r["offset"])], op.name)
+        y = self.clip_i64(self.shift_round_i64(out, r["shift"]), r["out_lo"], r["out_hi"])
         return self.f64(y), np.maximum(_per_channel(r["out_lo"]), _per_channel(r["out_hi"]))
 
     def op_class_token(self, op: Op, xs, bs):

@@ -256,6 +256,28 @@ def test_vit_exact(qp):
     assert_exact(engine, edge_inputs(engine, x, rng))
 
 
+@pytest.mark.parametrize("qp", [Q8, Q4], ids=["8bit", "4bit"])
+def test_plain_keras_vit_exact(qp):
+    """Keras LayerNormalization (layernorm, eq. 47: comparisons, Newton steps, floor division)
+    and MultiHeadAttention (attention_softmax, eq. 30b): onnxruntime == engine, including
+    constant rows (variance 0) and saturating inputs."""
+    import keras
+
+    L = keras.layers
+    x_in = keras.Input((6, 8))
+    h = L.LayerNormalization(epsilon=1e-6)(L.Dense(8)(x_in))
+    h = L.Add()([h, L.MultiHeadAttention(2, 4)(h, h)])
+    h = L.LayerNormalization(epsilon=1e-3, center=False)(h)
+    model = keras.Model(x_in, L.Dense(3)(L.GlobalAveragePooling1D()(h)))
+    rng = np.random.default_rng(5)
+    x = (rng.normal(size=(32, 6, 8)) * rng.choice([0.01, 1.0, 30.0], (32, 6, 1))).astype(
+        "float32")
+    engine = _quantized(model, qp, x)
+    assert {"layernorm", "attention_softmax"} <= {op.kind for op in engine.ops}
+    probe = np.concatenate([edge_inputs(engine, x, rng), np.full((2, 6, 8), 3.0, "float32")])
+    assert_exact(engine, probe)
+
+
 def test_standalone_shiftmax():
     from fixedq.layers.transformers import Shiftmax
 
