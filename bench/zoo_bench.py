@@ -92,7 +92,9 @@ TRAINED = {"mobilenet_v2_0.35_96": (32, 32, 3), "mobilenet_v3_small": (32, 32, 3
 
 def vit(keras, input_shape, classes, patch=4, dim=64, heads=4, blocks=4, mlp=128):
     """A plain Keras 3 ViT as the Keras docs write one: patch conv, ``x + Embedding(arange)``
-    position, pre-norm blocks of MultiHeadAttention and a Dense gelu MLP, GAP1D head."""
+    position, pre-norm blocks of MultiHeadAttention and a Dense gelu MLP, GAP1D head. Given to
+    ``fixedq.quantize`` as it is (no adapt step): LayerNormalization and MultiHeadAttention
+    are quantized directly (issue 13.4)."""
     L = keras.layers
     inp = keras.Input(input_shape, name="image")
     x = L.Conv2D(dim, patch, strides=patch, name="patches")(inp)
