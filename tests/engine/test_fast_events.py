@@ -168,3 +168,24 @@ def test_quantized_keras_parity_on_sparse_cnn():
     np.testing.assert_array_equal(e.predict(x, batch_size=40, mode="event"), want)
     ran = [s.last for s in _event_steps(e)]
     assert ran[:2] == ["events", "events"], ran
+
+
+@pytest.mark.parametrize("offsets", ["per_channel_in", "scalar_in", "out"])
+def test_offsets_of_imported_programs(offsets, always_events, monkeypatch):
+    """Asymmetric inputs/outputs (eq. 37: ``in_offset0``, ``out_offset``): the event step runs
+    when the dense step leaves the offsets to the plan, else the dense step folds them; the
+    integers are the reference's either way."""
+    model, rng, shape, (lo, hi) = _cnn(6)
+    op = model.ops[2]  # the second conv (its input: the first conv's output)
+    c_in, c_out = op.arrays["kernel"].shape[2], op.arrays["kernel"].shape[3]
+    if offsets == "per_channel_in":
+        op.arrays["in_offset0"] = rng.integers(-3, 4, c_in)
+    elif offsets == "scalar_in":
+        op.arrays["in_offset0"] = np.full(c_in, 2)
+    else:
+        op.arrays["out_offset"] = rng.integers(-3, 4, c_out)
+    model = type(model)(model.ops, model.outputs, model.input_shape)  # a fresh plan
+    x = _sparse(rng, (3, *shape), lo, hi, 0.9)
+    _check(model, x, monkeypatch, ran=None)
+    step = model.fast_plan("event").steps[2]
+    assert isinstance(step, events.EventStep) == (offsets == "per_channel_in")
