@@ -48,7 +48,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import DOC, SEED, load_mnist  # noqa: E402
+from common import DOC, SEED, kws_ds_cnn, load_mnist  # noqa: E402
 from md_section import replace_section  # noqa: E402
 
 START, END = "<!-- zoo:start -->", "<!-- zoo:end -->"
@@ -115,31 +115,13 @@ def vit(keras, input_shape, classes, patch=4, dim=64, heads=4, blocks=4, mlp=128
     return keras.Model(inp, L.Dense(classes, activation="softmax", name="head")(x), name="vit")
 
 
-def ds_cnn(keras, input_shape, classes, filters=64, blocks=4):
-    """DS-CNN keyword spotting (Zhang et al., Hello Edge) on a 49x10 MFCC input."""
-    L = keras.layers
-    inp = keras.Input(input_shape, name="mfcc")
-    x = L.Conv2D(filters, (10, 4), strides=2, padding="same", use_bias=False, name="conv0")(inp)
-    x = L.BatchNormalization(name="conv0_bn")(x)
-    x = L.ReLU(name="conv0_relu")(x)
-    for i in range(blocks):
-        x = L.DepthwiseConv2D(3, padding="same", use_bias=False, name=f"dw{i}")(x)
-        x = L.BatchNormalization(name=f"dw{i}_bn")(x)
-        x = L.ReLU(name=f"dw{i}_relu")(x)
-        x = L.Conv2D(filters, 1, use_bias=False, name=f"pw{i}")(x)
-        x = L.BatchNormalization(name=f"pw{i}_bn")(x)
-        x = L.ReLU(name=f"pw{i}_relu")(x)
-    x = L.GlobalAveragePooling2D(name="gap")(x)
-    return keras.Model(inp, L.Dense(classes, activation="softmax", name="fc")(x), name="ds_cnn")
-
-
 def build(keras, name: str, input_shape, classes: int):
     """The float model ``name`` (random init) at ``input_shape``."""
     kind, kwargs = ZOO[name][0], ZOO[name][1]
     if kind == "vit":
         return vit(keras, input_shape, classes)
     if kind == "ds_cnn":
-        return ds_cnn(keras, input_shape, classes)
+        return kws_ds_cnn(keras, input_shape, classes)
     return getattr(keras.applications, kind)(input_shape=input_shape, weights=None,
                                               classes=classes, **kwargs)
 
