@@ -112,6 +112,8 @@ def bench_one(name: str, seed: int, data, args) -> dict:
     row["ptq"] = accuracy(q4, *test)
     row["ptq_val"] = accuracy(q4, *val)
     for key, teacher in (("qat", None), ("distill", model)):
+        if key not in args.variants:
+            continue
         t0 = time.perf_counter()
         best, history = fixedq.qat(q4, fit, val, epochs=args.epochs, seed=seed,
                                    teacher=teacher, verbose=args.verbose)
@@ -239,13 +241,23 @@ def main(argv=None) -> int:
     parser.add_argument("--no-cache", dest="no_cache", action="store_true",
                         help="train the float models again (default: bench/results/floats)")
     parser.add_argument("--out", type=Path, default=None, help="append JSON rows here")
-    parser.add_argument("--render", type=Path, default=None, metavar="ROWS.jsonl",
-                        help="only rewrite the docs section from these rows")
+    parser.add_argument("--variants", nargs="+", default=["qat", "distill"],
+                        choices=["qat", "distill"],
+                        help="which fixedq.qat calls to run (rows of several runs merge)")
+    parser.add_argument("--render", type=Path, nargs="+", default=None, metavar="ROWS.jsonl",
+                        help="only rewrite the docs section from these rows; a later row of "
+                        "the same model and seed updates the fields of an earlier one")
     parser.add_argument("--no-write", dest="write", action="store_false")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
     if args.render:
-        rows = [json.loads(line) for line in args.render.read_text().splitlines() if line]
+        merged: dict = {}
+        for path in args.render:
+            for line in path.read_text().splitlines():
+                if line:
+                    row = json.loads(line)
+                    merged.setdefault((row["model"], row["seed"]), {}).update(row)
+        rows = list(merged.values())
     else:
         data = load_mnist()
         rows = []

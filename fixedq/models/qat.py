@@ -353,7 +353,11 @@ class DistillationLoss(keras.losses.Loss):
 
     where ``t`` are the teacher's log-probabilities and ``s`` the student's logits (or its
     log-probabilities when ``from_logits`` is False). ``T^2`` keeps the gradient scale of the
-    soft term independent of ``T``.
+    soft term independent of ``T``. Probability outputs (a quantized softmax) are exactly 0
+    for the classes below their grid: the soft term then compares the two distributions over
+    the classes where the student's probability is positive (both renormalized there); over
+    all classes it pushed the largest probability down without end (MobileNetV2 0.35 at
+    4 bits fell from 66 % to 22-43 % validation accuracy in the bench before this rule).
 
     Example:
         >>> import numpy as np
@@ -380,9 +384,19 @@ class DistillationLoss(keras.losses.Loss):
         student = y_pred if self.from_logits else ops.log(ops.clip(y_pred, 1e-7, 1.0))
         ce = keras.losses.sparse_categorical_crossentropy(ids, student, from_logits=True)
         t = self.temperature
-        soft_t = ops.softmax(teacher / t, axis=-1)
-        kl = ops.sum(soft_t * (ops.log_softmax(teacher / t, axis=-1)
-                               - ops.log_softmax(student / t, axis=-1)), axis=-1)
+        t_logits, s_logits = teacher / t, student / t
+        if not self.from_logits:
+            # a quantized softmax outputs 0 below its grid (1/256 at 8 bits): the log of those
+            # classes is unknown and gets no gradient, so the soft term compares the two
+            # distributions over the classes the student represents (both renormalized there);
+            # over all classes it would push the largest probability down without end
+            present = y_pred > 0
+            t_logits = ops.where(present, t_logits, -1e9)
+            s_logits = ops.where(present, s_logits, -1e9)
+        soft_t = ops.softmax(t_logits, axis=-1)
+        kl = ops.sum(ops.where(soft_t > 0, soft_t * (ops.log_softmax(t_logits, axis=-1)
+                                                     - ops.log_softmax(s_logits, axis=-1)),
+                               0.0), axis=-1)
         return (1.0 - self.weight) * ce + self.weight * t * t * kl
 
     def get_config(self) -> dict:

@@ -194,6 +194,20 @@ def test_distillation_loss_terms():
     probs = np.exp(s)
     np.testing.assert_allclose(float(DistillationLoss(0.5, 2.0, from_logits=False)(y, probs)),
                                float(DistillationLoss(0.5, 2.0)(y, logits)), rtol=1e-4)
+    # a quantized softmax's zeros: the soft term compares the classes the student represents
+    confident = np.zeros((1, 10), "float32")
+    confident[0, 3] = 1.0  # 8-bit probabilities: every other class rounded to 0
+    t_row = np.log(np.full((1, 10), 0.02, "float32"))
+    t_row[0, 3] = np.log(0.82)
+    y1 = np.concatenate([[[3.0]], t_row], axis=1).astype("float32")
+    assert abs(float(DistillationLoss(0.5, 2.0, from_logits=False)(y1, confident))) < 1e-6
+    two = confident.copy()
+    two[0, 3], two[0, 5] = 0.75, 0.25
+    s2 = np.log(np.array([0.75, 0.25]) ** 0.5 / np.sum(np.array([0.75, 0.25]) ** 0.5))
+    t2 = np.log(np.array([0.82, 0.02]) ** 0.5 / np.sum(np.array([0.82, 0.02]) ** 0.5))
+    want = 0.5 * -np.log(0.75) + 0.5 * 4 * np.sum(np.exp(t2) * (t2 - s2))
+    np.testing.assert_allclose(float(DistillationLoss(0.5, 2.0, from_logits=False)(y1, two)),
+                               want, rtol=1e-4)
     cfg = DistillationLoss(0.3, 4.0).get_config()
     assert DistillationLoss.from_config(cfg).get_config() == cfg
 
