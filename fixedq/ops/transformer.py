@@ -5,7 +5,7 @@ requantizing ones have a calibrated signed output spec.
 Example:
     >>> from fixedq.ops.registry import by_name
     >>> by_name("attention").engine_kinds
-    ('attention',)
+    ('attention', 'attention_softmax')
 """
 
 from __future__ import annotations
