@@ -41,6 +41,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import numpy as np
@@ -289,7 +290,7 @@ class _Exporter:
         a, r, g = op.attrs, op.arrays, self.g
         typ = a["type"]
         if a.get("conv1d"):
-            self.fail(op, "Conv1D ops are not exported yet")
+            return self.conv1d(op, xs, bs)
         kernel = np.asarray(r["kernel"], dtype=np.int64)
         k = np.abs(kernel).astype(np.float64)
         cin = kernel.shape[0] if typ == "dense" else kernel.shape[3 if typ == "transpose" else 2]
@@ -349,6 +350,20 @@ class _Exporter:
             y = self.maxpool(y, acc_shape, pool["pool_size"], pool["strides"],
                              pool["padding"], np.float64, op.name)
         return y, np.maximum(_per_channel(r["out_lo"]), _per_channel(r["out_hi"]))
+
+    def conv1d(self, op: Op, xs, bs):
+        """Conv1D as the engine runs it: a conv2d over a ``(1, steps)`` image (``Unsqueeze`` /
+        ``Squeeze`` of axis 1 around the conv2d export)."""
+        g, inp = self.g, op.inputs[0]
+        x4 = g.node("Unsqueeze", [xs[0], g.const([1], np.int64)], op.name)
+        steps = self.shapes[inp]
+        self.shapes[inp] = (1, *steps)
+        try:
+            attrs = {k: v for k, v in op.attrs.items() if k != "conv1d"}
+            y, bound = self.op_neural(dataclasses.replace(op, attrs=attrs), [x4, *xs[1:]], bs)
+        finally:
+            self.shapes[inp] = steps
+        return g.node("Squeeze", [y, g.const([1], np.int64)], op.name), bound
 
     def linear_shape(self, op: Op):
         """Shape of the accumulators (before a fused pool): ``(Ho, Wo, Cout)`` or dense."""

@@ -178,6 +178,22 @@ def test_pad_and_gmp_over_steps_exact():
     assert_exact(engine, edge_inputs(engine, x, rng))
 
 
+@pytest.mark.parametrize("qp", [Q8, Q4T, Q8A], ids=["q8-per-axis", "q4-per-tensor",
+                                                "asymmetric"])
+def test_conv1d_exact(qp):
+    """Conv1D ops (a conv2d over a (1, steps) image in the engine): strided 'same', dilated
+    'valid', then GAP over steps and Dense."""
+    x_in = keras.Input((16, 3))
+    y = L.ReLU()(L.Conv1D(6, 3, strides=2, padding="same")(x_in))
+    y = L.Conv1D(4, 3, dilation_rate=2)(y)
+    model = keras.Model(x_in, L.Dense(3)(L.GlobalAveragePooling1D()(y)))
+    rng = np.random.default_rng(9)
+    x = rng.normal(size=(40, 16, 3)).astype("float32")
+    engine = _quantized(model, qp, x)
+    assert sum(bool(op.attrs.get("conv1d")) for op in engine.ops) == 2
+    assert_exact(engine, edge_inputs(engine, x, rng))
+
+
 def test_mul_products_past_2_53_refused():
     """A hand-made mul whose inputs' product can pass 2^53 is refused naming the op."""
     wide = Op("in", "input", [], {"dtype": "float32"}, {
