@@ -78,3 +78,26 @@ loaded = fixedq.load_model("tf_keras_ops.h5")
 q2 = fixedq.quantize(loaded, fixedq.QuantizationParams(), x_train[:256], verbose=False)
 assert np.array_equal(fe.convert(q2).predict(x_test[:64]), q2.predict(x_test[:64], verbose=0))
 print("tf-keras TFOpLambda model: quantized, engine bit-exact")
+
+# 5. Slices, tf-keras' hard_sigmoid, thresholded ReLU, PReLU per element ------------------------
+# A tf-keras file whose hard_sigmoid is tf-keras' clip(0.2 x + 0.5, 0, 1) (Keras 3 reads the name
+# as another function; fixedq.load_model keeps tf-keras' one), a SlicingOpLambda (t[:, 1:, ::2]),
+# a ReLU with a threshold and a PReLU with one alpha per element: all integer-only.
+s_in = tf_keras.Input((8, 8, 1))
+s = tf_keras.layers.Conv2D(6, 3, padding="same")(s_in)
+s = tf_keras.layers.PReLU(alpha_initializer=tf_keras.initializers.Constant(0.25))(s)
+s = tf_keras.layers.ReLU(threshold=0.5)(tf_keras.layers.Conv2D(6, 1)(s[:, 1:, ::2]))
+s_out = tf_keras.layers.Dense(10, activation="hard_sigmoid")(tf_keras.layers.Flatten()(s))
+tk_model = tf_keras.Model(s_in, s_out)
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    tk_model.save("tf_keras_slices.h5")
+loaded = fixedq.load_model("tf_keras_slices.h5")
+assert np.array_equal(loaded.predict(x_test[:64], verbose=0),
+                      tk_model.predict(x_test[:64], verbose=0))  # tf-keras' function, bit-exact
+with warnings.catch_warnings():
+    warnings.simplefilter("error", UserWarning)  # nothing falls back to float
+    q3 = fixedq.quantize(loaded, fixedq.QuantizationParams(), x_train[:256], verbose=False)
+assert np.array_equal(fe.convert(q3).predict(x_test[:64]), q3.predict(x_test[:64], verbose=0))
+print("slices / tf-keras hard_sigmoid / ReLU(threshold) / PReLU: quantized:",
+      sorted({type(layer).__name__ for layer in q3.layers} - {"InputLayer"}))
