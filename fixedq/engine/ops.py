@@ -304,8 +304,16 @@ def _run_slice(op: Op, xs):
     """Strided slice of the non-batch axes (normalized ``begin``/``end``/``strides``, integer
     indices on the ``shrink`` axes): the integers are copied."""
     a = op.attrs
+    x = xs[0]
+    for axis, (b, e, s) in enumerate(zip(a["begin"], a["end"], a["strides"], strict=True),
+                                     start=1):
+        idx = range(b, e, s)  # the load-time check of validate.py, on the real sizes
+        n = x.shape[axis] if axis < x.ndim else 0
+        if not (all(0 <= i < n for i in (idx[0], idx[-1])) if len(idx) else 0 <= b <= n):
+            raise ValueError(f"slice {b}:{e}:{s} of axis {axis} is outside its {n} entries "
+                             f"(input {x.shape})")
     key = slice_key(a["begin"], a["end"], a["strides"], a.get("shrink", []))
-    return np.ascontiguousarray(xs[0][(slice(None), *key)])
+    return np.ascontiguousarray(x[(slice(None), *key)])
 
 
 @dataclass(frozen=True)

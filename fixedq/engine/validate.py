@@ -557,7 +557,8 @@ def _broadcast(shapes):
 
 
 def _slice_shape(a: dict, x: tuple) -> tuple:
-    """Output shape of a ``slice`` op; every index must lie inside a static input axis."""
+    """Output shape of a ``slice`` op; every index must lie inside a static input axis (a
+    dynamic axis is checked by the kernel, at run time, against the real size)."""
     _need(len(a["begin"]) == len(x) - 1, f"a slice of {len(a['begin'])} axes does not fit "
           f"{_fmt(x)}")
     shrink = set(a.get("shrink", []))
@@ -565,7 +566,12 @@ def _slice_shape(a: dict, x: tuple) -> tuple:
     for axis, (b, e, s) in enumerate(zip(a["begin"], a["end"], a["strides"], strict=True),
                                      start=1):
         n = x[axis]
-        _need(n is not None, f"a slice needs static axes, got {_fmt(x)}")
+        if n is None:  # a dynamic axis: the kernel checks the indices against the real size
+            _need(b >= 0 and e >= -1 and s != 0, f"slice {b}:{e}:{s} of dynamic axis {axis} "
+                  "needs normalized (non-negative) indices")
+            if axis not in shrink:
+                out.append(None)
+            continue
         idx = range(b, e, s)
         _need(all(0 <= i < n for i in (idx[0], idx[-1])) if len(idx) else 0 <= b <= n,
               f"slice {b}:{e}:{s} of axis {axis} is outside its {n} entries")

@@ -133,3 +133,19 @@ def test_unquantizable_slice_is_one_warning_naming_the_node(cut):
     assert sum("quantization stops" in str(w.message) for w in record) == 1
     np.testing.assert_allclose(q.predict(xs, verbose=0), model.predict(xs, verbose=0),
                                atol=0.05)
+
+
+def test_slice_on_a_dynamic_axis_is_checked_at_run_time():
+    """A program with dynamic spatial sizes loads (the indices cannot be checked against a
+    size nobody knows yet); the kernel checks them against the real input and names the slice
+    instead of silently returning fewer entries."""
+    from fixedq.engine.ops import Op, run_op
+
+    op = Op("cut", "slice", ["x"], {"begin": [2, 0, 0], "end": [6, 4, 3], "strides": [2, 1, 1]},
+            {})
+    x = np.arange(2 * 6 * 4 * 3).reshape(2, 6, 4, 3)
+    np.testing.assert_array_equal(run_op(op, [x]), x[:, 2:6:2])
+    with pytest.raises(ValueError, match=r"slice 2:6:2 of axis 1 is outside its 4 entries"):
+        run_op(op, [x[:, :4]])
+    with pytest.raises(ValueError, match=r"slice 0:4:1 of axis 2 is outside its 3 entries"):
+        run_op(op, [x[:, :, :3]])

@@ -594,6 +594,9 @@ def test_transposed_conv_large_stride_bounded(programs, tmp_path, monkeypatch):
     path, i = _transpose_file(programs, tmp_path, "dyn.fqe", [1024, 1024], [None, None, None, 2])
     model = fe.load(path)
     x = np.zeros((32, 6, 6, 2), np.float32)
+    # the compiled path may run micro-batches of one sample: make one sample's buffer (about
+    # 1.5e8 values) exceed the limit, so the check must fire before anything is allocated
+    monkeypatch.setenv("FIXEDQ_ENGINE_MAX_VALUES", str(10**6))
     tracemalloc.start()
     try:
         with pytest.raises(ValueError, match=re.escape("op 'mp' (neural): a transposed conv")):
