@@ -177,7 +177,7 @@ def test_activation_bits_one_on_a_signed_output_is_an_error(setup):
 def test_unsupported_op_still_falls_back(setup):
     x = keras.Input((4,), name="x")
     h = keras.layers.Dense(6, name="fc1")(x)
-    h = keras.layers.LayerNormalization(name="ln")(h)
+    h = keras.layers.UnitNormalization(name="ln")(h)  # no op in the registry
     model = keras.Model(x, keras.layers.Dense(3, name="fc2")(h))
     with pytest.warns(UserWarning, match="quantization stops before layer 'ln'"):
         fixedq.quantize(model, samples=setup[1], verbose=False)
