@@ -190,7 +190,7 @@ def _table(rows: list[dict]) -> list[str]:
     return lines
 
 
-def render(rows: list[dict]) -> str:
+def render(rows: list[dict], note: str = "") -> str:
     """The markdown body of the "qat" section."""
     seeds = sorted({r["seed"] for r in rows})
     r0 = rows[0]
@@ -225,6 +225,8 @@ def render(rows: list[dict]) -> str:
     times = [r[k] for r in rows for k in ("qat_s", "distill_s")]
     lines += ["", f"`fixedq.qat` wall time per run ({r0['epochs']} epochs and evaluations; 2 "
               f"shared cores, nice 10): {min(times):.0f}–{max(times):.0f} s."]
+    if note:
+        lines += ["", note]
     return "\n".join(lines) + "\n"
 
 
@@ -248,6 +250,7 @@ def main(argv=None) -> int:
                         help="only rewrite the docs section from these rows; a later row of "
                         "the same model and seed updates the fields of an earlier one")
     parser.add_argument("--no-write", dest="write", action="store_false")
+    parser.add_argument("--note", default="", help="a paragraph appended to the section")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
     if args.render:
@@ -269,7 +272,7 @@ def main(argv=None) -> int:
                         fh.write(json.dumps(rows[-1]) + "\n")
     order = {m: i for i, m in enumerate(MODELS)}
     rows.sort(key=lambda r: (order.get(r["model"], len(order)), r["seed"]))
-    body = render(rows)
+    body = render(rows, args.note)
     print(body)
     if args.write:
         replace_section(DOC, START, END, body)
