@@ -37,8 +37,18 @@ def floor_log2(w: np.ndarray) -> np.ndarray:
 
 
 def normalized(v: np.ndarray, eps_int: int, norm_frac: int) -> np.ndarray:
-    """Eq. 47a-d: the normalized integers ``z`` (frac_bits ``norm_frac``) of aligned ``v``."""
+    """Eq. 47a-d: the normalized integers ``z`` (frac_bits ``norm_frac``) of aligned ``v``.
+
+    Raises:
+        ValueError: ``D^4·max|v|^2 + eps_int >= 2^62`` (the sums would leave the exact int64
+            range; ``quantize`` never builds such a layer, a crafted program can).
+    """
     dim = v.shape[-1]
+    top = int(np.abs(v).max(initial=0))
+    if dim**4 * top * top + int(eps_int) >= 1 << 62 or int(eps_int) < 0:
+        raise ValueError(f"layernorm over {dim} channels: inputs up to |v| = {top} with "
+                         f"eps_int {eps_int} leave the exact int64 range (needs "
+                         "D^4·max|v|^2 + eps_int < 2^62, eq. 47)")
     c = dim * v - v.sum(axis=-1, keepdims=True)
     w = np.maximum(dim * (c * c).sum(axis=-1, keepdims=True) + np.int64(eps_int), 1)
     a = (61 - floor_log2(w)) // 2

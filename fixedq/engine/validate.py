@@ -566,9 +566,9 @@ def _slice_shape(a: dict, x: tuple) -> tuple:
     for axis, (b, e, s) in enumerate(zip(a["begin"], a["end"], a["strides"], strict=True),
                                      start=1):
         n = x[axis]
+        _need(s != 0 and b >= 0 and e >= (0 if s > 0 else -1), f"slice {b}:{e}:{s} of axis "
+              f"{axis} is not normalized (begin >= 0; end >= 0, or -1 with a negative stride)")
         if n is None:  # a dynamic axis: the kernel checks the indices against the real size
-            _need(b >= 0 and e >= -1 and s != 0, f"slice {b}:{e}:{s} of dynamic axis {axis} "
-                  "needs normalized (non-negative) indices")
             if axis not in shrink:
                 out.append(None)
             continue

@@ -33,6 +33,12 @@ def _check(name: str, begin, end, strides, shrink) -> tuple[list, list, list, li
                          "non-batch axis and non-zero strides")
     if any(not 1 <= a <= len(b) for a in k):
         raise ValueError(f"{name}: shrink axes {k} must be in 1..{len(b)}")
+    bad = [i for i, (bi, ei, si) in enumerate(zip(b, e, s, strict=True), start=1)
+           if bi < 0 or ei < (0 if si > 0 else -1)]
+    if bad:
+        raise ValueError(f"{name}: begin {b}, end {e}, strides {s} are not a normalized slice "
+                         f"on axes {bad} (begin >= 0; end >= 0, or -1 with a negative stride: "
+                         "normalize with slice(...).indices(size))")
     return b, e, s, k
 
 

@@ -394,10 +394,17 @@ def load_model(
         )
     config, version = _read_h5_config(path)
     _check_lambdas(config, path, safe_mode)
-    if version.startswith("3") and path.suffix in (".h5", ".hdf5"):
-        return keras.saving.load_model(
-            path, custom_objects=custom_objects, compile=compile, safe_mode=safe_mode
-        )
+    if version.startswith("3"):  # written by Keras 3 itself: its own reader, whatever the name
+        if path.suffix in (".h5", ".hdf5"):
+            return keras.saving.load_model(
+                path, custom_objects=custom_objects, compile=compile, safe_mode=safe_mode
+            )
+        with tempfile.TemporaryDirectory(prefix="fixedq_load_") as tmp:
+            renamed = Path(tmp) / "model.h5"
+            shutil.copyfile(path, renamed)
+            return keras.saving.load_model(
+                renamed, custom_objects=custom_objects, compile=compile, safe_mode=safe_mode
+            )
     if path.suffix not in (".h5", ".hdf5"):
         with tempfile.TemporaryDirectory(prefix="fixedq_load_") as tmp:
             renamed = Path(tmp) / "model.h5"

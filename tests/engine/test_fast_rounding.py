@@ -242,3 +242,28 @@ def test_offsets_of_steps_on_the_reference(case, monkeypatch):
     assert not step.handles_offsets and step.xoff == 0 and step.post is None
     for w, g in zip(want, model.run_batch(x), strict=True):
         np.testing.assert_array_equal(g, w)
+
+
+def test_tflite_rescaled_add_without_an_output_multiplier_runs_the_reference(monkeypatch):
+    """A (hand-written) tflite ``add`` with rescaled inputs but no output ``multiplier``: the
+    compiled kernel would round the inputs with the sum's one-stage rule, the reference with
+    eq. 7b; the plan keeps the reference for that step and the integers are the reference's."""
+    rng = np.random.default_rng(21)
+    base = _program(rng, "tflite", True, True, True)
+    c = 5
+    m_in, s_in = _scales(rng, "tflite", c, True)
+    arrays = {"align0": np.array([20]), "align1": np.array([20]),
+              "multiplier_in0": m_in, "shift_in0": s_in + 20,
+              "multiplier_in1": np.roll(m_in, 1), "shift_in1": np.roll(s_in, 1) + 20,
+              "shift": np.full(c, 1),
+              "out_lo": np.full(c, -128), "out_hi": np.full(c, 127),
+              "in_offset0": np.array([5]), "in_offset1": np.array([-9])}
+    ops = [*base.ops[:4], Op("add2", "add", ["pw", "conv"], {"rounding": "tflite"}, arrays)]
+    model = Model(ops, [{"tensor": "add2", "frac": [0] * c, "name": "add2"}], base.input_shape)
+    for tie_rich in (True, False):
+        x = _inputs(rng, (7, 6, 6), 5, True, tie_rich)
+        monkeypatch.setenv(jit.ENV, "0")
+        want = model.run_batch(x)
+        monkeypatch.setenv(jit.ENV, "1")
+        np.testing.assert_array_equal(model.run_batch(x)[0], want[0])
+    assert model.fast_plan().steps[-1]._consts(c) is None

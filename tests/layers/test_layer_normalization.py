@@ -219,3 +219,14 @@ def test_quantized_model_is_engine_exact_and_round_trips(tmp_path):
         engine.save(tmp_path / "ln.fqe")
         np.testing.assert_array_equal(fe.load(tmp_path / "ln.fqe").predict(probe),
                                       engine.predict(probe))
+
+
+def test_crafted_program_beyond_the_int64_bound_is_an_error():
+    """quantize never builds a layer past D^4·max|v|^2 + eps < 2^62 (it stays float); a crafted
+    program with such inputs fails naming the bound instead of wrapping int64."""
+    with pytest.raises(ValueError, match="leave the exact int64 range"):
+        eng.normalized(np.array([[0, 0, 0, 2**40]], np.int64), 0, 12)
+    with pytest.raises(ValueError, match="leave the exact int64 range"):
+        eng.normalized(np.array([[0, 1, 2, 3]], np.int64), 2**62, 12)
+    ok = eng.normalized(np.array([[0, 0, 0, 16]], np.int64), 0, 12)
+    assert ok.tolist() == [[-2365, -2365, -2365, 7094]]

@@ -128,14 +128,14 @@ def test_unsupported_layer_gets_dequantizer(digits):
     x = keras.Input((8, 8, 1), name="img")
     h = keras.layers.Conv2D(4, 3, name="conv")(x)
     h = keras.layers.ReLU(name="relu")(h)
-    h = keras.layers.LayerNormalization(name="ln")(h)
+    h = keras.layers.UnitNormalization(name="ln")(h)  # no op in the registry
     h = keras.layers.Flatten(name="flat")(h)
     model = keras.Model(x, keras.layers.Dense(3, name="fc")(h))
-    with pytest.warns(UserWarning, match=r"'ln' \(LayerNormalization\)"):
+    with pytest.warns(UserWarning, match=r"'ln' \(UnitNormalization\)"):
         q = quantize(model, samples=digits[0][:64], verbose=False)
     kinds = [type(ly).__name__ for ly in q.layers]
     assert kinds == ["InputLayer", "InputQuantizer", "QuantizedConv2D", "Dequantizer",
-                     "LayerNormalization", "Flatten", "Dense"]
+                     "UnitNormalization", "Flatten", "Dense"]
     y = q.predict(digits[0][:8], verbose=0)
     np.testing.assert_allclose(y, model.predict(digits[0][:8], verbose=0), atol=0.1)
 

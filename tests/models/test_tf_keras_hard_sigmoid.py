@@ -86,3 +86,17 @@ def test_tf_keras_hard_sigmoid_quantizes_to_its_table_bit_exact(tmp_path, qp):
     saved = tmp_path / "q.keras"
     fixedq.save_model(q, saved)
     np.testing.assert_array_equal(fixedq.load_model(saved).predict(probe, verbose=0), yq)
+
+
+@pytest.mark.parametrize("name", ["model.h5", "model.hdf", "model"])
+def test_keras3_hard_sigmoid_is_left_alone_whatever_the_file_name(tmp_path, name):
+    """A Keras 3 HDF5 file keeps Keras 3's relu6(x+3)/6 under any name (the tf-keras rewrite
+    applies to tf-keras files only)."""
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Activation("hard_sigmoid")])
+    model.save(tmp_path / "k3.h5")
+    path = tmp_path / name
+    (tmp_path / "k3.h5").rename(path)
+    x = np.array([[-4.0], [-1.0], [0.0], [2.0], [4.0]], "float32")
+    got = fixedq.load_model(path).predict(x, verbose=0)
+    np.testing.assert_array_equal(got, model.predict(x, verbose=0))
+    np.testing.assert_allclose(got[3], [5.0 / 6.0], rtol=1e-6)  # not tf-keras' 0.9

@@ -137,8 +137,9 @@ def test_unquantizable_slice_is_one_warning_naming_the_node(cut):
 
 def test_slice_on_a_dynamic_axis_is_checked_at_run_time():
     """A program with dynamic spatial sizes loads (the indices cannot be checked against a
-    size nobody knows yet); the kernel checks them against the real input and names the slice
-    instead of silently returning fewer entries."""
+    size nobody knows yet); the kernel checks that they lie inside the real input and names the
+    slice otherwise. (A larger input is sliced at the recorded normalized ends, as quantized
+    Keras slices it.)"""
     from fixedq.engine.ops import Op, run_op
 
     op = Op("cut", "slice", ["x"], {"begin": [2, 0, 0], "end": [6, 4, 3], "strides": [2, 1, 1]},
@@ -149,3 +150,19 @@ def test_slice_on_a_dynamic_axis_is_checked_at_run_time():
         run_op(op, [x[:, :4]])
     with pytest.raises(ValueError, match=r"slice 0:4:1 of axis 2 is outside its 3 entries"):
         run_op(op, [x[:, :, :3]])
+
+
+def test_slices_must_be_normalized():
+    """The layers and the engine hold normalized slices only (what the operator-node reader
+    writes); a negative begin or a negative end with a positive stride would make ``call``
+    and ``compute_output_shape`` disagree, so both refuse it naming the slice."""
+    from fixedq.engine.validate import _slice_shape  # the rule under test
+    from fixedq.layers import StridedSlice
+
+    ok = StridedSlice([2, 0], [-1, 3], [-1, 1])  # a negative stride down to index 0
+    assert ok.compute_output_shape((None, 4, 3)) == (None, 3, 3)
+    for begin, end, strides in (([0], [-1], [1]), ([-2], [3], [1]), ([3], [-2], [-1])):
+        with pytest.raises(ValueError, match="not a normalized slice"):
+            StridedSlice(begin, end, strides)
+        with pytest.raises(ValueError, match="is not normalized"):
+            _slice_shape({"begin": begin, "end": end, "strides": strides}, (None, 3))

@@ -586,6 +586,10 @@ class _Elementwise:
         if "multiplier" in r:
             rq = _Requant(r, c, rule=rule, post=post)
         else:
+            if rule == "tflite" and any(scaled):
+                # the kernel would round the rescaled inputs with the sum's one-stage rule,
+                # the reference rounds them with eq. 7b (two stages): keep the reference
+                return None
             rq = _Requant({"multiplier": np.ones(1, np.int64), "shift": r["shift"],
                            "out_lo": r["out_lo"], "out_hi": r["out_hi"]}, c, rule=rule,
                           two_stage=False, post=post)
