@@ -17,6 +17,7 @@ from fixedq.layers.table import QuantizedActivation
 
 
 def _tf_keras_model():
+    tf_keras.utils.set_random_seed(0)  # tf-keras' own initializers (conftest seeds Keras 3)
     L = tf_keras.layers
     x = tf_keras.Input((6, 6, 2))
     a = L.Activation("hard_sigmoid", name="act_hs")(L.Conv2D(4, 3, name="conv")(x))
@@ -43,7 +44,8 @@ def test_tf_keras_hard_sigmoid_keeps_its_definition(tmp_path, suffix):
     np.testing.assert_array_equal(model.predict(x, verbose=0), want)  # bit-identical
     if suffix == ".h5":  # Keras 3 alone loads the file silently with its own hard_sigmoid
         naive = keras.saving.load_model(path, compile=False)
-        assert np.abs(naive.predict(x, verbose=0) - want).max() > 0.05
+        # (the two definitions differ by up to 0.083; through the layers, less)
+        assert np.abs(naive.predict(x, verbose=0) - want).max() > 0.01
     # the float model survives a Keras 3 .keras round trip with the tf-keras function
     again = tmp_path / "again.keras"
     fixedq.save_model(model, again)
