@@ -43,7 +43,8 @@ def _check(name: str, begin, end, strides, shrink) -> tuple[list, list, list, li
 
 
 class _SliceConfig:
-    """begin/end/strides/shrink of a normalized slice (shared by the two layers)."""
+    """begin/end/strides/shrink of a normalized slice, and the layer methods that use them
+    (shared by the two layers; listed first in their bases)."""
 
     def _set_slice(self, begin, end, strides, shrink) -> None:
         self.begin, self.end, self.strides, self.shrink = _check(self.name, begin, end,
@@ -57,6 +58,19 @@ class _SliceConfig:
     def _slice(self, inputs):
         return inputs[(slice(None), *self.key)]
 
+    def __init__(self, begin, end, strides, shrink=None, **kwargs):
+        super().__init__(**kwargs)
+        self._set_slice(begin, end, strides, shrink)
+
+    def call(self, inputs):
+        return self._slice(inputs)
+
+    def compute_output_shape(self, input_shape):
+        return self._slice_shape(input_shape)
+
+    def get_config(self):
+        return {**super().get_config(), **self._slice_config()}
+
     def _slice_shape(self, input_shape):
         return (input_shape[0], *sliced_shape(self.begin, self.end, self.strides, self.shrink))
 
@@ -69,39 +83,14 @@ class _SliceConfig:
 class StridedSlice(_SliceConfig, keras.layers.Layer):
     """``x[(slice(None), *key)]`` for a normalized static slice (float)."""
 
-    def __init__(self, begin, end, strides, shrink=None, **kwargs):
-        super().__init__(**kwargs)
-        self._set_slice(begin, end, strides, shrink)
-
     def build(self, input_shape):
         if len(input_shape) - 1 != len(self.begin):
             raise ValueError(f"{self.name}: a slice of {len(self.begin)} axes on an input of "
                              f"shape {tuple(input_shape)}")
         super().build(input_shape)
 
-    def call(self, inputs):
-        return self._slice(inputs)
-
-    def compute_output_shape(self, input_shape):
-        return self._slice_shape(input_shape)
-
-    def get_config(self):
-        return {**super().get_config(), **self._slice_config()}
-
 
 @keras.saving.register_keras_serializable(package="fixedq")
 class QuantizedStridedSlice(_SliceConfig, QuantizedLayer):
     """The slice on on-grid values: the integers are copied (engine ``slice`` op)."""
 
-    def __init__(self, begin, end, strides, shrink=None, **kwargs):
-        super().__init__(**kwargs)
-        self._set_slice(begin, end, strides, shrink)
-
-    def call(self, inputs):
-        return self._slice(inputs)
-
-    def compute_output_shape(self, input_shape):
-        return self._slice_shape(input_shape)
-
-    def get_config(self):
-        return {**super().get_config(), **self._slice_config()}
