@@ -40,6 +40,7 @@ from fixedq.layers.neural import QuantizedNeuralLayer
 from fixedq.layers.quantizers import InputQuantizer
 from fixedq.models.samples import iter_batches
 from fixedq.ops import registry
+from fixedq.text_table import text_table
 
 __all__ = ["CheckReport", "LayerCheck", "Problem", "check"]
 
@@ -132,11 +133,7 @@ class CheckReport:
                 _fmt(lc.channel_range_ratio, ".1f", prefix="x")
                 + (" (tensor)" if lc.per_tensor else ""),
             ))
-        widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-        lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w)
-                           for i, (c, w) in enumerate(zip(r, widths, strict=True))).rstrip()
-                 for r in rows]
-        lines.insert(1, "  ".join("-" * w for w in widths))
+        lines = text_table(rows, left=2)
         samples = ("static checks only (no samples)" if self.num_samples is None
                    else f"{self.num_samples} samples")
         lines.insert(0, f"model {self.model!r}: {len(self.layers)} quantized layers, {samples}")

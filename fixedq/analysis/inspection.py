@@ -49,6 +49,7 @@ from fixedq.layers.neural import QuantizedNeuralLayer
 from fixedq.layers.quantizers import Dequantizer, InputQuantizer
 from fixedq.models.samples import iter_batches
 from fixedq.progress import Progress
+from fixedq.text_table import text_table
 
 __all__ = ["InspectReport", "LayerInspection", "TensorError", "inspect", "snr_db"]
 
@@ -178,11 +179,7 @@ class InspectReport:
                 _fmt(r.activation_bits), _fmt_snr(r.activation), _fmt_rel(r.activation),
                 _fmt(None if r.saturation_rate is None else 100 * r.saturation_rate, ".3f"),
             ))
-        widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-        lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w)
-                           for i, (c, w) in enumerate(zip(row, widths, strict=True))).rstrip()
-                 for row in rows]
-        lines.insert(1, "  ".join("-" * w for w in widths))
+        lines = text_table(rows, left=2)
         lines.insert(0, f"model {self.model!r}: {len(self.layers)} layers, "
                         f"{self.num_samples} samples")
         worst = self.worst_activation()

@@ -39,6 +39,7 @@ import numpy as np
 from fixedq.engine.model import Model
 from fixedq.engine.ops import aligned_input, linear, neural_output, op_error, run_op
 from fixedq.engine.targets import TARGETS, Target, violations
+from fixedq.text_table import text_table
 
 __all__ = ["OpCheck", "ProgramCheck", "ProgramProblem", "check_program"]
 
@@ -118,11 +119,7 @@ class ProgramCheck:
             rows.append((oc.name, oc.kind, oc.rounding or "-", _fmt(oc.accumulator_bound),
                          _fmt(oc.headroom_bits, ".1f", " b"), _fmt(oc.accumulator_saturations),
                          _fmt(None if rate is None else 100 * rate, ".3f")))
-        widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-        lines = ["  ".join(c.ljust(w) if i < 3 else c.rjust(w)
-                           for i, (c, w) in enumerate(zip(r, widths, strict=True))).rstrip()
-                 for r in rows]
-        lines.insert(1, "  ".join("-" * w for w in widths))
+        lines = text_table(rows, left=3)
         samples = ("static checks only (no samples)" if self.num_samples is None
                    else f"{self.num_samples} samples")
         target = f", target {self.target}" if self.target else ""
