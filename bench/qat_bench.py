@@ -76,6 +76,7 @@ def _qat_row(row: dict, key: str, best, history, seconds: float, test) -> None:
     row[f"{key}_val_start"] = 100 * history.start_metric
     row[f"{key}_val_epochs"] = [100 * v for v in history.val_metric]
     row[f"{key}_val_changes"] = [list(c) for c in history.val_changes]
+    row[f"{key}_collapsed_peaks"] = list(history.collapsed_peaks)
     # the engine stays bit-exact after QAT (issue 18's third target): asserted, not just shown
     mismatches = engine_exact(best, test[0][:N_EXACT])
     row[f"{key}_engine_mismatches"] = mismatches
@@ -134,6 +135,8 @@ def _mean(values) -> str:
 
 
 def _kept(r: dict, key: str) -> str:
+    if key not in r:
+        return "—"
     kept = r[f"{key}_kept_epoch"]
     if not kept:
         return "start"
@@ -142,10 +145,21 @@ def _kept(r: dict, key: str) -> str:
 
 
 def _variants(rows: list[dict]):
-    out = [("qat", "`qat`"), ("distill", "`qat` + teacher")]
-    if all("old" in r for r in rows):
-        out.append(("old", "old 5e-3"))
-    return out
+    """The variants every row has."""
+    out = [("qat", "`qat`"), ("distill", "`qat` + teacher"), ("old", "old 5e-3")]
+    return [(k, label) for k, label in out if all(k in r for r in rows)]
+
+
+def _peak(r: dict, key: str) -> str:
+    if key not in r:
+        return "—"
+    collapsed = r.get(f"{key}_collapsed_peaks") or []
+    after = f" (after {', '.join(f'{p:.0e}' for p in collapsed)} collapsed)" if collapsed else ""
+    return f"{r[f'{key}_peak_lr']:.1e}{after}"
+
+
+def _diff(r: dict, key: str) -> str:
+    return f"{r[key] - r['ptq']:+.1f}" if key in r else "—"
 
 
 def _table(rows: list[dict]) -> list[str]:
@@ -162,17 +176,17 @@ def _table(rows: list[dict]) -> list[str]:
         lines.append(
             f"| {r['model']} | {r['seed']} | {r['float']:.1f} ({r.get('float_train', 0):.1f}) | "
             f"{r['ptq']:.1f} | " + " | ".join(f"{r[k]:.1f}" for k, _ in variants) + " | "
-            f"{r['qat_peak_lr']:.1e} / {r['distill_peak_lr']:.1e} | "
-            f"{_kept(r, 'qat')} / {_kept(r, 'distill')} | {r['qat'] - r['ptq']:+.1f} | "
-            f"{r['distill'] - r['ptq']:+.1f} | {'yes' if exact else 'NO'} |")
+            f"{_peak(r, 'qat')} / {_peak(r, 'distill')} | "
+            f"{_kept(r, 'qat')} / {_kept(r, 'distill')} | {_diff(r, 'qat')} | "
+            f"{_diff(r, 'distill')} | {'yes' if exact else 'NO'} |")
     for name in dict.fromkeys(r["model"] for r in rows):
         sub = [r for r in rows if r["model"] == name]
         lines.append(
             f"| {name}: mean | | {_mean(r['float'] for r in sub)} | {_mean(r['ptq'] for r in sub)}"
             " | " + " | ".join(_mean(r[k] for r in sub) for k, _ in variants)
-            + " | | | "
-            f"{statistics.mean(r['qat'] - r['ptq'] for r in sub):+.1f} | "
-            f"{statistics.mean(r['distill'] - r['ptq'] for r in sub):+.1f} | |")
+            + " | | | " + " | ".join(
+                f"{statistics.mean(r[k] - r['ptq'] for r in sub):+.1f}"
+                if all(k in r for r in sub) else "—" for k in ("qat", "distill")) + " | |")
     lines += ["", "Targets (issue 18), per variant over all runs:", "",
               "| variant | runs below PTQ (target 0) | runs with PTQ drop > 0.5 | of those, drop "
               "≤ 0.5 after QAT (target all) | mean gain over PTQ | engine bit-exact |",
@@ -222,7 +236,7 @@ def render(rows: list[dict], note: str = "") -> str:
         "",
     ]
     lines += _table(rows)
-    times = [r[k] for r in rows for k in ("qat_s", "distill_s")]
+    times = [r[k] for r in rows for k in ("qat_s", "distill_s") if k in r]
     lines += ["", f"`fixedq.qat` wall time per run ({r0['epochs']} epochs and evaluations; 2 "
               f"shared cores, nice 10): {min(times):.0f}–{max(times):.0f} s."]
     if note:

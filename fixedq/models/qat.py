@@ -9,19 +9,24 @@ never a model worse than the starting point on that metric:
 2. **peak learning rate from the data** (unless ``lr`` is given): a learning-rate range test,
    :func:`lr_range_test`: 48 Adam steps on training batches with the learning rate growing
    geometrically from 1e-6 to 1e-1, on the copy's weights (restored afterwards), the loss on a
-   fixed probe of 256 training samples measured after each step. **Rule**: if the (smoothed)
-   probe loss falls below 0.9x its start, lr* = the lr at its minimum; else lr* = the largest
-   lr before it rises above 1.1x its start; peak = lr* / ``safety`` (10), clipped to
-   ``[min_lr, max_lr]`` = [1e-5, 2e-3];
+   fixed probe of 256 training samples measured after each step. **Rule**: lr* = the largest
+   lr before the smoothed probe loss passes 4x its start (the last lr tried if it never does);
+   peak = lr* / ``safety`` (3), clipped to ``[min_lr, max_lr]`` = [1e-5, 3e-3]; with a
+   ``teacher`` whose optimizer is known, at most the float model's own peak learning rate;
 3. **training**: Adam, the peak learning rate cosine-decayed to 0 over ``epochs`` epochs of
    ``batch_size``; the loss is sparse categorical cross-entropy, from logits unless the model's
    output is a softmax (its last layer, or rows of probabilities), or ``loss`` if given;
 4. **keep the best**: after each epoch the validation accuracy (ties: lower validation loss) is
    compared with the best so far, the start included; an epoch can replace the start only if it
    fixes clearly more validation samples than it breaks (``fixed - broken > significance *
-   sqrt(fixed + broken)``, 1.0 by default); the best weights are restored at the end.
+   sqrt(fixed + broken)``, a one-sided McNemar-style test, 2.5 by default:
+   bench/studies/qat_keep_study.md); the best weights are restored at the end.
    If no epoch beat the start, the returned model has the start's weights, unchanged, and
-   ``history.kept_epoch == 0``.
+   ``history.kept_epoch == 0``;
+5. **collapse guard**: when the range test chose the peak and no epoch was kept while the last
+   one is clearly below the start (``broken - fixed > 3 sqrt(fixed + broken)``, or a training
+   loss that is not finite), the peak broke the model: training runs again from the start at a
+   third of the peak, twice at most (``history.collapsed_peaks``).
 
 The returned model stays bit-exact with the integer engine: the trainable variables are the float
 weights, which the layers re-quantize on every call. The model passed in is never modified.
@@ -51,8 +56,10 @@ __all__ = ["DistillationLoss", "LRRangeTest", "LayerScaledAdam", "QATHistory", "
            "low_bit_layers", "lr_range_test", "qat"]
 
 RANGE_START, RANGE_END, RANGE_STEPS = 1e-6, 1e-1, 48
-SAFETY, MIN_LR, MAX_LR, SIGNIFICANCE = 3.0, 1e-5, 3e-3, 1.0
+SAFETY, MIN_LR, MAX_LR, SIGNIFICANCE = 3.0, 1e-5, 3e-3, 2.5
 DISTILL, TEMPERATURE = 0.5, 2.0
+#: a run that collapsed (see ``_collapsed``) is run again from the start at peak / 3, twice at most
+RETRIES, RETRY_FACTOR, COLLAPSE = 2, 3.0, 3.0
 _DIVERGED, _RISE, _WINDOW = 4.0, 4.0, 5
 
 
@@ -92,6 +99,9 @@ class QATHistory:
     ``kept_epoch`` is the epoch whose weights were returned, 0 for the starting weights;
     ``distill`` the weight of the teacher term (0: no teacher); ``train_loss`` is the training
     objective (with the teacher term when distilling), ``val_loss`` always the labels' loss.
+    ``collapsed_peaks`` are the peak learning rates of earlier runs that collapsed and were run
+    again from the start at a third of the peak (the epochs recorded are the last run's;
+    ``peak_lr`` is its peak).
 
     Example:
         >>> h = QATHistory("accuracy", 0.9, 0.3, (0.2,), (0.92,), (0.25,), (1e-4,), 1, 1e-4,
@@ -113,6 +123,7 @@ class QATHistory:
     range_test: LRRangeTest | None = None
     val_changes: tuple[tuple[int, int], ...] = ()
     distill: float = 0.0
+    collapsed_peaks: tuple[float, ...] = ()
 
     @property
     def improved(self) -> bool:
@@ -597,7 +608,10 @@ def qat(qmodel: keras.Model, train, validation=None, epochs: int = 3, *, lr: flo
         epochs: training epochs (the cosine decay reaches 0 at the end of the last one).
         lr: peak learning rate; ``None`` runs :func:`lr_range_test` on the training data (and,
             when the ``teacher``'s optimizer is known, :func:`float_training_lr`, caps the peak
-            at the float model's own peak learning rate).
+            at the float model's own peak learning rate). A run at the range test's peak that
+            collapses (no epoch kept, the last one clearly below the start: ``_collapsed``)
+            runs again from the start at a third of the peak, twice at most; a given ``lr`` is
+            used as is.
         batch_size: training batch size.
         loss: a Keras loss; ``None`` infers sparse categorical cross-entropy (from logits unless
             the output is a softmax). With a given loss and non-class labels the metric is the
@@ -608,8 +622,10 @@ def qat(qmodel: keras.Model, train, validation=None, epochs: int = 3, *, lr: flo
             and its number of steps.
         significance: an epoch can replace the start only if, on the validation samples, it
             fixes clearly more than it breaks: ``fixed - broken > significance *
-            sqrt(fixed + broken)`` (a one-sided McNemar-style test; 1.0 ~ 84 % confidence, 0
-            accepts any gain). Noise-level gains are not kept: they do not carry to new data.
+            sqrt(fixed + broken)`` (a one-sided McNemar-style test; 2.5 ~ 99.4 % confidence,
+            chosen on validation data by bench/studies/qat_keep_study.py; 0 accepts any gain).
+            Noise-level gains are not kept: they do not carry to new data. The bar grows with
+            the validation split: on more images the same gain rate is clearer.
         teacher: the float model ``qmodel`` was quantized from (optional): its outputs on the
             training samples become soft targets (distillation). Training then minimizes
             ``(1 - distill) * CE(labels) + distill * T^2 * KL(teacher_T || student_T)`` with both
@@ -715,37 +731,48 @@ def qat(qmodel: keras.Model, train, validation=None, epochs: int = 3, *, lr: flo
         peak, source = float(lr), "given"
 
     steps_per_epoch = -(-len(x) // batch_size)
-    cosine = _Cosine(optimizer, peak, epochs * steps_per_epoch)
-    rng = np.random.default_rng(seed + 1)
-    train_loss, val_metric, val_loss, lrs, changes = [], [], [], [], []
-    for epoch in range(1, epochs + 1):
-        lr_now = cosine.lr((epoch - 1) * steps_per_epoch)
-        order = rng.permutation(len(x))
-        with Progress(f"qat: epoch {epoch}/{epochs}", total=steps_per_epoch, unit="steps",
-                      stream=stream, enabled=verbose) as bar:
-            fit = model.fit(x[order], y_fit[order], batch_size=batch_size, epochs=1,
-                            shuffle=False,
-                            verbose=0, callbacks=[cosine, _Steps(bar)])
-            tl = float(fit.history["loss"][-1])
-            vl, acc, hits = _evaluate(model, xv, yv, loss_fn, batch_size)
-            value = acc if metric == "accuracy" else vl
-            score = _score(metric, vl, hits)
-            fixed, broken = _changes(start_hits if metric == "accuracy" else None, hits)
-            clear = metric != "accuracy" or _significant(fixed, broken, significance)
-            better = math.isfinite(tl) and clear and score > best_score
-            if better:
-                best_score, kept = score, epoch
-                best_weights = [w.copy() for w in model.get_weights()]
-            bar.update(steps_per_epoch, f"lr {lr_now:.2g}, train loss {tl:.4f}, validation "
-                       f"{_fmt(metric, value)} (+{fixed}/-{broken}), loss {vl:.4f}"
-                       f"{', best' if better else ''}")
-        train_loss.append(tl)
-        val_metric.append(value)
-        val_loss.append(vl)
-        changes.append((fixed, broken))
-        lrs.append(lr_now)
-        if not math.isfinite(tl):
-            say(f"qat: training diverged at epoch {epoch} (loss {tl}); stopping")
+    start_weights, collapsed = best_weights, []
+    for attempt in range(RETRIES + 1):
+        if attempt:  # the start's weights and a fresh Adam state, a third of the peak
+            collapsed.append(peak)
+            peak = peak / RETRY_FACTOR
+            model.set_weights(start_weights)
+            for var in optimizer.variables:
+                var.assign(np.zeros(var.shape, var.dtype))
+            say(f"qat: the run at peak lr {collapsed[-1]:.2g} collapsed (no epoch kept, the "
+                f"last one clearly below the start); again from the start at {peak:.2g}")
+        cosine = _Cosine(optimizer, peak, epochs * steps_per_epoch)
+        rng = np.random.default_rng(seed + 1)
+        train_loss, val_metric, val_loss, lrs, changes = [], [], [], [], []
+        for epoch in range(1, epochs + 1):
+            lr_now = cosine.lr((epoch - 1) * steps_per_epoch)
+            order = rng.permutation(len(x))
+            with Progress(f"qat: epoch {epoch}/{epochs}", total=steps_per_epoch, unit="steps",
+                          stream=stream, enabled=verbose) as bar:
+                fit = model.fit(x[order], y_fit[order], batch_size=batch_size, epochs=1,
+                                shuffle=False, verbose=0, callbacks=[cosine, _Steps(bar)])
+                tl = float(fit.history["loss"][-1])
+                vl, acc, hits = _evaluate(model, xv, yv, loss_fn, batch_size)
+                value = acc if metric == "accuracy" else vl
+                score = _score(metric, vl, hits)
+                fixed, broken = _changes(start_hits if metric == "accuracy" else None, hits)
+                clear = metric != "accuracy" or _significant(fixed, broken, significance)
+                better = math.isfinite(tl) and clear and score > best_score
+                if better:
+                    best_score, kept = score, epoch
+                    best_weights = [w.copy() for w in model.get_weights()]
+                bar.update(steps_per_epoch, f"lr {lr_now:.2g}, train loss {tl:.4f}, validation "
+                           f"{_fmt(metric, value)} (+{fixed}/-{broken}), loss {vl:.4f}"
+                           f"{', best' if better else ''}")
+            train_loss.append(tl)
+            val_metric.append(value)
+            val_loss.append(vl)
+            changes.append((fixed, broken))
+            lrs.append(lr_now)
+            if not math.isfinite(tl):
+                say(f"qat: training diverged at epoch {epoch} (loss {tl}); stopping")
+                break
+        if kept or lr is not None or not _collapsed(metric, start_loss, tl, vl, fixed, broken):
             break
     model.set_weights(best_weights)
     if kept:
@@ -756,8 +783,28 @@ def qat(qmodel: keras.Model, train, validation=None, epochs: int = 3, *, lr: flo
             "returning the starting weights unchanged")
     history = QATHistory(metric, start_metric, start_loss, tuple(train_loss), tuple(val_metric),
                          tuple(val_loss), tuple(lrs), kept, peak, source, range_test,
-                         tuple(changes), distill if teacher is not None else 0.0)
+                         tuple(changes), distill if teacher is not None else 0.0,
+                         tuple(collapsed))
     return model, history
+
+
+def _collapsed(metric: str, start_loss: float, train_loss: float, val_loss: float, fixed: int,
+               broken: int) -> bool:
+    """Whether a run's last epoch shows the peak learning rate broke the model: the training
+    loss is not finite, or the last epoch is clearly below the start on validation (``broken -
+    fixed > 3 sqrt(fixed + broken)``; for a loss metric: more than twice the start's loss).
+
+    Example:
+        >>> _collapsed("accuracy", 0.5, 2.3, 2.3, 9, 337)
+        True
+        >>> _collapsed("accuracy", 0.5, 0.4, 0.4, 7, 5)
+        False
+    """
+    if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
+        return True
+    if metric == "accuracy":
+        return broken - fixed > COLLAPSE * math.sqrt(fixed + broken)
+    return val_loss > 2.0 * start_loss
 
 
 def _fmt(metric: str, value: float) -> str:

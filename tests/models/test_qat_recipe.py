@@ -61,6 +61,25 @@ def test_never_worse_with_a_huge_learning_rate(setup):
     assert _same_weights(best, qmodel)
     assert "returning the starting weights unchanged" in log.getvalue()
     assert history.lr_source == "given" and history.peak_lr == 1.0
+    assert history.collapsed_peaks == ()  # a given learning rate is used as is
+
+
+def test_a_collapsed_run_starts_again_at_a_third_of_the_peak(setup):
+    _, qmodel, train, val = setup
+    log = io.StringIO()
+    # the range test's peak forced to 1.0 (min_lr = max_lr): training at 1.0 breaks the model
+    best, history = fixedq.qat(qmodel, train, val, epochs=1, range_steps=8, min_lr=1.0,
+                               max_lr=1.0, stream=log)
+    assert history.range_test.suggested == 1.0 and history.collapsed_peaks[0] == 1.0
+    assert 1 <= len(history.collapsed_peaks) <= 2
+    for earlier, later in zip(history.collapsed_peaks[:-1], history.collapsed_peaks[1:],
+                              strict=True):
+        assert later == pytest.approx(earlier / 3)
+    assert history.peak_lr == pytest.approx(3.0 ** -len(history.collapsed_peaks))
+    assert history.lr[0] == pytest.approx(history.peak_lr)
+    assert "collapsed" in log.getvalue() and "again from the start at 0.33" in log.getvalue()
+    assert history.best_metric >= history.start_metric == _accuracy(qmodel, *val)
+    assert history.best_metric == pytest.approx(_accuracy(best, *val))
 
 
 def test_range_test_picks_a_bounded_lr_and_restores_weights(setup):
@@ -100,6 +119,15 @@ def test_history_bit_exact_save_load(setup, tmp_path):
     assert history.lr[0] == pytest.approx(history.peak_lr) and history.lr[1] < history.lr[0]
     assert history.peak_lr == history.range_test.suggested
     assert 0 <= history.kept_epoch <= 2 and history.best_metric >= history.start_metric
+    # the keep rule: an epoch replaces the start only if fixed - broken > 2.5 sqrt(fixed + broken)
+    clear = [f - b > 2.5 * np.sqrt(f + b) for f, b in history.val_changes]
+    if history.kept_epoch:
+        assert clear[history.kept_epoch - 1]
+        assert history.best_metric == max(
+            m for m, c in zip(history.val_metric, clear, strict=True) if c)
+    else:
+        assert not any(c and m > history.start_metric
+                       for m, c in zip(history.val_metric, clear, strict=True))
     assert set(history.to_dict()) >= {"train_loss", "val_metric", "lr", "kept_epoch"}
     # bit-exact with the integer engine after training
     out = best.predict(xte, verbose=0)
