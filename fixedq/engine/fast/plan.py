@@ -781,6 +781,10 @@ class FastPlan:
             return _Table(op)
         if op.kind == "mul":
             return _Mul(op)
+        if op.kind in ("layernorm", "attention_softmax"):  # (fast/transformer.py)
+            from fixedq.engine.fast.transformer import STEPS
+
+            return STEPS[op.kind](op)
         if op.kind in DTYPE_FREE or (op.kind == "concat" and not any(
                 k.startswith("shift") for k in op.arrays)):
             return partial(_reference_any_dtype, op)

@@ -1,0 +1,241 @@
+"""The compiled transformer steps (fixedq/engine/fast/transformer.py) equal the reference
+kernels on every element: ``layernorm`` (eq. 47) and ``attention_softmax`` (eq. 30b) on crafted
+programs at worst-case magnitudes, ties, huge and negative shifts, degenerate rows (constant
+rows, equal or clipped scores, distances past the table, zero tables), both division paths and
+both accumulator widths; past their proven bounds the steps run the reference (and raise where
+it raises); a quantized Keras model with MultiHeadAttention and LayerNormalization is
+bit-exact through them."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+import fixedq
+import fixedq.engine as fe
+from fixedq.engine.fast import jit
+from fixedq.engine.fast.transformer import AttentionSoftmaxStep, LayerNormStep
+from fixedq.engine.ops import Op, run_op
+from fixedq.layers.softmax import EXP_BITS, exp_table
+
+pytestmark = pytest.mark.skipif(not jit.enabled(), reason="numba (the engine extra) missing")
+
+DTYPES = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-(2**15), 2**15 - 1)}
+
+
+def _worst(rng, shape, dtype):
+    """Random integers of ``dtype`` with rows at the extremes, alternating, constant and
+    one-hot (the last axis is the normalized / key axis)."""
+    lo, hi = DTYPES[dtype] if dtype in DTYPES else (-(2**12), 2**12)
+    x = rng.integers(lo, hi + 1, shape)
+    flat = x.reshape(-1, shape[-1])
+    d = shape[-1]
+    pats = [np.full(d, hi), np.full(d, lo), np.tile([lo, hi], d)[:d], np.zeros(d),
+            np.r_[hi, np.zeros(d - 1)], np.r_[np.full(d - 1, lo), hi], np.full(d, 1)]
+    for i, p in enumerate(pats[:len(flat)]):
+        flat[(i * 3) % len(flat)] = p
+    return x.astype(dtype if dtype in DTYPES else np.int64)
+
+
+def _check(step, op, xs, expect="compiled"):
+    got = step(xs)
+    want = run_op(op, [x.astype(np.int64) for x in xs])
+    assert step.last.startswith(expect), step.last
+    assert got.shape == want.shape
+    np.testing.assert_array_equal(got.astype(np.int64), want)
+    return got
+
+
+# --------------------------------------------------------------------------- layernorm
+
+
+def _ln_op(rng, d, eps=2**20, nf=12, align=3, shift=(8, 16), mult=2**8, lo=-128, hi=127):
+    return Op("ln", "layernorm", ["x"], {"eps_int": eps, "norm_frac": nf}, {
+        "in_align": rng.integers(0, align + 1, d),
+        "multiplier": rng.integers(-mult, mult + 1, d),
+        "shift": rng.integers(shift[0], shift[1] + 1, d),
+        "offset": rng.integers(-(2**12), 2**12, d),
+        "out_lo": np.full(d, lo), "out_hi": np.full(d, hi)})
+
+
+@pytest.mark.parametrize("d", [1, 2, 3, 7, 64, 65, 256])
+@pytest.mark.parametrize("dtype", ["int8", "uint8", "int16", "int64"])
+def test_layernorm_equals_reference_at_worst_case_magnitudes(d, dtype):
+    rng = np.random.default_rng(d)
+    eps = int(rng.choice([0, 1, 2**30]))
+    op = _ln_op(rng, d, eps=eps, nf=int(rng.integers(0, 17)), lo=-(2**15), hi=2**15 - 1)
+    x = _worst(rng, (3, 11, d), dtype)
+    top = int(np.abs(x.astype(np.int64) << op.arrays["in_align"]).max())
+    if d**4 * top**2 + eps >= 2**62:  # int16 at D = 256: past eq. 47's int64 bound
+        with pytest.raises(ValueError, match="leave the exact int64 range"):
+            LayerNormStep(op)([x])
+        return
+    _check(LayerNormStep(op), op, [x])
+
+
+@pytest.mark.parametrize("shift", [(1, 1), (-3, 0), (40, 62), (0, 62)])
+def test_layernorm_ties_negative_and_huge_shifts(shift):
+    """shift 1 with multiplier 1 makes every odd ``z`` a tie; negative shifts multiply."""
+    rng = np.random.default_rng(5)
+    op = _ln_op(rng, 16, shift=shift, mult=1 if shift == (1, 1) else 2**14, lo=-(2**31),
+                hi=2**31 - 1)
+    _check(LayerNormStep(op), op, [_worst(rng, (40, 16), "int8")])
+
+
+@pytest.mark.parametrize("nf,exact", [(18, True), (19, False), (26, False)])
+def test_layernorm_float_estimate_division_and_its_integer_fallback(nf, exact):
+    """D = 4: the numerator bound 2^(32+f)·2 + 2^31 is below 2^52 up to f = 18 (float64
+    estimate, largest numerators at int8 extremes), above from 19 (integer division)."""
+    rng = np.random.default_rng(nf)
+    op = _ln_op(rng, 4, eps=0, nf=nf, align=0, shift=(nf + 4, nf + 10), mult=2**8,
+                lo=-(2**20), hi=2**20)
+    step = LayerNormStep(op)
+    x = np.concatenate([_worst(rng, (50, 4), "int8"),
+                        np.array([[-128, 127, 127, 127], [127, -128, -128, -128],
+                                  [0, 0, 0, 1], [-1, 0, 0, 0]], np.int8)])
+    _check(step, op, [x])
+    assert step.consts[4][-3] is exact
+
+
+def test_layernorm_past_its_bounds_runs_or_raises_as_the_reference():
+    rng = np.random.default_rng(0)
+    big = _ln_op(rng, 4, nf=40)  # 30 + f + log2 D > 62: reference kernel
+    _check(LayerNormStep(big), big, [_worst(rng, (5, 4), "int8")], expect="reference")
+    op = _ln_op(rng, 4, eps=0, align=0)
+    step = LayerNormStep(op)
+    with pytest.raises(ValueError, match="leave the exact int64 range"):
+        step([np.array([[0, 0, 0, 2**40]], np.int64)])
+    assert step.last == "reference"
+    # just inside the bound D^4·max|v|^2 < 2^62 (int64 input: the batch decides)
+    _check(step, op, [np.array([[0, 0, 0, 2**26 - 1], [2**26 - 1, 0, -(2**26 - 1), 5]])])
+
+
+# --------------------------------------------------------------------------- attention
+
+
+def _att_op(rng, heads, dq, dv, nk, dtypes, align=3, smult=None, sshift=None, acc=31,
+            table=None, pf=8, phi=None, out_shift=(3, 12), out=(-128, 127), bounds=None):
+    table = exp_table(8, EXP_BITS) if table is None else np.asarray(table, np.int64)
+    al = [rng.integers(0, align + 1, heads * c) for c in (dq, dq, dv)]
+    top = [max(abs(v) for v in DTYPES.get(t, (-(2**20), 2**20))) for t in dtypes]
+    score = dq * (top[0] << int(al[0].max())) * (top[1] << int(al[1].max()))
+    phi = (1 << pf) - 1 if phi is None else phi
+    obound = nk * phi * (top[2] << int(al[2].max()))
+    attrs = {"score_frac": 8, "exp_bits": EXP_BITS, "k_max": 0, "prob_frac": pf,
+             "prob_hi": phi, "num_heads": heads,
+             "score_bound": score if bounds is None else bounds[0],
+             "score_multiplier": int(rng.integers(1, 256)) if smult is None else smult,
+             "score_shift": int(rng.integers(6, 20)) if sshift is None else sshift,
+             "acc_lo": -(1 << acc), "acc_hi": (1 << acc) - 1,
+             "out_bound": obound if bounds is None else bounds[1]}
+    arrays = {"align0": al[0], "align1": al[1], "align2": al[2], "exp_table": table,
+              "out_shift": rng.integers(out_shift[0], out_shift[1] + 1, heads * dv),
+              "out_lo": np.full(heads * dv, out[0]), "out_hi": np.full(heads * dv, out[1])}
+    return Op("att", "attention_softmax", ["q", "k", "v"], attrs, arrays)
+
+
+def _qkv(rng, b, nq, nk, heads, dq, dv, dtypes):
+    return [_worst(rng, (b, n, heads * c), t)
+            for n, c, t in ((nq, dq, dtypes[0]), (nk, dq, dtypes[1]), (nk, dv, dtypes[2]))]
+
+
+@pytest.mark.parametrize("b,nq,nk,heads,dq,dv", [(2, 64, 64, 4, 16, 16), (2, 5, 7, 1, 3, 2),
+                                                 (1, 1, 1, 2, 1, 1), (3, 9, 3, 3, 4, 5),
+                                                 (1, 6, 17, 2, 8, 3)])
+@pytest.mark.parametrize("dtypes", [("int8",) * 3, ("uint8", "int8", "uint8"),
+                                    ("int8", "int8", "int16")])
+def test_attention_equals_reference_on_every_shape(b, nq, nk, heads, dq, dv, dtypes):
+    """Cross-attention (Nq != Nk), value width != key width, a last query block of 1-3,
+    one key; int32 accumulators (the bound allows)."""
+    rng = np.random.default_rng(nq * 7 + nk)
+    op = _att_op(rng, heads, dq, dv, nk, dtypes)
+    step = AttentionSoftmaxStep(op)
+    _check(step, op, _qkv(rng, b, nq, nk, heads, dq, dv, dtypes))
+    if dtypes[2] != "int16":  # (int16 values: int64 P·V from 2^31 on)
+        assert step.last == "compiled int32/int32"
+
+
+def test_attention_int64_accumulators_past_2_31():
+    """int16 inputs aligned by up to 3 bits: scores up to 8·2^36, ``p·v`` up to
+    12·(2^12 - 1)·2^18 (both int64)."""
+    rng = np.random.default_rng(3)
+    dtypes = ("int16", "int16", "int16")
+    op = _att_op(rng, 2, 8, 4, 12, dtypes, smult=1, sshift=30, pf=12, out_shift=(20, 40))
+    step = AttentionSoftmaxStep(op)
+    _check(step, op, _qkv(rng, 2, 12, 12, 2, 8, 4, dtypes))
+    assert step.last == "compiled int64/int64"
+
+
+@pytest.mark.parametrize("case", ["equal", "clipped", "past_table", "zero_table", "negative",
+                                  "tiny_phi", "huge_shift"])
+def test_attention_degenerate_rows(case):
+    """All scores equal (uniform rows), scores clipped to a narrow accumulator (many ties for
+    the maximum), distances past a short table (its last entry), a table of zeros (the sum
+    floored to 1), negative score multiplier and shift, prob_hi below 2^f, out shifts of
+    -3 / 62."""
+    rng = np.random.default_rng(len(case))
+    kw = {"equal": {}, "clipped": {"acc": 3, "sshift": 2},
+          "past_table": {"table": [2**15, 2**14, 2**12, 7, 0, 1], "sshift": 4},
+          "zero_table": {"table": [0, 0, 0]},
+          "negative": {"smult": -77, "sshift": -2},
+          "tiny_phi": {"phi": 3, "pf": 15},
+          "huge_shift": {"out_shift": (-3, 62), "out": (-(2**40), 2**40)}}[case]
+    dtypes = ("int8",) * 3
+    op = _att_op(rng, 2, 4, 4, 10, dtypes, **kw)
+    xs = _qkv(rng, 3, 10, 10, 2, 4, 4, dtypes)
+    if case == "equal":
+        xs[0][:] = 0
+        xs[1][1] = 5
+    _check(AttentionSoftmaxStep(op), op, xs)
+
+
+@pytest.mark.parametrize("pf,exact", [(15, True), (26, True), (27, False), (36, False)])
+def test_attention_softmax_division_paths(pf, exact):
+    """Eq. 39's numerator ``e·2^(f+1) + E`` (table up to 2^24, 6 keys) is below 2^52 up to
+    f = 26 (float64 estimate, corrected), above from f = 27 (integer division)."""
+    rng = np.random.default_rng(pf)
+    dtypes = ("int8",) * 3
+    op = _att_op(rng, 1, 4, 4, 6, dtypes, pf=pf, phi=(1 << min(pf, 30)) - 1,
+                 out_shift=(pf, pf + 8), out=(-(2**40), 2**40))
+    step = AttentionSoftmaxStep(op)
+    xs = _qkv(rng, 4, 5, 6, 1, 4, 4, dtypes)
+    _check(step, op, xs)
+    assert step._plan(*xs, step.consts[(4, 4)])[1][13] is exact
+
+
+def test_attention_crafted_bounds_keep_the_reference():
+    """A score_bound / out_bound below what the inputs reach puts the reference in float32,
+    whose sums may round: the step proves its bound against that dtype's limit and runs the
+    reference kernel itself (same integers as the reference, whatever they are)."""
+    rng = np.random.default_rng(9)
+    dtypes = ("int16", "int16", "int8")
+    op = _att_op(rng, 1, 16, 4, 8, dtypes, bounds=(0, 0), smult=1, sshift=30)
+    _check(AttentionSoftmaxStep(op), op, _qkv(rng, 2, 8, 8, 1, 16, 4, dtypes),
+           expect="reference")
+
+
+# --------------------------------------------------------------------------- Keras model
+
+
+def test_quantized_keras_attention_model_is_exact_through_the_compiled_steps():
+    keras.utils.set_random_seed(0)
+    L = keras.layers
+    x = keras.Input((6, 8))
+    y = L.LayerNormalization(epsilon=1e-6)(x)
+    h = L.Add()([x, L.MultiHeadAttention(2, 4)(y, y)])
+    y = L.Dense(8)(L.Dense(12, activation="gelu")(L.LayerNormalization()(h)))
+    model = keras.Model(x, L.Dense(3)(L.GlobalAveragePooling1D()(L.Add()([h, y]))))
+    rng = np.random.default_rng(0)
+    calib = rng.normal(size=(32, 6, 8)).astype("float32")
+    q = fixedq.quantize(model, samples=calib, verbose=False)
+    engine = fe.convert(q)
+    # far outside the calibrated range too: saturation everywhere, still bit-exact
+    probe = np.concatenate([calib[:8], 50 * np.sign(calib[:4]), np.zeros_like(calib[:2]),
+                            np.full_like(calib[:2], 1e4)])
+    np.testing.assert_array_equal(engine.predict(probe), q.predict(probe, verbose=0))
+    plan = engine.fast_plan()
+    ran = {op.kind: step.last for op, step in zip(engine.ops, plan.steps, strict=True)
+           if op.kind in ("layernorm", "attention_softmax")}
+    assert set(ran) == {"layernorm", "attention_softmax"}
+    assert all(v.startswith("compiled") for v in ran.values()), ran
