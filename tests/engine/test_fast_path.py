@@ -11,7 +11,7 @@ import pytest
 
 from fixedq.engine import kernels
 from fixedq.engine.fast import int_gemm, jit
-from fixedq.engine.fast.plan import FastPlan, narrow_dtype
+from fixedq.engine.fast.plan import FastPlan, _passthrough, narrow_dtype
 from fixedq.engine.model import Model
 from fixedq.engine.ops import Op
 
@@ -47,7 +47,7 @@ class Builder:
         return RANGES[int(self.rng.integers(len(RANGES)))]
 
     def neural(self, src, kind, cout=5, k=3, strides=(1, 1), padding="same", dilation=(1, 1),
-               pool=None, align=True, acc_bits=31, huge=False, worst=False):
+               pool=None, align=True, acc_bits=31, huge=False, worst=False, unit_mult=False):
         rng = self.rng
         c, lo, hi = self.info[src]
         wmax = 127 if rng.random() < 0.7 else 7
@@ -64,8 +64,12 @@ class Builder:
         arrays = {"kernel": kernel, "bias": _ints(rng, -3000, 3000, cout)}
         out = self.out()
         arrays.update(_requant_arrays(rng, cout, out, huge))
+        if unit_mult:
+            arrays["multiplier"] = np.ones(cout, np.int64)
         al = None
-        if align and rng.random() < 0.7:
+        if isinstance(align, np.ndarray):
+            al = arrays["in_align"] = align
+        elif align and rng.random() < 0.7:
             # spreads up to 8 bits (two byte planes from the dtype alone) and up to 12 (the
             # batch's own range decides: one, two planes or the float GEMM)
             al = rng.integers(0, int(rng.choice([9, 13])), c) if rng.random() < 0.5 else \
@@ -384,7 +388,74 @@ def test_table_and_mul_kernels(seed, monkeypatch):
     b.ops.append(Op("m3", "mul", ["m2", "m2"], {}, dict(mul)))
     b.info.update({k: (c, -(2**15), 2**15 - 1) for k in ("m1", "m2", "m3")})
     model = b.model(["tab", "m1", "m2", "m3"], (7, 6, c))
-    steps = [type(s).__name__ for s in FastPlan(model).steps]
-    assert steps.count("_Table") == 1 and steps.count("_Mul") == 3
+    steps = FastPlan(model).steps
+    assert steps.count(_passthrough) == 1  # the table fused into the conv's epilogue
+    assert [type(s).__name__ for s in steps].count("_Mul") == 3
     for mode in ("random", "extreme", "ties"):
         _three_ways(model, _inputs(rng, (7, 6, c), 2, mode), monkeypatch)
+
+
+def _table_op(b, rng, src, name, spread, shift_base=0):
+    """A ``table`` op over ``src`` (one table per channel, entries in ``spread``); the
+    bases moved by ``shift_base`` make some indices fall outside (clipped like np.take)."""
+    c, lo, hi = b.info[src]
+    span = hi - lo + 1
+    table = _ints(rng, *spread, span * c)
+    base = -lo + span * np.arange(c) + shift_base
+    b.ops.append(Op(name, "table", [src], {}, {"table": table, "base": base}))
+    b.info[name] = (c, *spread)
+    return name
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("kind", ["conv2d_1x1", "conv2d_3x3", "depthwise", "dense"])
+def test_table_fused_into_its_producer(kind, seed, monkeypatch):
+    """A ``table`` op consuming a conv2d/depthwise/dense output is computed in that step's
+    epilogue (EfficientNet's swish/sigmoid): same integers as the reference on every element,
+    for every rounding rule, both GEMM routes (one or two byte planes, float BLAS), dead
+    channels, clipped table indices, ties and saturating inputs; not fused (and still exact)
+    when the output has another consumer or a max pool is fused."""
+    rng = np.random.default_rng(seed)
+    c = int(rng.integers(2, 7))
+    b = Builder(rng, c, RANGES[seed % 3])
+    typ, k = ("conv2d", 1 if kind.endswith("1x1") else 3) if kind.startswith("conv") else \
+        (kind, 3)
+    rules = ["half_up", "half_even", "half_away", "tflite", "fp32"]
+    spreads = [(-128, 127), (0, 255), (-(2**14), 2**14)]
+
+    def producer(src, **kw):
+        t = b.neural(src, typ, cout=c, k=k, **kw)
+        b.ops[-1].attrs["rounding"] = rules[int(rng.integers(len(rules)))]
+        return t
+
+    t1 = producer("in", worst=seed == 3, acc_bits="tight" if seed % 2 else 31)
+    f1 = _table_op(b, rng, t1, "tab1", spreads[seed % 3], shift_base=(-1, 0, 2, 0)[seed])
+    t2 = producer(f1)  # its output is a model output (and feeds an add): not fused
+    f2 = _table_op(b, rng, t2, "tab2", (-128, 127))
+    s = b.elementwise("add", [t2, f2]) if typ != "dense" else f2
+    outs = [f1, t2, f2, s]
+    if typ != "dense":
+        t3 = producer(f1, pool=POOLS[1])  # a fused max pool: not fused
+        outs.append(_table_op(b, rng, t3, "tab3", (0, 255)))
+    shape = (c,) if typ == "dense" else (6, 5, c)
+    model = b.model(outs, shape)
+    steps = FastPlan(model).steps
+    assert steps.count(_passthrough) == 1 and steps[2] is _passthrough
+    for mode in ("random", "extreme", "ties"):
+        for n in (1, 3):
+            _three_ways(model, _inputs(rng, shape, n, mode), monkeypatch)
+
+
+@pytest.mark.parametrize("in_range", [(-128, 127), (-(2**20), 2**20)])
+def test_fused_table_on_the_reference_fallback(in_range, monkeypatch):
+    """The fused table on every route of the step: the int8 GEMM (8-bit inputs), and past
+    the float64 bound (worst-case weights on 20-bit inputs with a 23-bit alignment spread:
+    accumulators near 2^59) the exact int64 reference, after which the table is applied."""
+    rng = np.random.default_rng(11)
+    b = Builder(rng, 64, in_range)
+    t = b.neural("in", "conv2d", cout=4, k=3, worst=True, acc_bits=62, unit_mult=True,
+                 align=np.arange(64) % (24 if in_range[1] > 255 else 2))
+    f = _table_op(b, rng, t, "tab", (-(2**14), 2**14), shift_base=-3)
+    model = b.model([f], (4, 5, 64))
+    assert FastPlan(model).steps.count(_passthrough) == 1
+    _three_ways(model, _inputs(rng, (4, 5, 64), 2, "extreme"), monkeypatch)

@@ -32,6 +32,9 @@ NAMES = ("requant_rows", "add_rows", "affine_rows", "gap_sum", "quantize_rows",
 #: The requantizing kernels: compiled once per rounding rule (``backend().rule[code]``).
 RULED = ("requant_rows", "add_rows", "affine_rows", "requant_planes", "depthwise_rows",
          "add_scaled_rows")
+#: The requantizing kernels that can write a fused table's entries instead of the integers
+#: (``backend().table[code]``: :func:`kernels.emit` bound to :func:`kernels.emit_table`).
+FUSED = ("requant_rows", "requant_planes", "depthwise_rows")
 
 
 def requested() -> bool:
@@ -74,17 +77,21 @@ def _compiled():
 
         fns = {name: compiled(getattr(kernels, name), vars(kernels))
                for name in NAMES if name not in RULED}
-        # the requantizing kernels: one variant per rounding rule, compiled lazily on first
-        # use, each with requant_value bound to its rule's function
-        rules = {}
+        # the requantizing kernels: one variant per rounding rule (and, for FUSED, one more
+        # writing a table's entries), compiled lazily on first use, each with requant_value
+        # bound to its rule's function and emit to emit_plain / emit_table
+        rules, tables = {}, {}
         for code in kernels.RULES.values():
-            scope = dict(vars(kernels))
-            # (LLVM inlines it; numba's own inline="always" stopped the loops vectorizing: 15x)
-            scope["requant_value"] = compiled(kernels.RULE_FUNCTIONS[code], scope)
-            rules[code] = SimpleNamespace(**{
-                name: compiled(getattr(kernels, name), scope, f"__rule{code}")
-                for name in RULED})
-        return SimpleNamespace(**fns, rule=rules)
+            for emit, names, out, suffix in (("emit_plain", RULED, rules, ""),
+                                             ("emit_table", FUSED, tables, "_table")):
+                scope = dict(vars(kernels))
+                # (LLVM inlines them; numba's inline="always" stopped the loops vectorizing)
+                scope["requant_value"] = compiled(kernels.RULE_FUNCTIONS[code], scope)
+                scope["emit"] = compiled(getattr(kernels, emit), scope)
+                out[code] = SimpleNamespace(**{
+                    name: compiled(getattr(kernels, name), scope, f"__rule{code}{suffix}")
+                    for name in names})
+        return SimpleNamespace(**fns, rule=rules, table=tables)
 
     try:  # on-disk cache next to the module when writable
         return build(True)

@@ -22,10 +22,12 @@ Example:
     >>> q = np.array([[1, 1], [0, 0], [0, 0], [1, 1], [0, 0], [-128, -128], [127, 127],
     ...               [0, 0]])
     >>> zero = np.zeros(2, np.int64)
-    >>> requant_rows(acc, 0, zero, False, 0, 0, q, np.zeros(2, np.float32), 0, out)
+    >>> requant_rows(acc, 0, zero, False, 0, 0, q, np.zeros(2, np.float32), 0, NO_TABLE,
+    ...              zero, out)
     >>> out.tolist()                                     # half up: 5/2 -> 3, -5/2 -> -2
     [[3, -2]]
-    >>> requant_rows(acc, 0, zero, False, 0, 0, q, np.zeros(2, np.float32), 2, out)
+    >>> requant_rows(acc, 0, zero, False, 0, 0, q, np.zeros(2, np.float32), 2, NO_TABLE,
+    ...              zero, out)
     >>> out.tolist()                                     # half away: 3, -3
     [[3, -3]]
 """
@@ -45,6 +47,9 @@ RULES = {"half_up": 0, "half_even": 1, "half_away": 2, "tflite": 3, "fp32": 4}
 Q_ROWS = ("mult", "left", "s1", "up", "r2", "lo", "hi", "post")
 #: eq. 7c's clip of the float32 product before rounding (``rounding.ROUND_LIMIT``).
 LIMIT32 = np.float32(2.0**62)
+#: The ``tab`` argument of a requantizing kernel without a fused table (:func:`emit`).
+NO_TABLE = np.zeros(0, np.int64)
+
 def rq_half_up(v, j, m, left, s1, up, r2, lo, hi, post, sc, rule):
     """Eq. 5/7: ``clip(shift_round(v * M, S), lo, hi) - post`` (rule 0)."""
     w = (v * m[j]) << left[j]
@@ -108,18 +113,47 @@ def requant_value(v, j, m, left, s1, up, r2, lo, hi, post, sc, rule):
     return RULE_FUNCTIONS[rule](v, j, m, left, s1, up, r2, lo, hi, post, sc, rule)
 
 
-def requant_rows(acc, accshift, bias, clip_acc, acc_lo, acc_hi, q, sc, rule, out):
-    """``out[r, c] = requant_value(clip?((acc[r, c] << accshift) + bias[c]))`` (eqs. 7,
-    10-14); ``acc`` is float (holding exact integers) or integer, ``(rows, C)``; ``accshift``
-    is a group's common power of two (exact)."""
+def emit_plain(buf, orow, tab, tbase):
+    """Write one row of requantized integers ``buf`` to the output row ``orow`` (:func:`emit`
+    without a table)."""
+    for j in range(buf.shape[0]):
+        orow[j] = buf[j]
+
+
+def emit_table(buf, orow, tab, tbase):
+    """Eq. 38 fused into the epilogue: ``orow[j] = tab[clip(buf[j] + tbase[j], 0, len - 1)]``
+    (the ``table`` op consuming the producer's output, as :func:`table_rows`): the indices
+    first, then the gather (one loop with both ran 10x slower: the gather stops the
+    requantization vectorizing)."""
+    top = tab.shape[0] - 1
+    for j in range(buf.shape[0]):
+        buf[j] = min(max(buf[j] + tbase[j], 0), top)
+    for j in range(buf.shape[0]):
+        orow[j] = tab[buf[j]]
+
+
+def emit(buf, orow, tab, tbase):
+    """Write the requantized row ``buf`` (int64) to ``orow``: the integers themselves, or
+    their table entries when a ``table`` op is fused (``tab`` not empty). :mod:`.jit` compiles
+    the kernels with this name bound to :func:`emit_plain` or :func:`emit_table` (no branch
+    in the loops); read as Python, it dispatches here."""
+    (emit_table if tab.shape[0] else emit_plain)(buf, orow, tab, tbase)
+
+
+def requant_rows(acc, accshift, bias, clip_acc, acc_lo, acc_hi, q, sc, rule, tab, tbase, out):
+    """``out[r, c] = emit(requant_value(clip?((acc[r, c] << accshift) + bias[c])))`` (eqs. 7,
+    10-14; :func:`emit`: a fused table, eq. 38); ``acc`` is float (holding exact integers) or
+    integer, ``(rows, C)``; ``accshift`` is a group's common power of two (exact)."""
     rows, c = acc.shape
     m, left, s1, up, r2, lo, hi, post = q[0], q[1], q[2], q[3], q[4], q[5], q[6], q[7]
-    for r in prange(rows):
+    buf = np.empty(c, np.int64)
+    for r in range(rows):
         for j in range(c):
             v = (np.int64(acc[r, j]) << accshift) + bias[j]
             if clip_acc:
                 v = min(max(v, acc_lo), acc_hi)
-            out[r, j] = requant_value(v, j, m, left, s1, up, r2, lo, hi, post, sc, rule)
+            buf[j] = requant_value(v, j, m, left, s1, up, r2, lo, hi, post, sc, rule)
+        emit(buf, out[r], tab, tbase)
 
 
 def add_rows(x0, x1, a0, a1, q, sc, rule, out):
@@ -285,29 +319,33 @@ def im2col_u8x2(x, shifts, add, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, lo, hi):
 
 
 def requant_planes(acc_hi, acc_lo, accshift, bias, clip_acc, acc_lo_, acc_hi_, q, sc, rule,
-                   out):
+                   tab, tbase, out):
     """:func:`requant_rows` of ``acc = (256 * acc_hi + acc_lo) << accshift`` (two byte-plane
     GEMMs combined in int64)."""
     rows, c = acc_hi.shape
     m, left, s1, up, r2, lo, hi, post = q[0], q[1], q[2], q[3], q[4], q[5], q[6], q[7]
-    for r in prange(rows):
+    buf = np.empty(c, np.int64)
+    for r in range(rows):
         for j in range(c):
             v = (((np.int64(acc_hi[r, j]) << 8) + acc_lo[r, j]) << accshift) + bias[j]
             if clip_acc:
                 v = min(max(v, acc_lo_), acc_hi_)
-            out[r, j] = requant_value(v, j, m, left, s1, up, r2, lo, hi, post, sc, rule)
+            buf[j] = requant_value(v, j, m, left, s1, up, r2, lo, hi, post, sc, rule)
+        emit(buf, out[r], tab, tbase)
 
 
 def depthwise_rows(x, xoff, k, accz, sh, sw, dh, dw, pt, pl, ho, wo, bias, clip_acc, acc_lo,
-                   acc_hi, q, sc, rule, out):
+                   acc_hi, q, sc, rule, tab, tbase, out):
     """Depthwise conv (channel multiplier 1) of ``x + xoff`` (an input offset, eq. 37;
     padding is 0 after it) with the requantization fused: ``k`` is the ``(kh, kw, C)`` kernel
     with each channel's alignment folded in (``w * 2^a_c``, exact), ``accz`` a zero of the
-    accumulator dtype (int32 when the bound allows, else int64)."""
+    accumulator dtype (int32 when the bound allows, else int64); ``tab``/``tbase``: a fused
+    table (:func:`emit`)."""
     n, h, w, c = x.shape
     kh, kw = k.shape[0], k.shape[1]
     m, left, s1, up, r2, lo, hi, post = q[0], q[1], q[2], q[3], q[4], q[5], q[6], q[7]
-    for row in prange(n * ho):
+    buf = np.empty(c, np.int64)
+    for row in range(n * ho):
         b0 = row // ho
         i = row % ho
         acc = np.zeros((wo, c), dtype=accz.dtype)
@@ -327,8 +365,8 @@ def depthwise_rows(x, xoff, k, accz, sh, sw, dh, dw, pt, pl, ho, wo, bias, clip_
                 v = np.int64(acc[j, t]) + bias[t]
                 if clip_acc:
                     v = min(max(v, acc_lo), acc_hi)
-                out[b0, i, j, t] = requant_value(v, t, m, left, s1, up, r2, lo, hi, post,
-                                                 sc, rule)
+                buf[t] = requant_value(v, t, m, left, s1, up, r2, lo, hi, post, sc, rule)
+            emit(buf, out[b0, i, j], tab, tbase)
 
 
 def maxpool(x, ph, pw, sh, sw, pt, pl, out):

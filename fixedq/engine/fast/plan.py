@@ -18,6 +18,10 @@ path, none of which changes an integer:
   else the int64 reference).
 - depthwise (multiplier 1): a direct kernel with int32 accumulators when the batch bound is
   below 2^31, int64 below 2^62.
+- A ``table`` op (eq. 38: swish, sigmoid, ...) whose input is a conv2d/dense/depthwise
+  output used by nothing else is **fused into that step's epilogue** (the requantized row,
+  then its table entries; no separate pass, no intermediate tensor); its own step passes the
+  tensor on (its time shows under the producer in a profile).
 - **Data-parallel micro-batches** (opt-in, ``FIXEDQ_ENGINE_THREADS=2``): a batch runs as
   micro-batches on :data:`THREADS` worker threads, each through the whole program (the
   compiled kernels and onnxruntime release the GIL; every GEMM inside a worker is
@@ -90,9 +94,24 @@ SOLO_GEMM_MACS = 1 << 24
 
 class _Context(threading.local):
     solo = True  # False inside the data-parallel workers
+    #: inside :meth:`FastPlan._run`: the backends it read once for all its steps (the
+    #: environment switches are read once per batch, not once per op)
+    active = False
+    nb = None
+    igemm = False
 
 
 _CTX = _Context()
+
+
+def _backend():
+    """The compiled kernels (``jit.backend()``, read once per batch inside a plan run)."""
+    return _CTX.nb if _CTX.active else jit.backend()
+
+
+def _int_gemm_ok() -> bool:
+    """``int_gemm.available()`` (read once per batch inside a plan run)."""
+    return _CTX.igemm if _CTX.active else int_gemm.available()
 
 
 @cache
@@ -142,10 +161,9 @@ def shift_parts(shift, c: int):
     return (np.maximum(-s, 0), np.maximum(s - 1, 0), (s > 0).astype(np.int64))
 
 
-def _product_ok(amax: int, mult, left) -> bool:
-    """``amax * |M| * 2^left < 2^63`` for every channel (no int64 wrap in the epilogue)."""
-    top = max((int(abs(m)) << int(sh) for m, sh in zip(mult, left, strict=True)), default=0)
-    return int(amax) * top < 2**63
+def _product_top(mult, left) -> int:
+    """``max |M| * 2^left`` over the channels (exact Python integer)."""
+    return max((int(abs(m)) << int(sh) for m, sh in zip(mult, left, strict=True)), default=0)
 
 
 def rule_code(rule: str, two_stage: bool = True) -> int | None:
@@ -199,15 +217,31 @@ class _Requant:
         self.rule = code
         self.acc_clip, self.acc_lo, self.acc_hi = bool(acc_clip), int(acc_lo), int(acc_hi)
         self.dtype = narrow_dtype(lo - post, hi - post)
+        self.tab = self.tbase = kernels.NO_TABLE
         self.ok = True
+
+    def fuse_table(self, table: np.ndarray, base: np.ndarray) -> None:
+        """Write ``table[clip(out + base[c], 0, len - 1)]`` (a fused ``table`` op, eq. 38)
+        instead of the requantized integers."""
+        self.tab, self.tbase, self.dtype = table, base, table.dtype
+
+    def kernels(self, nb):
+        """The compiled requantizing kernels of this rule (writing the fused table's entries
+        when there is one)."""
+        return (nb.table if self.tab.size else nb.rule)[self.rule]
 
     def product_ok(self, amax: int) -> bool:
         """No int64 wrap in the epilogue for accumulators up to ``amax`` in magnitude."""
-        return self.fp32 or _product_ok(amax, self.mult, self.left)
+        if self.fp32:
+            return True
+        top = self.__dict__.get("_top")
+        if top is None:
+            top = self._top = _product_top(self.mult, self.left)
+        return int(amax) * top < 2**63
 
     def args(self):
         return (self.bias, self.acc_clip, self.acc_lo, self.acc_hi, self.q, self.sc,
-                self.rule)
+                self.rule, self.tab, self.tbase)
 
     @property
     def plain(self) -> bool:
@@ -250,6 +284,9 @@ class _NeuralStep:
             self.post = None
         self.rq = _Requant(r, cout, bias if bias.ndim <= 1 else None, nplan.acc_clip,
                            acc_lo, acc_hi, rounding_of(op), post=self.post)
+        self.cout = cout
+        #: a ``table`` op fused into the epilogue (:meth:`fuse_table`), else ``None``
+        self.table = None
         if not self.rq.ok or bias.ndim > 1 or (off_out is not None and self.post is None):
             self._reference_only()
             return
@@ -260,6 +297,8 @@ class _NeuralStep:
             return
         self.pool = a.get("pool")
         self.gemm = None
+        self._routes: dict = {}  # (input dtype, int GEMM on) -> route (see _static_route)
+        self._geo: dict = {}  # input (H, W) -> geometry
         if self.type in ("conv2d", "dense"):
             fan_in = int(np.prod(k.shape[:-1]))
             self.int8 = bool(k.size) and int(k.min()) >= -128 and int(k.max()) <= 127 \
@@ -276,11 +315,27 @@ class _NeuralStep:
         self.fast = self.handles_offsets = False
         self.xoff, self.post = 0, None
 
+    def fuse_table(self, table: _Table) -> bool:
+        """Take over ``table`` (the step of the one op consuming this step's output): the
+        epilogue writes its entries (:func:`kernels.emit_table`); the reference path applies
+        it after the reference kernel. Only without offsets or a fused max pool (a table
+        need not be monotonic); ``False``: not fused."""
+        arrays = self.op.arrays
+        if not self.fast or self.pool or self.xoff or self.post is not None or any(
+                k in arrays for k in ("in_offset0", "out_offset")) or any(
+                k in table.op.arrays for k in ("in_offset0", "out_offset")):
+            return False
+        base = _vec(table.op.arrays["base"], self.cout)
+        if table.table is None or base is None:
+            return False
+        self.rq.fuse_table(table.table, base)
+        self.table = table
+        return True
     # ------------------------------------------------------------------ execution
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """The op's output integers (minus its ``out_offset`` when :attr:`handles_offsets`:
         then ``x`` is the input before its ``in_offset0``)."""
-        nb = jit.backend()
+        nb = _backend()
         y = None
         if self.fast and nb is not None:
             y = self._depthwise(nb, x) if self.type == "depthwise" else self._gemm(nb, x)
@@ -289,18 +344,23 @@ class _NeuralStep:
             if self.xoff:
                 x64 = x64 + self.xoff
             y = self.nplan.finish(self.nplan.linear(x64), self.ref)
+            if self.table is not None:
+                return self.table([y])
             return y - self.post if self.post is not None and self.handles_offsets else y
         if self.pool:
             y = _maxpool(nb, y, self.pool)
         return y
 
     def _geometry(self, x):
-        a = self.op.attrs
-        kh, kw = self.nplan.kernel.shape[:2]
-        s, d = a["strides"], a["dilation_rate"]
-        ho, pt, _ = ref.conv_geometry(x.shape[1], kh, s[0], a["padding"], d[0])
-        wo, pl, _ = ref.conv_geometry(x.shape[2], kw, s[1], a["padding"], d[1])
-        return kh, kw, s, d, ho, wo, pt, pl
+        geo = self._geo.get(x.shape[1:3])
+        if geo is None:
+            a = self.op.attrs
+            kh, kw = self.nplan.kernel.shape[:2]
+            s, d = a["strides"], a["dilation_rate"]
+            ho, pt, _ = ref.conv_geometry(x.shape[1], kh, s[0], a["padding"], d[0])
+            wo, pl, _ = ref.conv_geometry(x.shape[2], kw, s[1], a["padding"], d[1])
+            geo = self._geo[x.shape[1:3]] = (kh, kw, s, d, ho, wo, pt, pl)
+        return geo
 
     def _depthwise(self, nb, x):
         c, xoff = x.shape[-1], self.xoff
@@ -317,7 +377,7 @@ class _NeuralStep:
             k, z = self.k64, np.zeros(1, np.int64)
         kh, kw, s, d, ho, wo, pt, pl = self._geometry(x)
         out = np.empty((x.shape[0], ho, wo, c), self.rq.dtype)
-        nb.rule[self.rq.rule].depthwise_rows(np.ascontiguousarray(x), xoff, k, z, s[0], s[1],
+        self.rq.kernels(nb).depthwise_rows(np.ascontiguousarray(x), xoff, k, z, s[0], s[1],
                                              d[0], d[1], pt, pl, ho, wo, *self.rq.args(), out)
         return out
 
@@ -327,12 +387,18 @@ class _NeuralStep:
             base = int(self.nplan.align.min(initial=0))
             zp = (128 if x.dtype == np.int8 else 0) - self.xoff
             if self.int8 and x.dtype in (np.uint8, np.int8) and 0 <= zp <= 255 and \
-                    not np.any(self.nplan.align - base) and int_gemm.available():
+                    not np.any(self.nplan.align - base) and _int_gemm_ok():
                 return self._tiled(nb, x, partial(
                     self._int_rows, shifts=np.zeros(c, np.int64), base=base, planes=1,
                     zp=zp, add=128 if x.dtype == np.int8 else 0))
             x = x.astype(np.int64) + self.xoff
-        if self.int8 and x.dtype in (np.uint8, np.int8) and int_gemm.available():
+        key = (x.dtype, _int_gemm_ok())
+        route = self._routes.get(key)
+        if route is None:
+            route = self._routes[key] = self._static_route(x.dtype)
+        if route is not False:
+            return self._tiled(nb, x, route)
+        if self.int8 and x.dtype in (np.uint8, np.int8) and _int_gemm_ok():
             # every channel fed as x << (a_c - base): one uint8 plane if all fit 8 bits, else
             # two byte planes (values up to 16 bits); wider spreads take the float path. The
             # dtype's range decides when it can (no pass over the data), else the batch's.
@@ -356,6 +422,26 @@ class _NeuralStep:
         if total >= ref.FLOAT64_EXACT:
             return None
         return self._tiled(nb, x, partial(self._gemm_rows, groups=groups))
+
+    def _static_route(self, dt):
+        """The int8 GEMM route (a ``rows_fn`` of :meth:`_tiled`) that the input dtype ``dt``
+        alone proves (no offset, 8-bit input, shifted channels within one or two byte
+        planes), or ``False`` (:meth:`_gemm` decides per batch). Cached per dtype: the
+        decision is the same for every batch of that dtype."""
+        if self.xoff or not (self.int8 and dt in (np.uint8, np.int8)) or \
+                not _int_gemm_ok():
+            return False
+        base = int(self.nplan.align.min(initial=0))
+        shifts = np.ascontiguousarray(self.nplan.align - base)
+        dmax = int(shifts.max(initial=0))
+        signed = dt == np.int8
+        info = np.iinfo(dt)
+        planes = _planes(int(info.min) << dmax, int(info.max) << dmax, signed) \
+            if dmax <= 16 else 0
+        if not planes:
+            return False
+        return partial(self._int_rows, shifts=shifts, base=base, planes=planes,
+                       zp=128 if signed else 0, add=128 if signed else 0)
 
     def _tiled(self, nb, x, rows_fn):
         """``rows_fn(nb, x4, geo)`` over the whole batch, or over batch chunks whose im2col
@@ -393,19 +479,19 @@ class _NeuralStep:
         threads = int_gemm.THREADS if _CTX.solo and \
             rows * kh * kw * c * self.nplan.cout >= SOLO_GEMM_MACS else 1
         if planes == 1:
-            if (self.type == "dense" or (kh == kw == 1 and list(s) == [1, 1])) and add == 0 \
-                    and not np.any(shifts) and ho == x4.shape[1] and wo == x4.shape[2]:
+            if (self.type == "dense" or (kh == kw == 1 and s[0] == s[1] == 1)) and add == 0 \
+                    and ho == x4.shape[1] and wo == x4.shape[2] and not np.any(shifts):
                 cols = x4.reshape(rows, c)  # the input itself (no copy)
             else:
                 cols = np.empty((rows, kh * kw * c), np.uint8)
                 nb.im2col_u8(x4, shifts, add, zp, *geo_args, cols)
-            nb.rule[self.rq.rule].requant_rows(self.gemm(cols, zp, threads), base,
+            self.rq.kernels(nb).requant_rows(self.gemm(cols, zp, threads), base,
                                                *self.rq.args(), out)
             return out
         lo = np.empty((rows, kh * kw * c), np.uint8)
         hi = np.empty_like(lo)
         nb.im2col_u8x2(x4, shifts, zp, *geo_args, lo, hi)
-        nb.rule[self.rq.rule].requant_planes(self.gemm(hi, zp, threads),
+        self.rq.kernels(nb).requant_planes(self.gemm(hi, zp, threads),
                                              self.gemm(lo, 0, threads), base, *self.rq.args(),
                                              out)
         return out
@@ -434,7 +520,7 @@ class _NeuralStep:
                 else:
                     acc += part
         out = np.empty((rows, p.cout), self.rq.dtype)
-        nb.rule[self.rq.rule].requant_rows(acc, accshift, *self.rq.args(), out)
+        self.rq.kernels(nb).requant_rows(acc, accshift, *self.rq.args(), out)
         return out
 
 
@@ -454,6 +540,7 @@ def _planes(lo: int, hi: int, signed: bool) -> int:
     return 0
 
 
+@cache
 def _dtype_absmax(dt) -> int:
     """Largest ``|v|`` of the integer dtype ``dt`` (128 for int8)."""
     info = np.iinfo(dt)
@@ -614,7 +701,7 @@ class _Elementwise:
     def __call__(self, xs):
         """The op's output (minus its ``out_offset`` when :attr:`folds_out_offset`; from
         inputs before their ``in_offset<i>`` when :attr:`handles_offsets`)."""
-        nb = jit.backend()
+        nb = _backend()
         x = xs[0]
         c = x.shape[-1] if x.ndim > 1 else x.size
         consts = self._consts(c) if nb is not None and x.size else None
@@ -682,9 +769,11 @@ class _Table:
         self.bases: dict[int, np.ndarray | None] = {}
 
     def __call__(self, xs):
-        nb, x = jit.backend(), xs[0]
+        nb, x = _backend(), xs[0]
         c = x.shape[-1] if x.ndim > 1 else 0
-        base = self.bases.setdefault(c, _vec(self.op.arrays["base"], c) if c else None)
+        if c not in self.bases:
+            self.bases[c] = _vec(self.op.arrays["base"], c) if c else None
+        base = self.bases[c]
         if nb is None or self.table is None or base is None or x.size == 0:
             return _reference(self.op, xs)
         rows = _rows(x)
@@ -710,14 +799,19 @@ class _Mul:
         return (*parts, lo, hi)
 
     def __call__(self, xs):
-        nb = jit.backend()
+        nb = _backend()
         a, b = xs if len(xs) == 2 else (xs[0], None)
         ok = nb is not None and b is not None and a.ndim >= 2 and a.ndim == b.ndim \
             and a.shape[0] == b.shape[0] and a.shape[-1] == b.shape[-1] and a.size \
             and (b.shape == a.shape or all(d == 1 for d in b.shape[1:-1]))
         if ok and a.shape != b.shape and np.prod(b.shape[1:-1]) != 1:
             ok = False
-        consts = self.consts.setdefault(a.shape[-1], self._build(a.shape[-1])) if ok else None
+        consts = None
+        if ok:
+            c = a.shape[-1]
+            if c not in self.consts:
+                self.consts[c] = self._build(c)
+            consts = self.consts[c]
         if consts is None:
             return _reference(self.op, xs)
         n, c = a.shape[0], a.shape[-1]
@@ -734,7 +828,7 @@ class _Maxpool:
         self.op = op
 
     def __call__(self, xs):
-        nb = jit.backend()
+        nb = _backend()
         x = xs[0]
         if nb is None or x.ndim != 4 or x.size == 0:
             return run_op(self.op, [x.astype(np.int64, copy=False)])
@@ -756,8 +850,30 @@ class FastPlan:
         self.model, self.mode = model, mode
         self.stateful = False  # a stateful step: batches never split (the state is per batch)
         self.steps = [self._step(op) for op in model.ops]
+        self._fuse_tables()
         #: largest intermediate tensor per sample (elements), measured as batches run
         self.per_sample = 0
+
+    def _fuse_tables(self) -> None:
+        """Fuse each ``table`` op into the epilogue of the conv2d/dense/depthwise step that
+        produces its input when the table is that tensor's only consumer (and it is no model
+        output): the table's step then passes its input on (one pass over the activations
+        instead of two; EfficientNet's swish and sigmoid)."""
+        m = self.model
+        uses: dict[str, int] = {}
+        for op in m.ops:
+            for t in op.inputs:
+                uses[t] = uses.get(t, 0) + 1
+        for o in m.outputs:
+            uses[o["tensor"]] = uses.get(o["tensor"], 0) + 1
+        index = {op.name: i for i, op in enumerate(m.ops)}
+        for i, op in enumerate(m.ops):
+            if op.kind != "table" or len(op.inputs) != 1 or uses.get(op.inputs[0]) != 1:
+                continue
+            producer, table = self.steps[index[op.inputs[0]]], self.steps[i]
+            if type(producer) is _NeuralStep and isinstance(table, _Table) and \
+                    producer.fuse_table(table):
+                self.steps[i] = _passthrough
 
     def _step(self, op: Op):
         if op.kind == "neural":
@@ -827,46 +943,76 @@ class FastPlan:
             parts = [self._run(c, times) for c in chunks]
         return [np.concatenate(p) for p in zip(*parts, strict=True)]
 
+    def _schedule(self):
+        """Per op (after the input): what :meth:`_run` needs, read once from the ops (the
+        input offsets the plan adds, the output offset it subtracts, neural flags, the
+        tensors whose last use it is)."""
+        m = self.model
+        sched = []
+        for i, (op, step) in enumerate(zip(m.ops[1:], self.steps[1:], strict=True), start=1):
+            folds = getattr(step, "handles_offsets", False)
+            in_offs = None if folds else [op.arrays.get(f"in_offset{j}")
+                                          for j in range(len(op.inputs))]
+            if in_offs is not None and all(o is None for o in in_offs):
+                in_offs = None
+            out_off = None if folds or getattr(step, "folds_out_offset", False) else \
+                op.arrays.get("out_offset")
+            neural = op.kind == "neural"
+            conv1d = neural and bool(op.attrs.get("conv1d"))
+            transpose = neural and op.attrs.get("type") == "transpose"
+            free = [t for t in set(op.inputs) if m._last_use.get(t) == i]
+            sched.append((op, step, in_offs, out_off, neural, conv1d, transpose, free))
+        return sched
+
     def _run(self, x, times: dict | None) -> list[np.ndarray]:
         from fixedq.engine.model import check_neural_input
 
         m = self.model
-        t0 = time.perf_counter()
-        tensors = {m.ops[0].name: self.steps[0]([x])}
-        biggest = tensors[m.ops[0].name].size
-        if times is not None:
-            times[m.ops[0].name] = times.get(m.ops[0].name, 0.0) + time.perf_counter() - t0
-        for i, (op, step) in enumerate(zip(m.ops[1:], self.steps[1:], strict=True), start=1):
-            xs = [tensors[t] for t in op.inputs]
+        sched = self.__dict__.get("_sched")
+        if sched is None:
+            sched = self._sched = self._schedule()
+        outer = _CTX.active
+        if not outer:  # the environment switches, once per batch
+            _CTX.nb, _CTX.igemm, _CTX.active = jit.backend(), int_gemm.available(), True
+        try:
             t0 = time.perf_counter()
-            try:
-                folds = getattr(step, "handles_offsets", False)
-                for j in range(len(xs)):
-                    off = None if folds else op.arrays.get(f"in_offset{j}")
-                    if off is not None:
-                        xs[j] = xs[j].astype(np.int64) + off
-                if op.kind == "neural":
-                    conv1d = bool(op.attrs.get("conv1d"))
-                    check_neural_input(op, xs[0])
-                    x0 = xs[0][:, None] if conv1d else xs[0]
-                    check_transpose_size(op, x0)
-                    y = step(x0)
-                    y = y[:, 0] if conv1d else y
-                else:
-                    y = step(xs)
-                off = None if folds or getattr(step, "folds_out_offset", False) else \
-                    op.arrays.get("out_offset")
-                if off is not None:
-                    y = y.astype(np.int64) - off
-            except Exception as err:
-                raise op_error(op, err) from err
-            tensors[op.name] = y
-            biggest = max(biggest, y.size)
+            tensors = {m.ops[0].name: self.steps[0]([x])}
+            biggest = tensors[m.ops[0].name].size
             if times is not None:
-                times[op.name] = times.get(op.name, 0.0) + time.perf_counter() - t0
-            for t in set(op.inputs):
-                if m._last_use.get(t) == i:
+                times[m.ops[0].name] = times.get(m.ops[0].name, 0.0) + \
+                    time.perf_counter() - t0
+            for op, step, in_offs, out_off, neural, conv1d, transpose, free in sched:
+                xs = [tensors[t] for t in op.inputs]
+                if times is not None:
+                    t0 = time.perf_counter()
+                try:
+                    if in_offs is not None:
+                        for j, off in enumerate(in_offs):
+                            if off is not None:
+                                xs[j] = xs[j].astype(np.int64) + off
+                    if neural:
+                        check_neural_input(op, xs[0])
+                        x0 = xs[0][:, None] if conv1d else xs[0]
+                        if transpose:
+                            check_transpose_size(op, x0)
+                        y = step(x0)
+                        y = y[:, 0] if conv1d else y
+                    else:
+                        y = step(xs)
+                    if out_off is not None:
+                        y = y.astype(np.int64) - out_off
+                except Exception as err:
+                    raise op_error(op, err) from err
+                tensors[op.name] = y
+                if y.size > biggest:
+                    biggest = y.size
+                if times is not None:
+                    times[op.name] = times.get(op.name, 0.0) + time.perf_counter() - t0
+                for t in free:
                     del tensors[t]
+        finally:
+            if not outer:
+                _CTX.active, _CTX.nb = False, None
         if x.shape[0]:
             self.per_sample = max(self.per_sample, -(-biggest // x.shape[0]))
         outs = []
@@ -892,3 +1038,8 @@ def _narrow(y):
 
 def _reference_any_dtype(op: Op, xs):
     return run_op(op, xs)
+
+
+def _passthrough(xs):
+    """The step of a ``table`` op fused into its producer: the input is already its output."""
+    return xs[0]
