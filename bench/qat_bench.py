@@ -227,8 +227,10 @@ def render(rows: list[dict], note: str = "") -> str:
         "as to QAT. 4-bit weights and activations (8-bit first layer), nearest weight "
         "rounding: the QAT start (\"PTQ\"). `fixedq.qat` with its defaults: "
         f"{r0['epochs']} epochs on the training images, `validation=` the validation images, "
-        "the peak learning rate of docs/quantization.md's rule, the best epoch kept only if it "
-        "fixes clearly more validation images than it breaks; \"+ teacher\": the same with "
+        "the peak learning rate of docs/quantization.md's rule (a run that collapses starts "
+        "again at a third of the peak: \"after ... collapsed\"), the best epoch kept only if it "
+        "fixes clearly more validation images than it breaks (`fixed - broken > 2.5 "
+        "sqrt(fixed + broken)`); \"+ teacher\": the same with "
         "`teacher=` the float model (distillation weight 0.5, temperature 2)." + old
         + " Test accuracy (%) on the 1,000 test images, which played no part in any choice; "
         "the engine is asserted bit-exact with every QAT result on 100 test images. Seeds: "
