@@ -2,9 +2,9 @@
 kernels on every element: ``layernorm`` (eq. 47) and ``attention_softmax`` (eq. 30b) on crafted
 programs at worst-case magnitudes, ties, huge and negative shifts, degenerate rows (constant
 rows, equal or clipped scores, distances past the table, zero tables), both division paths and
-both accumulator widths; past their proven bounds the steps run the reference (and raise where
-it raises); a quantized Keras model with MultiHeadAttention and LayerNormalization is
-bit-exact through them."""
+both accumulator widths, and ``add_pos`` (eq. 33); past their proven bounds the steps run the
+reference (and raise where it raises); a quantized Keras model with position embeddings,
+MultiHeadAttention and LayerNormalization is bit-exact through them."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 import fixedq
 import fixedq.engine as fe
 from fixedq.engine.fast import jit
-from fixedq.engine.fast.transformer import AttentionSoftmaxStep, LayerNormStep
+from fixedq.engine.fast.transformer import AddPosStep, AttentionSoftmaxStep, LayerNormStep
 from fixedq.engine.ops import Op, run_op
 from fixedq.layers.softmax import EXP_BITS, exp_table
 
@@ -215,6 +215,33 @@ def test_attention_crafted_bounds_keep_the_reference():
            expect="reference")
 
 
+# --------------------------------------------------------------------------- add_pos
+
+
+def _pos_op(rng, t, c, shift, pos_bits=20, out=(-128, 127)):
+    return Op("pos", "add_pos", ["x"], {}, {
+        "pos": rng.integers(-(2**pos_bits), 2**pos_bits + 1, (t, c)),
+        "in_align": rng.integers(0, 9, c), "shift": rng.integers(shift[0], shift[1] + 1, c),
+        "out_lo": np.full(c, out[0]), "out_hi": np.full(c, out[1])})
+
+
+@pytest.mark.parametrize("dtype", ["int8", "uint8", "int16", "int64"])
+@pytest.mark.parametrize("shift", [(1, 1), (-4, 0), (0, 62), (30, 62)])
+def test_add_pos_equals_reference(dtype, shift):
+    """Ties (shift 1), left shifts, shifts up to 62, embeddings at +-2^20."""
+    rng = np.random.default_rng(len(dtype) + shift[1])
+    op = _pos_op(rng, 5, 6, shift, out=(-(2**40), 2**40))
+    _check(AddPosStep(op), op, [_worst(rng, (4, 5, 6), dtype)])
+
+
+def test_add_pos_past_int64_or_other_shapes_runs_the_reference():
+    rng = np.random.default_rng(1)
+    op = _pos_op(rng, 3, 4, (-45, -45))  # ((x << a) + pos) << 45 may pass 2^63
+    _check(AddPosStep(op), op, [_worst(rng, (2, 3, 4), "int16")], expect="reference")
+    op = _pos_op(rng, 1, 4, (2, 5))  # one position for every token (broadcast)
+    _check(AddPosStep(op), op, [_worst(rng, (2, 3, 4), "int8")], expect="reference")
+
+
 # --------------------------------------------------------------------------- Keras model
 
 
@@ -222,8 +249,9 @@ def test_quantized_keras_attention_model_is_exact_through_the_compiled_steps():
     keras.utils.set_random_seed(0)
     L = keras.layers
     x = keras.Input((6, 8))
-    y = L.LayerNormalization(epsilon=1e-6)(x)
-    h = L.Add()([x, L.MultiHeadAttention(2, 4)(y, y)])
+    x1 = x + L.Embedding(6, 8)(keras.ops.arange(6))
+    y = L.LayerNormalization(epsilon=1e-6)(x1)
+    h = L.Add()([x1, L.MultiHeadAttention(2, 4)(y, y)])
     y = L.Dense(8)(L.Dense(12, activation="gelu")(L.LayerNormalization()(h)))
     model = keras.Model(x, L.Dense(3)(L.GlobalAveragePooling1D()(L.Add()([h, y]))))
     rng = np.random.default_rng(0)
@@ -236,6 +264,6 @@ def test_quantized_keras_attention_model_is_exact_through_the_compiled_steps():
     np.testing.assert_array_equal(engine.predict(probe), q.predict(probe, verbose=0))
     plan = engine.fast_plan()
     ran = {op.kind: step.last for op, step in zip(engine.ops, plan.steps, strict=True)
-           if op.kind in ("layernorm", "attention_softmax")}
-    assert set(ran) == {"layernorm", "attention_softmax"}
+           if op.kind in ("layernorm", "attention_softmax", "add_pos")}
+    assert set(ran) == {"layernorm", "attention_softmax", "add_pos"}
     assert all(v.startswith("compiled") for v in ran.values()), ran

@@ -897,7 +897,7 @@ class FastPlan:
             return _Table(op)
         if op.kind == "mul":
             return _Mul(op)
-        if op.kind in ("layernorm", "attention_softmax"):  # (fast/transformer.py)
+        if op.kind in ("layernorm", "attention_softmax", "add_pos"):  # (fast/transformer.py)
             from fixedq.engine.fast.transformer import STEPS
 
             return STEPS[op.kind](op)

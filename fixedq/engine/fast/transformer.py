@@ -1,5 +1,5 @@
-"""Compiled plan steps of the transformer ops: ``layernorm`` (eq. 47) and
-``attention_softmax`` (eq. 30b, Keras ``MultiHeadAttention``).
+"""Compiled plan steps of the transformer ops: ``layernorm`` (eq. 47),
+``attention_softmax`` (eq. 30b, Keras ``MultiHeadAttention``) and ``add_pos`` (eq. 33).
 
 Each step runs :mod:`.transformer_kernels` when it can prove, before the kernel runs, that
 every integer the kernel computes is exactly the reference's (:mod:`fixedq.engine.layernorm`,
@@ -18,6 +18,7 @@ built) and from the input dtype's range or, when that is not enough, the batch's
   int64: 2^62; a crafted ``score_bound`` the inputs exceed keeps the reference), likewise
   ``|p·v| <= Nk·|prob_hi|·max|v_c|`` against ``out_bound``; int32 accumulators below 2^31;
   the score and output products and eq. 39's ``e·2^(f+1) + E`` without int64 wrap.
+- add_pos: ``(max|x| << align + max|pos|) << left < 2^63``.
 
 Example:
     >>> import numpy as np
@@ -79,6 +80,7 @@ def _compiled():
                 variant = dict(scope, ACC_Q=qt, ACC_O=ot)
                 attention[qn, on] = compiled("attention_rows", variant, f"__{qn}_{on}")
         return SimpleNamespace(layernorm_rows=compiled("layernorm_rows", scope),
+                               add_pos_rows=compiled("add_pos_rows", scope),
                                attention_rows=attention)
 
     try:  # on-disk cache next to the module when writable
@@ -285,5 +287,45 @@ class AttentionSoftmaxStep:
         return out
 
 
+class AddPosStep:
+    """``add_pos`` (eq. 33) through :func:`add_pos_rows` when ``pos`` is one ``(T, C)`` table
+    of the input's tokens and channels."""
+
+    def __init__(self, op):
+        self.op = op
+        self.pos = np.ascontiguousarray(np.asarray(op.arrays["pos"], np.int64))
+        self.consts: dict[int, tuple | None] = {}
+        #: what the last batch ran: "compiled" or "reference"
+        self.last = ""
+
+    def _build(self, c: int):
+        r = self.op.arrays
+        align, parts = _vec(r["in_align"], c), _requant_parts(r, c)
+        if parts is None or not _ok_shifts(align):
+            return None
+        return align, parts, narrow_dtype(parts[3], parts[4])
+
+    def __call__(self, xs):
+        x, nb = xs[0], backend()
+        self.last = "reference"
+        if nb is None or x.ndim != 3 or x.size == 0 or self.pos.shape != x.shape[1:]:
+            return _reference(self.op, xs)
+        c = x.shape[-1]
+        if c not in self.consts:
+            self.consts[c] = self._build(c)
+        k = self.consts[c]
+        if k is None:
+            return _reference(self.op, xs)
+        align, parts, dt = k
+        top = max(_channel_max(x, align, False), default=0) + int(np.abs(self.pos).max())
+        if top << int(parts[0].max(initial=0)) >= 2**63:
+            return _reference(self.op, xs)
+        self.last = "compiled"
+        out = np.empty(x.shape, dt)
+        nb.add_pos_rows(np.ascontiguousarray(x), align, self.pos, *parts, out)
+        return out
+
+
 #: op kind -> step class
-STEPS = {"layernorm": LayerNormStep, "attention_softmax": AttentionSoftmaxStep}
+STEPS = {"layernorm": LayerNormStep, "attention_softmax": AttentionSoftmaxStep,
+         "add_pos": AddPosStep}

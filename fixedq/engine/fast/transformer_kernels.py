@@ -1,7 +1,7 @@
 """Loop bodies of the compiled transformer kernels (numba, compiled in :mod:`.transformer`).
 
-Two kernels, each the reference equation in exact integers, one row (token) at a time so that
-every intermediate stays in cache:
+Three kernels, each the reference equation in exact integers, one row (token) at a time so
+that every intermediate stays in cache:
 
 - :func:`layernorm_rows`: eq. 47 (:mod:`fixedq.engine.layernorm`) and its affine. The only
   per-element division, ``z = floor((2·num + r) / (2r))``, is a float64 product by ``1/(2r)``
@@ -14,6 +14,7 @@ every intermediate stays in cache:
   caller proves exact (int32 below 2^31, else int64; blocks of 4 queries share each key and
   value load), the score requantization, the integer softmax of eq. 39 (same float-estimate
   division with an exact correction) and the output requantization fused.
+- :func:`add_pos_rows`: eq. 33, the position embeddings added, rounding shift, clip.
 
 The rounding right shift of eq. 5 is written as in :mod:`.kernels`: with ``left = max(-S, 0)``,
 ``s1 = max(S - 1, 0)`` and ``up = [S > 0]``, ``shift_round(v, S)`` is
@@ -187,3 +188,15 @@ def attention_rows(q, k, v, a0, a1, a2, heads, smult, sleft, ss1, sup, acc_lo, a
                         w = (np.int64(o[r, t]) << oleft[ch]) >> os1[ch]
                         w = (w + oup[ch]) >> oup[ch]
                         out[bi, i0 + r, ch] = min(max(w, olo[ch]), ohi[ch])
+
+
+def add_pos_rows(x, align, pos, left, s1, up, lo, hi, out):
+    """Eq. 33 over ``(B, T, C)`` integers: ``clip(shift_round((x << align_c) + pos[t, c],
+    S_c), lo_c, hi_c)`` (``left/s1/up`` of ``S``)."""
+    b, n, c = x.shape
+    for bi in range(b):
+        for t in range(n):
+            for j in range(c):
+                v = ((np.int64(x[bi, t, j]) << align[j]) + pos[t, j]) << left[j]
+                v = ((v >> s1[j]) + up[j]) >> up[j]
+                out[bi, t, j] = min(max(v, lo[j]), hi[j])
