@@ -16,8 +16,10 @@ pytestmark = pytest.mark.skipif(events.backend() is None, reason="numba not inst
 
 @pytest.fixture
 def always_events(monkeypatch):
-    """The cost model always picks the event kernel (so that it runs on every input)."""
+    """The cost model always picks the scatter event kernel (so that it runs on every input;
+    a dense-type step whose input has no event at all takes the "active" path: const)."""
     monkeypatch.setitem(events.COST_NS, "dense_value", 1e9)
+    monkeypatch.setitem(events.COST_NS, "gather", 1e12)
 
 
 def _reference(model, x, monkeypatch):
@@ -38,7 +40,13 @@ def _check(model, x, monkeypatch, ran="events"):
         assert g.dtype == np.int64
         np.testing.assert_array_equal(g, w)
     if ran is not None:
-        assert {s.last for s in _event_steps(model)} == {ran}
+        kinds = {s.last for s in _event_steps(model)}
+        assert ran in kinds and kinds <= {ran, "active"}
+
+
+def _lanes(x):
+    """The per-channel ``max |x|`` callback of ``EventStep._weights``."""
+    return lambda: np.abs(x.reshape(-1, x.shape[-1]).astype(np.int64)).max(axis=0)
 
 
 def _sparse(rng, shape, lo, hi, zero_frac):
@@ -99,7 +107,7 @@ def test_worst_case_magnitudes(rng_in, align, always_events, monkeypatch):
         if not align and rng_in[1] <= 255:  # 8-bit inputs, |w| = 128: 16-bit products
             step = _event_steps(model)[0]
             xq = model.fast_plan("event").steps[0]([x])
-            assert step._weights(xq, None).dtype == np.int16
+            assert step._weights(xq, _lanes(xq)).dtype == np.int16
 
 
 def test_accumulator_dtype_choice(monkeypatch):
@@ -111,14 +119,15 @@ def test_accumulator_dtype_choice(monkeypatch):
     step = _event_steps(model)[0]
     x = np.array([[1, 1]], np.int16)
     step._bounds.clear()
-    assert step._weights(x, None).dtype == np.int32
+    assert step._weights(x, _lanes(x)).dtype == np.int32
     step.abs_w = np.full_like(step.abs_w, 2**20)
     step._bounds.clear()
-    assert step._weights(x, None).dtype == np.int32          # by the batch (max |x| = 1)
-    assert step._weights(np.array([[2**15 - 1, 0]], np.int16), None).dtype == np.int64
+    assert step._weights(x, _lanes(x)).dtype == np.int32          # by the batch (max |x| = 1)
+    big = np.array([[2**15 - 1, 0]], np.int16)
+    assert step._weights(big, _lanes(big)).dtype == np.int64
     step.abs_w = np.full_like(step.abs_w, 2**50)
     step._bounds.clear()
-    assert step._weights(np.array([[2**15 - 1, 0]], np.int16), None) is None
+    assert step._weights(big, _lanes(big)) is None
 
 
 def test_cost_model_choice(monkeypatch):
@@ -189,3 +198,82 @@ def test_offsets_of_imported_programs(offsets, always_events, monkeypatch):
     _check(model, x, monkeypatch, ran=None)
     step = model.fast_plan("event").steps[2]
     assert isinstance(step, events.EventStep) == (offsets == "per_channel_in")
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_word_rows_skip_zero_words(seed, always_events, monkeypatch):
+    """Input rows whose bytes are a multiple of 8 are scanned as 64-bit words (all-zero
+    words skipped): 8 channels of 8-bit, 4 of 16-bit and 2 of 32-bit values; every range,
+    geometry and pool of the builder; >= 90 % zeros, all-zero frames, one event at every
+    position, every event at the range's ends."""
+    from fixedq.engine.fast import event_kernels
+
+    rng_in = RANGES[seed]
+    c = {1: 8, 2: 4}.get(np.dtype(_dtype_of(rng_in)).itemsize, 2)
+    model, rng, shape, (lo, hi) = _cnn(seed, c_in=c)
+    h, w, _ = shape
+    xq = model.fast_plan("event").steps[0]([np.zeros((1, *shape), np.float32)])
+    assert event_kernels.word_view(xq.reshape(1, h, -1), 1).shape[-1] == w * c * \
+        xq.itemsize // 8
+    for zero_frac in (0.9, 0.99, 1.0):
+        _check(model, _sparse(rng, (3, *shape), lo, hi, zero_frac), monkeypatch)
+    single = np.zeros((h * w * c, *shape), np.float32)
+    for p in range(h * w * c):  # one event at every position and channel
+        single[p, p // (w * c), (p // c) % w, p % c] = hi if p % 2 else max(lo, -hi)
+    _check(model, single, monkeypatch)
+    ends = np.where(rng.random((2, *shape)) < 0.5, float(lo), float(hi)).astype(np.float32)
+    ends[rng.random(ends.shape) < 0.9] = 0.0
+    _check(model, ends, monkeypatch)
+
+
+def _dtype_of(rng_in):
+    from fixedq.engine.fast.plan import narrow_dtype
+
+    return narrow_dtype(np.array([rng_in[0]]), np.array([rng_in[1]]))
+
+
+def test_nonzero_positions_with_and_without_words():
+    """The word scan finds exactly the non-zero positions the element scan finds, in order;
+    rows that are not a multiple of 8 bytes get no word view."""
+    from fixedq.engine.fast import event_kernels as ek
+
+    rng = np.random.default_rng(0)
+    for dtype, size in ((np.uint8, 64), (np.int8, 24), (np.int16, 12), (np.int32, 6)):
+        for frac in (0.0, 0.5, 0.95, 1.0):
+            row = rng.integers(1, 100, size).astype(dtype)
+            row[rng.random(size) < frac] = 0
+            row[-1] = 0 if frac == 1.0 else 7  # an event in the last word's last element
+            words = ek.word_view(row[None], 1)[0]
+            assert words.size == size * row.itemsize // 8
+            got, plain = np.empty(size, np.int64), np.empty(size, np.int64)
+            gs = ek.word_shift(size, words.size)
+            assert 2**gs * row.itemsize == 8
+            n = ek.nonzero_positions(row, 0, size, words, gs, got)
+            m = ek.nonzero_positions(row, 0, size, words, -1, plain)
+            assert n == m and got[:n].tolist() == plain[:m].tolist() == \
+                np.flatnonzero(row).tolist()
+    assert ek.word_view(np.zeros((2, 3, 5), np.uint8), 2).shape == (2, 0)
+    assert ek.word_view(np.zeros((2, 3, 5), np.uint8)[:, :, :4], 1).shape == (2, 3, 0)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_dense_on_active_rows(seed, monkeypatch):
+    """A pointwise dense layer over pixels: the "active" kernel runs the dense step on the
+    rows holding an event only (gathered) and gives every other row requant(0); all-zero
+    batches, single events, rows at the range's ends."""
+    monkeypatch.setitem(events.COST_NS, "dense_value", 1e9)  # the active rows, not scatter
+    rng = np.random.default_rng(seed)
+    rng_in = RANGES[seed]
+    b = Builder(rng, 8, rng_in)
+    t = b.neural("in", "dense", cout=int(rng.integers(1, 9)), huge=seed == 1)
+    model = b.model([t], (4, 5, 8))
+    lo, hi = rng_in
+    x = _sparse(rng, (3, 4, 5, 8), lo, hi, 0.0)
+    x[rng.random((3, 4, 5)) < 0.8] = 0.0  # 80 % of the pixels without any event
+    x[0, 0, 0] = lo
+    x[0, 0, 1] = hi
+    single = np.zeros((2, 4, 5, 8), np.float32)
+    single[1, 3, 4, 7] = hi
+    for xs in (x, single, np.zeros_like(single)):
+        _check(model, xs, monkeypatch, ran=None)
+        assert _event_steps(model)[0].last == "active"

@@ -17,10 +17,10 @@ from fixedq.engine.streaming import StreamingModel
 pytestmark = pytest.mark.skipif(not jit.enabled(), reason="numba not installed")
 
 
-def _program(seed, worst=False):
+def _program(seed, worst=False, c=None):
     """input -> conv-free chain: buffer_conv (full) -> recurrent -> buffer_conv (depthwise)."""
     rng = np.random.default_rng(seed)
-    c, f, k = int(rng.integers(1, 5)), int(rng.integers(1, 7)), int(rng.integers(1, 5))
+    c, f, k = c or int(rng.integers(1, 5)), int(rng.integers(1, 7)), int(rng.integers(1, 5))
     frame = (int(rng.integers(1, 5)), int(rng.integers(1, 5)))
     in_lo, in_hi = [(0, 255), (-128, 127), (-(2**15), 2**15 - 1)][seed % 3]
     ops = [Op("in", "input", [], {}, {"frac": rng.integers(-2, 6, c),
@@ -94,10 +94,19 @@ def test_random_streaming_programs_equal_reference(seed, zero_frac, monkeypatch)
             np.testing.assert_array_equal(g, w)
 
 
-def test_single_events_and_forced_event_kernels(monkeypatch):
+def _force(monkeypatch, kernel):
+    """The event step's kernel: ``"events"`` (the scatter of every event) or ``"active"``
+    (the dense step on the windows holding an event)."""
     from fixedq.engine.fast import events
 
-    monkeypatch.setitem(events.COST_NS, "dense_value", 1e9)  # always the event kernel
+    monkeypatch.setitem(events.COST_NS, "dense_value", 1e9)
+    if kernel == "events":
+        monkeypatch.setitem(events.COST_NS, "gather", 1e12)
+
+
+@pytest.mark.parametrize("kernel", ["events", "active"])
+def test_single_events_and_forced_event_kernels(kernel, monkeypatch):
+    _force(monkeypatch, kernel)
     model, rng, shape, rng_in = _program(3)
     clips = np.zeros((4, 5, *shape), np.float32)
     clips[np.arange(4), np.arange(4), 0, 0, 0] = 50.0  # one event per clip, frames 0..3
@@ -105,7 +114,8 @@ def test_single_events_and_forced_event_kernels(monkeypatch):
     got = model.predict(clips, batch_size=4, output="int", mode="event")
     for w, g in zip(want, got, strict=True):
         np.testing.assert_array_equal(g, w)
-    assert model.fast_plan("event").steps[1].inner.last == "events"
+    counts = model.fast_plan("event").steps[1].inner.counts
+    assert kernel in counts and set(counts) <= {"active", "events"}  # (all-zero: "active")
 
 
 def test_live_steps_keep_state_and_batch_change_resets(monkeypatch):
@@ -160,3 +170,41 @@ def test_cli_run_profile_on_streaming_fqe(tmp_path):
     report = json.loads(out.stdout)
     assert [r["name"] for r in report["profile"]] == [op.name for op in model.ops]
     assert report["frames"] == clips.shape[1]
+
+
+@pytest.mark.parametrize("kernel", ["events", "active"])
+@pytest.mark.parametrize("seed", [0, 1, 2, 5])
+def test_event_windows_of_word_rows(seed, kernel, monkeypatch):
+    """The event step reads the buffer conv's window (N, k, pixels, C) in place, each
+    pixel's channels as 64-bit words (8 channels of 8-bit inputs, 4 of 16-bit): one event
+    per clip at every frame and channel, all-zero frames between them, every weight at -128
+    with inputs at the range's ends (seed 5), and live ``step(mode="event")`` with a
+    batch-size change; both event kernels; every output equals the reference path's."""
+    from fixedq.engine.fast import event_kernels
+
+    _force(monkeypatch, kernel)
+    model, rng, shape, rng_in = _program(seed, worst=seed == 5, c=8 if seed % 3 < 2 else 4)
+    step = model.fast_plan("event").steps[1]
+    k, c = step.k, shape[-1]
+    xq = model.fast_plan("event").steps[0]([np.zeros((1, *shape), np.float32)])
+    assert event_kernels.word_view(np.zeros((1, k, 1, c), xq.dtype), 1).shape[-1] > 0
+    steps = 2 * c + 2
+    single = np.zeros((c, steps, *shape), np.float32)
+    for i in range(c):  # clip i: one event at frame 2i, channel i; the other frames zero
+        single[i, 2 * i, i % shape[0], i % shape[1], i] = rng_in[1] if i % 2 else rng_in[0] or 1
+    worst = _clips(rng, shape, rng_in, 0.9, n=3, big=True)
+    for clips in (np.zeros((2, 3, *shape), np.float32), single, worst):
+        want = _reference(model, clips, monkeypatch)
+        got = model.predict(clips, batch_size=2, output="int", mode="event")
+        for w, g in zip(want, got, strict=True):
+            np.testing.assert_array_equal(g, w)
+    # the forced kernel ran; windows without any event take the "active" path (const only)
+    assert kernel in step.inner.counts and set(step.inner.counts) <= {"active", "events"}
+    model.reset()  # live: batch 3, then batch 1 (a new sequence from zeros)
+    live = [model.step(worst[:, t], output="int", mode="event") for t in range(3)]
+    for j, w in enumerate(_reference(model, worst[:, :3], monkeypatch)):
+        np.testing.assert_array_equal(np.stack([f[j] for f in live], axis=1), w)
+    one = model.step(worst[:1, 0], output="int", mode="event")
+    model.reset()
+    for w, g in zip(one, model.step(worst[:1, 0], output="int"), strict=True):
+        np.testing.assert_array_equal(g, w)

@@ -18,6 +18,14 @@ are the dense path's, bit for bit:
 - the epilogue is the dense step's (same constants, int64 scalar steps), whose no-wrap
   precondition was proven when the plan was built.
 
+Dense-type steps (a dense layer, a buffer conv's window of ``k`` frames:
+:meth:`EventStep.window` reads the window ``(N, k, pixels, C)`` in place) have a second event
+kernel, ``"active"``: the dense step (int8 GEMM) on the windows holding an event only, gathered
+and stacked, and ``requant(0)`` for the others (the rows are independent, so the integers are
+the dense step's). It wins when events cluster in few pixels (a model whose convs have no
+bias keeps an all-zero neighbourhood at zero); the scatter wins when they are few but spread.
+Input rows whose bytes are a multiple of 8 are scanned as 64-bit words, skipping zero words.
+
 Fused max-pooling runs after the requantization, as in the dense step. The kernels run on the
 calling thread (split over the 2 cores of the loaded bench machine, a batch of the TENN bench
 ran 6x slower: every hand-off between threads waited for the OS scheduler).
@@ -57,7 +65,8 @@ INT64_SAFE = 2**62
 #: bench/engine_bench.py's event rows on this machine): the dense conv's work per output
 #: value and per multiply-add (im2col + int8 GEMM + epilogue), the event kernel's per output
 #: value (the ``requant(0)`` fill) and per event synapse (one ``acc += v * w`` row element).
-COST_NS = {"dense_value": 1.5, "dense_mac": 0.03, "event_value": 0.4, "event_mac": 0.25}
+COST_NS = {"dense_value": 1.5, "dense_mac": 0.03, "event_value": 0.4, "event_mac": 0.25,
+           "gather": 0.3}
 
 @lru_cache(maxsize=1)
 def _compiled():
@@ -65,7 +74,8 @@ def _compiled():
         import numba
     except ImportError:  # pragma: no cover - depends on the environment
         return None
-    names = ("conv_events", "dense_events", "count_nonzero")
+    names = ("conv_events", "window_events", "count_nonzero", "active_windows",
+             "gather_windows", "place_rows")
 
     def build(cache):
         return SimpleNamespace(**{n: numba.njit(cache=cache, nogil=True, error_model="numpy")(
@@ -121,21 +131,33 @@ class EventStep:
         self._bounds: dict[str, float] = {}
         self._reach: dict[tuple, tuple] = {}
         self._local = threading.local()
-        #: the kernel of the last call: "events" or "dense"
+        #: the kernel of the last call ("events", "active" or "dense") and calls per kernel
+        self.counts: dict[str, int] = {}
         self.last = None
 
+    @property
+    def last(self):
+        return self._last
+
+    @last.setter
+    def last(self, kernel):
+        self._last = kernel
+        if kernel is not None:
+            self.counts[kernel] = self.counts.get(kernel, 0) + 1
+
     # ------------------------------------------------------------------ choice
-    def _weights(self, x, nb):
-        """Aligned weights in an exact accumulator dtype for ``x``, or ``None``."""
+    def _weights(self, x, lane_max):
+        """Aligned weights in an exact accumulator dtype for ``x``, or ``None``;
+        ``lane_max()``: the batch's largest ``|x|`` per weight row (only when the dtype's
+        range does not prove int32)."""
         key = x.dtype.str
         bound = self._bounds.get(key)
         if bound is None:
             info = np.iinfo(x.dtype)
             top = max(-int(info.min), int(info.max))
             bound = self._bounds[key] = float(self.abs_w.sum(axis=0).max(initial=0)) * top
-        if bound >= INT32_EXACT:  # the batch's own per-channel maxima
-            m = np.abs(x.reshape(-1, x.shape[-1]).astype(np.int64)).max(axis=0)
-            bound = float((self.abs_w * m[:, None]).sum(axis=0).max(initial=0))
+        if bound >= INT32_EXACT:  # the batch's own per-row maxima
+            bound = float((self.abs_w * lane_max()[:, None]).sum(axis=0).max(initial=0))
         if bound < INT32_EXACT and self.k16 is not None and x.dtype in (np.uint8, np.int8) \
                 and self.dense.type == "conv2d":
             return self.k16
@@ -143,9 +165,8 @@ class EventStep:
             return self.k32
         return self.k64 if bound < INT64_SAFE else None
 
-    def _worth(self, x, nnz: int, out_values: int) -> bool:
+    def _worth(self, cin, nnz: int, out_values: int) -> bool:
         c = COST_NS
-        cin = x.shape[-1]
         per_event = self.cout * self.taps / (self._stride_area() if self.dense.type ==
                                              "conv2d" else 1)
         dense = out_values * (c["dense_value"] + self.taps * cin * c["dense_mac"])
@@ -163,30 +184,71 @@ class EventStep:
             self.last = "dense"
             return self.dense(x)
         xc = np.ascontiguousarray(x)
-        nnz = int(nb.count_nonzero(xc.reshape(-1)))
         if self.dense.type == "dense":
-            rows = xc.size // xc.shape[-1]
-            out_values = rows * self.cout
-        else:
-            geo = self.dense._geometry(xc)
-            out_values = xc.shape[0] * geo[4] * geo[5] * self.cout
-        w = self._weights(xc, nb) if self._worth(xc, nnz, out_values) else None
+            y = self.window(xc.reshape(1, 1, -1, xc.shape[-1]))
+            return self.dense(x) if y is None else y.reshape(*x.shape[:-1], self.cout)
+        nnz = int(nb.count_nonzero(xc.reshape(-1)))
+        geo = self.dense._geometry(xc)
+        out_values = xc.shape[0] * geo[4] * geo[5] * self.cout
+        c = xc.shape[-1]
+        w = self._weights(xc, lambda: np.abs(xc.reshape(-1, c).astype(np.int64)).max(
+            axis=0)) if self._worth(c, nnz, out_values) else None
         if w is None:
             self.last = "dense"
             return self.dense(x)
         self.last = "events"
-        if self.dense.type == "dense":
-            return self._dense_events(nb, xc, w)
         return self._conv_events(nb, xc, w, geo)
 
-    def _dense_events(self, nb, x, w):
-        lead = x.shape[:-1]
-        x2 = x.reshape(-1, x.shape[-1])
-        out = np.empty((x2.shape[0], self.cout), self.out_dtype)
+    def window(self, win: np.ndarray) -> np.ndarray | None:
+        """A dense-type step over windows of rows ``win`` ``(n, k, rows, c)`` (weight row
+        ``j*c + f`` for frame ``j``, channel ``f``; see
+        :func:`~fixedq.engine.fast.event_kernels.window_events`): the ``(n*rows, cout)``
+        output integers when an event kernel runs, ``None`` when the cost model or the
+        bounds want the dense step (the caller then runs :attr:`dense` on the stacked rows).
 
-        acc = np.zeros(self.cout, w.dtype)
-        nb.dense_events(x2, w, acc, self.const, *self.rq_args, out)
-        return out.reshape(*lead, self.cout)
+        Two event kernels: the scatter of every event (:attr:`last` ``"events"``), or the
+        dense step on the *active* windows only (``"active"``: the windows holding an event,
+        gathered and stacked; every other window gets ``const``, the dense step's value for
+        an all-zero row), which keeps the int8 GEMM when events cluster in few windows."""
+        nb = backend() if self.ok else None
+        if nb is None or win.dtype.kind not in "iu" or win.size == 0:
+            self.last = "dense"
+            return None
+        win = np.ascontiguousarray(win)
+        n, k, rows, c = win.shape
+        total, cin = n * rows, k * c
+        words = event_kernels.word_view(win, 1)
+        flags = np.empty(total, np.bool_)
+        active = int(nb.active_windows(win, words, flags))
+        cost = COST_NS
+        per_row = cost["dense_value"] + cin * cost["dense_mac"]
+        dense = total * self.cout * per_row
+        gathered = active * (self.cout * per_row + cin * cost["gather"]) + \
+            total * self.cout * cost["event_value"]
+        w = None
+        if active and gathered >= dense:
+            if self._worth(cin, int(nb.count_nonzero(win.reshape(-1))), total * self.cout):
+                w = self._weights(win, lambda: np.abs(win.astype(np.int64)).max(
+                    axis=(0, 2)).reshape(-1))
+            if w is None:
+                self.last = "dense"
+                return None
+        out = np.empty((total, self.cout), self.out_dtype)
+        if w is not None:  # the scatter of every event
+            self.last = "events"
+            acc, mark, touched, _ = self._scratch(rows, w.dtype, False)
+            nb.window_events(win, words, w, acc, mark, touched, self.const, *self.rq_args,
+                             out)
+            return out
+        self.last = "active"
+        y = self.const[None]
+        if active:
+            sel = np.flatnonzero(flags)
+            stacked = np.empty((active, cin), win.dtype)
+            nb.gather_windows(win, sel, stacked)
+            y = np.ascontiguousarray(self.dense(stacked))
+        nb.place_rows(flags, y, self.const, out)
+        return out
 
     def _shape_consts(self, hw, geo):
         """Per input size (cached, at most 4): the reach tables and the pool constants."""
@@ -229,6 +291,8 @@ class EventStep:
         narrow = w.dtype == np.int16
         acc, mark, touched, val = self._scratch(ho * wo, np.int32 if narrow else w.dtype,
                                                 bool(pool[0]))
-        nb.conv_events(x, w, narrow, ri, rj, ho, wo, self.const, *self.rq_args, out, acc, mark,
-                       touched, pool, val)
+        rows = x.reshape(n, x.shape[1], -1)
+        nb.conv_events(rows, event_kernels.word_view(rows, 1), x.shape[-1], w, narrow, ri, rj,
+                       ho, wo, self.const, *self.rq_args, out, acc, mark, touched,
+                       np.empty(rows.shape[-1], np.int64), pool, val)
         return out.reshape(n, ho2, wo2, self.cout)

@@ -6,9 +6,12 @@ The state lives where the reference path keeps it, in the model's ``states`` dic
 - ``buffer_conv``: the FIFO ``(N, k - 1, *frame)`` of the op's last input frames (before the
   alignment ``in_align``; the compiled step keeps them in their narrow dtype). One frame is a
   neural ``dense`` layer over each pixel's window of ``k`` frames, ``(..., k*C) @ (k*C, F)``
-  (eq. 40): the step runs the compiled plan's dense step (int8 GEMM, fused requantization;
-  with ``mode="event"`` its event step) on a synthetic ``dense`` op with the kernel reshaped
-  and the alignment repeated per frame. Depthwise (kernel ``(k, C)``): int64 products summed
+  (eq. 40): the step runs the compiled plan's dense step (int8 GEMM, fused requantization)
+  on a synthetic ``dense`` op with the kernel reshaped and the alignment repeated per frame.
+  With ``mode="event"`` the event step reads the window ``(N, k, pixels, C)`` as it is
+  (:meth:`fixedq.engine.fast.events.EventStep.window`: no stacked copy) and adds each
+  frame's events into the pixel's accumulators, or runs the dense step when its cost model
+  prefers it. Depthwise (kernel ``(k, C)``): int64 products summed
   over the window, then the compiled requantization.
 - ``recurrent``: ``(s_re, s_im)`` int64 arrays, updated by one compiled elementwise kernel
   (:func:`recurrent_rows`, eq. 41 step by step as :func:`fixedq.engine.recurrent.
@@ -135,8 +138,15 @@ class BufferConvStep:
         window = np.concatenate([fifo, x[:, None]], axis=1)  # (N, k, ..., C), oldest first
         states[self.op.name] = window[:, 1:]
         if self.inner is not None:
+            if hasattr(self.inner, "window"):  # event mode: the window's events, in place
+                y = self.inner.window(window.reshape(x.shape[0], self.k, -1, x.shape[-1]))
+                if y is not None:
+                    return y.reshape(*x.shape[:-1], -1)
+                step = self.inner.dense
+            else:
+                step = self.inner
             stacked = np.moveaxis(window, 1, -2).reshape(*x.shape[:-1], -1)  # (..., k*C)
-            return self.inner(stacked)
+            return step(stacked)
         win = aligned_input(self.op, window.astype(np.int64))
         kernel = self.op.arrays["kernel"]
         acc = (win * kernel.reshape((1, self.k) + (1,) * (x.ndim - 2) + (-1,))).sum(axis=1)
