@@ -1,10 +1,11 @@
 """The compiled transformer steps (fixedq/engine/fast/transformer.py) equal the reference
-kernels on every element: ``layernorm`` (eq. 47) and ``attention_softmax`` (eq. 30b) on crafted
-programs at worst-case magnitudes, ties, huge and negative shifts, degenerate rows (constant
-rows, equal or clipped scores, distances past the table, zero tables), both division paths and
-both accumulator widths, and ``add_pos`` (eq. 33); past their proven bounds the steps run the
-reference (and raise where it raises); a quantized Keras model with position embeddings,
-MultiHeadAttention and LayerNormalization is bit-exact through them."""
+kernels on every element: ``layernorm`` (eq. 47), ``madnorm`` (eq. 31), ``attention_softmax``
+(eq. 30b), ``attention`` (eq. 30, shiftmax) and ``add_pos`` (eq. 33) on crafted programs at
+worst-case magnitudes, ties, huge and negative shifts, degenerate rows (constant rows, equal or
+clipped scores, distances past the table, zero tables), both division paths and both
+accumulator widths; past their proven bounds the steps run the reference (and raise where it
+raises); a quantized Keras model with position embeddings, MultiHeadAttention and
+LayerNormalization is bit-exact through them (masks: the quantized attention has none)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ import pytest
 import fixedq
 import fixedq.engine as fe
 from fixedq.engine.fast import jit
-from fixedq.engine.fast.transformer import AddPosStep, AttentionSoftmaxStep, LayerNormStep
+from fixedq.engine.fast.transformer import AddPosStep, AttentionStep, LayerNormStep, MadNormStep
 from fixedq.engine.ops import Op, run_op
 from fixedq.layers.softmax import EXP_BITS, exp_table
+from fixedq.layers.transformers import intops
 
 pytestmark = pytest.mark.skipif(not jit.enabled(), reason="numba (the engine extra) missing")
 
@@ -150,7 +152,7 @@ def test_attention_equals_reference_on_every_shape(b, nq, nk, heads, dq, dv, dty
     one key; int32 accumulators (the bound allows)."""
     rng = np.random.default_rng(nq * 7 + nk)
     op = _att_op(rng, heads, dq, dv, nk, dtypes)
-    step = AttentionSoftmaxStep(op)
+    step = AttentionStep(op)
     _check(step, op, _qkv(rng, b, nq, nk, heads, dq, dv, dtypes))
     if dtypes[2] != "int16":  # (int16 values: int64 P·V from 2^31 on)
         assert step.last == "compiled int32/int32"
@@ -162,7 +164,7 @@ def test_attention_int64_accumulators_past_2_31():
     rng = np.random.default_rng(3)
     dtypes = ("int16", "int16", "int16")
     op = _att_op(rng, 2, 8, 4, 12, dtypes, smult=1, sshift=30, pf=12, out_shift=(20, 40))
-    step = AttentionSoftmaxStep(op)
+    step = AttentionStep(op)
     _check(step, op, _qkv(rng, 2, 12, 12, 2, 8, 4, dtypes))
     assert step.last == "compiled int64/int64"
 
@@ -187,7 +189,7 @@ def test_attention_degenerate_rows(case):
     if case == "equal":
         xs[0][:] = 0
         xs[1][1] = 5
-    _check(AttentionSoftmaxStep(op), op, xs)
+    _check(AttentionStep(op), op, xs)
 
 
 @pytest.mark.parametrize("pf,exact", [(15, True), (26, True), (27, False), (36, False)])
@@ -198,7 +200,7 @@ def test_attention_softmax_division_paths(pf, exact):
     dtypes = ("int8",) * 3
     op = _att_op(rng, 1, 4, 4, 6, dtypes, pf=pf, phi=(1 << min(pf, 30)) - 1,
                  out_shift=(pf, pf + 8), out=(-(2**40), 2**40))
-    step = AttentionSoftmaxStep(op)
+    step = AttentionStep(op)
     xs = _qkv(rng, 4, 5, 6, 1, 4, 4, dtypes)
     _check(step, op, xs)
     assert step._plan(*xs, step.consts[(4, 4)])[1][13] is exact
@@ -211,8 +213,87 @@ def test_attention_crafted_bounds_keep_the_reference():
     rng = np.random.default_rng(9)
     dtypes = ("int16", "int16", "int8")
     op = _att_op(rng, 1, 16, 4, 8, dtypes, bounds=(0, 0), smult=1, sshift=30)
-    _check(AttentionSoftmaxStep(op), op, _qkv(rng, 2, 8, 8, 1, 16, 4, dtypes),
+    _check(AttentionStep(op), op, _qkv(rng, 2, 8, 8, 1, 16, 4, dtypes),
            expect="reference")
+
+
+def _shiftmax_op(rng, heads, dq, dv, nk, dtypes, sf=8, eb=15, pf=8, **kw):
+    """The ``attention`` op (eq. 30, shiftmax) with the constants quantize gives it."""
+    op = _att_op(rng, heads, dq, dv, nk, dtypes, table=intops.exp2_table(sf, eb), pf=pf, **kw)
+    op = Op("att", "attention", op.inputs, dict(op.attrs), op.arrays)
+    op.attrs.update(score_frac=sf, exp_bits=eb, k_max=intops.shiftmax_k_max(nk, eb))
+    return op
+
+
+@pytest.mark.parametrize("b,nq,nk,heads,dq,dv,sf,eb,pf", [
+    (2, 17, 17, 2, 16, 16, 8, 15, 8), (3, 5, 7, 1, 3, 2, 4, 7, 3), (1, 1, 1, 2, 1, 1, 0, 0, 0),
+    (2, 9, 3, 3, 4, 5, 12, 20, 20), (1, 6, 50, 2, 8, 3, 16, 8, 14)])
+def test_shiftmax_attention_equals_reference(b, nq, nk, heads, dq, dv, sf, eb, pf):
+    """Eq. 29 in the kernel: score grids 0-16 bits (tables of 1 to 2^16 entries), exponent
+    sums needing k up to k_max, probabilities shifted left (k < prob_frac) and right."""
+    rng = np.random.default_rng(nq + sf)
+    dtypes = ("int8", "uint8", "int8")
+    op = _shiftmax_op(rng, heads, dq, dv, nk, dtypes, sf=sf, eb=eb, pf=pf)
+    xs = _qkv(rng, b, nq, nk, heads, dq, dv, dtypes)
+    xs[0][0] = 0  # a sample whose scores are all equal
+    _check(AttentionStep(op), op, xs)
+
+
+@pytest.mark.parametrize("case", ["clipped", "negative", "huge_shift"])
+def test_shiftmax_attention_degenerate_rows(case):
+    rng = np.random.default_rng(len(case) + 1)
+    kw = {"clipped": {"acc": 3, "sshift": 2}, "negative": {"smult": -77, "sshift": -2},
+          "huge_shift": {"out_shift": (-3, 62), "out": (-(2**40), 2**40)}}[case]
+    dtypes = ("int8",) * 3
+    op = _shiftmax_op(rng, 2, 4, 4, 10, dtypes, **kw)
+    _check(AttentionStep(op), op, _qkv(rng, 3, 10, 10, 2, 4, 4, dtypes))
+
+
+def test_shiftmax_attention_past_its_bounds_keeps_the_reference():
+    """A table shorter than 2^score_frac (damaged: the reference itself fails), k_max past 29
+    (eq. 29d's 2^(2k+1) past int64): the reference kernel."""
+    rng = np.random.default_rng(2)
+    dtypes = ("int8",) * 3
+    xs = _qkv(rng, 1, 4, 4, 1, 4, 4, dtypes)
+    op = _shiftmax_op(rng, 1, 4, 4, 4, dtypes)
+    op.attrs["k_max"] = 30
+    _check(AttentionStep(op), op, xs, expect="reference")
+    op = _shiftmax_op(rng, 1, 4, 4, 4, dtypes)
+    op.arrays["exp_table"] = op.arrays["exp_table"][:100]
+    step = AttentionStep(op)
+    with pytest.raises(IndexError):
+        step(xs)
+    assert step.last == "reference"
+
+
+# --------------------------------------------------------------------------- madnorm
+
+
+def _mad_op(rng, d, eps=2**10, nf=12, shift=(8, 16), mult=2**8, out=(-128, 127)):
+    op = _ln_op(rng, d, eps=eps, nf=nf, shift=shift, mult=mult, lo=out[0], hi=out[1])
+    return Op("mad", "madnorm", ["x"], op.attrs, op.arrays)
+
+
+@pytest.mark.parametrize("d", [1, 2, 7, 32, 65])
+@pytest.mark.parametrize("dtype", ["int8", "uint8", "int16", "int64"])
+def test_madnorm_equals_reference_at_worst_case_magnitudes(d, dtype):
+    rng = np.random.default_rng(d + 1)
+    op = _mad_op(rng, d, eps=int(rng.choice([0, 1, 2**30])), nf=int(rng.integers(0, 17)),
+                 out=(-(2**15), 2**15 - 1))
+    _check(MadNormStep(op), op, [_worst(rng, (3, 11, d), dtype)])
+
+
+@pytest.mark.parametrize("nf,shift", [(12, (1, 1)), (0, (-3, 0)), (20, (40, 62)), (26, (30, 40)),
+                                      (40, (50, 62))])
+def test_madnorm_ties_shifts_and_both_division_paths(nf, shift):
+    """shift 1 and multiplier +-1: ties; f = 26 at int16 extremes puts the numerators past
+    2^52 (integer division); f = 40 past 2^62 (the reference)."""
+    rng = np.random.default_rng(nf)
+    op = _mad_op(rng, 16, nf=nf, shift=shift, mult=1 if shift == (1, 1) else 2**6,
+                 out=(-(2**40), 2**40))
+    step = MadNormStep(op)
+    _check(step, op, [_worst(rng, (30, 16), "int16")],
+           expect="reference" if nf == 40 else "compiled")
 
 
 # --------------------------------------------------------------------------- add_pos

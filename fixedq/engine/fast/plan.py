@@ -838,6 +838,8 @@ class _Maxpool:
 #: Kinds whose reference kernels keep any integer dtype (pure data movement).
 DTYPE_FREE = ("reshape", "permute", "identity")
 ELEMENTWISE = ("shift", "clip", "affine", "add", "gap", "input")
+#: Kinds with a compiled step in :mod:`fixedq.engine.fast.transformer`.
+TRANSFORMER = ("layernorm", "madnorm", "attention_softmax", "attention", "add_pos")
 #: Stateful kinds (fixedq.engine.streaming.KINDS): their state is in ``model.states``.
 STATEFUL = ("buffer_conv", "recurrent")
 
@@ -897,7 +899,7 @@ class FastPlan:
             return _Table(op)
         if op.kind == "mul":
             return _Mul(op)
-        if op.kind in ("layernorm", "attention_softmax", "add_pos"):  # (fast/transformer.py)
+        if op.kind in TRANSFORMER:  # (fast/transformer.py)
             from fixedq.engine.fast.transformer import STEPS
 
             return STEPS[op.kind](op)

@@ -1,5 +1,6 @@
-"""Compiled plan steps of the transformer ops: ``layernorm`` (eq. 47),
-``attention_softmax`` (eq. 30b, Keras ``MultiHeadAttention``) and ``add_pos`` (eq. 33).
+"""Compiled plan steps of the transformer ops: ``layernorm`` (eq. 47), ``madnorm`` (eq. 31),
+``attention_softmax`` (eq. 30b, Keras ``MultiHeadAttention``), ``attention`` (eq. 30,
+shiftmax) and ``add_pos`` (eq. 33).
 
 Each step runs :mod:`.transformer_kernels` when it can prove, before the kernel runs, that
 every integer the kernel computes is exactly the reference's (:mod:`fixedq.engine.layernorm`,
@@ -17,7 +18,12 @@ built) and from the input dtype's range or, when that is not enough, the batch's
   exact dtype the reference picks from the op's ``score_bound`` (float32: 2^24, float64: 2^53,
   int64: 2^62; a crafted ``score_bound`` the inputs exceed keeps the reference), likewise
   ``|p·v| <= Nk·|prob_hi|·max|v_c|`` against ``out_bound``; int32 accumulators below 2^31;
-  the score and output products and eq. 39's ``e·2^(f+1) + E`` without int64 wrap.
+  the score and output products and eq. 39's ``e·2^(f+1) + E`` without int64 wrap; for
+  shiftmax (eq. 29) ``Nk·max|table| < 2^31`` (the square of eq. 29d's sum), ``k_max <= 29``,
+  ``exp_bits + 2 <= 62``, ``max|table| << prob_frac < 2^62`` and a table of at least
+  ``2^score_frac`` entries.
+- madnorm: ``|c·2D·2^f + den| <= 4D^2·2^f·max|v| + 2D^2·max|v| + eps`` below 2^62 (float
+  estimate below 2^52), ``|z| <= D·2^f + 1`` times the multiplier without wrap.
 - add_pos: ``(max|x| << align + max|pos|) << left < 2^63``.
 
 Example:
@@ -49,7 +55,7 @@ INT64_SAFE = 2**62
 FLOAT_DIV_EXACT = 2**52
 #: limit of every partial sum in the dtype the reference's exact_matmul picks for a bound
 CLASS_LIMIT = {"float32": ref.FLOAT32_EXACT, "float64": ref.FLOAT64_EXACT, "int64": INT64_SAFE}
-HELPERS = ("floor_log2_scalar", "isqrt_scalar")
+HELPERS = ("floor_log2_scalar", "isqrt_scalar", "shiftmax_row")
 ACC = {"int32": np.int32, "int64": np.int64}
 
 
@@ -80,6 +86,7 @@ def _compiled():
                 variant = dict(scope, ACC_Q=qt, ACC_O=ot)
                 attention[qn, on] = compiled("attention_rows", variant, f"__{qn}_{on}")
         return SimpleNamespace(layernorm_rows=compiled("layernorm_rows", scope),
+                               madnorm_rows=compiled("madnorm_rows", scope),
                                add_pos_rows=compiled("add_pos_rows", scope),
                                attention_rows=attention)
 
@@ -201,8 +208,9 @@ class LayerNormStep:
         return out.reshape(x.shape)
 
 
-class AttentionSoftmaxStep:
-    """``attention_softmax`` (eq. 30b) through :func:`attention_rows`."""
+class AttentionStep:
+    """``attention_softmax`` (eq. 30b) and ``attention`` (eq. 30, shiftmax) through
+    :func:`attention_rows`."""
 
     def __init__(self, op):
         a, r = op.attrs, op.arrays
@@ -211,6 +219,10 @@ class AttentionSoftmaxStep:
         self.table = np.ascontiguousarray(np.asarray(r["exp_table"], np.int64).ravel())
         self.smult, sshift = int(a["score_multiplier"]), int(a["score_shift"])
         self.sparts = None
+        self.shiftmax = np.zeros(0, np.int64)
+        if op.kind == "attention":  # eq. 29's constants, checked in _plan
+            self.shiftmax = np.array([int(a["score_frac"]), int(a["exp_bits"]) + 2,
+                                      int(a["k_max"]), int(a["prob_frac"])], np.int64)
         if -62 <= sshift <= 62 and np.asarray(r["exp_table"]).ndim == 1 and self.table.size:
             self.sparts = tuple(int(p[0]) for p in shift_parts(np.array([sshift]), 1))
         self.acc = (int(a["acc_lo"]), int(a["acc_hi"]))
@@ -254,12 +266,19 @@ class AttentionSoftmaxStep:
         tmax = int(np.abs(self.table).max())
         nk, pf1 = k.shape[1], 1 << (self.pf + 1)
         num = tmax * pf1 + nk * tmax
+        if self.shiftmax.size:
+            sf, eb2, kmax, pfrac = (int(t) for t in self.shiftmax)
+            if nk * tmax >= INT32_EXACT or kmax > 29 or eb2 > 62 or sf > 24 or \
+                    self.table.size < (1 << sf) or tmax << pfrac >= INT64_SAFE:
+                return None
+            num = 0  # (no division)
         if sprod >= 2**63 or 2 * sabs >= 2**63 or num >= INT64_SAFE or any(
                 obound << int(s) >= 2**63 for s in oleft):
             return None
         acc = tuple("int32" if bound < INT32_EXACT else "int64" for bound in (score, obound))
         return acc, (a0, a1, a2, self.heads, self.smult, sleft, ss1, sup, lo, hi, self.table,
-                     pf1, self.phi, num < FLOAT_DIV_EXACT, oleft, os1, oup, olo, ohi)
+                     pf1, self.phi, num < FLOAT_DIV_EXACT, self.shiftmax, oleft, os1, oup,
+                     olo, ohi)
 
     def __call__(self, xs):
         nb = backend()
@@ -285,6 +304,55 @@ class AttentionSoftmaxStep:
         nb.attention_rows[acc](np.ascontiguousarray(q), np.ascontiguousarray(k),
                                np.ascontiguousarray(v), *args, out)
         return out
+
+
+class MadNormStep:
+    """``madnorm`` (eq. 31 and its affine) through :func:`madnorm_rows`."""
+
+    def __init__(self, op):
+        self.op = op
+        self.consts: dict[int, tuple | None] = {}
+        #: what the last batch ran: "compiled" or "reference"
+        self.last = ""
+
+    def _build(self, d: int):
+        a, r = self.op.attrs, self.op.arrays
+        align, mult, offset = (_vec(r[k], d) for k in ("in_align", "multiplier", "offset"))
+        parts = _requant_parts(r, d)
+        eps, nf = int(a["eps_int"]), int(a["norm_frac"])
+        if parts is None or mult is None or offset is None or not _ok_shifts(align) \
+                or eps < 0 or not 0 <= nf <= 62:
+            return None
+        zmax = d * (1 << nf) + 1  # |z| at most this
+        if any((zmax * abs(int(m)) + abs(int(o))) << int(s) >= 2**63
+               for m, o, s in zip(mult, offset, parts[0], strict=True)):
+            return None
+        return align, eps, nf, mult, offset, parts, narrow_dtype(parts[3], parts[4])
+
+    def __call__(self, xs):
+        x, nb = xs[0], backend()
+        self.last = "reference"
+        if nb is None or x.ndim < 2 or x.size == 0:
+            return _reference(self.op, xs)
+        d = x.shape[-1]
+        if d not in self.consts:
+            self.consts[d] = self._build(d)
+        k = self.consts[d]
+        if k is None:
+            return _reference(self.op, xs)
+        align, eps, nf, mult, offset, parts, dt = k
+        for batch in (False, True):
+            top = max(_channel_max(x, align, batch), default=0)
+            num = 4 * d * d * (1 << nf) * top + 2 * d * d * top + eps
+            if num < INT64_SAFE or _dtype_absmax(x.dtype) is None:
+                break
+        if num >= INT64_SAFE:
+            return _reference(self.op, xs)
+        self.last = "compiled"
+        rows = np.ascontiguousarray(x).reshape(-1, d)
+        out = np.empty(rows.shape, dt)
+        nb.madnorm_rows(rows, align, eps, nf, mult, offset, *parts, num < FLOAT_DIV_EXACT, out)
+        return out.reshape(x.shape)
 
 
 class AddPosStep:
@@ -327,5 +395,5 @@ class AddPosStep:
 
 
 #: op kind -> step class
-STEPS = {"layernorm": LayerNormStep, "attention_softmax": AttentionSoftmaxStep,
-         "add_pos": AddPosStep}
+STEPS = {"layernorm": LayerNormStep, "madnorm": MadNormStep, "attention_softmax": AttentionStep,
+         "attention": AttentionStep, "add_pos": AddPosStep}

@@ -1,6 +1,6 @@
 """Loop bodies of the compiled transformer kernels (numba, compiled in :mod:`.transformer`).
 
-Three kernels, each the reference equation in exact integers, one row (token) at a time so
+Four kernels, each the reference equation in exact integers, one row (token) at a time so
 that every intermediate stays in cache:
 
 - :func:`layernorm_rows`: eq. 47 (:mod:`fixedq.engine.layernorm`) and its affine. The only
@@ -14,6 +14,9 @@ that every intermediate stays in cache:
   caller proves exact (int32 below 2^31, else int64; blocks of 4 queries share each key and
   value load), the score requantization, the integer softmax of eq. 39 (same float-estimate
   division with an exact correction) and the output requantization fused.
+  The ``attention`` op (eq. 30, shiftmax probabilities of eq. 29) runs the same kernel with
+  :func:`shiftmax_row` in place of eq. 39.
+- :func:`madnorm_rows`: eq. 31 (layer MAD normalization), the same division scheme.
 - :func:`add_pos_rows`: eq. 33, the position embeddings added, rounding shift, clip.
 
 The rounding right shift of eq. 5 is written as in :mod:`.kernels`: with ``left = max(-S, 0)``,
@@ -103,16 +106,51 @@ def layernorm_rows(x, align, eps, norm_frac, mult, offset, left, s1, up, lo, hi,
             out[r, j] = min(max(v, lo[j]), hi[j])
 
 
+def shiftmax_row(s, m, table, sm, phi, p):
+    """Eq. 29 of one row of scores ``s`` (int64, overwritten) with maximum ``m`` into ``p``:
+    ``d = s - m``, ``q = floor(d / 2^f)``, ``e = shift_round(table[d - q·2^f], min(-q,
+    E + 2))``, ``k = round(log2 sum e)`` (eq. 29d, up to ``k_max``), ``p = clip(shift_round(e,
+    k - prob_frac), 0, phi)``; ``sm = (f, E + 2, k_max, prob_frac)``."""
+    sf, eb2, kmax, pfrac = sm[0], sm[1], sm[2], sm[3]
+    total = np.int64(0)
+    for j in range(s.shape[0]):
+        d = s[j] - m
+        qd = d >> sf
+        sh = min(-qd, eb2)
+        t = table[d - (qd << sf)]
+        if sh > 0:
+            t = ((t >> (sh - 1)) + 1) >> 1
+        s[j] = t
+        total += t
+    k = np.int64(0)
+    for i in range(1, kmax + 1):
+        if total >= (np.int64(1) << i):
+            k += 1
+    if total * total >= (np.int64(1) << (2 * k + 1)):
+        k += 1
+    sh = k - pfrac
+    for j in range(s.shape[0]):
+        t = s[j]
+        if sh > 0:
+            t = ((t >> (sh - 1)) + 1) >> 1
+        elif sh < 0:
+            t = t << -sh
+        p[j] = min(max(t, np.int64(0)), phi)
+
+
 def attention_rows(q, k, v, a0, a1, a2, heads, smult, sleft, ss1, sup, acc_lo, acc_hi, table,
-                   pf1, phi, exact, oleft, os1, oup, olo, ohi, out):
+                   pf1, phi, exact, shiftmax, oleft, os1, oup, olo, ohi, out):
     """Eq. 30b of ``(B, Nq, Cq)`` queries, ``(B, Nk, Cq)`` keys and ``(B, Nk, Cv)`` values
     (``heads`` heads; channels aligned by ``a0/a1/a2``): per sample, head and query the
     scores ``q·k`` (accumulated in ``ACC_Q``), ``s = clip(shift_round(score·M, S), acc_lo,
     acc_hi)``, eq. 39's ``p = clip(floor((e·2^(f+1) + E) / 2E), 0, phi)`` with
     ``e = table[min(max s - s, len - 1)]``, ``E = max(sum e, 1)`` (``pf1 = 2^(f+1)``), then
     ``o = p·v`` (in ``ACC_O``) and ``out = clip(shift_round(o, S_c), lo_c, hi_c)``.
-    ``exact``: the float-estimate division of eq. 39 is proven exact. Queries run in blocks
-    of :data:`BLOCK` (a short last block repeats its last query, not written twice)."""
+    ``exact``: the float-estimate division of eq. 39 is proven exact. ``shiftmax`` (eq. 30,
+    the ``attention`` op): the probabilities are :func:`shiftmax_row`'s instead, with
+    ``shiftmax = (score_frac, exp_bits + 2, k_max, prob_frac)`` (a length-4 array; empty
+    for eq. 39). Queries run in blocks of :data:`BLOCK` (a short last block repeats its last
+    query, not written twice)."""
     b, nq, cq = q.shape
     nk, cv = k.shape[1], v.shape[2]
     dq, dv = cq // heads, cv // heads
@@ -154,6 +192,9 @@ def attention_rows(q, k, v, a0, a1, a2, heads, smult, sleft, ss1, sup, acc_lo, a
                         s = min(max((s + sup) >> sup, acc_lo), acc_hi)
                         e[j] = s
                         m = max(m, s)
+                    if shiftmax.shape[0]:
+                        shiftmax_row(e, m, table, shiftmax, phi, p[r])
+                        continue
                     total = np.int64(0)
                     for j in range(nk):
                         ev = table[min(m - e[j], top)]
@@ -200,3 +241,41 @@ def add_pos_rows(x, align, pos, left, s1, up, lo, hi, out):
                 v = ((np.int64(x[bi, t, j]) << align[j]) + pos[t, j]) << left[j]
                 v = ((v >> s1[j]) + up[j]) >> up[j]
                 out[bi, t, j] = min(max(v, lo[j]), hi[j])
+
+
+def madnorm_rows(x, align, eps, norm_frac, mult, offset, left, s1, up, lo, hi, exact, out):
+    """Eq. 31 (layer MAD normalization) over the last axis of ``(rows, D)`` integers:
+    ``c = D·v - sum v``, ``den = max(sum |c| + eps, 1)``, ``z = floor((c·(2D << f) + den) /
+    2·den)``, then ``clip(shift_round(z·M + O, S), lo, hi)`` per channel. ``exact``: the
+    float-estimate division is proven exact (numerators below 2^52)."""
+    rows, d = x.shape
+    c = np.empty(d, np.int64)
+    dd = np.int64(d)
+    scale = (2 * dd) << norm_frac
+    for r in range(rows):
+        s = np.int64(0)
+        for j in range(d):
+            v = np.int64(x[r, j]) << align[j]
+            c[j] = v
+            s += v
+        den = np.int64(0)
+        for j in range(d):
+            cj = dd * c[j] - s
+            c[j] = cj
+            den += abs(cj)
+        den = max(den + eps, np.int64(1))
+        den2 = 2 * den
+        if exact:  # floor(num / den2) from a float64 estimate, corrected once
+            inv = 1.0 / np.float64(den2)
+            for j in range(d):
+                num = c[j] * scale + den
+                z = np.int64(np.floor(np.float64(num) * inv))
+                rem = num - z * den2
+                c[j] = z + np.int64(rem >= den2) - np.int64(rem < 0)
+        else:
+            for j in range(d):
+                c[j] = (c[j] * scale + den) // den2
+        for j in range(d):
+            v = ((c[j] * mult[j] + offset[j]) << left[j]) >> s1[j]
+            v = (v + up[j]) >> up[j]
+            out[r, j] = min(max(v, lo[j]), hi[j])
