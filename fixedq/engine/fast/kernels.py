@@ -345,24 +345,25 @@ def depthwise_rows(x, xoff, k, accz, sh, sw, dh, dw, pt, pl, ho, wo, bias, clip_
     kh, kw = k.shape[0], k.shape[1]
     m, left, s1, up, r2, lo, hi, post = q[0], q[1], q[2], q[3], q[4], q[5], q[6], q[7]
     buf = np.empty(c, np.int64)
+    acc = np.empty(c, dtype=accz.dtype)  # one output pixel's sums (stays in L1)
     for row in range(n * ho):
         b0 = row // ho
         i = row % ho
-        acc = np.zeros((wo, c), dtype=accz.dtype)
-        for a in range(kh):
-            ih = i * sh - pt + a * dh
-            if ih < 0 or ih >= h:
-                continue
-            for j in range(wo):
+        for j in range(wo):
+            for t in range(c):
+                acc[t] = 0
+            for a in range(kh):
+                ih = i * sh - pt + a * dh
+                if ih < 0 or ih >= h:
+                    continue
                 for b in range(kw):
                     iw = j * sw - pl + b * dw
                     if iw < 0 or iw >= w:
                         continue
                     for t in range(c):
-                        acc[j, t] += (x[b0, ih, iw, t] + xoff) * k[a, b, t]
-        for j in range(wo):
+                        acc[t] += (x[b0, ih, iw, t] + xoff) * k[a, b, t]
             for t in range(c):
-                v = np.int64(acc[j, t]) + bias[t]
+                v = np.int64(acc[t]) + bias[t]
                 if clip_acc:
                     v = min(max(v, acc_lo), acc_hi)
                 buf[t] = requant_value(v, t, m, left, s1, up, r2, lo, hi, post, sc, rule)
