@@ -64,9 +64,12 @@ INT64_SAFE = 2**62
 #: Rough costs (ns per output value or per synapse, one core, measured with
 #: bench/engine_bench.py's event rows on this machine): the dense conv's work per output
 #: value and per multiply-add (im2col + int8 GEMM + epilogue), the event kernel's per output
-#: value (the ``requant(0)`` fill) and per event synapse (one ``acc += v * w`` row element).
+#: value (the ``requant(0)`` fill) and per event synapse (one ``acc += v * w`` row element);
+#: per input element gathered for the "active" kernel; the event path's fixed cost per call
+#: (its scans and Python steps: a step whose dense estimate is below it runs dense without
+#: scanning, e.g. most steps of a live batch-1 frame).
 COST_NS = {"dense_value": 1.5, "dense_mac": 0.03, "event_value": 0.4, "event_mac": 0.25,
-           "gather": 0.3}
+           "gather": 0.3, "event_call": 15000.0}
 
 @lru_cache(maxsize=1)
 def _compiled():
@@ -169,9 +172,16 @@ class EventStep:
         c = COST_NS
         per_event = self.cout * self.taps / (self._stride_area() if self.dense.type ==
                                              "conv2d" else 1)
-        dense = out_values * (c["dense_value"] + self.taps * cin * c["dense_mac"])
-        event = out_values * c["event_value"] + nnz * per_event * c["event_mac"]
+        dense = self._dense_ns(cin, out_values)
+        event = c["event_call"] + out_values * c["event_value"] + \
+            nnz * per_event * c["event_mac"]
         return event < dense
+
+    def _dense_ns(self, cin, out_values: int) -> float:
+        """The cost model's dense estimate (ns) for ``out_values`` outputs of ``cin``
+        channels."""
+        c = COST_NS
+        return out_values * (c["dense_value"] + self.taps * cin * c["dense_mac"])
 
     def _stride_area(self) -> int:
         s = self.op.attrs["strides"]
@@ -187,10 +197,13 @@ class EventStep:
         if self.dense.type == "dense":
             y = self.window(xc.reshape(1, 1, -1, xc.shape[-1]))
             return self.dense(x) if y is None else y.reshape(*x.shape[:-1], self.cout)
-        nnz = int(nb.count_nonzero(xc.reshape(-1)))
         geo = self.dense._geometry(xc)
         out_values = xc.shape[0] * geo[4] * geo[5] * self.cout
         c = xc.shape[-1]
+        if self._dense_ns(c, out_values) <= COST_NS["event_call"]:  # too small to scan
+            self.last = "dense"
+            return self.dense(x)
+        nnz = int(nb.count_nonzero(xc.reshape(-1)))
         w = self._weights(xc, lambda: np.abs(xc.reshape(-1, c).astype(np.int64)).max(
             axis=0)) if self._worth(c, nnz, out_values) else None
         if w is None:
@@ -217,14 +230,17 @@ class EventStep:
         win = np.ascontiguousarray(win)
         n, k, rows, c = win.shape
         total, cin = n * rows, k * c
-        words = event_kernels.word_view(win, 1)
-        flags = np.empty(total, np.bool_)
-        active = int(nb.active_windows(win, words, flags))
         cost = COST_NS
         per_row = cost["dense_value"] + cin * cost["dense_mac"]
         dense = total * self.cout * per_row
-        gathered = active * (self.cout * per_row + cin * cost["gather"]) + \
-            total * self.cout * cost["event_value"]
+        if dense <= cost["event_call"]:  # too small to scan
+            self.last = "dense"
+            return None
+        words = event_kernels.word_view(win, 1)
+        flags = np.empty(total, np.bool_)
+        active = int(nb.active_windows(win, words, flags))
+        gathered = cost["event_call"] + active * (self.cout * per_row + cin * cost["gather"]) \
+            + total * self.cout * cost["event_value"]
         w = None
         if active and gathered >= dense:
             if self._worth(cin, int(nb.count_nonzero(win.reshape(-1))), total * self.cout):
