@@ -339,3 +339,68 @@ def blas_one_thread():
     except ImportError:
         return None
     return threadpool_limits(limits=1, user_api="blas")
+
+
+# --------------------------------------------------------------------------- TENN
+
+
+def tenn_clip_model(keras, steps: int = 8, bias: bool = True):
+    """The TENN bench/tutorial clip model over event clips ``(N, steps, 16, 16, 2)``: (1,3,3)
+    Conv3D /2 -> causal (3,1,1) Conv3D -> (1,3,3) Conv3D /2 -> causal PleiadesLayer (4,1,1)
+    -> per-frame GAP -> Dense 10; ``bias=False``: the four convs without bias (an all-zero
+    neighbourhood then stays exactly zero)."""
+    from fixedq.layers.temporal import PleiadesLayer
+
+    L = keras.layers
+
+    def causal(k):
+        return L.ZeroPadding3D(((k - 1, 0), (0, 0), (0, 0)))
+
+    x = keras.Input((steps, 16, 16, 2))
+    y = L.Conv3D(16, (1, 3, 3), strides=(1, 2, 2), padding="same", name="spatial1",
+                 use_bias=bias)(x)
+    y = L.ReLU(name="relu1")(y)
+    y = L.Conv3D(16, (3, 1, 1), name="temporal1", use_bias=bias)(causal(3)(y))
+    y = L.ReLU(name="relu2")(y)
+    y = L.Conv3D(32, (1, 3, 3), strides=(1, 2, 2), padding="same", name="spatial2",
+                 use_bias=bias)(y)
+    y = L.ReLU(name="relu3")(y)
+    y = PleiadesLayer(32, (4, 1, 1), degrees=2, name="pleiades", use_bias=bias)(causal(4)(y))
+    y = L.ReLU()(y)
+    y = L.TimeDistributed(L.GlobalAveragePooling2D(), name="pool")(y)
+    y = L.TimeDistributed(L.Dense(10), name="classes")(y)
+    return keras.Model(x, y, name="tenn")
+
+
+def hoyer_density(keras, weight: float):
+    """An activity regularizer: ``weight * (sum |a|)^2 / (n * sum a^2)`` per clip, the Hoyer
+    measure scaled to ``[1/n, 1]`` (the fraction of non-zeros when they are equal);
+    scale-invariant, unlike L1 on activations (which a ReLU network meets by shrinking every
+    activation, then by killing every unit)."""
+    ops = keras.ops
+
+    class HoyerDensity(keras.regularizers.Regularizer):
+        def __call__(self, a):
+            a = ops.reshape(ops.abs(a), (ops.shape(a)[0], -1))
+            n = ops.cast(ops.shape(a)[1], a.dtype)
+            return weight * ops.sum(ops.square(ops.sum(a, 1)) / (
+                n * ops.sum(ops.square(a), 1) + 1e-6))
+
+        def get_config(self):
+            return {}
+
+    return HoyerDensity()
+
+
+def sparsity_finetune(keras, model, regularizer, x, y, epochs: int, lr: float = 1e-3):
+    """``model`` (a :func:`tenn_clip_model`) fine-tuned in place with ``regularizer`` on the
+    three ReLUs that feed a conv; the regularizer is removed afterwards (training only)."""
+    relus = [model.get_layer(n) for n in ("relu1", "relu2", "relu3")]
+    for layer in relus:
+        layer.activity_regularizer = regularizer
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile(keras.optimizers.Adam(lr), loss)
+    model.fit(x, y, epochs=epochs, batch_size=64, verbose=0)
+    for layer in relus:
+        layer.activity_regularizer = None
+    return model
