@@ -65,11 +65,13 @@ INT64_SAFE = 2**62
 #: bench/engine_bench.py's event rows on this machine): the dense conv's work per output
 #: value and per multiply-add (im2col + int8 GEMM + epilogue), the event kernel's per output
 #: value (the ``requant(0)`` fill) and per event synapse (one ``acc += v * w`` row element);
-#: per input element gathered for the "active" kernel; the event path's fixed cost per call
+#: per input element gathered for the "active" kernel; per event of a dense-type step's rows
+#: (its branch: ~8 ns per event of 16 outputs measured on the TENN buffer convs, not the
+#: 4 ns the multiply-adds alone predict); the event path's fixed cost per call
 #: (its scans and Python steps: a step whose dense estimate is below it runs dense without
 #: scanning, e.g. most steps of a live batch-1 frame).
 COST_NS = {"dense_value": 1.5, "dense_mac": 0.03, "event_value": 0.4, "event_mac": 0.25,
-           "gather": 0.3, "event_call": 15000.0}
+           "gather": 0.3, "event_call": 15000.0, "row_event": 5.0}
 
 @lru_cache(maxsize=1)
 def _compiled():
@@ -168,13 +170,13 @@ class EventStep:
             return self.k32
         return self.k64 if bound < INT64_SAFE else None
 
-    def _worth(self, cin, nnz: int, out_values: int) -> bool:
+    def _worth(self, cin, nnz: int, out_values: int, extra: float = 0.0) -> bool:
         c = COST_NS
         per_event = self.cout * self.taps / (self._stride_area() if self.dense.type ==
                                              "conv2d" else 1)
         dense = self._dense_ns(cin, out_values)
         event = c["event_call"] + out_values * c["event_value"] + \
-            nnz * per_event * c["event_mac"]
+            nnz * per_event * c["event_mac"] + extra
         return event < dense
 
     def _dense_ns(self, cin, out_values: int) -> float:
@@ -243,7 +245,8 @@ class EventStep:
             + total * self.cout * cost["event_value"]
         w = None
         if active and gathered >= dense:
-            if self._worth(cin, int(nb.count_nonzero(win.reshape(-1))), total * self.cout):
+            nnz = int(nb.count_nonzero(win.reshape(-1)))
+            if self._worth(cin, nnz, total * self.cout, nnz * cost["row_event"]):
                 w = self._weights(win, lambda: np.abs(win.astype(np.int64)).max(
                     axis=(0, 2)).reshape(-1))
             if w is None:
