@@ -301,8 +301,12 @@ class AttentionStep:
         acc, args = got
         self.last = f"compiled {acc[0]}/{acc[1]}"
         out = np.empty((q.shape[0], q.shape[1], v.shape[2]), narrow_dtype(args[-2], args[-1]))
-        nb.attention_rows[acc](np.ascontiguousarray(q), np.ascontiguousarray(k),
-                               np.ascontiguousarray(v), *args, out)
+        # one input dtype for the kernel (int16, else int64): fewer compiled variants, at the
+        # price of a copy of the (small) inputs
+        dt = np.int16 if all(t.dtype.kind in "iu" and t.dtype.itemsize <= 2 and
+                             t.dtype != np.uint16 for t in xs) else np.int64
+        q, k, v = (np.ascontiguousarray(t, dtype=dt) for t in xs)
+        nb.attention_rows[acc](q, k, v, *args, out)
         return out
 
 
