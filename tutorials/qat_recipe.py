@@ -84,7 +84,7 @@ print(f"fixedq.qat + teacher: {accuracy(distilled, x_test, y_test):.1f} % (peak 
 assert d_history.distill == 0.5 and d_history.best_metric >= d_history.start_metric
 assert d_history.peak_lr <= 2e-3
 
-# 3c. optional (bench/studies/qat_lr_study.md: better on 2 of 3 models, worse on one): layers
+# 3c. optional (bench/studies/qat_lr_study.md: better on 3 of 5 models, worse on 2): layers
 #     with at most 4-bit weights at 3x the learning rate of the others (the 8-bit first layer)
 print(f"4-bit layers: {low_bit_layers(qmodel)}")
 scaled, s_history = fixedq.qat(qmodel, (x_fit, y_fit), validation=(x_val, y_val),

@@ -312,8 +312,9 @@ CONCLUSION = """
   2.5x its float's peak of 2e-3. So the float's peak is used as an **upper bound** (the
   range test's peak is capped at it when `teacher=` has a known optimizer), not as the value.
 - **4-bit layers at 3x** (`low_bit_lr_scale=3`, at 3e-4): better than 3e-4 and 1e-3 for all
-  layers on sep_cnn and mobilenet_like, worse on kws_ds_cnn, and not measured at the rule's
-  learning rate: kept as an option, default 1.
+  layers on sep_cnn and mobilenet_like, worse on kws_ds_cnn; with the later rows better than
+  3e-4 on MobileNetV2 0.35 (+20.5 vs +18.5), worse on ds_cnn (+0.83 vs +1.00): 3 of 5 better,
+  and not measured at the rule's learning rate: kept as an option, default 1.
 - **ds_cnn and MobileNetV2 0.35 rows** (added with the collapse guard): on ds_cnn the rule
   gives 1.8e-3 (the probe never passes 4x its start) and 3e-3 is the best grid point, as on the
   other bench CNNs. On MobileNetV2 0.35 the picture turns: 1e-3 is best (+20.7), 3e-4 +18.5,
