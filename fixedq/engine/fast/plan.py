@@ -796,7 +796,7 @@ class _Mul:
         lo, hi = _vec(r["out_lo"], c), _vec(r["out_hi"], c)
         if parts is None or lo is None or hi is None:
             return None
-        return (*parts, lo, hi)
+        return (*parts, lo, hi, narrow_dtype(lo, hi))
 
     def __call__(self, xs):
         nb = _backend()
@@ -817,8 +817,8 @@ class _Mul:
         n, c = a.shape[0], a.shape[-1]
         a3 = np.ascontiguousarray(a).reshape(n, -1, c)
         b3 = np.ascontiguousarray(b).reshape(n, -1, c)
-        left, s1, up, lo, hi = consts
-        out = np.empty(a3.shape, narrow_dtype(lo, hi))
+        left, s1, up, lo, hi, dt = consts
+        out = np.empty(a3.shape, dt)
         nb.mul_rows(a3, b3, left, s1, up, lo, hi, out)
         return out.reshape(a.shape)
 
