@@ -14,6 +14,11 @@ from fixedq.layers.neural import QuantizedConv2D, QuantizedDepthwiseConv2D
 from fixedq.layers.quantizers import Dequantizer
 
 
+def snr_db(got, want):
+    """Signal-to-noise ratio of ``got`` against ``want`` in dB (the whole batch)."""
+    return 10.0 * np.log10(np.sum(want**2) / np.sum((got - want) ** 2))
+
+
 def accuracy(model, x, y):
     return float(np.mean(np.argmax(model.predict(x, verbose=0), axis=1) == y))
 
@@ -125,6 +130,7 @@ def test_no_samples_warns(trained_cnn):
 
 
 def test_unsupported_layer_gets_dequantizer(digits):
+    keras.utils.set_random_seed(0)
     x = keras.Input((8, 8, 1), name="img")
     h = keras.layers.Conv2D(4, 3, name="conv")(x)
     h = keras.layers.ReLU(name="relu")(h)
@@ -136,8 +142,11 @@ def test_unsupported_layer_gets_dequantizer(digits):
     kinds = [type(ly).__name__ for ly in q.layers]
     assert kinds == ["InputLayer", "InputQuantizer", "QuantizedConv2D", "Dequantizer",
                      "UnitNormalization", "Flatten", "Dense"]
-    y = q.predict(digits[0][:8], verbose=0)
-    np.testing.assert_allclose(y, model.predict(digits[0][:8], verbose=0), atol=0.1)
+    # 8-bit error through a UnitNormalization (which amplifies it on near-zero rows): random
+    # initializations measured 19.5-42.4 dB over seeds 0-7 (a broken quantizer: ~0 dB); one
+    # element alone is no bound (0.18 off on one near-zero row with another initialization)
+    got, want = q.predict(digits[0][:8], verbose=0), model.predict(digits[0][:8], verbose=0)
+    assert snr_db(got, want) > 15.0
 
 
 @pytest.mark.parametrize("samples, match", [
@@ -217,6 +226,7 @@ def test_qat_fit_improves_4bit_and_reloads(trained_cnn, digits, tmp_path):
 def test_quantize_accepts_live_tf_keras_model(digits):
     import tf_keras
 
+    tf_keras.utils.set_random_seed(0)  # tf-keras' initializers (conftest seeds Keras 3)
     x = digits[0][:128]
     inp = tf_keras.Input((8, 8, 1))
     h = tf_keras.layers.DepthwiseConv2D(3, padding="same")(inp)
@@ -229,5 +239,6 @@ def test_quantize_accepts_live_tf_keras_model(digits):
     assert isinstance(q, keras.Model)
     assert {"QuantizedDepthwiseConv2D", "QuantizedConv2D", "QuantizedDense"} <= {
         type(ly).__name__ for ly in q.layers}
-    np.testing.assert_allclose(q.predict(x, verbose=0), legacy.predict(x, verbose=0),
-                               atol=0.05 * np.abs(legacy.predict(x, verbose=0)).max())
+    # untrained, so tiny outputs: 8-bit error measured 24.6-42.2 dB over seeds 0-7 (a broken
+    # quantizer: ~0 dB); an elementwise bound failed on 2 of 512 elements in one full-suite run
+    assert snr_db(q.predict(x, verbose=0), legacy.predict(x, verbose=0)) > 20.0
