@@ -1,4 +1,4 @@
-"""Every docstring example of ``fixedq`` and ``fixedq_cli`` runs (part of the README's test command).
+"""Every docstring example of ``fixedq`` and ``fixedq_cli`` runs (in the README's test command).
 
 One test per module: the module is imported (so a module that cannot be imported fails here
 too) and its doctests run with :mod:`doctest`. A module without examples still gets its import
