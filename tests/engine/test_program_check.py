@@ -23,7 +23,7 @@ def _tflite(path) -> None:
     """conv+relu -> depthwise+relu6 -> add -> mean -> dense, full-integer int8 I/O."""
     tfk.utils.set_random_seed(5)
     inp = tfk.Input((10, 10, 3))
-    x = tfk.layers.Conv2D(8, 3, padding="same", activation="relu")(inp)
+    x = tfk.layers.Conv2D(8, 3, padding="same", activation="relu", name="conv2d")(inp)
     y = tfk.layers.DepthwiseConv2D(3, padding="same", activation="relu6")(x)
     z = tfk.layers.GlobalAveragePooling2D()(tfk.layers.Add()([x, y]))
     model = tfk.Model(inp, tfk.layers.Dense(4)(z))
