@@ -305,3 +305,78 @@ def test_small_steps_run_dense_without_scanning(monkeypatch):
     monkeypatch.setitem(events.COST_NS, "dense_value", 1e9)
     _check(model, x, monkeypatch)
     assert "count_nonzero" in scans
+
+
+def _scan_spy(monkeypatch):
+    """The event kernels with ``count_nonzero`` and ``active_windows`` counted (the scans)."""
+    from types import SimpleNamespace
+
+    nb = events.backend()
+    scans = []
+
+    def counted(name):
+        def run(*args):
+            scans.append(name)
+            return getattr(nb, name)(*args)
+        return run
+
+    spy = SimpleNamespace(**{**vars(nb), "count_nonzero": counted("count_nonzero"),
+                             "active_windows": counted("active_windows")})
+    monkeypatch.setattr(events, "backend", lambda: spy)
+    return scans
+
+
+def test_scan_backoff_after_dense_choices(monkeypatch):
+    """Scans that keep choosing the dense step are skipped more and more often (at most
+    1 in MAX_SKIP + 1 calls then scans), the integers stay the reference's at every call,
+    and a batch that makes the event kernel pay is picked up again within MAX_SKIP + 1
+    calls."""
+    rng = np.random.default_rng(7)
+    lo, hi = RANGES[0]
+    b = Builder(rng, 3, (lo, hi))
+    shape = (9, 8, 3)
+    model = b.model([b.neural("in", "conv2d", cout=5, k=3, acc_bits=31)], shape)
+    scans = _scan_spy(monkeypatch)
+    monkeypatch.setitem(events.COST_NS, "event_call", 0.0)
+    monkeypatch.setitem(events.COST_NS, "event_mac", 1e9)  # events never pay
+    x = _sparse(rng, (4, *shape), lo, hi, 0.5)
+    x[0, 0, 0, 0] = hi  # (at least one event)
+    calls = 3 * events.ScanBackoff.MAX_SKIP
+    for _ in range(calls):
+        _check(model, x, monkeypatch, ran="dense")
+    # scans at calls 1, 2, 4, 8, 16, 32, then one in MAX_SKIP + 1
+    assert 0 < len(scans) <= 6 + calls // events.ScanBackoff.MAX_SKIP, len(scans)
+    monkeypatch.setitem(events.COST_NS, "event_mac", 0.0)  # now the events always pay
+    monkeypatch.setitem(events.COST_NS, "dense_value", 1e9)
+    sparse = _sparse(rng, (4, *shape), lo, hi, 0.95)
+    kinds = []
+    for _ in range(events.ScanBackoff.MAX_SKIP + 1):
+        want = _reference(model, sparse, monkeypatch)
+        got = model.run_batch(sparse, mode="event")
+        for w, g in zip(want, got, strict=True):
+            np.testing.assert_array_equal(g, w)
+        kinds.append(_event_steps(model)[0].last)
+    assert kinds[-1] == "events" and "dense" in kinds[:1] + kinds, kinds
+
+
+def test_batch_too_small_for_every_event_step_runs_the_dense_plan(monkeypatch):
+    """A batch shape on which every event step found its input too small to scan runs the
+    dense plan from then on (the same integers, no per-step checks); a change of the cost
+    model's constants is a new decision (the steps are asked again)."""
+    model, rng, shape, (lo, hi) = _cnn(2)
+    monkeypatch.setitem(events.COST_NS, "event_call", 1e12)
+    x = _sparse(rng, (1, *shape), lo, hi, 0.99)
+    plan = model.fast_plan("event")
+    for _ in range(2):  # the first call finds the shapes small, the second records it
+        _check(model, x, monkeypatch, ran="dense")
+    assert any(k[0] == x.shape for k in plan._all_small)
+    steps = _event_steps(model)
+    for st in steps:
+        st.counts.clear()
+    _check(model, x, monkeypatch, ran=None)
+    assert all(not st.counts for st in steps)  # the event steps did not run
+    scans = _scan_spy(monkeypatch)
+    monkeypatch.setitem(events.COST_NS, "event_call", 0.0)
+    monkeypatch.setitem(events.COST_NS, "dense_value", 1e9)
+    _check(model, x, monkeypatch)
+    assert "count_nonzero" in scans

@@ -257,6 +257,52 @@ def test_predict_same_with_and_without_compiled_kernels(monkeypatch):
         model.run_batch(np.full((1, 8, 8, 2), np.nan, np.float32))
 
 
+def test_environment_switch_read_once_per_plan_run(monkeypatch):
+    """Inside a plan run the compiled-kernel switch is read once (``jit.pinned``): steps
+    ask ``jit.requested()`` without reading the environment again; nested contexts keep the
+    outer value; after a run, even one a step fails in, the switch is read on every call
+    again (tests switch it between runs)."""
+    monkeypatch.setenv(jit.ENV, "1")
+    with jit.pinned():
+        monkeypatch.setenv(jit.ENV, "0")
+        assert jit.requested() and jit.backend() is not None
+        with jit.pinned():
+            assert jit.pinned.current() is True
+        assert jit.pinned.current() is True
+    assert jit.pinned.current() is None and not jit.requested()
+    monkeypatch.setenv(jit.ENV, "1")
+    rng = np.random.default_rng(12)
+    b = Builder(rng, 2, (0, 255))
+    model = b.model([b.neural("in", "conv2d", cout=3, k=3)], (6, 6, 2))
+    x = _inputs(rng, (6, 6, 2), 2, "random")
+    want = model.run_batch(x)
+    plan = model.fast_plan()
+    seen = []
+
+    def spy(xs, step=plan.steps[1]):
+        seen.append(jit.pinned.current())
+        return step(xs)
+
+    def patched(step):  # the plan with step 1 replaced (its schedule rebuilt)
+        steps = list(plan.steps)
+        steps[1] = step
+        monkeypatch.setattr(plan, "steps", steps)
+        plan.__dict__.pop("_sched", None)
+
+    patched(spy)
+    np.testing.assert_array_equal(model.run_batch(x)[0], want[0])
+    assert seen == [True] and jit.pinned.current() is None
+
+    def fail(xs):
+        raise RuntimeError("boom")
+
+    patched(fail)
+    with pytest.raises(ValueError, match="boom"):
+        model.run_batch(x)
+    assert jit.pinned.current() is None
+    plan.__dict__.pop("_sched", None)
+
+
 def test_int_gemm_self_test_is_exact():
     assert int_gemm.available()  # onnxruntime is in the dev extra; this CPU passes
     rng = np.random.default_rng(0)

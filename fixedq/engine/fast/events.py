@@ -98,6 +98,53 @@ def backend():
     return _compiled() if jit.requested() else None
 
 
+class ScanBackoff:
+    """When an event step scans its input again after scans that chose the dense step.
+
+    Counting a batch's events costs a pass over it (~40 us for a batch of 64 TENN frames of
+    a buffer conv), paid for nothing when the dense step runs anyway. After ``n`` scans in a
+    row of one input shape chose the dense step, the next ``min(2^n - 1, MAX_SKIP)`` calls of
+    that shape run the dense step without scanning; a scan that chooses an event kernel
+    starts over. The integers are the same whichever kernel runs: only the time differs,
+    and the scans skipped are at most ``1 - 1/(MAX_SKIP + 1)`` of a run of dense batches.
+
+    Example:
+        >>> b = ScanBackoff()
+        >>> b.scanned((64, 8), dense=True)  # one dense choice: scan again next time
+        >>> b.skip((64, 8))
+        False
+        >>> b.scanned((64, 8), dense=True)  # two in a row: skip the next call
+        >>> [b.skip((64, 8)) for _ in range(3)]
+        [True, False, False]
+        >>> b.scanned((64, 8), dense=False); b.skip((64, 8))
+        False
+    """
+
+    MAX_SKIP = 31
+
+    def __init__(self):
+        self._state: dict[tuple, list[int]] = {}  # shape -> [dense scans in a row, to skip]
+
+    def skip(self, shape) -> bool:
+        """Whether this call of ``shape`` runs the dense step without scanning."""
+        st = self._state.get(shape)
+        if st is None or st[1] <= 0:
+            return False
+        st[1] -= 1
+        return True
+
+    def scanned(self, shape, dense: bool) -> None:
+        """Record a scan of ``shape`` and whether it chose the dense step."""
+        if not dense:
+            self._state.pop(shape, None)
+            return
+        if len(self._state) >= 16 and shape not in self._state:
+            self._state.clear()  # many shapes: memory stays bounded
+        st = self._state.setdefault(shape, [0, 0])
+        st[0] = min(st[0] + 1, 8)
+        st[1] = min((1 << (st[0] - 1)) - 1, self.MAX_SKIP)
+
+
 class EventStep:
     """A conv2d/dense step of the dense plan (``dense``: its ``_NeuralStep``) run on events
     when the cost model prefers it; see the module docstring."""
@@ -136,6 +183,10 @@ class EventStep:
         self._bounds: dict[str, float] = {}
         self._reach: dict[tuple, tuple] = {}
         self._local = threading.local()
+        self._small_ns: dict[tuple, float] = {}  # input shape -> dense estimate (small ones)
+        #: whether the last call found its input shape too small to scan
+        self.ran_small = False
+        self._backoff = ScanBackoff()
         #: the kernel of the last call ("events", "active" or "dense") and calls per kernel
         self.counts: dict[str, int] = {}
         self.last = None
@@ -179,6 +230,13 @@ class EventStep:
             nnz * per_event * c["event_mac"] + extra
         return event < dense
 
+    def _remember_small(self, shape, dense_ns: float) -> None:
+        """Keep the dense estimate of an input shape too small to scan (its next calls skip
+        the checks; the estimate is compared with ``COST_NS`` again at every call)."""
+        if len(self._small_ns) >= 16:  # many shapes: memory stays bounded
+            self._small_ns.clear()
+        self._small_ns[shape] = dense_ns
+
     def _dense_ns(self, cin, out_values: int) -> float:
         """The cost model's dense estimate (ns) for ``out_values`` outputs of ``cin``
         channels."""
@@ -191,6 +249,11 @@ class EventStep:
 
     # ------------------------------------------------------------------ execution
     def __call__(self, x: np.ndarray) -> np.ndarray:
+        small = self._small_ns.get(x.shape)  # the dense estimate of a small input shape
+        self.ran_small = small is not None and small <= COST_NS["event_call"]
+        if self.ran_small:
+            self.last = "dense"  # too small to scan (a live batch-1 frame): no checks
+            return self.dense(x)
         nb = backend() if self.ok else None
         if nb is None or x.dtype.kind not in "iu" or x.size == 0:
             self.last = "dense"
@@ -202,12 +265,18 @@ class EventStep:
         geo = self.dense._geometry(xc)
         out_values = xc.shape[0] * geo[4] * geo[5] * self.cout
         c = xc.shape[-1]
-        if self._dense_ns(c, out_values) <= COST_NS["event_call"]:  # too small to scan
+        dense_ns = self._dense_ns(c, out_values)
+        if dense_ns <= COST_NS["event_call"]:  # too small to scan
+            self._remember_small(x.shape, dense_ns)
+            self.last = "dense"
+            return self.dense(x)
+        if self._backoff.skip(x.shape):
             self.last = "dense"
             return self.dense(x)
         nnz = int(nb.count_nonzero(xc.reshape(-1)))
         w = self._weights(xc, lambda: np.abs(xc.reshape(-1, c).astype(np.int64)).max(
             axis=0)) if self._worth(c, nnz, out_values) else None
+        self._backoff.scanned(x.shape, w is None)
         if w is None:
             self.last = "dense"
             return self.dense(x)
@@ -225,6 +294,11 @@ class EventStep:
         dense step on the *active* windows only (``"active"``: the windows holding an event,
         gathered and stacked; every other window gets ``const``, the dense step's value for
         an all-zero row), which keeps the int8 GEMM when events cluster in few windows."""
+        small = self._small_ns.get(win.shape)
+        self.ran_small = small is not None and small <= COST_NS["event_call"]
+        if self.ran_small:
+            self.last = "dense"  # too small to scan (a live batch-1 frame): no checks
+            return None
         nb = backend() if self.ok else None
         if nb is None or win.dtype.kind not in "iu" or win.size == 0:
             self.last = "dense"
@@ -236,6 +310,10 @@ class EventStep:
         per_row = cost["dense_value"] + cin * cost["dense_mac"]
         dense = total * self.cout * per_row
         if dense <= cost["event_call"]:  # too small to scan
+            self._remember_small(win.shape, dense)
+            self.last = "dense"
+            return None
+        if self._backoff.skip(win.shape):  # recent scans of this shape chose the dense step
             self.last = "dense"
             return None
         words = event_kernels.word_view(win, 1)
@@ -250,8 +328,10 @@ class EventStep:
                 w = self._weights(win, lambda: np.abs(win.astype(np.int64)).max(
                     axis=(0, 2)).reshape(-1))
             if w is None:
+                self._backoff.scanned(win.shape, True)
                 self.last = "dense"
                 return None
+        self._backoff.scanned(win.shape, False)
         out = np.empty((total, self.cout), self.out_dtype)
         if w is not None:  # the scatter of every event
             self.last = "events"

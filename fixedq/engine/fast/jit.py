@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import os
+import threading
 from functools import lru_cache
 from types import FunctionType, SimpleNamespace
 
@@ -37,14 +38,55 @@ RULED = ("requant_rows", "add_rows", "affine_rows", "requant_planes", "depthwise
 FUSED = ("requant_rows", "requant_planes", "depthwise_rows")
 
 
+class _Pin(threading.local):
+    value = None  # inside pinned(): the switch read once at its start
+
+
+_PIN = _Pin()
+
+
 def requested() -> bool:
-    """Whether the environment allows the compiled kernels (``FIXEDQ_ENGINE_COMPILED``).
+    """Whether the environment allows the compiled kernels (``FIXEDQ_ENGINE_COMPILED``);
+    read on every call, except inside :func:`pinned` on the same thread.
 
     Example:
         >>> isinstance(requested(), bool)
         True
     """
+    value = _PIN.value
+    if value is not None:
+        return value
     return os.environ.get(ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+class pinned:
+    """A context in which :func:`requested` (and so :func:`backend`) answers from one read
+    of the environment, on this thread: a plan run reads the switch once per batch instead
+    of once per op (a read of ``os.environ`` costs ~1 us, several per op of a batch-1
+    frame). Nested contexts keep the outer value.
+
+    Example:
+        >>> with pinned():
+        ...     requested() == pinned.current()
+        True
+        >>> pinned.current() is None
+        True
+    """
+
+    def __enter__(self):
+        self._outer = _PIN.value
+        if self._outer is None:
+            _PIN.value = requested()
+        return self
+
+    def __exit__(self, *exc):
+        _PIN.value = self._outer
+        return False
+
+    @staticmethod
+    def current():
+        """The pinned value on this thread, or ``None`` outside :func:`pinned`."""
+        return _PIN.value
 
 
 def enabled() -> bool:

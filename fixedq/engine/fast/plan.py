@@ -46,6 +46,7 @@ Example:
 
 from __future__ import annotations
 
+import operator
 import os
 import threading
 import time
@@ -853,6 +854,17 @@ class FastPlan:
         self.stateful = False  # a stateful step: batches never split (the state is per batch)
         self.steps = [self._step(op) for op in model.ops]
         self._fuse_tables()
+        #: event mode: the event steps (a buffer conv's inner one too), and the input shapes
+        #: on which each of them found its input too small to scan (then the batch runs on
+        #: the dense plan: the same integers without the event steps' checks)
+        self._event_steps = [t for st in self.steps for t in (st, getattr(st, "inner", None))
+                             if hasattr(t, "ran_small")] if mode == "event" else []
+        self._all_small: set = set()
+        if self._event_steps:
+            from fixedq.engine.fast.events import COST_NS
+
+            self._costs = COST_NS  # the constants of the "too small to scan" decision
+            self._small_costs = operator.itemgetter("event_call", "dense_value", "dense_mac")
         #: largest intermediate tensor per sample (elements), measured as batches run
         self.per_sample = 0
 
@@ -970,11 +982,20 @@ class FastPlan:
         from fixedq.engine.model import check_neural_input
 
         m = self.model
+        if self._event_steps:
+            small_key = (x.shape, x.dtype, self._small_costs(self._costs))
+            if small_key in self._all_small:
+                dense = self.__dict__.get("_dense_plan")
+                if dense is None:
+                    dense = self._dense_plan = m.fast_plan("dense")
+                return dense._run(x, times)
         sched = self.__dict__.get("_sched")
         if sched is None:
             sched = self._sched = self._schedule()
         outer = _CTX.active
-        if not outer:  # the environment switches, once per batch
+        pin = None
+        if not outer:  # the environment switches, once per batch (for every step's kernels)
+            pin = jit.pinned().__enter__()
             _CTX.nb, _CTX.igemm, _CTX.active = jit.backend(), int_gemm.available(), True
         try:
             t0 = time.perf_counter()
@@ -1015,8 +1036,13 @@ class FastPlan:
         finally:
             if not outer:
                 _CTX.active, _CTX.nb = False, None
+                pin.__exit__(None, None, None)
         if x.shape[0]:
             self.per_sample = max(self.per_sample, -(-biggest // x.shape[0]))
+        if self._event_steps and all(st.ran_small for st in self._event_steps):
+            if len(self._all_small) >= 16:  # many shapes: memory stays bounded
+                self._all_small.clear()
+            self._all_small.add(small_key)
         outs = []
         for o in m.outputs:
             v = tensors[o["tensor"]].astype(np.int64)
