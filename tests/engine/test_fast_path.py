@@ -11,7 +11,8 @@ import pytest
 
 from fixedq.engine import kernels
 from fixedq.engine.fast import int_gemm, jit
-from fixedq.engine.fast.plan import FastPlan, _passthrough, narrow_dtype
+from fixedq.engine.fast import plan as plan_module
+from fixedq.engine.fast.plan import DIRECT_MACS, FastPlan, _passthrough, narrow_dtype
 from fixedq.engine.model import Model
 from fixedq.engine.ops import Op
 
@@ -151,13 +152,18 @@ def _three_ways(model, x, monkeypatch):
     assert model.fast_plan() is None
     want = model.run_batch(x)
     monkeypatch.setenv(jit.ENV, "1")
+    monkeypatch.setattr(plan_module, "DIRECT_MACS", 1 << 62)  # the direct kernel
     got = model.run_batch(x)
+    monkeypatch.setattr(plan_module, "DIRECT_MACS", 0)  # the GEMM routes
+    got_gemm = model.run_batch(x)
     monkeypatch.setenv(int_gemm.ENV, "0")
     got_float = model.run_batch(x)
     monkeypatch.delenv(int_gemm.ENV)
-    for w, g, f in zip(want, got, got_float, strict=True):
+    monkeypatch.setattr(plan_module, "DIRECT_MACS", DIRECT_MACS)
+    for w, g, i, f in zip(want, got, got_gemm, got_float, strict=True):
         assert g.dtype == np.int64
         np.testing.assert_array_equal(g, w)
+        np.testing.assert_array_equal(i, w)
         np.testing.assert_array_equal(f, w)
     return want
 

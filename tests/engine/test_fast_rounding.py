@@ -11,7 +11,8 @@ import pytest
 
 from fixedq.engine import kernels
 from fixedq.engine.fast import int_gemm, jit
-from fixedq.engine.fast.plan import _Elementwise, _NeuralStep
+from fixedq.engine.fast import plan as plan_module
+from fixedq.engine.fast.plan import DIRECT_MACS, _Elementwise, _NeuralStep
 from fixedq.engine.model import Model
 from fixedq.engine.ops import Op
 from fixedq.tensors.rounding import ROUNDINGS, float32_multiplier_shift
@@ -117,12 +118,17 @@ def _compare(model, x, monkeypatch):
             assert step.fast and step.handles_offsets, step.op.name
         if isinstance(step, _Elementwise) and step.kind != "input":
             assert step._consts(step.op.arrays["shift"].size) is not None, step.op.name
+    monkeypatch.setattr(plan_module, "DIRECT_MACS", 1 << 62)  # the direct kernel
     got = model.run_batch(x)
+    monkeypatch.setattr(plan_module, "DIRECT_MACS", 0)  # the GEMM routes
+    got_gemm = model.run_batch(x)
     monkeypatch.setenv(int_gemm.ENV, "0")
     got_float = model.run_batch(x)
     monkeypatch.delenv(int_gemm.ENV)
-    for w, g, f in zip(want, got, got_float, strict=True):
+    monkeypatch.setattr(plan_module, "DIRECT_MACS", DIRECT_MACS)
+    for w, g, i, f in zip(want, got, got_gemm, got_float, strict=True):
         np.testing.assert_array_equal(g, w)
+        np.testing.assert_array_equal(i, w)
         np.testing.assert_array_equal(f, w)
     return want
 
@@ -162,6 +168,7 @@ def test_imported_int8_conv_uses_one_plane_with_the_offset_in_the_zero_point(mon
     model = _program(rng, "tflite", True, True, False)
     x = _inputs(rng, (7, 6, 6), 4, True, False)
     _compare(model, x, monkeypatch)
+    monkeypatch.setattr(plan_module, "DIRECT_MACS", 0)  # (small: else the direct kernel)
     calls = []
     real = int_gemm.IntGemm.__call__
 

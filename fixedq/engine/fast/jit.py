@@ -32,10 +32,10 @@ NAMES = ("requant_rows", "add_rows", "affine_rows", "gap_sum", "quantize_rows",
          "depthwise_rows", "maxpool", "table_rows", "mul_rows")
 #: The requantizing kernels: compiled once per rounding rule (``backend().rule[code]``).
 RULED = ("requant_rows", "add_rows", "affine_rows", "requant_planes", "depthwise_rows",
-         "add_scaled_rows")
+         "add_scaled_rows", "conv_rows")
 #: The requantizing kernels that can write a fused table's entries instead of the integers
 #: (``backend().table[code]``: :func:`kernels.emit` bound to :func:`kernels.emit_table`).
-FUSED = ("requant_rows", "requant_planes", "depthwise_rows")
+FUSED = ("requant_rows", "requant_planes", "depthwise_rows", "conv_rows")
 
 
 class _Pin(threading.local):

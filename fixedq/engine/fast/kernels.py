@@ -370,6 +370,47 @@ def depthwise_rows(x, xoff, k, accz, sh, sw, dh, dw, pt, pl, ho, wo, bias, clip_
             emit(buf, out[b0, i, j], tab, tbase)
 
 
+def conv_rows(x, xoff, k, accz, sh, sw, dh, dw, pt, pl, ho, wo, bias, clip_acc, acc_lo,
+              acc_hi, q, sc, rule, tab, tbase, out):
+    """Direct conv2d (no im2col, no GEMM call) of ``x + xoff`` (padding is 0 after the
+    offset) with the requantization fused, for problems too small to pay for a GEMM
+    library call (a batch-1 frame): ``k`` is the ``(kh, kw, cin, cout)`` kernel with each
+    input channel's alignment folded in (``w * 2^a_c``, exact), ``accz`` a zero of the
+    accumulator dtype (int32 when the bound allows, else int64); a dense layer is a 1x1
+    conv over ``(1, 1, rows, cin)``. Zero inputs are skipped (no product to add).
+    ``out`` is ``(n, ho, wo, cout)``; ``tab``/``tbase``: a fused table (:func:`emit`)."""
+    n, h, w, c = x.shape
+    kh, kw, cout = k.shape[0], k.shape[1], k.shape[3]
+    m, left, s1, up, r2, lo, hi, post = q[0], q[1], q[2], q[3], q[4], q[5], q[6], q[7]
+    buf = np.empty(cout, np.int64)
+    acc = np.empty(cout, dtype=accz.dtype)  # one output pixel's sums (stays in L1)
+    for row in range(n * ho):
+        b0 = row // ho
+        i = row % ho
+        for j in range(wo):
+            for t in range(cout):
+                acc[t] = 0
+            for a in range(kh):
+                ih = i * sh - pt + a * dh
+                if ih < 0 or ih >= h:
+                    continue
+                for b in range(kw):
+                    iw = j * sw - pl + b * dw
+                    if iw < 0 or iw >= w:
+                        continue
+                    for g in range(c):
+                        v = accz[0] + x[b0, ih, iw, g] + xoff
+                        if v != 0:
+                            for t in range(cout):
+                                acc[t] += v * k[a, b, g, t]
+            for t in range(cout):
+                vv = np.int64(acc[t]) + bias[t]
+                if clip_acc:
+                    vv = min(max(vv, acc_lo), acc_hi)
+                buf[t] = requant_value(vv, t, m, left, s1, up, r2, lo, hi, post, sc, rule)
+            emit(buf, out[b0, i, j], tab, tbase)
+
+
 def maxpool(x, ph, pw, sh, sw, pt, pl, out):
     """Max pooling of NHWC ``x`` into ``out`` (window positions outside the input ignored,
     TensorFlow's ``same``)."""

@@ -91,6 +91,11 @@ CHUNKS = 3
 #: Smallest GEMM (multiply-adds) that runs on :data:`int_gemm.THREADS` threads when it runs
 #: alone (outside the workers, e.g. batch 1).
 SOLO_GEMM_MACS = 1 << 24
+#: conv2d/dense steps with at most this many multiply-adds per call run the direct kernel
+#: (:func:`kernels.conv_rows`: no im2col, no GEMM library call); a GEMM call through
+#: onnxruntime costs ~7-10 us before any arithmetic, more than a whole small layer of a
+#: batch-1 frame (see docs/engine.md, "batch-1 latency").
+DIRECT_MACS = 1 << 17
 
 
 class _Context(threading.local):
@@ -339,7 +344,12 @@ class _NeuralStep:
         nb = _backend()
         y = None
         if self.fast and nb is not None:
-            y = self._depthwise(nb, x) if self.type == "depthwise" else self._gemm(nb, x)
+            if self.type == "depthwise":
+                y = self._depthwise(nb, x)
+            else:
+                y = self._direct(nb, x)
+                if y is None:
+                    y = self._gemm(nb, x)
         if y is None:  # reference (also the exact int64 fallback past the float bounds)
             x64 = x.astype(np.int64, copy=False)
             if self.xoff:
@@ -362,6 +372,61 @@ class _NeuralStep:
             wo, pl, _ = ref.conv_geometry(x.shape[2], kw, s[1], a["padding"], d[1])
             geo = self._geo[x.shape[1:3]] = (kh, kw, s, d, ho, wo, pt, pl)
         return geo
+
+    def _direct_kernels(self):
+        """``(k32 or None, k64, max_o sum |w 2^a|)`` of the direct kernel: the ``(kh, kw,
+        cin, cout)`` kernel with each input channel's alignment folded in, or ``None`` when
+        its sums could pass 2^62 (the GEMM routes and the reference handle those)."""
+        got = self.__dict__.get("_direct_k", False)
+        if got is not False:
+            return got
+        p = self.nplan
+        k = p.kernel if self.type == "conv2d" else p.kernel.reshape(1, 1, *p.kernel.shape)
+        fan_in = int(np.prod(k.shape[:3]))
+        top = float(np.abs(k).max(initial=0)) * 2.0 ** int(p.align.max(initial=0))
+        got = None
+        if top * max(fan_in, 1) < INT64_SAFE:  # every sum below exact in int64
+            k64 = np.ascontiguousarray(k * np.left_shift(np.int64(1), p.align).reshape(
+                1, 1, -1, 1))
+            wsum = int(np.abs(k64).sum(axis=(0, 1, 2)).max(initial=0))
+            k32 = np.ascontiguousarray(k64.astype(np.int32)) if top < INT32_EXACT else None
+            got = (k32, k64, wsum)
+        self._direct_k = got
+        return got
+
+    def _direct(self, nb, x):
+        """The direct kernel's output for a small call (:data:`DIRECT_MACS`), else
+        ``None``. Accumulators in int32 when ``max_o sum |w 2^a| * (max|x| + |xoff|)``, from
+        the input dtype's range, is below 2^31, else int64 (the bound is below 2^62)."""
+        c = x.shape[-1]
+        if self.type == "dense":
+            lead = x.shape[:-1]
+            rows = int(np.prod(lead))
+            if rows * c * self.cout > DIRECT_MACS:
+                return None
+            x4 = x.reshape(1, 1, rows, c)
+            geo = (1, 1, (1, 1), (1, 1), 1, rows, 0, 0)
+        else:
+            geo = self._geometry(x)
+            if x.shape[0] * geo[4] * geo[5] * geo[0] * geo[1] * c * self.cout > DIRECT_MACS:
+                return None
+            x4 = x
+        ks = self._direct_kernels()
+        if ks is None or x.dtype.kind not in "iu":
+            return None
+        k32, k64, wsum = ks
+        bound = wsum * (_dtype_absmax(x.dtype) + abs(self.xoff))
+        if bound >= INT64_SAFE:
+            return None
+        if bound < INT32_EXACT and k32 is not None:
+            k, z = k32, np.zeros(1, np.int32)
+        else:
+            k, z = k64, np.zeros(1, np.int64)
+        kh, kw, s, d, ho, wo, pt, pl = geo
+        out = np.empty((x4.shape[0], ho, wo, self.cout), self.rq.dtype)
+        self.rq.kernels(nb).conv_rows(np.ascontiguousarray(x4), self.xoff, k, z, s[0], s[1],
+                                        d[0], d[1], pt, pl, ho, wo, *self.rq.args(), out)
+        return out.reshape(*lead, self.cout) if self.type == "dense" else out
 
     def _depthwise(self, nb, x):
         c, xoff = x.shape[-1], self.xoff
