@@ -206,8 +206,8 @@ class EventStep:
             self.last = "dense"
             return self.dense(x)
         nnz = int(nb.count_nonzero(xc.reshape(-1)))
-        w = self._weights(xc, lambda: np.abs(xc.reshape(-1, c).astype(np.int64)).max(
-            axis=0)) if self._worth(c, nnz, out_values) else None
+        w = self._weights(xc, lambda: ref.channel_absmax(xc.reshape(-1, c))) \
+            if self._worth(c, nnz, out_values) else None
         if w is None:
             self.last = "dense"
             return self.dense(x)
@@ -247,8 +247,8 @@ class EventStep:
         if active and gathered >= dense:
             nnz = int(nb.count_nonzero(win.reshape(-1)))
             if self._worth(cin, nnz, total * self.cout, nnz * cost["row_event"]):
-                w = self._weights(win, lambda: np.abs(win.astype(np.int64)).max(
-                    axis=(0, 2)).reshape(-1))
+                w = self._weights(win, lambda: ref.channel_absmax(
+                    win.transpose(0, 2, 1, 3).reshape(-1, cin)))
             if w is None:
                 self.last = "dense"
                 return None

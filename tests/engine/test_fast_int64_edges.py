@@ -1,0 +1,124 @@
+"""int64 edge cases of the compiled path's bounds (fixedq/engine/fast/): crafted programs with
+int64 activations and weights (``quantize`` never builds them) give the exact integers of the
+op reference kernels (:func:`fixedq.engine.ops.run_op`, int64 accumulators) on the compiled
+dense path, the compiled event path and the NumPy path, or run an exact fallback; never a
+bound that wrapped in int64 choosing a kernel that cannot hold the result."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fixedq.engine import kernels as ref
+from fixedq.engine.fast import events, jit
+from fixedq.engine.fast import kernels as fast_kernels
+from fixedq.engine.model import Model
+from fixedq.engine.ops import Op, run_op
+
+pytestmark = pytest.mark.skipif(not jit.enabled(), reason="numba (the engine extra) missing")
+
+I64_MIN, I64_MAX = -(2**63), 2**63 - 1
+
+
+def _neural(name, src, typ, kernel, cin, bound=None, align=None):
+    """A neural op with int64 accumulators, multiplier 1, shift 0 and the whole int64 output
+    range (the output is the accumulator itself)."""
+    cout = cin if typ == "depthwise" else kernel.shape[-1]
+    arrays = {"kernel": kernel, "bias": np.zeros(cout, np.int64),
+              "multiplier": np.ones(cout, np.int64), "shift": np.zeros(cout, np.int64),
+              "out_lo": np.full(cout, I64_MIN), "out_hi": np.full(cout, I64_MAX)}
+    if align is not None:
+        arrays["in_align"] = np.asarray(align, np.int64)
+    attrs = {"type": typ, "accum_dtype": "int64", "acc_lo": I64_MIN, "acc_hi": I64_MAX,
+             "accum_bound": I64_MAX if bound is None else bound}
+    if typ != "dense":
+        attrs.update(strides=[1, 1], padding="valid", dilation_rate=[1, 1])
+    return Op(name, "neural", [src], attrs, arrays)
+
+
+def _input(c):
+    """The input quantizer over the whole range it can produce (``±2^62``, eq. 2)."""
+    return Op("in", "input", [], {}, {"frac": np.zeros(c, np.int64),
+                                      "lo": np.full(c, -(2**62)), "hi": np.full(c, 2**62)})
+
+
+def _double(src, c):
+    """``shift`` by -1 (``v << 1``) into the int64 range: ``-2^62`` becomes ``-2^63``."""
+    return Op("x2", "shift", [src], {}, {"shift": np.full(c, -1),
+                                         "out_lo": np.full(c, I64_MIN),
+                                         "out_hi": np.full(c, I64_MAX)})
+
+
+def _model(ops, outs, shape):
+    outputs = [{"tensor": t, "frac": [0] * n, "name": t} for t, n in outs]
+    return Model(ops, outputs, (None, *shape))
+
+
+def _exact(model, x):
+    """The op reference kernels one after the other (int64 accumulators: exact here)."""
+    t = {model.ops[0].name: model.quantize_inputs(x)}
+    for op in model.ops[1:]:
+        t[op.name] = run_op(op, [t[s] for s in op.inputs])
+    return [t[o["tensor"]] for o in model.outputs]
+
+
+@pytest.fixture
+def always_events(monkeypatch):
+    """The event path's cost model always prefers the scatter kernel."""
+    monkeypatch.setitem(events.COST_NS, "dense_value", 1e9)
+    monkeypatch.setitem(events.COST_NS, "gather", 1e12)
+
+
+def _all_paths(model, x, monkeypatch):
+    """The NumPy path, the compiled dense path and the compiled event path all give the exact
+    integers."""
+    want = _exact(model, x)
+    monkeypatch.setenv(jit.ENV, "0")
+    got = {"numpy": model.run_batch(x)}
+    monkeypatch.setenv(jit.ENV, "1")
+    got["dense"] = model.run_batch(x)
+    got["event"] = model.run_batch(x, mode="event")
+    wrong = [(path, o["tensor"], g.ravel().tolist()) for path, outs in got.items()
+             for o, w, g in zip(model.outputs, want, outs, strict=True)
+             if g.tolist() != w.tolist()]
+    assert not wrong, f"exact {[w.ravel().tolist() for w in want]}, got {wrong}"
+
+
+# --------------------------------------------------------------- 1. |x| of x = -2^63
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_absmax_channels_of_int64_min(compiled):
+    """``|-2^63|`` is not an int64: the channel maximum saturates at ``2^63 - 1`` (past every
+    bound the kernels are chosen by) instead of wrapping to ``-2^63`` (which left the column's
+    maximum at the largest other value)."""
+    x = np.array([[I64_MIN, 3, I64_MIN, 0], [5, -4, I64_MAX, 0]], np.int64)
+    out = np.empty(4, np.int64)
+    (jit.backend() if compiled else fast_kernels).absmax_channels(x, out)
+    assert out.tolist() == [I64_MAX, 4, I64_MAX, 0]
+    assert ref.channel_absmax(x).tolist() == [I64_MAX, 4, I64_MAX, 0]
+    for dt in (np.int8, np.uint8, np.int16, np.int32):
+        small = np.array([[np.iinfo(dt).min, 1], [np.iinfo(dt).max, 0]], dt)
+        out = np.empty(2, np.int64)
+        (jit.backend() if compiled else fast_kernels).absmax_channels(small, out)
+        want = [max(-int(np.iinfo(dt).min), int(np.iinfo(dt).max)), 1]
+        assert out.tolist() == want == ref.channel_absmax(small).tolist()
+    assert ref.channel_absmax(np.zeros((0, 3), np.int64)).tolist() == [0, 0, 0]
+
+
+def test_int64_min_activations_take_the_exact_path(always_events, monkeypatch):
+    """A crafted program doubles the input quantizer's ``-2^62`` into ``-2^63`` and feeds it
+    to a depthwise conv, a dense and a conv2d layer whose exact sums (``-2^63 + 10``, ...)
+    are no floats: every path gives them (a wrapped channel maximum chose int32 accumulators
+    or a float GEMM: 0, 6, 2, -2^63 instead)."""
+    c = 2
+    ops = [_input(c), _double("in", c),
+           _neural("dw", "x2", "depthwise", np.ones((1, 1, c, 1), np.int64), c),
+           _neural("fc", "x2", "dense", np.array([[1], [1]], np.int64), c),
+           _neural("cv", "x2", "conv2d", np.ones((2, 1, c, 1), np.int64), c)]
+    model = _model(ops, [("dw", c), ("fc", 1), ("cv", 1)], (None, None, c))
+    x = np.array([[[[-np.inf, 3.0]], [[5.0, -7.0]]]])
+    want = _exact(model, x)
+    assert [w.ravel().tolist() for w in want] == [
+        [I64_MIN, 6, 10, -14], [I64_MIN + 6, -4], [I64_MIN + 2]]
+    _all_paths(model, x, monkeypatch)
