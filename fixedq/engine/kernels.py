@@ -502,7 +502,10 @@ class NeuralPlan:
         ho, *ph = conv_geometry(h, kh, s[0], a["padding"], d[0])
         wo, *pw = conv_geometry(w, kw, s[1], a["padding"], d[1])
         m = channel_absmax(x.reshape(-1, c))
-        per_ch = (np.abs(self.kernel).sum(axis=(0, 1)) * m[:, None]).max(initial=0)
+        # in float64: int64 sums and products wrap on crafted weights and inputs, float64
+        # rounding is monotone (a bound of 2^53 or more never comes out below it)
+        per_ch = (np.abs(self.kernel.astype(np.float64)).sum(axis=(0, 1))
+                  * m.astype(np.float64)[:, None]).max(initial=0)
         if per_ch >= FLOAT64_EXACT:
             xa = np.left_shift(x, self.align) if np.any(self.align) else x
             return depthwise_conv2d(xa, self.kernel, s, a["padding"], d, "int64")

@@ -42,9 +42,9 @@ def _input(c):
                                       "lo": np.full(c, -(2**62)), "hi": np.full(c, 2**62)})
 
 
-def _double(src, c):
+def _double(src, c, shift=-1):
     """``shift`` by -1 (``v << 1``) into the int64 range: ``-2^62`` becomes ``-2^63``."""
-    return Op("x2", "shift", [src], {}, {"shift": np.full(c, -1),
+    return Op("x2", "shift", [src], {}, {"shift": np.broadcast_to(shift, (c,)),
                                          "out_lo": np.full(c, I64_MIN),
                                          "out_hi": np.full(c, I64_MAX)})
 
@@ -122,3 +122,43 @@ def test_int64_min_activations_take_the_exact_path(always_events, monkeypatch):
     assert [w.ravel().tolist() for w in want] == [
         [I64_MIN, 6, 10, -14], [I64_MIN + 6, -4], [I64_MIN + 2]]
     _all_paths(model, x, monkeypatch)
+
+
+# --------------------------------------------------- 2. the depthwise step's batch bound
+
+
+def test_depthwise_bound_of_huge_activations(always_events, monkeypatch):
+    """``sum_taps |w| * max|x_c|`` past 2^63 (two unit taps over ``2^62`` and ``-2^63``) is
+    no small bound: the exact sums ``2^61`` and ``-2^63 + 10`` need int64 (the int64 product
+    of the bound wrapped below 2^31: int32 accumulators gave 0 and 10; the NumPy path's own
+    bound wrapped into a float32 sum: ``-2^63``)."""
+    c = 2
+    ops = [_input(c), _double("in", c, [0, -1]),  # (channel 1 doubled)
+           _neural("dw", "x2", "depthwise", np.ones((2, 1, c, 1), np.int64), c)]
+    model = _model(ops, [("dw", c)], (None, None, c))
+    x = np.array([[[[np.inf, -np.inf]], [[-(2.0**61), 5.0]]]])
+    want = _exact(model, x)
+    assert want[0].ravel().tolist() == [2**61, I64_MIN + 10]
+    _all_paths(model, x, monkeypatch)
+
+
+@pytest.mark.parametrize("kernel, align", [
+    ([2**62, 2**62], 0),          # per-channel sum 2^63: wrapped to -2^63 in int64
+    ([1, 1], 62),                 # the same sum from the alignment
+    ([2**40 + 1, 0], 24),         # w * 2^a = 2^64 + 2^24: wrapped to the int32 weight 2^24
+])
+def test_depthwise_weights_past_int64(kernel, align, always_events, monkeypatch):
+    """Aligned depthwise weights whose per-channel ``sum |w * 2^a|`` reaches 2^62 leave the
+    compiled kernel (its int64 weights or bound would wrap) for the exact reference; the
+    inputs keep every exact sum in int64."""
+    k = np.array(kernel, np.int64).reshape(2, 1, 1, 1)
+    ops = [Op("in", "input", [], {}, {"frac": np.zeros(1, np.int64),
+                                      "lo": np.full(1, -1), "hi": np.full(1, 1)}),
+           _neural("dw", "in", "depthwise", k, 1, align=[align])]
+    model = _model(ops, [("dw", 1)], (None, None, 1))
+    x = np.zeros((1, 2, 1, 1))
+    if align == 0:  # 2^62 - 2^62
+        x[0, :, 0, 0] = [1.0, -1.0]
+    _all_paths(model, x, monkeypatch)
+    step = model.fast_plan().steps[1]
+    assert not step.fast  # the reference kernel (exact) for every batch

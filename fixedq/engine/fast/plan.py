@@ -304,11 +304,19 @@ class _NeuralStep:
             self.int8 = bool(k.size) and int(k.min()) >= -128 and int(k.max()) <= 127 \
                 and fan_in <= int_gemm.MAX_K
         if self.type == "depthwise":
-            kk = k[:, :, :, 0] * np.left_shift(np.int64(1), nplan.align)  # alignment folded
+            # per channel sum |w * 2^a_c| in Python ints (int64 would wrap on crafted weights);
+            # sums past 2^62 (any non-zero input passes the int64 bound) or negative
+            # alignments: the reference
+            abs_k = None if np.any(nplan.align < 0) else \
+                _aligned_abs_sums(k[:, :, :, 0], nplan.align)
+            if abs_k is None or max(abs_k, default=0) >= INT64_SAFE:
+                self._reference_only()
+                return
+            kk = k[:, :, :, 0] * np.left_shift(np.int64(1), nplan.align)  # exact (< 2^62)
             self.k64 = np.ascontiguousarray(kk)
             self.k32 = np.ascontiguousarray(kk.astype(np.int32)) \
                 if np.abs(kk).max(initial=0) < INT32_EXACT else None
-            self.abs_k = np.abs(kk).sum(axis=(0, 1))  # per channel (exact int64)
+            self.abs_k = np.array(abs_k, np.int64)
 
     def _reference_only(self):
         """The reference kernel for every batch; the plan applies the offsets."""
@@ -367,8 +375,7 @@ class _NeuralStep:
         # static first (the dtype's range), else the batch's own bound
         bound = int(self.abs_k.max(initial=0)) * (_dtype_absmax(x.dtype) + abs(xoff))
         if bound >= INT32_EXACT:
-            m = _absmax(nb, x.reshape(-1, c)) + abs(xoff)
-            bound = int((self.abs_k * m).max(initial=0))
+            bound = _weighted_max(self.abs_k, _absmax(nb, x.reshape(-1, c)), abs(xoff))
         if bound >= INT64_SAFE:
             return None
         if bound < INT32_EXACT and self.k32 is not None:
@@ -538,6 +545,34 @@ def _planes(lo: int, hi: int, signed: bool) -> int:
         if lim_lo <= lo and hi <= lim_hi:
             return n
     return 0
+
+
+def _aligned_abs_sums(k, align) -> list[int]:
+    """``sum_taps |k[..., c]| * 2^align[c]`` per channel ``c`` of a ``(kh, kw, C)`` kernel,
+    as exact Python ints.
+
+    Example:
+        >>> _aligned_abs_sums(np.full((2, 1, 2), -2**62), np.array([0, 1]))
+        [9223372036854775808, 18446744073709551616]
+    """
+    return [sum(abs(int(w)) for w in k[..., c].ravel()) << int(a)
+            for c, a in enumerate(align)]
+
+
+def _weighted_max(weights, m, add: int = 0) -> int:
+    """``max_c weights[c] * (m[c] + add)`` (non-negative int64 vectors) as an exact Python
+    int: in int64 when the largest product cannot wrap, else channel by channel.
+
+    Example:
+        >>> _weighted_max(np.array([2, 1]), np.array([2**62, 3]), 1)
+        9223372036854775810
+    """
+    if weights.size == 0:
+        return 0
+    top = int(m.max()) + add
+    if top < 2**63 and int(weights.max()) * top < 2**63:
+        return int((weights * (m + add)).max())
+    return max(int(w) * (int(v) + add) for w, v in zip(weights, m, strict=True))
 
 
 @cache
