@@ -380,7 +380,9 @@ class NeuralPlan:
         if self.type in ("conv2d", "dense"):
             k = self.kernel if self.type == "dense" else self.kernel.transpose(2, 0, 1, 3)
             cout = self.cout = k.shape[-1]
-            self.abs_w = np.abs(k).reshape(cin, -1, cout).sum(axis=1).astype(np.float64)
+            # summed in float64: an int64 sum of crafted weights near 2^60 wraps (float64 is
+            # exact below 2^53 and its rounding monotone: no bound >= 2^53 comes out below)
+            self.abs_w = np.abs(k.astype(np.float64)).reshape(cin, -1, cout).sum(axis=1)
             self.perm = np.argsort(self.align, kind="stable")
             self.sorted_align = self.align[self.perm]
             # kernel with input channels in sorted order, taps first: (taps, cin, cout)

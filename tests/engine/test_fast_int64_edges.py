@@ -162,3 +162,41 @@ def test_depthwise_weights_past_int64(kernel, align, always_events, monkeypatch)
     _all_paths(model, x, monkeypatch)
     step = model.fast_plan().steps[1]
     assert not step.fast  # the reference kernel (exact) for every batch
+
+
+# ------------------------------------------- 3. sums of weights near 2^60 (conv2d, events)
+
+
+def test_weight_sums_past_int64(always_events, monkeypatch):
+    """Nine taps of ``2^60 + 1``: the per-channel weight sum ``9 * (2^60 + 1)`` passes 2^63.
+    Summed in int64 it wrapped negative: the NumPy path and the compiled dense GEMM took a
+    float32 GEMM (``2^60`` for ``2^60 + 1``) and the event step int64 accumulators past its
+    2^62 bound; now the sums are float64 (no wrap): the exact int64 reference and the dense
+    step."""
+    k = np.full((3, 3, 1, 1), 2**60 + 1, np.int64)
+    ops = [_input(1), _neural("cv", "in", "conv2d", k, 1, bound=2**62 - 1)]
+    model = _model(ops, [("cv", 1)], (3, 3, 1))
+    x = np.zeros((2, 3, 3, 1))
+    x[0, 0, 0, 0] = 1.0
+    x[1, 0, 0, 0], x[1, 1, 1, 0], x[1, 2, 2, 0] = 2.0, -3.0, 1.0
+    assert [w.ravel().tolist() for w in _exact(model, x)] == [[2**60 + 1, 0]]
+    _all_paths(model, x, monkeypatch)
+    step = model.fast_plan("event").steps[1]
+    assert isinstance(step, events.EventStep)
+    assert step.abs_w.min() >= 9 * 2.0**60                           # (was -8.07e18)
+    xq = np.zeros((1, 3, 3, 1), np.int8)
+    xq[0, 0, 0, 0] = 1
+    assert step._weights(xq, lambda: ref.channel_absmax(xq.reshape(-1, 1))) is None
+    assert step.last == "dense"                                      # (was int64 events)
+
+
+def test_int64_min_weight_runs_the_dense_step(always_events, monkeypatch):
+    """A weight of ``-2^63`` is past the event step's 2^62 weight bound: the dense step,
+    exact (``np.abs`` wrapped it to ``-2^63``, below every bound: the event step cast it to
+    int16 weights of 0 and gave 0 for ``-2^63``)."""
+    ops = [Op("in", "input", [], {}, {"frac": np.zeros(1, np.int64), "lo": np.full(1, 0),
+                                      "hi": np.full(1, 1)}),
+           _neural("cv", "in", "conv2d", np.full((1, 1, 1, 1), I64_MIN, np.int64), 1)]
+    model = _model(ops, [("cv", 1)], (2, 2, 1))
+    _all_paths(model, np.array([[[[1.0], [0.0]], [[0.0], [1.0]]]]), monkeypatch)
+    assert not isinstance(model.fast_plan("event").steps[1], events.EventStep)

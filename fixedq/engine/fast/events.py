@@ -112,15 +112,18 @@ class EventStep:
         p = dense.nplan
         k = p.kernel  # (kh, kw, cin, cout) or (cin, cout)
         self.cout = int(k.shape[-1])
-        if float(np.abs(k).max(initial=0)) * 2.0 ** int(p.align.max(initial=0)) >= INT64_SAFE:
+        kmax = max(-int(k.min(initial=0)), int(k.max(initial=0)))  # (|-2^63| as a Python int)
+        if kmax << max(int(p.align.max(initial=0)), 0) >= INT64_SAFE:
             self.ok = False  # aligned weights past int64: the dense step's exact fallback
             return
         shape = (1,) * (k.ndim - 2) + (-1, 1)
         self.k64 = np.ascontiguousarray(k * np.left_shift(np.int64(1), p.align).reshape(shape))
-        # per input channel, per output: sum over taps of |w * 2^a| -> (cin, cout), in float64
-        # (bounds are compared with 2^31 and 2^62; a product by max |x| cannot wrap)
-        self.abs_w = np.abs(self.k64).reshape(-1, k.shape[-2], self.cout).sum(
-            axis=0).astype(np.float64)
+        # per input channel, per output: sum over taps of |w * 2^a| -> (cin, cout), summed in
+        # float64: an int64 sum of weights near 2^60 wraps. The bounds are compared with 2^31
+        # (below 2^53 float64 is exact) and 2^62 (float64's relative error is far below the
+        # factor 2 to int64's 2^63), and a product by max |x| cannot wrap.
+        self.abs_w = np.abs(self.k64.astype(np.float64)).reshape(-1, k.shape[-2],
+                                                                 self.cout).sum(axis=0)
         kmax = int(np.abs(self.k64).max(initial=0))
         self.k32 = np.ascontiguousarray(self.k64.astype(np.int32)) if kmax < INT32_EXACT \
             else None
