@@ -200,3 +200,19 @@ def test_int64_min_weight_runs_the_dense_step(always_events, monkeypatch):
     model = _model(ops, [("cv", 1)], (2, 2, 1))
     _all_paths(model, np.array([[[[1.0], [0.0]], [[0.0], [1.0]]]]), monkeypatch)
     assert not isinstance(model.fast_plan("event").steps[1], events.EventStep)
+
+
+# ------------------------------------------------- the input quantizer past 2^62 (eq. 2)
+
+
+def test_input_range_past_round_limit(monkeypatch):
+    """An input op whose range reaches past ``±2^62`` saturates at ``±2^62`` as
+    ``round_half_up`` does (eq. 2; the compiled kernel clipped at ``-2^63`` only, and cast
+    ``float(2^63 - 1) = 2^63`` past int64)."""
+    ops = [Op("in", "input", [], {}, {"frac": np.zeros(1, np.int64), "lo": np.full(1, I64_MIN),
+                                      "hi": np.full(1, I64_MAX)})]
+    model = _model(ops, [("in", 1)], (1,))
+    x = np.array([[-np.inf], [np.inf], [1e30], [-1e30], [3.5], [-(2.0**62) - 2**11]])
+    want = [[-(2**62)], [2**62], [2**62], [-(2**62)], [4], [-(2**62)]]
+    assert model.quantize_inputs(x).tolist() == want
+    _all_paths(model, x, monkeypatch)

@@ -57,7 +57,7 @@ import numpy as np
 from fixedq.engine import kernels as ref
 from fixedq.engine.fast import int_gemm, jit, kernels
 from fixedq.engine.ops import Op, check_transpose_size, neural_output, op_error, rounding_of, run_op
-from fixedq.tensors.rounding import fp32_scale
+from fixedq.tensors.rounding import ROUND_LIMIT, fp32_scale
 
 #: Largest im2col block (elements) built at once; larger batches run in chunks.
 IM2COL_ELEMENTS = 1 << 22
@@ -672,8 +672,9 @@ class _Elementwise:
             lo, hi = _vec(r["lo"], c), _vec(r["hi"], c)
             if frac is None or lo is None or hi is None or np.any(np.abs(frac) > 1000):
                 return None
-            return (np.ldexp(1.0, frac), lo.astype(np.float64), hi.astype(np.float64),
-                    narrow_dtype(lo, hi))
+            # round_half_up saturates at ±2^62 (eq. 2): so does a range reaching past it
+            lo, hi = (np.clip(v.astype(np.float64), -ROUND_LIMIT, ROUND_LIMIT) for v in (lo, hi))
+            return np.ldexp(1.0, frac), lo, hi, narrow_dtype(lo, hi)
         return rq if rq is not None and rq.ok else None
 
     def _build_scaled(self, c: int, post):
