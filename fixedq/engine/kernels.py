@@ -438,7 +438,7 @@ class NeuralPlan:
             return conv2d_transpose(xa, self.kernel, *self._conv_args(),
                                     self.op.attrs["accum_dtype"])
         c = x.shape[-1]
-        m = channel_absmax(x.reshape(-1, c))
+        m = channel_absmax(x.reshape(-1, c)) if x.size else np.zeros(c, np.int64)
         groups, total = self._groups(m[self.perm].astype(np.float64))
         if total >= FLOAT64_EXACT:  # exact only in integers
             xa = np.left_shift(x, self.align) if np.any(self.align) else x
@@ -503,7 +503,7 @@ class NeuralPlan:
         s, d = tuple(a["strides"]), tuple(a["dilation_rate"])
         ho, *ph = conv_geometry(h, kh, s[0], a["padding"], d[0])
         wo, *pw = conv_geometry(w, kw, s[1], a["padding"], d[1])
-        m = channel_absmax(x.reshape(-1, c))
+        m = channel_absmax(x.reshape(-1, c)) if x.size else np.zeros(c, np.int64)
         # in float64: int64 sums and products wrap on crafted weights and inputs, float64
         # rounding is monotone (a bound of 2^53 or more never comes out below it)
         per_ch = (np.abs(self.kernel.astype(np.float64)).sum(axis=(0, 1))

@@ -548,13 +548,18 @@ def _planes(lo: int, hi: int, signed: bool) -> int:
 
 
 def _aligned_abs_sums(k, align) -> list[int]:
-    """``sum_taps |k[..., c]| * 2^align[c]`` per channel ``c`` of a ``(kh, kw, C)`` kernel,
-    as exact Python ints.
+    """``sum_taps |k[..., c]| * 2^align[c]`` per channel ``c`` of a ``(kh, kw, C)`` kernel
+    (alignments ``>= 0``), as exact Python ints: in int64 when no sum can wrap, else channel
+    by channel.
 
     Example:
         >>> _aligned_abs_sums(np.full((2, 1, 2), -2**62), np.array([0, 1]))
         [9223372036854775808, 18446744073709551616]
     """
+    taps = k.shape[0] * k.shape[1]
+    top = max(-int(k.min(initial=0)), int(k.max(initial=0))) * taps
+    if top << int(np.max(align, initial=0)) < 2**63:
+        return (np.abs(k).sum(axis=(0, 1)) << align).tolist()
     return [sum(abs(int(w)) for w in k[..., c].ravel()) << int(a)
             for c, a in enumerate(align)]
 
