@@ -22,6 +22,8 @@ import numpy as np
 
 FLOAT32_EXACT = 2**24
 FLOAT64_EXACT = 2**53
+#: Largest int64: :func:`channel_absmax`'s value for ``|-2^63|`` (which int64 cannot hold).
+INT64_MAX = 2**63 - 1
 
 #: Largest im2col matrix (elements) built at once; larger batches are processed in chunks.
 IM2COL_ELEMENTS = 1 << 23
@@ -228,6 +230,25 @@ def linear_bound(kernel: np.ndarray, kind: str, in_max_abs) -> int:
     return int(np.max(per_out)) if per_out.size else 0
 
 
+def channel_absmax(x2: np.ndarray) -> np.ndarray:
+    """Largest ``|x|`` per column of integer rows ``x2`` ``(rows, C)``, as int64 (0 without
+    rows). ``|-2^63|`` saturates at :data:`INT64_MAX`, still past every bound the kernels
+    are chosen by (2^24, 2^31, 2^53, 2^62); ``np.abs`` wraps it to ``-2^63``, and the column's
+    maximum would be its largest other magnitude.
+
+    Example:
+        >>> channel_absmax(np.array([[-2**63, 3], [5, -4]])).tolist()
+        [9223372036854775807, 4]
+    """
+    if x2.shape[0] == 0:
+        return np.zeros(x2.shape[1], np.int64)
+    hi = x2.max(axis=0)
+    if x2.dtype.kind == "u":
+        return np.minimum(hi.astype(np.uint64), np.uint64(INT64_MAX)).astype(np.int64)
+    lo = x2.min(axis=0).astype(np.int64)
+    return np.maximum(hi.astype(np.int64), -np.maximum(lo, -INT64_MAX))
+
+
 def ceil_log2(value: int) -> int:
     """Bits needed for ``value`` (``ceil(log2(value + 1))``)."""
     return int(math.ceil(math.log2(int(value) + 1))) if value > 0 else 0
@@ -359,7 +380,9 @@ class NeuralPlan:
         if self.type in ("conv2d", "dense"):
             k = self.kernel if self.type == "dense" else self.kernel.transpose(2, 0, 1, 3)
             cout = self.cout = k.shape[-1]
-            self.abs_w = np.abs(k).reshape(cin, -1, cout).sum(axis=1).astype(np.float64)
+            # summed in float64: an int64 sum of crafted weights near 2^60 wraps (float64 is
+            # exact below 2^53 and its rounding monotone: no bound >= 2^53 comes out below)
+            self.abs_w = np.abs(k.astype(np.float64)).reshape(cin, -1, cout).sum(axis=1)
             self.perm = np.argsort(self.align, kind="stable")
             self.sorted_align = self.align[self.perm]
             # kernel with input channels in sorted order, taps first: (taps, cin, cout)
@@ -415,7 +438,7 @@ class NeuralPlan:
             return conv2d_transpose(xa, self.kernel, *self._conv_args(),
                                     self.op.attrs["accum_dtype"])
         c = x.shape[-1]
-        m = np.abs(x.reshape(-1, c)).max(axis=0) if x.size else np.zeros(c, np.int64)
+        m = channel_absmax(x.reshape(-1, c)) if x.size else np.zeros(c, np.int64)
         groups, total = self._groups(m[self.perm].astype(np.float64))
         if total >= FLOAT64_EXACT:  # exact only in integers
             xa = np.left_shift(x, self.align) if np.any(self.align) else x
@@ -480,8 +503,11 @@ class NeuralPlan:
         s, d = tuple(a["strides"]), tuple(a["dilation_rate"])
         ho, *ph = conv_geometry(h, kh, s[0], a["padding"], d[0])
         wo, *pw = conv_geometry(w, kw, s[1], a["padding"], d[1])
-        m = np.abs(x.reshape(-1, c)).max(axis=0) if x.size else np.zeros(c, np.int64)
-        per_ch = (np.abs(self.kernel).sum(axis=(0, 1)) * m[:, None]).max(initial=0)
+        m = channel_absmax(x.reshape(-1, c)) if x.size else np.zeros(c, np.int64)
+        # in float64: int64 sums and products wrap on crafted weights and inputs, float64
+        # rounding is monotone (a bound of 2^53 or more never comes out below it)
+        per_ch = (np.abs(self.kernel.astype(np.float64)).sum(axis=(0, 1))
+                  * m.astype(np.float64)[:, None]).max(initial=0)
         if per_ch >= FLOAT64_EXACT:
             xa = np.left_shift(x, self.align) if np.any(self.align) else x
             return depthwise_conv2d(xa, self.kernel, s, a["padding"], d, "int64")

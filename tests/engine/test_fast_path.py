@@ -511,3 +511,22 @@ def test_fused_table_on_the_reference_fallback(in_range, monkeypatch):
     model = b.model([f], (4, 5, 64))
     assert FastPlan(model).steps.count(_passthrough) == 1
     _three_ways(model, _inputs(rng, (4, 5, 64), 2, "extreme"), monkeypatch)
+
+
+def test_table_not_fused_into_a_model_output_or_an_event_step(monkeypatch):
+    """docs/engine.md's list: a producer that is a model output (and read by the table only)
+    keeps its table as a separate step, as does a conv2d run by an event step; the same
+    program with the table as the only output fuses it in the dense plan."""
+    from fixedq.engine.fast.events import EventStep
+
+    rng = np.random.default_rng(5)
+    b = Builder(rng, 3, (-128, 127))
+    t = b.neural("in", "conv2d", cout=3, k=3)
+    f = _table_op(b, rng, t, "tab", (-128, 127))
+    fused = b.model([f], (6, 5, 3))
+    assert FastPlan(fused).steps[2] is _passthrough
+    event = FastPlan(fused, "event")
+    assert isinstance(event.steps[1], EventStep) and event.steps[2] is not _passthrough
+    both = b.model([t, f], (6, 5, 3))
+    assert _passthrough not in FastPlan(both).steps
+    _three_ways(both, _inputs(rng, (6, 5, 3), 2, "random"), monkeypatch)

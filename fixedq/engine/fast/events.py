@@ -159,15 +159,18 @@ class EventStep:
         p = dense.nplan
         k = p.kernel  # (kh, kw, cin, cout) or (cin, cout)
         self.cout = int(k.shape[-1])
-        if float(np.abs(k).max(initial=0)) * 2.0 ** int(p.align.max(initial=0)) >= INT64_SAFE:
+        kmax = max(-int(k.min(initial=0)), int(k.max(initial=0)))  # (|-2^63| as a Python int)
+        if kmax << max(int(p.align.max(initial=0)), 0) >= INT64_SAFE:
             self.ok = False  # aligned weights past int64: the dense step's exact fallback
             return
         shape = (1,) * (k.ndim - 2) + (-1, 1)
         self.k64 = np.ascontiguousarray(k * np.left_shift(np.int64(1), p.align).reshape(shape))
-        # per input channel, per output: sum over taps of |w * 2^a| -> (cin, cout), in float64
-        # (bounds are compared with 2^31 and 2^62; a product by max |x| cannot wrap)
-        self.abs_w = np.abs(self.k64).reshape(-1, k.shape[-2], self.cout).sum(
-            axis=0).astype(np.float64)
+        # per input channel, per output: sum over taps of |w * 2^a| -> (cin, cout), summed in
+        # float64: an int64 sum of weights near 2^60 wraps. The bounds are compared with 2^31
+        # (below 2^53 float64 is exact) and 2^62 (float64's relative error is far below the
+        # factor 2 to int64's 2^63), and a product by max |x| cannot wrap.
+        self.abs_w = np.abs(self.k64.astype(np.float64)).reshape(-1, k.shape[-2],
+                                                                 self.cout).sum(axis=0)
         kmax = int(np.abs(self.k64).max(initial=0))
         self.k32 = np.ascontiguousarray(self.k64.astype(np.int32)) if kmax < INT32_EXACT \
             else None
@@ -274,8 +277,8 @@ class EventStep:
             self.last = "dense"
             return self.dense(x)
         nnz = int(nb.count_nonzero(xc.reshape(-1)))
-        w = self._weights(xc, lambda: np.abs(xc.reshape(-1, c).astype(np.int64)).max(
-            axis=0)) if self._worth(c, nnz, out_values) else None
+        w = self._weights(xc, lambda: ref.channel_absmax(xc.reshape(-1, c))) \
+            if self._worth(c, nnz, out_values) else None
         self._backoff.scanned(x.shape, w is None)
         if w is None:
             self.last = "dense"
@@ -325,8 +328,8 @@ class EventStep:
         if active and gathered >= dense:
             nnz = int(nb.count_nonzero(win.reshape(-1)))
             if self._worth(cin, nnz, total * self.cout, nnz * cost["row_event"]):
-                w = self._weights(win, lambda: np.abs(win.astype(np.int64)).max(
-                    axis=(0, 2)).reshape(-1))
+                w = self._weights(win, lambda: ref.channel_absmax(
+                    win.transpose(0, 2, 1, 3).reshape(-1, cin)))
             if w is None:
                 self._backoff.scanned(win.shape, True)
                 self.last = "dense"

@@ -49,6 +49,8 @@ Q_ROWS = ("mult", "left", "s1", "up", "r2", "lo", "hi", "post")
 LIMIT32 = np.float32(2.0**62)
 #: The ``tab`` argument of a requantizing kernel without a fused table (:func:`emit`).
 NO_TABLE = np.zeros(0, np.int64)
+#: Largest int64: :func:`absmax_channels`' value for ``|-2^63|``.
+INT64_MAX = np.int64(2**63 - 1)
 
 def rq_half_up(v, j, m, left, s1, up, r2, lo, hi, post, sc, rule):
     """Eq. 5/7: ``clip(shift_round(v * M, S), lo, hi) - post`` (rule 0)."""
@@ -231,7 +233,9 @@ def quantize_rows(x, scale, lo, hi, out):
 
 
 def absmax_channels(x, out):
-    """Largest ``|x|`` per channel of a ``(rows, C)`` integer array (int64 ``out``)."""
+    """Largest ``|x|`` per channel of a ``(rows, C)`` integer array (int64 ``out``);
+    ``|-2^63|`` saturates at :data:`INT64_MAX` (as
+    :func:`fixedq.engine.kernels.channel_absmax`: ``-v`` would wrap to ``-2^63``)."""
     rows, c = x.shape
     for j in range(c):
         out[j] = 0
@@ -239,7 +243,7 @@ def absmax_channels(x, out):
         for j in range(c):
             v = np.int64(x[r, j])
             if v < 0:
-                v = -v
+                v = -max(v, -INT64_MAX)
             if v > out[j]:
                 out[j] = v
 

@@ -58,7 +58,7 @@ import numpy as np
 from fixedq.engine import kernels as ref
 from fixedq.engine.fast import int_gemm, jit, kernels
 from fixedq.engine.ops import Op, check_transpose_size, neural_output, op_error, rounding_of, run_op
-from fixedq.tensors.rounding import fp32_scale
+from fixedq.tensors.rounding import ROUND_LIMIT, fp32_scale
 
 #: Largest im2col block (elements) built at once; larger batches run in chunks.
 IM2COL_ELEMENTS = 1 << 22
@@ -310,11 +310,19 @@ class _NeuralStep:
             self.int8 = bool(k.size) and int(k.min()) >= -128 and int(k.max()) <= 127 \
                 and fan_in <= int_gemm.MAX_K
         if self.type == "depthwise":
-            kk = k[:, :, :, 0] * np.left_shift(np.int64(1), nplan.align)  # alignment folded
+            # per channel sum |w * 2^a_c| in Python ints (int64 would wrap on crafted weights);
+            # sums past 2^62 (any non-zero input passes the int64 bound) or negative
+            # alignments: the reference
+            abs_k = None if np.any(nplan.align < 0) else \
+                _aligned_abs_sums(k[:, :, :, 0], nplan.align)
+            if abs_k is None or max(abs_k, default=0) >= INT64_SAFE:
+                self._reference_only()
+                return
+            kk = k[:, :, :, 0] * np.left_shift(np.int64(1), nplan.align)  # exact (< 2^62)
             self.k64 = np.ascontiguousarray(kk)
             self.k32 = np.ascontiguousarray(kk.astype(np.int32)) \
                 if np.abs(kk).max(initial=0) < INT32_EXACT else None
-            self.abs_k = np.abs(kk).sum(axis=(0, 1))  # per channel (exact int64)
+            self.abs_k = np.array(abs_k, np.int64)
 
     def _reference_only(self):
         """The reference kernel for every batch; the plan applies the offsets."""
@@ -433,8 +441,7 @@ class _NeuralStep:
         # static first (the dtype's range), else the batch's own bound
         bound = int(self.abs_k.max(initial=0)) * (_dtype_absmax(x.dtype) + abs(xoff))
         if bound >= INT32_EXACT:
-            m = _absmax(nb, x.reshape(-1, c)) + abs(xoff)
-            bound = int((self.abs_k * m).max(initial=0))
+            bound = _weighted_max(self.abs_k, _absmax(nb, x.reshape(-1, c)), abs(xoff))
         if bound >= INT64_SAFE:
             return None
         if bound < INT32_EXACT and self.k32 is not None:
@@ -606,6 +613,39 @@ def _planes(lo: int, hi: int, signed: bool) -> int:
     return 0
 
 
+def _aligned_abs_sums(k, align) -> list[int]:
+    """``sum_taps |k[..., c]| * 2^align[c]`` per channel ``c`` of a ``(kh, kw, C)`` kernel
+    (alignments ``>= 0``), as exact Python ints: in int64 when no sum can wrap, else channel
+    by channel.
+
+    Example:
+        >>> _aligned_abs_sums(np.full((2, 1, 2), -2**62), np.array([0, 1]))
+        [9223372036854775808, 18446744073709551616]
+    """
+    taps = k.shape[0] * k.shape[1]
+    top = max(-int(k.min(initial=0)), int(k.max(initial=0))) * taps
+    if top << int(np.max(align, initial=0)) < 2**63:
+        return (np.abs(k).sum(axis=(0, 1)) << align).tolist()
+    return [sum(abs(int(w)) for w in k[..., c].ravel()) << int(a)
+            for c, a in enumerate(align)]
+
+
+def _weighted_max(weights, m, add: int = 0) -> int:
+    """``max_c weights[c] * (m[c] + add)`` (non-negative int64 vectors) as an exact Python
+    int: in int64 when the largest product cannot wrap, else channel by channel.
+
+    Example:
+        >>> _weighted_max(np.array([2, 1]), np.array([2**62, 3]), 1)
+        9223372036854775810
+    """
+    if weights.size == 0:
+        return 0
+    top = int(m.max()) + add
+    if top < 2**63 and int(weights.max()) * top < 2**63:
+        return int((weights * (m + add)).max())
+    return max(int(w) * (int(v) + add) for w, v in zip(weights, m, strict=True))
+
+
 @cache
 def _dtype_absmax(dt) -> int:
     """Largest ``|v|`` of the integer dtype ``dt`` (128 for int8)."""
@@ -703,8 +743,9 @@ class _Elementwise:
             lo, hi = _vec(r["lo"], c), _vec(r["hi"], c)
             if frac is None or lo is None or hi is None or np.any(np.abs(frac) > 1000):
                 return None
-            return (np.ldexp(1.0, frac), lo.astype(np.float64), hi.astype(np.float64),
-                    narrow_dtype(lo, hi))
+            # round_half_up saturates at ±2^62 (eq. 2): so does a range reaching past it
+            lo, hi = (np.clip(v.astype(np.float64), -ROUND_LIMIT, ROUND_LIMIT) for v in (lo, hi))
+            return np.ldexp(1.0, frac), lo, hi, narrow_dtype(lo, hi)
         return rq if rq is not None and rq.ok else None
 
     def _build_scaled(self, c: int, post):

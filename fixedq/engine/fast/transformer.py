@@ -132,7 +132,7 @@ def _channel_max(x: np.ndarray, align: np.ndarray, batch: bool) -> list[int]:
     if top is None:
         nb = jit.backend()
         x2 = x.reshape(-1, x.shape[-1])
-        m = _absmax(nb, x2) if nb is not None else np.abs(x2.astype(np.int64)).max(axis=0)
+        m = _absmax(nb, x2) if nb is not None else ref.channel_absmax(x2)
         return [int(v) << int(a) for v, a in zip(m, align, strict=True)]
     return [top << int(a) for a in align]
 
