@@ -391,9 +391,12 @@ class _NeuralStep:
         p = self.nplan
         k = p.kernel if self.type == "conv2d" else p.kernel.reshape(1, 1, *p.kernel.shape)
         fan_in = int(np.prod(k.shape[:3]))
-        top = float(np.abs(k).max(initial=0)) * 2.0 ** int(p.align.max(initial=0))
+        # (in float64: np.abs of an int64 -2^63 wraps to -2^63)
+        top = float(np.abs(k.astype(np.float64)).max(initial=0)) * \
+            2.0 ** int(p.align.max(initial=0))
         got = None
-        if top * max(fan_in, 1) < INT64_SAFE:  # every sum below exact in int64
+        if top * max(fan_in, 1) < INT64_SAFE and int(p.align.min(initial=0)) >= 0:
+            # every sum is exact in int64 (negative alignments: the other routes)
             k64 = np.ascontiguousarray(k * np.left_shift(np.int64(1), p.align).reshape(
                 1, 1, -1, 1))
             wsum = int(np.abs(k64).sum(axis=(0, 1, 2)).max(initial=0))
