@@ -417,6 +417,52 @@ def test_parallel_micro_batches_give_the_same_integers(monkeypatch):
         np.testing.assert_array_equal(g, w)
 
 
+def test_worker_count_chosen_by_measuring(monkeypatch):
+    """``THREADS = 0`` (auto, the default): a batch size runs once on one thread and once on
+    the workers, then on whichever was faster per sample, the other one tried again every
+    ``ThreadChoice.EXPLORE`` calls; the integers are the same on every call."""
+    import threading
+
+    from fixedq.engine.fast import plan as fast_plan
+
+    rng = np.random.default_rng(6)
+    b = Builder(rng, 3, (0, 255))
+    t = b.neural("in", "conv2d", cout=8, k=3)
+    model = b.model([b.neural(b.elementwise("gap", [t]), "dense", cout=4)], (6, 5, 3))
+    x = _inputs(rng, (6, 5, 3), 12, "random")
+    want = _three_ways(model, x, monkeypatch)
+    monkeypatch.setattr(fast_plan, "PARALLEL_ELEMENTS", 0)
+    monkeypatch.setattr(fast_plan, "THREADS", 0)
+    monkeypatch.setattr(fast_plan, "AUTO_THREADS", 2)
+    plan = model.fast_plan()
+    model.run_batch(x[:1])  # (the per-sample size is measured first)
+    used = []
+    run_one = plan._run
+
+    def spy(v, times):
+        used.append(threading.current_thread().name.startswith("fixedq-engine"))
+        return run_one(v, times)
+
+    monkeypatch.setattr(plan, "_run", spy)
+    workers_per_call = []
+    for _ in range(2 * fast_plan.ThreadChoice.EXPLORE + 2):
+        used.clear()
+        got = model.run_batch(x)
+        for w, g in zip(want, got, strict=True):
+            np.testing.assert_array_equal(g, w)
+        workers_per_call.append(2 if all(used) else 1)
+        choice = plan._thread_choice(len(x))
+        if len(workers_per_call) == 2:  # make the workers the faster option
+            choice.cost.update({1: 1.0, 2: 0.5})
+    assert workers_per_call[:2] == [1, 2]
+    later = workers_per_call[2:]
+    assert later.count(1) == 2 and later.count(2) == len(later) - 2, workers_per_call
+    for raw, want_threads in (("auto", 0), ("", 0), ("two", 0), ("3", 3), ("0", 1),
+                              ("999", 64)):
+        monkeypatch.setenv(fast_plan.THREADS_ENV, raw)
+        assert fast_plan._threads_from_env() == want_threads, raw
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_table_and_mul_kernels(seed, monkeypatch):
     """``table`` (eq. 38, indices clipped like np.take) and ``mul`` (eq. 46: same-shape and

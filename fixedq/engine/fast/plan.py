@@ -22,7 +22,9 @@ path, none of which changes an integer:
   output used by nothing else is **fused into that step's epilogue** (the requantized row,
   then its table entries; no separate pass, no intermediate tensor); its own step passes the
   tensor on (its time shows under the producer in a profile).
-- **Data-parallel micro-batches** (opt-in, ``FIXEDQ_ENGINE_THREADS=2``): a batch runs as
+- **Data-parallel micro-batches** (``FIXEDQ_ENGINE_THREADS``: a count, or ``auto``, the
+  default: one thread or all the CPUs (at most 4), whichever runs the batch size faster on
+  the machine as it is, measured as batches run): a batch runs as
   micro-batches on :data:`THREADS` worker threads, each through the whole program (the
   compiled kernels and onnxruntime release the GIL; every GEMM inside a worker is
   single-threaded). A micro-batch's outputs depend only on
@@ -71,17 +73,72 @@ THREADS_ENV = "FIXEDQ_ENGINE_THREADS"
 
 
 def _threads_from_env() -> int:
-    """``FIXEDQ_ENGINE_THREADS`` as a thread count in [1, 64] (default 1; bad values: 1)."""
+    """``FIXEDQ_ENGINE_THREADS`` as a thread count in [1, 64], or 0 (unset, ``auto`` or a
+    bad value): chosen per batch size by measuring (:class:`ThreadChoice`)."""
+    raw = os.environ.get(THREADS_ENV, "auto").strip().lower()
     try:
-        return min(64, max(1, int(os.environ.get(THREADS_ENV, "1"))))
+        return 0 if raw == "auto" else min(64, max(1, int(raw)))
     except ValueError:
-        return 1
+        return 0
 
 
-#: Worker threads of the data-parallel micro-batches. Off by default: on the shared 2-core
-#: bench machine under load, 2 workers ran MobileNetV2 0.35 @ 96 at 0.6-0.7x the speed of one
-#: (each GIL hand-off between the workers waits for the OS to schedule the other thread).
+#: Worker threads of the data-parallel micro-batches: a fixed count, or 0 (the default):
+#: 1 or :data:`AUTO_THREADS`, whichever the plan measures faster for the batch size
+#: (:class:`ThreadChoice`). A fixed count loses either way on a 2-core machine: MobileNetV2
+#: 0.35 @ 96, batch 100, ran 1.6x faster on 2 workers than on one on an idle machine (55 vs
+#: 91 ms) but 0.6-0.7x as fast under load (each GIL hand-off between the workers waits for
+#: the OS to schedule the other thread).
 THREADS = _threads_from_env()
+#: The worker count :data:`THREADS` = 0 tries against one: the CPUs this process may use
+#: (at most 4).
+AUTO_THREADS = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                   else (os.cpu_count() or 1))
+
+
+class ThreadChoice:
+    """The worker count of one batch size, chosen by measuring: each option runs once, then
+    the one with the lowest smoothed wall time per sample, with the other tried again every
+    :data:`EXPLORE` calls (the machine's load changes). The integers never depend on it.
+
+    Example:
+        >>> c = ThreadChoice((1, 2))
+        >>> first, second = c.pick(), c.pick()
+        >>> (first, second)
+        (1, 2)
+        >>> c.record(1, 0.010); c.record(2, 0.006)
+        >>> [c.pick() for _ in range(3)]
+        [2, 2, 2]
+    """
+
+    EXPLORE = 16
+
+    def __init__(self, options):
+        self.options = tuple(options)
+        self.cost: dict[int, float] = {}
+        self.calls = 0
+        self._tried: set = set()
+
+    def pick(self) -> int:
+        """The worker count of the next call."""
+        self.calls += 1
+        for t in self.options:
+            if t not in self._tried:
+                self._tried.add(t)
+                return t
+        known = [t for t in self.options if t in self.cost]
+        if not known:
+            return self.options[0]
+        best = min(known, key=self.cost.__getitem__)
+        if self.calls % self.EXPLORE == 0:  # try another one now and then
+            others = [t for t in self.options if t != best]
+            return others[(self.calls // self.EXPLORE) % len(others)]
+        return best
+
+    def record(self, workers: int, seconds_per_sample: float) -> None:
+        """A call's wall time per sample on ``workers`` (smoothed: half the old value)."""
+        old = self.cost.get(workers)
+        self.cost[workers] = seconds_per_sample if old is None else \
+            0.5 * (old + seconds_per_sample)
 #: Smallest batch (elements of its largest intermediate tensor) split over the workers.
 PARALLEL_ELEMENTS = 1 << 16
 #: Micro-batches per worker thread at least (as far as the batch has samples): the workers
@@ -1047,13 +1104,23 @@ class FastPlan:
             head = self._run(x[:1], times)
             return [np.concatenate(p) for p in zip(head, self.run(x[1:], times), strict=True)]
         micro = max(1, MICRO_ELEMENTS // self.per_sample) if self.per_sample else n
-        workers = THREADS if times is None and _CTX.solo and n > 1 and \
-            n * self.per_sample >= PARALLEL_ELEMENTS else 1
+        split = times is None and _CTX.solo and n > 1 and \
+            n * self.per_sample >= PARALLEL_ELEMENTS
+        choice, workers = None, 1
+        if split:
+            workers = THREADS
+            if not workers:  # auto: measured per batch size
+                choice = self._thread_choice(n) if AUTO_THREADS > 1 else None
+                workers = choice.pick() if choice is not None else 1
+        t0 = time.perf_counter()
         count = -(-n // micro)
         if workers > 1:  # CHUNKS per worker (a descheduled worker's share is taken over)
             count = max(count, min(n, CHUNKS * workers))
-        if count == 1:
-            return self._run(x, times)
+        if count == 1 and workers == 1:
+            outs = self._run(x, times)
+            if choice is not None:
+                choice.record(1, (time.perf_counter() - t0) / n)
+            return outs
         if workers > 1:  # equal sizes
             cut = [n * i // count for i in range(count + 1)]
             chunks = [x[a:b] for a, b in zip(cut[:-1], cut[1:], strict=True)]
@@ -1064,7 +1131,19 @@ class FastPlan:
             parts = [f.result() for f in futures]
         else:
             parts = [self._run(c, times) for c in chunks]
-        return [np.concatenate(p) for p in zip(*parts, strict=True)]
+        outs = [np.concatenate(p) for p in zip(*parts, strict=True)]
+        if choice is not None:
+            choice.record(workers, (time.perf_counter() - t0) / n)
+        return outs
+
+    def _thread_choice(self, n: int) -> ThreadChoice:
+        """The :class:`ThreadChoice` of batches of about ``n`` samples (powers of two)."""
+        choices = self.__dict__.setdefault("_choices", {})
+        key = n.bit_length()
+        got = choices.get(key)
+        if got is None:
+            got = choices[key] = ThreadChoice((1, AUTO_THREADS))
+        return got
 
     def _schedule(self):
         """Per op (after the input): what :meth:`_run` needs, read once from the ops (the
