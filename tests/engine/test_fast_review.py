@@ -1,0 +1,58 @@
+"""Review of 604f2f4..fcec990 (event-mode back-off / dense-plan bypass, jit.pinned): tests
+that fail on fcec990, each naming the defect it demonstrates."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_fast_events import _check, _cnn, _event_steps, _sparse
+from test_fast_path import Builder, _inputs
+
+from fixedq.engine.fast import events, int_gemm, jit
+
+pytestmark = pytest.mark.skipif(events.backend() is None, reason="numba not installed")
+
+
+def test_small_shape_decision_follows_the_dense_cost_constants(monkeypatch):
+    """EventStep._small_ns keeps a shape's dense estimate computed with the ``dense_value``
+    and ``dense_mac`` of its first call and only compares it with ``event_call`` again
+    (the docstring says the estimate "is compared with COST_NS again at every call";
+    FastPlan._all_small even keys its bypass by these constants). After raising
+    ``dense_value`` (the ``always_events`` fixture's way of forcing the scatter) a shape
+    seen before keeps running dense, and the plan records the new constants as
+    "all small" too; a fresh plan of the same program runs the event kernels."""
+    model, rng, shape, (lo, hi) = _cnn(2)
+    x = _sparse(rng, (1, *shape), lo, hi, 0.99)
+    _check(model, x, monkeypatch, ran="dense")  # default costs: a batch-1 frame is small
+    monkeypatch.setitem(events.COST_NS, "dense_value", 1e9)  # (event_call unchanged)
+    monkeypatch.setitem(events.COST_NS, "gather", 1e12)
+    fresh, *_ = _cnn(2)
+    _check(fresh, x, monkeypatch)  # the decision a plan makes under these constants
+    _check(model, x, monkeypatch)  # fails: every step still "too small to scan" -> dense
+    assert {s.last for s in _event_steps(model)} == {s.last for s in _event_steps(fresh)}
+
+
+def test_pin_released_when_a_run_fails_before_its_first_step(monkeypatch):
+    """FastPlan._run enters ``jit.pinned()`` before its ``try``: an exception in
+    ``jit.backend()`` / ``int_gemm.available()`` (first-use numba / onnxruntime self-test,
+    or a KeyboardInterrupt there) leaves the switch pinned on the thread for good:
+    ``FIXEDQ_ENGINE_COMPILED=0`` is then ignored (model.fast_plan() still returns a plan)."""
+    monkeypatch.setenv(jit.ENV, "1")
+    rng = np.random.default_rng(12)
+    b = Builder(rng, 2, (0, 255))
+    model = b.model([b.neural("in", "conv2d", cout=3, k=3)], (6, 6, 2))
+    x = _inputs(rng, (6, 6, 2), 2, "random")
+
+    def boom():
+        raise RuntimeError("boom")
+
+    with monkeypatch.context() as m:
+        m.setattr(int_gemm, "available", boom)
+        with pytest.raises(RuntimeError, match="boom"):
+            model.run_batch(x)
+    try:
+        assert jit.pinned.current() is None
+        monkeypatch.setenv(jit.ENV, "0")
+        assert model.fast_plan() is None  # the switch is read again
+    finally:
+        jit._PIN.value = None  # (do not leak into other tests)
