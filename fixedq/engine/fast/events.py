@@ -186,7 +186,9 @@ class EventStep:
         self._bounds: dict[str, float] = {}
         self._reach: dict[tuple, tuple] = {}
         self._local = threading.local()
-        self._small_ns: dict[tuple, float] = {}  # input shape -> dense estimate (small ones)
+        #: input shape -> ``(cin, out_values)`` of a shape found too small to scan (the dense
+        #: estimate is recomputed from them with the current ``COST_NS`` at every call)
+        self._small_ns: dict[tuple, tuple[int, int]] = {}
         #: whether the last call found its input shape too small to scan
         self.ran_small = False
         self._backoff = ScanBackoff()
@@ -233,12 +235,17 @@ class EventStep:
             nnz * per_event * c["event_mac"] + extra
         return event < dense
 
-    def _remember_small(self, shape, dense_ns: float) -> None:
-        """Keep the dense estimate of an input shape too small to scan (its next calls skip
-        the checks; the estimate is compared with ``COST_NS`` again at every call)."""
+    def _remember_small(self, shape, cin: int, out_values: int) -> None:
+        """Keep the dense problem size of an input shape too small to scan (its next calls
+        skip the checks; the estimate is recomputed with ``COST_NS`` at every call)."""
         if len(self._small_ns) >= 16:  # many shapes: memory stays bounded
             self._small_ns.clear()
-        self._small_ns[shape] = dense_ns
+        self._small_ns[shape] = (cin, out_values)
+
+    def _still_small(self, shape) -> bool:
+        """Whether ``shape`` was found too small to scan and still is under ``COST_NS``."""
+        got = self._small_ns.get(shape)
+        return got is not None and self._dense_ns(*got) <= COST_NS["event_call"]
 
     def _dense_ns(self, cin, out_values: int) -> float:
         """The cost model's dense estimate (ns) for ``out_values`` outputs of ``cin``
@@ -252,8 +259,7 @@ class EventStep:
 
     # ------------------------------------------------------------------ execution
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        small = self._small_ns.get(x.shape)  # the dense estimate of a small input shape
-        self.ran_small = small is not None and small <= COST_NS["event_call"]
+        self.ran_small = self._still_small(x.shape)
         if self.ran_small:
             self.last = "dense"  # too small to scan (a live batch-1 frame): no checks
             return self.dense(x)
@@ -270,7 +276,7 @@ class EventStep:
         c = xc.shape[-1]
         dense_ns = self._dense_ns(c, out_values)
         if dense_ns <= COST_NS["event_call"]:  # too small to scan
-            self._remember_small(x.shape, dense_ns)
+            self._remember_small(x.shape, c, out_values)
             self.last = "dense"
             return self.dense(x)
         if self._backoff.skip(x.shape):
@@ -297,8 +303,7 @@ class EventStep:
         dense step on the *active* windows only (``"active"``: the windows holding an event,
         gathered and stacked; every other window gets ``const``, the dense step's value for
         an all-zero row), which keeps the int8 GEMM when events cluster in few windows."""
-        small = self._small_ns.get(win.shape)
-        self.ran_small = small is not None and small <= COST_NS["event_call"]
+        self.ran_small = self._still_small(win.shape)
         if self.ran_small:
             self.last = "dense"  # too small to scan (a live batch-1 frame): no checks
             return None
@@ -313,7 +318,7 @@ class EventStep:
         per_row = cost["dense_value"] + cin * cost["dense_mac"]
         dense = total * self.cout * per_row
         if dense <= cost["event_call"]:  # too small to scan
-            self._remember_small(win.shape, dense)
+            self._remember_small(win.shape, cin, total * self.cout)
             self.last = "dense"
             return None
         if self._backoff.skip(win.shape):  # recent scans of this shape chose the dense step

@@ -1184,8 +1184,9 @@ class FastPlan:
         pin = None
         if not outer:  # the environment switches, once per batch (for every step's kernels)
             pin = jit.pinned().__enter__()
-            _CTX.nb, _CTX.igemm, _CTX.active = jit.backend(), int_gemm.available(), True
-        try:
+        try:  # (the pin is released even when reading the switches fails)
+            if not outer:
+                _CTX.nb, _CTX.igemm, _CTX.active = jit.backend(), int_gemm.available(), True
             t0 = time.perf_counter()
             tensors = {m.ops[0].name: self.steps[0]([x])}
             biggest = tensors[m.ops[0].name].size
