@@ -56,3 +56,39 @@ def test_pin_released_when_a_run_fails_before_its_first_step(monkeypatch):
         assert model.fast_plan() is None  # the switch is read again
     finally:
         jit._PIN.value = None  # (do not leak into other tests)
+
+
+def test_all_small_decision_of_one_thread_not_taken_from_another(monkeypatch):
+    """``EventStep.ran_small`` is one attribute shared by every thread running the plan
+    (the data-parallel workers, now on by default: ``FIXEDQ_ENGINE_THREADS=auto``, or
+    callers on several threads), and FastPlan._run reads it after its last step: a batch-1
+    run on another thread in between (here while the big batch's last event step runs,
+    as in a nogil kernel) makes the big batch's shape "too small for every event step", and
+    from then on it bypasses the event steps (the dense plan) for good. The integers stay
+    the same; the event kernels are lost for that shape."""
+    import threading
+
+    model, rng, shape, (lo, hi) = _cnn(2)
+    monkeypatch.setitem(events.COST_NS, "event_call", 2000.0)  # batch 1 small, 256 not
+    plan = model.fast_plan("event")
+    x1 = _sparse(rng, (1, *shape), lo, hi, 0.99)
+    xb = _sparse(rng, (256, *shape), lo, hi, 0.99)
+    plan._run(x1, None)  # (the batch-1 shapes are remembered as small)
+    plan._run(xb, None)
+    assert not any(k[0] == xb.shape for k in plan._all_small)
+    last = plan._event_steps[-1]
+    real = last.window
+    done = []
+
+    def window(win):
+        out = real(win)
+        if win.shape[2] == 256 and not done:  # the other thread runs a batch-1 frame now
+            t = threading.Thread(target=lambda: done.append(plan._run(x1, None)))
+            t.start()
+            t.join()
+        return out
+
+    monkeypatch.setattr(last, "window", window)
+    plan._run(xb, None)
+    assert done
+    assert not any(k[0] == xb.shape for k in plan._all_small)
