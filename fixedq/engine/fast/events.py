@@ -189,12 +189,22 @@ class EventStep:
         #: input shape -> ``(cin, out_values)`` of a shape found too small to scan (the dense
         #: estimate is recomputed from them with the current ``COST_NS`` at every call)
         self._small_ns: dict[tuple, tuple[int, int]] = {}
-        #: whether the last call found its input shape too small to scan
-        self.ran_small = False
+        self.ran_small = False  # (per thread: see the property)
         self._backoff = ScanBackoff()
         #: the kernel of the last call ("events", "active" or "dense") and calls per kernel
         self.counts: dict[str, int] = {}
         self.last = None
+
+    @property
+    def ran_small(self) -> bool:
+        """Whether this thread's last call found its input shape too small to scan (per
+        thread: FastPlan._run reads it after its steps, while other threads -- the
+        data-parallel workers, other callers -- run the same steps on other shapes)."""
+        return getattr(self._local, "ran_small", False)
+
+    @ran_small.setter
+    def ran_small(self, value: bool) -> None:
+        self._local.ran_small = value
 
     @property
     def last(self):
