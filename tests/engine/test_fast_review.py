@@ -92,3 +92,21 @@ def test_all_small_decision_of_one_thread_not_taken_from_another(monkeypatch):
     plan._run(xb, None)
     assert done
     assert not any(k[0] == xb.shape for k in plan._all_small)
+
+
+def test_bypass_with_compiled_kernels_switched_off(monkeypatch):
+    """FastPlan._run's bypass builds the dense plan with ``model.fast_plan("dense")``, which
+    is ``None`` when ``FIXEDQ_ENGINE_COMPILED=0``: an event plan held by its caller (benches
+    keep ``model.fast_plan("event")``) or whose switch flips between the model's check and
+    the bypass (another thread) fails with ``'NoneType' object has no attribute '_run'``;
+    before the bypass the plan ran every step's reference kernel."""
+    model, rng, shape, (lo, hi) = _cnn(2)
+    x = _sparse(rng, (1, *shape), lo, hi, 0.99)
+    want = model.run_batch(x)
+    plan = model.fast_plan("event")
+    plan.run(x)
+    plan.run(x)  # the shape is recorded as too small for every event step
+    assert any(k[0] == x.shape for k in plan._all_small)
+    monkeypatch.setenv(jit.ENV, "0")
+    for w, g in zip(want, plan.run(x), strict=True):
+        np.testing.assert_array_equal(g, w)
