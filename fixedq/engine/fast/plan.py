@@ -1174,9 +1174,12 @@ class FastPlan:
             small_key = (x.shape, x.dtype, self._small_costs(self._costs))
             if small_key in self._all_small:
                 dense = self.__dict__.get("_dense_plan")
-                if dense is None:
-                    dense = self._dense_plan = m.fast_plan("dense")
-                return dense._run(x, times)
+                if dense is None:  # (None when the compiled kernels are switched off)
+                    dense = m.fast_plan("dense")
+                    if dense is not None:
+                        self._dense_plan = dense
+                if dense is not None:
+                    return dense._run(x, times)
         sched = self.__dict__.get("_sched")
         if sched is None:
             sched = self._sched = self._schedule()
