@@ -103,7 +103,7 @@ class ScanBackoff:
 
     Counting a batch's events costs a pass over it (~40 us for a batch of 64 TENN frames of
     a buffer conv), paid for nothing when the dense step runs anyway. After ``n`` scans in a
-    row of one input shape chose the dense step, the next ``min(2^n - 1, MAX_SKIP)`` calls of
+    row of one input shape chose the dense step, the next ``min(2^(n-1) - 1, MAX_SKIP)`` calls of
     that shape run the dense step without scanning; a scan that chooses an event kernel
     starts over. The integers are the same whichever kernel runs: only the time differs,
     and the scans skipped are at most ``1 - 1/(MAX_SKIP + 1)`` of a run of dense batches.

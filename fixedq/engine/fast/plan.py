@@ -151,7 +151,7 @@ SOLO_GEMM_MACS = 1 << 24
 #: conv2d/dense steps with at most this many multiply-adds per call run the direct kernel
 #: (:func:`kernels.conv_rows`: no im2col, no GEMM library call); a GEMM call through
 #: onnxruntime costs ~7-10 us before any arithmetic, more than a whole small layer of a
-#: batch-1 frame (see docs/engine.md, "batch-1 latency").
+#: batch-1 frame (docs/engine.md, "The compiled dense path": measured crossover).
 DIRECT_MACS = 1 << 17
 
 
