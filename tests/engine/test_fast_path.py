@@ -418,9 +418,9 @@ def test_parallel_micro_batches_give_the_same_integers(monkeypatch):
 
 
 def test_worker_count_chosen_by_measuring(monkeypatch):
-    """``THREADS = 0`` (auto, the default): a batch size runs once on one thread and once on
-    the workers, then on whichever was faster per sample, the other one tried again every
-    ``ThreadChoice.EXPLORE`` calls; the integers are the same on every call."""
+    """``THREADS = 0`` (auto, the default): a batch size runs twice on one thread and twice on
+    the workers, taking turns, then on whichever was faster per sample, the other one tried
+    again every ``ThreadChoice.EXPLORE`` calls; the integers are the same on every call."""
     import threading
 
     from fixedq.engine.fast import plan as fast_plan
@@ -452,10 +452,11 @@ def test_worker_count_chosen_by_measuring(monkeypatch):
             np.testing.assert_array_equal(g, w)
         workers_per_call.append(2 if all(used) else 1)
         choice = plan._thread_choice(len(x))
-        if len(workers_per_call) == 2:  # make the workers the faster option
-            choice.cost.update({1: 1.0, 2: 0.5})
-    assert workers_per_call[:2] == [1, 2]
-    later = workers_per_call[2:]
+        if len(workers_per_call) == 4:  # from now on the workers are the faster option
+            choice.samples.update({1: [1.0], 2: [0.5]})
+            monkeypatch.setattr(choice, "record", lambda workers, seconds: None)
+    assert workers_per_call[:4] == [1, 2, 1, 2]
+    later = workers_per_call[4:]
     assert later.count(1) == 2 and later.count(2) == len(later) - 2, workers_per_call
     for raw, want_threads in (("auto", 0), ("", 0), ("two", 0), ("3", 3), ("0", 1),
                               ("999", 64)):

@@ -96,49 +96,55 @@ AUTO_THREADS = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffi
 
 
 class ThreadChoice:
-    """The worker count of one batch size, chosen by measuring: each option runs once, then
-    the one with the lowest smoothed wall time per sample, with the other tried again every
-    :data:`EXPLORE` calls (the machine's load changes). The integers never depend on it.
+    """The worker count of one batch size, chosen by measuring: the options take turns until
+    each ran :data:`TRIES` times, then the one with the lowest recent wall time per sample
+    runs (the minimum of its last :data:`WINDOW` calls: another process only ever makes a
+    call slower), with the others tried again every :data:`EXPLORE` calls (the machine's
+    load changes). The integers never depend on it.
 
     Example:
         >>> c = ThreadChoice((1, 2))
-        >>> first, second = c.pick(), c.pick()
-        >>> (first, second)
-        (1, 2)
-        >>> c.record(1, 0.010); c.record(2, 0.006)
+        >>> [c.pick() for _ in range(4)]
+        [1, 2, 1, 2]
+        >>> for t, sec in ((1, 0.010), (2, 0.020), (1, 0.011), (2, 0.006)):
+        ...     c.record(t, sec)
         >>> [c.pick() for _ in range(3)]
         [2, 2, 2]
     """
 
+    TRIES = 2
+    WINDOW = 4
     EXPLORE = 16
 
     def __init__(self, options):
         self.options = tuple(options)
-        self.cost: dict[int, float] = {}
+        self.samples: dict[int, list[float]] = {t: [] for t in self.options}
         self.calls = 0
-        self._tried: set = set()
+        self._given = 0
 
     def pick(self) -> int:
         """The worker count of the next call."""
         self.calls += 1
-        for t in self.options:
-            if t not in self._tried:
-                self._tried.add(t)
-                return t
-        known = [t for t in self.options if t in self.cost]
+        if self._given < self.TRIES * len(self.options):  # take turns first
+            t = self.options[self._given % len(self.options)]
+            self._given += 1
+            return t
+        known = [t for t in self.options if self.samples[t]]
         if not known:
             return self.options[0]
-        best = min(known, key=self.cost.__getitem__)
+        best = min(known, key=lambda t: min(self.samples[t]))
         if self.calls % self.EXPLORE == 0:  # try another one now and then
             others = [t for t in self.options if t != best]
             return others[(self.calls // self.EXPLORE) % len(others)]
         return best
 
     def record(self, workers: int, seconds_per_sample: float) -> None:
-        """A call's wall time per sample on ``workers`` (smoothed: half the old value)."""
-        old = self.cost.get(workers)
-        self.cost[workers] = seconds_per_sample if old is None else \
-            0.5 * (old + seconds_per_sample)
+        """A call's wall time per sample on ``workers`` (the last :data:`WINDOW` kept)."""
+        window = self.samples.setdefault(workers, [])
+        window.append(seconds_per_sample)
+        del window[:-self.WINDOW]
+
+
 #: Smallest batch (elements of its largest intermediate tensor) split over the workers.
 PARALLEL_ELEMENTS = 1 << 16
 #: Micro-batches per worker thread at least (as far as the batch has samples): the workers
