@@ -276,6 +276,12 @@ def test_environment_switch_read_once_per_plan_run(monkeypatch):
             assert jit.pinned.current() is True
         assert jit.pinned.current() is True
     assert jit.pinned.current() is None and not jit.requested()
+    pin = jit.pinned()  # one object entered inside itself restores both levels
+    with pin:
+        with pin:
+            assert jit.pinned.current() is False
+        assert jit.pinned.current() is False
+    assert jit.pinned.current() is None
     monkeypatch.setenv(jit.ENV, "1")
     rng = np.random.default_rng(12)
     b = Builder(rng, 2, (0, 255))

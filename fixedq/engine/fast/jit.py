@@ -73,14 +73,18 @@ class pinned:
         True
     """
 
+    def __init__(self):
+        self._outers: list = []  # (one object may be entered again inside itself)
+
     def __enter__(self):
-        self._outer = _PIN.value
-        if self._outer is None:
+        outer = _PIN.value
+        self._outers.append(outer)
+        if outer is None:
             _PIN.value = requested()
         return self
 
     def __exit__(self, *exc):
-        _PIN.value = self._outer
+        _PIN.value = self._outers.pop()
         return False
 
     @staticmethod
