@@ -380,3 +380,25 @@ def test_batch_too_small_for_every_event_step_runs_the_dense_plan(monkeypatch):
     monkeypatch.setitem(events.COST_NS, "dense_value", 1e9)
     _check(model, x, monkeypatch)
     assert "count_nonzero" in scans
+
+
+def test_scan_backoff_when_events_pay_now_and_then():
+    """A shape whose batches pay for events one call in 8 (a buffer conv's first frame of a
+    clip) is scanned rarely, not 4 times in 8 (an event choice used to start the back-off
+    over); a shape whose batches always pay is scanned on every call."""
+    periodic = events.ScanBackoff()
+    scans = 0
+    for t in range(256):
+        if not periodic.skip("s"):
+            scans += 1
+            periodic.scanned("s", dense=t % 8 != 0)
+    assert scans <= 32, scans  # (starting over at each event choice: 128)
+    always = events.ScanBackoff()
+    for _ in range(3):
+        always.scanned("s", dense=True)
+    taken = []
+    for _ in range(40):
+        if not always.skip("s"):
+            taken.append(True)
+            always.scanned("s", dense=False)
+    assert len(taken) >= 36  # back to a scan per call after the dense level decays
