@@ -110,3 +110,42 @@ def test_bypass_with_compiled_kernels_switched_off(monkeypatch):
     monkeypatch.setenv(jit.ENV, "0")
     for w, g in zip(want, plan.run(x), strict=True):
         np.testing.assert_array_equal(g, w)
+
+
+def test_one_pinned_object_shared_by_two_threads(monkeypatch):
+    """``jit.pinned`` keeps the stack of outer values on the object (bcc52a1) while the pin
+    itself is per thread: one object entered on two threads pops the other thread's outer
+    value. Thread A (unpinned) enters ``pin``; thread B, inside its own ``pinned()``, enters
+    ``pin`` too; A leaves first and gets B's outer value (its thread stays pinned for good:
+    ``FIXEDQ_ENGINE_COMPILED`` is no longer read there), and B, leaving, gets A's ``None``
+    (its own outer context is lost while still inside it)."""
+    import threading
+
+    monkeypatch.setenv(jit.ENV, "1")
+    pin = jit.pinned()
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+    seen = {}
+
+    def thread_a():
+        with pin:
+            a_in.set()
+            b_in.wait(5)
+        seen["a_after"] = jit.pinned.current()
+        jit._PIN.value = None  # (a worker thread: nothing leaks into other tests)
+        a_out.set()
+
+    def thread_b():
+        with jit.pinned():
+            a_in.wait(5)
+            with pin:
+                b_in.set()
+                a_out.wait(5)
+            seen["b_inside_own"] = jit.pinned.current()
+        seen["b_after"] = jit.pinned.current()
+
+    ts = [threading.Thread(target=f) for f in (thread_a, thread_b)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(10)
+    assert seen == {"a_after": None, "b_inside_own": True, "b_after": None}, seen

@@ -41,6 +41,9 @@ FUSED = ("requant_rows", "requant_planes", "depthwise_rows", "conv_rows")
 class _Pin(threading.local):
     value = None  # inside pinned(): the switch read once at its start
 
+    def __init__(self):
+        self.outers = []  # per thread: the values to restore, innermost last
+
 
 _PIN = _Pin()
 
@@ -73,18 +76,17 @@ class pinned:
         True
     """
 
-    def __init__(self):
-        self._outers: list = []  # (one object may be entered again inside itself)
-
     def __enter__(self):
+        # the outer values live on the thread, not on the object: one object may be
+        # entered inside itself, or on several threads at once
         outer = _PIN.value
-        self._outers.append(outer)
         if outer is None:
             _PIN.value = requested()
+        _PIN.outers.append(outer)
         return self
 
     def __exit__(self, *exc):
-        _PIN.value = self._outers.pop()
+        _PIN.value = _PIN.outers.pop()
         return False
 
     @staticmethod
