@@ -109,9 +109,11 @@ class ScanBackoff:
     shape whose batches keep paying for events is scanned every call, one whose batches
     never do about once per ``MAX_SKIP + 1`` calls, and a mix where events pay now and then
     (a buffer conv's first frame of a clip: its window is mostly the zero-filled FIFO) is
-    scanned rarely (starting over at every event choice, the TENN bench's 4-bit model spent
-    its buffer convs' gain on 4 scans per 8 frames and ran event mode at 0.95x of dense).
-    The integers are the same whichever kernel runs: only the time differs.
+    scanned rarely, so it runs dense nearly always: the occasional event gain is given up
+    for the scans' cost (starting over at every event choice, the TENN bench's 4-bit model
+    spent more on 4 scans per 8 frames than its buffer convs' first frames gained, and ran
+    event mode at 0.95x of dense; with a period dividing 32 the scans can even miss every
+    paying call). The integers are the same whichever kernel runs: only the time differs.
 
     Example:
         >>> b = ScanBackoff()
