@@ -627,12 +627,15 @@ class _NeuralStep:
             self.rq.kernels(nb).requant_rows(self.gemm(cols, zp, threads), base,
                                                *self.rq.args(), out)
             return out
-        lo = np.empty((rows, kh * kw * c), np.uint8)
-        hi = np.empty_like(lo)
+        planes = np.empty((2 * rows, kh * kw * c), np.uint8)  # [lo; hi], one buffer
+        lo, hi = planes[:rows], planes[rows:]
         nb.im2col_u8x2(x4, shifts, zp, *geo_args, lo, hi)
-        self.rq.kernels(nb).requant_planes(self.gemm(hi, zp, threads),
-                                             self.gemm(lo, 0, threads), base, *self.rq.args(),
-                                             out)
+        if zp == 0:  # both planes without a zero point: one GEMM call over the stacked rows
+            acc = self.gemm(planes, 0, threads)  # (a call costs ~7-10 us before arithmetic)
+            acc_lo, acc_hi = acc[:rows], acc[rows:]
+        else:
+            acc_hi, acc_lo = self.gemm(hi, zp, threads), self.gemm(lo, 0, threads)
+        self.rq.kernels(nb).requant_planes(acc_hi, acc_lo, base, *self.rq.args(), out)
         return out
 
     def _gemm_rows(self, nb, x4, geo, groups):
