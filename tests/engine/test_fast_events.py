@@ -282,22 +282,9 @@ def test_dense_on_active_rows(seed, monkeypatch):
 def test_small_steps_run_dense_without_scanning(monkeypatch):
     """A step whose dense estimate is below the event path's fixed cost per call (a small
     batch-1 frame) runs dense without counting its events; with no fixed cost it scans."""
-    from types import SimpleNamespace
-
     model, rng, shape, (lo, hi) = _cnn(2)
     x = _sparse(rng, (1, *shape), lo, hi, 0.99)
-    nb = events.backend()
-    scans = []
-
-    def counted(name):
-        def run(*args):
-            scans.append(name)
-            return getattr(nb, name)(*args)
-        return run
-
-    spy = SimpleNamespace(**{**vars(nb), "count_nonzero": counted("count_nonzero"),
-                             "active_windows": counted("active_windows")})
-    monkeypatch.setattr(events, "backend", lambda: spy)
+    scans = _scan_spy(monkeypatch)
     monkeypatch.setitem(events.COST_NS, "event_call", 1e12)
     _check(model, x, monkeypatch, ran="dense")
     assert scans == []

@@ -200,7 +200,7 @@ class EventStep:
         self._local = threading.local()
         #: input shape -> ``(cin, out_values)`` of a shape found too small to scan (the dense
         #: estimate is recomputed from them with the current ``COST_NS`` at every call)
-        self._small_ns: dict[tuple, tuple[int, int]] = {}
+        self._small_shapes: dict[tuple, tuple[int, int]] = {}
         self.ran_small = False  # (per thread: see the property)
         self._backoff = ScanBackoff()
         #: the kernel of the last call ("events", "active" or "dense") and calls per kernel
@@ -260,13 +260,13 @@ class EventStep:
     def _remember_small(self, shape, cin: int, out_values: int) -> None:
         """Keep the dense problem size of an input shape too small to scan (its next calls
         skip the checks; the estimate is recomputed with ``COST_NS`` at every call)."""
-        if len(self._small_ns) >= 16:  # many shapes: memory stays bounded
-            self._small_ns.clear()
-        self._small_ns[shape] = (cin, out_values)
+        if len(self._small_shapes) >= 16:  # many shapes: memory stays bounded
+            self._small_shapes.clear()
+        self._small_shapes[shape] = (cin, out_values)
 
     def _still_small(self, shape) -> bool:
         """Whether ``shape`` was found too small to scan and still is under ``COST_NS``."""
-        got = self._small_ns.get(shape)
+        got = self._small_shapes.get(shape)
         return got is not None and self._dense_ns(*got) <= COST_NS["event_call"]
 
     def _dense_ns(self, cin, out_values: int) -> float:

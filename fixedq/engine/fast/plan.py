@@ -53,6 +53,7 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from functools import cache, partial
 
 import numpy as np
@@ -473,18 +474,9 @@ class _NeuralStep:
         ``None``. Accumulators in int32 when ``max_o sum |w 2^a| * (max|x| + |xoff|)``, from
         the input dtype's range, is below 2^31, else int64 (the bound is below 2^62)."""
         c = x.shape[-1]
-        if self.type == "dense":
-            lead = x.shape[:-1]
-            rows = int(np.prod(lead))
-            if rows * c * self.cout > DIRECT_MACS:
-                return None
-            x4 = x.reshape(1, 1, rows, c)
-            geo = (1, 1, (1, 1), (1, 1), 1, rows, 0, 0)
-        else:
-            geo = self._geometry(x)
-            if x.shape[0] * geo[4] * geo[5] * geo[0] * geo[1] * c * self.cout > DIRECT_MACS:
-                return None
-            x4 = x
+        x4, geo = _rows_as_image(x) if self.type == "dense" else (x, self._geometry(x))
+        if x4.shape[0] * geo[4] * geo[5] * geo[0] * geo[1] * c * self.cout > DIRECT_MACS:
+            return None
         ks = self._direct_kernels()
         if ks is None or x.dtype.kind not in "iu":
             return None
@@ -500,7 +492,7 @@ class _NeuralStep:
         out = np.empty((x4.shape[0], ho, wo, self.cout), self.rq.dtype)
         self.rq.kernels(nb).conv_rows(np.ascontiguousarray(x4), self.xoff, k, z, s[0], s[1],
                                         d[0], d[1], pt, pl, ho, wo, *self.rq.args(), out)
-        return out.reshape(*lead, self.cout) if self.type == "dense" else out
+        return out.reshape(*x.shape[:-1], self.cout) if self.type == "dense" else out
 
     def _depthwise(self, nb, x):
         c, xoff = x.shape[-1], self.xoff
@@ -587,11 +579,8 @@ class _NeuralStep:
         stays below :data:`IM2COL_ELEMENTS`."""
         p, c = self.nplan, x.shape[-1]
         if self.type == "dense":
-            lead = x.shape[:-1]
-            x4 = np.ascontiguousarray(x).reshape(1, 1, -1, c)
-            geo = (1, 1, (1, 1), (1, 1), 1, x4.shape[2], 0, 0)
-            y = rows_fn(nb, x4, geo)
-            return y.reshape(*lead, p.cout)
+            x4, geo = _rows_as_image(x)
+            return rows_fn(nb, x4, geo).reshape(*x.shape[:-1], p.cout)
         geo = self._geometry(x)
         n, ho, wo = x.shape[0], geo[4], geo[5]
         per = max(1, IM2COL_ELEMENTS // max(1, ho * wo * geo[0] * geo[1] * c))
@@ -664,6 +653,13 @@ class _NeuralStep:
         out = np.empty((rows, p.cout), self.rq.dtype)
         self.rq.kernels(nb).requant_rows(acc, accshift, *self.rq.args(), out)
         return out
+
+
+def _rows_as_image(x):
+    """A dense layer's input ``(..., C)`` as the ``(1, 1, rows, C)`` image of a 1x1 conv and
+    that conv's geometry ``(kh, kw, strides, dilation, ho, wo, pt, pl)``."""
+    x4 = np.ascontiguousarray(x).reshape(1, 1, -1, x.shape[-1])
+    return x4, (1, 1, (1, 1), (1, 1), 1, x4.shape[2], 0, 0)
 
 
 def _planes(lo: int, hi: int, signed: bool) -> int:
@@ -1193,9 +1189,9 @@ class FastPlan:
         if sched is None:
             sched = self._sched = self._schedule()
         outer = _CTX.active
-        pin = None
+        pin = ExitStack()
         if not outer:  # the environment switches, once per batch (for every step's kernels)
-            pin = jit.pinned().__enter__()
+            pin.enter_context(jit.pinned())
         try:  # (the pin is released even when reading the switches fails)
             if not outer:
                 _CTX.nb, _CTX.igemm, _CTX.active = jit.backend(), int_gemm.available(), True
@@ -1237,7 +1233,7 @@ class FastPlan:
         finally:
             if not outer:
                 _CTX.active, _CTX.nb = False, None
-                pin.__exit__(None, None, None)
+            pin.close()
         if x.shape[0]:
             self.per_sample = max(self.per_sample, -(-biggest // x.shape[0]))
         if self._event_steps and all(st.ran_small for st in self._event_steps):
