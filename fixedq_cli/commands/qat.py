@@ -83,6 +83,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "--teacher)")
     parser.add_argument("--temperature", type=_lr, default=2.0, metavar="T",
                         help="softening temperature of the teacher term (default 2)")
+    parser.add_argument("--keep", choices=("end", "clear"), default="end",
+                        help="which epoch replaces the start: 'end' (default) the last epoch "
+                             "unless it is below the start or a clearly better epoch on "
+                             "validation; 'clear' only an epoch whose gain is clear on its own")
     parser.add_argument("-s", "--save_name", metavar="PATH",
                         help="output model file (default <model>_qat.<ext>)")
     parser.add_argument("--json", action="store_true", help="print the history as JSON")
@@ -123,7 +127,7 @@ def run(args) -> int:
     model, history = fixedq.qat(qmodel, train, val, epochs=args.epochs, lr=args.lr,
                                 batch_size=args.batch_size, validation_split=args.val_split,
                                 seed=args.seed, teacher=teacher, distill=args.distill,
-                                temperature=args.temperature, verbose=True)
+                                temperature=args.temperature, keep=args.keep, verbose=True)
     fixedq.save_model(model, out)
     if args.json:
         print(json.dumps(history.to_dict(), indent=2))

@@ -50,6 +50,9 @@ def runs(cli_files, tmp_path_factory):
         "teacher": ("qat", "-m", q, "--train", d / "train.npz", "--val", d / "val.npz", "-e",
                     "1", "--lr", "1e-4", "--teacher", cli_files.model, "--distill", "0.7",
                     "-s", d / "out_teacher.keras", "--json"),
+        "keep_clear": ("qat", "-m", q, "--train", d / "train.npz", "--val", d / "val.npz",
+                       "-e", "1", "--lr", "1e-4", "--keep", "clear", "-s", d / "out_clear.keras",
+                       "--json"),
         "teacher_q": ("qat", "-m", q, "--train", d / "train.npz", "--teacher", q,
                       "-s", d / "tq.keras"),
         "teacher_missing": ("qat", "-m", q, "--train", d / "train.npz", "--teacher",
@@ -82,6 +85,11 @@ def test_qat_end_to_end(runs, cli_files):
     np.testing.assert_array_equal(convert(model).predict(x), model.predict(x, verbose=0))
     assert r["val"]["code"] == 0, r["val"]["err"]
     assert (d / "out_val.keras").is_file()
+    assert history["keep"] == "end"
+    clear = r["keep_clear"]
+    assert clear["code"] == 0, clear["err"]
+    assert json.loads(clear["out"][:clear["out"].rindex("}") + 1])["keep"] == "clear"
+    assert (d / "out_clear.keras").is_file()
 
 
 def test_qat_errors(runs, one_line_error):

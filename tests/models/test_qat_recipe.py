@@ -146,7 +146,7 @@ def test_npz_and_dataset_inputs(setup, tmp_path):
     val = tf.data.Dataset.from_tensor_slices((xte[:200], yte[:200])).batch(50)
     # an impossible significance: no epoch may replace the start
     best, history = fixedq.qat(qmodel, tmp_path / "train.npz", val, epochs=1, lr=1e-3,
-                               significance=1e9, verbose=False)
+                               keep="clear", significance=1e9, verbose=False)
     assert len(history.val_metric) == len(history.val_changes) == 1
     assert history.kept_epoch == 0 and _same_weights(best, qmodel)
     assert history.start_metric == _accuracy(qmodel, xte[:200], yte[:200])
@@ -340,3 +340,103 @@ def test_the_float_models_own_lr_caps_the_range_test(setup):
     _, plain = fixedq.qat(qmodel, train, (xte, yte), epochs=1, range_steps=24,
                           teacher=uncompiled, verbose=False)
     assert plain.lr_source == "range test" and plain.peak_lr == plain.range_test.suggested
+
+
+def test_unlabelled_rows_are_distilled_only():
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(8, 10)).astype("float32") * 2
+    teacher = rng.normal(size=(8, 10)).astype("float32")
+    teacher = teacher - np.log(np.exp(teacher).sum(-1, keepdims=True))
+    ids = rng.integers(0, 10, 8).astype("float32")
+    y = np.concatenate([ids[:, None], teacher], axis=1)
+    unlabelled = y.copy()
+    unlabelled[:, 0] = -1.0
+    soft = float(DistillationLoss(1.0, 2.0)(y, logits))  # the soft term alone
+    for weight in (0.0, 0.3, 1.0):  # no label: the weight does not matter
+        np.testing.assert_allclose(float(DistillationLoss(weight, 2.0)(unlabelled, logits)),
+                                   soft, rtol=1e-5)
+    # a batch mixing both kinds: the mean of the two per-row losses
+    mixed = np.concatenate([y[:4], unlabelled[4:]])
+    want = (4 * float(DistillationLoss(0.3, 2.0)(y[:4], logits[:4]))
+            + 4 * float(DistillationLoss(1.0, 2.0)(y[4:], logits[4:]))) / 8
+    np.testing.assert_allclose(float(DistillationLoss(0.3, 2.0)(mixed, logits)), want, rtol=1e-5)
+
+
+def test_mix_trains_on_teacher_labelled_mixtures_only(setup):
+    model, qmodel, train, (xte, yte) = setup
+    runs = {}
+    for distill in (0.2, 0.8):
+        seen = []
+        best, history = fixedq.qat(qmodel, train, (xte, yte), epochs=2, lr=1e-3, mix=1.0,
+                                   teacher=model, distill=distill, significance=0.0,
+                                   verbose=False, on_epoch=lambda e, m, seen=seen: seen.append(
+                                       (e, [w.copy() for w in m.get_weights()])))
+        runs[distill] = (best, history, seen)
+    # mix=1.0: every training row is a mixture with the teacher's targets only, so the label
+    # weight `distill` changes nothing (with labels, 0.2 vs 0.8 changes the loss ~3x)
+    (_, h_a, _), (best_b, h_b, seen_b) = runs[0.2], runs[0.8]
+    np.testing.assert_allclose(h_a.train_loss, h_b.train_loss, rtol=1e-3)
+    labelled = fixedq.qat(qmodel, train, (xte, yte), epochs=1, lr=1e-3, teacher=model,
+                          distill=0.2, verbose=False)[1]
+    assert labelled.train_loss[0] > 2 * h_a.train_loss[0]
+    # on_epoch saw every epoch, with that epoch's weights (the kept one is returned)
+    assert [e for e, _ in seen_b] == [1, 2]
+    if h_b.kept_epoch:
+        for got, want in zip(best_b.get_weights(), seen_b[h_b.kept_epoch - 1][1], strict=True):
+            np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(convert(best_b).predict(xte), best_b.predict(xte, verbose=0))
+
+
+def test_mix_and_on_epoch_bad_inputs(setup):
+    model, qmodel, (x, y), _ = setup
+    with pytest.raises(ValueError, match="mix= needs teacher="):
+        fixedq.qat(qmodel, (x, y), mix=0.5, verbose=False)
+    for bad in (1.5, -0.1, True, "0.5"):
+        with pytest.raises(ValueError, match="mix must be a number in"):
+            fixedq.qat(qmodel, (x, y), teacher=model, mix=bad, verbose=False)
+    for bad in (0.0, -1.0, float("inf")):
+        with pytest.raises(ValueError, match="mix_alpha must be a positive"):
+            fixedq.qat(qmodel, (x, y), teacher=model, mix=0.5, mix_alpha=bad, verbose=False)
+    with pytest.raises(TypeError, match="on_epoch must be callable"):
+        fixedq.qat(qmodel, (x, y), on_epoch="log.txt", verbose=False)
+
+
+def _scripted_evaluations(monkeypatch, correct_counts, n=100):
+    """Make qat's validation read ``correct_counts`` (start, then one per epoch): the first
+    ``k`` of ``n`` samples right; losses fall with every call."""
+    import fixedq.models.qat as qat_module
+
+    calls = iter(range(len(correct_counts)))
+
+    def fake(model, x, y, loss_fn, batch_size):
+        i = next(calls)
+        hits = np.arange(n) < correct_counts[i]
+        return 1.0 - 0.01 * i, float(hits.mean()), hits
+
+    monkeypatch.setattr(qat_module, "_evaluate", fake)
+
+
+@pytest.mark.parametrize("counts, keep, kept", [
+    ((50, 52, 53), "end", 2),     # no clear gain: the end of the schedule (not below the start)
+    ((50, 52, 53), "clear", 0),   # the same under the old rule: the start
+    ((50, 52, 49), "end", 0),     # the last epoch below the start: the start
+    ((50, 80, 60), "end", 1),     # a clear gain beats a later, lower epoch
+    ((50, 80, 80), "end", 2),     # ties with the clear one: the end
+    ((50, 50, 50), "end", 2),     # not below the start
+])
+def test_keep_rule(setup, monkeypatch, counts, keep, kept):
+    _, qmodel, (x, y), _ = setup
+    _scripted_evaluations(monkeypatch, counts)
+    seen = {}
+    best, history = fixedq.qat(qmodel, (x[:200], y[:200]), (x[:100], y[:100]), epochs=2,
+                               lr=1e-3, keep=keep, verbose=False,
+                               on_epoch=lambda e, m: seen.update({e: m.get_weights()}))
+    assert history.kept_epoch == kept
+    want = qmodel.get_weights() if kept == 0 else seen[kept]
+    assert all(np.array_equal(a, b) for a, b in zip(best.get_weights(), want, strict=True))
+
+
+def test_keep_bad_value(setup):
+    _, qmodel, (x, y), _ = setup
+    with pytest.raises(ValueError, match="keep must be 'end' or 'clear'"):
+        fixedq.qat(qmodel, (x, y), keep="best", verbose=False)
