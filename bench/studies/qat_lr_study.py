@@ -106,7 +106,8 @@ def study(name: str, seed: int, data, args) -> dict:
         lr, scale = _grid_item(item)
         t0 = time.perf_counter()
         _, h = fixedq.qat(q4, fit, val, epochs=args.epochs, lr=lr, seed=seed, teacher=model,
-                          low_bit_lr_scale=scale, significance=0.0, verbose=args.verbose)
+                          low_bit_lr_scale=scale, keep="clear", significance=0.0,
+                          verbose=args.verbose)
         row[f"g{item}"] = {"val": [100 * v for v in h.val_metric],
                            "changes": [list(c) for c in h.val_changes],
                            "start": 100 * h.start_metric,

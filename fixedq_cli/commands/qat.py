@@ -19,8 +19,9 @@ DESCRIPTION = """\
 Fine-tune a quantized model (made by 'fixedq quantize') on labelled samples with
 fixedq.qat: Adam, a peak learning rate from a learning-rate range test on the training data
 (or --lr), cosine-decayed to 0 over the epochs. After each epoch the validation accuracy is
-measured; the best epoch is saved, or the starting weights if no epoch beat them (the saved
-model is never worse than the input on the validation samples).
+measured; the last epoch is saved unless it is below the start or below an earlier epoch
+with a clear gain (--keep end), else that epoch or the starting weights (the saved model is
+never worse than the input on the validation samples).
 
 --train and --val are .npz files holding the samples 'x' and the labels 'y' (class ids or
 one-hot rows). Without --val, a seeded --val_split of the training samples is held out. The
