@@ -704,7 +704,8 @@ def qat(qmodel: keras.Model, train, validation=None, epochs: int = 3, *, lr: flo
         on_epoch: called as ``on_epoch(epoch, model)`` after every training epoch (1-based,
             the model holding that epoch's weights, before the next epoch starts) for your own
             logging, metrics or checkpoints; it must not change the model. Its return value is
-            ignored.
+            ignored; an exception it raises stops ``qat``. After a collapsed run (see ``lr``)
+            the new run's epochs are numbered from 1 again.
         verbose: one line per stage and epoch on ``stream`` (default ``sys.stderr``).
 
     Returns:
