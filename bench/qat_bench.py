@@ -73,6 +73,7 @@ def _qat_row(row: dict, key: str, best, history, seconds: float, test) -> None:
     row[f"{key}_lr_source"] = history.lr_source
     row[f"{key}_basis"] = history.range_test.basis if history.range_test else "given"
     row[f"{key}_kept_epoch"] = history.kept_epoch
+    row[f"{key}_keep"] = history.keep
     row[f"{key}_val_start"] = 100 * history.start_metric
     row[f"{key}_val_epochs"] = [100 * v for v in history.val_metric]
     row[f"{key}_val_changes"] = [list(c) for c in history.val_changes]

@@ -1,8 +1,8 @@
 """Quantization-aware training that cannot make a model worse: :func:`qat`.
 
 ``qat(qmodel, train)`` fine-tunes a copy of a quantized model (the output of
-:func:`fixedq.quantize`) with Keras ``fit`` and returns the best weights by a validation metric,
-never a model worse than the starting point on that metric:
+:func:`fixedq.quantize`) with Keras ``fit`` and returns the weights a validation metric chooses
+(step 4), never a model worse than the starting point on that metric:
 
 1. **validation**: ``validation`` if given, else a seeded split of ``train``
    (``validation_split``, 15 % by default); the starting model is evaluated on it first;
@@ -16,13 +16,14 @@ never a model worse than the starting point on that metric:
 3. **training**: Adam, the peak learning rate cosine-decayed to 0 over ``epochs`` epochs of
    ``batch_size``; the loss is sparse categorical cross-entropy, from logits unless the model's
    output is a softmax (its last layer, or rows of probabilities), or ``loss`` if given;
-4. **keep the best**: after each epoch the validation accuracy (ties: lower validation loss) is
-   compared with the best so far, the start included; an epoch can replace the start only if it
-   fixes clearly more validation samples than it breaks (``fixed - broken > significance *
-   sqrt(fixed + broken)``, a one-sided McNemar-style test, 2.5 by default:
-   bench/studies/qat_keep_study.md); the best weights are restored at the end.
-   If no epoch beat the start, the returned model has the start's weights, unchanged, and
-   ``history.kept_epoch == 0``;
+4. **keep**: after each epoch the validation accuracy (ties: lower validation loss) is
+   measured. With ``keep="end"`` (the default) the last epoch, the end of the cosine schedule,
+   is returned unless it is below the start or below an earlier epoch whose gain is clear on
+   its own; with ``keep="clear"`` only such an epoch: it fixes clearly more validation samples
+   than it breaks (``fixed - broken > significance * sqrt(fixed + broken)``, a one-sided
+   McNemar-style test, 2.5 by default: bench/studies/qat_keep_study.md). If no epoch
+   qualifies, the returned model has the start's weights, unchanged, and
+   ``history.kept_epoch == 0``; either way it is not below the start on validation;
 5. **collapse guard**: when the range test chose the peak and no epoch was kept while the last
    one is clearly below the start (``broken - fixed > 3 sqrt(fixed + broken)``, or a training
    loss that is not finite), the peak broke the model: training runs again from the start at a
@@ -41,6 +42,7 @@ Example:
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import sys
 from dataclasses import asdict, dataclass
@@ -130,7 +132,7 @@ class QATHistory:
 
     @property
     def improved(self) -> bool:
-        """Whether an epoch beat the starting model (else the start was returned)."""
+        """Whether an epoch replaced the starting model (else the start was returned)."""
         return self.kept_epoch > 0
 
     @property
@@ -186,6 +188,13 @@ def _classes(model: keras.Model) -> int:
                          f"{model.name!r} has outputs {[tuple(o.shape) for o in model.outputs]}"
                          ": pass loss=... and labels that match them")
     return int(shape[1])
+
+
+def _class_output(model: keras.Model) -> bool:
+    """One output of shape ``(N, C)``, ``C >= 2``: integer labels can be class ids (else, with
+    a given loss, they are targets and the metric is the loss)."""
+    shape = tuple(model.outputs[0].shape)
+    return len(model.outputs) == 1 and len(shape) == 2 and bool(shape[1]) and shape[1] >= 2
 
 
 def _checked(model: keras.Model, data, name: str, classes: int | None):
@@ -427,18 +436,22 @@ class DistillationLoss(keras.losses.Loss):
 def _check_distill(teacher, distill, temperature) -> None:
     if teacher is not None and not isinstance(teacher, keras.Model):
         raise TypeError(f"teacher must be the float keras.Model, got {type(teacher).__name__}")
-    if isinstance(distill, bool) or not isinstance(distill, (int, float)) or not (
-            0.0 <= distill <= 1.0):
+    if not _real(distill) or not 0.0 <= distill <= 1.0:
         raise ValueError(f"distill must be a number in [0, 1], got {distill!r}")
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (
+    if not _real(temperature) or not (
             math.isfinite(temperature) and temperature > 0):
         raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
 
 
+def _real(value) -> bool:
+    """A real number (Python or NumPy), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
 def _check_mix(teacher, mix, mix_alpha) -> None:
-    if isinstance(mix, bool) or not isinstance(mix, (int, float)) or not 0.0 <= mix <= 1.0:
+    if not _real(mix) or not 0.0 <= mix <= 1.0:
         raise ValueError(f"mix must be a number in [0, 1], got {mix!r}")
-    if isinstance(mix_alpha, bool) or not isinstance(mix_alpha, (int, float)) or not (
+    if not _real(mix_alpha) or not (
             math.isfinite(mix_alpha) and mix_alpha > 0):
         raise ValueError(f"mix_alpha must be a positive finite number, got {mix_alpha!r}")
     if mix and teacher is None:
@@ -462,7 +475,7 @@ def _mixed(x: np.ndarray, y_fit: np.ndarray, teacher: keras.Model, qmodel: keras
         (2, True)
     """
     n = len(x)
-    picked = rng.choice(n, int(round(fraction * n)), replace=False)
+    picked = rng.choice(n, max(1, int(round(fraction * n))) if fraction else 0, replace=False)
     if not len(picked):
         return x, y_fit
     partner = rng.integers(0, n, len(picked))
@@ -600,8 +613,7 @@ def _check_options(epochs, batch_size, lr) -> None:
     for name, value in (("epochs", epochs), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float))
-                           or not math.isfinite(lr) or lr <= 0):
+    if lr is not None and (not _real(lr) or not math.isfinite(lr) or lr <= 0):
         raise ValueError(f"lr must be a positive finite number or None (range test), got {lr!r}")
 
 
@@ -647,7 +659,7 @@ def qat(qmodel: keras.Model, train, validation=None, epochs: int = 3, *, lr: flo
         temperature: float = TEMPERATURE, mix: float = 0.0, mix_alpha: float = MIX_ALPHA,
         low_bit_lr_scale: float = 1.0, on_epoch=None, verbose: bool = True,
         stream=None) -> tuple[keras.Model, QATHistory]:
-    """Fine-tune a copy of a quantized model; return the best one by validation and its history.
+    """Fine-tune a copy of a quantized model; return the kept one by validation and its history.
 
     Args:
         qmodel: a model returned by :func:`fixedq.quantize` (not modified).
@@ -677,8 +689,10 @@ def qat(qmodel: keras.Model, train, validation=None, epochs: int = 3, *, lr: flo
             the start on validation and, pooled, clearly above it (fixed 251 / broken 129
             images, z = 6.3), while each run's gain of ~1 point is too small for 600 validation
             images to show (docs/quantization.md, "How the keep rule was chosen").
-        significance: an epoch can replace the start only if, on the validation samples, it
-            fixes clearly more than it breaks: ``fixed - broken > significance *
+        significance: the ``"clear"`` rule (the only rule with ``keep="clear"``; with
+            ``"end"`` it can still pick an earlier epoch over the last): an epoch's gain is
+            clear if, on the validation samples, it fixes clearly more than it breaks:
+            ``fixed - broken > significance *
             sqrt(fixed + broken)`` (a one-sided McNemar-style test; 2.5 ~ 99.4 % confidence,
             chosen on validation data by bench/studies/qat_keep_study.py; 0 accepts any gain).
             Noise-level gains are not kept: they do not carry to new data. The bar grows with
@@ -691,12 +705,15 @@ def qat(qmodel: keras.Model, train, validation=None, epochs: int = 3, *, lr: flo
             validation loss still use the labels only. Needs class labels.
         distill: the weight of the teacher term in [0, 1] (0: labels only).
         temperature: the softening temperature ``T > 0``.
-        mix: with a ``teacher``, the fraction of every epoch's training samples replaced by
+        mix: with a ``teacher``, the fraction (at least one sample when > 0) of every
+            epoch's training samples replaced by
             mixtures ``lam * x_i + (1 - lam) * x_j`` of two training samples (``lam ~
             Beta(mix_alpha, mix_alpha)``, drawn anew every epoch) whose only target is the
             teacher's output on the mixture (:class:`DistillationLoss` with label ``-1``): the
             teacher's outputs on new inputs instead of repeating the training samples, which
-            the float and quantized models already fit. 0: off. Same steps per epoch.
+            the float and quantized models already fit (their soft term has weight 1
+            whatever ``distill``, which weighs the labelled rows). 0: off. Same steps per
+            epoch. Measured no better than 0 (docs/quantization.md).
         mix_alpha: the Beta distribution's parameter (> 0) for ``mix``.
         low_bit_lr_scale: the learning rate of layers with at most 4-bit weights
             (:func:`low_bit_layers`) is this times the peak (range test and training); 1.0:
@@ -709,8 +726,8 @@ def qat(qmodel: keras.Model, train, validation=None, epochs: int = 3, *, lr: flo
         verbose: one line per stage and epoch on ``stream`` (default ``sys.stderr``).
 
     Returns:
-        ``(model, history)``: a new model holding the best weights (the starting weights if no
-        epoch beat them) and a :class:`QATHistory`.
+        ``(model, history)``: a new model holding the kept epoch's weights (the starting
+        weights if no epoch qualified under ``keep``) and a :class:`QATHistory`.
 
     Raises:
         ValueError: a float model, labels that do not match the outputs (count, class ids,
@@ -729,7 +746,7 @@ def qat(qmodel: keras.Model, train, validation=None, epochs: int = 3, *, lr: flo
         raise ValueError(f"model {qmodel.name!r} is not quantized (no fixedq quantized layers): "
                          "quantize it first with fixedq.quantize(model, qparams, samples)")
     _check_options(epochs, batch_size, lr)
-    if isinstance(low_bit_lr_scale, bool) or not isinstance(low_bit_lr_scale, (int, float)) or not (
+    if not _real(low_bit_lr_scale) or not (
             math.isfinite(low_bit_lr_scale) and low_bit_lr_scale > 0):
         raise ValueError(f"low_bit_lr_scale must be a positive finite number, got "
                          f"{low_bit_lr_scale!r}")
@@ -747,7 +764,7 @@ def qat(qmodel: keras.Model, train, validation=None, epochs: int = 3, *, lr: flo
         (x, y), (xv, yv) = _split(x, y, validation_split, seed)
     else:
         xv, yv = _checked(qmodel, validation, "validation", classes)
-    class_labels = y.ndim == 1 and y.dtype.kind in "iu"
+    class_labels = y.ndim == 1 and y.dtype.kind in "iu" and _class_output(qmodel)
     metric = "accuracy" if classes is not None or class_labels else "loss"
     model = _copy(qmodel)
     if loss is None:
@@ -778,7 +795,7 @@ def qat(qmodel: keras.Model, train, validation=None, epochs: int = 3, *, lr: flo
     start_metric = start_acc if metric == "accuracy" else start_loss
     say(f"qat: start: validation {_fmt(metric, start_metric)}, loss {start_loss:.4f} "
         f"({len(xv)} samples; {len(x)} training)")
-    best_score = _score(metric, start_loss, start_hits)
+    best_score = start_score = _score(metric, start_loss, start_hits)
     best_weights, kept = [w.copy() for w in model.get_weights()], 0
 
     range_test = None
@@ -854,9 +871,10 @@ def qat(qmodel: keras.Model, train, validation=None, epochs: int = 3, *, lr: flo
                 say(f"qat: training diverged at epoch {epoch} (loss {tl}); stopping")
                 break
         if keep == "end" and len(val_metric) == epochs and math.isfinite(tl) and (
-                score[0] >= _score(metric, start_loss, start_hits)[0]
-                and score[0] >= best_score[0]):  # accuracy (or -loss) not below either
-            kept, best_score = epochs, score  # the end of the schedule, not below the start
+                math.isfinite(vl) and score >= start_score and score >= best_score):
+            # the end of the schedule: not below the start nor the clear epoch (accuracy, then
+            # lower loss on a tie; the loss alone for a loss metric)
+            kept, best_score = epochs, score
             best_weights = [w.copy() for w in model.get_weights()]
         if kept or lr is not None or not _collapsed(metric, start_loss, tl, vl, fixed, broken):
             break

@@ -401,9 +401,9 @@ def test_mix_and_on_epoch_bad_inputs(setup):
         fixedq.qat(qmodel, (x, y), on_epoch="log.txt", verbose=False)
 
 
-def _scripted_evaluations(monkeypatch, correct_counts, n=100):
+def _scripted_evaluations(monkeypatch, correct_counts, losses=None, n=100):
     """Make qat's validation read ``correct_counts`` (start, then one per epoch): the first
-    ``k`` of ``n`` samples right; losses fall with every call."""
+    ``k`` of ``n`` samples right; the losses given, or falling with every call."""
     import fixedq.models.qat as qat_module
 
     calls = iter(range(len(correct_counts)))
@@ -411,29 +411,63 @@ def _scripted_evaluations(monkeypatch, correct_counts, n=100):
     def fake(model, x, y, loss_fn, batch_size):
         i = next(calls)
         hits = np.arange(n) < correct_counts[i]
-        return 1.0 - 0.01 * i, float(hits.mean()), hits
+        loss = 1.0 - 0.01 * i if losses is None else losses[i]
+        return loss, float(hits.mean()), hits
 
     monkeypatch.setattr(qat_module, "_evaluate", fake)
 
 
-@pytest.mark.parametrize("counts, keep, kept", [
-    ((50, 52, 53), "end", 2),     # no clear gain: the end of the schedule (not below the start)
-    ((50, 52, 53), "clear", 0),   # the same under the old rule: the start
-    ((50, 52, 49), "end", 0),     # the last epoch below the start: the start
-    ((50, 80, 60), "end", 1),     # a clear gain beats a later, lower epoch
-    ((50, 80, 80), "end", 2),     # ties with the clear one: the end
-    ((50, 50, 50), "end", 2),     # not below the start
+@pytest.mark.parametrize("counts, losses, keep, kept", [
+    ((50, 52, 53), None, "end", 2),     # no clear gain: the end of the schedule
+    ((50, 52, 53), None, "clear", 0),   # the same under the old rule: the start
+    ((50, 52, 49), None, "end", 0),     # the last epoch below the start: the start
+    ((50, 80, 60), None, "end", 1),     # a clear gain beats a later, lower epoch
+    ((50, 80, 80), None, "end", 2),     # ties with the clear one, lower loss: the end
+    ((50, 50, 50), None, "end", 2),     # the start's accuracy, a lower loss: the end
+    ((50, 50, 50), (0.5, 0.9, 2.0), "end", 0),         # a tie, a higher loss: the start
+    ((50, 80, 80), (0.5, 0.3, 0.4), "end", 1),         # ties the clear one, higher loss
+    ((50, 51, 50), (0.5, 0.4, float("nan")), "end", 0),  # not a finite loss: never kept
 ])
-def test_keep_rule(setup, monkeypatch, counts, keep, kept):
+def test_keep_rule(setup, monkeypatch, counts, losses, keep, kept):
     _, qmodel, (x, y), _ = setup
-    _scripted_evaluations(monkeypatch, counts)
+    _scripted_evaluations(monkeypatch, counts, losses)
     seen = {}
     best, history = fixedq.qat(qmodel, (x[:200], y[:200]), (x[:100], y[:100]), epochs=2,
                                lr=1e-3, keep=keep, verbose=False,
                                on_epoch=lambda e, m: seen.update({e: m.get_weights()}))
-    assert history.kept_epoch == kept
+    assert history.kept_epoch == kept and history.keep == keep
     want = qmodel.get_weights() if kept == 0 else seen[kept]
     assert all(np.array_equal(a, b) for a, b in zip(best.get_weights(), want, strict=True))
+
+
+def test_integer_targets_of_a_non_class_output_are_scored_by_the_loss(digits):
+    """A regressor (one output) with integer targets and a given loss: the metric is the loss
+    (argmax of one column would be a constant "accuracy", under which keep="end" returned a
+    far worse model)."""
+    xtr, ytr, _, _ = digits
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
+                              keras.layers.Dense(1)])
+    model.compile(keras.optimizers.Adam(1e-2), "mse")
+    model.fit(np.array(xtr), np.array(ytr, "float32"), epochs=3, verbose=0)
+    q = fixedq.quantize(model, fixedq.QuantizationParams(), samples=np.array(xtr[:256]),
+                        verbose=False)
+    train, val = (np.array(xtr[:600]), np.array(ytr[:600])), (np.array(xtr[600:800]),
+                                                               np.array(ytr[600:800]))
+    best, history = fixedq.qat(q, train, val, epochs=2, lr=0.3, verbose=False,
+                               loss=keras.losses.MeanSquaredError())
+    assert history.metric == "loss"
+    mse = float(np.mean((best.predict(val[0], verbose=0)[:, 0] - val[1]) ** 2))
+    assert mse <= history.start_loss * (1 + 1e-6)
+
+
+def test_numpy_scalars_are_accepted(setup):
+    model, qmodel, (x, y), (xte, yte) = setup
+    _, history = fixedq.qat(qmodel, (x[:200], y[:200]), (xte, yte), epochs=1, lr=np.float32(1e-3),
+                            teacher=model, distill=np.float32(0.5), temperature=np.int64(2),
+                            mix=np.float32(0.25), mix_alpha=np.float64(0.4),
+                            low_bit_lr_scale=np.float32(1.0), verbose=False)
+    assert history.distill == 0.5
 
 
 def test_keep_bad_value(setup):
