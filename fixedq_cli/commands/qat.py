@@ -19,9 +19,10 @@ DESCRIPTION = """\
 Fine-tune a quantized model (made by 'fixedq quantize') on labelled samples with
 fixedq.qat: Adam, a peak learning rate from a learning-rate range test on the training data
 (or --lr), cosine-decayed to 0 over the epochs. After each epoch the validation accuracy is
-measured; the last epoch is saved unless it is below the start or below an earlier epoch
-with a clear gain (--keep end), else that epoch or the starting weights (the saved model is
-never worse than the input on the validation samples).
+measured. With --teacher the last epoch is saved unless it is below the start or below an
+earlier epoch with a clear gain, else that epoch or the starting weights; without one only an
+epoch with a clear gain (--keep). The saved model is never worse than the input on the
+validation samples.
 
 --train and --val are .npz files holding the samples 'x' and the labels 'y' (class ids or
 one-hot rows). Without --val, a seeded --val_split of the training samples is held out. The
@@ -84,10 +85,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "--teacher)")
     parser.add_argument("--temperature", type=_lr, default=2.0, metavar="T",
                         help="softening temperature of the teacher term (default 2)")
-    parser.add_argument("--keep", choices=("end", "clear"), default="end",
-                        help="which epoch replaces the start: 'end' (default) the last epoch "
-                             "unless it is below the start or a clearly better epoch on "
-                             "validation; 'clear' only an epoch whose gain is clear on its own")
+    parser.add_argument("--keep", choices=("auto", "end", "clear"), default="auto",
+                        help="which epoch replaces the start: 'end' the last epoch unless it "
+                             "is below the start or a clearly better epoch on validation; "
+                             "'clear' only an epoch whose gain is clear on its own; 'auto' "
+                             "(default): 'end' with --teacher, else 'clear'")
     parser.add_argument("-s", "--save_name", metavar="PATH",
                         help="output model file (default <model>_qat.<ext>)")
     parser.add_argument("--json", action="store_true", help="print the history as JSON")

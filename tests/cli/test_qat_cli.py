@@ -85,7 +85,7 @@ def test_qat_end_to_end(runs, cli_files):
     np.testing.assert_array_equal(convert(model).predict(x), model.predict(x, verbose=0))
     assert r["val"]["code"] == 0, r["val"]["err"]
     assert (d / "out_val.keras").is_file()
-    assert history["keep"] == "end"
+    assert history["keep"] == "clear"  # auto: no teacher
     clear = r["keep_clear"]
     assert clear["code"] == 0, clear["err"]
     assert json.loads(clear["out"][:clear["out"].rindex("}") + 1])["keep"] == "clear"
@@ -112,4 +112,5 @@ def test_qat_with_a_teacher(runs):
     assert res["code"] == 0, res["err"]
     history = json.loads(res["out"][:res["out"].rindex("}") + 1])
     assert history["distill"] == 0.7 and len(history["val_metric"]) == 1
+    assert history["keep"] == "end"  # auto: a teacher
     assert (d / "out_teacher.keras").is_file()

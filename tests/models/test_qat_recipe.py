@@ -470,7 +470,17 @@ def test_numpy_scalars_are_accepted(setup):
     assert history.distill == 0.5
 
 
+@pytest.mark.parametrize("with_teacher, rule, kept", [(True, "end", 2), (False, "clear", 0)])
+def test_keep_auto_is_end_with_a_teacher_and_clear_without(setup, monkeypatch, with_teacher,
+                                                           rule, kept):
+    model, qmodel, (x, y), _ = setup
+    _scripted_evaluations(monkeypatch, (50, 52, 53))  # gains, none clear on its own
+    _, history = fixedq.qat(qmodel, (x[:200], y[:200]), (x[:100], y[:100]), epochs=2,
+                            lr=1e-3, teacher=model if with_teacher else None, verbose=False)
+    assert history.keep == rule and history.kept_epoch == kept
+
+
 def test_keep_bad_value(setup):
     _, qmodel, (x, y), _ = setup
-    with pytest.raises(ValueError, match="keep must be 'end' or 'clear'"):
+    with pytest.raises(ValueError, match="keep must be 'auto', 'end' or 'clear'"):
         fixedq.qat(qmodel, (x, y), keep="best", verbose=False)
