@@ -193,8 +193,7 @@ def _table(rows: list[dict], check_seeds=frozenset()) -> list[str]:
     if check_seeds and any(r["seed"] in check_seeds for r in rows):
         groups = [(f"seeds {', '.join(map(str, sorted(check_seeds)))} (new: the check)",
                    [r for r in rows if r["seed"] in check_seeds]),
-                  ("the other seeds", [r for r in rows if r["seed"] not in check_seeds]),
-                  ("all runs", rows)]
+                  ("the other seeds", [r for r in rows if r["seed"] not in check_seeds])]
     lines += ["", "Targets (issue 18), per variant:", "",
               "| runs | variant | runs below PTQ (target 0) | runs with PTQ drop > 0.5 | of "
               "those, drop ≤ 0.5 after QAT (target all) | mean gain over PTQ | engine "
@@ -217,6 +216,9 @@ def _targets(rows: list[dict], variants, group: str) -> list[str]:
         worst = ", ".join(f"{r['model']}/{r['seed']} {r[key] - r['ptq']:+.1f}" for r in below)
         exact = (f"{sum(r.get(f'{key}_engine_mismatches') == 0 for r in rows)} of {len(rows)}"
                  if key != "old" else "-")
+        rules = sorted({r[f"{key}_keep"] for r in rows if f"{key}_keep" in r})
+        if rules:
+            label = f"{label}, keep {'/'.join(rules)}"
         lines.append(f"| {group} | {label} | {len(below)} of {len(rows)}"
                      f"{f' ({worst})' if worst else ''} "
                      f"| {len(recovered)} | {ok} | {gain:+.2f} | {exact} |")
