@@ -211,10 +211,8 @@ class Model:
             raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        results = self._execute(x, batch_size, mode, None, verbose)
-        if output == "float":
-            results = [dequantize(r, o["frac"]) for r, o in zip(results, self.outputs,
-                                                                  strict=True)]
+        results = self._execute(x, batch_size, mode, None, verbose,
+                                float_out=output == "float")
         return results[0] if len(results) == 1 else results
 
     def profile(self, x, batch_size: int = 32, mode: str = "dense") -> list[dict]:
@@ -243,7 +241,10 @@ class Model:
         return [dict(name=op.name, kind=op.kind, **stats[op.name])
                 for op in self.ops[1:] if op.name in stats]
 
-    def _execute(self, x, batch_size, mode, stats, verbose, times=None) -> list[np.ndarray]:
+    def _execute(self, x, batch_size, mode, stats, verbose, times=None,
+                 float_out=False) -> list[np.ndarray]:
+        """The outputs of ``x`` batch by batch: int64, or with ``float_out`` dequantized into
+        float32 as each batch ends (:func:`dequantize`'s values, one pass, no int64 copy)."""
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
                 or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -265,9 +266,13 @@ class Model:
                 xb = arr[start:start + batch_size].astype(self.input_dtype, copy=False)
             outs = self._run_batch(xb, mode, stats, True, times)
             if results is None:
-                results = [np.empty((n, *o.shape[1:]), dtype=np.int64) for o in outs]
-            for r, o in zip(results, outs, strict=True):
-                r[start:start + o.shape[0]] = o
+                results = [np.empty((n, *o.shape[1:]), np.float32 if float_out else np.int64)
+                           for o in outs]
+            for r, o, spec in zip(results, outs, self.outputs, strict=True):
+                if float_out:
+                    dequantize(o, spec["frac"], out=r[start:start + o.shape[0]])
+                else:
+                    r[start:start + o.shape[0]] = o
             bar.update(min(n, start + batch_size))
         bar.close()
         return results
@@ -318,10 +323,21 @@ class Model:
         return f"<fixedq.engine.Model {self.name!r}: {len(self.ops)} ops>"
 
 
-def dequantize(v: np.ndarray, frac) -> np.ndarray:
-    """``v * 2^-f`` in float32 (per last-axis channel ``f``), as the Keras layers compute it."""
+def dequantize(v: np.ndarray, frac, out: np.ndarray | None = None) -> np.ndarray:
+    """``v * 2^-f`` in float32 (per last-axis channel ``f``), as the Keras layers compute it:
+    ``v`` rounded to float32 first, then the exact power-of-two scale. ``out``: a float32
+    array of ``v``'s shape to write into (one pass over ``v``, whatever its integer dtype).
+
+    Example:
+        >>> dequantize(np.array([[3, -4]]), [1, 2]).tolist()
+        [[1.5, -1.0]]
+        >>> int(dequantize(np.array([2**24 + 1]), [0])[0])   # rounded to float32 first
+        16777216
+    """
     scale = np.ldexp(1.0, -np.asarray(frac, dtype=np.int64)).astype(np.float32)
-    return v.astype(np.float32) * scale
+    if out is None:
+        return v.astype(np.float32) * scale
+    return np.multiply(v, scale, out=out, dtype=np.float32, casting="unsafe")
 
 
 def check_neural_input(op: Op, x: np.ndarray) -> None:

@@ -180,6 +180,23 @@ def test_integer_outputs_and_batching(models, data):
                                                                              batch_size=40))
 
 
+@pytest.mark.parametrize("dtype", [np.int8, np.uint8, np.int16, np.int32, np.int64])
+def test_dequantize_into_float32_equals_the_int64_route(dtype):
+    # predict(output="float") dequantizes each batch from its own integer dtype into the
+    # float32 result; the values must be those of int64 -> float32 -> times 2^-f, bit for bit
+    rng = np.random.default_rng(int(np.dtype(dtype).itemsize))
+    info = np.iinfo(dtype)
+    v = rng.integers(info.min, info.max, (500, 9), dtype=dtype, endpoint=True)
+    v[0] = info.min
+    v[1] = info.max
+    frac = np.array([-30, -1, 0, 1, 7, 16, 24, 40, 62])
+    want = v.astype(np.int64).astype(np.float32) * np.ldexp(1.0, -frac).astype(np.float32)
+    out = np.full(v.shape, np.nan, np.float32)
+    got = fe.dequantize(v, frac, out=out)
+    assert got is out and got.dtype == np.float32
+    np.testing.assert_array_equal(got, want)
+
+
 def test_targets(models):
     _, q4, q8 = models
     fe.convert(q4, target="akida-1.0")
