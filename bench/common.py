@@ -243,6 +243,39 @@ def qat_per_epoch(keras, model, train, evaluate, lr: float, epochs: int,
     return per_epoch
 
 
+# --------------------------------------------------------------------------- QAT start
+
+#: the models, held-out validation digits and float epochs of the QAT bench and its studies
+QAT_VAL, QAT_FLOAT_EPOCHS = 600, 20
+
+
+def qat_models() -> list[str]:
+    """The QAT bench's models: the bench CNNs, then the digit-zoo models."""
+    return [*ARCHS, *DIGIT_ZOO]
+
+
+def ptq4(fixedq, model, x_fit):
+    """The QAT start: 4-bit weights and activations, 8-bit first layer, nearest weight
+    rounding, calibrated on the first ``N_CALIB`` training samples."""
+    qp4 = fixedq.QuantizationParams(input_weight_bits=8, weight_bits=4, activation_bits=4)
+    return fixedq.quantize(model, qp4, samples=x_fit[:N_CALIB], verbose=False,
+                           weight_rounding=False)
+
+
+def qat_start(keras, fixedq, name, x, y, seed: int, *, n_val: int = QAT_VAL,
+              float_epochs: int = QAT_FLOAT_EPOCHS, cache: Path | None = FLOAT_CACHE):
+    """The QAT bench's setup for model ``name`` on the 0..255 digits ``(x, y)``: the last
+    ``n_val`` held out for validation, the float model trained (or loaded from ``cache``,
+    :func:`cached_float`) on the rest, and its 4-bit start (:func:`ptq4`). Returns
+    ``(model, q4, fit, val, seconds, cached)``; ``fit``/``val`` are ``(x, y)`` pairs in the
+    model's input form (:func:`model_inputs`)."""
+    xi = model_inputs(name, x)
+    n_fit = len(xi) - n_val
+    fit, val = (xi[:n_fit], y[:n_fit]), (xi[n_fit:], y[n_fit:])
+    model, seconds, cached = cached_float(keras, name, *fit, float_epochs, seed, cache)
+    return model, ptq4(fixedq, model, fit[0]), fit, val, seconds, cached
+
+
 def median_time(fn, repeats: int = 3) -> float:
     times = []
     for _ in range(repeats):

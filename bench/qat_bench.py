@@ -44,17 +44,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import (  # noqa: E402
-    ARCHS,
-    DIGIT_ZOO,
     DOC,
     FLOAT_CACHE,
-    N_CALIB,
     accuracy,
-    cached_float,
     engine_exact,
     load_mnist,
     model_inputs,
+    ptq4,
+    qat_models,
     qat_per_epoch,
+    qat_start,
 )
 from md_section import replace_section  # noqa: E402
 
@@ -62,7 +61,7 @@ START, END = "<!-- qat:start -->", "<!-- qat:end -->"
 OLD_LR = 5e-3
 
 
-MODELS = [*ARCHS, *DIGIT_ZOO]
+MODELS = qat_models()
 N_EXACT = 100
 
 
@@ -94,23 +93,14 @@ def bench_one(name: str, seed: int, data, args) -> dict:
     import fixedq
 
     x_train, y_train, x_test, y_test = data
-    x_train, x_test = model_inputs(name, x_train), model_inputs(name, x_test)
-    n_fit = len(x_train) - args.val
-    fit, val, test = ((x_train[:n_fit], y_train[:n_fit]), (x_train[n_fit:], y_train[n_fit:]),
-                      (x_test, y_test))
-    cache = None if args.no_cache else FLOAT_CACHE
-    model, seconds, cached = cached_float(keras, name, *fit, args.float_epochs, seed, cache)
+    model, q4, fit, val, seconds, cached = qat_start(
+        keras, fixedq, name, x_train, y_train, seed, n_val=args.val,
+        float_epochs=args.float_epochs, cache=None if args.no_cache else FLOAT_CACHE)
+    test = (model_inputs(name, x_test), y_test)
     row = {"model": name, "seed": seed, "float_epochs": args.float_epochs, "epochs": args.epochs,
-           "n_fit": n_fit, "n_val": args.val, "float_s": round(seconds, 1),
+           "n_fit": len(fit[0]), "n_val": args.val, "float_s": round(seconds, 1),
            "float_cached": cached, "float_train": model.train_accuracy[-1],
            "float": accuracy(model, *test), "float_val": accuracy(model, *val)}
-    qp4 = fixedq.QuantizationParams(input_weight_bits=8, weight_bits=4, activation_bits=4)
-
-    def start():
-        return fixedq.quantize(model, qp4, samples=fit[0][:N_CALIB], verbose=False,
-                               weight_rounding=False)
-
-    q4 = start()
     row["ptq"] = accuracy(q4, *test)
     row["ptq_val"] = accuracy(q4, *val)
     for key, teacher in (("qat", None), ("distill", model)):
@@ -121,7 +111,7 @@ def bench_one(name: str, seed: int, data, args) -> dict:
                                    teacher=teacher, verbose=args.verbose)
         _qat_row(row, key, best, history, time.perf_counter() - t0, test)
     if args.old:
-        old = start()
+        old = ptq4(fixedq, model, fit[0])
         keras.utils.set_random_seed(seed)
         t0 = time.perf_counter()
         row["old_epochs"] = qat_per_epoch(keras, old, fit, test, OLD_LR, args.epochs)

@@ -35,18 +35,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from common import (  # noqa: E402
-    ARCHS,
-    DIGIT_ZOO,
-    FLOAT_CACHE,
-    N_CALIB,
-    cached_float,
-    model_inputs,
-)
+from common import qat_models, qat_start  # noqa: E402
 
 REPORT = Path(__file__).with_suffix(".md")
-MODELS = [*ARCHS, *DIGIT_ZOO]
-VAL = 600
+MODELS = qat_models()
 BIG = ("mobilenet_v2_0.35",)
 
 
@@ -68,14 +60,7 @@ def run(name: str, seed: int, variants, data) -> list[dict]:
 
     import fixedq
 
-    x_train, y_train = data
-    x_train = model_inputs(name, x_train)
-    n_fit = len(x_train) - VAL
-    fit, val = (x_train[:n_fit], y_train[:n_fit]), (x_train[n_fit:], y_train[n_fit:])
-    model, _, _ = cached_float(keras, name, *fit, 20, seed, FLOAT_CACHE)
-    qp4 = fixedq.QuantizationParams(input_weight_bits=8, weight_bits=4, activation_bits=4)
-    q4 = fixedq.quantize(model, qp4, samples=fit[0][:N_CALIB], verbose=False,
-                         weight_rounding=False)
+    model, q4, fit, val, _, _ = qat_start(keras, fixedq, name, *data, seed)
     rows = []
     for w, t in variants:
         t0 = time.perf_counter()

@@ -42,19 +42,11 @@ sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(BENCH.parent))
 
 import numpy as np  # noqa: E402
-from common import (  # noqa: E402
-    ARCHS,
-    DIGIT_ZOO,
-    FLOAT_CACHE,
-    N_CALIB,
-    cached_float,
-    load_mnist,
-    model_inputs,
-)
+from common import load_mnist, qat_models, qat_start  # noqa: E402
 
 ROWS = BENCH / "results" / "qat_lr_study.jsonl"
 REPORT = Path(__file__).with_suffix(".md")
-MODELS = [*ARCHS, *DIGIT_ZOO]
+MODELS = qat_models()
 N_VAL, FLOAT_EPOCHS = 600, 20
 GRID = ["3e-5", "1e-4", "3e-4", "1e-3", "3e-3"]
 
@@ -76,15 +68,9 @@ def study(name: str, seed: int, data, args) -> dict:
     import fixedq
     from fixedq.models.qat import DistillationLoss, float_training_lr, lr_range_test
 
-    x, y = data
-    xi = model_inputs(name, x)
-    n_fit = len(x) - N_VAL
-    fit, val = (xi[:n_fit], y[:n_fit]), (xi[n_fit:], y[n_fit:])
-    model, seconds, cached = cached_float(keras, name, *fit, FLOAT_EPOCHS, seed, FLOAT_CACHE)
-    qp4 = fixedq.QuantizationParams(input_weight_bits=8, weight_bits=4, activation_bits=4)
-    q4 = fixedq.quantize(model, qp4, samples=fit[0][:N_CALIB], verbose=False,
-                         weight_rounding=False)
-    row = {"model": name, "seed": seed, "n_fit": n_fit, "n_val": N_VAL,
+    model, q4, fit, val, seconds, cached = qat_start(keras, fixedq, name, *data, seed, n_val=N_VAL,
+                                           float_epochs=FLOAT_EPOCHS)
+    row = {"model": name, "seed": seed, "n_fit": len(fit[0]), "n_val": N_VAL,
            "float_train_acc": model.train_accuracy[-1], "float_s": round(seconds, 1),
            "float_val": _acc(model, *val), "ptq_val": _acc(q4, *val),
            "float_lr": float_training_lr(model)}

@@ -36,20 +36,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from common import (  # noqa: E402
-    ARCHS,
-    DIGIT_ZOO,
-    FLOAT_CACHE,
-    N_CALIB,
     accuracy,
-    cached_float,
     engine_exact,
     load_mnist,
     model_inputs,
+    qat_models,
+    qat_start,
 )
 
 REPORT = Path(__file__).with_suffix(".md")
-MODELS = [*ARCHS, *DIGIT_ZOO]
-VAL = 600
+MODELS = qat_models()
 
 
 def run(name: str, seed: int, mixes: list[float], alpha: float, data) -> list[dict]:
@@ -58,13 +54,8 @@ def run(name: str, seed: int, mixes: list[float], alpha: float, data) -> list[di
     import fixedq
 
     x_train, y_train, x_test, y_test = data
-    x_train, x_test = model_inputs(name, x_train), model_inputs(name, x_test)
-    n_fit = len(x_train) - VAL
-    fit, val = (x_train[:n_fit], y_train[:n_fit]), (x_train[n_fit:], y_train[n_fit:])
-    model, _, _ = cached_float(keras, name, *fit, 20, seed, FLOAT_CACHE)
-    qp4 = fixedq.QuantizationParams(input_weight_bits=8, weight_bits=4, activation_bits=4)
-    q4 = fixedq.quantize(model, qp4, samples=fit[0][:N_CALIB], verbose=False,
-                         weight_rounding=False)
+    model, q4, fit, val, _, _ = qat_start(keras, fixedq, name, x_train, y_train, seed)
+    x_test = model_inputs(name, x_test)
     base = {"model": name, "seed": seed, "float": accuracy(model, x_test, y_test),
             "ptq": accuracy(q4, x_test, y_test)}
     rows = []

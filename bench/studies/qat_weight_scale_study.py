@@ -32,18 +32,10 @@ sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(BENCH.parent))
 
 import numpy as np  # noqa: E402
-from common import (  # noqa: E402
-    ARCHS,
-    DIGIT_ZOO,
-    FLOAT_CACHE,
-    N_CALIB,
-    cached_float,
-    load_mnist,
-    model_inputs,
-)
+from common import load_mnist, qat_models, qat_start  # noqa: E402
 
 REPORT = Path(__file__).with_suffix(".md")
-MODELS = [*ARCHS, *DIGIT_ZOO]
+MODELS = qat_models()
 N_VAL, FLOAT_EPOCHS = 600, 20
 FACTORS = np.round(np.arange(0.30, 1.0001, 0.02), 2)
 
@@ -87,14 +79,8 @@ def study(name: str, seed: int, data) -> dict:
 
     import fixedq
 
-    x, y = data
-    xi = model_inputs(name, x)
-    n_fit = len(x) - N_VAL
-    fit, val = (xi[:n_fit], y[:n_fit]), (xi[n_fit:], y[n_fit:])
-    model, _, _ = cached_float(keras, name, *fit, FLOAT_EPOCHS, seed, FLOAT_CACHE)
-    qp4 = fixedq.QuantizationParams(input_weight_bits=8, weight_bits=4, activation_bits=4)
-    q4 = fixedq.quantize(model, qp4, samples=fit[0][:N_CALIB], verbose=False,
-                         weight_rounding=False)
+    model, q4, fit, val, _, _ = qat_start(keras, fixedq, name, *data, seed, n_val=N_VAL,
+                                float_epochs=FLOAT_EPOCHS)
     start = _acc(q4, *val)
     ratios, factors, layers = [], [], 0
     for layer in q4.layers:
