@@ -260,6 +260,7 @@ class Model:
             if nans:
                 reject_nan(np.full(nans, np.nan))
         results = None
+        scales = [_float_scale(o["frac"]) for o in self.outputs]
         bar = Progress(f"{self.name}: predict", total=n, unit="samples", enabled=verbose)
         for start in range(0, n, batch_size):
             with np.errstate(over="ignore"):  # beyond the input dtype: ±inf, which saturates
@@ -268,9 +269,9 @@ class Model:
             if results is None:
                 results = [np.empty((n, *o.shape[1:]), np.float32 if float_out else np.int64)
                            for o in outs]
-            for r, o, spec in zip(results, outs, self.outputs, strict=True):
+            for r, o, scale in zip(results, outs, scales, strict=True):
                 if float_out:
-                    dequantize(o, spec["frac"], out=r[start:start + o.shape[0]])
+                    _scaled_into(o, scale, r[start:start + o.shape[0]])
                 else:
                     r[start:start + o.shape[0]] = o
             bar.update(min(n, start + batch_size))
@@ -334,9 +335,19 @@ def dequantize(v: np.ndarray, frac, out: np.ndarray | None = None) -> np.ndarray
         >>> int(dequantize(np.array([2**24 + 1]), [0])[0])   # rounded to float32 first
         16777216
     """
-    scale = np.ldexp(1.0, -np.asarray(frac, dtype=np.int64)).astype(np.float32)
+    scale = _float_scale(frac)
     if out is None:
         return v.astype(np.float32) * scale
+    return _scaled_into(v, scale, out)
+
+
+def _float_scale(frac) -> np.ndarray:
+    """``2^-f`` per channel in float32."""
+    return np.ldexp(1.0, -np.asarray(frac, dtype=np.int64)).astype(np.float32)
+
+
+def _scaled_into(v: np.ndarray, scale: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``out = float32(v) * scale`` in one pass (``v`` of any integer dtype)."""
     return np.multiply(v, scale, out=out, dtype=np.float32, casting="unsafe")
 
 

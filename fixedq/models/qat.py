@@ -183,12 +183,11 @@ def _arrays(data, name: str):
 
 
 def _classes(model: keras.Model) -> int:
-    shape = tuple(model.outputs[0].shape)
-    if len(model.outputs) != 1 or len(shape) != 2 or not shape[1] or shape[1] < 2:
+    if not _class_output(model):
         raise ValueError(f"qat infers a classification loss for outputs (N, C), C >= 2; model "
                          f"{model.name!r} has outputs {[tuple(o.shape) for o in model.outputs]}"
                          ": pass loss=... and labels that match them")
-    return int(shape[1])
+    return int(model.outputs[0].shape[1])
 
 
 def _class_output(model: keras.Model) -> bool:
@@ -463,8 +462,9 @@ def _check_mix(teacher, mix, mix_alpha) -> None:
 def _mixed(x: np.ndarray, y_fit: np.ndarray, teacher: keras.Model, qmodel: keras.Model,
            fraction: float, alpha: float, rng: np.random.Generator,
            batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(x, y_fit)`` with ``round(fraction * n)`` random rows replaced by mixtures of two
-    training samples, labelled ``-1`` with the teacher's log-probabilities on the mixture.
+    """``(x, y_fit)`` with ``round(fraction * n)`` random rows (at least one; ``fraction >
+    0``) replaced by mixtures of two training samples, labelled ``-1`` with the teacher's
+    log-probabilities on the mixture.
 
     Example:
         >>> import numpy as np, keras
@@ -476,9 +476,7 @@ def _mixed(x: np.ndarray, y_fit: np.ndarray, teacher: keras.Model, qmodel: keras
         (2, True)
     """
     n = len(x)
-    picked = rng.choice(n, max(1, int(round(fraction * n))) if fraction else 0, replace=False)
-    if not len(picked):
-        return x, y_fit
+    picked = rng.choice(n, max(1, int(round(fraction * n))), replace=False)
     partner = rng.integers(0, n, len(picked))
     lam = rng.beta(alpha, alpha, len(picked)).astype(x.dtype).reshape(-1, *[1] * (x.ndim - 1))
     x, y_fit = x.copy(), y_fit.copy()
@@ -802,7 +800,7 @@ def qat(qmodel: keras.Model, train, validation=None, epochs: int = 3, *, lr: flo
     start_metric = start_acc if metric == "accuracy" else start_loss
     say(f"qat: start: validation {_fmt(metric, start_metric)}, loss {start_loss:.4f} "
         f"({len(xv)} samples; {len(x)} training)")
-    best_score = start_score = _score(metric, start_loss, start_hits)
+    best_score = _score(metric, start_loss, start_hits)
     best_weights, kept = [w.copy() for w in model.get_weights()], 0
 
     range_test = None
@@ -877,10 +875,11 @@ def qat(qmodel: keras.Model, train, validation=None, epochs: int = 3, *, lr: flo
             if not math.isfinite(tl):
                 say(f"qat: training diverged at epoch {epoch} (loss {tl}); stopping")
                 break
-        if keep == "end" and len(val_metric) == epochs and math.isfinite(tl) and (
-                math.isfinite(vl) and score >= start_score and score >= best_score):
-            # the end of the schedule: not below the start nor the clear epoch (accuracy, then
-            # lower loss on a tie; the loss alone for a loss metric)
+        if (keep == "end" and kept != epochs and len(val_metric) == epochs
+                and math.isfinite(tl) and math.isfinite(vl) and score >= best_score):
+            # the end of the schedule: not below the clear epoch, or the start when there is
+            # none (best_score is never below the start's; accuracy, then lower loss on a tie;
+            # the loss alone for a loss metric)
             kept, best_score = epochs, score
             best_weights = [w.copy() for w in model.get_weights()]
         if kept or lr is not None or not _collapsed(metric, start_loss, tl, vl, fixed, broken):
