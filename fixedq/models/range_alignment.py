@@ -59,6 +59,8 @@ class ChannelGroup:
     tensors: tuple[str, ...]
     producers: tuple[str, ...]
     consumers: tuple[str, ...]
+    #: ``(producer, max_value)`` of the producers whose fused ReLU has a ``max_value`` cap
+    caps: tuple[tuple[str, float], ...] = ()
 
 
 def _in_axis(node: GraphNode) -> int | None:
@@ -82,17 +84,18 @@ def _transparent(node: GraphNode) -> bool:
             and node.config.get("max_value") is None)
 
 
-def _group_from(graph: Graph, start: str, relu_max: set[str]) -> ChannelGroup | None:
+def _group_from(graph: Graph, start: str, capped: dict[str, float],
+                passes: set[str]) -> ChannelGroup | None:
     tensors, todo = {start}, [start]
     producers, consumers = set(), set()
     while todo:
         name = todo.pop()
         node = graph.node(name)
-        if graph.is_output(name) or name in relu_max:
+        if graph.is_output(name):
             return None
         if _producible(node):
             producers.add(name)
-        elif _transparent(node):
+        elif _transparent(node) or name in passes:
             for ref in node.refs:
                 if ref.name not in tensors:
                     tensors.add(ref.name)
@@ -105,7 +108,7 @@ def _group_from(graph: Graph, start: str, relu_max: set[str]) -> ChannelGroup | 
                         or user.folded_input is not None):
                     return None
                 consumers.add(user.name)
-            elif _transparent(user):
+            elif _transparent(user) or user.name in passes:
                 if user.name not in tensors:
                     tensors.add(user.name)
                     todo.append(user.name)
@@ -113,21 +116,42 @@ def _group_from(graph: Graph, start: str, relu_max: set[str]) -> ChannelGroup | 
                 return None
     order = [n.name for n in graph.nodes]
     key = order.index
+    caps = tuple((p, capped[p]) for p in sorted(producers, key=key) if p in capped)
     return ChannelGroup(tuple(sorted(tensors, key=key)), tuple(sorted(producers, key=key)),
-                        tuple(sorted(consumers, key=key)))
+                        tuple(sorted(consumers, key=key)), caps)
+
+
+def _fused_path(graph: Graph, prod: str, relu: str) -> set[str]:
+    """The nodes from ``prod`` (excluded) to its fused ``relu`` (included), e.g. a max-pool
+    and the ReLU after it."""
+    path, node = set(), graph.sole_consumer(prod)
+    while node is not None:
+        path.add(node.name)
+        if node.name == relu:
+            return path
+        node = graph.sole_consumer(node.name)
+    return path
 
 
 def channel_groups(graph: Graph, fused: dict[str, str]) -> list[ChannelGroup]:
-    """All alignable channel groups of ``graph`` (after sanitize / split / fold)."""
-    relu_max = set()
+    """All alignable channel groups of ``graph`` (after sanitize / split / fold).
+
+    A ReLU with ``max_value`` that is fused into its producer does not stop a group: the
+    producer is recorded in :attr:`ChannelGroup.caps` and :func:`group_scales` keeps every
+    scaled range of such a channel at or below the cap (``relu(min(s x, m)) = s relu(min(x,
+    m / s))`` equals ``s relu(min(x, m))`` wherever ``x <= m / s``, i.e. on every value up to
+    the scaled calibrated range). A standalone ReLU with ``max_value`` still does."""
+    capped, passes = {}, set()
     for prod, relu in fused.items():
-        if graph.node(relu).config.get("max_value") is not None:
-            relu_max |= {prod, relu}
+        max_value = graph.node(relu).config.get("max_value")
+        if max_value is not None:
+            capped[prod] = float(max_value)
+            passes |= _fused_path(graph, prod, relu)
     groups, seen = [], set()
     for node in graph.nodes:
         if node.name in seen or not _producible(node):
             continue
-        group = _group_from(graph, node.name, relu_max)
+        group = _group_from(graph, node.name, capped, passes)
         if group is None:
             seen.add(node.name)
             continue
@@ -179,7 +203,7 @@ def _cost(rng: np.ndarray, vb: int) -> np.ndarray:
 def group_scales(group: ChannelGroup, graph: Graph, stats, ctx: builders.BuildContext,
                  signed: dict[str, bool]) -> np.ndarray | None:
     """The per-channel factor of ``group`` (``None`` when there is nothing to align)."""
-    items = []
+    items, names = [], []
     for name in group.tensors:
         node = graph.node(name)
         if builders.kind_of(node) not in builders.REQUANTIZING or name not in stats:
@@ -197,15 +221,21 @@ def group_scales(group: ChannelGroup, graph: Graph, stats, ctx: builders.BuildCo
         else:
             rng = select_range(stats[name], ctx.method_for(name), signed[name], vb)
         items.append((np.asarray(rng, np.float64), vb))
+        names.append(name)
     if not items:
         return None
     channels = len(items[0][0])
     if any(len(r) != channels for r, _ in items):
         return None
+    caps = dict(group.caps)  # against the largest value seen, not the method's clipped range:
+    capped = [np.maximum(np.asarray(stats[name].maximum, np.float64), 0.0) / caps[name]
+              for name in names if name in caps]  # exact on every calibration sample
     candidates = [_aligned(r, vb) for r, vb in items]
     best, best_cost = np.ones(channels), np.full(channels, np.inf)
     for cand in candidates:
         s = np.where(np.isnan(cand), 1.0, cand)
+        for ratio in capped:  # a capped channel's scaled range must stay under its cap
+            s = np.where(ratio * s <= 1.0, s, 1.0)
         cost = sum(_cost(r * s, vb) for r, vb in items)
         better = cost < best_cost
         best, best_cost = np.where(better, s, best), np.where(better, cost, best_cost)

@@ -30,19 +30,21 @@ def _graph(model):
 def test_channel_groups_of_small_cnn(trained_cnn):
     graph, fused = _graph(trained_cnn)
     groups = {g.producers: g for g in channel_groups(graph, fused)}
-    assert set(groups) == {("conv1",), ("sep_dw",), ("sep", "pw")}
+    assert set(groups) == {("conv1",), ("sep_dw",), ("sep", "pw"), ("dw",)}
     add_group = groups[("sep", "pw")]
     assert add_group.consumers == ("dw", "logits")  # the Add joins both of its inputs
     assert {"add", "gap", "pool"} <= set(add_group.tensors)
     assert groups[("conv1",)].consumers == ("sep_dw",)
-    # dw has a ReLU(6) after it (max_value is not homogeneous) and logits is the model output
-    assert not any("dw" in g.producers or "logits" in g.producers for g in groups.values())
+    # dw's fused ReLU(6) is a cap, not a stop: recorded with the group (logits: model output)
+    assert groups[("dw",)].caps == (("dw", 6.0),) and groups[("dw",)].consumers == ("pw",)
+    assert all(g.caps == () for k, g in groups.items() if k != ("dw",))
+    assert not any("logits" in g.producers for g in groups.values())
 
 
 def test_alignment_preserves_float_function_and_fills_grids(trained_cnn, digits):
     x = digits[0][:256]
     q = quantize(trained_cnn, QP4, samples=x, verbose=False, bias_correction=False,
-                 range_alignment=True)
+                 range_alignment=True, calibration="max")
     record = dump_config(q)["layers"]["img"]["range_alignment"]
     assert set(record) == {"conv1", "sep_dw", "sep", "pw", "dw", "logits"}
     assert all(1.0 <= s < 2.0 for s in record["conv1"]["out"])
@@ -61,6 +63,37 @@ def test_alignment_preserves_float_function_and_fills_grids(trained_cnn, digits)
         assert np.all(used > 2**4 / 2) and np.all(used < 2**4)
 
 
+def test_capped_channels_stay_under_the_cap(trained_cnn, digits):
+    """A channel behind a fused ReLU(6) is scaled only while its scaled calibrated range stays
+    at or below 6: there the aligned float function equals the original on every value up to
+    that range, and the 4-bit grid is filled as for an uncapped channel."""
+    x = digits[0][:256]
+    q = quantize(trained_cnn, QP4, samples=x, verbose=False, bias_correction=False,
+                 range_alignment=True, calibration="max")
+    cfg = dump_config(q)["layers"]
+    s = np.asarray(cfg["img"]["range_alignment"]["dw"]["out"])
+    top = np.maximum(np.asarray(cfg["dw"]["calibration"]["max"]), 0.0)  # the scaled stats
+    assert np.all((s == 1.0) | (top <= 6.0))
+    assert np.any(s > 1.0)
+    # the scaled channels fill their grid: more than half of the 16 levels below the top
+    frac = np.asarray(q.get_layer("dw").output_spec.frac_array(len(top)))
+    moved = (s > 1.0) & (top > 0)
+    used = top[moved] * 2.0 ** frac[moved]
+    assert np.all(used > 2**4 / 2) and np.all(used < 2**4)
+    # the aligned float function is the original on every calibration sample, also with the
+    # 4-bit default calibration (mse: the cap is checked against the largest value seen, not
+    # against the clipped range)
+    auto = quantize(trained_cnn, QP4, samples=x, verbose=False, bias_correction=False)
+    for record in (cfg["img"]["range_alignment"],
+                   dump_config(auto)["layers"]["img"]["range_alignment"]):
+        graph, _ = _graph(trained_cnn)
+        reference = build_model(graph).predict(x, verbose=0)
+        apply_alignment(graph, record)
+        aligned = build_model(graph).predict(x, verbose=0)
+        np.testing.assert_allclose(aligned, reference, rtol=1e-4,
+                                   atol=1e-4 * np.abs(reference).max())
+
+
 def test_alignment_improves_4bit_output_snr(trained_cnn, digits):
     xtr, _, xte, _ = digits
     ref = trained_cnn.predict(xte, verbose=0)
@@ -69,7 +102,7 @@ def test_alignment_improves_4bit_output_snr(trained_cnn, digits):
         err = model.predict(xte, verbose=0) - ref
         return 10 * np.log10(np.sum(ref**2) / np.sum(err**2))
 
-    kwargs = dict(samples=xtr[:512], verbose=False, bias_correction=False)
+    kwargs = dict(samples=xtr[:512], verbose=False, bias_correction=False, calibration="max")
     plain = snr(quantize(trained_cnn, QP4, range_alignment=False, **kwargs))
     aligned = snr(quantize(trained_cnn, QP4, range_alignment=True, **kwargs))
     assert aligned >= plain + 1.0, (plain, aligned)  # measured: 14.1 -> 16.2 dB
