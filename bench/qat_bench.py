@@ -63,6 +63,13 @@ OLD_LR = 5e-3
 
 MODELS = qat_models()
 N_EXACT = 100
+#: The QAT start's calibration (``common.ptq4``: quantize's default): rows without a ``start``
+#: field were made before the 4-bit default became mse, with max calibration everywhere.
+START_NOW, START_BEFORE = "mse", "max"
+STARTS = {"mse": "4-bit start calibrated by `mse` (quantize's default at 4 bits since "
+                 "bench/studies/act4_calibration_study.md)",
+          "max": "4-bit start calibrated by `max` (the default before; the ReLU6 groups of "
+                 "MobileNetV2 not range-aligned)"}
 
 
 def _qat_row(row: dict, key: str, best, history, seconds: float, test) -> None:
@@ -100,7 +107,8 @@ def bench_one(name: str, seed: int, data, args) -> dict:
     row = {"model": name, "seed": seed, "float_epochs": args.float_epochs, "epochs": args.epochs,
            "n_fit": len(fit[0]), "n_val": args.val, "float_s": round(seconds, 1),
            "float_cached": cached, "float_train": model.train_accuracy[-1],
-           "float": accuracy(model, *test), "float_val": accuracy(model, *val)}
+           "float": accuracy(model, *test), "float_val": accuracy(model, *val),
+           "start": START_NOW}
     row["ptq"] = accuracy(q4, *test)
     row["ptq_val"] = accuracy(q4, *val)
     for key, teacher in (("qat", None), ("distill", model)):
@@ -250,7 +258,13 @@ def render(rows: list[dict], note: str = "", check_seeds=frozenset()) -> str:
         f"{', '.join(map(str, seeds))}.",
         "",
     ]
-    lines += _table(rows, check_seeds)
+    starts = [k for k in STARTS if any(r.get("start", START_BEFORE) == k for r in rows)]
+    for start in starts:
+        mine = [r for r in rows if r.get("start", START_BEFORE) == start]
+        if len(starts) > 1:
+            lines += [f"### {STARTS[start]}: seeds "
+                      f"{', '.join(map(str, sorted({r['seed'] for r in mine})))}", ""]
+        lines += _table(mine, check_seeds) + [""]
     times = [r[k] for r in rows for k in ("qat_s", "distill_s") if k in r]
     lines += ["", f"`fixedq.qat` wall time per run ({r0['epochs']} epochs and evaluations; 2 "
               f"shared cores, nice 10): {min(times):.0f}–{max(times):.0f} s."]
@@ -290,7 +304,9 @@ def main(argv=None) -> int:
             for line in path.read_text().splitlines():
                 if line:
                     row = json.loads(line)
-                    merged.setdefault((row["model"], row["seed"]), {}).update(row)
+                    row.setdefault("start", START_BEFORE)
+                    key = (row["model"], row["seed"], row["start"])
+                    merged.setdefault(key, {}).update(row)
         rows = list(merged.values())
     else:
         data = load_mnist()

@@ -23,7 +23,7 @@ from fixedq.layers.spec import QSpec, frac_bits_for_range, window_starts
 from fixedq.models import asymmetric
 from fixedq.models.bias_correction import apply_recorded_bias_correction
 from fixedq.models.calibrate import RangeStats
-from fixedq.models.calibration_methods import CalibrationMethod, select_range
+from fixedq.models.calibration_methods import CalibrationMethod, auto_method, select_range
 from fixedq.models.qconfig_schema import SETTINGS, QConfigError, check_activation_bits
 from fixedq.models.qconfig_schema import check_frac_bits as _check_frac
 from fixedq.models.weight_rounding import apply_recorded_rounding
@@ -55,12 +55,25 @@ class BuildContext:
     chosen: dict = field(default_factory=dict)  # ranges picked by non-default methods
 
     def method_for(self, name: str) -> CalibrationMethod:
-        """The calibration method of layer ``name`` (q-config entry, then argument, then max)."""
+        """The calibration method of layer ``name``: its q-config entry, then the
+        ``calibration`` argument (per layer, then ``"default"``), then
+        :func:`~fixedq.models.calibration_methods.auto_method` of the layer's activation bits
+        (``mse`` at 4 bits or less, ``max`` above); ``max`` for a q-config entry with recorded
+        ranges and no recorded method."""
         cfg = self.layer_cfg.get(name, {})
         if "calibration_method" in cfg:
             return CalibrationMethod.get(cfg["calibration_method"])
         methods = self.methods or {}
-        return methods.get(name, methods.get("default", CalibrationMethod()))
+        if name in methods or "default" in methods:
+            return methods.get(name, methods.get("default"))
+        if self.graph is None or "calibration" in cfg:
+            # a q-config's recorded ranges: made by max unless it says otherwise (replayed
+            # configs, including those dumped before auto_method, come out bit for bit)
+            return CalibrationMethod()
+        node = self.graph.node(name)
+        bits = (self.override(name, "activation_bits", self.qparams.input_bits)
+                if node.is_input else activation_bits(node, self))
+        return auto_method(bits)
 
     def output_spec(self, node: GraphNode, signed: bool) -> tuple[QSpec, int]:
         """``(spec, bits)`` of a requantizing node's output (calibrated; a fused ReLU makes

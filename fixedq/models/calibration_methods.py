@@ -1,14 +1,15 @@
 """Calibration methods: how a per-channel range is chosen from the calibration statistics.
 
-- ``max`` (default): running max of ``|x|`` over all samples.
+- ``max`` (the default above 4 bits): running max of ``|x|`` over all samples.
 - ``moving_average``: exponential moving average (``momentum``) of per-batch maxima.
 - ``mean_std``: mean + ``n_std`` x std of the per-batch maxima (Distiller's AVG + n*STD),
   never above the max.
 - ``percentile``: the ``percentile`` of ``|x|`` from a histogram of ``bins`` bins.
 - ``histogram``: outlier clipping: the top of the last histogram bin that still holds at least
   ``outlier_fraction`` of the values; sparse outlier bins above it are dropped.
-- ``mse``: the power-of-two grid (frac_bits) that minimizes the expected squared error over the
-  histogram: rounding noise ``step^2 / 12`` inside the range plus the clipping error outside.
+- ``mse`` (the default at 4 bits or less, :func:`auto_method`): the power-of-two grid
+  (frac_bits) that minimizes the expected squared error over the histogram: rounding noise
+  ``step^2 / 12`` inside the range plus the clipping error outside.
 
 For activations after a fused ReLU the statistics of ``max(x, 0)`` are used (and ``max_value``
 caps the range); for signed activations those of ``|x|``.
@@ -84,6 +85,24 @@ class CalibrationMethod:
                         f"got {type(value).__name__}")
 
 
+#: Activation widths at or below which :func:`auto_method` picks ``mse`` instead of ``max``.
+AUTO_MSE_BITS = 4
+
+
+def auto_method(bits: int) -> CalibrationMethod:
+    """The default calibration method of a tensor quantized to ``bits`` bits when none is
+    given: ``mse`` at :data:`AUTO_MSE_BITS` bits or less, ``max`` above. At 4 bits a grid of
+    16 levels spread up to the largest value ever seen leaves most values on a few levels;
+    QAT cannot move an activation's grid afterwards (bench/studies/act4_calibration_study.md:
+    the measurements behind this default).
+
+    Example:
+        >>> auto_method(4).name, auto_method(8).name
+        ('mse', 'max')
+    """
+    return CalibrationMethod("mse") if int(bits) <= AUTO_MSE_BITS else CalibrationMethod()
+
+
 def _histogram(stats, signed: bool):
     if stats.hist_pos is None:
         return None
@@ -121,6 +140,45 @@ def _from_histogram(hist: np.ndarray, top: np.ndarray, method: CalibrationMethod
             err = float(np.sum(hist[c] * (over**2 + np.where(over > 0, 0.0, step**2 / 12))))
             if err < best_err[c]:
                 best_err[c], out[c] = err, min(clip, top[c])
+    return out
+
+
+#: Clip candidates per octave of :func:`mse_clip` (a factor ``2^(1/16)``, 4.4 %, apart).
+MSE_CLIP_STEPS = 16
+
+
+def mse_clip(stats, signed: bool, value_bits: int) -> np.ndarray:
+    """Per-channel clip ``c`` of a grid of ``2^value_bits - 1`` equal steps (step ``c / (2^vb -
+    1)``, any real ``c``, not only the power-of-two grids of ``mse``) that minimizes the same
+    expected squared error as ``mse`` over the histogram: rounding noise below the clip, the
+    clipping error above. Range alignment scales each channel so that this clip lands on its
+    power-of-two grid's top, where ``mse`` then finds it. Channels without values give 0.
+
+    Example:
+        >>> from fixedq.models.calibrate import RangeStats
+        >>> st = RangeStats(np.array([0.0]), np.array([8.0]))
+        >>> st.hist_pos = np.r_[np.full(8, 10**5), np.zeros(55), 1][None, :]  # 0..1, one 8
+        >>> round(float(mse_clip(st, signed=False, value_bits=4)[0]), 2)   # the 8 is clipped
+        0.92
+    """
+    hist = _histogram(stats, signed)
+    if hist is None:
+        raise ValueError("mse_clip needs histograms; calibrate with histograms=True")
+    top = np.asarray(stats.top, np.float64)
+    channels, bins = hist.shape
+    levels = 2.0**value_bits - 1
+    # candidates: top * 2^(-k/MSE_CLIP_STEPS), from the max down to 6 octaves below it
+    ratios = 2.0 ** (-np.arange(6 * MSE_CLIP_STEPS + 1) / MSE_CLIP_STEPS)
+    centers = (np.arange(bins) + 0.5) / bins  # relative to top
+    out = np.zeros(channels)
+    for c in range(channels):
+        if top[c] <= 0 or not np.any(hist[c]):
+            continue
+        over = np.maximum(centers[None, :] - ratios[:, None], 0.0)
+        step = ratios / levels
+        err = np.sum(hist[c][None, :] * np.where(over > 0, over**2, (step**2 / 12)[:, None]),
+                     axis=1)
+        out[c] = ratios[int(np.argmin(err))] * top[c]
     return out
 
 

@@ -300,7 +300,10 @@ def quantize(model, qparams: QuantizationParams | None = None, samples=None,
         verbose: progress on stderr.
         calibration: the calibration method for every layer (a name such as ``"mse"``, a
             :class:`~fixedq.models.calibration_methods.CalibrationMethod` or its dict), or a
-            dict ``{layer_name: method, "default": method}`` for per-layer methods.
+            dict ``{layer_name: method, "default": method}`` for per-layer methods. ``None``
+            (default): ``"mse"`` for tensors of 4 bits or less, ``"max"`` for wider ones
+            (:func:`~fixedq.models.calibration_methods.auto_method`); a layer a dict does not
+            name, without a ``"default"`` key, gets the same.
         overrides: manual mixed precision and tensor overrides, ``{layer_name: {key: value}}``
             with keys ``weight_bits``, ``activation_bits``, ``per_tensor``, ``frac_bits``,
             ``range`` and ``calibration_method``; they win over ``q_config`` entries. See
@@ -400,8 +403,10 @@ def resolve_plan(qparams, samples, q_config, overrides, bias_correction, smooth_
                          "generator or iterator")
     if one_shot and q_config is None and (correction is not None or rounding is not None):
         warnings.warn("quantize: the samples are a one-shot generator/iterator, consumed by "
-                      "calibration: bias correction and weight rounding are skipped. Pass an "
-                      "array or a tf.data.Dataset to use them.", stacklevel=3)
+                      "calibration: bias correction and weight rounding are skipped, and "
+                      "4-bit tensors are calibrated by max instead of mse (it reads the "
+                      "samples twice). Pass an array or a tf.data.Dataset to use them.",
+                      stacklevel=3)
     options = None
     if smooth_quant is not None:
         if samples is None:
@@ -469,6 +474,8 @@ def stage_layer_config(run: _Run) -> None:
     run.layer_cfg = _merge_overrides(_check_config(run.plan.q_config, graph),
                                      run.plan.overrides, graph)
     run.methods = _methods(run.calibration, graph)
+    if run.plan.one_shot and not run.methods:  # no second read for auto_method's histograms
+        run.methods = {"default": CalibrationMethod()}
     run.fused = fused_relus(graph)
     _check_against_graph(run.layer_cfg, graph, run.fused)
 
@@ -483,8 +490,8 @@ def stage_calibrate(run: _Run) -> None:
     if alignment is not None:  # recorded in the q-config: its stats are of the aligned model
         apply_alignment(graph, alignment)
     stats = _stats_from_config(layer_cfg)
-    probe_ctx = builders.BuildContext(plan.qparams, stats, layer_cfg, set(), set(), run.fused,
-                                      graph, methods)
+    probe_ctx = builders.BuildContext(plan.qparams, stats, layer_cfg, set(),
+                                      _output_names(graph, run.fused), run.fused, graph, methods)
 
     def needs_hist(name):
         cfg = layer_cfg.get(name, {})

@@ -72,7 +72,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="output file (.keras or .h5; default: next to the input)")
     acc = parser.add_argument_group("accuracy options (docs/accuracy.md)")
     acc.add_argument("--calibration", choices=METHODS, default=None,
-                     help="how ranges are chosen from the calibration samples (default max)")
+                     help="how ranges are chosen from the calibration samples (default: mse for "
+                     "tensors of 4 bits or less, max for wider ones)")
     acc.add_argument("--asymmetric_activations", action="store_true", default=None,
                      help="fit a per-channel integer window [lo, lo+2^n-1] to signed activations "
                           "instead of the symmetric range (lo is folded into the next bias)")

@@ -115,11 +115,11 @@ def test_asymmetric_windows_gain_a_bit_on_skewed_tensors():
     x = np.random.default_rng(1).uniform(0, 1, (64, 8, 8, 2)).astype("float32")
     sym = fixedq.quantize(model, QuantizationParams(weight_bits=4, activation_bits=4),
                           samples=x, verbose=False, bias_correction=False,
-                          range_alignment=False)
+                          range_alignment=False, calibration="max")
     asym = fixedq.quantize(model, QuantizationParams(weight_bits=4, activation_bits=4,
                                                      asymmetric_activations=True),
                            samples=x, verbose=False, bias_correction=False,
-                           range_alignment=False)
+                           range_alignment=False, calibration="max")
     name = model.layers[1].name
     s, a = sym.get_layer(name).output_spec, asym.get_layer(name).output_spec
     assert s.lo is None and a.lo is not None
