@@ -15,6 +15,14 @@ layer, nearest rounding, the other 4-bit defaults) with each calibration method,
 and method, the **validation** accuracy of the PTQ model and of the QAT result: the test
 images are not loaded.
 
+Arms: ``max`` and ``mse`` pass that method for every tensor (the 8-bit input and model output
+too); ``default`` passes nothing, i.e. quantize's default (``auto_method``: ``mse`` for tensors
+of 4 bits or less, ``max`` for the 8-bit ones). The recorded rows of ``max`` and ``mse`` were
+made with range alignment as of commit 947553e, where an ``mse`` range already sits at its
+grid's top (alignment changes nothing there); the ``default`` rows with the alignment of
+commit d6e411e, which aligns ``mse_clip``'s best clip of any real step (``--label`` names an
+arm in the rows).
+
 Usage::
 
     python bench/studies/act4_calibration_study.py --seeds 0 1 2 \\
@@ -44,7 +52,7 @@ from common import N_CALIB, qat_models, qat_start  # noqa: E402
 REPORT = Path(__file__).with_suffix(".md")
 MODELS = qat_models()
 METHODS = {"max": "max", "mse": "mse", "p99.9": {"name": "percentile", "percentile": 99.9},
-           "histogram": "histogram"}
+           "histogram": "histogram", "default": None}
 
 
 def load_train():

@@ -143,45 +143,6 @@ def _from_histogram(hist: np.ndarray, top: np.ndarray, method: CalibrationMethod
     return out
 
 
-#: Clip candidates per octave of :func:`mse_clip` (a factor ``2^(1/16)``, 4.4 %, apart).
-MSE_CLIP_STEPS = 16
-
-
-def mse_clip(stats, signed: bool, value_bits: int) -> np.ndarray:
-    """Per-channel clip ``c`` of a grid of ``2^value_bits - 1`` equal steps (step ``c / (2^vb -
-    1)``, any real ``c``, not only the power-of-two grids of ``mse``) that minimizes the same
-    expected squared error as ``mse`` over the histogram: rounding noise below the clip, the
-    clipping error above. Range alignment scales each channel so that this clip lands on its
-    power-of-two grid's top, where ``mse`` then finds it. Channels without values give 0.
-
-    Example:
-        >>> from fixedq.models.calibrate import RangeStats
-        >>> st = RangeStats(np.array([0.0]), np.array([8.0]))
-        >>> st.hist_pos = np.r_[np.full(8, 10**5), np.zeros(55), 1][None, :]  # 0..1, one 8
-        >>> round(float(mse_clip(st, signed=False, value_bits=4)[0]), 2)   # the 8 is clipped
-        0.92
-    """
-    hist = _histogram(stats, signed)
-    if hist is None:
-        raise ValueError("mse_clip needs histograms; calibrate with histograms=True")
-    top = np.asarray(stats.top, np.float64)
-    channels, bins = hist.shape
-    levels = 2.0**value_bits - 1
-    # candidates: top * 2^(-k/MSE_CLIP_STEPS), from the max down to 6 octaves below it
-    ratios = 2.0 ** (-np.arange(6 * MSE_CLIP_STEPS + 1) / MSE_CLIP_STEPS)
-    centers = (np.arange(bins) + 0.5) / bins  # relative to top
-    out = np.zeros(channels)
-    for c in range(channels):
-        if top[c] <= 0 or not np.any(hist[c]):
-            continue
-        over = np.maximum(centers[None, :] - ratios[:, None], 0.0)
-        step = ratios / levels
-        err = np.sum(hist[c][None, :] * np.where(over > 0, over**2, (step**2 / 12)[:, None]),
-                     axis=1)
-        out[c] = ratios[int(np.argmin(err))] * top[c]
-    return out
-
-
 def select_range(stats, method: CalibrationMethod, signed: bool, value_bits: int,
                  max_value=None) -> np.ndarray:
     """Per-channel range of ``stats`` for a tensor quantized to ``value_bits`` (unsigned after

@@ -44,7 +44,7 @@ import numpy as np
 from fixedq.layers.spec import frac_bits_for_range
 from fixedq.models import builders
 from fixedq.models.asymmetric import select_window
-from fixedq.models.calibration_methods import CalibrationMethod, mse_clip, select_range
+from fixedq.models.calibration_methods import select_range
 from fixedq.ops import registry
 from fixedq.transforms.fold_batchnorm import scale_output_channels
 from fixedq.transforms.graph import Graph, GraphNode
@@ -218,11 +218,6 @@ def group_scales(group: ChannelGroup, graph: Graph, stats, ctx: builders.BuildCo
         if asym:  # an n-bit window [low, high] fills like a symmetric range (high-low)/2, n-1
             low, high = select_window(stats[name], ctx.method_for(name), vb + 1)
             rng = (high - low) / 2.0
-        elif ctx.method_for(name).name == "mse" and stats[name].hist_pos is not None:
-            # the best clip of any real step, put where a grid's top (2^vb - 1 steps) will be
-            rng = np.minimum(mse_clip(stats[name], signed[name], vb),
-                             select_range(stats[name], CalibrationMethod(), signed[name], vb))
-            rng = rng * (2.0**vb - 0.5) / (2.0**vb - 1)
         else:
             rng = select_range(stats[name], ctx.method_for(name), signed[name], vb)
         items.append((np.asarray(rng, np.float64), vb))

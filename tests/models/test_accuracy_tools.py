@@ -8,7 +8,7 @@ import pytest
 from fixedq import QuantizationParams, dump_config, quantize
 from fixedq.models.bias_correction import BiasCorrection
 from fixedq.models.calibrate import RangeStats
-from fixedq.models.calibration_methods import CalibrationMethod, mse_clip, select_range
+from fixedq.models.calibration_methods import CalibrationMethod, select_range
 from fixedq.models.overrides import mixed_precision
 
 QP4 = QuantizationParams(weight_bits=4, activation_bits=4)
@@ -189,33 +189,6 @@ def test_smooth_quant_preserves_function_and_evens_ranges(digits):
         smooth_quant(model, x, layers=["ghost"])
     with pytest.raises(ValueError, match="samples"):
         quantize(model, smooth_quant=0.5, verbose=False)
-
-
-def _grid_error(values: np.ndarray, clip: float, levels: int) -> float:
-    """Squared error of a uniform grid of ``levels`` steps up to ``clip`` (round half up)."""
-    step = clip / levels
-    q = np.minimum(np.floor(np.abs(values) / step + 0.5), levels) * step
-    return float(np.sum((np.abs(values) - q) ** 2))
-
-
-def test_mse_clip_beats_every_power_of_two_grid():
-    """The clip of any real step is at least as good as ``mse``'s power-of-two grids (on the
-    samples themselves, not only on the histogram model), and keeps the max without outliers."""
-    rng = np.random.default_rng(3)
-    x = np.abs(np.stack([rng.normal(0, 1, 20000), rng.exponential(0.3, 20000),
-                         rng.uniform(0, 1, 20000)], axis=1))
-    st = _stats(x)
-    clip = mse_clip(st, signed=False, value_bits=4)
-    grid = select_range(st, CalibrationMethod("mse"), False, 4)
-    for c in range(3):
-        assert _grid_error(x[:, c], clip[c], 15) <= _grid_error(x[:, c], grid[c], 15) * 1.01
-    assert clip[2] == pytest.approx(x[:, 2].max(), rel=0.05)  # uniform: nothing to clip
-    assert clip[0] < 0.8 * x[:, 0].max() and clip[1] < 0.8 * x[:, 1].max()  # long tails
-    dead = RangeStats(np.zeros(1), np.zeros(1))
-    dead.hist_pos = np.zeros((1, 16))
-    assert mse_clip(dead, False, 4).tolist() == [0.0]  # a dead channel
-    with pytest.raises(ValueError, match="needs histograms"):
-        mse_clip(RangeStats(np.zeros(1), np.ones(1)), False, 4)
 
 
 def test_auto_method_picks_mse_at_4_bits_and_replays(trained_cnn, digits):
