@@ -139,7 +139,20 @@ def render(rows: list[dict]) -> str:
             f"{statistics.mean(r['ptq_val'] - r['float_val'] for r in mine):+.2f} | "
             f"{statistics.mean(r['qat_val'] - r['float_val'] for r in mine):+.2f} | "
             f"{sum(r['qat_val'] >= r['float_val'] - 0.5 for r in mine)} | {best} |")
+    lines += ["", "Paired QAT results (same model and seed), each arm against `max`: "
+              + "; ".join(_paired(rows, m, "max") for m in methods if m != "max") + "."]
+    if "mse" in methods and len(methods) > 2:
+        lines[-1] += (" Against `mse`: " + "; ".join(
+            _paired(rows, m, "mse") for m in methods if m not in ("max", "mse")) + ".")
     return "\n".join(lines) + "\n"
+
+
+def _paired(rows: list[dict], arm: str, base: str) -> str:
+    key = {(r["model"], r["seed"], r["method"]): r for r in rows}
+    diffs = [r["qat_val"] - key[(r["model"], r["seed"], base)]["qat_val"] for r in rows
+             if r["method"] == arm and (r["model"], r["seed"], base) in key]
+    return (f"{arm} above in {sum(d > 0 for d in diffs)}, below in "
+            f"{sum(d < 0 for d in diffs)}, equal in {sum(d == 0 for d in diffs)}")
 
 
 def main(argv=None) -> int:
