@@ -554,6 +554,28 @@ def low_bit_layers(model: keras.Model, max_bits: int = 4) -> tuple[str, ...]:
                  and layer.qmax <= 2 ** (max_bits - 1) - 1)
 
 
+def max_calibrated_low_bit(model: keras.Model, max_bits: int = 4) -> tuple[str, ...]:
+    """Names of the layers of ``model`` whose output of at most ``max_bits`` bits was
+    calibrated by ``max`` (their q-config entry records ranges but no method, range or
+    frac_bits): QAT trains weights but never moves these grids, and ``mse`` (quantize's
+    default at 4 bits since docs/calibration.md "Default") starts QAT from better ones.
+
+    Example:
+        >>> max_calibrated_low_bit(qmodel)  # doctest: +SKIP
+        ('conv2', 'add')
+    """
+    names = []
+    for layer in model.layers:
+        entry = getattr(layer, "qconfig", None)
+        if not isinstance(entry, dict) or "calibration" not in entry:
+            continue
+        bits = entry.get("activation_bits")
+        if (isinstance(bits, int) and bits <= max_bits
+                and not {"calibration_method", "range", "frac_bits", "window"} & set(entry)):
+            names.append(layer.name)
+    return tuple(names)
+
+
 @keras.saving.register_keras_serializable(package="fixedq")
 class LayerScaledAdam(keras.optimizers.Adam):
     """Adam whose learning rate is multiplied by ``scales[variable.path]`` (1 elsewhere).
@@ -796,6 +818,12 @@ def qat(qmodel: keras.Model, train, validation=None, epochs: int = 3, *, lr: flo
         if verbose:
             print(text, file=stream, flush=True)
 
+    stale = max_calibrated_low_bit(qmodel)
+    if stale:
+        say(f"qat: note: {len(stale)} layer(s) with activations of 4 bits or less were "
+            f"calibrated by max ({', '.join(stale[:3])}{', ...' if len(stale) > 3 else ''}); "
+            "QAT cannot move an activation's grid: quantize with the default calibration "
+            "(mse at 4 bits) for a better start (docs/calibration.md)")
     start_loss, start_acc, start_hits = _evaluate(model, xv, yv, loss_fn, batch_size)
     start_metric = start_acc if metric == "accuracy" else start_loss
     say(f"qat: start: validation {_fmt(metric, start_metric)}, loss {start_loss:.4f} "

@@ -18,6 +18,7 @@ from fixedq.models.qat import (
     float_training_lr,
     low_bit_layers,
     lr_range_test,
+    max_calibrated_low_bit,
 )
 
 
@@ -484,3 +485,21 @@ def test_keep_bad_value(setup):
     _, qmodel, (x, y), _ = setup
     with pytest.raises(ValueError, match="keep must be 'auto', 'end' or 'clear'"):
         fixedq.qat(qmodel, (x, y), keep="best", verbose=False)
+
+
+def test_a_max_calibrated_4bit_start_gets_a_note(setup, digits):
+    """The default start (mse at 4 bits) has no layer to name; a max-calibrated one names its
+    4-bit activation layers, and qat says so once, before training."""
+    model, qmodel, (x, y), _ = setup
+    assert max_calibrated_low_bit(qmodel) == ()
+    qp = fixedq.QuantizationParams(input_weight_bits=8, weight_bits=4, activation_bits=4)
+    old = fixedq.quantize(model, qp, samples=x[:256], verbose=False, calibration="max")
+    assert set(max_calibrated_low_bit(old)) == {"conv1", "conv2", "gap"}  # logits: 8-bit
+    log = io.StringIO()
+    fixedq.qat(old, (x[:200], y[:200]), validation=(x[200:300], y[200:300]), epochs=1,
+               lr=1e-4, stream=log)
+    assert log.getvalue().count("calibrated by max (conv1, conv2, gap)") == 1
+    log = io.StringIO()
+    fixedq.qat(qmodel, (x[:200], y[:200]), validation=(x[200:300], y[200:300]), epochs=1,
+               lr=1e-4, stream=log)
+    assert "calibrated by max" not in log.getvalue()
