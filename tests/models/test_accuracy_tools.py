@@ -205,6 +205,11 @@ def test_auto_method_picks_mse_at_4_bits_and_replays(trained_cnn, digits):
     assert np.array_equal(q.predict(x, verbose=0), again.predict(x, verbose=0))
     pinned = quantize(trained_cnn, QP4, samples=x, verbose=False, calibration="max")
     assert "calibration_method" not in dump_config(pinned)["layers"]["conv1"]
+    # a per-layer dict without "default": the layers it does not name keep the default rule
+    mixed = dump_config(quantize(trained_cnn, QP4, samples=x, verbose=False,
+                                 calibration={"conv1": "max"}))["layers"]
+    assert "calibration_method" not in mixed["conv1"]
+    assert mixed["pw"]["calibration_method"]["name"] == "mse"
     q8 = quantize(trained_cnn, QuantizationParams(), samples=x, verbose=False)
     assert all("calibration_method" not in v for v in dump_config(q8)["layers"].values())
 
