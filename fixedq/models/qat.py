@@ -823,7 +823,8 @@ def qat(qmodel: keras.Model, train, validation=None, epochs: int = 3, *, lr: flo
         say(f"qat: note: {len(stale)} layer(s) with activations of 4 bits or less were "
             f"calibrated by max ({', '.join(stale[:3])}{', ...' if len(stale) > 3 else ''}); "
             "QAT cannot move an activation's grid: quantize with the default calibration "
-            "(mse at 4 bits) for a better start (docs/calibration.md)")
+            "(mse at 4 bits; samples as a NumPy array or a tf.data.Dataset) for a better "
+            "start (docs/calibration.md)")
     start_loss, start_acc, start_hits = _evaluate(model, xv, yv, loss_fn, batch_size)
     start_metric = start_acc if metric == "accuracy" else start_loss
     say(f"qat: start: validation {_fmt(metric, start_metric)}, loss {start_loss:.4f} "

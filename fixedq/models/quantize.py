@@ -34,7 +34,7 @@ from fixedq.layers.params import QuantizationParams
 from fixedq.models import builders
 from fixedq.models.bias_correction import BiasCorrection, clip_kernels, correct_biases
 from fixedq.models.calibrate import RangeStats, calibrate
-from fixedq.models.calibration_methods import CalibrationMethod
+from fixedq.models.calibration_methods import AUTO_MSE_BITS, CalibrationMethod
 from fixedq.models.qconfig_schema import (
     QCONFIG_FORMAT,
     QCONFIG_VERSION,
@@ -403,10 +403,8 @@ def resolve_plan(qparams, samples, q_config, overrides, bias_correction, smooth_
                          "generator or iterator")
     if one_shot and q_config is None and (correction is not None or rounding is not None):
         warnings.warn("quantize: the samples are a one-shot generator/iterator, consumed by "
-                      "calibration: bias correction and weight rounding are skipped, and "
-                      "4-bit tensors are calibrated by max instead of mse (it reads the "
-                      "samples twice). Pass an array or a tf.data.Dataset to use them.",
-                      stacklevel=3)
+                      "calibration: bias correction and weight rounding are skipped. Pass an "
+                      "array or a tf.data.Dataset to use them.", stacklevel=3)
     options = None
     if smooth_quant is not None:
         if samples is None:
@@ -474,8 +472,15 @@ def stage_layer_config(run: _Run) -> None:
     run.layer_cfg = _merge_overrides(_check_config(run.plan.q_config, graph),
                                      run.plan.overrides, graph)
     run.methods = _methods(run.calibration, graph)
-    if run.plan.one_shot and not run.methods:  # no second read for auto_method's histograms
-        run.methods = {"default": CalibrationMethod()}
+    if not _rereadable(run.samples) and "default" not in run.methods:
+        # auto_method's histograms need a second pass over the samples: max for the layers
+        # no method was given for
+        run.methods = {**run.methods, "default": CalibrationMethod()}
+        if run.plan.qparams.activation_bits <= AUTO_MSE_BITS and run.plan.q_config is None:
+            warnings.warn("quantize: the samples can be read only once (a generator, a list "
+                          "of batches, a PyDataset): tensors of 4 bits or less are calibrated "
+                          "by max instead of mse. Pass a NumPy array or a tf.data.Dataset for "
+                          "mse.", stacklevel=3)
     run.fused = fused_relus(graph)
     _check_against_graph(run.layer_cfg, graph, run.fused)
 
@@ -511,7 +516,10 @@ def stage_calibrate(run: _Run) -> None:
                           "samples.", stacklevel=3)
             run.samples = random_samples(float_model.inputs[0].shape, run.num_samples,
                                          uint8_like)
-        bins = max(m.bins for m in methods.values()) if methods else 1024
+        # the explicit methods' bins, and the default 1024 for layers auto_method serves
+        wanted = [m.bins for m in methods.values() if m.needs_histogram]
+        bins = max(wanted + ([] if "default" in methods else [CalibrationMethod().bins]),
+                   default=CalibrationMethod().bins)
         measure = calibrate_clips if is_streaming(float_model) else calibrate
         stats.update(measure(float_model, run.samples, [p for p in needed if p in points],
                              run.num_samples, run.batch_size, run.epochs, run.verbose,
@@ -567,6 +575,13 @@ STAGES = (stage_prepare, stage_graph, stage_layer_config, stage_calibrate, stage
 #: Under ``weight_rounding="auto"``, fewer calibration samples than this skip the rounding
 #: (with a warning): on 1-2 samples it overfits them and lowers accuracy.
 MIN_AUTO_FRAMES = 16
+
+
+def _rereadable(samples) -> bool:
+    """Whether calibration can read ``samples`` twice (the histogram pass): ``None`` (random
+    samples), a NumPy array or a ``tf.data.Dataset``."""
+    return samples is None or isinstance(samples, np.ndarray) or hasattr(
+        samples, "as_numpy_iterator")
 
 
 def _one_shot(samples) -> bool:

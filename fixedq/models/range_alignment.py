@@ -18,11 +18,12 @@ weights (the *producer*: its kernel's output channels and bias are multiplied), 
 MaxPool / GlobalAveragePooling / Dropout layers after it, ``Add`` layers together with all their
 other inputs (and those inputs' producers), and the layers with weights that read any tensor of
 the group (the *consumers*: their kernel's input channels are divided). A group is left alone
-when it contains anything else (a model output, a ReLU with ``max_value``, BatchNormalization that
-was not folded, Concatenate, Flatten/Reshape, a consumer with a folded Rescaling, ...), or when
-one of its tensors uses per-tensor activations. When a group holds several requantized tensors
-(e.g. both inputs and the output of an ``Add``) the factor minimizes the summed relative squared
-step ``sum_t (2^-f_t / range_t)^2`` over them.
+when it contains anything else (a model output, a standalone ReLU with ``max_value`` (one fused
+into the layer before it is a per-channel cap instead, see :func:`channel_groups`),
+BatchNormalization that was not folded, Concatenate, Flatten/Reshape, a consumer with a folded
+Rescaling, ...), or when one of its tensors uses per-tensor activations. When a group holds
+several requantized tensors (e.g. both inputs and the output of an ``Add``) the factor minimizes
+the summed relative squared step ``sum_t (2^-f_t / range_t)^2`` over them.
 
 Weight quantization is unaffected for producers (per-output-channel scales absorb ``s_c``
 exactly) and for depthwise consumers; a Conv2D/Dense consumer sees its input rows divided by
@@ -59,7 +60,7 @@ class ChannelGroup:
     tensors: tuple[str, ...]
     producers: tuple[str, ...]
     consumers: tuple[str, ...]
-    #: ``(producer, max_value)`` of the producers whose fused ReLU has a ``max_value`` cap
+    #: ``(tensor, max_value)`` of the group's tensors whose fused ReLU has a ``max_value`` cap
     caps: tuple[tuple[str, float], ...] = ()
 
 
@@ -116,7 +117,9 @@ def _group_from(graph: Graph, start: str, capped: dict[str, float],
                 return None
     order = [n.name for n in graph.nodes]
     key = order.index
-    caps = tuple((p, capped[p]) for p in sorted(producers, key=key) if p in capped)
+    # a ReLU(max_value) may be fused into a producer, an Add or a pooling: every tensor of
+    # the group that carries such a cap is checked against it
+    caps = tuple((t, capped[t]) for t in sorted(tensors, key=key) if t in capped)
     return ChannelGroup(tuple(sorted(tensors, key=key)), tuple(sorted(producers, key=key)),
                         tuple(sorted(consumers, key=key)), caps)
 
@@ -136,8 +139,9 @@ def _fused_path(graph: Graph, prod: str, relu: str) -> set[str]:
 def channel_groups(graph: Graph, fused: dict[str, str]) -> list[ChannelGroup]:
     """All alignable channel groups of ``graph`` (after sanitize / split / fold).
 
-    A ReLU with ``max_value`` that is fused into its producer does not stop a group: the
-    producer is recorded in :attr:`ChannelGroup.caps` and :func:`group_scales` keeps every
+    A ReLU with ``max_value`` that is fused into the node before it (a layer with weights, an
+    ``Add``, a pooling) does not stop a group: that node is recorded in
+    :attr:`ChannelGroup.caps` and :func:`group_scales` keeps every
     scaled range of such a channel at or below the cap (``relu(min(s x, m)) = s relu(min(x,
     m / s))`` equals ``s relu(min(x, m))`` wherever ``x <= m / s``, i.e. on every value up to
     the scaled calibrated range). A standalone ReLU with ``max_value`` still does."""
@@ -227,7 +231,10 @@ def group_scales(group: ChannelGroup, graph: Graph, stats, ctx: builders.BuildCo
     channels = len(items[0][0])
     if any(len(r) != channels for r, _ in items):
         return None
-    caps = dict(group.caps)  # against the largest value seen, not the method's clipped range:
+    caps = dict(group.caps)
+    if any(name not in names for name in caps):  # a cap this group cannot check: leave it
+        return None
+    # against the largest value seen, not the method's clipped range:
     capped = [np.maximum(np.asarray(stats[name].maximum, np.float64), 0.0) / caps[name]
               for name in names if name in caps]  # exact on every calibration sample
     candidates = [_aligned(r, vb) for r, vb in items]

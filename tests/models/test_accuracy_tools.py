@@ -214,11 +214,18 @@ def test_auto_method_picks_mse_at_4_bits_and_replays(trained_cnn, digits):
     assert all("calibration_method" not in v for v in dump_config(q8)["layers"].values())
 
 
-def test_auto_method_with_a_one_shot_generator_uses_max(trained_cnn, digits):
+@pytest.mark.parametrize("kind", ["generator", "list", "generator+dict"])
+def test_auto_method_with_samples_read_once_uses_max(trained_cnn, digits, kind):
+    """Samples calibration cannot read twice (a generator, a list of batches) get max where no
+    method was given, with a warning, instead of the histogram pass's error; a per-layer dict
+    without "default" too (review)."""
     x = digits[0][:128]
+    batches = np.split(x, 4)
+    samples = batches if kind == "list" else (b for b in batches)
+    calibration = {"pw": "max"} if kind == "generator+dict" else None
     with pytest.warns(UserWarning, match="calibrated by max instead of mse"):
-        q = quantize(trained_cnn, QP4, samples=(b for b in np.split(x, 4)), num_samples=128,
-                     verbose=False)
+        q = quantize(trained_cnn, QP4, samples=samples, num_samples=128, verbose=False,
+                     calibration=calibration)
     assert "calibration_method" not in dump_config(q)["layers"]["conv1"]
 
 

@@ -153,3 +153,34 @@ def test_folded_rescaling_stem_is_aligned_and_trains(digits):
               keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     q.fit(xtr, ytr, epochs=1, batch_size=32, verbose=0)
     assert _accuracy(q, xte, yte) >= before - 2.0
+
+
+@pytest.mark.parametrize("where", ["add", "gap"])
+def test_a_relu6_fused_into_an_add_or_a_pooling_keeps_its_cap(where):
+    """A ReLU(6) fused into an Add (or a GlobalAveragePooling) caps that tensor: the aligned
+    float model equals the original on the calibration samples (review of the ReLU6 rule: the
+    cap was recorded for weighted producers only, and these groups were scaled past it)."""
+    keras.utils.set_random_seed(3)
+    x = keras.Input((8, 8, 1), name="img")
+    a = keras.layers.Conv2D(8, 3, padding="same", name="ca")(x)
+    if where == "add":
+        b = keras.layers.Conv2D(8, 3, padding="same", name="cb")(x)
+        h = keras.layers.ReLU(6.0, name="r6")(keras.layers.Add(name="add")([a, b]))
+        h = keras.layers.Conv2D(8, 1, name="cc")(h)
+        h = keras.layers.GlobalAveragePooling2D(name="gap")(h)
+    else:
+        h = keras.layers.GlobalAveragePooling2D(name="gap")(a)
+        h = keras.layers.ReLU(6.0, name="r6")(h)
+    model = keras.Model(x, keras.layers.Dense(4, name="out")(h))
+    xs = np.random.default_rng(0).uniform(0, 12, (128, 8, 8, 1)).astype("float32")
+    q = quantize(model, QP4, samples=xs, verbose=False, bias_correction=False,
+                 range_alignment=True, calibration="max")
+    record = dump_config(q)["layers"]["img"].get("range_alignment", {})
+    graph, _ = _graph(model)
+    reference = build_model(graph).predict(xs, verbose=0)
+    apply_alignment(graph, record)
+    aligned = build_model(graph).predict(xs, verbose=0)
+    np.testing.assert_allclose(aligned, reference, rtol=1e-4, atol=1e-4 * np.abs(reference).max())
+    graph, fused = _graph(model)
+    capped = [g for g in channel_groups(graph, fused) if g.caps]
+    assert capped and all(dict(g.caps).get(where) == 6.0 for g in capped)
