@@ -106,7 +106,8 @@ def auto_method(bits: int) -> CalibrationMethod:
 def _histogram(stats, signed: bool):
     if stats.hist_pos is None:
         return None
-    return stats.hist_pos + stats.hist_neg if signed else stats.hist_pos
+    pos = stats.hist_pos.astype(np.int64)  # counts may be stored as uint32
+    return pos + stats.hist_neg if signed else pos
 
 
 def _from_histogram(hist: np.ndarray, top: np.ndarray, method: CalibrationMethod,

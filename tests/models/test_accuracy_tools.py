@@ -237,3 +237,20 @@ def test_recorded_ranges_without_a_method_replay_as_max(trained_cnn, digits):
     cfg = json.loads(json.dumps(dump_config(old)))
     again = quantize(trained_cnn, q_config=cfg, verbose=False)
     assert np.array_equal(old.predict(x, verbose=0), again.predict(x, verbose=0))
+
+
+def test_histogram_counts_are_uint32_and_widen_before_they_could_overflow():
+    rng = np.random.default_rng(5)
+    x = rng.normal(0, 1, (1000, 3))
+    st = _stats(x)
+    assert st.hist_pos.dtype == np.uint32 and int(st.hist_pos.sum() + st.hist_neg.sum()) > 0
+    same = _stats(x)
+    st._hist_rows = 2**31 - 10  # as if 2^31 rows had been seen: the next batch widens
+    st.add_histogram(x[:100], 1024)
+    same.add_histogram(x[:100], 1024)  # the same counts, still uint32
+    assert st.hist_pos.dtype == np.int64 and st.hist_neg.dtype == np.int64
+    assert same.hist_pos.dtype == np.uint32
+    assert np.array_equal(st.hist_pos, same.hist_pos) and np.array_equal(st.hist_neg,
+                                                                         same.hist_neg)
+    # methods read the counts as int64 whatever their storage
+    assert select_range(st, CalibrationMethod("percentile", percentile=99.0), True, 7).shape == (3,)
