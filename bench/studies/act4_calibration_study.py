@@ -102,7 +102,8 @@ def render(rows: list[dict]) -> str:
         "weights and activations with an 8-bit first layer, nearest weight rounding, the other "
         "4-bit defaults (bias correction, range alignment); each method calibrates on the "
         f"first {N_CALIB} training images; then `fixedq.qat` with its defaults and the float "
-        f"model as teacher. Seeds {', '.join(map(str, seeds))}. Generated "
+        f"model as teacher. Seeds {', '.join(map(str, seeds))}. The arms, and the commit "
+        "each ran on: the script's docstring. Generated "
         f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC.",
         "",
         "Validation accuracy (%), PTQ -> QAT, and the gap to float after QAT:",
