@@ -278,7 +278,8 @@ def test_an_ignored_signal_stays_ignored(tmp_path):
     plain = code.replace("signal.signal(signal.SIGINT, signal.SIG_IGN)\n", "").replace(
         "    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN\n", "")
     proc = subprocess.run([sys.executable, "-c", plain, str(tmp_path / "other.txt")],
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60,
+                          preexec_fn=_default_sigint)
     assert proc.returncode != 0 and "KeyboardInterrupt" in proc.stderr
     assert _leftovers(tmp_path, {"out.txt"}) == []
 
@@ -352,6 +353,13 @@ _SLOW_WRITER = textwrap.dedent("""
 """)
 
 
+def _default_sigint() -> None:
+    """In a child before exec: SIGINT at its default, as in a foreground process, whatever the
+    test runner inherited (a runner started as a background job of a non-interactive shell
+    has SIGINT ignored, and its children with it: Python then never raises KeyboardInterrupt)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("signum, code, word, ignored", [
     (signal.SIGTERM, 143, "terminated", False),
     (signal.SIGINT, 130, "interrupted", False),
@@ -368,6 +376,8 @@ def test_signal_during_write(tmp_path, signum, code, word, ignored):
     def preexec():
         if ignored:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
+        else:
+            _default_sigint()
 
     proc = subprocess.Popen([sys.executable, "-c", _SLOW_WRITER, str(target)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
