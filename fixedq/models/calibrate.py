@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import keras
 import numpy as np
 
-from fixedq.models.samples import DEFAULT_NUM_SAMPLES, iter_batches
+from fixedq.models.samples import DEFAULT_NUM_SAMPLES, iter_batches, rereadable
 from fixedq.progress import Progress
 
 
@@ -72,9 +72,9 @@ class RangeStats:
             # (so that pos + neg still fits)
             self.hist_pos = np.zeros((channels, bins), dtype=np.uint32)
             self.hist_neg = np.zeros((channels, bins), dtype=np.uint32)
-            self._hist_rows = 0
-        self._hist_rows = getattr(self, "_hist_rows", 0) + len(flat)
-        if self.hist_pos.dtype != np.int64 and self._hist_rows > np.iinfo(np.int32).max:
+        # every value seen lands in one bin of hist_pos: its first channel counts the rows
+        rows = int(self.hist_pos[0].sum(dtype=np.int64)) + len(flat)
+        if self.hist_pos.dtype != np.int64 and rows > np.iinfo(np.int32).max:
             self.hist_pos = self.hist_pos.astype(np.int64)
             self.hist_neg = self.hist_neg.astype(np.int64)
         scale = bins / self.top
@@ -161,8 +161,7 @@ def calibrate(model: keras.Model, samples, layer_names=None, num_samples: int = 
     passes = ("ranges", "histograms") if histograms else ("ranges",)
     outputs = [model.get_layer(n).output for n in names]
     for which in passes:
-        if which == "histograms" and not (isinstance(samples, np.ndarray)
-                                          or hasattr(samples, "as_numpy_iterator")):
+        if which == "histograms" and not rereadable(samples):
             raise ValueError("histogram calibration methods read the samples twice: pass a "
                              "NumPy array or a tf.data.Dataset, not a generator")
         if which == "ranges":

@@ -45,7 +45,7 @@ from fixedq.models.qconfig_schema import (
 )
 from fixedq.models.range_alignment import align_ranges, apply_alignment
 from fixedq.models.range_alignment import wanted as alignment_wanted
-from fixedq.models.samples import DEFAULT_NUM_SAMPLES, iter_batches, random_samples
+from fixedq.models.samples import DEFAULT_NUM_SAMPLES, iter_batches, random_samples, rereadable
 from fixedq.models.streaming import calibrate_clips, is_streaming, streaming_quantize_options
 from fixedq.models.weight_rounding import WeightRounding, optimize_rounding
 from fixedq.ops import registry
@@ -472,7 +472,7 @@ def stage_layer_config(run: _Run) -> None:
     run.layer_cfg = _merge_overrides(_check_config(run.plan.q_config, graph),
                                      run.plan.overrides, graph)
     run.methods = _methods(run.calibration, graph)
-    if not _rereadable(run.samples) and "default" not in run.methods:
+    if not rereadable(run.samples) and "default" not in run.methods:
         # auto_method's histograms need a second pass over the samples: max for the layers
         # no method was given for
         run.methods = {**run.methods, "default": CalibrationMethod()}
@@ -575,13 +575,6 @@ STAGES = (stage_prepare, stage_graph, stage_layer_config, stage_calibrate, stage
 #: Under ``weight_rounding="auto"``, fewer calibration samples than this skip the rounding
 #: (with a warning): on 1-2 samples it overfits them and lowers accuracy.
 MIN_AUTO_FRAMES = 16
-
-
-def _rereadable(samples) -> bool:
-    """Whether calibration can read ``samples`` twice (the histogram pass): ``None`` (random
-    samples), a NumPy array or a ``tf.data.Dataset``."""
-    return samples is None or isinstance(samples, np.ndarray) or hasattr(
-        samples, "as_numpy_iterator")
 
 
 def _one_shot(samples) -> bool:

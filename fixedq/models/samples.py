@@ -25,6 +25,18 @@ from fixedq.io import check_dtype, check_input_shape
 DEFAULT_NUM_SAMPLES = 1024
 
 
+def rereadable(samples) -> bool:
+    """Whether calibration can read ``samples`` twice (its histogram pass): ``None`` (random
+    samples are made), a NumPy array or a ``tf.data.Dataset``.
+
+    Example:
+        >>> rereadable(np.zeros((2, 3))), rereadable(iter([np.zeros((2, 3))]))
+        (True, False)
+    """
+    return samples is None or isinstance(samples, np.ndarray) or hasattr(
+        samples, "as_numpy_iterator")
+
+
 def random_samples(input_shape, num_samples: int, uint8_like: bool, seed: int = 0) -> np.ndarray:
     """Random calibration data when the user gives none (with a warning from the caller)."""
     rng = np.random.default_rng(seed)

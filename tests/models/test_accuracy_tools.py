@@ -245,11 +245,13 @@ def test_histogram_counts_are_uint32_and_widen_before_they_could_overflow():
     st = _stats(x)
     assert st.hist_pos.dtype == np.uint32 and int(st.hist_pos.sum() + st.hist_neg.sum()) > 0
     same = _stats(x)
-    st._hist_rows = 2**31 - 10  # as if 2^31 rows had been seen: the next batch widens
+    st.hist_pos[0, 0] += np.uint32(2**31 - 1000)  # as if 2^31 rows had been seen: widens
+    same.hist_pos[0, 0] += np.uint32(2**31 - 1000)
     st.add_histogram(x[:100], 1024)
-    same.add_histogram(x[:100], 1024)  # the same counts, still uint32
+    same.hist_pos = same.hist_pos.astype(np.int64)  # the same counts, widened beforehand
+    same.hist_neg = same.hist_neg.astype(np.int64)
+    same.add_histogram(x[:100], 1024)
     assert st.hist_pos.dtype == np.int64 and st.hist_neg.dtype == np.int64
-    assert same.hist_pos.dtype == np.uint32
     assert np.array_equal(st.hist_pos, same.hist_pos) and np.array_equal(st.hist_neg,
                                                                          same.hist_neg)
     # methods read the counts as int64 whatever their storage
