@@ -28,7 +28,7 @@ import numpy as np
 import fixedq
 import fixedq.engine
 from fixedq.demo import load_digits_mnist
-from fixedq.models.qat import float_training_lr, low_bit_layers
+from fixedq.models.qat import float_training_lr, low_bit_layers, max_calibrated_low_bit
 
 FAST = os.environ.get("FIXEDQ_TUTORIAL_FAST") == "1"
 L = keras.layers
@@ -60,11 +60,15 @@ model.compile(keras.optimizers.Adam(2e-3),
 model.fit(x_fit, y_fit, epochs=4 if FAST else 8, batch_size=32, verbose=0)
 print(f"float: {accuracy(model, x_test, y_test):.1f} % on the test images")
 
-# 2. the PTQ start (nearest weight rounding: the better QAT start, docs/quantization.md)
+# 2. the PTQ start (nearest weight rounding: the better QAT start, docs/quantization.md).
+# Its 4-bit activations are calibrated by mse, quantize's default at 4 bits: QAT trains the
+# weights but never moves an activation's grid, so the grid it starts from matters
+# (docs/calibration.md "Default"; the samples must be an array or a tf.data.Dataset)
 qparams = fixedq.QuantizationParams(input_weight_bits=8, weight_bits=4, activation_bits=4)
 qmodel = fixedq.quantize(model, qparams, samples=x_fit[:512], weight_rounding=False,
                          verbose=False)
 print(f"4-bit PTQ: {accuracy(qmodel, x_test, y_test):.1f} %")
+assert not max_calibrated_low_bit(qmodel)  # no max-calibrated 4-bit grid
 
 # 3. one call; progress lines go to stderr
 best, history = fixedq.qat(qmodel, (x_fit, y_fit), validation=(x_val, y_val),
