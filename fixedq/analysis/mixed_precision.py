@@ -268,7 +268,13 @@ class _Search:
         for name, bits in weight_bits.items():
             cfg["layers"][name]["weight_bits"] = int(bits)
         for name, bits in (activation_bits or {}).items():
-            cfg["layers"][name]["activation_bits"] = int(bits)
+            entry = cfg["layers"][name]
+            if int(bits) != entry.get("activation_bits") and _width_bound_range(entry):
+                # an mse range is the best clip of a grid of the old width: at another width
+                # the recorded min/max decide (max, quantize's default above 4 bits)
+                for key in ("range", "window", "calibration_method"):
+                    entry.pop(key, None)
+            entry["activation_bits"] = int(bits)
         return cfg
 
     def build(self, cfg: dict) -> keras.Model:
@@ -324,6 +330,23 @@ class _Search:
                   + (f"; log saved to {self.log_path}" if self.log_path else ""),
                   file=sys.stderr, flush=True)
         return MixedPrecisionInterrupted(self.result)
+
+
+def _width_bound_range(entry: dict) -> bool:
+    """Whether a q-config entry's activation ``range`` (or asymmetric ``window``) was chosen
+    for its bit width (``mse`` picks the grid of that width with the least error) and has
+    recorded min/max to fall back on.
+
+    Example:
+        >>> _width_bound_range({"calibration": {"min": [0.0], "max": [3.0]}, "range": [1.875],
+        ...                     "calibration_method": {"name": "mse"}})
+        True
+        >>> _width_bound_range({"calibration": {"min": [0.0], "max": [3.0]}, "range": [1.5]})
+        False
+    """
+    method = entry.get("calibration_method")
+    name = method.get("name") if isinstance(method, dict) else method
+    return name == "mse" and ("range" in entry or "window" in entry) and "calibration" in entry
 
 
 def _base_config(model, q_config, samples, qparams) -> dict:

@@ -167,6 +167,35 @@ def test_cost_budget(trained_bn_cnn, base, digits_data):
     assert by_metric.metric == 16.0 and by_metric.reference_metric == 8.0
 
 
+def test_cost_budget_from_4_bit_drops_the_4_bit_mse_ranges(trained_bn_cnn, digits_data):
+    """A 4-bit q-config records mse ranges, the best clip of a 16-level grid; a layer the
+    search promotes to 16-bit activations gets its range from the recorded max instead (the
+    old clip would saturate it far below its calibration max)."""
+    qp4 = fixedq.QuantizationParams(weight_bits=4, activation_bits=4)
+    q4 = fixedq.quantize(trained_bn_cnn, qp4, samples=digits_data[0][:256], verbose=False)
+    cfg4 = fixedq.dump_config(q4)
+    clipped = [n for n in SIZES if cfg4["layers"][n].get("activation_bits") == 4
+               and cfg4["layers"][n].get("calibration_method", {}).get("name") == "mse"]
+    assert clipped, "the 4-bit start has mse-calibrated activations"
+    result = search_cost_budget(trained_bn_cnn, digits_data[0][:64], q_config=cfg4,
+                               cost_ratio=1e6, verbose=False)
+    qmodel = fixedq.quantize(trained_bn_cnn, q_config=result.q_config, verbose=False)
+    stale = fixedq.quantize(trained_bn_cnn, q_config=cfg4, verbose=False)
+    for name in clipped:
+        assert result.activation_bits[name] == 16
+        entry = result.q_config["layers"][name]
+        assert not {"range", "calibration_method"} & set(entry), name
+        spec, old = qmodel.get_layer(name).output_spec, stale.get_layer(name).output_spec
+        top = spec.hi_array() * np.ldexp(1.0, -spec.frac_array(len(spec.hi_array())))
+        recorded = np.asarray(entry["calibration"]["max"])
+        assert np.all(top >= np.minimum(recorded, 6.0) * (1 - 2.0**-15)), name
+        # the stale 4-bit clip sits below the recorded max somewhere (what this test guards)
+        old_top = old.hi_array() * np.ldexp(1.0, -old.frac_array(len(old.hi_array())))
+        assert np.any(old_top < recorded), name
+    # the search's start and base config are left as they were
+    assert "range" in cfg4["layers"][clipped[0]]
+
+
 def test_bad_arguments(trained_bn_cnn, base):
     m, cfg = trained_bn_cnn, base[1]
     metric = _penalty_metric({})
