@@ -555,7 +555,8 @@ def low_bit_layers(model: keras.Model, max_bits: int = 4) -> tuple[str, ...]:
 
 
 def max_calibrated_low_bit(model: keras.Model, max_bits: int = 4) -> tuple[str, ...]:
-    """Names of the layers of ``model`` whose output of at most ``max_bits`` bits was
+    """Names (as the q-config and ``overrides=`` spell them: an input by its input layer's
+    name) of the layers of ``model`` whose output of at most ``max_bits`` bits was
     calibrated by ``max`` (their q-config entry records ranges but no method, range or
     frac_bits): QAT trains weights but never moves these grids, and ``mse`` (quantize's
     default at 4 bits since docs/calibration.md "Default") starts QAT from better ones.
@@ -572,7 +573,7 @@ def max_calibrated_low_bit(model: keras.Model, max_bits: int = 4) -> tuple[str, 
         bits = entry.get("activation_bits")
         if (isinstance(bits, int) and bits <= max_bits
                 and not {"calibration_method", "range", "frac_bits", "window"} & set(entry)):
-            names.append(layer.name)
+            names.append(str(entry.get("layer", layer.name)))  # the q-config's name
     return tuple(names)
 
 

@@ -503,3 +503,15 @@ def test_a_max_calibrated_4bit_start_gets_a_note(setup, digits):
     fixedq.qat(qmodel, (x[:200], y[:200]), validation=(x[200:300], y[200:300]), epochs=1,
                lr=1e-4, stream=log)
     assert "calibrated by max" not in log.getvalue()
+
+
+
+def test_the_max_note_names_an_input_as_the_q_config_does(setup):
+    """A 4-bit input is named by its input layer (the q-config / overrides key), not by the
+    InputQuantizer layer that carries it."""
+    model, _, (x, _), _ = setup
+    qp = fixedq.QuantizationParams(weight_bits=4, activation_bits=4, input_bits=4)
+    old = fixedq.quantize(model, qp, samples=x[:128], verbose=False, calibration="max")
+    names = max_calibrated_low_bit(old)
+    entries = fixedq.dump_config(old)["layers"]
+    assert "img" in names and "img_quantizer" not in names and set(names) <= set(entries)
