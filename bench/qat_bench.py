@@ -65,8 +65,11 @@ MODELS = qat_models()
 N_EXACT = 100
 #: The QAT start's calibration (``common.ptq4``: quantize's default): rows without a ``start``
 #: field were made before the 4-bit default became mse, with max calibration everywhere.
-START_NOW, START_BEFORE = "mse", "max"
-STARTS = {"mse": "4-bit start calibrated by `mse` (quantize's default at 4 bits since "
+START_NOW, START_BEFORE = "mse, add-clip", "max"
+STARTS = {"mse, add-clip": "4-bit start calibrated by `mse`; QAT's gradient through an Add cut "
+                           "where its sum saturates (numerics.md eq. 24, since "
+                           "bench/studies/qat_add_gradient_study.md)",
+          "mse": "4-bit start calibrated by `mse` (quantize's default at 4 bits since "
                  "bench/studies/act4_calibration_study.md)",
           "max": "4-bit start calibrated by `max` (the default before; the ReLU6 groups of "
                  "MobileNetV2 not range-aligned)"}

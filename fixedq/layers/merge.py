@@ -1,7 +1,9 @@
 """Quantized skip connections: Add (exact aligned sum, then a shift) and Concatenate.
 
 Add: every input is aligned to the common ``F`` (exact left shifts), summed exactly, and the sum
-is requantized to the output spec by a rounding shift ``F - f_out`` (eq. 27).
+is requantized to the output spec by a rounding shift ``F - f_out`` (eq. 27). In training
+(QAT), the gradient is that of the float sum saturated at the output range, like the neural
+layers' (eq. 24): a sum the integers clip passes no gradient.
 Concatenate on the last axis keeps values and concatenates per-channel frac_bits; on another axis
 every input is shifted to the common per-channel frac_bits of the output spec.
 
@@ -17,11 +19,13 @@ Example:
 from __future__ import annotations
 
 import keras
+import numpy as np
 from keras import ops
 
 from fixedq.layers.base import (
     QuantizedLayer,
     exact_float_dtype,
+    output_bounds,
     shift_requantize,
     straight_through,
     to_channel_integers,
@@ -38,6 +42,11 @@ class QuantizedAdd(QuantizedLayer):
         bound = sum(s.aligned_max_abs() << (self._big_f - s.max_frac) for s in self.input_specs)
         self._dtype_exact = exact_float_dtype(bound, f"layer {self.name!r}")
         self._shift = self._big_f - self.output_spec.frac_array(self.channels)
+        # the output range as floats: QAT's float path saturates where the integers do
+        lo, hi = output_bounds(self.output_spec, self.channels)
+        f_out = self.output_spec.frac_array(self.channels)
+        self._lo_f, self._hi_f = (np.ldexp(b.astype(np.float64), -f_out).astype("float32")
+                                  for b in (lo, hi))
         super().build(input_shape)
 
     def call(self, inputs, training=None):
@@ -52,7 +61,7 @@ class QuantizedAdd(QuantizedLayer):
         total = inputs[0]
         for x in inputs[1:]:
             total = total + x
-        return straight_through(total, out)
+        return straight_through(ops.clip(total, self._lo_f, self._hi_f), out)
 
     def compute_output_shape(self, input_shape):
         return input_shape[0]

@@ -106,3 +106,31 @@ def test_worst_case_conv_is_exact(in_bits, w_bits):
     assert np.array_equal(got, want)
     assert np.abs(want).max() > 2**13  # the test is not trivially saturated or zero
     assert int(np.abs(acc).max()) > 2**27  # far past float32's exact range
+
+
+def test_add_gradient_is_cut_where_the_sum_saturates():
+    """QAT through an Add (numerics.md eq. 24): the forward value is the saturated integer
+    sum, and a sum the integers clip passes no gradient (as in the neural layers); inside the
+    range the gradient of a sum is 1 for every input. Asymmetric windows clip at their own
+    ends."""
+    import tensorflow as tf
+
+    from fixedq.layers.merge import QuantizedAdd
+
+    spec_in = QSpec(7, True, (4,))          # steps of 1/16, |x| <= 8
+    cases = [(QSpec(3, True, (2,)), -2.0, 1.75),                # [-8, 7] / 4
+             (QSpec(3, True, (2,), lo=(-2,)), -0.5, 3.25)]      # window [-2, 13] / 4
+    for spec_out, low, high in cases:
+        add = QuantizedAdd(input_specs=[spec_in, spec_in], output_spec=spec_out)
+        a = tf.constant([[1.0, 1.5, -1.0, -3.0, 0.25]])
+        b = tf.constant([[0.5, 1.0, -0.5, -2.0, 0.0]])
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch([a, b])
+            y = add([a, b], training=True)
+        total = (a + b).numpy()
+        want_y = np.clip(np.round(total * 4) / 4, low, high)   # no ties in these sums
+        np.testing.assert_array_equal(np.asarray(y), want_y)
+        inside = ((total >= low) & (total <= high)).astype("float32")
+        assert 0 < inside.sum() < inside.size, "some sums saturate, some do not"
+        for x in (a, b):
+            np.testing.assert_array_equal(np.asarray(tape.gradient(y, x)), inside)
