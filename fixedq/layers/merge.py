@@ -45,8 +45,7 @@ class QuantizedAdd(QuantizedLayer):
         # the output range as floats: QAT's float path saturates where the integers do
         lo, hi = output_bounds(self.output_spec, self.channels)
         f_out = self.output_spec.frac_array(self.channels)
-        self._lo_f, self._hi_f = (np.ldexp(b.astype(np.float64), -f_out).astype("float32")
-                                  for b in (lo, hi))
+        self._lo_f, self._hi_f = (np.ldexp(b.astype(np.float64), -f_out) for b in (lo, hi))
         super().build(input_shape)
 
     def call(self, inputs, training=None):
@@ -61,7 +60,8 @@ class QuantizedAdd(QuantizedLayer):
         total = inputs[0]
         for x in inputs[1:]:
             total = total + x
-        return straight_through(ops.clip(total, self._lo_f, self._hi_f), out)
+        lo, hi = (ops.cast(b, total.dtype) for b in (self._lo_f, self._hi_f))
+        return straight_through(ops.clip(total, lo, hi), out)
 
     def compute_output_shape(self, input_shape):
         return input_shape[0]
