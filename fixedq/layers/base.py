@@ -64,6 +64,22 @@ def from_integers(v, frac_bits, dtype: str = "float32"):
     return ops.cast(v, dtype) * scale
 
 
+def saturate_float(x, spec: QSpec, channels: int):
+    """``x`` clipped to the float range of ``spec``'s integers (per channel, last axis): the
+    training path's saturation, so that a value the integers clip passes no gradient (eq. 24).
+
+    Example:
+        >>> import numpy as np
+        >>> np.asarray(saturate_float(np.array([[3.0, -9.0]], "float32"),
+        ...                           QSpec(3, True, (2,)), 2)).tolist()
+        [[1.75, -2.0]]
+    """
+    lo, hi = output_bounds(spec, channels)
+    f = spec.frac_array(channels)
+    return ops.clip(x, *(ops.cast(np.ldexp(b.astype(np.float64), -f), x.dtype)
+                         for b in (lo, hi)))
+
+
 def straight_through(float_path, exact_path):
     """Forward value of ``exact_path`` with the gradient of ``float_path`` (QAT, eq. 24)."""
     return float_path + ops.stop_gradient(exact_path - float_path)

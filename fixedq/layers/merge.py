@@ -3,7 +3,8 @@
 Add: every input is aligned to the common ``F`` (exact left shifts), summed exactly, and the sum
 is requantized to the output spec by a rounding shift ``F - f_out`` (eq. 27). In training
 (QAT), the gradient is that of the float sum saturated at the output range, like the neural
-layers' (eq. 24): a sum the integers clip passes no gradient.
+layers' (eq. 24): a sum the integers clip passes no gradient (the same for a Concatenate that
+re-grids its inputs).
 Concatenate on the last axis keeps values and concatenates per-channel frac_bits; on another axis
 every input is shifted to the common per-channel frac_bits of the output spec.
 
@@ -19,13 +20,12 @@ Example:
 from __future__ import annotations
 
 import keras
-import numpy as np
 from keras import ops
 
 from fixedq.layers.base import (
     QuantizedLayer,
     exact_float_dtype,
-    output_bounds,
+    saturate_float,
     shift_requantize,
     straight_through,
     to_channel_integers,
@@ -42,10 +42,6 @@ class QuantizedAdd(QuantizedLayer):
         bound = sum(s.aligned_max_abs() << (self._big_f - s.max_frac) for s in self.input_specs)
         self._dtype_exact = exact_float_dtype(bound, f"layer {self.name!r}")
         self._shift = self._big_f - self.output_spec.frac_array(self.channels)
-        # the output range as floats: QAT's float path saturates where the integers do
-        lo, hi = output_bounds(self.output_spec, self.channels)
-        f_out = self.output_spec.frac_array(self.channels)
-        self._lo_f, self._hi_f = (np.ldexp(b.astype(np.float64), -f_out) for b in (lo, hi))
         super().build(input_shape)
 
     def call(self, inputs, training=None):
@@ -60,8 +56,7 @@ class QuantizedAdd(QuantizedLayer):
         total = inputs[0]
         for x in inputs[1:]:
             total = total + x
-        lo, hi = (ops.cast(b, total.dtype) for b in (self._lo_f, self._hi_f))
-        return straight_through(ops.clip(total, lo, hi), out)
+        return straight_through(saturate_float(total, self.output_spec, self.channels), out)
 
     def compute_output_shape(self, input_shape):
         return input_shape[0]
@@ -90,7 +85,8 @@ class QuantizedConcatenate(QuantizedLayer):
             return ops.concatenate(inputs, axis=self.axis)
         if training:
             exact = self.call(inputs, training=False)
-            return straight_through(ops.concatenate(inputs, axis=self.axis), exact)
+            return straight_through(saturate_float(ops.concatenate(inputs, axis=self.axis),
+                                                   self.output_spec, self.channels), exact)
         parts = []
         f_out = self.output_spec.frac_array(self.channels)
         for x, spec in zip(inputs, self.input_specs, strict=True):

@@ -32,6 +32,7 @@ from fixedq.layers.base import (
     exact_float_dtype,
     from_integers,
     output_bounds,
+    saturate_float,
     straight_through,
 )
 from fixedq.tensors import kops
@@ -72,7 +73,7 @@ class QuantizedMultiply(QuantizedLayer):
                             self.output_spec.frac_array(self.channels), self.compute_dtype)
         if not training:
             return out
-        return straight_through(x * y, out)
+        return straight_through(saturate_float(x * y, self.output_spec, self.channels), out)
 
     def compute_output_shape(self, input_shape):
         return tuple(keras.layers.Multiply().compute_output_shape(list(input_shape)))

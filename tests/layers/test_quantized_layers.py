@@ -134,3 +134,48 @@ def test_add_gradient_is_cut_where_the_sum_saturates():
         assert 0 < inside.sum() < inside.size, "some sums saturate, some do not"
         for x in (a, b):
             np.testing.assert_array_equal(np.asarray(tape.gradient(y, x)), inside)
+
+
+def test_requantizing_layers_cut_the_gradient_where_they_saturate():
+    """Eq. 24 for the other layers that re-grid without weights: OutputQuantizer, Multiply and
+    a Concatenate on a non-channel axis. Forward: the saturated integers; gradient: that of the
+    float function where the output is inside its range, 0 where it saturates."""
+    import tensorflow as tf
+
+    from fixedq.layers.merge import QuantizedConcatenate
+    from fixedq.layers.multiply import QuantizedMultiply
+    from fixedq.layers.quantizers.output_quantizer import OutputQuantizer
+
+    spec_in, spec_out = QSpec(7, True, (4,)), QSpec(3, True, (2,))   # out: [-2, 1.75]
+    x = tf.constant([[1.0, 2.5, -1.5, -3.0, 0.25]])
+    y = tf.constant([[0.5, 1.0, 2.0, 1.0, -1.0]])
+    inside = lambda v: ((v >= -2.0) & (v <= 1.75)).astype("float32")  # noqa: E731
+
+    requant = OutputQuantizer(input_specs=[spec_in], output_spec=spec_out)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        out = requant(x, training=True)
+    np.testing.assert_array_equal(np.asarray(out), np.clip(x.numpy(), -2.0, 1.75))
+    np.testing.assert_array_equal(np.asarray(tape.gradient(out, x)), inside(x.numpy()))
+
+    mul = QuantizedMultiply(input_specs=[spec_in, spec_in], output_spec=spec_out)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([x, y])
+        out = mul([x, y], training=True)
+    prod = (x * y).numpy()
+    assert 0 < inside(prod).sum() < prod.size
+    np.testing.assert_array_equal(np.asarray(out), np.clip(np.round(prod * 4) / 4, -2.0, 1.75))
+    np.testing.assert_array_equal(np.asarray(tape.gradient(out, x)), y.numpy() * inside(prod))
+    np.testing.assert_array_equal(np.asarray(tape.gradient(out, y)), x.numpy() * inside(prod))
+
+    cat = QuantizedConcatenate(axis=1, input_specs=[spec_in, spec_in], output_spec=spec_out)
+    a, b = tf.reshape(x, (1, 5, 1)), tf.reshape(y, (1, 5, 1))
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([a, b])
+        out = cat([a, b], training=True)
+    np.testing.assert_array_equal(np.asarray(out)[0, :, 0], np.clip(
+        np.concatenate([x.numpy()[0], y.numpy()[0]]), -2.0, 1.75))
+    np.testing.assert_array_equal(np.asarray(tape.gradient(out, a))[0, :, 0],
+                                  inside(x.numpy()[0]))
+    np.testing.assert_array_equal(np.asarray(tape.gradient(out, b))[0, :, 0],
+                                  inside(y.numpy()[0]))

@@ -20,6 +20,7 @@ from keras import ops
 
 from fixedq.layers.base import (
     QuantizedLayer,
+    saturate_float,
     shift_requantize,
     straight_through,
     to_channel_integers,
@@ -39,7 +40,9 @@ class OutputQuantizer(QuantizedLayer):
     def call(self, inputs, training=None):
         v = ops.cast(to_channel_integers(inputs, self.input_spec0), "int64")
         out = shift_requantize(v, self._shift, self.output_spec, self.channels)
-        return straight_through(inputs, out) if training else out
+        if not training:
+            return out
+        return straight_through(saturate_float(inputs, self.output_spec, self.channels), out)
 
     def integer_params(self) -> dict:
         return {"shift": self._shift}
