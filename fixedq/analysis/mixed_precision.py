@@ -70,6 +70,7 @@ import numpy as np
 
 from fixedq.io import atomic_open
 from fixedq.layers.neural import QuantizedNeuralLayer
+from fixedq.models.calibration_methods import CalibrationMethod
 
 __all__ = ["LayerInfo", "MetricError", "MixedPrecisionInterrupted", "MixedPrecisionResult",
            "Trial", "bit_operations", "rank_layers", "search_accuracy_budget",
@@ -334,8 +335,8 @@ class _Search:
 
 def _width_bound_range(entry: dict) -> bool:
     """Whether a q-config entry's activation ``range`` (or asymmetric ``window``) was chosen
-    for its bit width (``mse`` picks the grid of that width with the least error) and has
-    recorded min/max to fall back on.
+    for its bit width (:attr:`CalibrationMethod.depends_on_bits`) and has recorded min/max to
+    fall back on.
 
     Example:
         >>> _width_bound_range({"calibration": {"min": [0.0], "max": [3.0]}, "range": [1.875],
@@ -345,8 +346,8 @@ def _width_bound_range(entry: dict) -> bool:
         False
     """
     method = entry.get("calibration_method")
-    name = method.get("name") if isinstance(method, dict) else method
-    return name == "mse" and ("range" in entry or "window" in entry) and "calibration" in entry
+    return (method is not None and CalibrationMethod.get(method).depends_on_bits
+            and ("range" in entry or "window" in entry) and "calibration" in entry)
 
 
 def _base_config(model, q_config, samples, qparams) -> dict:

@@ -74,10 +74,8 @@ def saturate_float(x, spec: QSpec, channels: int):
         ...                           QSpec(3, True, (2,)), 2)).tolist()
         [[1.75, -2.0]]
     """
-    lo, hi = output_bounds(spec, channels)
-    f = spec.frac_array(channels)
-    return ops.clip(x, *(ops.cast(np.ldexp(b.astype(np.float64), -f), x.dtype)
-                         for b in (lo, hi)))
+    f, dtype = spec.frac_array(channels), keras.backend.standardize_dtype(x.dtype)
+    return ops.clip(x, *(from_integers(b, f, dtype) for b in output_bounds(spec, channels)))
 
 
 def straight_through(float_path, exact_path):

@@ -62,6 +62,17 @@ class CalibrationMethod:
     def needs_histogram(self) -> bool:
         return self.name in _HIST
 
+    @property
+    def depends_on_bits(self) -> bool:
+        """Whether the range it picks depends on the tensor's bit width (``mse``: the grid of
+        that width with the least error); the others pick from the statistics alone.
+
+        Example:
+            >>> CalibrationMethod("mse").depends_on_bits, CalibrationMethod("max").depends_on_bits
+            (True, False)
+        """
+        return self.name == "mse"
+
     def to_config(self) -> dict:
         return asdict(self)
 
