@@ -444,3 +444,36 @@ def sparsity_finetune(keras, model, regularizer, x, y, epochs: int, lr: float = 
     for layer in relus:
         layer.activity_regularizer = None
     return model
+
+
+# --------------------------------------------------------------------------- studies
+
+
+def paired_summary(diffs, what: str) -> str:
+    """One line for paired per-run differences (arm B − arm A, in points): their mean and how
+    many runs went up, down or stayed.
+
+    Example:
+        >>> paired_summary([0.5, -0.2, 0.0], "B − A")
+        'B − A: mean +0.10 points; better in 1, worse in 1, equal in 1 of 3 runs.'
+    """
+    diffs = list(diffs)
+    better, worse = sum(d > 0 for d in diffs), sum(d < 0 for d in diffs)
+    return (f"{what}: mean {statistics.mean(diffs):+.2f} points; better in {better}, worse in "
+            f"{worse}, equal in {len(diffs) - better - worse} of {len(diffs)} runs.")
+
+
+def study_rows(render_path: Path | None, produce, out: Path | None) -> list[dict]:
+    """A study's rows: read from the JSON-lines file ``render_path`` when given, else every row
+    of the iterable ``produce()``, each printed and appended to ``out`` (when given) as soon as
+    it is made, so an interrupted study keeps what it measured."""
+    if render_path is not None:
+        return [json.loads(line) for line in Path(render_path).read_text().splitlines() if line]
+    rows = []
+    for row in produce():
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        if out is not None:
+            with Path(out).open("a") as f:
+                f.write(json.dumps(row) + "\n")
+    return rows

@@ -31,9 +31,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -42,7 +40,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from common import accuracy_metric, engine_exact, load_train_digits, qat_start  # noqa: E402
+from common import (  # noqa: E402
+    accuracy_metric,
+    engine_exact,
+    load_train_digits,
+    paired_summary,
+    qat_start,
+    study_rows,
+)
 
 REPORT = Path(__file__).with_suffix(".md")
 MODELS = ("mobilenet_like", "mobilenet_v2_0.35")
@@ -90,9 +95,7 @@ def render(rows: list[dict]) -> str:
         lines.append(f"| {model} | {seed} | {ref['float_val']:.1f} | {ref['ptq_val']:.1f} | "
                      f"{cells[0]} | {cells[1]} | {diff} | {'yes' if exact else 'NO'} |")
     if diffs:
-        lines += ["", f"{AFTER} − {BEFORE}: mean {statistics.mean(diffs):+.2f} points; better "
-                      f"in {sum(d > 0 for d in diffs)}, worse in {sum(d < 0 for d in diffs)}, "
-                      f"equal in {sum(d == 0 for d in diffs)} of {len(diffs)} runs."]
+        lines += ["", paired_summary(diffs, f"{AFTER} − {BEFORE}")]
     return "\n".join(lines) + "\n"
 
 
@@ -105,18 +108,14 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, help="append the rows to this JSON-lines file")
     parser.add_argument("--render", type=Path, help="only render this JSON-lines file")
     args = parser.parse_args(argv)
-    if args.render:
-        rows = [json.loads(line) for line in args.render.read_text().splitlines() if line]
-    else:
-        data, rows = load_train_digits(), []
+
+    def produce():
+        data = load_train_digits()
         for seed in args.seeds:
             for name in args.models:
-                rows.append(run(name, seed, args.label, data))
-                print(json.dumps(rows[-1]), flush=True)
-                if args.out:
-                    with args.out.open("a") as f:
-                        f.write(json.dumps(rows[-1]) + "\n")
-    text = render(rows)
+                yield run(name, seed, args.label, data)
+
+    text = render(study_rows(args.render, produce, args.out))
     REPORT.write_text(text)
     print(text)
     return 0

@@ -29,9 +29,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -44,8 +42,10 @@ from common import (  # noqa: E402
     N_CALIB,
     accuracy_metric,
     load_train_digits,
+    paired_summary,
     qat_models,
     qat_start,
+    study_rows,
 )
 
 REPORT = Path(__file__).with_suffix(".md")
@@ -126,12 +126,8 @@ def render(rows: list[dict]) -> str:
                      f"{r['regrid_ptq_val']:.1f} | {r['regrid_val']:.1f} | "
                      f"{r['regrid_val'] - r['qat3_val']:+.1f} |")
     if rows:
-        diff = [r["regrid_val"] - r["qat3_val"] for r in rows]
-        better = sum(d > 0 for d in diff)
-        worse = sum(d < 0 for d in diff)
-        lines += ["", f"Re-gridded minus plain `qat`: mean {statistics.mean(diff):+.2f} points; "
-                      f"better in {better}, worse in {worse}, equal in "
-                      f"{len(diff) - better - worse} of {len(diff)} runs."]
+        lines += ["", paired_summary((r["regrid_val"] - r["qat3_val"] for r in rows),
+                                     "Re-gridded minus plain `qat`")]
     return "\n".join(lines) + "\n"
 
 
@@ -142,19 +138,14 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, help="append the rows to this JSON-lines file")
     parser.add_argument("--render", type=Path, help="only render this JSON-lines file")
     args = parser.parse_args(argv)
-    if args.render:
-        rows = [json.loads(line) for line in args.render.read_text().splitlines() if line]
-    else:
-        data, rows = load_train_digits(), []
+
+    def produce():
+        data = load_train_digits()
         for seed in args.seeds:
             for name in args.models:
-                row = run(name, seed, data)
-                print(json.dumps(row), flush=True)
-                rows.append(row)
-                if args.out:
-                    with args.out.open("a") as f:
-                        f.write(json.dumps(row) + "\n")
-    text = render(rows)
+                yield run(name, seed, data)
+
+    text = render(study_rows(args.render, produce, args.out))
     REPORT.write_text(text)
     print(text)
     return 0

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import statistics
 import sys
@@ -40,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import numpy as np  # noqa: E402
-from common import hoyer_density, sparsity_finetune, tenn_clip_model  # noqa: E402
+from common import hoyer_density, sparsity_finetune, study_rows, tenn_clip_model  # noqa: E402
 
 REPORT = Path(__file__).with_suffix(".md")
 STEPS, EPOCHS, SPARSE_EPOCHS, SPARSITY, QAT_EPOCHS = 8, 12, 6, 10.0, 3
@@ -94,7 +93,6 @@ def run(seed: int) -> list[dict]:
             qat = last_frame_accuracy(predict_clips(q4, val[0]), val[1])
             row = {"model": tag, "seed": seed, "method": arm, "float_val": acc_float,
                    "ptq_val": ptq, "qat_val": qat, "seconds": round(time.perf_counter() - t0, 1)}
-            print(json.dumps(row), flush=True)
             rows.append(row)
     return rows
 
@@ -135,17 +133,12 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, help="append the rows to this JSON-lines file")
     parser.add_argument("--render", type=Path, help="only render this JSON-lines file")
     args = parser.parse_args(argv)
-    if args.render:
-        rows = [json.loads(line) for line in args.render.read_text().splitlines() if line]
-    else:
-        rows = []
+
+    def produce():
         for seed in args.seeds:
-            for row in run(seed):
-                rows.append(row)
-                if args.out:
-                    with args.out.open("a") as f:
-                        f.write(json.dumps(row) + "\n")
-    text = render(rows)
+            yield from run(seed)
+
+    text = render(study_rows(args.render, produce, args.out))
     REPORT.write_text(text)
     print(text)
     return 0
