@@ -38,6 +38,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -59,6 +61,8 @@ from md_section import replace_section  # noqa: E402
 
 START, END = "<!-- qat:start -->", "<!-- qat:end -->"
 OLD_LR = 5e-3
+#: ``fixedq.qat``'s default number of epochs (issue 18's budget); tables of other runs say so
+DEFAULT_EPOCHS = 3
 
 
 MODELS = qat_models()
@@ -75,8 +79,19 @@ STARTS = {"mse, add-clip": "4-bit start calibrated by `mse`; QAT's gradient thro
                  "MobileNetV2 not range-aligned)"}
 
 
-def _qat_row(row: dict, key: str, best, history, seconds: float, test) -> None:
-    row[key] = accuracy(best, *test)
+def _right(model, test):
+    """Which test images ``model`` classifies correctly (bool array)."""
+    return np.argmax(model.predict(test[0], batch_size=200, verbose=0), axis=-1) == test[1]
+
+
+def _qat_row(row: dict, key: str, best, history, seconds: float, test, refs) -> None:
+    right = _right(best, test)
+    row[key] = 100.0 * float(np.mean(right))
+    # test images this result gets right and the float / PTQ model wrong, and the reverse:
+    # sqrt(fixed + broken) is one run's noise (in images) of the difference between the two
+    for ref, ref_right in refs.items():
+        row[f"{key}_vs_{ref}"] = [int(np.sum(right & ~ref_right)),
+                                  int(np.sum(~right & ref_right))]
     row[f"{key}_s"] = round(seconds, 1)
     row[f"{key}_peak_lr"] = history.peak_lr
     row[f"{key}_lr_source"] = history.lr_source
@@ -114,13 +129,14 @@ def bench_one(name: str, seed: int, data, args) -> dict:
            "start": START_NOW}
     row["ptq"] = accuracy(q4, *test)
     row["ptq_val"] = accuracy(q4, *val)
+    refs = {"float": _right(model, test), "ptq": _right(q4, test)}
     for key, teacher in (("qat", None), ("distill", model)):
         if key not in args.variants:
             continue
         t0 = time.perf_counter()
         best, history = fixedq.qat(q4, fit, val, epochs=args.epochs, seed=seed,
                                    teacher=teacher, verbose=args.verbose)
-        _qat_row(row, key, best, history, time.perf_counter() - t0, test)
+        _qat_row(row, key, best, history, time.perf_counter() - t0, test, refs)
     if args.old:
         old = ptq4(fixedq, model, fit[0])
         keras.utils.set_random_seed(seed)
@@ -248,7 +264,8 @@ def render(rows: list[dict], note: str = "", check_seeds=frozenset()) -> str:
         "epoch's training accuracy: converged), so the validation images are as new to them "
         "as to QAT. 4-bit weights and activations (8-bit first layer), nearest weight "
         "rounding: the QAT start (\"PTQ\"). `fixedq.qat` with its defaults: "
-        f"{r0['epochs']} epochs on the training images, `validation=` the validation images, "
+        f"{DEFAULT_EPOCHS} epochs (a table's title says when it ran more) on the training "
+        "images, `validation=` the validation images, "
         "the peak learning rate of docs/quantization.md's rule (a run that collapses starts "
         "again at a third of the peak: \"after ... collapsed\"), the epoch kept by the rule "
         "named in the kept-epoch column: `end`, the last one unless its validation accuracy "
@@ -261,16 +278,23 @@ def render(rows: list[dict], note: str = "", check_seeds=frozenset()) -> str:
         f"{', '.join(map(str, seeds))}.",
         "",
     ]
-    starts = [k for k in STARTS if any(r.get("start", START_BEFORE) == k for r in rows)]
-    for start in starts:
-        mine = [r for r in rows if r.get("start", START_BEFORE) == start]
-        if len(starts) > 1:
-            lines += [f"### {STARTS[start]}: seeds "
+    groups = [(start, epochs) for epochs in sorted({r["epochs"] for r in rows}, reverse=True)
+              for start in STARTS
+              if any(r.get("start", START_BEFORE) == start and r["epochs"] == epochs
+                     for r in rows)]
+    for start, epochs in groups:
+        mine = [r for r in rows
+                if r.get("start", START_BEFORE) == start and r["epochs"] == epochs]
+        if len(groups) > 1:
+            more = f"; `epochs={epochs}`" if epochs != DEFAULT_EPOCHS else ""
+            lines += [f"### {STARTS[start]}{more}: seeds "
                       f"{', '.join(map(str, sorted({r['seed'] for r in mine})))}", ""]
         lines += _table(mine, check_seeds) + [""]
-    times = [r[k] for r in rows for k in ("qat_s", "distill_s") if k in r]
-    lines += ["", f"`fixedq.qat` wall time per run ({r0['epochs']} epochs and evaluations; 2 "
-              f"shared cores, nice 10): {min(times):.0f}–{max(times):.0f} s."]
+    for epochs in sorted({r["epochs"] for r in rows}):
+        times = [r[k] for r in rows if r["epochs"] == epochs
+                 for k in ("qat_s", "distill_s") if k in r]
+        lines += ["", f"`fixedq.qat` wall time per run ({epochs} epochs and evaluations; 2 "
+                  f"shared cores, nice 10): {min(times):.0f}–{max(times):.0f} s."]
     if note:
         lines += ["", note]
     return "\n".join(lines) + "\n"
@@ -280,7 +304,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=MODELS, choices=MODELS)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=3, help="QAT epochs")
+    parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help="QAT epochs")
     parser.add_argument("--float-epochs", dest="float_epochs", type=int, default=20)
     parser.add_argument("--val", type=int, default=600,
                         help="train images held out from float training as QAT validation")
@@ -308,7 +332,7 @@ def main(argv=None) -> int:
                 if line:
                     row = json.loads(line)
                     row.setdefault("start", START_BEFORE)
-                    key = (row["model"], row["seed"], row["start"])
+                    key = (row["model"], row["seed"], row["start"], row["epochs"])
                     merged.setdefault(key, {}).update(row)
         rows = list(merged.values())
     else:
