@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import platform
 import statistics
@@ -219,7 +220,39 @@ def _table(rows: list[dict], check_seeds=frozenset()) -> list[str]:
     for group, members in groups:
         if members:
             lines += _targets(members, variants, group)
-    return lines
+    return lines + _noise(rows, variants)
+
+
+def _z(counts) -> float:
+    """``(fixed - broken) / sqrt(fixed + broken)``: a paired difference in its own noise."""
+    fixed, broken = counts
+    return (fixed - broken) / math.sqrt(fixed + broken) if fixed + broken else 0.0
+
+
+def _noise(rows: list[dict], variants) -> list[str]:
+    """Sentences on one run's noise, from the rows that record which test images each result
+    fixes and breaks against the float and PTQ models (``{key}_vs_float``, ``{key}_vs_ptq``)."""
+    out = []
+    for key, label in variants:
+        counted = [r for r in rows if f"{key}_vs_float" in r]
+        if not counted:
+            continue
+
+        sd = [math.sqrt(sum(r[f"{key}_vs_float"])) / 10 for r in counted]
+        far = [r for r in counted if r["float"] - r["ptq"] > 0.5 and r["float"] - r[key] > 0.5]
+        below = [r for r in counted if r[key] < r["ptq"]]
+        out.append(
+            f"{label}, per run on the 1,000 test images: the standard deviation of its "
+            f"difference from float (`sqrt(fixed + broken)`, the images it fixes and breaks "
+            f"against the float model) is {min(sd):.2f}-{max(sd):.2f} point (median "
+            f"{statistics.median(sd):.2f}); of the {len(far)} runs more than 0.5 point below "
+            f"float, {sum(_z(r[f'{key}_vs_float']) < -2 for r in far)} are more than 2 of "
+            "those below it"
+            + (f"; the {len(below)} run(s) below PTQ: "
+               + ", ".join(f"{r['model']}/{r['seed']} +{r[f'{key}_vs_ptq'][0]}/"
+                           f"−{r[f'{key}_vs_ptq'][1]} images against PTQ" for r in below)
+               if below else "") + ".")
+    return ["", *[line for sentence in out for line in (sentence, "")]][:-1] if out else []
 
 
 def _targets(rows: list[dict], variants, group: str) -> list[str]:
