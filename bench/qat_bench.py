@@ -246,8 +246,8 @@ def _noise(rows: list[dict], variants) -> list[str]:
             f"difference from float (`sqrt(fixed + broken)`, the images it fixes and breaks "
             f"against the float model) is {min(sd):.2f}-{max(sd):.2f} point (median "
             f"{statistics.median(sd):.2f}); of the {len(far)} runs more than 0.5 point below "
-            f"float, {sum(_z(r[f'{key}_vs_float']) < -2 for r in far)} are more than 2 of "
-            "those below it"
+            f"float, {sum(_z(r[f'{key}_vs_float']) < -2 for r in far)} are more than two of "
+            "those standard deviations below it"
             + (f"; the {len(below)} run(s) below PTQ: "
                + ", ".join(f"{r['model']}/{r['seed']} +{r[f'{key}_vs_ptq'][0]}/"
                            f"−{r[f'{key}_vs_ptq'][1]} images against PTQ" for r in below)
