@@ -49,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import (  # noqa: E402
     DOC,
     FLOAT_CACHE,
+    N_TEST,
     accuracy,
     engine_exact,
     load_mnist,
@@ -209,7 +210,7 @@ def _table(rows: list[dict], check_seeds=frozenset()) -> list[str]:
                 if all(k in r for r in sub) else "—" for k in ("qat", "distill")) + " | |")
     groups = [("all runs", rows)]
     if check_seeds and any(r["seed"] in check_seeds for r in rows):
-        groups = [(f"seeds {', '.join(map(str, sorted(check_seeds)))} (new: the check)",
+        groups = [(f"seeds {', '.join(map(str, sorted(check_seeds)))} (the check seeds)",
                    [r for r in rows if r["seed"] in check_seeds]),
                   ("the other seeds", [r for r in rows if r["seed"] not in check_seeds])]
     lines += ["", "Targets (issue 18), per variant:", "",
@@ -221,6 +222,12 @@ def _table(rows: list[dict], check_seeds=frozenset()) -> list[str]:
         if members:
             lines += _targets(members, variants, group)
     return lines + _noise(rows, variants)
+
+
+def _drop(r: dict, key: str) -> float:
+    """Float − ``key`` accuracy in points, to the tenth (one test image of 1,000), so that a
+    0.5 threshold is not decided by binary rounding."""
+    return round(r["float"] - r[key], 1)
 
 
 def _z(counts) -> float:
@@ -238,16 +245,17 @@ def _noise(rows: list[dict], variants) -> list[str]:
         if not counted:
             continue
 
-        sd = [math.sqrt(sum(r[f"{key}_vs_float"])) / 10 for r in counted]
-        far = [r for r in counted if r["float"] - r["ptq"] > 0.5 and r["float"] - r[key] > 0.5]
+        sd = [100 * math.sqrt(sum(r[f"{key}_vs_float"])) / N_TEST for r in counted]
+        far = [r for r in counted
+               if _drop(r, "ptq") > 0.5 and _drop(r, key) > 0.5]
         below = [r for r in counted if r[key] < r["ptq"]]
         out.append(
-            f"{label}, per run on the 1,000 test images: the standard deviation of its "
+            f"{label}, per run on the {N_TEST:,} test images: the standard deviation of its "
             f"difference from float (`sqrt(fixed + broken)`, the images it fixes and breaks "
             f"against the float model) is {min(sd):.2f}-{max(sd):.2f} point (median "
-            f"{statistics.median(sd):.2f}); of the {len(far)} runs more than 0.5 point below "
-            f"float, {sum(_z(r[f'{key}_vs_float']) < -2 for r in far)} are more than two of "
-            "those standard deviations below it"
+            f"{statistics.median(sd):.2f}); of the {len(far)} runs with a PTQ drop > 0.5 that end "
+            f"more than 0.5 point below float, {sum(_z(r[f'{key}_vs_float']) < -2 for r in far)} "
+            "are more than two of those standard deviations below it"
             + (f"; the {len(below)} run(s) below PTQ: "
                + ", ".join(f"{r['model']}/{r['seed']} +{r[f'{key}_vs_ptq'][0]}/"
                            f"−{r[f'{key}_vs_ptq'][1]} images against PTQ" for r in below)
@@ -258,10 +266,10 @@ def _noise(rows: list[dict], variants) -> list[str]:
 def _targets(rows: list[dict], variants, group: str) -> list[str]:
     """Issue 18's target rows for ``rows`` (one per variant)."""
     lines = []
-    recovered = [r for r in rows if r["float"] - r["ptq"] > 0.5]
+    recovered = [r for r in rows if _drop(r, "ptq") > 0.5]
     for key, label in variants:
         below = [r for r in rows if r[key] < r["ptq"]]
-        ok = sum(r["float"] - r[key] <= 0.5 for r in recovered)
+        ok = sum(_drop(r, key) <= 0.5 for r in recovered)
         gain = statistics.mean(r[key] - r["ptq"] for r in rows)
         worst = ", ".join(f"{r['model']}/{r['seed']} {r[key] - r['ptq']:+.1f}" for r in below)
         exact = (f"{sum(r.get(f'{key}_engine_mismatches') == 0 for r in rows)} of {len(rows)}"
@@ -318,8 +326,8 @@ def render(rows: list[dict], note: str = "", check_seeds=frozenset()) -> str:
     for start, epochs in groups:
         mine = [r for r in rows
                 if r.get("start", START_BEFORE) == start and r["epochs"] == epochs]
-        if len(groups) > 1:
-            more = f"; `epochs={epochs}`" if epochs != DEFAULT_EPOCHS else ""
+        more = f"; `epochs={epochs}`" if epochs != DEFAULT_EPOCHS else ""
+        if len(groups) > 1 or more:
             lines += [f"### {STARTS[start]}{more}: seeds "
                       f"{', '.join(map(str, sorted({r['seed'] for r in mine})))}", ""]
         lines += _table(mine, check_seeds) + [""]
@@ -351,7 +359,8 @@ def main(argv=None) -> int:
                         help="which fixedq.qat calls to run (rows of several runs merge)")
     parser.add_argument("--render", type=Path, nargs="+", default=None, metavar="ROWS.jsonl",
                         help="only rewrite the docs section from these rows; a later row of "
-                        "the same model and seed updates the fields of an earlier one")
+                        "the same model, seed, start and QAT epochs updates the fields of an "
+                        "earlier one")
     parser.add_argument("--no-write", dest="write", action="store_false")
     parser.add_argument("--note", default="", help="a paragraph appended to the section")
     parser.add_argument("--check-seeds", dest="check_seeds", type=int, nargs="*", default=[],
@@ -365,6 +374,7 @@ def main(argv=None) -> int:
                 if line:
                     row = json.loads(line)
                     row.setdefault("start", START_BEFORE)
+                    row.setdefault("epochs", DEFAULT_EPOCHS)
                     key = (row["model"], row["seed"], row["start"], row["epochs"])
                     merged.setdefault(key, {}).update(row)
         rows = list(merged.values())

@@ -70,8 +70,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fraction of --train held out when --val is not given "
                              "(default 0.15)")
     parser.add_argument("-e", "--epochs", type=_args.positive_int, default=3, metavar="N",
-                        help="training epochs (default 3; 12 ends closer to float at about "
-                        "twice the time, docs/quantization.md 'More epochs')")
+                        help="training epochs (default 3; 12 ended higher in 13 of 15 bench "
+                        "runs at about twice the time: docs/quantization.md 'More epochs')")
     parser.add_argument("-bs", "--batch_size", type=_args.positive_int, default=32,
                         metavar="N", help="batch size (default 32)")
     parser.add_argument("--lr", type=_lr, default=None,
