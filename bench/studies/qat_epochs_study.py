@@ -152,7 +152,7 @@ def render(rows: list[dict]) -> str:
 
 
 DECISION = """
-## Decision: `fixedq.qat` keeps `epochs=3`, `batch_size=32`, `low_bit_lr_scale=1`; docs recommend more epochs
+## Decision: `fixedq.qat` keeps its defaults; docs recommend more epochs
 
 Made on the validation rows above (seeds 0-2); the QAT bench then checked `epochs=12` on the
 test images of seeds 6-8 (docs/benchmarks.md "qat").
