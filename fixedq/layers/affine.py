@@ -25,6 +25,8 @@ from fixedq.layers.base import (
     QuantizedLayer,
     from_integers,
     output_bounds,
+    saturate_float,
+    straight_through,
     to_channel_integers,
 )
 from fixedq.tensors import kops
@@ -70,10 +72,7 @@ class _QuantizedAffine(QuantizedLayer):
             return out
         a, c = self.affine()
         z = inputs * ops.cast(a, inputs.dtype) + ops.cast(c, inputs.dtype)
-        lo = from_integers(self._lo, self._f_out, self.compute_dtype)
-        hi = from_integers(self._hi, self._f_out, self.compute_dtype)
-        z = ops.clip(z, lo, hi)
-        return z + ops.stop_gradient(out - z)
+        return straight_through(saturate_float(z, self.output_spec, self.channels), out)
 
     def get_config(self):
         return {**super().get_config(), "scale_bits": self.scale_bits}

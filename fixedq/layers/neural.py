@@ -38,6 +38,7 @@ from fixedq.layers.base import (
     exact_float_dtype,
     from_integers,
     output_bounds,
+    saturate_float,
     straight_through,
     to_integers,
 )
@@ -222,9 +223,7 @@ class QuantizedNeuralLayer(QuantizedLayer):
         z = self._linear(inputs, w_deq)
         if self.use_bias:
             z = z + self.bias
-        lo = from_integers(self._out_lo, self._f_out, self.compute_dtype)
-        hi = from_integers(self._out_hi, self._f_out, self.compute_dtype)
-        return straight_through(ops.clip(z, lo, hi), out)
+        return straight_through(saturate_float(z, self.output_spec, self.channels), out)
 
     def set_weights(self, weights):
         """Also accepts the weight list without ``kernel_offset`` (``[kernel, (bias)]``, as

@@ -24,6 +24,7 @@ from fixedq.layers.base import (
     exact_float_dtype,
     from_integers,
     output_bounds,
+    saturate_float,
     straight_through,
     to_channel_integers,
 )
@@ -40,9 +41,7 @@ def _averaged(layer, sums, float_mean, training):
     out = from_integers(y, layer._f_out, layer.compute_dtype)
     if not training:
         return out
-    lo = from_integers(layer._lo, layer._f_out, layer.compute_dtype)
-    hi = from_integers(layer._hi, layer._f_out, layer.compute_dtype)
-    return straight_through(ops.clip(float_mean(), lo, hi), out)
+    return straight_through(saturate_float(float_mean(), layer.output_spec, layer.channels), out)
 
 
 @keras.saving.register_keras_serializable(package="fixedq")

@@ -35,6 +35,7 @@ from fixedq.layers.base import (
     QuantizedLayer,
     from_integers,
     output_bounds,
+    saturate_float,
     straight_through,
     to_channel_integers,
 )
@@ -167,9 +168,8 @@ class QuantizedTable(QuantizedLayer):
         out = from_integers(self.integer_call(inputs), self._f_out, self.compute_dtype)
         if not training:
             return out
-        lo = from_integers(self._lo, self._f_out, self.compute_dtype)
-        hi = from_integers(self._hi, self._f_out, self.compute_dtype)
-        return straight_through(ops.clip(self.float_call(inputs), lo, hi), out)
+        return straight_through(saturate_float(self.float_call(inputs), self.output_spec,
+                                               self.channels), out)
 
 
 @keras.saving.register_keras_serializable(package="fixedq")

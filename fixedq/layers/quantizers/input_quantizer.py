@@ -13,7 +13,13 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from fixedq.layers.base import QuantizedLayer, from_integers, output_bounds, straight_through
+from fixedq.layers.base import (
+    QuantizedLayer,
+    from_integers,
+    output_bounds,
+    saturate_float,
+    straight_through,
+)
 from fixedq.tensors import kops
 
 
@@ -32,9 +38,8 @@ class InputQuantizer(QuantizedLayer):
         out = from_integers(v, self._f, self.compute_dtype)
         if not training:
             return out
-        lo = from_integers(self._lo, self._f, self.compute_dtype)
-        hi = from_integers(self._hi, self._f, self.compute_dtype)
-        return straight_through(ops.clip(ops.cast(inputs, self.compute_dtype), lo, hi), out)
+        return straight_through(saturate_float(ops.cast(inputs, self.compute_dtype),
+                                               self.output_spec, self.channels), out)
 
     def integer_params(self) -> dict:
         return {"frac": self._f, "lo": self._lo, "hi": self._hi}

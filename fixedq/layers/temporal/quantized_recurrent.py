@@ -30,7 +30,13 @@ import keras
 import numpy as np
 from keras import ops
 
-from fixedq.layers.base import QuantizedLayer, from_integers, output_bounds, straight_through
+from fixedq.layers.base import (
+    QuantizedLayer,
+    from_integers,
+    output_bounds,
+    saturate_float,
+    straight_through,
+)
 from fixedq.layers.temporal.state import StreamingLayerMixin
 from fixedq.tensors import kops
 
@@ -110,9 +116,7 @@ class QuantizedStatefulRecurrent(StreamingLayerMixin, QuantizedLayer):
             f_im = ar * s_im_f + ai * s_re_f
             new_re = straight_through(f_re, new_re)
             new_im = straight_through(f_im, new_im)
-            lo = from_integers(self._out_lo, self._f_out, self.compute_dtype)
-            hi = from_integers(self._out_hi, self._f_out, self.compute_dtype)
-            out = straight_through(ops.clip(f_re, lo, hi), out)
+            out = straight_through(saturate_float(f_re, self.output_spec, self.channels), out)
         self.state_real.write(new_re)
         self.state_imag.write(new_im)
         return out
