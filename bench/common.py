@@ -167,10 +167,14 @@ def model_inputs(name: str, x: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- helpers
 
 
+def correct(model, x, y) -> np.ndarray:
+    """Which samples ``model`` classifies as ``y`` (bool array; ``predict`` in batches of 200)."""
+    return np.argmax(model.predict(x, batch_size=200, verbose=0), axis=-1) == y
+
+
 def accuracy(model, x, y) -> float:
     """Top-1 accuracy in percent."""
-    logits = model.predict(x, batch_size=200, verbose=0)
-    return 100.0 * float(np.mean(np.argmax(logits, axis=-1) == y))
+    return 100.0 * float(np.mean(correct(model, x, y)))
 
 
 def softmax_output(model) -> bool:
@@ -301,15 +305,22 @@ def engine_exact(q, x) -> int:
     return int(np.count_nonzero(np.asarray(want) != np.asarray(got)))
 
 
-def accuracy_metric(x, y, batch=250):
-    """metric(qmodel) -> top-1 accuracy in %, by direct calls (no predict() retracing)."""
+def correct_metric(x, y, batch=250):
+    """metric(model) -> which samples of ``x`` it classifies as ``y`` (bool array), by direct
+    calls (no predict() retracing)."""
 
-    def accuracy(model) -> float:
+    def correct(model) -> np.ndarray:
         logits = np.concatenate([np.asarray(model(x[i:i + batch], training=False))
                                  for i in range(0, len(x), batch)])
-        return 100.0 * float(np.mean(np.argmax(logits, -1) == y))
+        return np.argmax(logits, -1) == y
 
-    return accuracy
+    return correct
+
+
+def accuracy_metric(x, y, batch=250):
+    """metric(qmodel) -> top-1 accuracy in %, by direct calls (no predict() retracing)."""
+    correct = correct_metric(x, y, batch)
+    return lambda model: 100.0 * float(np.mean(correct(model)))
 
 
 # --------------------------------------------------------------------------- engine benches
@@ -461,6 +472,22 @@ def paired_summary(diffs, what: str) -> str:
     better, worse = sum(d > 0 for d in diffs), sum(d < 0 for d in diffs)
     return (f"{what}: mean {statistics.mean(diffs):+.2f} points; better in {better}, worse in "
             f"{worse}, equal in {len(diffs) - better - worse} of {len(diffs)} runs.")
+
+
+def add_study_arguments(parser) -> None:
+    """A study's ``--out`` (append the rows made to a JSON-lines file) and ``--render`` (only
+    render saved rows) options, read by :func:`study_main`."""
+    parser.add_argument("--out", type=Path, help="append the rows to this JSON-lines file")
+    parser.add_argument("--render", type=Path, help="only render this JSON-lines file")
+
+
+def study_main(args, produce, render, report: Path) -> int:
+    """A study's end: its rows (:func:`study_rows` with ``args.render`` / ``args.out``) rendered
+    by ``render(rows) -> str``, written to ``report`` and printed; returns the exit code 0."""
+    text = render(study_rows(args.render, produce, args.out))
+    report.write_text(text)
+    print(text)
+    return 0
 
 
 def study_rows(render_path: Path | None, produce, out: Path | None) -> list[dict]:

@@ -51,6 +51,7 @@ from common import (  # noqa: E402
     FLOAT_CACHE,
     N_TEST,
     accuracy,
+    correct,
     engine_exact,
     load_mnist,
     model_inputs,
@@ -81,13 +82,8 @@ STARTS = {"mse, add-clip": "4-bit start calibrated by `mse`; QAT's gradient thro
                  "MobileNetV2 not range-aligned)"}
 
 
-def _right(model, test):
-    """Which test images ``model`` classifies correctly (bool array)."""
-    return np.argmax(model.predict(test[0], batch_size=200, verbose=0), axis=-1) == test[1]
-
-
 def _qat_row(row: dict, key: str, best, history, seconds: float, test, refs) -> None:
-    right = _right(best, test)
+    right = correct(best, *test)
     row[key] = 100.0 * float(np.mean(right))
     # test images this result gets right and the float / PTQ model wrong, and the reverse:
     # sqrt(fixed + broken) is one run's noise (in images) of the difference between the two
@@ -131,7 +127,7 @@ def bench_one(name: str, seed: int, data, args) -> dict:
            "start": START_NOW}
     row["ptq"] = accuracy(q4, *test)
     row["ptq_val"] = accuracy(q4, *val)
-    refs = {"float": _right(model, test), "ptq": _right(q4, test)}
+    refs = {"float": correct(model, *test), "ptq": correct(q4, *test)}
     for key, teacher in (("qat", None), ("distill", model)):
         if key not in args.variants:
             continue

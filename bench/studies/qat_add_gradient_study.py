@@ -42,11 +42,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from common import (  # noqa: E402
     accuracy_metric,
+    add_study_arguments,
     engine_exact,
     load_train_digits,
     paired_summary,
     qat_start,
-    study_rows,
+    study_main,
 )
 
 REPORT = Path(__file__).with_suffix(".md")
@@ -105,8 +106,7 @@ def main(argv=None) -> int:
     parser.add_argument("--models", nargs="+", default=list(MODELS))
     parser.add_argument("--label", default=AFTER, choices=(BEFORE, AFTER),
                         help="the code this run is on (see the module docstring)")
-    parser.add_argument("--out", type=Path, help="append the rows to this JSON-lines file")
-    parser.add_argument("--render", type=Path, help="only render this JSON-lines file")
+    add_study_arguments(parser)
     args = parser.parse_args(argv)
 
     def produce():
@@ -115,10 +115,7 @@ def main(argv=None) -> int:
             for name in args.models:
                 yield run(name, seed, args.label, data)
 
-    text = render(study_rows(args.render, produce, args.out))
-    REPORT.write_text(text)
-    print(text)
-    return 0
+    return study_main(args, produce, render, REPORT)
 
 
 if __name__ == "__main__":

@@ -50,21 +50,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from common import (  # noqa: E402
     N_CALIB,
+    add_study_arguments,
+    correct_metric,
     engine_exact,
     load_train_digits,
     paired_summary,
     qat_models,
     qat_start,
-    study_rows,
+    study_main,
 )
 
 REPORT = Path(__file__).with_suffix(".md")
 ARMS = ("e3", "e12", "a8", "b8", "s3")
-
-
-def predictions(model, x, batch=250) -> np.ndarray:
-    return np.concatenate([np.argmax(np.asarray(model(x[i:i + batch], training=False)), -1)
-                           for i in range(0, len(x), batch)])
 
 
 def run(name: str, seed: int, arm: str, data) -> dict:
@@ -78,13 +75,13 @@ def run(name: str, seed: int, arm: str, data) -> dict:
         q4 = fixedq.quantize(model, qp, samples=fit[0][:N_CALIB], verbose=False,
                              weight_rounding=False)
     x_val, y_val = val
-    float_right = predictions(model, x_val) == y_val
-    start_right = predictions(q4, x_val) == y_val
+    correct = correct_metric(x_val, y_val)
+    float_right, start_right = correct(model), correct(q4)
     t0 = time.perf_counter()
     best, history = fixedq.qat(q4, fit, val, epochs=12 if arm == "e12" else 3, teacher=model,
                                seed=seed, batch_size=8 if arm == "b8" else 32,
                                low_bit_lr_scale=3.0 if arm == "s3" else 1.0, verbose=False)
-    right = predictions(best, x_val) == y_val
+    right = correct(best)
     n = len(y_val)
     return {"model": name, "seed": seed, "arm": arm, "float_val": 100 * float_right.mean(),
             "start_val": 100 * start_right.mean(), "qat_val": 100 * right.mean(),
@@ -190,8 +187,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--models", nargs="+", default=qat_models())
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
-    parser.add_argument("--out", type=Path, help="append the rows to this JSON-lines file")
-    parser.add_argument("--render", type=Path, help="only render this JSON-lines file")
+    add_study_arguments(parser)
     args = parser.parse_args(argv)
 
     def produce():
@@ -201,10 +197,7 @@ def main(argv=None) -> int:
                 for arm in args.arms:
                     yield run(name, seed, arm, data)
 
-    text = render(study_rows(args.render, produce, args.out))
-    REPORT.write_text(text)
-    print(text)
-    return 0
+    return study_main(args, produce, render, REPORT)
 
 
 if __name__ == "__main__":

@@ -41,11 +41,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from common import (  # noqa: E402
     N_CALIB,
     accuracy_metric,
+    add_study_arguments,
     load_train_digits,
     paired_summary,
     qat_models,
     qat_start,
-    study_rows,
+    study_main,
 )
 
 REPORT = Path(__file__).with_suffix(".md")
@@ -135,8 +136,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--models", nargs="+", default=qat_models())
-    parser.add_argument("--out", type=Path, help="append the rows to this JSON-lines file")
-    parser.add_argument("--render", type=Path, help="only render this JSON-lines file")
+    add_study_arguments(parser)
     args = parser.parse_args(argv)
 
     def produce():
@@ -145,10 +145,7 @@ def main(argv=None) -> int:
             for name in args.models:
                 yield run(name, seed, data)
 
-    text = render(study_rows(args.render, produce, args.out))
-    REPORT.write_text(text)
-    print(text)
-    return 0
+    return study_main(args, produce, render, REPORT)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import numpy as np  # noqa: E402
-from common import hoyer_density, sparsity_finetune, study_rows, tenn_clip_model  # noqa: E402
+from common import (  # noqa: E402
+    add_study_arguments,
+    hoyer_density,
+    sparsity_finetune,
+    study_main,
+    tenn_clip_model,
+)
 
 REPORT = Path(__file__).with_suffix(".md")
 STEPS, EPOCHS, SPARSE_EPOCHS, SPARSITY, QAT_EPOCHS = 8, 12, 6, 10.0, 3
@@ -130,18 +136,14 @@ def render(rows: list[dict]) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--out", type=Path, help="append the rows to this JSON-lines file")
-    parser.add_argument("--render", type=Path, help="only render this JSON-lines file")
+    add_study_arguments(parser)
     args = parser.parse_args(argv)
 
     def produce():
         for seed in args.seeds:
             yield from run(seed)
 
-    text = render(study_rows(args.render, produce, args.out))
-    REPORT.write_text(text)
-    print(text)
-    return 0
+    return study_main(args, produce, render, REPORT)
 
 
 if __name__ == "__main__":
