@@ -179,3 +179,80 @@ def test_requantizing_layers_cut_the_gradient_where_they_saturate():
                                   inside(x.numpy()[0]))
     np.testing.assert_array_equal(np.asarray(tape.gradient(out, b))[0, :, 0],
                                   inside(y.numpy()[0]))
+
+
+def _saturating_model():
+    """A 4-bit model whose InputQuantizer, BatchNormalization (affine), tanh table and Dense
+    saturate on inputs wider than their calibration samples."""
+    rng = np.random.default_rng(0)
+    inp = keras.Input((6, 6, 2))
+    x = keras.layers.BatchNormalization(name="bn")(inp)
+    x = keras.layers.Conv2D(4, 3, padding="same")(x)
+    x = keras.layers.Activation("tanh", name="act")(x)
+    x = keras.layers.Flatten()(keras.layers.AveragePooling2D(2)(x))
+    model = keras.Model(inp, keras.layers.Dense(3, name="fc")(x))
+    model.get_layer("bn").set_weights([rng.uniform(0.5, 2, 2), rng.normal(0, 1, 2),
+                                       rng.normal(0, 1, 2), rng.uniform(0.5, 2, 2)])
+    samples = rng.normal(0, 1, (64, 6, 6, 2)).astype("float32")
+    return quantize(model, QuantizationParams(weight_bits=4, activation_bits=4),
+                    samples=samples, verbose=False)
+
+
+def _float_bounds(layer):
+    from fixedq.layers.base import output_bounds
+
+    f = layer.output_spec.frac_array(layer.channels).astype(np.float64)
+    return tuple(b * 2.0**-f for b in output_bounds(layer.output_spec, layer.channels))
+
+
+def _on_grid(spec, shape, rng):
+    """Values spread over the whole range of ``spec`` (on its grid)."""
+    from fixedq.layers.base import output_bounds
+
+    f = spec.frac_array(shape[-1]).astype(np.float64)
+    lo, hi = (b * 2.0**-f for b in output_bounds(spec, shape[-1]))
+    v = rng.uniform(lo, hi, shape)
+    return np.clip(np.round(v * 2.0**f) * 2.0**-f, lo, hi).astype("float32")
+
+
+@pytest.mark.parametrize("name", ["input_layer_quantizer", "bn", "act", "fc"])
+def test_layers_with_a_float_path_cut_the_gradient_where_they_saturate(name):
+    """Eq. 24 for the layers whose QAT float path is a known function ``z(x)`` (InputQuantizer
+    ``x``, an affine ``a x + c``, a table's float function, a Dense ``x W + b`` with the
+    dequantized kernel): the gradient of the summed outputs is ``dz/dx`` where ``z`` is inside
+    the output range and 0 where the output saturates. Fails if a layer's float path is not
+    clipped (checked by replacing ``saturate_float`` with the identity in each module)."""
+    import tensorflow as tf
+
+    q = _saturating_model()
+    layer = q.get_layer(name)
+    rng = np.random.default_rng(1)
+    shape = (8, *layer.input.shape[1:])
+    if name == "input_layer_quantizer":
+        x = tf.constant(rng.normal(0, 4, shape).astype("float32"))
+    else:
+        x = tf.constant(_on_grid(layer.input_specs[0], shape, rng))
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        out = tf.reduce_sum(layer(x, training=True))
+    got = np.asarray(tape.gradient(out, x), np.float64)
+
+    xf = np.asarray(x, np.float64)
+    if name == "fc":
+        w_q, scale = (np.asarray(t, np.float64) for t in layer.quantized_weights()[:2])
+        w = w_q * scale
+        z = xf @ w + np.asarray(layer.bias, np.float64)
+    else:
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            zt = x if name == "input_layer_quantizer" else (
+                layer.float_call(x) if name == "act" else
+                x * tf.cast(layer.affine()[0], x.dtype) + tf.cast(layer.affine()[1], x.dtype))
+            total = tf.reduce_sum(zt)
+        dz = np.asarray(tape.gradient(total, x), np.float64)
+        z = np.asarray(zt, np.float64)
+    lo, hi = _float_bounds(layer)
+    inside = (z >= lo) & (z <= hi)
+    assert 0 < inside.mean() < 1, "some outputs saturate, some do not"
+    want = inside @ w.T if name == "fc" else dz * inside
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
