@@ -185,7 +185,7 @@ def _saturating_model():
     """A 4-bit model whose InputQuantizer, BatchNormalization (affine), tanh table and Dense
     saturate on inputs wider than their calibration samples."""
     rng = np.random.default_rng(0)
-    inp = keras.Input((6, 6, 2))
+    inp = keras.Input((6, 6, 2), name="x")
     x = keras.layers.BatchNormalization(name="bn")(inp)
     x = keras.layers.Conv2D(4, 3, padding="same")(x)
     x = keras.layers.Activation("tanh", name="act")(x)
@@ -215,7 +215,7 @@ def _on_grid(spec, shape, rng):
     return np.clip(np.round(v * 2.0**f) * 2.0**-f, lo, hi).astype("float32")
 
 
-@pytest.mark.parametrize("name", ["input_layer_quantizer", "bn", "act", "fc"])
+@pytest.mark.parametrize("name", ["x_quantizer", "bn", "act", "fc"])
 def test_layers_with_a_float_path_cut_the_gradient_where_they_saturate(name):
     """Eq. 24 for the layers whose QAT float path is a known function ``z(x)`` (InputQuantizer
     ``x``, an affine ``a x + c``, a table's float function, a Dense ``x W + b`` with the
@@ -228,7 +228,7 @@ def test_layers_with_a_float_path_cut_the_gradient_where_they_saturate(name):
     layer = q.get_layer(name)
     rng = np.random.default_rng(1)
     shape = (8, *layer.input.shape[1:])
-    if name == "input_layer_quantizer":
+    if name == "x_quantizer":
         x = tf.constant(rng.normal(0, 4, shape).astype("float32"))
     else:
         x = tf.constant(_on_grid(layer.input_specs[0], shape, rng))
@@ -245,7 +245,7 @@ def test_layers_with_a_float_path_cut_the_gradient_where_they_saturate(name):
     else:
         with tf.GradientTape() as tape:
             tape.watch(x)
-            zt = x if name == "input_layer_quantizer" else (
+            zt = x if name == "x_quantizer" else (
                 layer.float_call(x) if name == "act" else
                 x * tf.cast(layer.affine()[0], x.dtype) + tf.cast(layer.affine()[1], x.dtype))
             total = tf.reduce_sum(zt)
